@@ -1,0 +1,1418 @@
+//! The sans-IO tunnel core: peers (one boringtun [`Tunn`] each), cryptokey routing, and one
+//! smoltcp netstack per peer. It never touches a socket or reads the clock: the caller passes
+//! datagrams and the current time in, and takes datagrams ([`Core::poll_transmit`]), events
+//! ([`Core::poll_event`]) and the next deadline ([`Core::poll_timeout`]) out.
+//!
+//! One netstack per peer (address `local_address/32`, medium IP) means an edge serving several
+//! origins has several isolated stacks: a packet from one peer can only ever reach sockets of
+//! that peer, so forwarding between peers is impossible by construction.
+//!
+//! boringtun reads its own monotonic clock inside `Tunn` for WireGuard's timers (rekey,
+//! handshake retry, keepalive); those are second-granular protocol timers, so that is accepted:
+//! everything this module schedules (TCP, timer ticks) runs on the time it is given.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519;
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, Checksum, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
+
+use crate::{
+    PeerConfig, PeerStats, PublicKey, TunnelConfig, TunnelError, TunnelStats,
+    MAX_STREAMS_PER_PEER,
+};
+
+/// How often boringtun's `update_timers` runs (WireGuard timers are second-granular).
+const TIMER_TICK: Duration = Duration::from_millis(250);
+/// How often the shared handshake rate limiter is reset.
+const RATE_LIMIT_RESET: Duration = Duration::from_secs(1);
+/// Handshake messages per second before cookie replies are required. Each initiation passes
+/// the limiter twice (dispatch, then `Tunn::decapsulate`), so this admits about half as many.
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// A stream whose owner dropped it gets this long to finish its FIN exchange, then is reset.
+const CLOSE_LINGER: Duration = Duration::from_secs(30);
+/// Abort a connection when sent data stays unacknowledged this long.
+const TCP_TIMEOUT: Duration = Duration::from_secs(90);
+/// TCP keepalive on every established socket (also what lets `TCP_TIMEOUT` detect a dead peer).
+const TCP_KEEPALIVE: Duration = Duration::from_secs(20);
+/// A half-open inbound connection (SYN received, no ACK) is dropped after this long.
+const SYN_RECEIVED_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ephemeral port range for outbound streams.
+const EPHEMERAL_PORTS: std::ops::Range<u16> = 32768..61000;
+/// Largest UDP payload boringtun may produce for one inner packet.
+const WG_OVERHEAD: usize = 32;
+/// Smallest destination buffer boringtun accepts (a handshake initiation).
+const WG_MIN_BUF: usize = 148;
+
+/// Identifies one stream: the peer's 24-bit index (never reused while the core lives) and the
+/// socket in that peer's netstack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StreamId {
+    peer: u32,
+    handle: SocketHandle,
+}
+
+/// A datagram to send. Give `payload` back with [`Core::recycle`] once sent, so the core
+/// reuses the allocation.
+#[derive(Debug)]
+pub struct Transmit {
+    /// Destination UDP address.
+    pub dst: SocketAddr,
+    /// The WireGuard message.
+    pub payload: Vec<u8>,
+}
+
+/// Why an outbound stream did not connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// The peer answered with RST.
+    Refused,
+}
+
+/// Something the caller should know about.
+#[derive(Debug)]
+pub enum Event {
+    /// A remote peer opened a stream to one of the accepted ports. The stream is owned by the
+    /// caller from now on: close or abort it.
+    Accepted {
+        /// The new stream.
+        stream: StreamId,
+        /// Which peer opened it.
+        peer: PublicKey,
+        /// Our address and the port it connected to.
+        local: SocketAddrV4,
+        /// The peer's inner address and port.
+        remote: SocketAddrV4,
+    },
+    /// An outbound stream completed its TCP handshake.
+    Connected(StreamId),
+    /// An outbound stream failed.
+    ConnectFailed(StreamId, ConnectFailure),
+    /// A WireGuard handshake with this peer completed.
+    HandshakeCompleted(PublicKey),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SockKind {
+    /// Created for a SYN to an accepted port; not yet established.
+    Listener,
+    /// Outbound, SYN sent.
+    Connecting,
+    /// Established (either direction).
+    Stream,
+}
+
+#[derive(Debug)]
+struct SockMeta {
+    kind: SockKind,
+    /// A `TunnelStream` (or the caller) holds it: never reap.
+    owned: bool,
+    /// Our side called `shutdown_write`.
+    write_closed: bool,
+    /// The 4-tuple key in `Peer::tuples` (local port, remote address).
+    tuple: (u16, SocketAddrV4),
+    /// When it became unowned (for the linger deadline) or was created (listeners).
+    since: Instant,
+}
+
+/// The in-memory device of one peer's netstack: inbound IP packets wait in `rx`; an outbound
+/// packet is encapsulated straight into a datagram by the [`TxTok`].
+struct NetDevice<'a> {
+    rx: &'a mut VecDeque<Vec<u8>>,
+    rx_spent: &'a mut Vec<Vec<u8>>,
+    sink: Sink<'a>,
+    mtu: usize,
+}
+
+struct Sink<'a> {
+    tunn: &'a mut Tunn,
+    endpoint: Option<SocketAddr>,
+    out: &'a mut VecDeque<Transmit>,
+    pool: &'a mut Vec<Vec<u8>>,
+    scratch: &'a mut Vec<u8>,
+    counters: &'a mut Counters,
+    peer_tx: &'a mut u64,
+    blocked: &'a mut bool,
+}
+
+impl Sink<'_> {
+    fn encapsulate(&mut self, len: usize) {
+        let mut buf = self.pool.pop().unwrap_or_default();
+        buf.clear();
+        buf.resize((len + WG_OVERHEAD).max(WG_MIN_BUF), 0);
+        match self.tunn.encapsulate(&self.scratch[..len], &mut buf) {
+            TunnResult::WriteToNetwork(p) => {
+                let n = p.len();
+                buf.truncate(n);
+                push_datagram(
+                    self.out,
+                    self.pool,
+                    self.counters,
+                    self.peer_tx,
+                    self.endpoint,
+                    buf,
+                );
+            }
+            TunnResult::Done => {
+                // Queued inside boringtun behind a handshake; flushed when it completes.
+                *self.blocked = true;
+                self.pool.push(buf);
+            }
+            TunnResult::Err(e) => {
+                tracing::debug!(error = ?e, "encapsulate failed");
+                self.pool.push(buf);
+            }
+            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
+                self.pool.push(buf);
+            }
+        }
+    }
+}
+
+fn push_datagram(
+    out: &mut VecDeque<Transmit>,
+    pool: &mut Vec<Vec<u8>>,
+    counters: &mut Counters,
+    peer_tx: &mut u64,
+    endpoint: Option<SocketAddr>,
+    buf: Vec<u8>,
+) {
+    match endpoint {
+        Some(dst) => {
+            counters.datagrams_tx += 1;
+            counters.bytes_tx += buf.len() as u64;
+            *peer_tx += buf.len() as u64;
+            out.push_back(Transmit { dst, payload: buf });
+        }
+        // No endpoint yet: the peer has to contact us first.
+        None => pool.push(buf),
+    }
+}
+
+struct RxTok<'a> {
+    buf: Vec<u8>,
+    spent: &'a mut Vec<Vec<u8>>,
+}
+
+impl phy::RxToken for RxTok<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        let r = f(&self.buf);
+        self.spent.push(self.buf);
+        r
+    }
+}
+
+struct TxTok<'a, 'b> {
+    sink: &'a mut Sink<'b>,
+}
+
+impl phy::TxToken for TxTok<'_, '_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let scratch = &mut *self.sink.scratch;
+        scratch.clear();
+        scratch.resize(len, 0);
+        let r = f(&mut scratch[..len]);
+        self.sink.encapsulate(len);
+        r
+    }
+}
+
+fn capabilities(mtu: usize) -> DeviceCapabilities {
+    let mut caps = DeviceCapabilities::default();
+    caps.medium = Medium::Ip;
+    caps.max_transmission_unit = mtu;
+    // WireGuard's AEAD already authenticates every inner packet end to end: skip verifying
+    // IPv4/TCP checksums on receive, still compute them on send for stock peers.
+    caps.checksum.ipv4 = Checksum::Tx;
+    caps.checksum.tcp = Checksum::Tx;
+    caps
+}
+
+impl<'d> phy::Device for NetDevice<'d> {
+    type RxToken<'a>
+        = RxTok<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxTok<'a, 'd>
+    where
+        Self: 'a;
+
+    fn receive(
+        &mut self,
+        _ts: smoltcp::time::Instant,
+    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let buf = self.rx.pop_front()?;
+        Some((
+            RxTok {
+                buf,
+                spent: self.rx_spent,
+            },
+            TxTok {
+                sink: &mut self.sink,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _ts: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
+        Some(TxTok {
+            sink: &mut self.sink,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        capabilities(self.mtu)
+    }
+}
+
+/// A device that only reports capabilities, for `Interface::new`.
+struct CapsOnly(usize);
+
+impl phy::Device for CapsOnly {
+    type RxToken<'a> = RxTok<'a>;
+    type TxToken<'a> = TxTok<'a, 'a>;
+    fn receive(
+        &mut self,
+        _ts: smoltcp::time::Instant,
+    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        None
+    }
+    fn transmit(&mut self, _ts: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
+        None
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        capabilities(self.0)
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Counters {
+    handshakes_completed: u64,
+    datagrams_rx: u64,
+    datagrams_tx: u64,
+    bytes_rx: u64,
+    bytes_tx: u64,
+    dropped_junk: u64,
+    dropped_source: u64,
+}
+
+struct Peer {
+    index: u32,
+    config: PeerConfig,
+    tunn: Tunn,
+    endpoint: Option<SocketAddr>,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    meta: HashMap<SocketHandle, SockMeta>,
+    /// (local port, remote) -> socket, so a retransmitted SYN does not spawn a second listener.
+    tuples: HashMap<(u16, SocketAddrV4), SocketHandle>,
+    /// Listeners and connecting sockets: checked for state changes after each poll.
+    pending: Vec<SocketHandle>,
+    /// Unowned sockets still finishing their close: drained, reaped when done.
+    closing: Vec<SocketHandle>,
+    rx: VecDeque<Vec<u8>>,
+    needs_poll: bool,
+    /// When smoltcp wants to be polled next (absolute).
+    poll_at: Option<Instant>,
+    /// boringtun queued packets behind a handshake.
+    blocked: bool,
+    /// Start a handshake at the next tick (persistent keepalive with a known endpoint).
+    initiate: bool,
+    owned: u64,
+    tx_bytes: u64,
+    rx_bytes: u64,
+}
+
+impl Peer {
+    fn sock(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+}
+
+/// The tunnel state machine. See the module docs.
+pub struct Core {
+    private: x25519::StaticSecret,
+    public: x25519::PublicKey,
+    public_key: PublicKey,
+    rate_limiter: Arc<RateLimiter>,
+    mtu: usize,
+    tcp_buffer: usize,
+    accept_ports: HashSet<u16>,
+    peers: HashMap<u32, Peer>,
+    by_key: HashMap<PublicKey, u32>,
+    next_index: u32,
+    dirty: Vec<u32>,
+    out: VecDeque<Transmit>,
+    pool: Vec<Vec<u8>>,
+    rx_spent: Vec<Vec<u8>>,
+    scratch: Vec<u8>,
+    decap: Vec<u8>,
+    events: VecDeque<Event>,
+    base: Instant,
+    next_tick: Instant,
+    next_rate_reset: Instant,
+    counters: Counters,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("public_key", &self.public_key)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn closed_err() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the tunnel is shut down")
+}
+
+fn reset_err() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "tunnel stream reset by the peer (or the peer was removed)",
+    )
+}
+
+/// Validates a config the way [`Core::new`] and [`Core::set_peers`] need it.
+pub(crate) fn validate(config: &TunnelConfig) -> Result<(), TunnelError> {
+    if !(576..=65535 - WG_OVERHEAD as u32 as u16).contains(&config.mtu) {
+        return Err(TunnelError::Config(format!(
+            "mtu {} is out of range: use 576..=65503 (1420 for a 1500-byte path, 1280 if unsure)",
+            config.mtu
+        )));
+    }
+    if !(4096..=(1 << 30)).contains(&config.tcp_buffer) {
+        return Err(TunnelError::Config(format!(
+            "tcp_buffer {} is out of range: use 4096..=1073741824 bytes",
+            config.tcp_buffer
+        )));
+    }
+    validate_peers(&config.peers)
+}
+
+fn validate_peers(peers: &[PeerConfig]) -> Result<(), TunnelError> {
+    let mut seen = HashSet::new();
+    for p in peers {
+        if !seen.insert(p.public_key) {
+            return Err(TunnelError::Config(format!(
+                "peer {} is listed twice: give each peer one entry",
+                p.public_key
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Core {
+    /// A core for `config` (its `listen` address is ignored: the core has no socket).
+    pub fn new(config: &TunnelConfig, now: Instant) -> Result<Core, TunnelError> {
+        validate(config)?;
+        let private = config.private_key.secret().clone();
+        let public = x25519::PublicKey::from(&private);
+        let mut core = Core {
+            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            public_key: PublicKey(public.to_bytes()),
+            private,
+            public,
+            mtu: usize::from(config.mtu),
+            tcp_buffer: config.tcp_buffer,
+            accept_ports: config.accept_ports.iter().copied().collect(),
+            peers: HashMap::new(),
+            by_key: HashMap::new(),
+            next_index: rand::random::<u32>() & 0x00ff_ffff,
+            dirty: Vec::new(),
+            out: VecDeque::new(),
+            pool: Vec::new(),
+            rx_spent: Vec::new(),
+            scratch: Vec::with_capacity(usize::from(config.mtu)),
+            decap: vec![0; 65536 + WG_OVERHEAD],
+            events: VecDeque::new(),
+            base: now,
+            next_tick: now,
+            next_rate_reset: now + RATE_LIMIT_RESET,
+            counters: Counters::default(),
+            closed: false,
+        };
+        for p in &config.peers {
+            core.add_peer(p.clone(), now);
+        }
+        Ok(core)
+    }
+
+    /// This node's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.public_key
+    }
+
+    fn smol_time(&self, now: Instant) -> smoltcp::time::Instant {
+        let d = now.saturating_duration_since(self.base);
+        smoltcp::time::Instant::from_micros(d.as_micros() as i64)
+    }
+
+    fn alloc_index(&mut self) -> u32 {
+        loop {
+            let i = self.next_index & 0x00ff_ffff;
+            self.next_index = self.next_index.wrapping_add(1);
+            if !self.peers.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+
+    fn new_tunn(&self, config: &PeerConfig, index: u32) -> Tunn {
+        Tunn::new(
+            self.private.clone(),
+            x25519::PublicKey::from(config.public_key.0),
+            None,
+            config.persistent_keepalive,
+            index,
+            Some(self.rate_limiter.clone()),
+        )
+    }
+
+    fn add_peer(&mut self, config: PeerConfig, now: Instant) {
+        let index = self.alloc_index();
+        let tunn = self.new_tunn(&config, index);
+        let mut iface_config = IfaceConfig::new(HardwareAddress::Ip);
+        iface_config.random_seed = rand::random();
+        let mut iface = Interface::new(iface_config, &mut CapsOnly(self.mtu), self.smol_time(now));
+        let addr = config.local_address;
+        iface.update_ip_addrs(|a| {
+            // Capacity is at least one address; a fresh interface has none.
+            let _ = a.push(IpCidr::new(addr.into(), 32));
+        });
+        // Everything that is not our own /32 goes to the peer: medium IP has no neighbours,
+        // the gateway only has to exist.
+        let _ = iface.routes_mut().add_default_ipv4_route(addr);
+        let initiate = config.persistent_keepalive.is_some() && config.endpoint.is_some();
+        let peer = Peer {
+            index,
+            endpoint: config.endpoint,
+            tunn,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            meta: HashMap::new(),
+            tuples: HashMap::new(),
+            pending: Vec::new(),
+            closing: Vec::new(),
+            rx: VecDeque::new(),
+            needs_poll: false,
+            poll_at: None,
+            blocked: false,
+            initiate,
+            owned: 0,
+            tx_bytes: 0,
+            rx_bytes: 0,
+            config,
+        };
+        if initiate {
+            // Run the first tick at once so a NATed origin dials out immediately.
+            self.next_tick = self.next_tick.min(now);
+        }
+        self.by_key.insert(peer.config.public_key, index);
+        self.peers.insert(index, peer);
+    }
+
+    fn remove_peer(&mut self, index: u32) {
+        if let Some(mut peer) = self.peers.remove(&index) {
+            self.by_key.remove(&peer.config.public_key);
+            // Wakes every waiter; their next call finds the peer gone (ConnectionReset).
+            for (_, s) in peer.sockets.iter_mut() {
+                #[allow(irrefutable_let_patterns)] // only TCP sockets unless another crate adds more
+                if let smoltcp::socket::Socket::Tcp(s) = s {
+                    s.abort();
+                }
+            }
+            self.dirty.retain(|i| *i != index);
+        }
+    }
+
+    /// Replaces the peer set. Unchanged peers keep sessions and streams; removed peers'
+    /// streams are reset; a changed endpoint or allowed IPs apply at once; a changed
+    /// `local_address` recreates the peer (its streams are reset); a changed keepalive
+    /// restarts the WireGuard session but keeps the streams.
+    pub fn set_peers(&mut self, peers: Vec<PeerConfig>, now: Instant) -> Result<(), TunnelError> {
+        validate_peers(&peers)?;
+        let wanted: HashSet<PublicKey> = peers.iter().map(|p| p.public_key).collect();
+        let gone: Vec<u32> = self
+            .peers
+            .values()
+            .filter(|p| !wanted.contains(&p.config.public_key))
+            .map(|p| p.index)
+            .collect();
+        for i in gone {
+            self.remove_peer(i);
+        }
+        for config in peers {
+            let Some(&index) = self.by_key.get(&config.public_key) else {
+                self.add_peer(config, now);
+                continue;
+            };
+            let Some(peer) = self.peers.get(&index) else {
+                continue;
+            };
+            if peer.config.local_address != config.local_address {
+                self.remove_peer(index);
+                self.add_peer(config, now);
+                continue;
+            }
+            let new_tunn = (peer.config.persistent_keepalive != config.persistent_keepalive)
+                .then(|| self.new_tunn(&config, index));
+            let Some(peer) = self.peers.get_mut(&index) else {
+                continue;
+            };
+            if let Some(t) = new_tunn {
+                peer.tunn = t;
+                peer.initiate = config.persistent_keepalive.is_some();
+                self.next_tick = self.next_tick.min(now);
+            }
+            if config.endpoint != peer.config.endpoint && config.endpoint.is_some() {
+                peer.endpoint = config.endpoint;
+            }
+            peer.config = config;
+        }
+        Ok(())
+    }
+
+    /// Replaces the set of ports on which inbound streams are accepted. Established streams
+    /// are not affected.
+    pub fn set_accept_ports(&mut self, ports: Vec<u16>) {
+        self.accept_ports = ports.into_iter().collect();
+    }
+
+    fn mark_dirty(dirty: &mut Vec<u32>, peer: &mut Peer) {
+        if !peer.needs_poll {
+            peer.needs_poll = true;
+            dirty.push(peer.index);
+        }
+    }
+
+    /// Feeds one received UDP datagram.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        self.counters.datagrams_rx += 1;
+        self.counters.bytes_rx += data.len() as u64;
+        if self.closed || data.len() < 4 {
+            self.counters.dropped_junk += 1;
+            return;
+        }
+        let msg_type = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        let index = match msg_type {
+            1 => {
+                let mut cookie = [0u8; 64];
+                match self
+                    .rate_limiter
+                    .verify_packet(Some(from.ip()), data, &mut cookie)
+                {
+                    Ok(Packet::HandshakeInit(init)) => {
+                        match parse_handshake_anon(&self.private, &self.public, &init) {
+                            Ok(half) => self.by_key.get(&PublicKey(half.peer_static_public)),
+                            Err(_) => None,
+                        }
+                    }
+                    Err(TunnResult::WriteToNetwork(reply)) => {
+                        // Under load: the initiator must prove it owns `from` first.
+                        let mut buf = self.pool.pop().unwrap_or_default();
+                        buf.clear();
+                        buf.extend_from_slice(reply);
+                        let mut sink = 0;
+                        push_datagram(
+                            &mut self.out,
+                            &mut self.pool,
+                            &mut self.counters,
+                            &mut sink,
+                            Some(from),
+                            buf,
+                        );
+                        return;
+                    }
+                    _ => None,
+                }
+            }
+            2 if data.len() >= 12 => self.by_key_index(&data[8..12]),
+            3 | 4 if data.len() >= 8 => self.by_key_index(&data[4..8]),
+            _ => None,
+        };
+        let Some(&index) = index else {
+            self.counters.dropped_junk += 1;
+            return;
+        };
+        self.decapsulate(now, index, msg_type, from, data);
+    }
+
+    fn by_key_index(&self, idx: &[u8]) -> Option<&u32> {
+        let receiver = u32::from_le_bytes([idx[0], idx[1], idx[2], idx[3]]);
+        let peer = receiver >> 8;
+        self.peers.get_key_value(&peer).map(|(k, _)| k)
+    }
+
+    fn decapsulate(&mut self, now: Instant, index: u32, msg_type: u32, from: SocketAddr, data: &[u8]) {
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return;
+        };
+        let mut flush = peer.blocked;
+        match peer.tunn.decapsulate(Some(from.ip()), data, &mut self.decap) {
+            TunnResult::Err(e) => {
+                if !matches!(e, WireGuardError::DuplicateCounter) {
+                    tracing::trace!(error = ?e, "dropping datagram");
+                }
+                self.counters.dropped_junk += 1;
+                return;
+            }
+            TunnResult::WriteToNetwork(p) => {
+                if msg_type == 3 {
+                    // Not authenticated by a session: do not roam on it.
+                } else {
+                    peer.endpoint = Some(from);
+                }
+                let mut buf = self.pool.pop().unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(p);
+                push_datagram(
+                    &mut self.out,
+                    &mut self.pool,
+                    &mut self.counters,
+                    &mut peer.tx_bytes,
+                    Some(from),
+                    buf,
+                );
+                if msg_type == 1 || msg_type == 2 {
+                    self.counters.handshakes_completed += 1;
+                    self.events
+                        .push_back(Event::HandshakeCompleted(peer.config.public_key));
+                }
+                flush = true;
+            }
+            TunnResult::Done => {
+                if msg_type == 4 {
+                    peer.endpoint = Some(from);
+                }
+            }
+            TunnResult::WriteToTunnelV4(packet, src) => {
+                peer.endpoint = Some(from);
+                peer.rx_bytes += data.len() as u64;
+                let allowed = peer.config.allowed_ips.iter().any(|n| n.contains(&src));
+                let dst_ok = packet.len() >= 20
+                    && packet[16..20] == peer.config.local_address.octets();
+                if !allowed || !dst_ok {
+                    self.counters.dropped_source += 1;
+                } else {
+                    Self::prepare_syn(
+                        peer,
+                        packet,
+                        &self.accept_ports,
+                        self.tcp_buffer,
+                        now,
+                    );
+                    let mut buf = self.pool.pop().unwrap_or_default();
+                    buf.clear();
+                    buf.extend_from_slice(packet);
+                    peer.rx.push_back(buf);
+                    Self::mark_dirty(&mut self.dirty, peer);
+                }
+            }
+            TunnResult::WriteToTunnelV6(..) => {
+                peer.endpoint = Some(from);
+                self.counters.dropped_source += 1;
+            }
+        }
+        if flush {
+            peer.blocked = false;
+            Self::flush_queued(peer, &mut self.decap, &mut self.out, &mut self.pool, &mut self.counters);
+        }
+    }
+
+    /// Sends what boringtun queued behind a handshake. Must run after every `WriteToNetwork`.
+    fn flush_queued(
+        peer: &mut Peer,
+        decap: &mut [u8],
+        out: &mut VecDeque<Transmit>,
+        pool: &mut Vec<Vec<u8>>,
+        counters: &mut Counters,
+    ) {
+        // Bounded: boringtun's queue holds at most 256 packets.
+        for _ in 0..1024 {
+            match peer.tunn.decapsulate(None, &[], decap) {
+                TunnResult::WriteToNetwork(p) => {
+                    let mut buf = pool.pop().unwrap_or_default();
+                    buf.clear();
+                    buf.extend_from_slice(p);
+                    push_datagram(out, pool, counters, &mut peer.tx_bytes, peer.endpoint, buf);
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Before the netstack sees a SYN for an accepted port, make a socket listen for it, so
+    /// smoltcp answers SYN-ACK instead of RST.
+    fn prepare_syn(
+        peer: &mut Peer,
+        packet: &[u8],
+        accept_ports: &HashSet<u16>,
+        tcp_buffer: usize,
+        now: Instant,
+    ) {
+        let ihl = usize::from(packet[0] & 0x0f) * 4;
+        if packet[9] != 6 || ihl < 20 || packet.len() < ihl + 14 {
+            return;
+        }
+        // Fragments never carry a SYN we could handle.
+        let frag = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff;
+        let tcp_hdr = &packet[ihl..];
+        let flags = tcp_hdr[13];
+        if frag != 0 || flags & 0x12 != 0x02 || flags & 0x04 != 0 {
+            return;
+        }
+        let src_port = u16::from_be_bytes([tcp_hdr[0], tcp_hdr[1]]);
+        let dst_port = u16::from_be_bytes([tcp_hdr[2], tcp_hdr[3]]);
+        if !accept_ports.contains(&dst_port) {
+            return;
+        }
+        let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+        let key = (dst_port, SocketAddrV4::new(src, src_port));
+        if peer.tuples.contains_key(&key) || peer.meta.len() >= MAX_STREAMS_PER_PEER {
+            return;
+        }
+        let mut socket = new_socket(tcp_buffer);
+        socket.set_timeout(Some(smoltcp::time::Duration::from_secs(
+            SYN_RECEIVED_TIMEOUT.as_secs(),
+        )));
+        if socket
+            .listen(IpListenEndpoint {
+                addr: Some(peer.config.local_address.into()),
+                port: dst_port,
+            })
+            .is_err()
+        {
+            return;
+        }
+        let h = peer.sockets.add(socket);
+        peer.meta.insert(
+            h,
+            SockMeta {
+                kind: SockKind::Listener,
+                owned: false,
+                write_closed: false,
+                tuple: key,
+                since: now,
+            },
+        );
+        peer.tuples.insert(key, h);
+        peer.pending.push(h);
+    }
+
+    /// Processes timers and polls every netstack that has work. Call it after feeding a batch
+    /// of datagrams, after stream operations, and when [`Core::poll_timeout`] is reached.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        if now >= self.next_rate_reset {
+            self.rate_limiter.reset_count();
+            self.next_rate_reset = now + RATE_LIMIT_RESET;
+        }
+        if now >= self.next_tick {
+            self.next_tick = now + TIMER_TICK;
+            self.tick_wireguard();
+        }
+        for peer in self.peers.values_mut() {
+            if peer.poll_at.is_some_and(|t| t <= now) {
+                Self::mark_dirty(&mut self.dirty, peer);
+            }
+        }
+        // Polling may dirty a peer again (abort in the linger check): bounded rounds.
+        for _ in 0..2 {
+            if self.dirty.is_empty() {
+                break;
+            }
+            let dirty = std::mem::take(&mut self.dirty);
+            for &index in &dirty {
+                self.poll_peer(index, now);
+            }
+            let mut d = dirty;
+            d.clear();
+            if self.dirty.is_empty() {
+                self.dirty = d;
+            }
+        }
+    }
+
+    fn tick_wireguard(&mut self) {
+        for peer in self.peers.values_mut() {
+            if std::mem::take(&mut peer.initiate) {
+                if let TunnResult::WriteToNetwork(p) =
+                    peer.tunn.format_handshake_initiation(&mut self.decap, false)
+                {
+                    let mut buf = self.pool.pop().unwrap_or_default();
+                    buf.clear();
+                    buf.extend_from_slice(p);
+                    push_datagram(&mut self.out, &mut self.pool, &mut self.counters, &mut peer.tx_bytes, peer.endpoint, buf);
+                }
+            }
+            match peer.tunn.update_timers(&mut self.decap) {
+                TunnResult::WriteToNetwork(p) => {
+                    let mut buf = self.pool.pop().unwrap_or_default();
+                    buf.clear();
+                    buf.extend_from_slice(p);
+                    push_datagram(&mut self.out, &mut self.pool, &mut self.counters, &mut peer.tx_bytes, peer.endpoint, buf);
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                    // The session is gone; streams that still exist need a new one.
+                    if peer.owned > 0 && peer.endpoint.is_some() {
+                        if let TunnResult::WriteToNetwork(p) =
+                            peer.tunn.format_handshake_initiation(&mut self.decap, false)
+                        {
+                            let mut buf = self.pool.pop().unwrap_or_default();
+                            buf.clear();
+                            buf.extend_from_slice(p);
+                            push_datagram(&mut self.out, &mut self.pool, &mut self.counters, &mut peer.tx_bytes, peer.endpoint, buf);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn poll_peer(&mut self, index: u32, now: Instant) {
+        let ts = self.smol_time(now);
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return;
+        };
+        peer.needs_poll = false;
+        let mut dev = NetDevice {
+            rx: &mut peer.rx,
+            rx_spent: &mut self.rx_spent,
+            mtu: self.mtu,
+            sink: Sink {
+                tunn: &mut peer.tunn,
+                endpoint: peer.endpoint,
+                out: &mut self.out,
+                pool: &mut self.pool,
+                scratch: &mut self.scratch,
+                counters: &mut self.counters,
+                peer_tx: &mut peer.tx_bytes,
+                blocked: &mut peer.blocked,
+            },
+        };
+        peer.iface.poll(ts, &mut dev, &mut peer.sockets);
+        self.pool.append(&mut self.rx_spent);
+
+        // State changes of listeners and connecting sockets.
+        let mut i = 0;
+        while i < peer.pending.len() {
+            let h = peer.pending[i];
+            let Some(meta) = peer.meta.get(&h) else {
+                peer.pending.swap_remove(i);
+                continue;
+            };
+            let kind = meta.kind;
+            let since = meta.since;
+            let sock = peer.sockets.get_mut::<tcp::Socket>(h);
+            let state = sock.state();
+            let done = match (kind, state) {
+                (SockKind::Listener, tcp::State::SynReceived)
+                    if now.saturating_duration_since(since) < SYN_RECEIVED_TIMEOUT =>
+                {
+                    false
+                }
+                (SockKind::Listener, tcp::State::Listen | tcp::State::SynReceived | tcp::State::Closed) => {
+                    // The SYN was rejected or reset, or the handshake never finished.
+                    sock.abort();
+                    Self::unown(peer, h, now);
+                    true
+                }
+                (SockKind::Listener, _) => {
+                    let local = sock.local_endpoint();
+                    let remote = sock.remote_endpoint();
+                    sock.set_timeout(Some(smol_dur(TCP_TIMEOUT)));
+                    sock.set_keep_alive(Some(smol_dur(TCP_KEEPALIVE)));
+                    match (local.and_then(to_v4), remote.and_then(to_v4)) {
+                        (Some(l), Some(r)) => {
+                            // Fix the tuple map in case two SYNs to one port swapped listeners.
+                            let key = (l.port(), r);
+                            if let Some(meta) = peer.meta.get_mut(&h) {
+                                peer.tuples.remove(&meta.tuple);
+                                meta.tuple = key;
+                                meta.kind = SockKind::Stream;
+                                meta.owned = true;
+                            }
+                            peer.tuples.insert(key, h);
+                            peer.owned += 1;
+                            self.events.push_back(Event::Accepted {
+                                stream: StreamId { peer: index, handle: h },
+                                peer: peer.config.public_key,
+                                local: l,
+                                remote: r,
+                            });
+                        }
+                        _ => {
+                            sock.abort();
+                            Self::unown(peer, h, now);
+                        }
+                    }
+                    true
+                }
+                (SockKind::Connecting, tcp::State::SynSent) => false,
+                (SockKind::Connecting, tcp::State::Closed) => {
+                    self.events.push_back(Event::ConnectFailed(
+                        StreamId { peer: index, handle: h },
+                        ConnectFailure::Refused,
+                    ));
+                    true
+                }
+                (SockKind::Connecting, _) => {
+                    sock.set_timeout(Some(smol_dur(TCP_TIMEOUT)));
+                    sock.set_keep_alive(Some(smol_dur(TCP_KEEPALIVE)));
+                    if let Some(meta) = peer.meta.get_mut(&h) {
+                        meta.kind = SockKind::Stream;
+                    }
+                    self.events
+                        .push_back(Event::Connected(StreamId { peer: index, handle: h }));
+                    true
+                }
+                (SockKind::Stream, _) => true,
+            };
+            if done {
+                peer.pending.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+
+        // Unowned sockets: discard what arrives, reap when closed, reset after lingering.
+        let mut i = 0;
+        let mut again = false;
+        while i < peer.closing.len() {
+            let h = peer.closing[i];
+            let since = peer.meta.get(&h).map_or(now, |m| m.since);
+            let sock = peer.sock(h);
+            let state = sock.state();
+            let reap = match state {
+                tcp::State::TimeWait => true,
+                tcp::State::Closed => sock.local_endpoint().is_none(),
+                _ => false,
+            };
+            if reap {
+                peer.sockets.remove(h);
+                if let Some(meta) = peer.meta.remove(&h) {
+                    if peer.tuples.get(&meta.tuple) == Some(&h) {
+                        peer.tuples.remove(&meta.tuple);
+                    }
+                }
+                peer.closing.swap_remove(i);
+                continue;
+            }
+            if sock.may_recv() {
+                let _ = sock.recv(|b| (b.len(), ()));
+                again = true;
+            }
+            if state != tcp::State::Closed
+                && now.saturating_duration_since(since) >= CLOSE_LINGER
+            {
+                sock.abort();
+                again = true;
+            }
+            if state == tcp::State::Closed {
+                // The RST goes out on the next poll, then the socket is reaped.
+                again = true;
+            }
+            i += 1;
+        }
+        if again {
+            Self::mark_dirty(&mut self.dirty, peer);
+        }
+        peer.poll_at = peer.iface.poll_at(ts, &peer.sockets).map(|t| {
+            self.base + Duration::from_micros(t.total_micros().max(0) as u64)
+        });
+    }
+
+    /// Moves a socket to the closing list (no owner any more).
+    fn unown(peer: &mut Peer, h: SocketHandle, now: Instant) {
+        if let Some(meta) = peer.meta.get_mut(&h) {
+            if meta.owned {
+                meta.owned = false;
+                peer.owned = peer.owned.saturating_sub(1);
+            }
+            meta.since = now;
+            if !peer.closing.contains(&h) {
+                peer.closing.push(h);
+            }
+        }
+    }
+
+    /// The earliest time [`Core::handle_timeout`] must run (a TCP timer, or the next WireGuard
+    /// timer tick). `None` after shutdown. A past instant means "now".
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
+        let mut t = self.next_tick;
+        for peer in self.peers.values() {
+            if let Some(p) = peer.poll_at {
+                t = t.min(p);
+            }
+        }
+        if !self.dirty.is_empty() {
+            t = self.base;
+        }
+        Some(t)
+    }
+
+    /// True when stream operations left work that needs [`Core::handle_timeout`].
+    pub fn has_pending_work(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    /// Number of datagrams waiting in [`Core::poll_transmit`].
+    pub fn transmits_pending(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Returns a sent datagram's buffer for reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.pool.len() < 4096 {
+            self.pool.push(buf);
+        }
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Opens a stream to `dst` through `peer`, returning it and its local address. Completion is reported by [`Event::Connected`]
+    /// / [`Event::ConnectFailed`] and by [`Core::connect_state`].
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        peer_key: &PublicKey,
+        dst: SocketAddrV4,
+    ) -> Result<(StreamId, SocketAddrV4), TunnelError> {
+        if self.closed {
+            return Err(TunnelError::Closed);
+        }
+        let index = *self
+            .by_key
+            .get(peer_key)
+            .ok_or(TunnelError::UnknownPeer(*peer_key))?;
+        let tcp_buffer = self.tcp_buffer;
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return Err(TunnelError::UnknownPeer(*peer_key));
+        };
+        if !peer.config.allowed_ips.iter().any(|n| n.contains(dst.ip())) {
+            return Err(TunnelError::NotAllowed {
+                peer: *peer_key,
+                dst: *dst.ip(),
+            });
+        }
+        if peer.meta.len() >= MAX_STREAMS_PER_PEER {
+            return Err(TunnelError::TooManyStreams(*peer_key));
+        }
+        let mut port = None;
+        for _ in 0..64 {
+            let p = rand::Rng::gen_range(&mut rand::thread_rng(), EPHEMERAL_PORTS);
+            if !peer.tuples.contains_key(&(p, dst)) {
+                port = Some(p);
+                break;
+            }
+        }
+        let port = port.ok_or(TunnelError::NoFreePort(dst))?;
+        let mut socket = new_socket(tcp_buffer);
+        let local = SocketAddrV4::new(peer.config.local_address, port);
+        socket
+            .connect(peer.iface.context(), dst, local)
+            .map_err(|e| TunnelError::Io(io::Error::other(format!("tcp connect: {e}"))))?;
+        let h = peer.sockets.add(socket);
+        let key = (port, dst);
+        peer.meta.insert(
+            h,
+            SockMeta {
+                kind: SockKind::Connecting,
+                owned: true,
+                write_closed: false,
+                tuple: key,
+                since: now,
+            },
+        );
+        peer.owned += 1;
+        peer.tuples.insert(key, h);
+        peer.pending.push(h);
+        Self::mark_dirty(&mut self.dirty, peer);
+        Ok((
+            StreamId {
+                peer: index,
+                handle: h,
+            },
+            local,
+        ))
+    }
+
+    fn stream(&mut self, id: StreamId) -> io::Result<(&mut Peer, &mut Vec<u32>)> {
+        if self.closed {
+            return Err(closed_err());
+        }
+        match self.peers.get_mut(&id.peer) {
+            Some(peer) if peer.meta.get(&id.handle).is_some_and(|m| m.owned) => {
+                Ok((peer, &mut self.dirty))
+            }
+            _ => Err(reset_err()),
+        }
+    }
+
+    /// Where an outbound stream stands: `Ready(Ok)` once established, `Ready(Err(Refused))`
+    /// after a RST, `Pending` (with `waker` registered) while the SYN is out.
+    pub fn connect_state(
+        &mut self,
+        id: StreamId,
+        waker: Option<&Waker>,
+    ) -> Poll<Result<(), TunnelError>> {
+        if self.closed {
+            return Poll::Ready(Err(TunnelError::Closed));
+        }
+        let (peer, _) = match self.stream(id) {
+            Ok(p) => p,
+            Err(_) => return Poll::Ready(Err(TunnelError::Refused)),
+        };
+        let sock = peer.sock(id.handle);
+        match sock.state() {
+            tcp::State::SynSent | tcp::State::SynReceived => {
+                if let Some(w) = waker {
+                    sock.register_send_waker(w);
+                }
+                Poll::Pending
+            }
+            tcp::State::Closed | tcp::State::Listen => Poll::Ready(Err(TunnelError::Refused)),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Reads received bytes. `Ready(Ok(0))` is end of stream (the peer's FIN); a reset is
+    /// `ConnectionReset`. `Pending` registers `waker`.
+    pub fn stream_recv(
+        &mut self,
+        id: StreamId,
+        buf: &mut [u8],
+        waker: Option<&Waker>,
+    ) -> Poll<io::Result<usize>> {
+        let (peer, dirty) = match self.stream(id) {
+            Ok(p) => p,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        let sock = peer.sockets.get_mut::<tcp::Socket>(id.handle);
+        let queued = sock.recv_queue();
+        let capacity = sock.recv_capacity();
+        match sock.recv_slice(buf) {
+            Ok(0) if !buf.is_empty() => {
+                if let Some(w) = waker {
+                    sock.register_recv_waker(w);
+                }
+                Poll::Pending
+            }
+            Ok(n) => {
+                // Advertise the reopened window now if it had shrunk to half or less;
+                // otherwise it goes out with the next ACK anyway.
+                if queued * 2 >= capacity {
+                    Self::mark_dirty(dirty, peer);
+                }
+                Poll::Ready(Ok(n))
+            }
+            Err(tcp::RecvError::Finished) => Poll::Ready(Ok(0)),
+            Err(tcp::RecvError::InvalidState) => match sock.state() {
+                tcp::State::SynSent | tcp::State::SynReceived => {
+                    if let Some(w) = waker {
+                        sock.register_recv_waker(w);
+                    }
+                    Poll::Pending
+                }
+                _ => Poll::Ready(Err(reset_err())),
+            },
+        }
+    }
+
+    /// Queues bytes to send; `Pending` (with `waker` registered) when the send buffer is full.
+    pub fn stream_send(
+        &mut self,
+        id: StreamId,
+        data: &[u8],
+        waker: Option<&Waker>,
+    ) -> Poll<io::Result<usize>> {
+        let (peer, dirty) = match self.stream(id) {
+            Ok(p) => p,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        let write_closed = peer.meta.get(&id.handle).is_some_and(|m| m.write_closed);
+        let sock = peer.sockets.get_mut::<tcp::Socket>(id.handle);
+        if write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "tunnel stream write half already shut down",
+            )));
+        }
+        match sock.send_slice(data) {
+            Ok(0) if !data.is_empty() => {
+                if let Some(w) = waker {
+                    sock.register_send_waker(w);
+                }
+                Poll::Pending
+            }
+            Ok(n) => {
+                Self::mark_dirty(dirty, peer);
+                Poll::Ready(Ok(n))
+            }
+            Err(tcp::SendError::InvalidState) => match sock.state() {
+                tcp::State::SynSent | tcp::State::SynReceived => {
+                    if let Some(w) = waker {
+                        sock.register_send_waker(w);
+                    }
+                    Poll::Pending
+                }
+                tcp::State::Closed => Poll::Ready(Err(reset_err())),
+                _ => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "tunnel stream can no longer send",
+                ))),
+            },
+        }
+    }
+
+    /// `Ready` once everything queued has been acknowledged by the peer (or the stream is gone).
+    pub fn stream_flushed(&mut self, id: StreamId, waker: Option<&Waker>) -> Poll<io::Result<()>> {
+        let (peer, _) = match self.stream(id) {
+            Ok(p) => p,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        let sock = peer.sock(id.handle);
+        if sock.send_queue() == 0 || !sock.is_active() {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(w) = waker {
+            sock.register_send_waker(w);
+        }
+        Poll::Pending
+    }
+
+    /// Half-close: sends FIN after the queued data; reading continues.
+    pub fn stream_shutdown_write(&mut self, id: StreamId) -> io::Result<()> {
+        let (peer, dirty) = self.stream(id)?;
+        if let Some(m) = peer.meta.get_mut(&id.handle) {
+            m.write_closed = true;
+        }
+        peer.sock(id.handle).close();
+        Self::mark_dirty(dirty, peer);
+        Ok(())
+    }
+
+    /// Releases the stream gracefully (FIN after queued data); the core reaps it later.
+    pub fn stream_close(&mut self, id: StreamId, now: Instant) {
+        if let Ok((peer, dirty)) = self.stream(id) {
+            peer.sock(id.handle).close();
+            Self::unown(peer, id.handle, now);
+            Self::mark_dirty(dirty, peer);
+        }
+    }
+
+    /// Releases the stream with a RST.
+    pub fn stream_abort(&mut self, id: StreamId, now: Instant) {
+        if let Ok((peer, dirty)) = self.stream(id) {
+            peer.sock(id.handle).abort();
+            Self::unown(peer, id.handle, now);
+            Self::mark_dirty(dirty, peer);
+        }
+    }
+
+    /// Stops everything: every socket is aborted (waking all waiters), later calls fail.
+    pub fn shutdown(&mut self) {
+        let all: Vec<u32> = self.peers.keys().copied().collect();
+        for i in all {
+            self.remove_peer(i);
+        }
+        self.closed = true;
+        self.out.clear();
+    }
+
+    /// Whether [`Core::shutdown`] ran.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Streams owned by callers, all peers together.
+    pub fn owned_streams(&self) -> u64 {
+        self.peers.values().map(|p| p.owned).sum()
+    }
+
+    /// Counters and per-peer state.
+    pub fn stats(&self) -> TunnelStats {
+        let c = &self.counters;
+        let mut peers: Vec<PeerStats> = self
+            .peers
+            .values()
+            .map(|p| PeerStats {
+                public_key: p.config.public_key,
+                endpoint: p.endpoint,
+                last_handshake: p.tunn.time_since_last_handshake(),
+                tx_bytes: p.tx_bytes,
+                rx_bytes: p.rx_bytes,
+                active_streams: p.owned,
+            })
+            .collect();
+        peers.sort_by_key(|p| p.public_key);
+        TunnelStats {
+            active_streams: peers.iter().map(|p| p.active_streams).sum(),
+            peers,
+            handshakes_completed: c.handshakes_completed,
+            datagrams_rx: c.datagrams_rx,
+            datagrams_tx: c.datagrams_tx,
+            bytes_rx: c.bytes_rx,
+            bytes_tx: c.bytes_tx,
+            dropped_junk: c.dropped_junk,
+            dropped_source: c.dropped_source,
+        }
+    }
+}
+
+fn smol_dur(d: Duration) -> smoltcp::time::Duration {
+    smoltcp::time::Duration::from_micros(d.as_micros() as u64)
+}
+
+fn to_v4(e: smoltcp::wire::IpEndpoint) -> Option<SocketAddrV4> {
+    #[allow(unreachable_patterns)] // another crate may enable proto-ipv6
+    match e.addr {
+        smoltcp::wire::IpAddress::Ipv4(a) => Some(SocketAddrV4::new(a, e.port)),
+        _ => None,
+    }
+}
+
+fn new_socket(buffer: usize) -> tcp::Socket<'static> {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0u8; buffer]),
+        tcp::SocketBuffer::new(vec![0u8; buffer]),
+    );
+    // Request/response traffic must not wait for Nagle; the driver polls once per batch of
+    // datagrams, so ACKs are already coalesced without a delay timer.
+    s.set_nagle_enabled(false);
+    s.set_ack_delay(None);
+    s.set_congestion_control(tcp::CongestionControl::Cubic);
+    s
+}
+
+#[cfg(test)]
+mod tests;

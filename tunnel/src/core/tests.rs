@@ -1,0 +1,528 @@
+//! Deterministic tests of the core: cores wired back to back through a simulated link with
+//! simulated time, seeded loss, reordering and duplication (as quinn-proto's tests do).
+
+use super::*;
+use crate::PrivateKey;
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+use std::collections::BinaryHeap;
+
+#[derive(Clone, Copy)]
+struct LinkParams {
+    latency: Duration,
+    jitter: Duration,
+    loss: f64,
+    duplicate: f64,
+}
+
+const CLEAN: LinkParams = LinkParams {
+    latency: Duration::from_millis(5),
+    jitter: Duration::ZERO,
+    loss: 0.0,
+    duplicate: 0.0,
+};
+
+const LOSSY: LinkParams = LinkParams {
+    latency: Duration::from_millis(5),
+    // Up to 3 ms of jitter reorders packets sent close together.
+    jitter: Duration::from_millis(3),
+    loss: 0.01,
+    duplicate: 0.01,
+};
+
+struct InFlight {
+    at: Instant,
+    seq: u64,
+    from: SocketAddr,
+    to: SocketAddr,
+    data: Vec<u8>,
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for InFlight {}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for InFlight {
+    // Min-heap on (delivery time, send order).
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+struct Node {
+    core: Core,
+    addr: SocketAddr,
+    key: PublicKey,
+}
+
+struct Sim {
+    now: Instant,
+    start: Instant,
+    nodes: Vec<Node>,
+    link: LinkParams,
+    rng: StdRng,
+    wire: BinaryHeap<InFlight>,
+    seq: u64,
+    events: Vec<Vec<Event>>,
+}
+
+fn udp(i: usize) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, (i + 1) as u8], 51820))
+}
+
+fn net(s: &str) -> ipnet::Ipv4Net {
+    s.parse().unwrap()
+}
+
+fn v4(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+impl Sim {
+    fn new(keys: Vec<PrivateKey>, configs: Vec<(Vec<PeerConfig>, Vec<u16>)>, link: LinkParams, seed: u64) -> Sim {
+        let now = Instant::now();
+        let nodes = keys
+            .into_iter()
+            .zip(configs)
+            .enumerate()
+            .map(|(i, (k, (peers, ports)))| {
+                let mut c = TunnelConfig::new(k.clone(), udp(i));
+                c.peers = peers;
+                c.accept_ports = ports;
+                Node {
+                    core: Core::new(&c, now).unwrap(),
+                    addr: udp(i),
+                    key: k.public_key(),
+                }
+            })
+            .collect::<Vec<_>>();
+        let n = nodes.len();
+        Sim {
+            now,
+            start: now,
+            nodes,
+            link,
+            rng: StdRng::seed_from_u64(seed),
+            wire: BinaryHeap::new(),
+            seq: 0,
+            events: (0..n).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Two nodes: 0 is the edge (10.100.1.10), 1 the origin (10.100.1.1, accepts port 80).
+    fn pair(link: LinkParams, seed: u64) -> Sim {
+        let (a, b) = (PrivateKey::generate(), PrivateKey::generate());
+        let a_peers = vec![PeerConfig {
+            public_key: b.public_key(),
+            endpoint: Some(udp(1)),
+            allowed_ips: vec![net("10.100.1.1/32")],
+            local_address: "10.100.1.10".parse().unwrap(),
+            persistent_keepalive: None,
+        }];
+        let b_peers = vec![PeerConfig {
+            public_key: a.public_key(),
+            endpoint: None,
+            allowed_ips: vec![net("10.100.1.10/32")],
+            local_address: "10.100.1.1".parse().unwrap(),
+            persistent_keepalive: None,
+        }];
+        Sim::new(vec![a, b], vec![(a_peers, vec![]), (b_peers, vec![80])], link, seed)
+    }
+
+    /// Delivers due datagrams, runs timers, moves transmits onto the wire.
+    fn step(&mut self) {
+        while self.wire.peek().is_some_and(|p| p.at <= self.now) {
+            let Some(p) = self.wire.pop() else { break };
+            if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == p.to) {
+                n.core.handle_datagram(self.now, p.from, &p.data);
+            }
+        }
+        for i in 0..self.nodes.len() {
+            let node = &mut self.nodes[i];
+            node.core.handle_timeout(self.now);
+            while let Some(t) = node.core.poll_transmit() {
+                let data = t.payload.clone();
+                let from = node.addr;
+                node.core.recycle(t.payload);
+                // Handshake messages are never lost: boringtun retries them on its own
+                // (real) clock after 5 s, which a simulated test should not wait for.
+                let handshake = data.first().is_some_and(|b| *b != 4);
+                if !handshake && self.rng.gen_bool(self.link.loss) {
+                    continue;
+                }
+                let copies = if self.rng.gen_bool(self.link.duplicate) { 2 } else { 1 };
+                for _ in 0..copies {
+                    let jitter = if self.link.jitter.is_zero() {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_micros(self.rng.gen_range(0..self.link.jitter.as_micros() as u64))
+                    };
+                    self.seq += 1;
+                    self.wire.push(InFlight {
+                        at: self.now + self.link.latency + jitter,
+                        seq: self.seq,
+                        from,
+                        to: t.dst,
+                        data: data.clone(),
+                    });
+                }
+            }
+            while let Some(e) = node.core.poll_event() {
+                self.events[i].push(e);
+            }
+        }
+    }
+
+    /// Advances simulated time to the next thing that can happen.
+    fn advance(&mut self) {
+        if self.nodes.iter().any(|n| n.core.has_pending_work()) {
+            return;
+        }
+        let mut next = self.wire.peek().map(|p| p.at);
+        for n in &self.nodes {
+            if let Some(t) = n.core.poll_timeout() {
+                next = Some(next.map_or(t, |x: Instant| x.min(t)));
+            }
+        }
+        if let Some(t) = next {
+            self.now = self.now.max(t);
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// Runs until `done` or the simulated-time budget runs out.
+    fn run_until(&mut self, budget: Duration, mut done: impl FnMut(&mut Sim) -> bool) -> bool {
+        let deadline = self.now + budget;
+        for _ in 0..5_000_000 {
+            self.step();
+            if done(self) {
+                return true;
+            }
+            if self.now > deadline {
+                return false;
+            }
+            self.advance();
+        }
+        false
+    }
+
+    fn accepted(&mut self, node: usize) -> Option<(StreamId, SocketAddrV4, SocketAddrV4)> {
+        let pos = self.events[node]
+            .iter()
+            .position(|e| matches!(e, Event::Accepted { .. }))?;
+        match self.events[node].remove(pos) {
+            Event::Accepted { stream, local, remote, .. } => Some((stream, local, remote)),
+            _ => None,
+        }
+    }
+
+    /// Connects node `from` to `dst` through its peer `to` and waits for both ends.
+    fn open(&mut self, from: usize, to: usize, dst: SocketAddrV4) -> (StreamId, StreamId) {
+        let key = self.nodes[to].key;
+        let (id, _) = self.nodes[from].core.connect(self.now, &key, dst).unwrap();
+        let mut server = None;
+        let ok = self.run_until(Duration::from_secs(30), |s| {
+            if server.is_none() {
+                server = s.accepted(to);
+            }
+            server.is_some() && s.nodes[from].core.connect_state(id, None).is_ready()
+        });
+        assert!(ok, "connect did not complete");
+        assert!(matches!(self.nodes[from].core.connect_state(id, None), Poll::Ready(Ok(()))));
+        (id, server.unwrap().0)
+    }
+}
+
+/// One direction of a transfer: pseudo-random bytes written, hashed on both sides.
+struct Flow {
+    data: Vec<u8>,
+    sent: usize,
+    received: usize,
+    rx_hash: Sha256,
+    fin_sent: bool,
+    eof: bool,
+}
+
+impl Flow {
+    fn new(len: usize, seed: u64) -> Flow {
+        let mut data = vec![0u8; len];
+        StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+        Flow { data, sent: 0, received: 0, rx_hash: Sha256::new(), fin_sent: false, eof: false }
+    }
+
+    fn pump(&mut self, tx_core: &mut Core, tx: StreamId, rx_core: &mut Core, rx: StreamId, buf: &mut [u8]) {
+        while self.sent < self.data.len() {
+            match tx_core.stream_send(tx, &self.data[self.sent..], None) {
+                Poll::Ready(Ok(n)) => self.sent += n,
+                Poll::Ready(Err(e)) => panic!("send failed: {e}"),
+                Poll::Pending => break,
+            }
+        }
+        if self.sent == self.data.len() && !self.fin_sent {
+            tx_core.stream_shutdown_write(tx).unwrap();
+            self.fin_sent = true;
+        }
+        loop {
+            match rx_core.stream_recv(rx, buf, None) {
+                Poll::Ready(Ok(0)) => {
+                    self.eof = true;
+                    break;
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.rx_hash.update(&buf[..n]);
+                    self.received += n;
+                }
+                Poll::Ready(Err(e)) => panic!("recv failed: {e}"),
+                Poll::Pending => break,
+            }
+        }
+    }
+}
+
+fn transfer_both_ways(link: LinkParams, seed: u64, len: usize) -> Duration {
+    let mut sim = Sim::pair(link, seed);
+    let (c, s) = sim.open(0, 1, v4("10.100.1.1:80"));
+    let mut up = Flow::new(len, seed ^ 1);
+    let mut down = Flow::new(len, seed ^ 2);
+    let mut buf = vec![0u8; 64 * 1024];
+    let ok = sim.run_until(Duration::from_secs(600), |sim| {
+        let (a, b) = sim.nodes.split_at_mut(1);
+        let (a, b) = (&mut a[0].core, &mut b[0].core);
+        up.pump(a, c, b, s, &mut buf);
+        down.pump(b, s, a, c, &mut buf);
+        up.eof && down.eof
+    });
+    assert!(ok, "transfer stalled: up {} down {} of {len} after {:?}", up.received, down.received, sim.elapsed());
+    assert_eq!(up.received, len);
+    assert_eq!(down.received, len);
+    assert_eq!(up.rx_hash.finalize()[..], Sha256::digest(&up.data)[..]);
+    assert_eq!(down.rx_hash.finalize()[..], Sha256::digest(&down.data)[..]);
+    // Both ends close; the sockets are reaped and memory stays bounded.
+    sim.nodes[0].core.stream_close(c, sim.now);
+    sim.nodes[1].core.stream_close(s, sim.now);
+    let reaped = sim.run_until(Duration::from_secs(700), |sim| {
+        sim.nodes.iter().all(|n| n.core.peers.values().all(|p| p.meta.is_empty()))
+    });
+    assert!(reaped, "closed sockets were not reaped");
+    assert_eq!(sim.nodes[0].core.stats().active_streams, 0);
+    eprintln!("simulated {:?}, stats {:?}", sim.elapsed(), sim.nodes[1].core.stats());
+    sim.elapsed()
+}
+
+#[test]
+fn transfer_4mib_each_way_clean_link() {
+    transfer_both_ways(CLEAN, 7, 4 << 20);
+}
+
+#[test]
+fn transfer_4mib_each_way_lossy_reordering_duplicating_link() {
+    for seed in [11, 12] {
+        transfer_both_ways(LOSSY, seed, 4 << 20);
+    }
+}
+
+#[test]
+fn connect_to_port_not_accepted_is_refused() {
+    let mut sim = Sim::pair(CLEAN, 3);
+    let key = sim.nodes[1].key;
+    let (id, _) = sim.nodes[0].core.connect(sim.now, &key, v4("10.100.1.1:81")).unwrap();
+    let ok = sim.run_until(Duration::from_secs(10), |s| s.nodes[0].core.connect_state(id, None).is_ready());
+    assert!(ok);
+    assert!(matches!(sim.nodes[0].core.connect_state(id, None), Poll::Ready(Err(TunnelError::Refused))));
+    assert!(sim.events[0].iter().any(|e| matches!(e, Event::ConnectFailed(i, ConnectFailure::Refused) if *i == id)));
+    assert!(sim.accepted(1).is_none());
+    // The refused socket is reaped once released.
+    sim.nodes[0].core.stream_close(id, sim.now);
+    assert!(sim.run_until(Duration::from_secs(20), |s| s.nodes[0].core.peers.values().all(|p| p.meta.is_empty())));
+}
+
+#[test]
+fn set_accept_ports_takes_effect() {
+    let mut sim = Sim::pair(CLEAN, 4);
+    sim.nodes[1].core.set_accept_ports(vec![81]);
+    let (_, s) = sim.open(0, 1, v4("10.100.1.1:81"));
+    let _ = s;
+    let key = sim.nodes[1].key;
+    let (id, _) = sim.nodes[0].core.connect(sim.now, &key, v4("10.100.1.1:80")).unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |s| s.nodes[0].core.connect_state(id, None).is_ready()));
+    assert!(matches!(sim.nodes[0].core.connect_state(id, None), Poll::Ready(Err(TunnelError::Refused))));
+}
+
+#[test]
+fn inner_source_outside_allowed_ips_is_dropped_and_counted() {
+    let (a, b) = (PrivateKey::generate(), PrivateKey::generate());
+    let a_peers = vec![PeerConfig {
+        public_key: b.public_key(),
+        endpoint: Some(udp(1)),
+        allowed_ips: vec![net("10.100.1.1/32")],
+        local_address: "10.100.1.10".parse().unwrap(),
+        persistent_keepalive: None,
+    }];
+    // The origin only accepts 10.100.9.0/24 from this peer: 10.100.1.10 is not inside.
+    let b_peers = vec![PeerConfig {
+        public_key: a.public_key(),
+        endpoint: None,
+        allowed_ips: vec![net("10.100.9.0/24")],
+        local_address: "10.100.1.1".parse().unwrap(),
+        persistent_keepalive: None,
+    }];
+    let mut sim = Sim::new(vec![a, b], vec![(a_peers, vec![]), (b_peers, vec![80])], CLEAN, 5);
+    let key = sim.nodes[1].key;
+    let (id, _) = sim.nodes[0].core.connect(sim.now, &key, v4("10.100.1.1:80")).unwrap();
+    sim.run_until(Duration::from_secs(3), |_| false);
+    let stats = sim.nodes[1].core.stats();
+    assert!(stats.dropped_source >= 1, "{stats:?}");
+    assert_eq!(stats.handshakes_completed, 1, "the WireGuard session itself is fine");
+    assert!(sim.accepted(1).is_none());
+    assert!(sim.nodes[0].core.connect_state(id, None).is_pending());
+}
+
+#[test]
+fn junk_datagrams_are_counted_and_ignored() {
+    let mut sim = Sim::pair(CLEAN, 6);
+    // A working session first, so junk must not disturb it.
+    let (c, s) = sim.open(0, 1, v4("10.100.1.1:80"));
+    let before = sim.nodes[1].core.stats();
+    let mut rng = StdRng::seed_from_u64(99);
+    let mut junk: Vec<Vec<u8>> = vec![vec![], vec![1], vec![9, 9, 9, 9, 9]];
+    for t in 1u8..=4 {
+        for len in [4usize, 32, 64, 92, 148, 200, 1500] {
+            let mut d = vec![0u8; len];
+            rng.fill_bytes(&mut d);
+            d[..4].copy_from_slice(&[t, 0, 0, 0]);
+            junk.push(d);
+        }
+    }
+    let from = SocketAddr::from(([203, 0, 113, 9], 4444));
+    for d in &junk {
+        sim.nodes[1].core.handle_datagram(sim.now, from, d);
+    }
+    sim.nodes[1].core.handle_timeout(sim.now);
+    let after = sim.nodes[1].core.stats();
+    assert_eq!(after.dropped_junk - before.dropped_junk, junk.len() as u64);
+    while let Some(t) = sim.nodes[1].core.poll_transmit() {
+        assert_ne!(t.dst, from, "junk must not be answered");
+    }
+    // Roaming only follows authenticated packets.
+    assert_eq!(after.peers[0].endpoint, Some(udp(0)));
+    // The stream still works.
+    let mut f = Flow::new(10_000, 1);
+    let mut buf = vec![0u8; 4096];
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        let (a, b) = sim.nodes.split_at_mut(1);
+        f.pump(&mut a[0].core, c, &mut b[0].core, s, &mut buf);
+        f.eof
+    }));
+}
+
+#[test]
+fn two_peers_on_one_core_are_isolated() {
+    // Node 0 is an edge serving two origins (1 and 2), one netstack per origin.
+    let (e, o1, o2) = (PrivateKey::generate(), PrivateKey::generate(), PrivateKey::generate());
+    let edge_peers = vec![
+        PeerConfig {
+            public_key: o1.public_key(),
+            endpoint: Some(udp(1)),
+            allowed_ips: vec![net("10.100.1.1/32")],
+            local_address: "10.100.1.10".parse().unwrap(),
+            persistent_keepalive: None,
+        },
+        PeerConfig {
+            public_key: o2.public_key(),
+            endpoint: Some(udp(2)),
+            allowed_ips: vec![net("10.100.2.1/32")],
+            local_address: "10.100.2.10".parse().unwrap(),
+            persistent_keepalive: None,
+        },
+    ];
+    // Origin 1 is hostile: it believes the whole /16 is behind the edge and tries to reach
+    // the edge's netstack toward origin 2, and to spoof origin 2's address.
+    let o1_peers = vec![PeerConfig {
+        public_key: e.public_key(),
+        endpoint: Some(udp(0)),
+        allowed_ips: vec![net("10.100.0.0/16")],
+        local_address: "10.100.1.1".parse().unwrap(),
+        persistent_keepalive: Some(25),
+    }];
+    let o2_peers = vec![PeerConfig {
+        public_key: e.public_key(),
+        endpoint: Some(udp(0)),
+        allowed_ips: vec![net("10.100.2.10/32")],
+        local_address: "10.100.2.1".parse().unwrap(),
+        persistent_keepalive: Some(25),
+    }];
+    let mut sim = Sim::new(
+        vec![e, o1, o2],
+        vec![(edge_peers, vec![80]), (o1_peers, vec![]), (o2_peers, vec![])],
+        CLEAN,
+        8,
+    );
+    // Both origins dial out at once (persistent keepalive): handshakes complete.
+    assert!(sim.run_until(Duration::from_secs(2), |s| s.nodes[0].core.stats().handshakes_completed == 2));
+    // Legitimate streams from each origin to its own edge address work.
+    let (_c1, _s1) = sim.open(1, 0, v4("10.100.1.10:80"));
+    let (_c2, _s2) = sim.open(2, 0, v4("10.100.2.10:80"));
+    // Origin 1 aims at the edge's address toward origin 2: dropped, never accepted.
+    let dropped = sim.nodes[0].core.stats().dropped_source;
+    let key = sim.nodes[0].key;
+    let (x, _) = sim.nodes[1].core.connect(sim.now, &key, v4("10.100.2.10:80")).unwrap();
+    sim.run_until(Duration::from_secs(3), |_| false);
+    assert!(sim.nodes[0].core.stats().dropped_source > dropped);
+    assert!(sim.accepted(0).is_none());
+    assert!(sim.nodes[1].core.connect_state(x, None).is_pending());
+    // Origin 1 spoofing origin 2's source address is dropped too.
+    sim.nodes[1]
+        .core
+        .set_peers(
+            vec![PeerConfig {
+                public_key: key,
+                endpoint: Some(udp(0)),
+                allowed_ips: vec![net("10.100.0.0/16")],
+                local_address: "10.100.2.1".parse().unwrap(),
+                persistent_keepalive: Some(25),
+            }],
+            sim.now,
+        )
+        .unwrap();
+    let dropped = sim.nodes[0].core.stats().dropped_source;
+    let (y, _) = sim.nodes[1].core.connect(sim.now, &key, v4("10.100.2.10:80")).unwrap();
+    sim.run_until(Duration::from_secs(3), |_| false);
+    assert!(sim.nodes[0].core.stats().dropped_source > dropped);
+    assert!(sim.accepted(0).is_none());
+    assert!(sim.nodes[1].core.connect_state(y, None).is_pending());
+}
+
+#[test]
+fn removed_peer_resets_its_streams_only() {
+    let mut sim = Sim::pair(CLEAN, 9);
+    let (c, _s) = sim.open(0, 1, v4("10.100.1.1:80"));
+    sim.nodes[0].core.set_peers(vec![], sim.now).unwrap();
+    let r = sim.nodes[0].core.stream_send(c, b"x", None);
+    assert!(matches!(r, Poll::Ready(Err(ref e)) if e.kind() == io::ErrorKind::ConnectionReset));
+    let key = sim.nodes[1].key;
+    assert!(matches!(
+        sim.nodes[0].core.connect(sim.now, &key, v4("10.100.1.1:80")),
+        Err(TunnelError::UnknownPeer(_))
+    ));
+}
+
+#[test]
+fn connect_outside_allowed_ips_is_rejected() {
+    let mut sim = Sim::pair(CLEAN, 10);
+    let key = sim.nodes[1].key;
+    assert!(matches!(
+        sim.nodes[0].core.connect(sim.now, &key, v4("192.168.1.1:22")),
+        Err(TunnelError::NotAllowed { .. })
+    ));
+}

@@ -1,0 +1,449 @@
+//! The tokio driver: one task owns the UDP socket and the [`Core`]'s clock; streams lock the
+//! core briefly to move bytes and wake the driver through a `Notify`. No task and no channel
+//! hop per packet: datagrams go socket -> core -> socket inside one loop iteration.
+
+use std::future::poll_fn;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, Notify};
+use tracing::Instrument as _;
+
+use crate::core::{Core, Event, StreamId, Transmit};
+use crate::{PeerConfig, PublicKey, TunnelConfig, TunnelError, TunnelStats};
+
+/// Datagrams read per driver iteration before the netstacks are polled.
+const RECV_BATCH: usize = 64;
+/// Requested kernel socket buffers: bursts of a fast stream must not overflow them.
+const SOCKET_BUFFER: usize = 7 * 1024 * 1024;
+/// Accepted streams waiting for `Incoming::accept`; beyond this new ones are reset.
+const ACCEPT_BACKLOG: usize = 1024;
+
+struct Shared {
+    core: Mutex<Core>,
+    notify: Notify,
+    local_addr: SocketAddr,
+    public_key: PublicKey,
+    /// Live `Tunnel` handles; the driver stops when none is left and no stream is open.
+    handles: AtomicUsize,
+}
+
+impl Shared {
+    fn wake_driver_if_needed(&self, core: &Core) {
+        if core.has_pending_work() {
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// A userspace WireGuard node: one UDP socket, many peers, TCP streams through them.
+/// A cheap `Clone` handle; the driver task runs until every handle is dropped (and every
+/// stream closed) or [`Tunnel::shutdown`] is called.
+pub struct Tunnel {
+    shared: Arc<Shared>,
+}
+
+impl Clone for Tunnel {
+    fn clone(&self) -> Self {
+        self.shared.handles.fetch_add(1, Ordering::Relaxed);
+        Tunnel {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.notify.notify_one();
+        }
+    }
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("local_addr", &self.shared.local_addr)
+            .field("public_key", &self.shared.public_key)
+            .finish()
+    }
+}
+
+impl Tunnel {
+    /// Binds the UDP socket, spawns the driver on the current tokio runtime.
+    pub async fn bind(config: TunnelConfig) -> Result<(Tunnel, Incoming), TunnelError> {
+        let core = Core::new(&config, Instant::now())?;
+        let socket = bind_udp(config.listen)?;
+        let local_addr = socket.local_addr()?;
+        let public_key = core.public_key();
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            notify: Notify::new(),
+            local_addr,
+            public_key,
+            handles: AtomicUsize::new(1),
+        });
+        let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
+        let span = tracing::info_span!("tunnel", local = %local_addr, key = %public_key);
+        tokio::spawn(drive(shared.clone(), socket, tx).instrument(span));
+        Ok((Tunnel { shared }, Incoming { rx }))
+    }
+
+    /// The UDP socket's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// This node's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.shared.public_key
+    }
+
+    /// Replaces the peer set: unchanged peers keep their sessions and streams, removed peers'
+    /// streams are reset, changed endpoints/allowed IPs apply at once. An invalid set (a key
+    /// listed twice) is logged and ignored; use [`Tunnel::try_set_peers`] to get the error.
+    pub fn set_peers(&self, peers: Vec<PeerConfig>) {
+        if let Err(e) = self.try_set_peers(peers) {
+            tracing::warn!(error = %e, "peer set rejected, keeping the previous one");
+        }
+    }
+
+    /// [`Tunnel::set_peers`] that reports an invalid peer set instead of logging it.
+    pub fn try_set_peers(&self, peers: Vec<PeerConfig>) -> Result<(), TunnelError> {
+        let mut core = self.shared.core.lock();
+        let r = core.set_peers(peers, Instant::now());
+        drop(core);
+        self.shared.notify.notify_one();
+        r
+    }
+
+    /// Replaces the ports on which inbound streams are accepted.
+    pub fn set_accept_ports(&self, ports: Vec<u16>) {
+        self.shared.core.lock().set_accept_ports(ports);
+    }
+
+    /// Opens a TCP stream through the tunnel to `dst` (an address inside the peer's allowed IPs).
+    /// Resolves once the TCP handshake completes; errors: UnknownPeer, Refused (RST),
+    /// TimedOut (no handshake / no SYN-ACK within `timeout`), Closed (tunnel shut down),
+    /// NotAllowed (`dst` outside the peer's allowed IPs), TooManyStreams.
+    /// Cancellation-safe: dropping the future abandons the half-open stream.
+    pub async fn connect(
+        &self,
+        peer: &PublicKey,
+        dst: SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<TunnelStream, TunnelError> {
+        let (id, local) = self.shared.core.lock().connect(Instant::now(), peer, dst)?;
+        self.shared.notify.notify_one();
+        let mut stream = TunnelStream {
+            shared: self.shared.clone(),
+            id,
+            peer: *peer,
+            local,
+            remote: dst,
+            released: false,
+        };
+        let shared = &self.shared;
+        let established =
+            poll_fn(|cx| shared.core.lock().connect_state(id, Some(cx.waker())));
+        match tokio::time::timeout(timeout, established).await {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(e)) => {
+                stream.abort();
+                Err(e)
+            }
+            Err(_) => {
+                stream.abort();
+                Err(TunnelError::TimedOut)
+            }
+        }
+    }
+
+    /// Counters and per-peer state.
+    pub fn stats(&self) -> TunnelStats {
+        self.shared.core.lock().stats()
+    }
+
+    /// Stops the driver: every stream gets an error, the UDP socket is closed.
+    pub fn shutdown(&self) {
+        self.shared.core.lock().shutdown();
+        self.shared.notify.notify_one();
+    }
+}
+
+fn bind_udp(listen: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel clamps to net.core.[rw]mem_max.
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "could not raise SO_RCVBUF");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(error = %e, "could not raise SO_SNDBUF");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&listen.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+async fn drive(shared: Arc<Shared>, socket: UdpSocket, accept_tx: mpsc::Sender<IncomingStream>) {
+    let mut buf = vec![0u8; 65536];
+    let mut out: Vec<Transmit> = Vec::with_capacity(256);
+    let mut sent: Vec<Vec<u8>> = Vec::with_capacity(256);
+    let mut events: Vec<Event> = Vec::new();
+    tracing::debug!("tunnel driver started");
+    loop {
+        let deadline = {
+            let mut core = shared.core.lock();
+            for b in sent.drain(..) {
+                core.recycle(b);
+            }
+            let idle = shared.handles.load(Ordering::Acquire) == 0 && core.owned_streams() == 0;
+            if core.is_closed() || idle {
+                core.shutdown();
+                break;
+            }
+            core.poll_timeout()
+        };
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            r = socket.readable() => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "tunnel UDP socket failed, shutting down");
+                    shared.core.lock().shutdown();
+                    break;
+                }
+            }
+            _ = shared.notify.notified() => {}
+            _ = sleep => {}
+        }
+
+        let now = Instant::now();
+        {
+            let mut core = shared.core.lock();
+            for _ in 0..RECV_BATCH {
+                match socket.try_recv_from(&mut buf) {
+                    Ok((n, from)) => core.handle_datagram(now, from, &buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "UDP receive error");
+                        break;
+                    }
+                }
+            }
+            core.handle_timeout(now);
+            while let Some(t) = core.poll_transmit() {
+                out.push(t);
+            }
+            while let Some(ev) = core.poll_event() {
+                events.push(ev);
+            }
+        }
+
+        for ev in events.drain(..) {
+            match ev {
+                Event::Accepted {
+                    stream,
+                    peer,
+                    local,
+                    remote,
+                } => {
+                    let incoming = IncomingStream {
+                        stream: TunnelStream {
+                            shared: shared.clone(),
+                            id: stream,
+                            peer,
+                            local,
+                            remote,
+                            released: false,
+                        },
+                        peer,
+                        local_port: local.port(),
+                        remote,
+                    };
+                    if let Err(e) = accept_tx.try_send(incoming) {
+                        tracing::warn!(%peer, %remote, "accept backlog full or Incoming dropped: resetting stream");
+                        let mut rejected = match e {
+                            mpsc::error::TrySendError::Full(s)
+                            | mpsc::error::TrySendError::Closed(s) => s,
+                        };
+                        rejected.stream.abort();
+                    }
+                }
+                Event::HandshakeCompleted(peer) => {
+                    tracing::debug!(%peer, "WireGuard handshake completed");
+                }
+                Event::Connected(_) | Event::ConnectFailed(..) => {}
+            }
+        }
+
+        for t in out.drain(..) {
+            loop {
+                match socket.try_send_to(&t.payload, t.dst) {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if socket.writable().await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, dst = %t.dst, "UDP send error");
+                        break;
+                    }
+                }
+            }
+            sent.push(t.payload);
+        }
+    }
+    tracing::debug!("tunnel driver stopped");
+}
+
+/// Inbound streams, in arrival order.
+#[derive(Debug)]
+pub struct Incoming {
+    rx: mpsc::Receiver<IncomingStream>,
+}
+
+impl Incoming {
+    /// The next inbound stream; `None` after shutdown. Cancellation-safe.
+    pub async fn accept(&mut self) -> Option<IncomingStream> {
+        self.rx.recv().await
+    }
+}
+
+/// A stream a peer opened to one of the accepted ports.
+#[derive(Debug)]
+pub struct IncomingStream {
+    /// The stream itself.
+    pub stream: TunnelStream,
+    /// Which peer opened it.
+    pub peer: PublicKey,
+    /// The destination port the remote peer connected to.
+    pub local_port: u16,
+    /// The peer's inner address and port.
+    pub remote: SocketAddrV4,
+}
+
+/// A TCP stream through the tunnel: tokio `AsyncRead + AsyncWrite + Send + Sync + Unpin`.
+///
+/// `poll_shutdown` sends FIN (half-close; reading continues until the peer's FIN gives
+/// `Ok(0)`). Drop closes gracefully (FIN after queued data) and the tunnel reaps the socket
+/// later. A reset by the peer surfaces as `io::ErrorKind::ConnectionReset`.
+pub struct TunnelStream {
+    shared: Arc<Shared>,
+    id: StreamId,
+    peer: PublicKey,
+    local: SocketAddrV4,
+    remote: SocketAddrV4,
+    released: bool,
+}
+
+impl std::fmt::Debug for TunnelStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelStream")
+            .field("peer", &self.peer)
+            .field("local", &self.local)
+            .field("remote", &self.remote)
+            .finish()
+    }
+}
+
+impl TunnelStream {
+    /// The peer this stream goes through.
+    pub fn peer(&self) -> PublicKey {
+        self.peer
+    }
+
+    /// Our inner address and port.
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        self.local
+    }
+
+    /// The remote inner address and port.
+    pub fn remote_addr(&self) -> SocketAddrV4 {
+        self.remote
+    }
+
+    /// Resets the stream (RST) instead of closing it gracefully.
+    pub fn abort(&mut self) {
+        if !std::mem::replace(&mut self.released, true) {
+            self.shared.core.lock().stream_abort(self.id, Instant::now());
+            self.shared.notify.notify_one();
+        }
+    }
+}
+
+impl Drop for TunnelStream {
+    fn drop(&mut self) {
+        if !std::mem::replace(&mut self.released, true) {
+            self.shared.core.lock().stream_close(self.id, Instant::now());
+            self.shared.notify.notify_one();
+        }
+    }
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let dst = buf.initialize_unfilled();
+        let r = {
+            let mut core = this.shared.core.lock();
+            let r = core.stream_recv(this.id, dst, Some(cx.waker()));
+            this.shared.wake_driver_if_needed(&core);
+            r
+        };
+        match r {
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let mut core = this.shared.core.lock();
+        let r = core.stream_send(this.id, data, Some(cx.waker()));
+        this.shared.wake_driver_if_needed(&core);
+        r
+    }
+
+    /// Bytes written are already queued in the netstack: nothing to flush (as for a TcpStream).
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut core = this.shared.core.lock();
+        let r = core.stream_shutdown_write(this.id);
+        this.shared.wake_driver_if_needed(&core);
+        Poll::Ready(r)
+    }
+}
