@@ -29,8 +29,7 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 
 use crate::{
-    PeerConfig, PeerStats, PublicKey, TunnelConfig, TunnelError, TunnelStats,
-    MAX_STREAMS_PER_PEER,
+    PeerConfig, PeerStats, PublicKey, TunnelConfig, TunnelError, TunnelStats, MAX_STREAMS_PER_PEER,
 };
 
 /// How often boringtun's `update_timers` runs (WireGuard timers are second-granular).
@@ -531,7 +530,8 @@ impl Core {
             self.by_key.remove(&peer.config.public_key);
             // Wakes every waiter; their next call finds the peer gone (ConnectionReset).
             for (_, s) in peer.sockets.iter_mut() {
-                #[allow(irrefutable_let_patterns)] // only TCP sockets unless another crate adds more
+                #[allow(irrefutable_let_patterns)]
+                // only TCP sockets unless another crate adds more
                 if let smoltcp::socket::Socket::Tcp(s) = s {
                     s.abort();
                 }
@@ -658,12 +658,22 @@ impl Core {
         self.peers.get_key_value(&peer).map(|(k, _)| k)
     }
 
-    fn decapsulate(&mut self, now: Instant, index: u32, msg_type: u32, from: SocketAddr, data: &[u8]) {
+    fn decapsulate(
+        &mut self,
+        now: Instant,
+        index: u32,
+        msg_type: u32,
+        from: SocketAddr,
+        data: &[u8],
+    ) {
         let Some(peer) = self.peers.get_mut(&index) else {
             return;
         };
         let mut flush = peer.blocked;
-        match peer.tunn.decapsulate(Some(from.ip()), data, &mut self.decap) {
+        match peer
+            .tunn
+            .decapsulate(Some(from.ip()), data, &mut self.decap)
+        {
             TunnResult::Err(e) => {
                 if !matches!(e, WireGuardError::DuplicateCounter) {
                     tracing::trace!(error = ?e, "dropping datagram");
@@ -704,18 +714,12 @@ impl Core {
                 peer.endpoint = Some(from);
                 peer.rx_bytes += data.len() as u64;
                 let allowed = peer.config.allowed_ips.iter().any(|n| n.contains(&src));
-                let dst_ok = packet.len() >= 20
-                    && packet[16..20] == peer.config.local_address.octets();
+                let dst_ok =
+                    packet.len() >= 20 && packet[16..20] == peer.config.local_address.octets();
                 if !allowed || !dst_ok {
                     self.counters.dropped_source += 1;
                 } else {
-                    Self::prepare_syn(
-                        peer,
-                        packet,
-                        &self.accept_ports,
-                        self.tcp_buffer,
-                        now,
-                    );
+                    Self::prepare_syn(peer, packet, &self.accept_ports, self.tcp_buffer, now);
                     let mut buf = self.pool.pop().unwrap_or_default();
                     buf.clear();
                     buf.extend_from_slice(packet);
@@ -730,7 +734,13 @@ impl Core {
         }
         if flush {
             peer.blocked = false;
-            Self::flush_queued(peer, &mut self.decap, &mut self.out, &mut self.pool, &mut self.counters);
+            Self::flush_queued(
+                peer,
+                &mut self.decap,
+                &mut self.out,
+                &mut self.pool,
+                &mut self.counters,
+            );
         }
     }
 
@@ -852,37 +862,38 @@ impl Core {
 
     fn tick_wireguard(&mut self) {
         for peer in self.peers.values_mut() {
-            if std::mem::take(&mut peer.initiate) {
-                if let TunnResult::WriteToNetwork(p) =
-                    peer.tunn.format_handshake_initiation(&mut self.decap, false)
-                {
+            let mut out = |peer: &mut Peer, r: TunnResult<'_>| {
+                if let TunnResult::WriteToNetwork(p) = r {
                     let mut buf = self.pool.pop().unwrap_or_default();
                     buf.clear();
                     buf.extend_from_slice(p);
-                    push_datagram(&mut self.out, &mut self.pool, &mut self.counters, &mut peer.tx_bytes, peer.endpoint, buf);
+                    push_datagram(
+                        &mut self.out,
+                        &mut self.pool,
+                        &mut self.counters,
+                        &mut peer.tx_bytes,
+                        peer.endpoint,
+                        buf,
+                    );
                 }
+            };
+            if std::mem::take(&mut peer.initiate) {
+                let r = peer
+                    .tunn
+                    .format_handshake_initiation(&mut self.decap, false);
+                out(peer, r);
             }
             match peer.tunn.update_timers(&mut self.decap) {
-                TunnResult::WriteToNetwork(p) => {
-                    let mut buf = self.pool.pop().unwrap_or_default();
-                    buf.clear();
-                    buf.extend_from_slice(p);
-                    push_datagram(&mut self.out, &mut self.pool, &mut self.counters, &mut peer.tx_bytes, peer.endpoint, buf);
+                // The session is gone; streams that still exist need a new one.
+                TunnResult::Err(WireGuardError::ConnectionExpired)
+                    if peer.owned > 0 && peer.endpoint.is_some() =>
+                {
+                    let r = peer
+                        .tunn
+                        .format_handshake_initiation(&mut self.decap, false);
+                    out(peer, r);
                 }
-                TunnResult::Err(WireGuardError::ConnectionExpired) => {
-                    // The session is gone; streams that still exist need a new one.
-                    if peer.owned > 0 && peer.endpoint.is_some() {
-                        if let TunnResult::WriteToNetwork(p) =
-                            peer.tunn.format_handshake_initiation(&mut self.decap, false)
-                        {
-                            let mut buf = self.pool.pop().unwrap_or_default();
-                            buf.clear();
-                            buf.extend_from_slice(p);
-                            push_datagram(&mut self.out, &mut self.pool, &mut self.counters, &mut peer.tx_bytes, peer.endpoint, buf);
-                        }
-                    }
-                }
-                _ => {}
+                r => out(peer, r),
             }
         }
     }
@@ -929,7 +940,10 @@ impl Core {
                 {
                     false
                 }
-                (SockKind::Listener, tcp::State::Listen | tcp::State::SynReceived | tcp::State::Closed) => {
+                (
+                    SockKind::Listener,
+                    tcp::State::Listen | tcp::State::SynReceived | tcp::State::Closed,
+                ) => {
                     // The SYN was rejected or reset, or the handshake never finished.
                     sock.abort();
                     Self::unown(peer, h, now);
@@ -953,7 +967,10 @@ impl Core {
                             peer.tuples.insert(key, h);
                             peer.owned += 1;
                             self.events.push_back(Event::Accepted {
-                                stream: StreamId { peer: index, handle: h },
+                                stream: StreamId {
+                                    peer: index,
+                                    handle: h,
+                                },
                                 peer: peer.config.public_key,
                                 local: l,
                                 remote: r,
@@ -969,7 +986,10 @@ impl Core {
                 (SockKind::Connecting, tcp::State::SynSent) => false,
                 (SockKind::Connecting, tcp::State::Closed) => {
                     self.events.push_back(Event::ConnectFailed(
-                        StreamId { peer: index, handle: h },
+                        StreamId {
+                            peer: index,
+                            handle: h,
+                        },
                         ConnectFailure::Refused,
                     ));
                     true
@@ -980,8 +1000,10 @@ impl Core {
                     if let Some(meta) = peer.meta.get_mut(&h) {
                         meta.kind = SockKind::Stream;
                     }
-                    self.events
-                        .push_back(Event::Connected(StreamId { peer: index, handle: h }));
+                    self.events.push_back(Event::Connected(StreamId {
+                        peer: index,
+                        handle: h,
+                    }));
                     true
                 }
                 (SockKind::Stream, _) => true,
@@ -1020,9 +1042,7 @@ impl Core {
                 let _ = sock.recv(|b| (b.len(), ()));
                 again = true;
             }
-            if state != tcp::State::Closed
-                && now.saturating_duration_since(since) >= CLOSE_LINGER
-            {
+            if state != tcp::State::Closed && now.saturating_duration_since(since) >= CLOSE_LINGER {
                 sock.abort();
                 again = true;
             }
@@ -1035,9 +1055,10 @@ impl Core {
         if again {
             Self::mark_dirty(&mut self.dirty, peer);
         }
-        peer.poll_at = peer.iface.poll_at(ts, &peer.sockets).map(|t| {
-            self.base + Duration::from_micros(t.total_micros().max(0) as u64)
-        });
+        peer.poll_at = peer
+            .iface
+            .poll_at(ts, &peer.sockets)
+            .map(|t| self.base + Duration::from_micros(t.total_micros().max(0) as u64));
     }
 
     /// Moves a socket to the closing list (no owner any more).

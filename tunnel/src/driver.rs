@@ -152,8 +152,7 @@ impl Tunnel {
             released: false,
         };
         let shared = &self.shared;
-        let established =
-            poll_fn(|cx| shared.core.lock().connect_state(id, Some(cx.waker())));
+        let established = poll_fn(|cx| shared.core.lock().connect_state(id, Some(cx.waker())));
         match tokio::time::timeout(timeout, established).await {
             Ok(Ok(())) => Ok(stream),
             Ok(Err(e)) => {
@@ -181,7 +180,11 @@ impl Tunnel {
 
 fn bind_udp(listen: SocketAddr) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(listen), Type::DGRAM, Some(Protocol::UDP))?;
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
     // Best effort: the kernel clamps to net.core.[rw]mem_max.
     if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
         tracing::debug!(error = %e, "could not raise SO_RCVBUF");
@@ -381,7 +384,10 @@ impl TunnelStream {
     /// Resets the stream (RST) instead of closing it gracefully.
     pub fn abort(&mut self) {
         if !std::mem::replace(&mut self.released, true) {
-            self.shared.core.lock().stream_abort(self.id, Instant::now());
+            self.shared
+                .core
+                .lock()
+                .stream_abort(self.id, Instant::now());
             self.shared.notify.notify_one();
         }
     }
@@ -390,7 +396,10 @@ impl TunnelStream {
 impl Drop for TunnelStream {
     fn drop(&mut self) {
         if !std::mem::replace(&mut self.released, true) {
-            self.shared.core.lock().stream_close(self.id, Instant::now());
+            self.shared
+                .core
+                .lock()
+                .stream_close(self.id, Instant::now());
             self.shared.notify.notify_one();
         }
     }

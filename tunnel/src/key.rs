@@ -12,7 +12,9 @@ use boringtun::x25519;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
     /// The string is not valid standard base64.
-    #[error("key is not valid base64 (expected 44 characters as printed by `wg genkey`/`wg pubkey`)")]
+    #[error(
+        "key is not valid base64 (expected 44 characters as printed by `wg genkey`/`wg pubkey`)"
+    )]
     Base64,
     /// The decoded key does not have 32 bytes.
     #[error("key decodes to {0} bytes, a WireGuard key has 32 (44 base64 characters)")]

@@ -138,7 +138,9 @@ pub enum TunnelError {
     #[error("the tunnel is shut down")]
     Closed,
     /// The destination is not inside the peer's allowed IPs, so replies could never come back.
-    #[error("{dst} is not inside the allowed IPs of peer {peer}: connect to the peer's own address")]
+    #[error(
+        "{dst} is not inside the allowed IPs of peer {peer}: connect to the peer's own address"
+    )]
     NotAllowed {
         /// The peer.
         peer: PublicKey,

@@ -87,7 +87,12 @@ fn v4(s: &str) -> SocketAddrV4 {
 }
 
 impl Sim {
-    fn new(keys: Vec<PrivateKey>, configs: Vec<(Vec<PeerConfig>, Vec<u16>)>, link: LinkParams, seed: u64) -> Sim {
+    fn new(
+        keys: Vec<PrivateKey>,
+        configs: Vec<(Vec<PeerConfig>, Vec<u16>)>,
+        link: LinkParams,
+        seed: u64,
+    ) -> Sim {
         let now = Instant::now();
         let nodes = keys
             .into_iter()
@@ -134,7 +139,12 @@ impl Sim {
             local_address: "10.100.1.1".parse().unwrap(),
             persistent_keepalive: None,
         }];
-        Sim::new(vec![a, b], vec![(a_peers, vec![]), (b_peers, vec![80])], link, seed)
+        Sim::new(
+            vec![a, b],
+            vec![(a_peers, vec![]), (b_peers, vec![80])],
+            link,
+            seed,
+        )
     }
 
     /// Delivers due datagrams, runs timers, moves transmits onto the wire.
@@ -158,12 +168,18 @@ impl Sim {
                 if !handshake && self.rng.gen_bool(self.link.loss) {
                     continue;
                 }
-                let copies = if self.rng.gen_bool(self.link.duplicate) { 2 } else { 1 };
+                let copies = if self.rng.gen_bool(self.link.duplicate) {
+                    2
+                } else {
+                    1
+                };
                 for _ in 0..copies {
                     let jitter = if self.link.jitter.is_zero() {
                         Duration::ZERO
                     } else {
-                        Duration::from_micros(self.rng.gen_range(0..self.link.jitter.as_micros() as u64))
+                        Duration::from_micros(
+                            self.rng.gen_range(0..self.link.jitter.as_micros() as u64),
+                        )
                     };
                     self.seq += 1;
                     self.wire.push(InFlight {
@@ -222,7 +238,12 @@ impl Sim {
             .iter()
             .position(|e| matches!(e, Event::Accepted { .. }))?;
         match self.events[node].remove(pos) {
-            Event::Accepted { stream, local, remote, .. } => Some((stream, local, remote)),
+            Event::Accepted {
+                stream,
+                local,
+                remote,
+                ..
+            } => Some((stream, local, remote)),
             _ => None,
         }
     }
@@ -239,7 +260,10 @@ impl Sim {
             server.is_some() && s.nodes[from].core.connect_state(id, None).is_ready()
         });
         assert!(ok, "connect did not complete");
-        assert!(matches!(self.nodes[from].core.connect_state(id, None), Poll::Ready(Ok(()))));
+        assert!(matches!(
+            self.nodes[from].core.connect_state(id, None),
+            Poll::Ready(Ok(()))
+        ));
         (id, server.unwrap().0)
     }
 }
@@ -258,10 +282,24 @@ impl Flow {
     fn new(len: usize, seed: u64) -> Flow {
         let mut data = vec![0u8; len];
         StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-        Flow { data, sent: 0, received: 0, rx_hash: Sha256::new(), fin_sent: false, eof: false }
+        Flow {
+            data,
+            sent: 0,
+            received: 0,
+            rx_hash: Sha256::new(),
+            fin_sent: false,
+            eof: false,
+        }
     }
 
-    fn pump(&mut self, tx_core: &mut Core, tx: StreamId, rx_core: &mut Core, rx: StreamId, buf: &mut [u8]) {
+    fn pump(
+        &mut self,
+        tx_core: &mut Core,
+        tx: StreamId,
+        rx_core: &mut Core,
+        rx: StreamId,
+        buf: &mut [u8],
+    ) {
         while self.sent < self.data.len() {
             match tx_core.stream_send(tx, &self.data[self.sent..], None) {
                 Poll::Ready(Ok(n)) => self.sent += n,
@@ -303,7 +341,13 @@ fn transfer_both_ways(link: LinkParams, seed: u64, len: usize) -> Duration {
         down.pump(b, s, a, c, &mut buf);
         up.eof && down.eof
     });
-    assert!(ok, "transfer stalled: up {} down {} of {len} after {:?}", up.received, down.received, sim.elapsed());
+    assert!(
+        ok,
+        "transfer stalled: up {} down {} of {len} after {:?}",
+        up.received,
+        down.received,
+        sim.elapsed()
+    );
     assert_eq!(up.received, len);
     assert_eq!(down.received, len);
     assert_eq!(up.rx_hash.finalize()[..], Sha256::digest(&up.data)[..]);
@@ -312,11 +356,17 @@ fn transfer_both_ways(link: LinkParams, seed: u64, len: usize) -> Duration {
     sim.nodes[0].core.stream_close(c, sim.now);
     sim.nodes[1].core.stream_close(s, sim.now);
     let reaped = sim.run_until(Duration::from_secs(700), |sim| {
-        sim.nodes.iter().all(|n| n.core.peers.values().all(|p| p.meta.is_empty()))
+        sim.nodes
+            .iter()
+            .all(|n| n.core.peers.values().all(|p| p.meta.is_empty()))
     });
     assert!(reaped, "closed sockets were not reaped");
     assert_eq!(sim.nodes[0].core.stats().active_streams, 0);
-    eprintln!("simulated {:?}, stats {:?}", sim.elapsed(), sim.nodes[1].core.stats());
+    eprintln!(
+        "simulated {:?}, stats {:?}",
+        sim.elapsed(),
+        sim.nodes[1].core.stats()
+    );
     sim.elapsed()
 }
 
@@ -336,15 +386,29 @@ fn transfer_4mib_each_way_lossy_reordering_duplicating_link() {
 fn connect_to_port_not_accepted_is_refused() {
     let mut sim = Sim::pair(CLEAN, 3);
     let key = sim.nodes[1].key;
-    let (id, _) = sim.nodes[0].core.connect(sim.now, &key, v4("10.100.1.1:81")).unwrap();
-    let ok = sim.run_until(Duration::from_secs(10), |s| s.nodes[0].core.connect_state(id, None).is_ready());
+    let (id, _) = sim.nodes[0]
+        .core
+        .connect(sim.now, &key, v4("10.100.1.1:81"))
+        .unwrap();
+    let ok = sim.run_until(Duration::from_secs(10), |s| {
+        s.nodes[0].core.connect_state(id, None).is_ready()
+    });
     assert!(ok);
-    assert!(matches!(sim.nodes[0].core.connect_state(id, None), Poll::Ready(Err(TunnelError::Refused))));
-    assert!(sim.events[0].iter().any(|e| matches!(e, Event::ConnectFailed(i, ConnectFailure::Refused) if *i == id)));
+    assert!(matches!(
+        sim.nodes[0].core.connect_state(id, None),
+        Poll::Ready(Err(TunnelError::Refused))
+    ));
+    assert!(sim.events[0]
+        .iter()
+        .any(|e| matches!(e, Event::ConnectFailed(i, ConnectFailure::Refused) if *i == id)));
     assert!(sim.accepted(1).is_none());
     // The refused socket is reaped once released.
     sim.nodes[0].core.stream_close(id, sim.now);
-    assert!(sim.run_until(Duration::from_secs(20), |s| s.nodes[0].core.peers.values().all(|p| p.meta.is_empty())));
+    assert!(sim.run_until(Duration::from_secs(20), |s| s.nodes[0]
+        .core
+        .peers
+        .values()
+        .all(|p| p.meta.is_empty())));
 }
 
 #[test]
@@ -354,9 +418,18 @@ fn set_accept_ports_takes_effect() {
     let (_, s) = sim.open(0, 1, v4("10.100.1.1:81"));
     let _ = s;
     let key = sim.nodes[1].key;
-    let (id, _) = sim.nodes[0].core.connect(sim.now, &key, v4("10.100.1.1:80")).unwrap();
-    assert!(sim.run_until(Duration::from_secs(10), |s| s.nodes[0].core.connect_state(id, None).is_ready()));
-    assert!(matches!(sim.nodes[0].core.connect_state(id, None), Poll::Ready(Err(TunnelError::Refused))));
+    let (id, _) = sim.nodes[0]
+        .core
+        .connect(sim.now, &key, v4("10.100.1.1:80"))
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |s| s.nodes[0]
+        .core
+        .connect_state(id, None)
+        .is_ready()));
+    assert!(matches!(
+        sim.nodes[0].core.connect_state(id, None),
+        Poll::Ready(Err(TunnelError::Refused))
+    ));
 }
 
 #[test]
@@ -377,13 +450,24 @@ fn inner_source_outside_allowed_ips_is_dropped_and_counted() {
         local_address: "10.100.1.1".parse().unwrap(),
         persistent_keepalive: None,
     }];
-    let mut sim = Sim::new(vec![a, b], vec![(a_peers, vec![]), (b_peers, vec![80])], CLEAN, 5);
+    let mut sim = Sim::new(
+        vec![a, b],
+        vec![(a_peers, vec![]), (b_peers, vec![80])],
+        CLEAN,
+        5,
+    );
     let key = sim.nodes[1].key;
-    let (id, _) = sim.nodes[0].core.connect(sim.now, &key, v4("10.100.1.1:80")).unwrap();
+    let (id, _) = sim.nodes[0]
+        .core
+        .connect(sim.now, &key, v4("10.100.1.1:80"))
+        .unwrap();
     sim.run_until(Duration::from_secs(3), |_| false);
     let stats = sim.nodes[1].core.stats();
     assert!(stats.dropped_source >= 1, "{stats:?}");
-    assert_eq!(stats.handshakes_completed, 1, "the WireGuard session itself is fine");
+    assert_eq!(
+        stats.handshakes_completed, 1,
+        "the WireGuard session itself is fine"
+    );
     assert!(sim.accepted(1).is_none());
     assert!(sim.nodes[0].core.connect_state(id, None).is_pending());
 }
@@ -429,7 +513,11 @@ fn junk_datagrams_are_counted_and_ignored() {
 #[test]
 fn two_peers_on_one_core_are_isolated() {
     // Node 0 is an edge serving two origins (1 and 2), one netstack per origin.
-    let (e, o1, o2) = (PrivateKey::generate(), PrivateKey::generate(), PrivateKey::generate());
+    let (e, o1, o2) = (
+        PrivateKey::generate(),
+        PrivateKey::generate(),
+        PrivateKey::generate(),
+    );
     let edge_peers = vec![
         PeerConfig {
             public_key: o1.public_key(),
@@ -464,19 +552,30 @@ fn two_peers_on_one_core_are_isolated() {
     }];
     let mut sim = Sim::new(
         vec![e, o1, o2],
-        vec![(edge_peers, vec![80]), (o1_peers, vec![]), (o2_peers, vec![])],
+        vec![
+            (edge_peers, vec![80]),
+            (o1_peers, vec![]),
+            (o2_peers, vec![]),
+        ],
         CLEAN,
         8,
     );
     // Both origins dial out at once (persistent keepalive): handshakes complete.
-    assert!(sim.run_until(Duration::from_secs(2), |s| s.nodes[0].core.stats().handshakes_completed == 2));
+    assert!(sim.run_until(Duration::from_secs(2), |s| s.nodes[0]
+        .core
+        .stats()
+        .handshakes_completed
+        == 2));
     // Legitimate streams from each origin to its own edge address work.
     let (_c1, _s1) = sim.open(1, 0, v4("10.100.1.10:80"));
     let (_c2, _s2) = sim.open(2, 0, v4("10.100.2.10:80"));
     // Origin 1 aims at the edge's address toward origin 2: dropped, never accepted.
     let dropped = sim.nodes[0].core.stats().dropped_source;
     let key = sim.nodes[0].key;
-    let (x, _) = sim.nodes[1].core.connect(sim.now, &key, v4("10.100.2.10:80")).unwrap();
+    let (x, _) = sim.nodes[1]
+        .core
+        .connect(sim.now, &key, v4("10.100.2.10:80"))
+        .unwrap();
     sim.run_until(Duration::from_secs(3), |_| false);
     assert!(sim.nodes[0].core.stats().dropped_source > dropped);
     assert!(sim.accepted(0).is_none());
@@ -496,7 +595,10 @@ fn two_peers_on_one_core_are_isolated() {
         )
         .unwrap();
     let dropped = sim.nodes[0].core.stats().dropped_source;
-    let (y, _) = sim.nodes[1].core.connect(sim.now, &key, v4("10.100.2.10:80")).unwrap();
+    let (y, _) = sim.nodes[1]
+        .core
+        .connect(sim.now, &key, v4("10.100.2.10:80"))
+        .unwrap();
     sim.run_until(Duration::from_secs(3), |_| false);
     assert!(sim.nodes[0].core.stats().dropped_source > dropped);
     assert!(sim.accepted(0).is_none());
@@ -512,7 +614,9 @@ fn removed_peer_resets_its_streams_only() {
     assert!(matches!(r, Poll::Ready(Err(ref e)) if e.kind() == io::ErrorKind::ConnectionReset));
     let key = sim.nodes[1].key;
     assert!(matches!(
-        sim.nodes[0].core.connect(sim.now, &key, v4("10.100.1.1:80")),
+        sim.nodes[0]
+            .core
+            .connect(sim.now, &key, v4("10.100.1.1:80")),
         Err(TunnelError::UnknownPeer(_))
     ));
 }
@@ -522,7 +626,9 @@ fn connect_outside_allowed_ips_is_rejected() {
     let mut sim = Sim::pair(CLEAN, 10);
     let key = sim.nodes[1].key;
     assert!(matches!(
-        sim.nodes[0].core.connect(sim.now, &key, v4("192.168.1.1:22")),
+        sim.nodes[0]
+            .core
+            .connect(sim.now, &key, v4("192.168.1.1:22")),
         Err(TunnelError::NotAllowed { .. })
     ));
 }
