@@ -331,6 +331,8 @@ struct Peer {
     owned: u64,
     tx_bytes: u64,
     rx_bytes: u64,
+    /// Next ephemeral port offset for outbound streams.
+    next_port: u16,
 }
 
 impl Peer {
@@ -515,6 +517,7 @@ impl Core {
             owned: 0,
             tx_bytes: 0,
             rx_bytes: 0,
+            next_port: rand::random(),
             config,
         };
         if initiate {
@@ -793,7 +796,24 @@ impl Core {
         }
         let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
         let key = (dst_port, SocketAddrV4::new(src, src_port));
-        if peer.tuples.contains_key(&key) || peer.meta.len() >= MAX_STREAMS_PER_PEER {
+        if let Some(&old) = peer.tuples.get(&key) {
+            // A new SYN on the 4-tuple of a socket that is only finishing its close (as
+            // Linux does for TIME-WAIT): drop the old one, accept the new connection.
+            let finished = peer.meta.get(&old).is_some_and(|m| !m.owned)
+                && matches!(
+                    peer.sock(old).state(),
+                    tcp::State::TimeWait | tcp::State::Closed
+                );
+            if !finished {
+                return;
+            }
+            peer.sockets.remove(old);
+            peer.meta.remove(&old);
+            peer.tuples.remove(&key);
+            peer.closing.retain(|h| *h != old);
+            peer.pending.retain(|h| *h != old);
+        }
+        if peer.meta.len() >= MAX_STREAMS_PER_PEER {
             return;
         }
         let mut socket = new_socket(tcp_buffer);
@@ -1148,9 +1168,13 @@ impl Core {
         if peer.meta.len() >= MAX_STREAMS_PER_PEER {
             return Err(TunnelError::TooManyStreams(*peer_key));
         }
+        // Sequential from a random start, as Linux does: a port comes back only after the
+        // whole range was used, long after the remote side reaped the old connection.
         let mut port = None;
-        for _ in 0..64 {
-            let p = rand::Rng::gen_range(&mut rand::thread_rng(), EPHEMERAL_PORTS);
+        let range = EPHEMERAL_PORTS.end - EPHEMERAL_PORTS.start;
+        for _ in 0..range {
+            let p = EPHEMERAL_PORTS.start + peer.next_port % range;
+            peer.next_port = peer.next_port.wrapping_add(1);
             if !peer.tuples.contains_key(&(p, dst)) {
                 port = Some(p);
                 break;

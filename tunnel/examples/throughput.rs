@@ -1,0 +1,174 @@
+//! Throughput and request-rate check for two `Tunnel`s on loopback.
+//!
+//! `cargo run -p kokoa-tunnel --release --example throughput -- [SECS]` (default 5 s per phase;
+//! use 30 to check that sustained load does not wedge). Phases:
+//! 1. one stream, edge -> origin bulk (MB/s); 2. the same origin -> edge;
+//! 3. 32 keep-alive streams doing 128-byte request / 1 KiB response exchanges (req/s);
+//! 4. a new stream per request (connect, request, response, close) from 16 tasks (req/s).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use kokoa_tunnel::{PeerConfig, PrivateKey, Tunnel, TunnelConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const REQ: usize = 128;
+const RESP: usize = 1024;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let secs: u64 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(5);
+    let phase = Duration::from_secs(secs);
+
+    let (ek, ok) = (PrivateKey::generate(), PrivateKey::generate());
+    let mut oc = TunnelConfig::new(ok.clone(), "127.0.0.1:0".parse()?);
+    oc.accept_ports = vec![1, 2, 3];
+    oc.peers = vec![PeerConfig {
+        public_key: ek.public_key(),
+        endpoint: None,
+        allowed_ips: vec!["10.100.1.10/32".parse()?],
+        local_address: Ipv4Addr::new(10, 100, 1, 1),
+        persistent_keepalive: None,
+    }];
+    let (origin, mut incoming) = Tunnel::bind(oc).await?;
+    let mut ec = TunnelConfig::new(ek, "127.0.0.1:0".parse()?);
+    ec.peers = vec![PeerConfig {
+        public_key: ok.public_key(),
+        endpoint: Some(origin.local_addr()),
+        allowed_ips: vec!["10.100.1.1/32".parse()?],
+        local_address: Ipv4Addr::new(10, 100, 1, 10),
+        persistent_keepalive: None,
+    }];
+    let (edge, _) = Tunnel::bind(ec).await?;
+    let peer = ok.public_key();
+    let dst = |port| SocketAddrV4::new(Ipv4Addr::new(10, 100, 1, 1), port);
+
+    // Origin: port 1 discards, port 2 sends forever, port 3 answers REQ-byte requests.
+    tokio::spawn(async move {
+        while let Some(inc) = incoming.accept().await {
+            let mut s = inc.stream;
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                match inc.local_port {
+                    1 => {
+                        while let Ok(n) = s.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    }
+                    2 => while s.write_all(&buf).await.is_ok() {},
+                    _ => {
+                        let resp = vec![0x5au8; RESP];
+                        loop {
+                            if s.read_exact(&mut buf[..REQ]).await.is_err() {
+                                break;
+                            }
+                            if s.write_all(&resp).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+
+    let t = Duration::from_secs(5);
+    // 1. upload
+    let mut s = edge.connect(&peer, dst(1), t).await?;
+    let buf = vec![0xa5u8; 64 * 1024];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < phase {
+        s.write_all(&buf).await?;
+        sent += buf.len() as u64;
+    }
+    let up = sent as f64 / start.elapsed().as_secs_f64() / 1e6;
+    println!("one stream edge->origin: {up:.0} MB/s");
+    drop(s);
+
+    // 2. download
+    let mut s = edge.connect(&peer, dst(2), t).await?;
+    let mut rbuf = vec![0u8; 64 * 1024];
+    let start = Instant::now();
+    let mut got = 0u64;
+    while start.elapsed() < phase {
+        let n = s.read(&mut rbuf).await?;
+        anyhow::ensure!(n > 0, "download ended early");
+        got += n as u64;
+    }
+    let down = got as f64 / start.elapsed().as_secs_f64() / 1e6;
+    println!("one stream origin->edge: {down:.0} MB/s");
+    drop(s);
+
+    // 3. keep-alive request/response
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let edge = edge.clone();
+        let count = count.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = edge.connect(&peer, dst(3), t).await?;
+            let req = [1u8; REQ];
+            let mut resp = [0u8; RESP];
+            while start.elapsed() < phase {
+                s.write_all(&req).await?;
+                s.read_exact(&mut resp).await?;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(phase + t, task)
+            .await
+            .context("keep-alive phase wedged")???;
+    }
+    let rps = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    println!("32 keep-alive streams: {rps:.0} req/s");
+
+    // 4. a new stream per request
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let edge = edge.clone();
+        let count = count.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = [1u8; REQ];
+            let mut resp = [0u8; RESP];
+            while start.elapsed() < phase {
+                let mut s = edge.connect(&peer, dst(3), t).await?;
+                s.write_all(&req).await?;
+                s.read_exact(&mut resp).await?;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(phase + t, task)
+            .await
+            .context("connect-per-request phase wedged")???;
+    }
+    let cps = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    println!("16 tasks, new stream per request: {cps:.0} req/s");
+
+    let es = edge.stats();
+    println!(
+        "edge: {} datagrams out, {} in, junk {}, active streams {}",
+        es.datagrams_tx, es.datagrams_rx, es.dropped_junk, es.active_streams
+    );
+    edge.shutdown();
+    origin.shutdown();
+    Ok(())
+}
