@@ -1,0 +1,920 @@
+//! The edge's configuration: the TOML file form (`edge.toml`) and the validated model
+//! ([`EdgeConfig`]) that everything else uses.
+//!
+//! The file structs reject unknown fields so that a typo is an error rather than a silently
+//! ignored setting. [`EdgeConfig`] is the one in-memory model: the control plane will build the
+//! same type from its snapshots later. Every error names the field to fix, as a TOML path
+//! (`routes[2].origin`).
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kokoa_tunnel::key::{PrivateKey, PublicKey};
+use serde::Deserialize;
+
+/// TLS listener when `[edge] https` is not set.
+pub const DEFAULT_HTTPS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 443);
+/// Plain HTTP listener (redirects, ACME later) when `[edge] http` is not set.
+pub const DEFAULT_HTTP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 80);
+/// Admin listener (`/healthz`, `/metrics`) when `[edge] admin` is not set.
+pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
+/// Tunnel UDP address when `[tunnel] listen` is not set: the standard WireGuard port.
+pub const DEFAULT_TUNNEL_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 51820);
+/// How long SIGTERM waits for in-flight connections (seconds).
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
+/// How long a TCP connect through the tunnel may take (seconds).
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
+/// How long a client may take to complete the TLS handshake (seconds).
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// How long an HTTP/1 client may take to send a complete request head (seconds).
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
+/// Largest request head accepted, in bytes (HTTP/1 buffer and HTTP/2 header list).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Idle upstream connections kept per origin service (Nginx's upstream `keepalive`).
+pub const DEFAULT_UPSTREAM_KEEPALIVE: usize = 64;
+/// How long an idle upstream connection is kept (seconds).
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS: u64 = 90;
+/// Smallest inner MTU accepted.
+pub const MIN_MTU: u16 = 576;
+
+/// A configuration that could not be loaded. Each message names the file or field to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, or a field is unknown, missing or of the wrong type.
+    #[error("{0}")]
+    Parse(#[from] toml::de::Error),
+    /// A field has a value that is not allowed.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field, as a TOML path (`routes[2].origin`).
+        field: String,
+        /// What is wrong and what to do about it.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The validated edge configuration.
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    /// TLS listener.
+    pub https: SocketAddr,
+    /// Plain HTTP listener (redirects to HTTPS; ACME HTTP-01 later).
+    pub http: SocketAddr,
+    /// Admin listener (`/healthz`, `/metrics`).
+    pub admin: SocketAddr,
+    /// Port written into redirects' `Location`; `None` uses the HTTPS listener's port.
+    pub https_port_in_redirect: Option<u16>,
+    /// How long SIGTERM waits for in-flight connections.
+    pub drain_timeout: Duration,
+    /// Timeouts and size limits that protect the listeners.
+    pub limits: Limits,
+    /// The WireGuard side.
+    pub tunnel: TunnelSettings,
+    /// The origins this edge forwards to (tunnel peers).
+    pub origins: Vec<Origin>,
+    /// HTTP routes by host name.
+    pub routes: Vec<RouteConfig>,
+    /// Raw TCP routes.
+    pub tcp_routes: Vec<TcpRoute>,
+    /// Certificates.
+    pub tls: TlsSettings,
+}
+
+/// Timeouts and sizes that bound what one client or upstream can cost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// TLS handshake deadline.
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/1 request head deadline.
+    pub header_read_timeout: Duration,
+    /// Largest request head, in bytes.
+    pub max_header_bytes: usize,
+    /// Deadline for a TCP connect through the tunnel.
+    pub connect_timeout: Duration,
+    /// Idle upstream connections kept per origin service.
+    pub upstream_keepalive: usize,
+    /// How long an idle upstream connection is kept.
+    pub upstream_idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            tls_handshake_timeout: Duration::from_secs(DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS),
+            header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
+            upstream_keepalive: DEFAULT_UPSTREAM_KEEPALIVE,
+            upstream_idle_timeout: Duration::from_secs(DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS),
+        }
+    }
+}
+
+/// The edge's WireGuard settings.
+#[derive(Clone, Debug)]
+pub struct TunnelSettings {
+    /// The edge's private key.
+    pub private_key: PrivateKey,
+    /// UDP address to bind.
+    pub listen: SocketAddr,
+    /// Inner MTU.
+    pub mtu: u16,
+    /// Per-direction TCP buffer per stream, in bytes.
+    pub tcp_buffer: usize,
+}
+
+/// One origin: a tunnel peer that owns services.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// Name used by routes, logs and metrics (letters, digits, `-`, `_`).
+    pub name: String,
+    /// The origin's WireGuard public key.
+    pub public_key: PublicKey,
+    /// Where to send the first handshake; `None` waits for the origin to dial in.
+    pub endpoint: Option<SocketAddr>,
+    /// The edge's own netstack address toward this origin (`10.100.X.10+`).
+    pub address: Ipv4Addr,
+    /// The origin's address (`10.100.X.1`): its only allowed IP and the destination of dials.
+    pub origin_address: Ipv4Addr,
+    /// Persistent keepalive in seconds; `None` disables it.
+    pub keepalive: Option<u16>,
+}
+
+/// One HTTP route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// The host name, lowercase, or a wildcard `*.example.com`.
+    pub host: String,
+    /// Further names served by the same route (exact or wildcard), lowercase.
+    pub aliases: Vec<String>,
+    /// The origin's name.
+    pub origin: String,
+    /// The service port inside the tunnel.
+    pub port: u16,
+}
+
+/// One raw TCP route: a public port forwarded as a byte stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpRoute {
+    /// Public listener.
+    pub listen: SocketAddr,
+    /// The origin's name.
+    pub origin: String,
+    /// The service port inside the tunnel.
+    pub port: u16,
+}
+
+/// Where certificates come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// A directory of `NAME.crt` + `NAME.key` pairs.
+    pub cert_dir: Option<PathBuf>,
+    /// A host name whose certificate is served for unknown or absent SNI.
+    pub default: Option<String>,
+    /// Explicit certificate/key files.
+    pub certificates: Vec<CertificateFiles>,
+}
+
+/// One certificate chain and its private key, both PEM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// The PEM chain (leaf first).
+    pub cert: PathBuf,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    edge: FileEdge,
+    tunnel: FileTunnel,
+    origins: Vec<FileOrigin>,
+    routes: Vec<FileRoute>,
+    tcp_routes: Vec<FileTcpRoute>,
+    tls: FileTls,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileEdge {
+    https: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+    https_port_in_redirect: Option<u16>,
+    drain_timeout: Option<u64>,
+    connect_timeout: Option<u64>,
+    tls_handshake_timeout: Option<u64>,
+    header_read_timeout: Option<u64>,
+    max_header_bytes: Option<usize>,
+    upstream_keepalive: Option<usize>,
+    upstream_idle_timeout: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileTunnel {
+    private_key: Option<String>,
+    private_key_file: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    mtu: Option<u16>,
+    tcp_buffer: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileOrigin {
+    name: String,
+    public_key: String,
+    endpoint: Option<SocketAddr>,
+    address: Option<Ipv4Addr>,
+    origin_address: Option<Ipv4Addr>,
+    keepalive: Option<u16>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileRoute {
+    host: String,
+    aliases: Vec<String>,
+    origin: String,
+    port: u16,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileTcpRoute {
+    listen: Option<SocketAddr>,
+    origin: String,
+    port: u16,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileTls {
+    cert_dir: Option<PathBuf>,
+    default: Option<String>,
+    certificates: Vec<FileCertificate>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileCertificate {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+impl EdgeConfig {
+    /// Reads and validates a config file. Relative paths (`private_key_file`, certificates,
+    /// `cert_dir`) are taken relative to the config file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path.parent())
+    }
+
+    /// Parses and validates TOML text; `base_dir` anchors relative paths.
+    pub fn from_toml(text: &str, base_dir: Option<&Path>) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text)?;
+        file.validate(base_dir)
+    }
+
+    /// The origin named `name`.
+    pub fn origin(&self, name: &str) -> Option<&Origin> {
+        self.origins.iter().find(|origin| origin.name == name)
+    }
+}
+
+fn anchored(base_dir: Option<&Path>, path: PathBuf) -> PathBuf {
+    match base_dir {
+        Some(dir) if path.is_relative() && !dir.as_os_str().is_empty() => dir.join(path),
+        _ => path,
+    }
+}
+
+fn secs(field: &str, value: Option<u64>, default: u64, min: u64) -> Result<Duration, ConfigError> {
+    let value = value.unwrap_or(default);
+    if value < min {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{value} is below the minimum of {min} second(s)"),
+        ));
+    }
+    Ok(Duration::from_secs(value))
+}
+
+/// Whether `name` is a valid DNS host name (letters, digits, hyphens; labels of 1–63
+/// characters, not starting or ending with a hyphen; 253 characters at most).
+pub fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Validates a route host or alias: an exact host name or `*.` followed by one with at least
+/// two labels. Returns it lowercased without a trailing dot.
+fn route_host(field: &str, host: &str) -> Result<String, ConfigError> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(rest) = host.strip_prefix("*.") {
+        if !is_host_name(rest) || !rest.contains('.') {
+            return Err(ConfigError::invalid(
+                field,
+                format!("`{host}` is not a valid wildcard: write `*.example.com` (the `*` only as the whole leftmost label, over a domain of two labels or more)"),
+            ));
+        }
+    } else if host.contains('*') {
+        return Err(ConfigError::invalid(
+            field,
+            format!("`{host}`: a wildcard is only allowed as the whole leftmost label (`*.example.com`)"),
+        ));
+    } else if !is_host_name(&host) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("`{host}` is not a valid host name"),
+        ));
+    }
+    Ok(host)
+}
+
+fn is_origin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl FileConfig {
+    fn validate(self, base_dir: Option<&Path>) -> Result<EdgeConfig, ConfigError> {
+        let edge = self.edge;
+        let https = edge.https.unwrap_or(DEFAULT_HTTPS);
+        let http = edge.http.unwrap_or(DEFAULT_HTTP);
+        let admin = edge.admin.unwrap_or(DEFAULT_ADMIN);
+        let listeners = [
+            ("edge.https", https),
+            ("edge.http", http),
+            ("edge.admin", admin),
+        ];
+        if edge.https_port_in_redirect == Some(0) {
+            return Err(ConfigError::invalid(
+                "edge.https_port_in_redirect",
+                "must be 1-65535",
+            ));
+        }
+        let limits = Limits {
+            tls_handshake_timeout: secs(
+                "edge.tls_handshake_timeout",
+                edge.tls_handshake_timeout,
+                DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,
+                1,
+            )?,
+            header_read_timeout: secs(
+                "edge.header_read_timeout",
+                edge.header_read_timeout,
+                DEFAULT_HEADER_READ_TIMEOUT_SECS,
+                1,
+            )?,
+            max_header_bytes: edge.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+            connect_timeout: secs(
+                "edge.connect_timeout",
+                edge.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT_SECS,
+                1,
+            )?,
+            upstream_keepalive: edge
+                .upstream_keepalive
+                .unwrap_or(DEFAULT_UPSTREAM_KEEPALIVE),
+            upstream_idle_timeout: secs(
+                "edge.upstream_idle_timeout",
+                edge.upstream_idle_timeout,
+                DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS,
+                1,
+            )?,
+        };
+        if !(8192..=1024 * 1024).contains(&limits.max_header_bytes) {
+            return Err(ConfigError::invalid(
+                "edge.max_header_bytes",
+                format!("{} is outside 8192..=1048576", limits.max_header_bytes),
+            ));
+        }
+        let drain_timeout = secs(
+            "edge.drain_timeout",
+            edge.drain_timeout,
+            DEFAULT_DRAIN_TIMEOUT_SECS,
+            0,
+        )?;
+
+        let tunnel = validate_tunnel(self.tunnel, base_dir)?;
+        let own_key = tunnel.private_key.public_key();
+
+        let mut origins = Vec::with_capacity(self.origins.len());
+        let mut names = HashSet::new();
+        let mut keys = HashSet::new();
+        let mut addresses = HashSet::new();
+        for (i, origin) in self.origins.into_iter().enumerate() {
+            let field = |name: &str| format!("origins[{i}].{name}");
+            if !is_origin_name(&origin.name) {
+                return Err(ConfigError::invalid(
+                    field("name"),
+                    format!(
+                        "`{}` is not a valid origin name: use 1-63 letters, digits, `-` or `_`",
+                        origin.name
+                    ),
+                ));
+            }
+            if !names.insert(origin.name.clone()) {
+                return Err(ConfigError::invalid(
+                    field("name"),
+                    format!("`{}` is used by another origin", origin.name),
+                ));
+            }
+            if origin.public_key.is_empty() {
+                return Err(ConfigError::invalid(
+                    field("public_key"),
+                    "missing: set the origin's public key (`kokoa-origin pubkey`)",
+                ));
+            }
+            let public_key = PublicKey::from_base64(origin.public_key.trim()).map_err(|e| {
+                ConfigError::invalid(
+                    field("public_key"),
+                    format!("not a WireGuard public key ({e}); use the origin's `pubkey` output"),
+                )
+            })?;
+            if public_key == own_key {
+                return Err(ConfigError::invalid(
+                    field("public_key"),
+                    "is this edge's own public key; use the origin's key",
+                ));
+            }
+            if !keys.insert(public_key) {
+                return Err(ConfigError::invalid(
+                    field("public_key"),
+                    "is used by another origin",
+                ));
+            }
+            let address = origin.address.ok_or_else(|| {
+                ConfigError::invalid(
+                    field("address"),
+                    "missing: the edge's own address toward this origin, such as 10.100.1.10",
+                )
+            })?;
+            let origin_address = origin.origin_address.ok_or_else(|| {
+                ConfigError::invalid(
+                    field("origin_address"),
+                    "missing: the origin's address, such as 10.100.1.1",
+                )
+            })?;
+            for (name, ip) in [("address", address), ("origin_address", origin_address)] {
+                if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback()
+                {
+                    return Err(ConfigError::invalid(
+                        field(name),
+                        format!("{ip} cannot be a tunnel host address; use one from 10.100.0.0/16"),
+                    ));
+                }
+            }
+            if address == origin_address {
+                return Err(ConfigError::invalid(
+                    field("origin_address"),
+                    "must differ from `address` (the edge's own address)",
+                ));
+            }
+            if !addresses.insert(origin_address) {
+                return Err(ConfigError::invalid(
+                    field("origin_address"),
+                    format!("{origin_address} is used by another origin"),
+                ));
+            }
+            if let Some(endpoint) = origin.endpoint {
+                if endpoint.port() == 0 || endpoint.ip().is_unspecified() {
+                    return Err(ConfigError::invalid(
+                        field("endpoint"),
+                        format!("{endpoint} is not reachable; write the origin's ip:port or leave it out"),
+                    ));
+                }
+            }
+            origins.push(Origin {
+                name: origin.name,
+                public_key,
+                endpoint: origin.endpoint,
+                address,
+                origin_address,
+                keepalive: origin.keepalive.filter(|&secs| secs > 0),
+            });
+        }
+        let origin_names: HashSet<&str> = origins.iter().map(|o| o.name.as_str()).collect();
+        let check_origin = |field: String, origin: &str| {
+            if origin_names.contains(origin) {
+                Ok(())
+            } else {
+                Err(ConfigError::invalid(
+                    field,
+                    format!("unknown origin \"{origin}\": add an [[origins]] entry with that name"),
+                ))
+            }
+        };
+
+        let mut routes = Vec::with_capacity(self.routes.len());
+        let mut hosts: HashMap<String, String> = HashMap::new();
+        for (i, route) in self.routes.into_iter().enumerate() {
+            let field = |name: &str| format!("routes[{i}].{name}");
+            if route.host.is_empty() {
+                return Err(ConfigError::invalid(
+                    field("host"),
+                    "missing: set the host name",
+                ));
+            }
+            let host = route_host(&field("host"), &route.host)?;
+            let mut aliases = Vec::with_capacity(route.aliases.len());
+            for (j, alias) in route.aliases.iter().enumerate() {
+                aliases.push(route_host(&format!("routes[{i}].aliases[{j}]"), alias)?);
+            }
+            for (k, name) in std::iter::once(&host).chain(&aliases).enumerate() {
+                let here = if k == 0 {
+                    field("host")
+                } else {
+                    format!("routes[{i}].aliases[{}]", k - 1)
+                };
+                if let Some(previous) = hosts.insert(name.clone(), here.clone()) {
+                    return Err(ConfigError::invalid(
+                        here,
+                        format!("`{name}` is already routed by {previous}"),
+                    ));
+                }
+            }
+            check_origin(field("origin"), &route.origin)?;
+            if route.port == 0 {
+                return Err(ConfigError::invalid(
+                    field("port"),
+                    "must be 1-65535 (the service port inside the tunnel)",
+                ));
+            }
+            routes.push(RouteConfig {
+                host,
+                aliases,
+                origin: route.origin,
+                port: route.port,
+            });
+        }
+
+        let mut tcp_routes = Vec::with_capacity(self.tcp_routes.len());
+        let mut tcp_listens = HashSet::new();
+        for (i, route) in self.tcp_routes.into_iter().enumerate() {
+            let field = |name: &str| format!("tcp_routes[{i}].{name}");
+            let listen = route.listen.ok_or_else(|| {
+                ConfigError::invalid(
+                    field("listen"),
+                    "missing: the public address, such as 0.0.0.0:4001",
+                )
+            })?;
+            if listen.port() != 0 {
+                if let Some((name, _)) = listeners.iter().find(|(_, addr)| *addr == listen) {
+                    return Err(ConfigError::invalid(
+                        field("listen"),
+                        format!("{listen} is already used by {name}"),
+                    ));
+                }
+                if !tcp_listens.insert(listen) {
+                    return Err(ConfigError::invalid(
+                        field("listen"),
+                        format!("{listen} is used by another tcp route"),
+                    ));
+                }
+            }
+            check_origin(field("origin"), &route.origin)?;
+            if route.port == 0 {
+                return Err(ConfigError::invalid(field("port"), "must be 1-65535"));
+            }
+            tcp_routes.push(TcpRoute {
+                listen,
+                origin: route.origin,
+                port: route.port,
+            });
+        }
+        for (i, (name, addr)) in listeners.iter().enumerate() {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
+                return Err(ConfigError::invalid(
+                    *name,
+                    format!("{addr} is already used by {other}"),
+                ));
+            }
+        }
+
+        let tls = validate_tls(self.tls, base_dir)?;
+
+        Ok(EdgeConfig {
+            https,
+            http,
+            admin,
+            https_port_in_redirect: edge.https_port_in_redirect,
+            drain_timeout,
+            limits,
+            tunnel,
+            origins,
+            routes,
+            tcp_routes,
+            tls,
+        })
+    }
+}
+
+fn validate_tls(tls: FileTls, base_dir: Option<&Path>) -> Result<TlsSettings, ConfigError> {
+    let default = match tls.default {
+        Some(name) => Some(route_host("tls.default", &name)?),
+        None => None,
+    };
+    let mut certificates = Vec::with_capacity(tls.certificates.len());
+    for (i, certificate) in tls.certificates.into_iter().enumerate() {
+        let cert = certificate.cert.ok_or_else(|| {
+            ConfigError::invalid(
+                format!("tls.certificates[{i}].cert"),
+                "missing: the PEM chain file",
+            )
+        })?;
+        let key = certificate.key.ok_or_else(|| {
+            ConfigError::invalid(
+                format!("tls.certificates[{i}].key"),
+                "missing: the PEM key file",
+            )
+        })?;
+        certificates.push(CertificateFiles {
+            cert: anchored(base_dir, cert),
+            key: anchored(base_dir, key),
+        });
+    }
+    Ok(TlsSettings {
+        cert_dir: tls.cert_dir.map(|dir| anchored(base_dir, dir)),
+        default,
+        certificates,
+    })
+}
+
+fn validate_tunnel(
+    tunnel: FileTunnel,
+    base_dir: Option<&Path>,
+) -> Result<TunnelSettings, ConfigError> {
+    let private_key = match (tunnel.private_key, tunnel.private_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                "tunnel.private_key_file",
+                "set either private_key or private_key_file, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ConfigError::invalid(
+                "tunnel.private_key",
+                "missing: set private_key (from `kokoa-edge genkey`) or private_key_file",
+            ))
+        }
+        (Some(key), None) => PrivateKey::from_base64(key.trim()).map_err(|e| {
+            ConfigError::invalid(
+                "tunnel.private_key",
+                format!("not a WireGuard private key ({e}); generate one with `kokoa-edge genkey`"),
+            )
+        })?,
+        (None, Some(file)) => {
+            let path = anchored(base_dir, file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::invalid(
+                    "tunnel.private_key_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            PrivateKey::from_base64(text.trim()).map_err(|e| {
+                ConfigError::invalid(
+                    "tunnel.private_key_file",
+                    format!(
+                        "{} does not hold a WireGuard private key ({e})",
+                        path.display()
+                    ),
+                )
+            })?
+        }
+    };
+    let mtu = tunnel.mtu.unwrap_or(kokoa_tunnel::DEFAULT_MTU);
+    if mtu < MIN_MTU {
+        return Err(ConfigError::invalid(
+            "tunnel.mtu",
+            format!("{mtu} is below {MIN_MTU}; use 1420 (or 1280 on unknown paths)"),
+        ));
+    }
+    let tcp_buffer = tunnel
+        .tcp_buffer
+        .unwrap_or(kokoa_tunnel::DEFAULT_TCP_BUFFER);
+    if !(4096..=64 * 1024 * 1024).contains(&tcp_buffer) {
+        return Err(ConfigError::invalid(
+            "tunnel.tcp_buffer",
+            format!("{tcp_buffer} bytes is outside 4096..=67108864"),
+        ));
+    }
+    Ok(TunnelSettings {
+        private_key,
+        listen: tunnel.listen.unwrap_or(DEFAULT_TUNNEL_LISTEN),
+        mtu,
+        tcp_buffer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> String {
+        PrivateKey::generate().to_base64()
+    }
+
+    fn base(extra: &str) -> String {
+        format!(
+            r#"
+[tunnel]
+private_key = "{}"
+[[origins]]
+name = "home"
+public_key = "{}"
+address = "10.100.1.10"
+origin_address = "10.100.1.1"
+{extra}
+"#,
+            key(),
+            PrivateKey::generate().public_key().to_base64()
+        )
+    }
+
+    fn error(text: &str) -> String {
+        match EdgeConfig::from_toml(text, None) {
+            Ok(_) => panic!("config was accepted:\n{text}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let config = EdgeConfig::load(&dir.join("edge.toml")).expect("examples/edge.toml");
+        assert_eq!(config.https.port(), 443);
+        assert_eq!(config.routes.len(), 2);
+        assert_eq!(config.routes[1].host, "*.example.com");
+        assert_eq!(config.tcp_routes.len(), 1);
+        assert_eq!(config.origins[0].name, "home");
+        assert_eq!(config.tls.cert_dir, Some(PathBuf::from("/etc/kokoa/certs")));
+        assert_eq!(config.tls.default.as_deref(), Some("app.example.com"));
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let config = EdgeConfig::from_toml(&base(""), None).unwrap();
+        assert_eq!(config.https, DEFAULT_HTTPS);
+        assert_eq!(config.http, DEFAULT_HTTP);
+        assert_eq!(config.admin, DEFAULT_ADMIN);
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.drain_timeout, Duration::from_secs(10));
+        assert_eq!(config.tunnel.mtu, 1420);
+    }
+
+    #[test]
+    fn unknown_origin_names_the_field() {
+        let text = base(
+            r#"
+[[routes]]
+host = "a.example.com"
+origin = "home"
+port = 1
+[[routes]]
+host = "b.example.com"
+origin = "home"
+port = 2
+[[routes]]
+host = "c.example.com"
+origin = "x"
+port = 3
+"#,
+        );
+        assert_eq!(
+            error(&text),
+            "routes[2].origin: unknown origin \"x\": add an [[origins]] entry with that name"
+        );
+    }
+
+    #[test]
+    fn bad_hosts_and_wildcards_are_rejected() {
+        for (host, expect) in [
+            ("a.*.example.com", "leftmost"),
+            ("*example.com", "leftmost"),
+            ("*.com", "not a valid wildcard"),
+            ("bad host", "not a valid host name"),
+            ("-a.example.com", "not a valid host name"),
+        ] {
+            let text = base(&format!(
+                "[[routes]]\nhost = \"{host}\"\norigin = \"home\"\nport = 1\n"
+            ));
+            let message = error(&text);
+            assert!(message.starts_with("routes[0].host:"), "{message}");
+            assert!(message.contains(expect), "{host}: {message}");
+        }
+    }
+
+    #[test]
+    fn duplicate_hosts_and_aliases_are_rejected() {
+        let text = base(
+            r#"
+[[routes]]
+host = "App.Example.com."
+origin = "home"
+port = 1
+[[routes]]
+host = "b.example.com"
+aliases = ["app.example.com"]
+origin = "home"
+port = 2
+"#,
+        );
+        assert_eq!(
+            error(&text),
+            "routes[1].aliases[0]: `app.example.com` is already routed by routes[0].host"
+        );
+    }
+
+    #[test]
+    fn field_errors() {
+        let cases = [
+            (
+                "[[routes]]\nhost = \"a.example.com\"\norigin = \"home\"\nport = 0\n",
+                "routes[0].port:",
+            ),
+            (
+                "[[tcp_routes]]\nlisten = \"0.0.0.0:4001\"\norigin = \"nope\"\nport = 1\n",
+                "tcp_routes[0].origin: unknown origin \"nope\"",
+            ),
+            ("[tls]\ndefault = \"*x\"\n", "tls.default:"),
+            (
+                "[edge]\nhttps = \"0.0.0.0:80\"\n",
+                "edge.http: 0.0.0.0:80 is already used by edge.https",
+            ),
+            ("[edge]\nbogus = 1\n", "unknown field `bogus`"),
+        ];
+        for (extra, expect) in cases {
+            let message = error(&base(extra));
+            assert!(message.contains(expect), "{expect}: {message}");
+        }
+        let message = error(&format!(
+            "[tunnel]\nprivate_key = \"{}\"\n[[origins]]\nname = \"o\"\npublic_key = \"abc\"\naddress = \"10.100.1.10\"\norigin_address = \"10.100.1.1\"\n",
+            key()
+        ));
+        assert!(
+            message.starts_with("origins[0].public_key: not a WireGuard public key"),
+            "{message}"
+        );
+        let message = error("[tunnel]\nprivate_key = \"short\"\n");
+        assert!(message.starts_with("tunnel.private_key:"), "{message}");
+        let message = error("");
+        assert!(
+            message.starts_with("tunnel.private_key: missing"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn private_key_file_is_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = PrivateKey::generate();
+        std::fs::write(dir.path().join("edge.key"), private.to_base64()).unwrap();
+        let path = dir.path().join("edge.toml");
+        std::fs::write(&path, "[tunnel]\nprivate_key_file = \"edge.key\"\n").unwrap();
+        let config = EdgeConfig::load(&path).unwrap();
+        assert_eq!(config.tunnel.private_key.public_key(), private.public_key());
+    }
+}

@@ -1,0 +1,202 @@
+//! The plain HTTP listener: redirects every request to HTTPS, and is where ACME HTTP-01
+//! challenge answers will be served once the control plane pushes challenge tokens.
+//!
+//! `GET`/`HEAD` get `301 Moved Permanently`; other methods get `308 Permanent Redirect` so that
+//! clients repeat the method and body. `Location` is `https://host[:port]/path?query`, the
+//! port omitted when it is 443.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use kokoa_node::drain::DrainWatch;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::Instrument as _;
+
+use crate::config::{is_host_name, Limits};
+use crate::https::serve_until_drained;
+use crate::metrics::Metrics;
+use crate::pool::ProxyBody;
+use crate::proxy::{empty, page, ConnectionInfo};
+use crate::route::normalize_host;
+
+/// Path prefix of ACME HTTP-01 challenges.
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The redirecting listener.
+#[derive(Clone, Debug)]
+pub struct HttpServer {
+    /// Port written in `Location` (omitted when 443).
+    pub https_port: u16,
+    /// Timeouts and sizes.
+    pub limits: Limits,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl HttpServer {
+    /// Accepts connections until draining begins.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        drain: DrainWatch,
+        abort: watch::Receiver<bool>,
+    ) {
+        loop {
+            let (stream, client) = tokio::select! {
+                _ = drain.signaled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "http accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let server = self.clone();
+            let info = ConnectionInfo {
+                client,
+                drain: drain.clone(),
+                abort: abort.clone(),
+            };
+            let span = tracing::info_span!("http", client = %client);
+            tokio::spawn(
+                async move {
+                    let _guard = server.metrics.connection("http");
+                    let handler = server.clone();
+                    let service = service_fn(move |request| {
+                        let response = handler.answer(&request);
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    builder
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(server.limits.header_read_timeout)
+                        .max_buf_size(server.limits.max_header_bytes);
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    serve_until_drained(connection, &info).await;
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    /// The answer to one plain HTTP request.
+    pub fn answer<B>(&self, request: &Request<B>) -> Response<ProxyBody> {
+        let path = request.uri().path();
+        if let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX) {
+            return match acme_challenge(token) {
+                Some(response) => response,
+                None => page(StatusCode::NOT_FOUND, "Unknown ACME challenge token."),
+            };
+        }
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().host())
+            .and_then(normalize_host)
+            .filter(|host| is_host_name(host));
+        let Some(host) = host else {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "A valid Host header is required to redirect to HTTPS.",
+            );
+        };
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .filter(|pq| pq.starts_with('/'))
+            .unwrap_or("/");
+        let location = if self.https_port == 443 {
+            format!("https://{host}{path_and_query}")
+        } else {
+            format!("https://{host}:{}{path_and_query}", self.https_port)
+        };
+        let Ok(location) = HeaderValue::from_str(&location) else {
+            return page(StatusCode::BAD_REQUEST, "The request cannot be redirected.");
+        };
+        let status = if request.method() == Method::GET || request.method() == Method::HEAD {
+            StatusCode::MOVED_PERMANENTLY
+        } else {
+            StatusCode::PERMANENT_REDIRECT
+        };
+        let mut response = Response::new(empty());
+        *response.status_mut() = status;
+        response.headers_mut().insert(header::LOCATION, location);
+        response
+    }
+}
+
+/// The hook for ACME HTTP-01: the key authorization for `token`, once the control plane
+/// streams challenge tokens to edges. Until then no token is known and the caller answers 404.
+fn acme_challenge(token: &str) -> Option<Response<ProxyBody>> {
+    tracing::debug!(
+        token,
+        "ACME challenge requested; no challenges are configured"
+    );
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(port: u16, method: Method, uri: &str, host: Option<&str>) -> Response<ProxyBody> {
+        let server = HttpServer {
+            https_port: port,
+            limits: Limits::default(),
+            metrics: Metrics::default(),
+        };
+        let mut builder = Request::builder().method(method).uri(uri);
+        if let Some(host) = host {
+            builder = builder.header(header::HOST, host);
+        }
+        server.answer(&builder.body(()).unwrap())
+    }
+
+    #[test]
+    fn redirects_keep_path_and_query() {
+        let response = answer(443, Method::GET, "/a/b?c=d", Some("App.Example.com:80"));
+        assert_eq!(response.status(), StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(
+            response.headers()[header::LOCATION],
+            "https://app.example.com/a/b?c=d"
+        );
+        let response = answer(8443, Method::POST, "/form", Some("app.example.com"));
+        assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            response.headers()[header::LOCATION],
+            "https://app.example.com:8443/form"
+        );
+    }
+
+    #[test]
+    fn bad_hosts_and_acme_tokens() {
+        assert_eq!(
+            answer(443, Method::GET, "/", None).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            answer(443, Method::GET, "/", Some("evil\"host")).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            answer(
+                443,
+                Method::GET,
+                "/.well-known/acme-challenge/abc",
+                Some("a.example.com")
+            )
+            .status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! The HTTPS listener: accept, TLS handshake (bounded in time, certificate by SNI), then
+//! HTTP/1.1 or HTTP/2 as negotiated by ALPN, every request handed to the [`Proxy`].
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use kokoa_node::drain::DrainWatch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument as _;
+
+use crate::config::Limits;
+use crate::dial::Dialer;
+use crate::metrics::Metrics;
+use crate::proxy::{ConnectionInfo, Proxy};
+
+/// Everything an HTTPS connection needs.
+pub struct HttpsServer<D: Dialer> {
+    /// The TLS acceptor (its resolver reads the current certificates).
+    pub acceptor: TlsAcceptor,
+    /// The proxy.
+    pub proxy: Arc<Proxy<D>>,
+    /// Timeouts and sizes.
+    pub limits: Limits,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl<D: Dialer> HttpsServer<D> {
+    /// Accepts connections until draining begins, then returns (dropping the listener, so new
+    /// connections are refused). Each connection runs in its own task holding a clone of
+    /// `drain` until it ends.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        drain: DrainWatch,
+        abort: watch::Receiver<bool>,
+    ) {
+        loop {
+            let (stream, client) = tokio::select! {
+                _ = drain.signaled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tracing::warn!(%error, "https accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let server = self.clone();
+            let connection = ConnectionInfo {
+                client,
+                drain: drain.clone(),
+                abort: abort.clone(),
+            };
+            let span = tracing::info_span!(
+                "https",
+                client = %client,
+                sni = tracing::field::Empty,
+                alpn = tracing::field::Empty,
+            );
+            tokio::spawn(server.connection(stream, connection).instrument(span));
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, info: ConnectionInfo) {
+        let _guard = self.metrics.connection("https");
+        let _ = stream.set_nodelay(true);
+        let handshake = tokio::time::timeout(
+            self.limits.tls_handshake_timeout,
+            self.acceptor.accept(stream),
+        );
+        let tls = tokio::select! {
+            result = handshake => match result {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    self.metrics.tls_handshake_failures.inc();
+                    tracing::debug!(%error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    self.metrics.tls_handshake_failures.inc();
+                    tracing::debug!(timeout = ?self.limits.tls_handshake_timeout, "TLS handshake timed out");
+                    return;
+                }
+            },
+            _ = info.drain.signaled() => return,
+        };
+        let (_, session) = tls.get_ref();
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let span = tracing::Span::current();
+        span.record("sni", session.server_name().unwrap_or(""));
+        span.record("alpn", if h2 { "h2" } else { "http/1.1" });
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_read_timeout)
+            .max_buf_size(self.limits.max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX));
+        let builder = if h2 {
+            builder.http2_only()
+        } else {
+            builder.http1_only()
+        };
+        let proxy = self.proxy.clone();
+        let service_info = info.clone();
+        let service = service_fn(move |request| {
+            let proxy = proxy.clone();
+            let info = service_info.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(request, &info).await) }
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+        serve_until_drained(connection, &info).await;
+    }
+}
+
+/// Drives a hyper connection; when draining begins, asks it to finish in-flight requests and
+/// close (HTTP/2 GOAWAY, HTTP/1 close after the current response), and gives up when the drain
+/// time is up.
+pub(crate) async fn serve_until_drained<C, E>(connection: C, info: &ConnectionInfo)
+where
+    C: std::future::Future<Output = Result<(), E>> + GracefulShutdown,
+    E: std::fmt::Display,
+{
+    let mut abort = info.abort.clone();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        _ = info.drain.signaled() => None,
+    };
+    let result = match result {
+        Some(result) => result,
+        None => {
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = abort.wait_for(|abort| *abort) => return,
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// A hyper connection that can be asked to finish and close.
+pub(crate) trait GracefulShutdown {
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, E> GracefulShutdown for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S::ResBody: http_body::Body + Send + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S> GracefulShutdown for hyper::server::conn::http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http1::Connection::graceful_shutdown(self)
+    }
+}

@@ -1,0 +1,271 @@
+//! `kokoa-edge`: the public front of the request path.
+//!
+//! **client --TLS--> edge** -> WireGuard UDP -> origin -> local app. The edge accepts TLS
+//! (rustls; the certificate is picked by SNI, [`sni`]), speaks HTTP/1.1 and HTTP/2 with the
+//! client (hyper, chosen by ALPN, [`https`]), finds the route for the request's host
+//! ([`route`]), and forwards the request as HTTP/1.1 over a pooled keep-alive connection
+//! ([`pool`]) that runs through the embedded userspace WireGuard tunnel (`kokoa-tunnel`,
+//! reached through a [`dial::Dialer`]) to the origin that owns the route ([`proxy`]). Raw TCP
+//! routes forward a public port as a byte stream ([`tcp`]); the plain HTTP port redirects to
+//! HTTPS ([`http`]).
+//!
+//! Routes and certificates are immutable snapshots behind `ArcSwap` ([`Edge::routes`],
+//! [`Edge::certificates`]): the control plane will swap them while traffic flows.
+//!
+//! Modules: [`config`] (file form and validated model), [`route`], [`sni`], [`dial`],
+//! [`pool`], [`proxy`], [`https`], [`http`], [`tcp`], [`metrics`].
+
+pub mod config;
+pub mod dial;
+pub mod http;
+pub mod https;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod route;
+pub mod sni;
+pub mod tcp;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use kokoa_node::admin::Admin;
+use kokoa_node::drain::{Drain, DrainOutcome};
+use kokoa_tunnel::{PeerConfig, Tunnel, TunnelConfig};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+pub use crate::config::EdgeConfig;
+use crate::dial::{origin_map, Dialer, TunnelDialer};
+use crate::metrics::{Metrics, TunnelCollector};
+use crate::pool::Pool;
+use crate::proxy::Proxy;
+use crate::route::RouteTable;
+use crate::sni::{CertStore, SniResolver};
+
+/// The edge's listening sockets, bound before serving so that a busy port is reported at once.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The TLS listener.
+    pub https: TcpListener,
+    /// The plain HTTP listener.
+    pub http: TcpListener,
+    /// One listener per raw TCP route, in the order of `config.tcp_routes`.
+    pub tcp: Vec<TcpListener>,
+}
+
+async fn bind(addr: std::net::SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr} ({field})"))
+}
+
+impl Listeners {
+    /// Binds every listener named in `config`. Errors name the address and the field.
+    pub async fn bind(config: &EdgeConfig) -> anyhow::Result<Self> {
+        let https = bind(config.https, "[edge] https").await?;
+        let http = bind(config.http, "[edge] http").await?;
+        let mut tcp = Vec::with_capacity(config.tcp_routes.len());
+        for (i, route) in config.tcp_routes.iter().enumerate() {
+            tcp.push(bind(route.listen, &format!("tcp_routes[{i}].listen")).await?);
+        }
+        Ok(Self { https, http, tcp })
+    }
+}
+
+/// A configured edge over a [`Dialer`], ready to serve.
+pub struct Edge<D: Dialer> {
+    config: EdgeConfig,
+    routes: Arc<ArcSwap<RouteTable>>,
+    certificates: Arc<ArcSwap<CertStore>>,
+    dialer: Arc<D>,
+    metrics: Metrics,
+}
+
+impl<D: Dialer> Edge<D> {
+    /// An edge serving `config`'s routes with `certificates`, reaching origins with `dialer`.
+    pub fn new(config: EdgeConfig, certificates: CertStore, dialer: D, metrics: Metrics) -> Self {
+        Self {
+            routes: Arc::new(ArcSwap::from_pointee(RouteTable::new(&config.routes))),
+            certificates: Arc::new(ArcSwap::from_pointee(certificates)),
+            config,
+            dialer: Arc::new(dialer),
+            metrics,
+        }
+    }
+
+    /// The current route table; `store` a new one to reroute without dropping connections.
+    pub fn routes(&self) -> &Arc<ArcSwap<RouteTable>> {
+        &self.routes
+    }
+
+    /// The current certificates; `store` a new set and the next handshakes use it.
+    pub fn certificates(&self) -> &Arc<ArcSwap<CertStore>> {
+        &self.certificates
+    }
+
+    /// Serves on `listeners` until `shutdown` resolves; then calls `on_drain` (the admin
+    /// listener starts answering 503), stops accepting, lets in-flight requests, WebSockets
+    /// and TCP connections finish for up to `drain_timeout`, closes what is left, and returns.
+    pub async fn serve(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()>,
+        on_drain: impl FnOnce(),
+    ) -> anyhow::Result<()> {
+        let tls = sni::server_config(SniResolver::new(self.certificates.clone()))
+            .context("setting up TLS")?;
+        let acceptor = TlsAcceptor::from(Arc::new(tls));
+        let pool = Pool::new(
+            self.dialer.clone(),
+            self.metrics.clone(),
+            self.config.limits.upstream_keepalive,
+            self.config.limits.upstream_idle_timeout,
+        );
+        let proxy = Arc::new(Proxy::new(self.routes.clone(), pool, self.metrics.clone()));
+        let https_addr = listeners
+            .https
+            .local_addr()
+            .context("https listener address")?;
+        let https_port = self
+            .config
+            .https_port_in_redirect
+            .unwrap_or(https_addr.port());
+
+        let (drain_signal, drain_watch) = Drain::new();
+        let (abort_tx, abort_rx) = watch::channel(false);
+        let https = Arc::new(https::HttpsServer {
+            acceptor,
+            proxy,
+            limits: self.config.limits.clone(),
+            metrics: self.metrics.clone(),
+        });
+        tokio::spawn(https.serve(listeners.https, drain_watch.clone(), abort_rx.clone()));
+        let http = Arc::new(http::HttpServer {
+            https_port,
+            limits: self.config.limits.clone(),
+            metrics: self.metrics.clone(),
+        });
+        tokio::spawn(http.serve(listeners.http, drain_watch.clone(), abort_rx.clone()));
+        for (route, listener) in self.config.tcp_routes.iter().zip(listeners.tcp) {
+            let forwarder = Arc::new(tcp::TcpForwarder {
+                route: route.clone(),
+                dialer: self.dialer.clone(),
+                metrics: self.metrics.clone(),
+            });
+            tokio::spawn(forwarder.serve(listener, drain_watch.clone(), abort_rx.clone()));
+        }
+        drop(drain_watch);
+
+        shutdown.await;
+        on_drain();
+        tracing::info!(
+            open = drain_signal.watchers(),
+            grace = ?self.config.drain_timeout,
+            "draining: no new connections; waiting for in-flight ones"
+        );
+        match drain_signal.drain(self.config.drain_timeout).await {
+            DrainOutcome::Complete => tracing::info!("all connections finished"),
+            DrainOutcome::TimedOut { remaining } => {
+                tracing::warn!(
+                    remaining,
+                    "drain time is up; closing the remaining connections"
+                )
+            }
+        }
+        abort_tx.send_replace(true);
+        Ok(())
+    }
+}
+
+/// Loads the certificates named in `config` (or makes the placeholder): what `check-config`
+/// and [`run`] do before binding anything.
+pub fn load_certificates(config: &EdgeConfig) -> Result<CertStore, sni::CertError> {
+    CertStore::load(&config.tls)
+}
+
+/// Runs the edge until `shutdown` resolves: binds every listener (errors name the address),
+/// starts the tunnel with the origins as peers, serves, and on shutdown drains for up to
+/// `config.drain_timeout` before closing the tunnel.
+pub async fn run(config: EdgeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let certificates = load_certificates(&config).context("loading TLS certificates")?;
+    let listeners = Listeners::bind(&config).await?;
+    let admin_listener = bind(config.admin, "[edge] admin").await?;
+
+    let mut tunnel_config =
+        TunnelConfig::new(config.tunnel.private_key.clone(), config.tunnel.listen);
+    tunnel_config.mtu = config.tunnel.mtu;
+    tunnel_config.tcp_buffer = config.tunnel.tcp_buffer;
+    tunnel_config.peers = config
+        .origins
+        .iter()
+        .map(|origin| PeerConfig {
+            public_key: origin.public_key,
+            endpoint: origin.endpoint,
+            allowed_ips: vec![ipnet::Ipv4Net::from(origin.origin_address)],
+            local_address: origin.address,
+            persistent_keepalive: origin.keepalive,
+        })
+        .collect();
+    let listen = tunnel_config.listen;
+    // The edge accepts no inbound tunnel streams; `_incoming` is kept so the tunnel's accept
+    // queue stays open for the tunnel's lifetime.
+    let (tunnel, _incoming) = Tunnel::bind(tunnel_config).await.with_context(|| {
+        format!("binding the tunnel's UDP socket on {listen} ([tunnel] listen)")
+    })?;
+
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let origin_names: HashMap<_, _> = config
+        .origins
+        .iter()
+        .map(|origin| (origin.public_key, origin.name.clone()))
+        .collect();
+    registry.register_collector(Box::new(TunnelCollector::new(tunnel.clone(), origin_names)));
+    let admin = Admin::new(registry);
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn({
+        let admin = admin.clone();
+        async move {
+            let stop = async {
+                let _ = admin_stop_rx.await;
+            };
+            if let Err(error) = admin.serve(admin_listener, stop).await {
+                tracing::error!(%error, "admin listener failed");
+            }
+        }
+    });
+
+    tracing::info!(
+        public_key = %tunnel.public_key(),
+        udp = %tunnel.local_addr(),
+        https = %config.https,
+        http = %config.http,
+        admin = %config.admin,
+        origins = config.origins.len(),
+        routes = config.routes.len(),
+        tcp_routes = config.tcp_routes.len(),
+        certificates = ?certificates.names(),
+        "edge started"
+    );
+    let dialer = TunnelDialer::new(
+        tunnel.clone(),
+        Arc::new(ArcSwap::from_pointee(origin_map(&config.origins))),
+        config.limits.connect_timeout,
+    );
+    let edge = Edge::new(config, certificates, dialer, metrics);
+    let result = edge
+        .serve(listeners, shutdown, || admin.set_draining(true))
+        .await;
+    tunnel.shutdown();
+    let _ = admin_stop_tx.send(());
+    let _ = admin_task.await;
+    tracing::info!("edge stopped");
+    result
+}

@@ -1,0 +1,277 @@
+//! Prometheus metrics of the edge.
+//!
+//! Per-connection and per-request metrics are updated on the request path (a few atomic adds
+//! per request, never per packet); tunnel-wide numbers (handshakes, per-origin handshake age
+//! and bytes) are read from [`Tunnel::stats`] at scrape time by [`TunnelCollector`].
+
+use std::collections::HashMap;
+
+use kokoa_tunnel::key::PublicKey;
+use kokoa_tunnel::Tunnel;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// Labels of connection metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `https`, `http` or `tcp:<listen address>`.
+    pub listener: String,
+}
+
+/// Labels of request counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's configured host (`*.example.com` for wildcards), or `unrouted`.
+    pub host: String,
+    /// `1xx` .. `5xx`.
+    pub class: &'static str,
+}
+
+/// Labels of byte counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ByteLabels {
+    /// The route's configured host, or the TCP route's listen address.
+    pub route: String,
+    /// `in` (client to origin) or `out` (origin to client).
+    pub direction: &'static str,
+}
+
+/// Labels of dial errors.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DialLabels {
+    /// The origin.
+    pub origin: String,
+    /// See [`crate::dial::DialError::reason`].
+    pub reason: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms .. ~65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// The edge's own metrics. Cheap to clone (every metric is an `Arc` inside).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// Connections accepted, by listener.
+    pub connections_accepted: Family<ListenerLabels, Counter>,
+    /// Connections open, by listener.
+    pub connections_active: Family<ListenerLabels, Gauge>,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: Counter,
+    /// Requests answered, by route host and status class.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time from request head to the end of the response body.
+    pub request_duration: Histogram,
+    /// Body bytes proxied, by route and direction.
+    pub bytes: Family<ByteLabels, Counter>,
+    /// Failed dials to origin services.
+    pub dial_errors: Family<DialLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections_accepted: Family::default(),
+            connections_active: Family::default(),
+            tls_handshake_failures: Counter::default(),
+            requests: Family::default(),
+            request_duration: duration_histogram(),
+            bytes: Family::default(),
+            dial_errors: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in `registry` under the `kokoa_edge` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let edge = registry.sub_registry_with_prefix("kokoa_edge");
+        edge.register(
+            "connections_accepted",
+            "Client connections accepted, by listener",
+            self.connections_accepted.clone(),
+        );
+        edge.register(
+            "connections_active",
+            "Client connections open, by listener",
+            self.connections_active.clone(),
+        );
+        edge.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, timed out or were refused (unknown SNI)",
+            self.tls_handshake_failures.clone(),
+        );
+        edge.register(
+            "requests",
+            "HTTP requests answered, by route host and status class",
+            self.requests.clone(),
+        );
+        edge.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response body",
+            self.request_duration.clone(),
+        );
+        edge.register(
+            "bytes",
+            "Body bytes proxied, by route and direction",
+            self.bytes.clone(),
+        );
+        edge.register(
+            "upstream_dial_errors",
+            "Connections to origin services that could not be opened",
+            self.dial_errors.clone(),
+        );
+    }
+
+    /// Counts an accepted connection and returns a guard that keeps it in the active gauge.
+    pub fn connection(&self, listener: &str) -> ConnectionGuard {
+        let labels = ListenerLabels {
+            listener: listener.to_owned(),
+        };
+        self.connections_accepted.get_or_create(&labels).inc();
+        let active = self.connections_active.get_or_create(&labels).clone();
+        active.inc();
+        ConnectionGuard { active }
+    }
+}
+
+/// Decrements the active-connections gauge when dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    active: Gauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+/// The class label of a status code.
+pub fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Reads [`Tunnel::stats`] on every scrape.
+pub struct TunnelCollector {
+    tunnel: Tunnel,
+    origin_names: HashMap<PublicKey, String>,
+}
+
+impl TunnelCollector {
+    /// `origin_names` labels each peer by its configured name (the key is used otherwise).
+    pub fn new(tunnel: Tunnel, origin_names: HashMap<PublicKey, String>) -> Self {
+        Self {
+            tunnel,
+            origin_names,
+        }
+    }
+}
+
+impl std::fmt::Debug for TunnelCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelCollector")
+            .field("origins", &self.origin_names.len())
+            .finish()
+    }
+}
+
+impl Collector for TunnelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.tunnel.stats();
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for (name, help, value) in [
+            (
+                "kokoa_tunnel_handshakes",
+                "WireGuard handshakes completed",
+                stats.handshakes_completed,
+            ),
+            (
+                "kokoa_tunnel_udp_rx_bytes",
+                "UDP payload bytes received",
+                stats.bytes_rx,
+            ),
+            (
+                "kokoa_tunnel_udp_tx_bytes",
+                "UDP payload bytes sent",
+                stats.bytes_tx,
+            ),
+            (
+                "kokoa_tunnel_dropped_junk",
+                "Datagrams that were not valid WireGuard for any peer",
+                stats.dropped_junk,
+            ),
+            (
+                "kokoa_tunnel_dropped_source",
+                "Inner packets dropped because their source is outside the peer's allowed IPs",
+                stats.dropped_source,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            metric.encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+        let mut streams = encoder.encode_descriptor(
+            "kokoa_tunnel_active_streams",
+            "TCP streams open in the tunnel",
+            None,
+            MetricType::Gauge,
+        )?;
+        streams.encode_gauge(&clamp(stats.active_streams))?;
+
+        let label = |key: &PublicKey| {
+            [(
+                "origin",
+                self.origin_names
+                    .get(key)
+                    .cloned()
+                    .unwrap_or_else(|| key.to_base64()),
+            )]
+        };
+        let mut age = encoder.encode_descriptor(
+            "kokoa_tunnel_peer_last_handshake_age_seconds",
+            "Seconds since the last completed handshake with each origin (absent before the first)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for peer in &stats.peers {
+            if let Some(last) = peer.last_handshake {
+                age.encode_family(&label(&peer.public_key))?
+                    .encode_gauge(&last.as_secs_f64())?;
+            }
+        }
+        let mut rx = encoder.encode_descriptor(
+            "kokoa_tunnel_peer_rx_bytes",
+            "Bytes received from each origin",
+            None,
+            MetricType::Counter,
+        )?;
+        for peer in &stats.peers {
+            rx.encode_family(&label(&peer.public_key))?
+                .encode_counter::<NoLabelSet, _, u64>(&peer.rx_bytes, None)?;
+        }
+        let mut tx = encoder.encode_descriptor(
+            "kokoa_tunnel_peer_tx_bytes",
+            "Bytes sent to each origin",
+            None,
+            MetricType::Counter,
+        )?;
+        for peer in &stats.peers {
+            tx.encode_family(&label(&peer.public_key))?
+                .encode_counter::<NoLabelSet, _, u64>(&peer.tx_bytes, None)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,556 @@
+//! The HTTP proxy: one request from a client (HTTP/1.1 or HTTP/2 over TLS) to an origin
+//! service (HTTP/1.1 through the tunnel) and back.
+//!
+//! Per request: find the host (`Host` for HTTP/1.1, `:authority` for HTTP/2), look it up in the
+//! current [`RouteTable`] snapshot, rewrite the head (strip hop-by-hop headers, add
+//! `X-Forwarded-*` and `X-Real-IP`), send it over the keep-alive [`Pool`], and stream the
+//! response back. Bodies pass through frame by frame in both directions; nothing is buffered
+//! whole. A WebSocket upgrade is forwarded and, once the origin answers 101, both upgraded
+//! connections are spliced byte for byte.
+//!
+//! Status codes the edge makes itself: 404 (no route for the host), 400 (no usable host),
+//! 502 (the origin refused, reset or broke the connection), 503 (the origin could not be
+//! reached: unknown, down, or the tunnel timed out). See [`crate::dial::DialError::status`].
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use kokoa_node::drain::DrainWatch;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::watch;
+use tracing::Instrument as _;
+
+use crate::dial::Dialer;
+use crate::metrics::{status_class, ByteLabels, Metrics, RequestLabels};
+use crate::pool::{dial_error, service_uri, BoxError, Pool, ProxyBody};
+use crate::route::{Route, RouteTable};
+
+/// Target of the access log lines (one per request, at `info`).
+pub const ACCESS_LOG_TARGET: &str = "kokoa_edge::access";
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// What a request needs to know about the connection it arrived on.
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// Held by spliced WebSocket connections so that draining waits for them.
+    pub drain: DrainWatch,
+    /// Becomes `true` when the drain time is up: spliced connections close at once.
+    pub abort: watch::Receiver<bool>,
+}
+
+/// The proxy service shared by every HTTPS connection.
+pub struct Proxy<D: Dialer> {
+    routes: Arc<ArcSwap<RouteTable>>,
+    pool: Pool<D>,
+    metrics: Metrics,
+}
+
+impl<D: Dialer> Proxy<D> {
+    /// Routes with the current table in `routes` and forwards over `pool`.
+    pub fn new(routes: Arc<ArcSwap<RouteTable>>, pool: Pool<D>, metrics: Metrics) -> Self {
+        Self {
+            routes,
+            pool,
+            metrics,
+        }
+    }
+
+    /// Answers one request. Never fails: every error becomes a short error page (and a log
+    /// line for upstream failures).
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        connection: &ConnectionInfo,
+    ) -> Response<ProxyBody> {
+        let raw_host = request_host(&request);
+        let span = tracing::info_span!(
+            "request",
+            method = %request.method(),
+            host = raw_host.as_deref().unwrap_or(""),
+            path = request.uri().path(),
+        );
+        let mut log = AccessLog {
+            client: connection.client,
+            host: raw_host.clone().unwrap_or_default(),
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            status: StatusCode::OK,
+            bytes: 0,
+            origin: String::new(),
+            route: "unrouted".to_owned(),
+            start: Instant::now(),
+            duration: self.metrics.request_duration.clone(),
+        };
+        let response = self
+            .forward(request, raw_host, connection, &mut log)
+            .instrument(span)
+            .await;
+        log.status = response.status();
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                host: log.route.clone(),
+                class: status_class(log.status),
+            })
+            .inc();
+        let counter = self.bytes_counter(&log.route, "out");
+        response.map(|body| {
+            Metered {
+                inner: body,
+                counter,
+                log: Some(log),
+            }
+            .boxed_unsync()
+        })
+    }
+
+    fn bytes_counter(&self, route: &str, direction: &'static str) -> Counter {
+        self.metrics
+            .bytes
+            .get_or_create(&ByteLabels {
+                route: route.to_owned(),
+                direction,
+            })
+            .clone()
+    }
+
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        raw_host: Option<String>,
+        connection: &ConnectionInfo,
+        log: &mut AccessLog,
+    ) -> Response<ProxyBody> {
+        let Some(raw_host) = raw_host else {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "The request names no host (Host header or :authority).",
+            );
+        };
+        let routes = self.routes.load();
+        let Some(route) = routes.lookup(&raw_host).cloned() else {
+            return page(
+                StatusCode::NOT_FOUND,
+                "No site is configured for this host name on this server.",
+            );
+        };
+        drop(routes);
+        log.origin = route.origin.clone();
+        log.route = route.host.clone();
+
+        // Rate limits and other per-route admission policies go here: the route is known and
+        // nothing has been sent upstream yet.
+
+        let websocket = is_websocket_upgrade(&request);
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
+        let upstream =
+            match self.upstream_request(request, &raw_host, &route, connection, websocket) {
+                Ok(upstream) => upstream,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot build the upstream request");
+                    return page(StatusCode::BAD_REQUEST, "The request cannot be forwarded.");
+                }
+            };
+
+        let mut response = match self.pool.send(upstream).await {
+            Ok(response) => response,
+            Err(error) => {
+                let (status, detail) = match dial_error(&error) {
+                    Some(dial) => (dial.status(), dial.to_string()),
+                    None => (StatusCode::BAD_GATEWAY, error_chain(&error)),
+                };
+                tracing::warn!(
+                    host = %raw_host,
+                    origin = %route.origin,
+                    port = route.port,
+                    status = status.as_u16(),
+                    error = %detail,
+                    "upstream request failed"
+                );
+                let text = if status == StatusCode::SERVICE_UNAVAILABLE {
+                    "The origin serving this site cannot be reached right now. Try again shortly."
+                } else {
+                    "The origin serving this site did not answer correctly."
+                };
+                return page(status, text);
+            }
+        };
+
+        if let Some(client_upgrade) = client_upgrade {
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let origin_upgrade = hyper::upgrade::on(&mut response);
+                let drain = connection.drain.clone();
+                let mut abort = connection.abort.clone();
+                let span =
+                    tracing::info_span!("websocket", host = %raw_host, origin = %route.origin);
+                tokio::spawn(
+                    async move {
+                        let (client, origin) = match tokio::try_join!(client_upgrade, origin_upgrade) {
+                            Ok(pair) => pair,
+                            Err(error) => {
+                                tracing::debug!(%error, "upgrade failed");
+                                return;
+                            }
+                        };
+                        let mut client = TokioIo::new(client);
+                        let mut origin = TokioIo::new(origin);
+                        tokio::select! {
+                            result = tokio::io::copy_bidirectional(&mut client, &mut origin) => match result {
+                                Ok((up, down)) => tracing::debug!(up, down, "websocket closed"),
+                                Err(error) => tracing::debug!(%error, "websocket ended with an error"),
+                            },
+                            _ = abort.wait_for(|abort| *abort) => tracing::debug!("websocket closed by shutdown"),
+                        }
+                        drop(drain);
+                    }
+                    .instrument(span),
+                );
+                let (parts, _) = response.into_parts();
+                return Response::from_parts(parts, empty());
+            }
+        }
+
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = body.map_err(BoxError::from).boxed_unsync();
+        Response::from_parts(parts, body)
+    }
+
+    fn upstream_request(
+        &self,
+        request: Request<Incoming>,
+        raw_host: &str,
+        route: &Route,
+        connection: &ConnectionInfo,
+        websocket: bool,
+    ) -> Result<Request<ProxyBody>, BoxError> {
+        let (mut parts, body) = request.into_parts();
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        parts.uri = service_uri(&route.origin, route.port, path_and_query)?;
+        parts.version = Version::HTTP_11;
+        parts.extensions = http::Extensions::new();
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        let host = HeaderValue::from_str(raw_host)?;
+        headers.insert(header::HOST, host.clone());
+        add_forwarded(headers, connection.client, host);
+        if websocket {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        let body = Metered {
+            inner: body,
+            counter: self.bytes_counter(&route.host, "in"),
+            log: None,
+        }
+        .map_err(BoxError::from)
+        .boxed_unsync();
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+/// The host a request is for: `:authority` for HTTP/2 (hyper puts it in the URI), the `Host`
+/// header for HTTP/1.x (falling back to an absolute-form URI).
+pub fn request_host<B>(request: &Request<B>) -> Option<String> {
+    let from_uri = request.uri().authority().map(|a| a.as_str().to_owned());
+    let from_header = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let host = if request.version() == Version::HTTP_2 {
+        from_uri.or(from_header)
+    } else {
+        from_header.or(from_uri)
+    };
+    host.filter(|h| !h.is_empty())
+}
+
+fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| item.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether `request` asks for an HTTP/1.1 WebSocket upgrade.
+pub fn is_websocket_upgrade<B>(request: &Request<B>) -> bool {
+    request.version() == Version::HTTP_11
+        && header_has_token(request.headers(), &header::CONNECTION, "upgrade")
+        && header_has_token(request.headers(), &header::UPGRADE, "websocket")
+}
+
+/// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
+/// `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding` and `Upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto: https`,
+/// `X-Forwarded-Host` and `X-Real-IP`.
+pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: HeaderValue) {
+    let ip = client.ip().to_string();
+    let previous: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .collect();
+    let forwarded_for = if previous.is_empty() {
+        ip.clone()
+    } else {
+        format!("{}, {ip}", previous.join(", "))
+    };
+    let ip_value = HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown"));
+    let forwarded_for = HeaderValue::from_str(&forwarded_for).unwrap_or_else(|_| ip_value.clone());
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+    headers.insert(X_FORWARDED_HOST.clone(), host);
+    headers.insert(X_REAL_IP.clone(), ip_value);
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(current) = source {
+        text.push_str(": ");
+        text.push_str(&current.to_string());
+        source = current.source();
+    }
+    text
+}
+
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A short HTML error page.
+pub fn page(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let code = status.as_u16();
+    let html = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{code} {reason}</title></head>\n\
+         <body><h1>{code} {reason}</h1><p>{text}</p><hr><p>kokoa-edge</p></body></html>\n"
+    );
+    let mut response = Response::new(
+        Full::new(Bytes::from(html))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// One access log line, written when the response body ends (or is dropped by a client that
+/// went away), so that it carries the bytes sent and the full duration.
+struct AccessLog {
+    client: SocketAddr,
+    host: String,
+    method: Method,
+    path: String,
+    status: StatusCode,
+    bytes: u64,
+    origin: String,
+    route: String,
+    start: Instant,
+    duration: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        self.duration.observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            client = %self.client.ip(),
+            host = %self.host,
+            method = %self.method,
+            path = %self.path,
+            status = self.status.as_u16(),
+            bytes = self.bytes,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            origin = %self.origin,
+            "request"
+        );
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Counts body bytes as frames pass through, without buffering them.
+    struct Metered<B> {
+        #[pin]
+        inner: B,
+        counter: Counter,
+        log: Option<AccessLog>,
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Metered<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let len = data.len() as u64;
+                this.counter.inc_by(len);
+                if let Some(log) = this.log.as_mut() {
+                    log.bytes += len;
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("x-kept", "yes"),
+            ("content-type", "text/plain"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-type", "x-kept"]);
+    }
+
+    #[test]
+    fn forwarded_headers_append_and_set() {
+        let mut headers = HeaderMap::new();
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.1"));
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.2"));
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let client: SocketAddr = "203.0.113.9:5555".parse().unwrap();
+        add_forwarded(
+            &mut headers,
+            client,
+            HeaderValue::from_static("app.example.com"),
+        );
+        assert_eq!(
+            headers[&X_FORWARDED_FOR],
+            "198.51.100.1, 198.51.100.2, 203.0.113.9"
+        );
+        assert_eq!(headers.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(headers[&X_FORWARDED_PROTO], "https");
+        assert_eq!(headers[&X_FORWARDED_HOST], "app.example.com");
+        assert_eq!(headers[&X_REAL_IP], "203.0.113.9");
+    }
+
+    #[test]
+    fn websocket_detection_and_host() {
+        let request = Request::builder()
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "WebSocket")
+            .header("host", "a.example.com:443")
+            .body(())
+            .unwrap();
+        assert!(is_websocket_upgrade(&request));
+        assert_eq!(request_host(&request).as_deref(), Some("a.example.com:443"));
+        let request = Request::builder()
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(!is_websocket_upgrade(&request));
+        let request = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("https://b.example.com/x")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&request).as_deref(), Some("b.example.com"));
+    }
+}

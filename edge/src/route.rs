@@ -1,0 +1,174 @@
+//! The HTTP route table: host name -> (origin, service port).
+//!
+//! A [`RouteTable`] is an immutable snapshot built from the validated config; the proxy loads
+//! the current one from an `ArcSwap` per request, so swapping in a new table never blocks or
+//! disturbs requests in flight.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::RouteConfig;
+
+/// Where requests for a host go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The route's primary host as configured (`app.example.com` or `*.example.com`).
+    pub host: String,
+    /// The origin's name.
+    pub origin: String,
+    /// The service port inside the tunnel.
+    pub port: u16,
+}
+
+/// Exact names (including aliases) first, then `*.domain` wildcards matching exactly one extra
+/// label. Case-insensitive.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, Arc<Route>>,
+    /// Keyed by the domain under the `*.` (`example.com` for `*.example.com`).
+    wildcard: HashMap<String, Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Builds a table from validated routes (hosts already lowercase and unique).
+    pub fn new(routes: &[RouteConfig]) -> Self {
+        let mut table = Self::default();
+        for config in routes {
+            let route = Arc::new(Route {
+                host: config.host.clone(),
+                origin: config.origin.clone(),
+                port: config.port,
+            });
+            for name in std::iter::once(&config.host).chain(&config.aliases) {
+                let name = name.to_ascii_lowercase();
+                match name.strip_prefix("*.") {
+                    Some(domain) => table.wildcard.insert(domain.to_owned(), route.clone()),
+                    None => table.exact.insert(name, route.clone()),
+                };
+            }
+        }
+        table
+    }
+
+    /// The route for a `Host` header or `:authority` value. The port, a trailing dot and
+    /// letter case are ignored. `None` if no route matches.
+    pub fn lookup(&self, host: &str) -> Option<&Route> {
+        let name = normalize_host(host)?;
+        if let Some(route) = self.exact.get(&name) {
+            return Some(route);
+        }
+        let (label, domain) = name.split_once('.')?;
+        if label.is_empty() {
+            return None;
+        }
+        self.wildcard.get(domain).map(|route| &**route)
+    }
+
+    /// Number of names (exact and wildcard) in the table.
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.wildcard.len()
+    }
+
+    /// Whether the table routes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Lowercases a `Host` / `:authority` value and strips its port and trailing dot. `None` for
+/// an empty value, a value with user info, or an IPv6 literal (never a routed name).
+pub fn normalize_host(host: &str) -> Option<String> {
+    let host = host.trim();
+    if host.starts_with('[') || host.contains('@') {
+        return None;
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        Some(_) => return None,
+        None => host,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return None;
+    }
+    Some(name.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: &str, aliases: &[&str], origin: &str, port: u16) -> RouteConfig {
+        RouteConfig {
+            host: host.to_owned(),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            origin: origin.to_owned(),
+            port,
+        }
+    }
+
+    fn table() -> RouteTable {
+        RouteTable::new(&[
+            route("app.example.com", &["www.example.com"], "home", 8001),
+            route("*.example.com", &["*.example.org"], "lab", 8002),
+            route("api.example.org", &[], "home", 8003),
+        ])
+    }
+
+    fn port_of(table: &RouteTable, host: &str) -> Option<u16> {
+        table.lookup(host).map(|route| route.port)
+    }
+
+    #[test]
+    fn exact_and_alias() {
+        let table = table();
+        assert_eq!(port_of(&table, "app.example.com"), Some(8001));
+        assert_eq!(port_of(&table, "www.example.com"), Some(8001));
+        assert_eq!(
+            table.lookup("www.example.com").unwrap().host,
+            "app.example.com"
+        );
+        assert_eq!(port_of(&table, "api.example.org"), Some(8003));
+    }
+
+    #[test]
+    fn exact_wins_over_wildcard() {
+        let table = table();
+        assert_eq!(port_of(&table, "app.example.com"), Some(8001));
+        assert_eq!(port_of(&table, "other.example.com"), Some(8002));
+        assert_eq!(port_of(&table, "x.example.org"), Some(8002));
+    }
+
+    #[test]
+    fn wildcard_matches_exactly_one_label() {
+        let table = table();
+        assert_eq!(port_of(&table, "example.com"), None);
+        assert_eq!(port_of(&table, "a.b.example.com"), None);
+        assert_eq!(port_of(&table, ".example.com"), None);
+        assert_eq!(port_of(&table, "a.example.net"), None);
+    }
+
+    #[test]
+    fn case_port_and_trailing_dot_are_ignored() {
+        let table = table();
+        assert_eq!(port_of(&table, "APP.Example.COM"), Some(8001));
+        assert_eq!(port_of(&table, "app.example.com:443"), Some(8001));
+        assert_eq!(port_of(&table, "app.example.com.:8443"), Some(8001));
+        assert_eq!(port_of(&table, "Foo.Example.com."), Some(8002));
+    }
+
+    #[test]
+    fn garbage_does_not_match() {
+        let table = table();
+        for host in [
+            "",
+            ":443",
+            "[::1]:443",
+            "user@app.example.com",
+            "app.example.com:x",
+            ".",
+        ] {
+            assert_eq!(table.lookup(host), None, "{host:?}");
+        }
+    }
+}

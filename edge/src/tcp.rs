@@ -1,0 +1,115 @@
+//! Raw TCP routes: a public port forwarded to an origin service as a plain byte stream (for
+//! non-HTTP protocols such as a libp2p node on 4001). Each direction is copied until EOF and
+//! then half-closed, so protocols that shut down one side first keep working.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kokoa_node::drain::DrainWatch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::Instrument as _;
+
+use crate::config::TcpRoute;
+use crate::dial::Dialer;
+use crate::metrics::{ByteLabels, DialLabels, Metrics};
+
+/// One raw TCP route's listener.
+pub struct TcpForwarder<D: Dialer> {
+    /// The route.
+    pub route: TcpRoute,
+    /// How origins are reached.
+    pub dialer: Arc<D>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl<D: Dialer> TcpForwarder<D> {
+    fn label(&self) -> String {
+        format!("tcp:{}", self.route.listen)
+    }
+
+    /// Accepts connections until draining begins; each is forwarded in its own task.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        drain: DrainWatch,
+        abort: watch::Receiver<bool>,
+    ) {
+        loop {
+            let (stream, client) = tokio::select! {
+                _ = drain.signaled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, listen = %self.route.listen, "tcp accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let span = tracing::info_span!(
+                "tcp",
+                client = %client,
+                listen = %self.route.listen,
+                origin = %self.route.origin,
+                port = self.route.port,
+            );
+            let forwarder = self.clone();
+            let drain = drain.clone();
+            let abort = abort.clone();
+            tokio::spawn(
+                async move {
+                    tokio::select! {
+                        _ = forwarder.forward(stream) => {}
+                        _ = wait_abort(abort) => tracing::debug!("closed by shutdown"),
+                    }
+                    drop(drain);
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    async fn forward(&self, mut client: TcpStream) {
+        let label = self.label();
+        let _guard = self.metrics.connection(&label);
+        let _ = client.set_nodelay(true);
+        let mut upstream = match self.dialer.dial(&self.route.origin, self.route.port).await {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                self.metrics
+                    .dial_errors
+                    .get_or_create(&DialLabels {
+                        origin: self.route.origin.clone(),
+                        reason: error.reason(),
+                    })
+                    .inc();
+                tracing::warn!(%error, "cannot reach the origin service; closing the client connection");
+                return;
+            }
+        };
+        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            Ok((up, down)) => {
+                self.count(&label, "in", up);
+                self.count(&label, "out", down);
+                tracing::debug!(up, down, "tcp connection closed");
+            }
+            Err(error) => tracing::debug!(%error, "tcp connection ended with an error"),
+        }
+    }
+
+    fn count(&self, route: &str, direction: &'static str, bytes: u64) {
+        self.metrics
+            .bytes
+            .get_or_create(&ByteLabels {
+                route: route.to_owned(),
+                direction,
+            })
+            .inc_by(bytes);
+    }
+}
+
+async fn wait_abort(mut abort: watch::Receiver<bool>) {
+    let _ = abort.wait_for(|abort| *abort).await;
+}
