@@ -112,6 +112,7 @@ async fn main() -> Result<()> {
     // 3. keep-alive request/response
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let reporter = report_every_5s(count.clone(), "keep-alive");
     let mut tasks = Vec::new();
     for _ in 0..32 {
         let edge = edge.clone();
@@ -133,12 +134,14 @@ async fn main() -> Result<()> {
             .await
             .context("keep-alive phase wedged")???;
     }
+    reporter.abort();
     let rps = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
     println!("32 keep-alive streams: {rps:.0} req/s");
 
     // 4. a new stream per request
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let reporter = report_every_5s(count.clone(), "new stream per request");
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let edge = edge.clone();
@@ -160,6 +163,7 @@ async fn main() -> Result<()> {
             .await
             .context("connect-per-request phase wedged")???;
     }
+    reporter.abort();
     let cps = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
     println!("16 tasks, new stream per request: {cps:.0} req/s");
 
@@ -171,4 +175,22 @@ async fn main() -> Result<()> {
     edge.shutdown();
     origin.shutdown();
     Ok(())
+}
+
+/// Prints the rate of each 5-second window, so a slowdown or wedge over time shows.
+fn report_every_5s(count: Arc<AtomicU64>, what: &'static str) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last = 0;
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = count.load(Ordering::Relaxed);
+            println!(
+                "  {what}: {:.0} req/s in the last 5 s",
+                (now - last) as f64 / 5.0
+            );
+            last = now;
+        }
+    })
 }

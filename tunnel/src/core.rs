@@ -685,10 +685,17 @@ impl Core {
                 return;
             }
             TunnResult::WriteToNetwork(p) => {
-                if msg_type == 3 {
-                    // Not authenticated by a session: do not roam on it.
-                } else {
+                // A cookie reply (type 3) means the message was not processed: under load the
+                // initiator must retry with a cookie. Anything else answers an authenticated
+                // handshake message: roam to its source.
+                let cookie = p.first() == Some(&3);
+                if !cookie {
                     peer.endpoint = Some(from);
+                    if msg_type == 1 || msg_type == 2 {
+                        self.counters.handshakes_completed += 1;
+                        self.events
+                            .push_back(Event::HandshakeCompleted(peer.config.public_key));
+                    }
                 }
                 let mut buf = self.pool.pop().unwrap_or_default();
                 buf.clear();
@@ -701,11 +708,6 @@ impl Core {
                     Some(from),
                     buf,
                 );
-                if msg_type == 1 || msg_type == 2 {
-                    self.counters.handshakes_completed += 1;
-                    self.events
-                        .push_back(Event::HandshakeCompleted(peer.config.public_key));
-                }
                 flush = true;
             }
             TunnResult::Done => {

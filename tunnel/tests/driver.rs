@@ -352,3 +352,47 @@ async fn shutdown_fails_streams_and_ends_accept() -> Result<()> {
 fn ek_pub(e: &Tunnel) -> kokoa_tunnel::PublicKey {
     e.public_key()
 }
+
+#[tokio::test]
+async fn origin_behind_nat_dials_out_and_edge_connects_back() -> Result<()> {
+    // The edge does not know the origin's address; the origin knows the edge's and keeps the
+    // path open with persistent keepalive, as a home origin behind NAT does.
+    let (ek, ok) = (PrivateKey::generate(), PrivateKey::generate());
+    let mut ec = TunnelConfig::new(ek.clone(), loopback());
+    ec.peers = vec![PeerConfig {
+        public_key: ok.public_key(),
+        endpoint: None,
+        allowed_ips: vec!["10.100.1.1/32".parse()?],
+        local_address: ip("10.100.1.10"),
+        persistent_keepalive: None,
+    }];
+    let (e, _) = Tunnel::bind(ec).await?;
+    let mut oc = TunnelConfig::new(ok.clone(), loopback());
+    oc.accept_ports = vec![80];
+    oc.peers = vec![PeerConfig {
+        public_key: ek.public_key(),
+        endpoint: Some(e.local_addr()),
+        allowed_ips: vec!["10.100.1.10/32".parse()?],
+        local_address: ip("10.100.1.1"),
+        persistent_keepalive: Some(25),
+    }];
+    let (o, inc) = Tunnel::bind(oc).await?;
+    let _srv = echo_server(inc);
+    for _ in 0..100 {
+        if e.stats().handshakes_completed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        e.stats().handshakes_completed > 0,
+        "the origin did not dial out"
+    );
+    assert_eq!(e.stats().peers[0].endpoint, Some(o.local_addr()));
+    let mut s = e.connect(&ok.public_key(), dst(1, 80), T).await?;
+    s.write_all(b"from the edge").await?;
+    let mut b = [0u8; 13];
+    timeout(T, s.read_exact(&mut b)).await??;
+    assert_eq!(&b, b"from the edge");
+    Ok(())
+}

@@ -632,3 +632,23 @@ fn connect_outside_allowed_ips_is_rejected() {
         Err(TunnelError::NotAllowed { .. })
     ));
 }
+
+#[test]
+fn endpoint_roams_to_the_source_of_authenticated_packets() {
+    let mut sim = Sim::pair(CLEAN, 13);
+    let (c, s) = sim.open(0, 1, v4("10.100.1.1:80"));
+    assert_eq!(sim.nodes[1].core.stats().peers[0].endpoint, Some(udp(0)));
+    // Node 0 moves behind a new NAT mapping.
+    sim.nodes[0].addr = udp(7);
+    let mut f = Flow::new(50_000, 3);
+    let mut g = Flow::new(50_000, 4);
+    let mut buf = vec![0u8; 8192];
+    assert!(sim.run_until(Duration::from_secs(20), |sim| {
+        let (a, b) = sim.nodes.split_at_mut(1);
+        f.pump(&mut a[0].core, c, &mut b[0].core, s, &mut buf);
+        g.pump(&mut b[0].core, s, &mut a[0].core, c, &mut buf);
+        f.eof && g.eof
+    }));
+    assert_eq!(sim.nodes[1].core.stats().peers[0].endpoint, Some(udp(7)));
+    assert_eq!(g.rx_hash.finalize()[..], Sha256::digest(&g.data)[..]);
+}
