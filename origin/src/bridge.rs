@@ -24,8 +24,8 @@ use crate::service::ServiceTable;
 /// directions are done (or one failed).
 ///
 /// If there is no service for the port or the local app cannot be reached, the tunnel stream is
-/// dropped without sending anything, so the edge sees the connection end before any response
-/// and answers 502.
+/// reset before anything is sent, so the edge sees the connection fail and answers 502. An
+/// error in either direction (a reset by the app, a broken tunnel) resets the tunnel side too.
 pub async fn bridge(
     incoming: IncomingStream,
     table: Arc<ServiceTable>,
@@ -33,7 +33,7 @@ pub async fn bridge(
     connect_timeout: Duration,
 ) {
     let IncomingStream {
-        stream,
+        mut stream,
         peer,
         local_port,
         remote,
@@ -41,7 +41,7 @@ pub async fn bridge(
     let Some(service) = table.lookup(local_port).cloned() else {
         metrics.streams_unrouted.inc();
         tracing::info!(%remote, port = local_port, edge = ?peer, "stream on a port with no service; closing");
-        // Returning drops `stream`, which closes it.
+        stream.abort();
         return;
     };
     let span = tracing::info_span!(
@@ -79,7 +79,8 @@ pub async fn bridge(
                         reason,
                     })
                     .inc();
-                tracing::warn!(%error, "local service unreachable; closing the tunnel stream");
+                tracing::warn!(%error, "local service unreachable; resetting the tunnel stream");
+                stream.abort();
                 return;
             }
             Err(_) => {
@@ -92,8 +93,9 @@ pub async fn bridge(
                     .inc();
                 tracing::warn!(
                     timeout = ?connect_timeout,
-                    "local service did not accept in time; closing the tunnel stream"
+                    "local service did not accept in time; resetting the tunnel stream"
                 );
+                stream.abort();
                 return;
             }
         };
@@ -121,7 +123,12 @@ pub async fn bridge(
         tracing::debug!("bridging");
         match tokio::io::copy_bidirectional(&mut tunnel_side, &mut local_side).await {
             Ok((up, down)) => tracing::debug!(to_local = up, to_tunnel = down, "stream closed"),
-            Err(error) => tracing::debug!(%error, "stream ended with an error"),
+            Err(error) => {
+                // Pass the failure on as a reset rather than a clean FIN, so the edge does not
+                // take a truncated response for a complete one.
+                tracing::debug!(%error, "stream ended with an error; resetting the tunnel side");
+                tunnel_side.inner.abort();
+            }
         }
     }
     .instrument(span)
