@@ -1,0 +1,334 @@
+//! The sample apps that stand behind the origins, run in the test process.
+//!
+//! - [`HttpApp`]: HTTP/1.1 (and h2c) with `/echo` (method, path and headers as JSON),
+//!   `/bytes/N` (N deterministic bytes, streamed), `/upload` (SHA-256 and length of the request
+//!   body) and `/stream` (chunks spaced in time). Every response carries `x-app: NAME`.
+//! - [`WsEchoApp`]: a WebSocket server that echoes every message.
+//! - [`TcpEchoApp`]: echoes raw bytes and half-closes after the client does.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use http_body_util::{combinators::BoxBody, BodyExt as _, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::{Digest as _, Sha256};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// The byte at offset `i` of every deterministic payload (`/bytes/N`, uploads made by tests).
+pub fn pattern_byte(i: u64) -> u8 {
+    // A prime modulus so that the pattern does not line up with power-of-two buffer sizes.
+    (i % 251) as u8
+}
+
+/// Fills `buf` with the pattern starting at `offset`.
+pub fn fill_pattern(offset: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = pattern_byte(offset + i as u64);
+    }
+}
+
+/// SHA-256 (hex) of the first `len` bytes of the pattern.
+pub fn pattern_sha256(len: u64) -> String {
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut offset = 0;
+    while offset < len {
+        let n = (len - offset).min(chunk.len() as u64) as usize;
+        fill_pattern(offset, &mut chunk[..n]);
+        hasher.update(&chunk[..n]);
+        offset += n as u64;
+    }
+    hex(&hasher.finalize())
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn full(status: StatusCode, name: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()).boxed());
+    *response.status_mut() = status;
+    if let Ok(value) = name.parse() {
+        response.headers_mut().insert("x-app", value);
+    }
+    response
+}
+
+async fn handle(name: String, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let Ok(len) = n.parse::<u64>() else {
+            return full(StatusCode::BAD_REQUEST, &name, "bad length\n");
+        };
+        const CHUNK: u64 = 64 * 1024;
+        let stream = futures_util::stream::unfold(0u64, move |offset| async move {
+            if offset >= len {
+                return None;
+            }
+            let n = (len - offset).min(CHUNK) as usize;
+            let mut buf = vec![0u8; n];
+            fill_pattern(offset, &mut buf);
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(buf))),
+                offset + n as u64,
+            ))
+        });
+        let mut response = Response::new(http_body_util::BodyExt::boxed(StreamBody::new(stream)));
+        if let Ok(value) = name.parse() {
+            response.headers_mut().insert("x-app", value);
+        }
+        if let Ok(value) = len.to_string().parse() {
+            response.headers_mut().insert("content-length", value);
+        }
+        return response;
+    }
+    match path.as_str() {
+        "/upload" => {
+            let mut body = request.into_body();
+            let mut hasher = Sha256::new();
+            let mut len = 0u64;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(frame) => {
+                        if let Some(data) = frame.data_ref() {
+                            hasher.update(data);
+                            len += data.len() as u64;
+                        }
+                    }
+                    Err(error) => {
+                        return full(
+                            StatusCode::BAD_REQUEST,
+                            &name,
+                            format!("upload failed after {len} bytes: {error}\n"),
+                        )
+                    }
+                }
+            }
+            full(
+                StatusCode::OK,
+                &name,
+                format!("{} {len}\n", hex(&hasher.finalize())),
+            )
+        }
+        "/stream" => {
+            let stream = futures_util::stream::unfold(0u32, |i| async move {
+                if i >= 5 {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+                Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(format!("chunk {i}\n")))),
+                    i + 1,
+                ))
+            });
+            let mut response =
+                Response::new(http_body_util::BodyExt::boxed(StreamBody::new(stream)));
+            if let Ok(value) = name.parse() {
+                response.headers_mut().insert("x-app", value);
+            }
+            response
+        }
+        _ => {
+            let mut json = format!(
+                "{{\"app\":\"{}\",\"method\":\"{}\",\"path\":\"{}\",\"version\":\"{:?}\",\"headers\":{{",
+                json_escape(&name),
+                request.method(),
+                json_escape(
+                    request
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.as_str())
+                        .unwrap_or("/")
+                ),
+                request.version()
+            );
+            let mut first = true;
+            for (key, value) in request.headers() {
+                if !first {
+                    json.push(',');
+                }
+                first = false;
+                json.push_str(&format!(
+                    "\"{}\":\"{}\"",
+                    json_escape(key.as_str()),
+                    json_escape(&String::from_utf8_lossy(value.as_bytes()))
+                ));
+            }
+            json.push_str("}}\n");
+            full(StatusCode::OK, &name, json)
+        }
+    }
+}
+
+/// An HTTP app; stops (port closed, connections cut) on [`HttpApp::stop`] or drop.
+pub struct HttpApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl HttpApp {
+    /// Starts the app on `ip`, port chosen by the system.
+    pub async fn start(name: &str, ip: IpAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind((ip, 0))
+            .await
+            .context("binding the HTTP app")?;
+        let addr = listener.local_addr()?;
+        let name = name.to_owned();
+        let task = tokio::spawn(async move {
+            // Owning the connections here means aborting this task cuts every one of them.
+            let mut connections = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else { continue };
+                        let _ = stream.set_nodelay(true);
+                        let name = name.clone();
+                        connections.spawn(async move {
+                            let service = hyper::service::service_fn(move |request| {
+                                let name = name.clone();
+                                async move { Ok::<_, Infallible>(handle(name, request).await) }
+                            });
+                            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            task: Some(task),
+        })
+    }
+
+    /// Stops listening and cuts every open connection.
+    pub async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for HttpApp {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A WebSocket echo server.
+pub struct WsEchoApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl WsEchoApp {
+    /// Starts it on `ip`.
+    pub async fn start(ip: IpAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind((ip, 0))
+            .await
+            .context("binding the WebSocket app")?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                connections.spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    while let Some(Ok(message)) = ws.next().await {
+                        if message.is_close() {
+                            break;
+                        }
+                        if (message.is_text() || message.is_binary())
+                            && ws.send(message).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    let _ = ws.close(None).await;
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Ok(Self { addr, task })
+    }
+}
+
+impl Drop for WsEchoApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A raw TCP echo server.
+pub struct TcpEchoApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl TcpEchoApp {
+    /// Starts it on `ip`.
+    pub async fn start(ip: IpAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind((ip, 0))
+            .await
+            .context("binding the TCP echo app")?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                connections.spawn(async move {
+                    let (mut read, mut write) = stream.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut write).await;
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Ok(Self { addr, task })
+    }
+}
+
+impl Drop for TcpEchoApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,143 @@
+//! Host routing over HTTP/1.1 and HTTP/2, forwarded headers, unknown hosts, a stopped app.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _};
+use kokoa_tests::apps::HttpApp;
+use kokoa_tests::client::Proto;
+use kokoa_tests::net::loopback;
+use kokoa_tests::topology::Builder;
+
+use crate::run_bounded;
+
+#[test]
+fn two_hosts_two_origins_h1_h2_headers_404_and_stopped_app() {
+    run_bounded(Duration::from_secs(90), async {
+        let mut alpha = HttpApp::start("alpha", loopback(1)).await?;
+        let beta = HttpApp::start("beta", loopback(1)).await?;
+        let topology = Builder::new()
+            .origin("home", &[("web", 8001, alpha.addr)])
+            .origin("lab", &[("web", 8001, beta.addr)])
+            .route("alpha.test", "home", 8001)
+            .route("beta.test", "lab", 8001)
+            .certificate_name("nobody.test")
+            .start()
+            .await?;
+        let client = topology.client()?;
+
+        for proto in [Proto::Http1, Proto::Http2] {
+            for (host, app) in [("alpha.test", "alpha"), ("beta.test", "beta")] {
+                let answer = client
+                    .get(host, "/echo/path?q=1", proto)
+                    .await
+                    .with_context(|| format!("GET {host} over {proto:?}"))?;
+                let body = answer.text();
+                ensure!(
+                    answer.status == 200,
+                    "{host} {proto:?}: {} {body}",
+                    answer.status
+                );
+                ensure!(
+                    answer.headers.get("x-app").and_then(|v| v.to_str().ok()) == Some(app),
+                    "{host} was served by {:?}, expected {app}",
+                    answer.headers.get("x-app")
+                );
+                ensure!(body.contains("\"method\":\"GET\""), "{body}");
+                ensure!(body.contains("\"path\":\"/echo/path?q=1\""), "{body}");
+                // The app sees who really asked, through the edge.
+                ensure!(body.contains("\"x-forwarded-for\":\"127.0.0.1\""), "{body}");
+                ensure!(body.contains("\"x-real-ip\":\"127.0.0.1\""), "{body}");
+                ensure!(body.contains("\"x-forwarded-proto\":\"https\""), "{body}");
+                ensure!(
+                    body.contains(&format!("\"x-forwarded-host\":\"{host}")),
+                    "{body}"
+                );
+            }
+        }
+
+        // A name the edge has a certificate for but no route: 404, on both protocols.
+        for proto in [Proto::Http1, Proto::Http2] {
+            let answer = client.get("nobody.test", "/", proto).await?;
+            ensure!(
+                answer.status == 404,
+                "unknown host over {proto:?} gave {} {}",
+                answer.status,
+                answer.text()
+            );
+        }
+
+        // Stopping one app: its host gets 502/503, the other keeps serving.
+        alpha.stop().await;
+        let status =
+            kokoa_tests::eventually("stopped app gives 502/503", Duration::from_secs(20), || {
+                let client = client.clone();
+                async move {
+                    let answer = client.get("alpha.test", "/", Proto::Http1).await?;
+                    ensure!(
+                        answer.status == 502 || answer.status == 503,
+                        "still {}",
+                        answer.status
+                    );
+                    Ok(answer.status)
+                }
+            })
+            .await?;
+        eprintln!("stopped app answered {status}");
+        for proto in [Proto::Http1, Proto::Http2] {
+            let answer = client.get("beta.test", "/", proto).await?;
+            ensure!(
+                answer.status == 200,
+                "beta after alpha stopped: {}",
+                answer.status
+            );
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn responses_stream_without_buffering() {
+    run_bounded(Duration::from_secs(60), async {
+        let app = HttpApp::start("streamer", loopback(1)).await?;
+        let topology = Builder::new()
+            .origin("home", &[("web", 8001, app.addr)])
+            .route("stream.test", "home", 8001)
+            .start()
+            .await?;
+        let client = topology.client()?;
+        for proto in [Proto::Http1, Proto::Http2] {
+            let mut connection = client.connect("stream.test", proto).await?;
+            let request = kokoa_tests::client::request(
+                "stream.test",
+                "/stream",
+                "GET",
+                http_body_util::BodyExt::boxed(http_body_util::Empty::new()),
+            )?;
+            let response = connection.send(request).await?;
+            ensure!(response.status() == 200);
+            let mut body = response.into_body();
+            let start = std::time::Instant::now();
+            let mut arrivals = Vec::new();
+            let mut text = String::new();
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                if let Some(data) = frame?.data_ref() {
+                    arrivals.push(start.elapsed());
+                    text.push_str(&String::from_utf8_lossy(data));
+                }
+            }
+            ensure!(
+                text == "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n",
+                "{text:?}"
+            );
+            // The app spaces its 5 chunks 150 ms apart: if the edge buffered the body, they
+            // would all arrive together.
+            let first = arrivals.first().copied().unwrap_or_default();
+            let last = arrivals.last().copied().unwrap_or_default();
+            ensure!(
+                last.saturating_sub(first) >= Duration::from_millis(300),
+                "{proto:?}: chunks arrived at {arrivals:?}"
+            );
+        }
+        Ok(())
+    });
+}

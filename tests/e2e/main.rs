@@ -1,0 +1,33 @@
+//! End-to-end tests: the real `kokoa-edge` and `kokoa-origin` binaries on loopback (and stock
+//! WireGuard in network namespaces), with sample apps in this process. One test binary, so the
+//! binaries are located and built once; every test is bounded in time.
+
+mod bulk;
+mod http;
+mod interop;
+mod shutdown;
+mod tcp;
+mod tunnel;
+mod websocket;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Runs a test body on a multi-threaded runtime with a hard time limit.
+pub fn run_bounded<F>(limit: Duration, body: F)
+where
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        match tokio::time::timeout(limit, body).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => panic!("{error:#}"),
+            Err(_) => panic!("test did not finish within {limit:?}"),
+        }
+    });
+}

@@ -1,0 +1,340 @@
+//! One `kokoa-edge` and N `kokoa-origin` processes on loopback, wired together with fresh keys
+//! and free ports, started and waited for.
+//!
+//! Addresses: the edge on 127.0.0.2, origin `i` (from 1) on 127.0.0.(10+i), the apps wherever
+//! the test put them (usually 127.0.0.1). Inside the tunnel, origin `i` owns 10.100.i.0/24: it is
+//! 10.100.i.1 and the edge is 10.100.i.10, as in the design's addressing plan.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use kokoa_tunnel::key::PrivateKey;
+use tempfile::TempDir;
+
+use crate::client::EdgeClient;
+use crate::config::{
+    write, EdgeOrigin, EdgeRoute, EdgeSpec, EdgeTcpRoute, OriginEdge, OriginService, OriginSpec,
+};
+use crate::net::{eventually, free_tcp, free_udp, loopback, metric, wait_healthy};
+use crate::pki::TestCa;
+use crate::process::{binary, Process};
+
+/// The edge's name in every origin's `[[edges]]`.
+pub const EDGE_NAME: &str = "edge";
+
+/// An origin to start.
+#[derive(Clone, Debug)]
+pub struct OriginPlan {
+    /// Name (routes refer to it).
+    pub name: String,
+    /// Its services.
+    pub services: Vec<OriginService>,
+    /// More `[[edges]]` than the real edge (test peers).
+    pub extra_edges: Vec<OriginEdge>,
+}
+
+/// What to start.
+#[derive(Default)]
+pub struct Builder {
+    origins: Vec<OriginPlan>,
+    routes: Vec<EdgeRoute>,
+    tcp_routes: Vec<(String, u16)>,
+    extra_names: Vec<String>,
+    drain_timeout: u64,
+}
+
+/// A started origin.
+pub struct Origin {
+    /// Its plan.
+    pub plan: OriginPlan,
+    /// Its key.
+    pub key: PrivateKey,
+    /// Its written config.
+    pub spec: OriginSpec,
+    /// The process.
+    pub process: Process,
+}
+
+/// The started edge.
+pub struct Edge {
+    /// Its key.
+    pub key: PrivateKey,
+    /// Its written config.
+    pub spec: EdgeSpec,
+    /// The process.
+    pub process: Process,
+}
+
+/// Everything running; dropping it kills the processes and removes the files.
+pub struct Topology {
+    /// The test CA that signed the edge's certificate.
+    pub ca: TestCa,
+    /// The edge.
+    pub edge: Edge,
+    /// The origins, in plan order.
+    pub origins: Vec<Origin>,
+    /// Public listen address of each `[[tcp_routes]]`, in the order they were added.
+    pub tcp_listens: Vec<SocketAddr>,
+    /// Config files and logs.
+    pub dir: TempDir,
+}
+
+/// The inner address of origin number `index` (from 1).
+pub fn origin_address(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 100, index as u8, 1)
+}
+
+/// The edge's inner address toward origin number `index` (from 1).
+pub fn edge_address(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 100, index as u8, 10)
+}
+
+impl Builder {
+    /// Nothing yet; drain time 3 s.
+    pub fn new() -> Self {
+        Self {
+            drain_timeout: 3,
+            ..Self::default()
+        }
+    }
+
+    /// Adds an origin with services `(name, port, local)`.
+    pub fn origin(mut self, name: &str, services: &[(&str, u16, SocketAddr)]) -> Self {
+        self.origins.push(OriginPlan {
+            name: name.to_owned(),
+            services: services
+                .iter()
+                .map(|(name, port, local)| OriginService {
+                    name: (*name).to_owned(),
+                    port: *port,
+                    local: *local,
+                })
+                .collect(),
+            extra_edges: Vec::new(),
+        });
+        self
+    }
+
+    /// Adds a test peer to the last origin's `[[edges]]`.
+    pub fn extra_edge(mut self, edge: OriginEdge) -> Self {
+        if let Some(origin) = self.origins.last_mut() {
+            origin.extra_edges.push(edge);
+        }
+        self
+    }
+
+    /// Routes `host` to `origin`'s service `port`.
+    pub fn route(mut self, host: &str, origin: &str, port: u16) -> Self {
+        self.routes.push(EdgeRoute {
+            host: host.to_owned(),
+            origin: origin.to_owned(),
+            port,
+        });
+        self
+    }
+
+    /// A raw TCP route from a free public port to `origin`'s service `port`.
+    pub fn tcp_route(mut self, origin: &str, port: u16) -> Self {
+        self.tcp_routes.push((origin.to_owned(), port));
+        self
+    }
+
+    /// Adds a name to the edge's certificate without routing it.
+    pub fn certificate_name(mut self, name: &str) -> Self {
+        self.extra_names.push(name.to_owned());
+        self
+    }
+
+    /// Drain time of both binaries, seconds.
+    pub fn drain_timeout(mut self, secs: u64) -> Self {
+        self.drain_timeout = secs;
+        self
+    }
+
+    /// Writes the configs, starts the edge and the origins, and waits until every origin has
+    /// completed a handshake with the edge.
+    pub async fn start(self) -> anyhow::Result<Topology> {
+        let dir = tempfile::tempdir().context("creating the test directory")?;
+        let ca = TestCa::new()?;
+        let edge_ip = loopback(2);
+
+        let mut hosts: Vec<&str> = self
+            .routes
+            .iter()
+            .map(|r| r.host.as_str())
+            .chain(self.extra_names.iter().map(String::as_str))
+            .collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        if hosts.is_empty() {
+            hosts.push("unused.test");
+        }
+        let issued = ca.issue(&hosts)?;
+        let cert = write(dir.path(), "edge.crt", &issued.chain_pem)?;
+        let key = write(dir.path(), "edge.key", &issued.key_pem)?;
+
+        let edge_key = PrivateKey::generate();
+        let origin_keys: Vec<PrivateKey> = self
+            .origins
+            .iter()
+            .map(|_| PrivateKey::generate())
+            .collect();
+        let tunnel_listen = free_udp(edge_ip)?;
+        let mut tcp_listens = Vec::new();
+        let mut tcp_routes = Vec::new();
+        for (origin, port) in &self.tcp_routes {
+            let listen = free_tcp(edge_ip)?;
+            tcp_listens.push(listen);
+            tcp_routes.push(EdgeTcpRoute {
+                listen,
+                origin: origin.clone(),
+                port: *port,
+            });
+        }
+        let edge_spec = EdgeSpec {
+            https: free_tcp(edge_ip)?,
+            http: free_tcp(edge_ip)?,
+            admin: free_tcp(edge_ip)?,
+            drain_timeout: self.drain_timeout,
+            private_key: edge_key.clone(),
+            listen: tunnel_listen,
+            origins: self
+                .origins
+                .iter()
+                .zip(&origin_keys)
+                .enumerate()
+                .map(|(i, (plan, key))| EdgeOrigin {
+                    name: plan.name.clone(),
+                    public_key: key.public_key(),
+                    endpoint: None,
+                    address: edge_address(i + 1),
+                    origin_address: origin_address(i + 1),
+                })
+                .collect(),
+            routes: self.routes.clone(),
+            tcp_routes,
+            certificates: vec![(cert, key)],
+        };
+        let edge_config = write(dir.path(), "edge.toml", &edge_spec.to_toml())?;
+        let edge_config_arg = edge_config.to_string_lossy().into_owned();
+        let mut edge_process = Process::spawn(
+            "kokoa-edge",
+            &binary("kokoa-edge")?,
+            ["--config", edge_config_arg.as_str(), "run"],
+            dir.path(),
+            &[],
+        )?;
+        wait_healthy(&mut edge_process, edge_spec.admin).await?;
+
+        let mut origins = Vec::new();
+        for (i, (plan, key)) in self.origins.into_iter().zip(origin_keys).enumerate() {
+            let ip = loopback(10 + i as u8 + 1);
+            let mut edges = vec![OriginEdge {
+                name: EDGE_NAME.to_owned(),
+                public_key: edge_key.public_key(),
+                endpoint: Some(tunnel_listen),
+                address: edge_address(i + 1),
+            }];
+            edges.extend(plan.extra_edges.iter().cloned());
+            let spec = OriginSpec {
+                admin: free_tcp(ip)?,
+                address: origin_address(i + 1),
+                private_key: key.clone(),
+                // A known port, so that test peers can dial the origin too.
+                listen: free_udp(ip)?,
+                drain_timeout: self.drain_timeout,
+                edges,
+                services: plan.services.clone(),
+            };
+            let process = start_origin(dir.path(), &plan.name, &spec).await?;
+            origins.push(Origin {
+                plan,
+                key,
+                spec,
+                process,
+            });
+        }
+        let topology = Topology {
+            ca,
+            edge: Edge {
+                key: edge_key,
+                spec: edge_spec,
+                process: edge_process,
+            },
+            origins,
+            tcp_listens,
+            dir,
+        };
+        for origin in &topology.origins {
+            topology.wait_handshake(origin).await?;
+        }
+        Ok(topology)
+    }
+}
+
+/// Writes `spec` to `dir/origin-NAME.toml`, starts `kokoa-origin` and waits for `/healthz`.
+pub async fn start_origin(
+    dir: &std::path::Path,
+    name: &str,
+    spec: &OriginSpec,
+) -> anyhow::Result<Process> {
+    let config = write(dir, &format!("origin-{name}.toml"), &spec.to_toml())?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut process = Process::spawn(
+        &format!("kokoa-origin-{name}"),
+        &binary("kokoa-origin")?,
+        ["--config", config_arg.as_str(), "run"],
+        dir,
+        &[],
+    )?;
+    wait_healthy(&mut process, spec.admin).await?;
+    Ok(process)
+}
+
+impl Topology {
+    /// An HTTPS client for the edge.
+    pub fn client(&self) -> anyhow::Result<EdgeClient> {
+        EdgeClient::new(self.edge.spec.https, &self.ca)
+    }
+
+    /// The origin named `name`.
+    pub fn origin(&self, name: &str) -> anyhow::Result<&Origin> {
+        self.origins
+            .iter()
+            .find(|o| o.plan.name == name)
+            .with_context(|| format!("no origin named {name}"))
+    }
+
+    /// Waits until `origin` reports a completed handshake with the edge.
+    pub async fn wait_handshake(&self, origin: &Origin) -> anyhow::Result<()> {
+        let series =
+            format!("kokoa_tunnel_peer_last_handshake_age_seconds{{edge=\"{EDGE_NAME}\"}}");
+        eventually("origin-edge handshake", Duration::from_secs(20), || async {
+            match metric(origin.spec.admin, &series).await? {
+                Some(_) => Ok(()),
+                None => bail!("no handshake with the edge yet"),
+            }
+        })
+        .await
+        .map_err(|e| {
+            e.context(format!(
+                "origin {} never completed a handshake with the edge\n{}\n{}",
+                origin.plan.name,
+                origin.process.logs(),
+                self.edge.process.logs()
+            ))
+        })
+    }
+
+    /// Where the config files and logs are.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// The edge's loopback address.
+    pub fn edge_ip(&self) -> IpAddr {
+        loopback(2)
+    }
+}
