@@ -167,6 +167,17 @@ async fn main() -> Result<()> {
     let cps = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
     println!("16 tasks, new stream per request: {cps:.0} req/s");
 
+    println!(
+        "sockets: edge {}, origin {}",
+        edge.socket_count(),
+        origin.socket_count()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!(
+        "sockets 1 s later: edge {}, origin {}",
+        edge.socket_count(),
+        origin.socket_count()
+    );
     let es = edge.stats();
     println!(
         "edge: {} datagrams out, {} in, junk {}, active streams {}",

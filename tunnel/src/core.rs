@@ -1060,8 +1060,14 @@ impl Core {
                 peer.closing.swap_remove(i);
                 continue;
             }
-            if sock.may_recv() {
-                let _ = sock.recv(|b| (b.len(), ()));
+            if sock.recv_queue() > 0 {
+                if sock.send_queue() == 0 && state != tcp::State::Closed {
+                    // Data for a stream nobody will read, and nothing of ours left to deliver:
+                    // reset it as Linux does, so the sender stops at once.
+                    sock.abort();
+                } else {
+                    let _ = sock.recv(|b| (b.len(), ()));
+                }
                 again = true;
             }
             if state != tcp::State::Closed && now.saturating_duration_since(since) >= CLOSE_LINGER {
@@ -1399,6 +1405,12 @@ impl Core {
     /// Whether [`Core::shutdown`] ran.
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// Sockets in every netstack, including listeners and streams still closing (diagnostics:
+    /// this is what each netstack poll scans).
+    pub fn socket_count(&self) -> usize {
+        self.peers.values().map(|p| p.meta.len()).sum()
     }
 
     /// Streams owned by callers, all peers together.

@@ -171,6 +171,12 @@ impl Tunnel {
         self.shared.core.lock().stats()
     }
 
+    /// Sockets in all netstacks, including ones still closing (diagnostics; see
+    /// [`Core::socket_count`]).
+    pub fn socket_count(&self) -> usize {
+        self.shared.core.lock().socket_count()
+    }
+
     /// Stops the driver: every stream gets an error, the UDP socket is closed.
     pub fn shutdown(&self) {
         self.shared.core.lock().shutdown();

@@ -652,3 +652,30 @@ fn endpoint_roams_to_the_source_of_authenticated_packets() {
     assert_eq!(sim.nodes[1].core.stats().peers[0].endpoint, Some(udp(7)));
     assert_eq!(g.rx_hash.finalize()[..], Sha256::digest(&g.data)[..]);
 }
+
+#[test]
+fn data_for_a_dropped_stream_resets_the_sender() {
+    let mut sim = Sim::pair(CLEAN, 14);
+    let (c, s) = sim.open(0, 1, v4("10.100.1.1:80"));
+    sim.nodes[0].core.stream_close(c, sim.now);
+    let chunk = vec![1u8; 16 * 1024];
+    let mut reset = false;
+    assert!(sim.run_until(Duration::from_secs(10), |sim| {
+        match sim.nodes[1].core.stream_send(s, &chunk, None) {
+            Poll::Ready(Err(e)) => {
+                reset = e.kind() == io::ErrorKind::ConnectionReset;
+                true
+            }
+            _ => false,
+        }
+    }));
+    assert!(
+        reset,
+        "the origin must see a reset, not keep sending into the void"
+    );
+    sim.nodes[1].core.stream_close(s, sim.now);
+    assert!(sim.run_until(Duration::from_secs(5), |sim| sim
+        .nodes
+        .iter()
+        .all(|n| n.core.socket_count() == 0)));
+}
