@@ -1,0 +1,740 @@
+//! The edge end to end on loopback, with a plain-TCP dialer standing in for the tunnel: real
+//! TLS clients (HTTP/1.1, HTTP/2, WebSocket) -> kokoa-edge -> local hyper apps.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kokoa_edge::config::EdgeConfig;
+use kokoa_edge::dial::TcpDialer;
+use kokoa_edge::metrics::Metrics;
+use kokoa_edge::sni::CertStore;
+use kokoa_edge::{Edge, Listeners};
+use kokoa_tunnel::key::PrivateKey;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::Message;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+type AppBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A local HTTP/1.1 app: echoes the request head, streams `/sse`, echoes WebSocket on `/ws`.
+struct App {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn app(name: &'static str) -> App {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    let task = tokio::spawn(async move {
+        // Connections live in this task's set, so aborting the app closes them too.
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            connections.spawn(async move {
+                let service = service_fn(move |request| answer(name, request));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    App {
+        addr,
+        connections,
+        task,
+    }
+}
+
+async fn answer(
+    name: &'static str,
+    mut request: Request<Incoming>,
+) -> Result<Response<AppBody>, Infallible> {
+    match request.uri().path() {
+        "/sse" => {
+            let chunks = futures_util::stream::unfold(0u32, |i| async move {
+                if i == 3 {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                }
+                let frame = Frame::data(Bytes::from(format!("data: {i}\n\n")));
+                Some((Ok::<_, Infallible>(frame), i + 1))
+            });
+            let mut response = Response::new(BodyExt::boxed(StreamBody::new(chunks)));
+            response
+                .headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            Ok(response)
+        }
+        "/ws" => {
+            let key = request
+                .headers()
+                .get("sec-websocket-key")
+                .cloned()
+                .unwrap_or_else(|| http::HeaderValue::from_static(""));
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else { return };
+                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                while let Some(Ok(message)) = ws.next().await {
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            let response = Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", accept)
+                .body(Empty::new().boxed())
+                .unwrap();
+            Ok(response)
+        }
+        _ => {
+            let mut text = format!(
+                "app={name}\nmethod={}\npath={}\n",
+                request.method(),
+                request.uri()
+            );
+            for (header, value) in request.headers() {
+                text.push_str(&format!("{header}: {}\n", value.to_str().unwrap_or("?")));
+            }
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            text.push_str(&format!("body={}\n", String::from_utf8_lossy(&body)));
+            Ok(Response::new(Full::new(Bytes::from(text)).boxed()))
+        }
+    }
+}
+
+/// A CA and leaf certificates signed by it.
+fn certified(names: &[&str]) -> Arc<CertifiedKey> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signing = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
+    Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing))
+}
+
+struct Harness {
+    https: SocketAddr,
+    http: SocketAddr,
+    tcp: SocketAddr,
+    metrics: Metrics,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Harness {
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(DEADLINE, &mut self.task)
+            .await
+            .expect("edge stops in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Starts an edge: `app.test` (+ alias `www.app.test`) -> home:`home_port`,
+/// `*.wild.test` -> lab:`lab_port`, `ghost.test` -> an origin the dialer does not know,
+/// a TCP route -> home:`tcp_port`.
+async fn edge(home_port: u16, lab_port: u16, tcp_port: u16, default_cert: bool) -> Harness {
+    let key = || PrivateKey::generate().public_key().to_base64();
+    let text = format!(
+        r#"
+[edge]
+https = "127.0.0.1:0"
+http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+drain_timeout = 2
+[tunnel]
+private_key = "{}"
+[[origins]]
+name = "home"
+public_key = "{}"
+address = "10.100.1.10"
+origin_address = "10.100.1.1"
+[[origins]]
+name = "lab"
+public_key = "{}"
+address = "10.100.2.10"
+origin_address = "10.100.2.1"
+[[origins]]
+name = "ghost"
+public_key = "{}"
+address = "10.100.3.10"
+origin_address = "10.100.3.1"
+[[routes]]
+host = "app.test"
+aliases = ["www.app.test"]
+origin = "home"
+port = {home_port}
+[[routes]]
+host = "*.wild.test"
+origin = "lab"
+port = {lab_port}
+[[routes]]
+host = "ghost.test"
+origin = "ghost"
+port = 1
+[[tcp_routes]]
+listen = "127.0.0.1:0"
+origin = "home"
+port = {tcp_port}
+"#,
+        PrivateKey::generate().to_base64(),
+        key(),
+        key(),
+        key()
+    );
+    let config = EdgeConfig::from_toml(&text, None).unwrap();
+    let certificates = CertStore::from_certified(
+        vec![
+            certified(&["app.test", "www.app.test"]),
+            certified(&["*.wild.test"]),
+            certified(&["ghost.test"]),
+        ],
+        default_cert.then_some("app.test"),
+    )
+    .unwrap();
+    let dialer = TcpDialer::new(
+        HashMap::from([
+            ("home".to_owned(), IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            ("lab".to_owned(), IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        ]),
+        Duration::from_secs(2),
+    );
+    let listeners = Listeners::bind(&config).await.unwrap();
+    let https = listeners.https.local_addr().unwrap();
+    let http = listeners.http.local_addr().unwrap();
+    let tcp = listeners.tcp[0].local_addr().unwrap();
+    let metrics = Metrics::default();
+    let edge = Edge::new(config, certificates, dialer, metrics.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(edge.serve(
+        listeners,
+        async {
+            let _ = stopped.await;
+        },
+        || {},
+    ));
+    Harness {
+        https,
+        http,
+        tcp,
+        metrics,
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Accepts any server certificate: the tests look at which one was served.
+#[derive(Debug)]
+struct AcceptAny;
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+async fn tls(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    alpn: &[&[u8]],
+) -> anyhow::Result<TlsStream<TcpStream>> {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AcceptAny))
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = match sni {
+        Some(name) => ServerName::try_from(name.to_owned())?,
+        // An IP address as the server name: rustls sends no SNI.
+        None => ServerName::IpAddress(Ipv4Addr::LOCALHOST.into()),
+    };
+    let tcp = TcpStream::connect(addr).await?;
+    let stream = tokio::time::timeout(
+        DEADLINE,
+        TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .context("handshake timed out")??;
+    Ok(stream)
+}
+
+fn served_names(stream: &TlsStream<TcpStream>) -> Vec<String> {
+    let (_, session) = stream.get_ref();
+    let leaf = &session.peer_certificates().unwrap()[0];
+    webpki::EndEntityCert::try_from(leaf)
+        .unwrap()
+        .valid_dns_names()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One request on a fresh TLS connection; returns status, headers and the whole body.
+async fn send(
+    edge: SocketAddr,
+    sni: &str,
+    h2: bool,
+    request: Request<Full<Bytes>>,
+) -> anyhow::Result<(StatusCode, http::HeaderMap, String)> {
+    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let stream = tls(edge, Some(sni), alpn).await?;
+    let io = TokioIo::new(stream);
+    let response = if h2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(connection);
+        sender.send_request(request).await?
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(connection);
+        sender.send_request(request).await?
+    };
+    if h2 {
+        assert_eq!(response.version(), http::Version::HTTP_2);
+    }
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = tokio::time::timeout(DEADLINE, response.into_body().collect())
+        .await
+        .context("body timed out")??
+        .to_bytes();
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn get(uri: &str, host: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri(uri)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+fn h2_get(uri: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .uri(uri)
+        .version(http::Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn routes_exact_alias_wildcard_and_404_over_http1_and_http2() {
+    let home = app("home").await;
+    let lab = app("lab").await;
+    let edge = edge(home.addr.port(), lab.addr.port(), 1, false).await;
+
+    for (host, expect) in [
+        ("app.test", "app=home"),
+        ("WWW.app.test:443", "app=home"),
+        ("x.wild.test", "app=lab"),
+    ] {
+        let (status, _, body) = send(edge.https, "app.test", false, get("/hello?q=1", host))
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "{host}");
+        assert!(body.starts_with(expect), "{host}: {body}");
+        assert!(body.contains("path=/hello?q=1"), "{body}");
+    }
+    let (status, headers, body) = send(edge.https, "app.test", false, get("/", "nope.test"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert!(body.contains("404 Not Found"), "{body}");
+    let (status, _, _) = send(edge.https, "app.test", false, get("/", "a.b.wild.test"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // HTTP/2: routed by :authority; the app still gets HTTP/1.1 with a Host header.
+    let (status, _, body) = send(
+        edge.https,
+        "y.wild.test",
+        true,
+        h2_get("https://y.wild.test/h2"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("app=lab"), "{body}");
+    assert!(body.contains("host: y.wild.test\n"), "{body}");
+    let (status, _, _) = send(edge.https, "app.test", true, h2_get("https://nope.test/"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &{
+        let mut registry = prometheus_client::registry::Registry::default();
+        edge.metrics.register(&mut registry);
+        registry
+    })
+    .unwrap();
+    assert!(
+        text.contains("kokoa_edge_requests_total{host=\"*.wild.test\",class=\"2xx\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kokoa_edge_requests_total{host=\"unrouted\",class=\"4xx\"} 3"),
+        "{text}"
+    );
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_headers_added_and_hop_by_hop_stripped() {
+    let home = app("home").await;
+    let edge = edge(home.addr.port(), 1, 1, false).await;
+    let request = Request::builder()
+        .method("POST")
+        .uri("/form")
+        .header("host", "app.test")
+        .header("x-forwarded-for", "198.51.100.7")
+        .header("x-forwarded-proto", "http")
+        .header("connection", "keep-alive, x-private")
+        .header("x-private", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "basic abc")
+        .header("te", "trailers")
+        .header("x-custom", "kept")
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let (status, _, body) = send(edge.https, "app.test", false, request).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("x-forwarded-for: 198.51.100.7, 127.0.0.1\n"),
+        "{body}"
+    );
+    assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
+    assert!(body.contains("x-forwarded-host: app.test\n"), "{body}");
+    assert!(body.contains("x-real-ip: 127.0.0.1\n"), "{body}");
+    assert!(body.contains("host: app.test\n"), "{body}");
+    assert!(body.contains("x-custom: kept\n"), "{body}");
+    assert!(body.contains("body=payload\n"), "{body}");
+    for stripped in [
+        "x-private",
+        "keep-alive:",
+        "proxy-authorization",
+        "te:",
+        "connection: keep-alive",
+    ] {
+        assert!(
+            !body.contains(stripped),
+            "{stripped} reached the app: {body}"
+        );
+    }
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn stopped_app_gives_502_unknown_origin_503_and_other_routes_keep_working() {
+    let home = app("home").await;
+    let lab = app("lab").await;
+    let edge = edge(home.addr.port(), lab.addr.port(), 1, false).await;
+    let (status, _, _) = send(edge.https, "app.test", false, get("/", "a.wild.test"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    drop(lab);
+    // The pooled connection to lab is closed by the app's exit; the next request dials anew.
+    let mut status = StatusCode::OK;
+    for _ in 0..50 {
+        status = send(edge.https, "app.test", false, get("/", "a.wild.test"))
+            .await
+            .unwrap()
+            .0;
+        if status != StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let (status, _, body) = send(edge.https, "app.test", false, get("/", "ghost.test"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("cannot be reached"), "{body}");
+    let (status, _, body) = send(edge.https, "app.test", true, h2_get("https://app.test/"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("app=home"));
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn streamed_response_arrives_incrementally() {
+    let home = app("home").await;
+    let edge = edge(home.addr.port(), 1, 1, false).await;
+    for h2 in [false, true] {
+        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let io = TokioIo::new(tls(edge.https, Some("app.test"), alpn).await.unwrap());
+        let request = if h2 {
+            h2_get("https://app.test/sse")
+        } else {
+            get("/sse", "app.test")
+        };
+        let start = Instant::now();
+        let response = if h2 {
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            sender.send_request(request).await.unwrap()
+        } else {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(connection);
+            sender.send_request(request).await.unwrap()
+        };
+        let mut body = response.into_body();
+        let first = tokio::time::timeout(DEADLINE, body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.into_data().unwrap(), "data: 0\n\n");
+        let first_at = start.elapsed();
+        let rest = body.collect().await.unwrap().to_bytes();
+        let total = start.elapsed();
+        assert_eq!(rest, "data: 1\n\ndata: 2\n\n");
+        assert!(
+            first_at < Duration::from_millis(400),
+            "first chunk after {first_at:?}"
+        );
+        assert!(
+            total >= Duration::from_millis(800),
+            "whole body after {total:?}"
+        );
+    }
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_edge() {
+    let home = app("home").await;
+    let edge = edge(home.addr.port(), 1, 1, false).await;
+    let stream = tls(edge.https, Some("app.test"), &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async("wss://app.test/ws", stream)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for text in ["hello", "kokoa"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed, Message::text(text));
+    }
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    let echoed = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, Message::binary(vec![1u8, 2, 3]));
+    ws.close(None).await.unwrap();
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn plain_http_redirects_to_https() {
+    let edge = edge(1, 1, 1, false).await;
+    let mut stream = TcpStream::connect(edge.http).await.unwrap();
+    stream
+        .write_all(b"GET /a?b=c HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 301"), "{response}");
+    let location = format!("location: https://app.test:{}/a?b=c\r\n", edge.https.port());
+    assert!(
+        response.to_ascii_lowercase().contains(&location),
+        "{response}"
+    );
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_across_client_connections() {
+    let home = app("home").await;
+    let edge = edge(home.addr.port(), 1, 1, false).await;
+    for i in 0..10 {
+        let h2 = i % 2 == 0;
+        let request = if h2 {
+            h2_get("https://app.test/")
+        } else {
+            get("/", "app.test")
+        };
+        let (status, _, _) = send(edge.https, "app.test", h2, request).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(home.connections.load(Ordering::SeqCst), 1);
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn raw_tcp_route_round_trips_with_half_close() {
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut stream, _) = echo.accept().await.unwrap();
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).await.unwrap();
+        received.reverse();
+        stream.write_all(&received).await.unwrap();
+        stream.shutdown().await.unwrap();
+    });
+    let edge = edge(1, 1, echo_port, false).await;
+    let mut client = TcpStream::connect(edge.tcp).await.unwrap();
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    client.write_all(&payload).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(DEADLINE, client.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut expected = payload;
+    expected.reverse();
+    assert_eq!(back, expected);
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn sni_picks_exact_wildcard_default_or_refuses() {
+    let edge_without_default = edge(1, 1, 1, false).await;
+    let addr = edge_without_default.https;
+    let stream = tls(addr, Some("www.app.test"), &[b"h2"]).await.unwrap();
+    assert_eq!(served_names(&stream), ["app.test", "www.app.test"]);
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let stream = tls(addr, Some("Q.Wild.Test"), &[]).await.unwrap();
+    assert_eq!(served_names(&stream), ["*.wild.test"]);
+    assert!(tls(addr, Some("unknown.test"), &[]).await.is_err());
+    assert!(tls(addr, None, &[]).await.is_err());
+    // The refusal did not hurt the listener.
+    let stream = tls(addr, Some("app.test"), &[b"http/1.1"]).await.unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    edge_without_default.stop().await;
+
+    let edge_with_default = edge(1, 1, 1, true).await;
+    let stream = tls(edge_with_default.https, Some("unknown.test"), &[])
+        .await
+        .unwrap();
+    assert_eq!(served_names(&stream), ["app.test", "www.app.test"]);
+    let stream = tls(edge_with_default.https, None, &[]).await.unwrap();
+    assert_eq!(served_names(&stream), ["app.test", "www.app.test"]);
+    edge_with_default.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let home = app("home").await;
+    let edge = edge(home.addr.port(), 1, 1, false).await;
+    let https = edge.https;
+    let in_flight = tokio::spawn(async move {
+        let io = TokioIo::new(tls(https, Some("app.test"), &[b"http/1.1"]).await.unwrap());
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        let response = sender.send_request(get("/sse", "app.test")).await.unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    edge.stop().await;
+    let body = in_flight.await.unwrap();
+    assert_eq!(body, "data: 0\n\ndata: 1\n\ndata: 2\n\n");
+    assert!(
+        TcpStream::connect(https).await.is_err(),
+        "still accepting after shutdown"
+    );
+}
