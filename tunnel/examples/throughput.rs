@@ -82,6 +82,18 @@ async fn main() -> Result<()> {
     });
 
     let t = Duration::from_secs(5);
+    // 0. idle streams must cost (almost) no CPU: the driver sleeps until a deadline.
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(edge.connect(&peer, dst(3), t).await?);
+    }
+    let cpu = cpu_time();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if let (Some(a), Some(b)) = (cpu, cpu_time()) {
+        println!("10 idle streams for 2 s: {:?} of CPU", b.saturating_sub(a));
+    }
+    drop(idle);
+
     // 1. upload
     let mut s = edge.connect(&peer, dst(1), t).await?;
     let buf = vec![0xa5u8; 64 * 1024];
@@ -204,4 +216,13 @@ fn report_every_5s(count: Arc<AtomicU64>, what: &'static str) -> tokio::task::Jo
             last = now;
         }
     })
+}
+
+/// User + system CPU time of this process (Linux `/proc/self/stat`, clock ticks of 10 ms).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }

@@ -1266,6 +1266,22 @@ impl Core {
         buf: &mut [u8],
         waker: Option<&Waker>,
     ) -> Poll<io::Result<usize>> {
+        let mut at = 0;
+        self.stream_recv_with(id, buf.len(), waker, |chunk| {
+            buf[at..at + chunk.len()].copy_from_slice(chunk);
+            at += chunk.len();
+        })
+    }
+
+    /// [`Core::stream_recv`] that hands up to `max` bytes to `sink` straight from the socket
+    /// buffer (in one or two chunks), so the caller need not zero a destination first.
+    pub fn stream_recv_with(
+        &mut self,
+        id: StreamId,
+        max: usize,
+        waker: Option<&Waker>,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Poll<io::Result<usize>> {
         let (peer, dirty) = match self.stream(id) {
             Ok(p) => p,
             Err(e) => return Poll::Ready(Err(e)),
@@ -1273,32 +1289,49 @@ impl Core {
         let sock = peer.sockets.get_mut::<tcp::Socket>(id.handle);
         let queued = sock.recv_queue();
         let capacity = sock.recv_capacity();
-        match sock.recv_slice(buf) {
-            Ok(0) if !buf.is_empty() => {
-                if let Some(w) = waker {
-                    sock.register_recv_waker(w);
-                }
-                Poll::Pending
-            }
-            Ok(n) => {
-                // Advertise the reopened window now if it had shrunk to half or less;
-                // otherwise it goes out with the next ACK anyway.
-                if queued * 2 >= capacity {
-                    Self::mark_dirty(dirty, peer);
-                }
-                Poll::Ready(Ok(n))
-            }
-            Err(tcp::RecvError::Finished) => Poll::Ready(Ok(0)),
-            Err(tcp::RecvError::InvalidState) => match sock.state() {
-                tcp::State::SynSent | tcp::State::SynReceived => {
-                    if let Some(w) = waker {
-                        sock.register_recv_waker(w);
+        let mut total = 0;
+        // The ring buffer yields at most two contiguous chunks.
+        for _ in 0..2 {
+            let r = sock.recv(|b| {
+                let n = b.len().min(max - total);
+                sink(&b[..n]);
+                (n, n)
+            });
+            match r {
+                Ok(0) => break,
+                Ok(n) => {
+                    total += n;
+                    if total == max {
+                        break;
                     }
-                    Poll::Pending
                 }
-                _ => Poll::Ready(Err(reset_err())),
-            },
+                Err(_) if total > 0 => break,
+                Err(tcp::RecvError::Finished) => return Poll::Ready(Ok(0)),
+                Err(tcp::RecvError::InvalidState) => {
+                    return match sock.state() {
+                        tcp::State::SynSent | tcp::State::SynReceived => {
+                            if let Some(w) = waker {
+                                sock.register_recv_waker(w);
+                            }
+                            Poll::Pending
+                        }
+                        _ => Poll::Ready(Err(reset_err())),
+                    };
+                }
+            }
         }
+        if total == 0 && max > 0 {
+            if let Some(w) = waker {
+                sock.register_recv_waker(w);
+            }
+            return Poll::Pending;
+        }
+        // Advertise the reopened window now if it had shrunk to half or less; otherwise it
+        // goes out with the next ACK anyway.
+        if queued * 2 >= capacity {
+            Self::mark_dirty(dirty, peer);
+        }
+        Poll::Ready(Ok(total))
     }
 
     /// Queues bytes to send; `Pending` (with `waker` registered) when the send buffer is full.

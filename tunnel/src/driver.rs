@@ -418,21 +418,13 @@ impl AsyncRead for TunnelStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let dst = buf.initialize_unfilled();
-        let r = {
-            let mut core = this.shared.core.lock();
-            let r = core.stream_recv(this.id, dst, Some(cx.waker()));
-            this.shared.wake_driver_if_needed(&core);
-            r
-        };
-        match r {
-            Poll::Ready(Ok(n)) => {
-                buf.advance(n);
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        let max = buf.remaining();
+        let mut core = this.shared.core.lock();
+        // Copy straight into the caller's (possibly uninitialized) buffer: no zeroing.
+        let r = core.stream_recv_with(this.id, max, Some(cx.waker()), |chunk| buf.put_slice(chunk));
+        this.shared.wake_driver_if_needed(&core);
+        drop(core);
+        r.map_ok(|_| ())
     }
 }
 
