@@ -194,6 +194,16 @@ pub fn load_certificates(config: &EdgeConfig) -> Result<CertStore, sni::CertErro
 /// `config.drain_timeout` before closing the tunnel.
 pub async fn run(config: EdgeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let certificates = load_certificates(&config).context("loading TLS certificates")?;
+    run_with_certificates(config, certificates, shutdown).await
+}
+
+/// [`run`] with certificates already loaded (the binary loads them while validating the
+/// config, so that a bad certificate exits with the bad-config code before anything binds).
+pub async fn run_with_certificates(
+    config: EdgeConfig,
+    certificates: CertStore,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config).await?;
     let admin_listener = bind(config.admin, "[edge] admin").await?;
 

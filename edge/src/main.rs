@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kokoa_edge::sni::CertStore;
 use kokoa_edge::EdgeConfig;
 use kokoa_tunnel::key::PrivateKey;
 
@@ -45,14 +46,14 @@ enum Command {
     CheckConfig,
 }
 
-fn load(cli: &Cli) -> Result<EdgeConfig, ExitCode> {
+fn load(cli: &Cli) -> Result<(EdgeConfig, CertStore), ExitCode> {
     let bad = |error: &dyn std::fmt::Display| {
         eprintln!("kokoa-edge: bad config {}: {error}", cli.config.display());
         ExitCode::from(EXIT_BAD_CONFIG)
     };
     let config = EdgeConfig::load(&cli.config).map_err(|error| bad(&error))?;
-    kokoa_edge::load_certificates(&config).map_err(|error| bad(&error))?;
-    Ok(config)
+    let certificates = kokoa_edge::load_certificates(&config).map_err(|error| bad(&error))?;
+    Ok((config, certificates))
 }
 
 fn main() -> ExitCode {
@@ -83,7 +84,7 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig => match load(&cli) {
-            Ok(config) => {
+            Ok((config, _)) => {
                 println!(
                     "{}: ok ({} origins, {} routes, {} tcp routes)",
                     cli.config.display(),
@@ -97,8 +98,8 @@ fn main() -> ExitCode {
         },
         Command::Run => {
             kokoa_node::telemetry::init(cli.log_json);
-            let config = match load(&cli) {
-                Ok(config) => config,
+            let (config, certificates) = match load(&cli) {
+                Ok(loaded) => loaded,
                 Err(code) => return code,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -111,7 +112,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(kokoa_edge::run(config, kokoa_node::signal::shutdown())) {
+            match runtime.block_on(kokoa_edge::run_with_certificates(
+                config,
+                certificates,
+                kokoa_node::signal::shutdown(),
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(error = format!("{error:#}"), "edge failed");
