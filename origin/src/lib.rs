@@ -165,7 +165,21 @@ pub async fn run(config: OriginConfig, shutdown: impl Future<Output = ()>) -> an
         "draining"
     );
     // Each bridge task holds a watch until it ends; the drain completes when all have ended.
-    match drain_signal.drain(config.drain_timeout).await {
+    // Streams the tunnel accepted just before the ports closed are reset rather than left to
+    // close cleanly, so the edge sees a failed connect (and may retry) instead of an empty
+    // response.
+    let drained = drain_signal.drain(config.drain_timeout);
+    tokio::pin!(drained);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut drained => break outcome,
+            Some(mut late) = incoming.accept() => {
+                tracing::debug!(remote = %late.remote, port = late.local_port, "stream arrived while draining; resetting");
+                late.stream.abort();
+            }
+        }
+    };
+    match outcome {
         DrainOutcome::Complete => tracing::info!("all streams finished"),
         DrainOutcome::TimedOut { remaining } => {
             tracing::warn!(remaining, "drain time is up; closing the remaining streams")
