@@ -1,0 +1,1 @@
+Q.DEV.example.com

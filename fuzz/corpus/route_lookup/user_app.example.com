@@ -1,0 +1,1 @@
+user@app.example.com

@@ -1,0 +1,1 @@
+x.example.com
