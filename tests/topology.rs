@@ -1,11 +1,12 @@
 //! One `kokoa-edge` and N `kokoa-origin` processes on loopback, wired together with fresh keys
 //! and free ports, started and waited for.
 //!
-//! Addresses: the edge on 127.0.0.2, origin `i` (from 1) on 127.0.0.(10+i), the apps wherever
-//! the test put them (usually 127.0.0.1). Inside the tunnel, origin `i` owns 10.100.i.0/24: it is
-//! 10.100.i.1 and the edge is 10.100.i.10, as in the design's addressing plan.
+//! Addresses: edge `j` (from 0) on 127.0.0.(2+j), origin `i` (from 1) on 127.0.0.(10+i), the
+//! apps wherever the test put them (usually 127.0.0.1). Inside the tunnel, origin `i` owns
+//! 10.100.i.0/24: it is 10.100.i.1 and edge `j` is 10.100.i.(10+j), as in the design's
+//! addressing plan.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -43,6 +44,7 @@ pub struct Builder {
     tcp_routes: Vec<(String, u16)>,
     extra_names: Vec<String>,
     drain_timeout: u64,
+    edges: usize,
 }
 
 /// A started origin.
@@ -71,8 +73,10 @@ pub struct Edge {
 pub struct Topology {
     /// The test CA that signed the edge's certificate.
     pub ca: TestCa,
-    /// The edge.
+    /// The (first) edge.
     pub edge: Edge,
+    /// Further edges, when [`Builder::edges`] asked for more than one.
+    pub more_edges: Vec<Edge>,
     /// The origins, in plan order.
     pub origins: Vec<Origin>,
     /// Public listen address of each `[[tcp_routes]]`, in the order they were added.
@@ -86,16 +90,12 @@ pub fn origin_address(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 100, index as u8, 1)
 }
 
-/// The edge's inner address toward origin number `index` (from 1).
-pub fn edge_address(index: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 100, index as u8, 10)
-}
-
 impl Builder {
     /// Nothing yet; drain time 3 s.
     pub fn new() -> Self {
         Self {
             drain_timeout: 3,
+            edges: 1,
             ..Self::default()
         }
     }
@@ -153,12 +153,17 @@ impl Builder {
         self
     }
 
-    /// Writes the configs, starts the edge and the origins, and waits until every origin has
-    /// completed a handshake with the edge.
+    /// Number of edges (default 1); every origin dials every edge.
+    pub fn edges(mut self, count: usize) -> Self {
+        self.edges = count.clamp(1, 8);
+        self
+    }
+
+    /// Writes the configs, starts the edges and the origins, and waits until every origin has
+    /// completed a handshake with every edge.
     pub async fn start(self) -> anyhow::Result<Topology> {
         let dir = tempfile::tempdir().context("creating the test directory")?;
         let ca = TestCa::new()?;
-        let edge_ip = loopback(2);
 
         let mut hosts: Vec<&str> = self
             .routes
@@ -175,69 +180,84 @@ impl Builder {
         let cert = write(dir.path(), "edge.crt", &issued.chain_pem)?;
         let key = write(dir.path(), "edge.key", &issued.key_pem)?;
 
-        let edge_key = PrivateKey::generate();
         let origin_keys: Vec<PrivateKey> = self
             .origins
             .iter()
             .map(|_| PrivateKey::generate())
             .collect();
-        let tunnel_listen = free_udp(edge_ip)?;
+        let mut edges = Vec::new();
         let mut tcp_listens = Vec::new();
-        let mut tcp_routes = Vec::new();
-        for (origin, port) in &self.tcp_routes {
-            let listen = free_tcp(edge_ip)?;
-            tcp_listens.push(listen);
-            tcp_routes.push(EdgeTcpRoute {
-                listen,
-                origin: origin.clone(),
-                port: *port,
+        for j in 0..self.edges.max(1) {
+            let edge_ip = loopback(2 + j as u8);
+            let edge_key = PrivateKey::generate();
+            let mut tcp_routes = Vec::new();
+            for (origin, port) in &self.tcp_routes {
+                let listen = free_tcp(edge_ip)?;
+                if j == 0 {
+                    tcp_listens.push(listen);
+                }
+                tcp_routes.push(EdgeTcpRoute {
+                    listen,
+                    origin: origin.clone(),
+                    port: *port,
+                });
+            }
+            let spec = EdgeSpec {
+                https: free_tcp(edge_ip)?,
+                http: free_tcp(edge_ip)?,
+                admin: free_tcp(edge_ip)?,
+                drain_timeout: self.drain_timeout,
+                private_key: edge_key.clone(),
+                listen: free_udp(edge_ip)?,
+                origins: self
+                    .origins
+                    .iter()
+                    .zip(&origin_keys)
+                    .enumerate()
+                    .map(|(i, (plan, key))| EdgeOrigin {
+                        name: plan.name.clone(),
+                        public_key: key.public_key(),
+                        endpoint: None,
+                        address: edge_address_n(i + 1, j),
+                        origin_address: origin_address(i + 1),
+                    })
+                    .collect(),
+                routes: self.routes.clone(),
+                tcp_routes,
+                certificates: vec![(cert.clone(), key.clone())],
+            };
+            let name = edge_name(j);
+            let config = write(dir.path(), &format!("{name}.toml"), &spec.to_toml())?;
+            let config_arg = config.to_string_lossy().into_owned();
+            let mut process = Process::spawn(
+                &format!("kokoa-{name}"),
+                &binary("kokoa-edge")?,
+                ["--config", config_arg.as_str(), "run"],
+                dir.path(),
+                &[],
+            )?;
+            wait_healthy(&mut process, spec.admin).await?;
+            edges.push(Edge {
+                key: edge_key,
+                spec,
+                process,
             });
         }
-        let edge_spec = EdgeSpec {
-            https: free_tcp(edge_ip)?,
-            http: free_tcp(edge_ip)?,
-            admin: free_tcp(edge_ip)?,
-            drain_timeout: self.drain_timeout,
-            private_key: edge_key.clone(),
-            listen: tunnel_listen,
-            origins: self
-                .origins
-                .iter()
-                .zip(&origin_keys)
-                .enumerate()
-                .map(|(i, (plan, key))| EdgeOrigin {
-                    name: plan.name.clone(),
-                    public_key: key.public_key(),
-                    endpoint: None,
-                    address: edge_address(i + 1),
-                    origin_address: origin_address(i + 1),
-                })
-                .collect(),
-            routes: self.routes.clone(),
-            tcp_routes,
-            certificates: vec![(cert, key)],
-        };
-        let edge_config = write(dir.path(), "edge.toml", &edge_spec.to_toml())?;
-        let edge_config_arg = edge_config.to_string_lossy().into_owned();
-        let mut edge_process = Process::spawn(
-            "kokoa-edge",
-            &binary("kokoa-edge")?,
-            ["--config", edge_config_arg.as_str(), "run"],
-            dir.path(),
-            &[],
-        )?;
-        wait_healthy(&mut edge_process, edge_spec.admin).await?;
 
         let mut origins = Vec::new();
         for (i, (plan, key)) in self.origins.into_iter().zip(origin_keys).enumerate() {
             let ip = loopback(10 + i as u8 + 1);
-            let mut edges = vec![OriginEdge {
-                name: EDGE_NAME.to_owned(),
-                public_key: edge_key.public_key(),
-                endpoint: Some(tunnel_listen),
-                address: edge_address(i + 1),
-            }];
-            edges.extend(plan.extra_edges.iter().cloned());
+            let mut origin_edges: Vec<OriginEdge> = edges
+                .iter()
+                .enumerate()
+                .map(|(j, edge)| OriginEdge {
+                    name: edge_name(j),
+                    public_key: edge.key.public_key(),
+                    endpoint: Some(edge.spec.listen),
+                    address: edge_address_n(i + 1, j),
+                })
+                .collect();
+            origin_edges.extend(plan.extra_edges.iter().cloned());
             let spec = OriginSpec {
                 admin: free_tcp(ip)?,
                 address: origin_address(i + 1),
@@ -245,7 +265,7 @@ impl Builder {
                 // A known port, so that test peers can dial the origin too.
                 listen: free_udp(ip)?,
                 drain_timeout: self.drain_timeout,
-                edges,
+                edges: origin_edges,
                 services: plan.services.clone(),
             };
             let process = start_origin(dir.path(), &plan.name, &spec).await?;
@@ -256,22 +276,37 @@ impl Builder {
                 process,
             });
         }
+        let mut edges = edges.into_iter();
+        let edge = edges.next().context("at least one edge")?;
         let topology = Topology {
             ca,
-            edge: Edge {
-                key: edge_key,
-                spec: edge_spec,
-                process: edge_process,
-            },
+            edge,
+            more_edges: edges.collect(),
             origins,
             tcp_listens,
             dir,
         };
         for origin in &topology.origins {
-            topology.wait_handshake(origin).await?;
+            for j in 0..=topology.more_edges.len() {
+                topology.wait_handshake(origin, &edge_name(j)).await?;
+            }
         }
         Ok(topology)
     }
+}
+
+/// The name of edge number `j` (from 0) in the origins' `[[edges]]`: `edge`, `edge1`, ...
+pub fn edge_name(j: usize) -> String {
+    if j == 0 {
+        EDGE_NAME.to_owned()
+    } else {
+        format!("{EDGE_NAME}{j}")
+    }
+}
+
+/// The inner address of edge number `j` (from 0) toward origin number `index` (from 1).
+pub fn edge_address_n(index: usize, j: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 100, index as u8, 10 + j as u8)
 }
 
 /// Writes `spec` to `dir/origin-NAME.toml`, starts `kokoa-origin` and waits for `/healthz`.
@@ -294,9 +329,14 @@ pub async fn start_origin(
 }
 
 impl Topology {
-    /// An HTTPS client for the edge.
+    /// An HTTPS client for the (first) edge.
     pub fn client(&self) -> anyhow::Result<EdgeClient> {
         EdgeClient::new(self.edge.spec.https, &self.ca)
+    }
+
+    /// Every edge, the first one first.
+    pub fn edges(&self) -> impl Iterator<Item = &Edge> {
+        std::iter::once(&self.edge).chain(&self.more_edges)
     }
 
     /// The origin named `name`.
@@ -307,10 +347,9 @@ impl Topology {
             .with_context(|| format!("no origin named {name}"))
     }
 
-    /// Waits until `origin` reports a completed handshake with the edge.
-    pub async fn wait_handshake(&self, origin: &Origin) -> anyhow::Result<()> {
-        let series =
-            format!("kokoa_tunnel_peer_last_handshake_age_seconds{{edge=\"{EDGE_NAME}\"}}");
+    /// Waits until `origin` reports a completed handshake with the edge named `edge`.
+    pub async fn wait_handshake(&self, origin: &Origin, edge: &str) -> anyhow::Result<()> {
+        let series = format!("kokoa_tunnel_peer_last_handshake_age_seconds{{edge=\"{edge}\"}}");
         eventually("origin-edge handshake", Duration::from_secs(20), || async {
             match metric(origin.spec.admin, &series).await? {
                 Some(_) => Ok(()),
@@ -320,7 +359,7 @@ impl Topology {
         .await
         .map_err(|e| {
             e.context(format!(
-                "origin {} never completed a handshake with the edge\n{}\n{}",
+                "origin {} never completed a handshake with {edge}\n{}\n{}",
                 origin.plan.name,
                 origin.process.logs(),
                 self.edge.process.logs()
@@ -331,10 +370,5 @@ impl Topology {
     /// Where the config files and logs are.
     pub fn path(&self) -> PathBuf {
         self.dir.path().to_path_buf()
-    }
-
-    /// The edge's loopback address.
-    pub fn edge_ip(&self) -> IpAddr {
-        loopback(2)
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _};
 use kokoa_tests::apps::HttpApp;
 use kokoa_tests::client::Proto;
-use kokoa_tests::net::loopback;
+use kokoa_tests::net::{loopback, metric};
 use kokoa_tests::topology::Builder;
 
 use crate::run_bounded;
@@ -138,6 +138,73 @@ fn responses_stream_without_buffering() {
                 "{proto:?}: chunks arrived at {arrivals:?}"
             );
         }
+        Ok(())
+    });
+}
+
+#[test]
+fn one_origin_served_by_two_edges() {
+    run_bounded(Duration::from_secs(60), async {
+        let app = HttpApp::start("shared", loopback(1)).await?;
+        let mut topology = Builder::new()
+            .edges(2)
+            .origin("home", &[("web", 8001, app.addr)])
+            .route("shared.test", "home", 8001)
+            .start()
+            .await?;
+        for edge in topology.edges() {
+            let client = kokoa_tests::client::EdgeClient::new(edge.spec.https, &topology.ca)?;
+            for proto in [Proto::Http1, Proto::Http2] {
+                let answer = client.get("shared.test", "/via", proto).await?;
+                ensure!(
+                    answer.status == 200,
+                    "{} via {}",
+                    answer.status,
+                    edge.spec.https
+                );
+                ensure!(
+                    answer.text().contains("\"path\":\"/via\""),
+                    "{}",
+                    answer.text()
+                );
+            }
+        }
+        // The origin's metrics see both edges and the streams they opened.
+        let admin = topology.origin("home")?.spec.admin;
+        for edge in ["edge", "edge1"] {
+            let series = format!("kokoa_tunnel_peer_last_handshake_age_seconds{{edge=\"{edge}\"}}");
+            let age = metric(admin, &series).await?;
+            ensure!(
+                age.is_some_and(|a| a < 60.0),
+                "{edge} handshake age {age:?}"
+            );
+        }
+        let handshakes = metric(admin, "kokoa_tunnel_handshakes_total").await?;
+        ensure!(
+            handshakes.unwrap_or(0.0) >= 2.0,
+            "handshakes {handshakes:?}"
+        );
+        let accepted = metric(admin, "kokoa_origin_streams_accepted_total").await?;
+        ensure!(
+            accepted.unwrap_or(0.0) >= 2.0,
+            "streams accepted {accepted:?}"
+        );
+
+        // One edge going away does not disturb the other.
+        topology.edge.process.signal("TERM").await?;
+        topology
+            .edge
+            .process
+            .wait_exit(Duration::from_secs(6))
+            .await?;
+        let second = &topology.more_edges[0];
+        let client = kokoa_tests::client::EdgeClient::new(second.spec.https, &topology.ca)?;
+        let answer = client.get("shared.test", "/after", Proto::Http1).await?;
+        ensure!(
+            answer.status == 200,
+            "second edge after the first left: {}",
+            answer.status
+        );
         Ok(())
     });
 }
