@@ -2,8 +2,10 @@
 //! files that are printed when a test fails, killed when dropped.
 
 use std::ffi::OsStr;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -30,8 +32,21 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+tokio::task_local! {
+    static CAPTURED: Arc<Mutex<Vec<String>>>;
+}
+
+/// Runs `body` and collects the logs of every [`Process`] dropped inside it, so that a test
+/// that fails with an error (not a panic) can still print what the binaries logged.
+pub async fn capture_logs<F: Future>(body: F) -> (F::Output, Vec<String>) {
+    let captured = Arc::new(Mutex::new(Vec::new()));
+    let output = CAPTURED.scope(captured.clone(), body).await;
+    let logs = std::mem::take(&mut *captured.lock().unwrap_or_else(|e| e.into_inner()));
+    (output, logs)
+}
+
 /// A running child process. Killed on drop; its output is printed then if the thread is
-/// panicking (a failing test), so that a failure shows what the binaries logged.
+/// panicking, or handed to [`capture_logs`] when dropped inside it.
 pub struct Process {
     name: String,
     child: Child,
@@ -75,6 +90,7 @@ impl Process {
                 "RUST_LOG",
                 std::env::var("KOKOA_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env("NO_COLOR", "1")
             .kill_on_drop(true);
         let child = command
             .spawn()
@@ -160,8 +176,17 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
+        let logs = self.logs();
+        let handed = CAPTURED
+            .try_with(|captured| {
+                captured
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(logs.clone())
+            })
+            .is_ok();
+        if !handed && std::thread::panicking() {
+            eprintln!("{logs}");
         }
     }
 }

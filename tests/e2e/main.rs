@@ -24,10 +24,16 @@ where
         .build()
         .expect("tokio runtime");
     runtime.block_on(async move {
-        match tokio::time::timeout(limit, body).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => panic!("{error:#}"),
-            Err(_) => panic!("test did not finish within {limit:?}"),
+        let (result, logs) =
+            kokoa_tests::process::capture_logs(tokio::time::timeout(limit, body)).await;
+        let failure = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => format!("{error:#}"),
+            Err(_) => format!("test did not finish within {limit:?}"),
+        };
+        for log in logs {
+            eprintln!("{log}");
         }
+        panic!("{failure}");
     });
 }
