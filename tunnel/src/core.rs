@@ -348,7 +348,7 @@ pub struct Core {
     public_key: PublicKey,
     rate_limiter: Arc<RateLimiter>,
     mtu: usize,
-    tcp_buffer: usize,
+    sockpool: SocketPool,
     accept_ports: HashSet<u16>,
     peers: HashMap<u32, Peer>,
     by_key: HashMap<PublicKey, u32>,
@@ -429,7 +429,10 @@ impl Core {
             private,
             public,
             mtu: usize::from(config.mtu),
-            tcp_buffer: config.tcp_buffer,
+            sockpool: SocketPool {
+                spare: Vec::new(),
+                buffer: config.tcp_buffer,
+            },
             accept_ports: config.accept_ports.iter().copied().collect(),
             peers: HashMap::new(),
             by_key: HashMap::new(),
@@ -724,7 +727,7 @@ impl Core {
                 if !allowed || !dst_ok {
                     self.counters.dropped_source += 1;
                 } else {
-                    Self::prepare_syn(peer, packet, &self.accept_ports, self.tcp_buffer, now);
+                    Self::prepare_syn(peer, packet, &self.accept_ports, &mut self.sockpool, now);
                     let mut buf = self.pool.pop().unwrap_or_default();
                     buf.clear();
                     buf.extend_from_slice(packet);
@@ -777,7 +780,7 @@ impl Core {
         peer: &mut Peer,
         packet: &[u8],
         accept_ports: &HashSet<u16>,
-        tcp_buffer: usize,
+        sockpool: &mut SocketPool,
         now: Instant,
     ) {
         let ihl = usize::from(packet[0] & 0x0f) * 4;
@@ -809,7 +812,7 @@ impl Core {
             if !finished {
                 return;
             }
-            peer.sockets.remove(old);
+            sockpool.put(peer.sockets.remove(old));
             peer.meta.remove(&old);
             peer.tuples.remove(&key);
             peer.closing.retain(|h| *h != old);
@@ -818,7 +821,7 @@ impl Core {
         if peer.meta.len() >= MAX_STREAMS_PER_PEER {
             return;
         }
-        let mut socket = new_socket(tcp_buffer);
+        let mut socket = sockpool.take();
         socket.set_timeout(Some(smoltcp::time::Duration::from_secs(
             SYN_RECEIVED_TIMEOUT.as_secs(),
         )));
@@ -1051,7 +1054,7 @@ impl Core {
                 _ => false,
             };
             if reap {
-                peer.sockets.remove(h);
+                self.sockpool.put(peer.sockets.remove(h));
                 if let Some(meta) = peer.meta.remove(&h) {
                     if peer.tuples.get(&meta.tuple) == Some(&h) {
                         peer.tuples.remove(&meta.tuple);
@@ -1163,7 +1166,6 @@ impl Core {
             .by_key
             .get(peer_key)
             .ok_or(TunnelError::UnknownPeer(*peer_key))?;
-        let tcp_buffer = self.tcp_buffer;
         let Some(peer) = self.peers.get_mut(&index) else {
             return Err(TunnelError::UnknownPeer(*peer_key));
         };
@@ -1189,7 +1191,7 @@ impl Core {
             }
         }
         let port = port.ok_or(TunnelError::NoFreePort(dst))?;
-        let mut socket = new_socket(tcp_buffer);
+        let mut socket = self.sockpool.take();
         let local = SocketAddrV4::new(peer.config.local_address, port);
         socket
             .connect(peer.iface.context(), dst, local)
@@ -1493,17 +1495,47 @@ fn to_v4(e: smoltcp::wire::IpEndpoint) -> Option<SocketAddrV4> {
     }
 }
 
-fn new_socket(buffer: usize) -> tcp::Socket<'static> {
-    let mut s = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0u8; buffer]),
-        tcp::SocketBuffer::new(vec![0u8; buffer]),
-    );
-    // Request/response traffic must not wait for Nagle; the driver polls once per batch of
-    // datagrams, so ACKs are already coalesced without a delay timer.
-    s.set_nagle_enabled(false);
-    s.set_ack_delay(None);
-    s.set_congestion_control(tcp::CongestionControl::Cubic);
-    s
+/// Reaped sockets kept for reuse. Allocating two zeroed `tcp_buffer`s per connection was the
+/// largest cost of short connections (glibc serves them from the heap and memsets them);
+/// a reused socket keeps its buffers and `listen`/`connect` reset its state.
+struct SocketPool {
+    spare: Vec<tcp::Socket<'static>>,
+    buffer: usize,
+}
+
+/// At most this many idle sockets are kept (2 × `tcp_buffer` bytes each).
+const SPARE_SOCKETS: usize = 32;
+
+impl SocketPool {
+    fn take(&mut self) -> tcp::Socket<'static> {
+        let mut s = self.spare.pop().unwrap_or_else(|| {
+            tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0u8; self.buffer]),
+                tcp::SocketBuffer::new(vec![0u8; self.buffer]),
+            )
+        });
+        // Request/response traffic must not wait for Nagle; the driver polls once per batch
+        // of datagrams, so ACKs are already coalesced without a delay timer.
+        s.set_nagle_enabled(false);
+        s.set_ack_delay(None);
+        // Also gives a reused socket a fresh congestion controller.
+        s.set_congestion_control(tcp::CongestionControl::Cubic);
+        s.set_timeout(None);
+        s.set_keep_alive(None);
+        s
+    }
+
+    fn put(&mut self, s: smoltcp::socket::Socket<'static>) {
+        #[allow(irrefutable_let_patterns)] // only TCP sockets unless another crate adds more
+        if let smoltcp::socket::Socket::Tcp(mut s) = s {
+            let done = matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait);
+            if self.spare.len() < SPARE_SOCKETS && done {
+                // Wakes stale wakers once (harmless) and clears buffers and sequence state.
+                s.abort();
+                self.spare.push(s);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
