@@ -117,24 +117,50 @@ fn upload_and_download_64_mib_with_checksums() {
     });
 }
 
-/// The soft limit on open files, from /proc/self/limits.
-fn open_files_limit() -> Option<u64> {
+/// The soft and hard limits on open files, from /proc/self/limits.
+fn open_files_limits() -> Option<(u64, u64)> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
+    let mut fields = line.split_whitespace().skip(3);
+    let soft = fields.next()?.parse().ok()?;
+    let hard = fields.next()?.parse().unwrap_or(u64::MAX);
+    Some((soft, hard))
+}
+
+/// Makes sure this process may open `needed` files, raising the soft limit up to the hard one
+/// with prlimit(1) if necessary (the workspace forbids the unsafe setrlimit call). The edge and
+/// origin started afterwards inherit the limit.
+fn ensure_open_files(needed: u64) {
+    let Some((soft, hard)) = open_files_limits() else {
+        return;
+    };
+    if soft >= needed {
+        return;
+    }
+    assert!(
+        hard >= needed,
+        "RLIMIT_NOFILE hard limit is {hard}, below the {needed} this test needs"
+    );
+    let status = std::process::Command::new("prlimit")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg(format!("--nofile={needed}:{hard}"))
+        .status();
+    assert!(
+        matches!(status, Ok(s) if s.success()),
+        "could not raise RLIMIT_NOFILE from {soft} to {needed} with prlimit: {status:?}; \
+         run `ulimit -n {needed}` before the tests"
+    );
+    let raised = open_files_limits().map(|(soft, _)| soft).unwrap_or(0);
+    assert!(raised >= needed, "RLIMIT_NOFILE is still {raised}");
 }
 
 #[test]
 fn a_thousand_concurrent_connections_are_all_answered() {
     const N: usize = 1000;
-    // This process holds both ends' app side and the clients (about 2 fds per connection);
-    // the children inherit the same limit and hold about 2 each.
-    if let Some(limit) = open_files_limit() {
-        assert!(
-            limit >= 4 * N as u64 + 256,
-            "RLIMIT_NOFILE is {limit}; run `ulimit -n 8192` before the tests"
-        );
-    }
+    // This process holds the clients and the app's side (about 2 fds per connection), the edge
+    // and the origin about 2 each; they inherit this process's limit.
+    ensure_open_files(4 * N as u64 + 1024);
     run_bounded(Duration::from_secs(120), async {
         let app = HttpApp::start("many", loopback(1)).await?;
         let topology = Builder::new()
