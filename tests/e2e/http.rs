@@ -66,6 +66,25 @@ fn two_hosts_two_origins_h1_h2_headers_404_and_stopped_app() {
             );
         }
 
+        // The plain HTTP listener sends clients to HTTPS, keeping path and query.
+        let mut plain = tokio::net::TcpStream::connect(topology.edge.spec.http).await?;
+        tokio::io::AsyncWriteExt::write_all(
+            &mut plain,
+            b"GET /x?y=1 HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
+        let mut redirect = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut plain, &mut redirect).await?;
+        let lower = redirect.to_ascii_lowercase();
+        ensure!(
+            lower.starts_with("http/1.1 30") && lower.contains("location: https://alpha.test"),
+            "plain HTTP answered {redirect}"
+        );
+        ensure!(
+            lower.contains("/x?y=1"),
+            "redirect lost the path: {redirect}"
+        );
+
         // Stopping one app: its host gets 502/503, the other keeps serving.
         alpha.stop().await;
         let status =
