@@ -227,3 +227,49 @@ fn one_origin_served_by_two_edges() {
         Ok(())
     });
 }
+
+#[test]
+fn origin_restarting_on_a_new_udp_port_is_followed_by_the_edge() {
+    run_bounded(Duration::from_secs(60), async {
+        let app = HttpApp::start("restart", loopback(1)).await?;
+        let mut topology = Builder::new()
+            .origin("home", &[("web", 8001, app.addr)])
+            .route("restart.test", "home", 8001)
+            .start()
+            .await?;
+        let client = topology.client()?;
+        let answer = client.get("restart.test", "/before", Proto::Http1).await?;
+        ensure!(answer.status == 200);
+
+        // The origin goes away and comes back with the same key from another UDP port, as an
+        // origin behind NAT does after a reboot or a new NAT mapping.
+        let dir = topology.path();
+        let origin = &mut topology.origins[0];
+        origin.process.signal("TERM").await?;
+        let status = origin.process.wait_exit(Duration::from_secs(6)).await?;
+        ensure!(status.success(), "origin exited with {status}");
+        origin.spec.listen = kokoa_tests::net::free_udp(loopback(11))?;
+        let spec = origin.spec.clone();
+        origin.process = kokoa_tests::topology::start_origin(&dir, "home-again", &spec).await?;
+        let origin = topology.origin("home")?;
+        topology.wait_handshake(origin, "edge").await?;
+
+        // Requests flow again; connections pooled before the restart must not wedge the route.
+        kokoa_tests::eventually(
+            "the edge serves after the origin moved",
+            Duration::from_secs(20),
+            || {
+                let client = client.clone();
+                async move {
+                    for proto in [Proto::Http1, Proto::Http2] {
+                        let answer = client.get("restart.test", "/after", proto).await?;
+                        ensure!(answer.status == 200, "{proto:?}: {}", answer.status);
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await?;
+        Ok(())
+    });
+}
