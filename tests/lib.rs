@@ -10,6 +10,14 @@
 //! - [`client`]: an HTTPS client (HTTP/1.1 or HTTP/2 by ALPN) that dials the edge directly.
 //! - [`topology`]: one edge and N origins wired together, ready to serve.
 //! - [`netns`]: network namespaces, veth pairs and wireguard-go for the interop tests.
+//!
+//! The tests start `target/<profile>/kokoa-edge` and `kokoa-origin` as built: run them with
+//! `cargo test --workspace` (which builds both, since their crates have integration tests), or
+//! `cargo build -p kokoa-edge -p kokoa-origin` before `cargo test -p kokoa-tests`. The binaries
+//! log at `KOKOA_TEST_LOG` (a `RUST_LOG` filter, default `info`); a failing test prints the
+//! logs of every process it started. The interop tests need root, iproute2, wireguard-go,
+//! wireguard-tools, curl and python3; they are skipped with a reason without them, and fail
+//! instead under `CI=true`.
 
 pub mod apps;
 pub mod client;
