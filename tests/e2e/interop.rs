@@ -196,6 +196,20 @@ fn stock_wireguard_edge_reaches_kokoa_origin() {
         );
         let shown = stock.show().await;
         ensure!(shown.contains("latest handshake"), "wg show: {shown}");
+        // The origin counted the stream and sees the stock peer's handshake.
+        let (_, metrics) = pair.b.curl(&["http://127.0.0.1:9091/metrics"]).await?;
+        let accepted = kokoa_tests::net::sum_metric(
+            &metrics,
+            "kokoa_origin_streams_accepted_total{service=\"web\"}",
+        );
+        ensure!(
+            accepted.unwrap_or(0.0) >= 1.0,
+            "streams accepted: {accepted:?}"
+        );
+        ensure!(
+            metrics.contains("kokoa_tunnel_peer_last_handshake_age_seconds{edge=\"stock\"}"),
+            "no handshake age for the stock peer"
+        );
         Ok(())
     });
 }
@@ -303,7 +317,7 @@ fn kokoa_edge_reaches_stock_wireguard_origin() {
         ensure!(body == PAGE, "got {body:?}");
         let shown = stock.show().await;
         ensure!(shown.contains("latest handshake"), "wg show: {shown}");
-        let _ = wg.check_running().context("wireguard-go stayed up");
+        wg.check_running().context("wireguard-go stayed up")?;
         Ok(())
     });
 }
