@@ -396,3 +396,43 @@ async fn origin_behind_nat_dials_out_and_edge_connects_back() -> Result<()> {
     assert_eq!(&b, b"from the edge");
     Ok(())
 }
+
+#[test]
+fn handles_are_send_sync_unpin_static() {
+    fn check<T: Send + Sync + Unpin + 'static>() {}
+    check::<Tunnel>();
+    check::<kokoa_tunnel::TunnelStream>();
+    check::<IncomingStream>();
+    check::<Incoming>();
+}
+
+#[tokio::test]
+async fn drop_after_write_delivers_everything_then_eof() -> Result<()> {
+    let ek = PrivateKey::generate();
+    let (_o, mut inc, peer) = origin(1, &ek, vec![80]).await?;
+    let e = edge(ek, vec![peer.clone()]).await?;
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    // The reader runs concurrently: a megabyte is more than the send and receive buffers.
+    let reader = tokio::spawn(async move {
+        let mut server = inc.accept().await.context("accept")?.stream;
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await?;
+        anyhow::Ok(got)
+    });
+    let mut s = e.connect(&peer.public_key, dst(1, 80), T).await?;
+    timeout(T, s.write_all(&data)).await??;
+    drop(s); // graceful: FIN after the queued data
+    let got = timeout(T, reader).await???;
+    assert_eq!(got.len(), data.len());
+    assert!(got == data);
+    // The closed stream is reaped on both sides.
+    for _ in 0..100 {
+        if e.socket_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(e.socket_count(), 0);
+    assert_eq!(e.stats().active_streams, 0);
+    Ok(())
+}
