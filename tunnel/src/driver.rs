@@ -153,7 +153,7 @@ impl Tunnel {
         };
         let shared = &self.shared;
         let established = poll_fn(|cx| shared.core.lock().connect_state(id, Some(cx.waker())));
-        match tokio::time::timeout(timeout, established).await {
+        let r = match tokio::time::timeout(timeout, established).await {
             Ok(Ok(())) => Ok(stream),
             Ok(Err(e)) => {
                 stream.abort();
@@ -163,7 +163,12 @@ impl Tunnel {
                 stream.abort();
                 Err(TunnelError::TimedOut)
             }
+        };
+        match &r {
+            Ok(_) => tracing::debug!(%peer, %dst, %local, "tunnel stream connected"),
+            Err(e) => tracing::debug!(%peer, %dst, error = %e, "tunnel connect failed"),
         }
+        r
     }
 
     /// Counters and per-peer state.
@@ -271,6 +276,7 @@ async fn drive(shared: Arc<Shared>, socket: UdpSocket, accept_tx: mpsc::Sender<I
                     local,
                     remote,
                 } => {
+                    tracing::debug!(%peer, %remote, port = local.port(), "tunnel stream accepted");
                     let incoming = IncomingStream {
                         stream: TunnelStream {
                             shared: shared.clone(),
