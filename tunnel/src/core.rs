@@ -148,9 +148,16 @@ struct Sink<'a> {
 impl Sink<'_> {
     fn encapsulate(&mut self, len: usize) {
         let mut buf = self.pool.pop().unwrap_or_default();
-        buf.clear();
-        buf.resize((len + WG_OVERHEAD).max(WG_MIN_BUF), 0);
-        match self.tunn.encapsulate(&self.scratch[..len], &mut buf) {
+        let need = (len + WG_OVERHEAD).max(WG_MIN_BUF);
+        // boringtun writes every byte of the datagram it returns (and we truncate to it), so
+        // a recycled buffer need not be zeroed again: only grow it when it is too short.
+        if buf.len() < need {
+            buf.resize(need, 0);
+        }
+        match self
+            .tunn
+            .encapsulate(&self.scratch[..len], &mut buf[..need])
+        {
             TunnResult::WriteToNetwork(p) => {
                 let n = p.len();
                 buf.truncate(n);

@@ -679,3 +679,54 @@ fn data_for_a_dropped_stream_resets_the_sender() {
         .iter()
         .all(|n| n.core.socket_count() == 0)));
 }
+
+#[test]
+fn handshake_flood_gets_cookie_replies_to_the_source() {
+    let sim = Sim::pair(CLEAN, 15);
+    let mut origin = sim.nodes.into_iter().nth(1).map(|n| n.core).unwrap();
+    let (edge_key, origin_key) = (PrivateKey::generate(), origin.public_key());
+    // Reconfigure the origin with a peer whose private key we hold, to forge valid initiations.
+    origin
+        .set_peers(
+            vec![PeerConfig {
+                public_key: edge_key.public_key(),
+                endpoint: None,
+                allowed_ips: vec![net("10.100.1.10/32")],
+                local_address: "10.100.1.1".parse().unwrap(),
+                persistent_keepalive: None,
+            }],
+            sim.now,
+        )
+        .unwrap();
+    let mut attacker = Tunn::new(
+        edge_key.secret().clone(),
+        x25519::PublicKey::from(origin_key.0),
+        None,
+        None,
+        1,
+        None,
+    );
+    let from = SocketAddr::from(([198, 51, 100, 4], 5000));
+    let mut buf = vec![0u8; 256];
+    let (mut responses, mut cookies) = (0, 0);
+    for _ in 0..(HANDSHAKE_RATE_LIMIT * 2) {
+        let TunnResult::WriteToNetwork(init) = attacker.format_handshake_initiation(&mut buf, true)
+        else {
+            panic!("no initiation");
+        };
+        origin.handle_datagram(sim.now, from, init);
+        while let Some(t) = origin.poll_transmit() {
+            assert_eq!(t.dst, from, "replies go back to the datagram's source");
+            match t.payload[0] {
+                2 => responses += 1,
+                3 => cookies += 1,
+                other => panic!("unexpected reply type {other}"),
+            }
+        }
+    }
+    assert!(responses > 0, "the first handshakes are answered");
+    assert!(
+        cookies > 0,
+        "under load the origin must answer with cookie replies"
+    );
+}
