@@ -14,6 +14,10 @@ use std::time::Duration;
 use kokoa_tunnel::key::{PrivateKey, PublicKey};
 use serde::Deserialize;
 
+use crate::acl::{parse_network, Acl};
+use crate::limit::KeyMask;
+use crate::proxy_protocol::ProxyProtocol;
+
 /// TLS listener when `[edge] https` is not set.
 pub const DEFAULT_HTTPS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 443);
 /// Plain HTTP listener (redirects, ACME later) when `[edge] http` is not set.
@@ -37,6 +41,30 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_UPSTREAM_KEEPALIVE: usize = 64;
 /// How long an idle upstream connection is kept (seconds).
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS: u64 = 90;
+/// Client key prefix for IPv4 addresses (rate and connection limits): one address.
+pub const DEFAULT_IPV4_PREFIX: u8 = 32;
+/// Client key prefix for IPv6 addresses: one /64, what a single host usually gets.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+/// Most client keys the request rate limiters track at once (all routes together).
+pub const DEFAULT_MAX_TRACKED_CLIENTS: usize = 100_000;
+/// Concurrent connections per client key, all listeners together.
+pub const DEFAULT_CONNECTIONS_PER_CLIENT: usize = 256;
+/// Concurrent client connections, all listeners together.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+/// Most header fields in a request (hyper's own default).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// How long a keep-alive connection may have no request in flight (seconds).
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+/// HTTP/2 streams a client may have open at once.
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// HTTP/2 streams reset by the client before the edge accepted them, before GOAWAY.
+pub const DEFAULT_H2_MAX_PENDING_RESET_STREAMS: usize = 20;
+/// HTTP/2 streams the edge may reset because of client protocol errors, before GOAWAY.
+pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// Seconds between HTTP/2 keep-alive PINGs (a client that does not answer is disconnected).
+pub const DEFAULT_H2_KEEPALIVE_INTERVAL_SECS: u64 = 30;
+/// Highest request rate accepted in a policy (requests per second).
+pub const MAX_RATE: f64 = 1_000_000.0;
 /// Smallest inner MTU accepted.
 pub const MIN_MTU: u16 = 576;
 
@@ -95,14 +123,36 @@ pub struct EdgeConfig {
     pub origins: Vec<Origin>,
     /// HTTP routes by host name.
     pub routes: Vec<RouteConfig>,
+    /// Each route's admission policy, in the order of `routes` (same length).
+    pub route_policies: Vec<RoutePolicy>,
     /// Raw TCP routes.
     pub tcp_routes: Vec<TcpRoute>,
     /// Certificates.
     pub tls: TlsSettings,
 }
 
+/// A request rate policy: `burst` requests at once, refilled at `per_second`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RatePolicy {
+    /// Sustained requests per second per client key.
+    pub per_second: f64,
+    /// Bucket size: requests a client may send at once after being quiet.
+    pub burst: u32,
+}
+
+/// What one HTTP route admits, resolved against the `[limits]` defaults.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoutePolicy {
+    /// Request rate per client key; `None`: no rate limit.
+    pub rate: Option<RatePolicy>,
+    /// Largest request body in bytes (413 above); `None`: unlimited.
+    pub max_body_bytes: Option<u64>,
+    /// Who may use the route (403 otherwise).
+    pub acl: Acl,
+}
+
 /// Timeouts and sizes that bound what one client or upstream can cost.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
     /// TLS handshake deadline.
     pub tls_handshake_timeout: Duration,
@@ -116,6 +166,30 @@ pub struct Limits {
     pub upstream_keepalive: usize,
     /// How long an idle upstream connection is kept.
     pub upstream_idle_timeout: Duration,
+    /// The default request rate policy of every route (`[limits] rate` / `burst`).
+    pub rate: Option<RatePolicy>,
+    /// How client addresses become limiter keys.
+    pub key_mask: KeyMask,
+    /// Most client keys the rate limiters track (new clients beyond share an overflow bucket).
+    pub max_tracked_clients: usize,
+    /// Concurrent connections per client key (0: no limit).
+    pub connections_per_client: usize,
+    /// Concurrent connections in total (0: no limit).
+    pub max_connections: usize,
+    /// Most header fields per request (431 above).
+    pub max_headers: usize,
+    /// The default request body limit of every route (413 above); `None`: unlimited.
+    pub max_body_bytes: Option<u64>,
+    /// How long a client connection may have no request in flight before it is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 client resets of not-yet-accepted streams tolerated before GOAWAY.
+    pub h2_max_pending_reset_streams: usize,
+    /// HTTP/2 streams reset for client errors tolerated before GOAWAY.
+    pub h2_max_local_error_reset_streams: usize,
+    /// Interval of HTTP/2 keep-alive PINGs; `None` disables them.
+    pub h2_keepalive_interval: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -127,6 +201,29 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
             upstream_keepalive: DEFAULT_UPSTREAM_KEEPALIVE,
             upstream_idle_timeout: Duration::from_secs(DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS),
+            rate: None,
+            key_mask: KeyMask::default(),
+            max_tracked_clients: DEFAULT_MAX_TRACKED_CLIENTS,
+            connections_per_client: DEFAULT_CONNECTIONS_PER_CLIENT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_body_bytes: None,
+            idle_timeout: Duration::from_secs(DEFAULT_IDLE_TIMEOUT_SECS),
+            h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            h2_max_pending_reset_streams: DEFAULT_H2_MAX_PENDING_RESET_STREAMS,
+            h2_max_local_error_reset_streams: DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS,
+            h2_keepalive_interval: Some(Duration::from_secs(DEFAULT_H2_KEEPALIVE_INTERVAL_SECS)),
+        }
+    }
+}
+
+impl Limits {
+    /// The policy of a route that sets nothing itself.
+    pub fn default_route_policy(&self) -> RoutePolicy {
+        RoutePolicy {
+            rate: self.rate,
+            max_body_bytes: self.max_body_bytes,
+            acl: Acl::default(),
         }
     }
 }
@@ -183,6 +280,10 @@ pub struct TcpRoute {
     pub origin: String,
     /// The service port inside the tunnel.
     pub port: u16,
+    /// Whether a PROXY protocol header is sent to the origin first.
+    pub proxy_protocol: ProxyProtocol,
+    /// Who may connect (others are closed at accept).
+    pub acl: Acl,
 }
 
 /// Where certificates come from.
@@ -214,6 +315,26 @@ struct FileConfig {
     routes: Vec<FileRoute>,
     tcp_routes: Vec<FileTcpRoute>,
     tls: FileTls,
+    limits: FileLimits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct FileLimits {
+    rate: Option<f64>,
+    burst: Option<u32>,
+    ipv4_prefix: Option<u8>,
+    ipv6_prefix: Option<u8>,
+    max_tracked_clients: Option<usize>,
+    connections_per_client: Option<usize>,
+    max_connections: Option<usize>,
+    max_headers: Option<usize>,
+    max_body_bytes: Option<u64>,
+    idle_timeout: Option<u64>,
+    h2_max_concurrent_streams: Option<u32>,
+    h2_max_pending_reset_streams: Option<usize>,
+    h2_max_local_error_reset_streams: Option<usize>,
+    h2_keepalive_interval: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -260,6 +381,11 @@ struct FileRoute {
     aliases: Vec<String>,
     origin: String,
     port: u16,
+    rate: Option<f64>,
+    burst: Option<u32>,
+    max_body_bytes: Option<u64>,
+    allow: Vec<String>,
+    deny: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -268,6 +394,9 @@ struct FileTcpRoute {
     listen: Option<SocketAddr>,
     origin: String,
     port: u16,
+    proxy_protocol: Option<String>,
+    allow: Vec<String>,
+    deny: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -421,6 +550,7 @@ impl FileConfig {
                 DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS,
                 1,
             )?,
+            ..Limits::default()
         };
         if !(8192..=1024 * 1024).contains(&limits.max_header_bytes) {
             return Err(ConfigError::invalid(
@@ -428,6 +558,7 @@ impl FileConfig {
                 format!("{} is outside 8192..=1048576", limits.max_header_bytes),
             ));
         }
+        let limits = validate_limits(self.limits, limits)?;
         let drain_timeout = secs(
             "edge.drain_timeout",
             edge.drain_timeout,
@@ -546,6 +677,7 @@ impl FileConfig {
         };
 
         let mut routes = Vec::with_capacity(self.routes.len());
+        let mut route_policies = Vec::with_capacity(self.routes.len());
         let mut hosts: HashMap<String, String> = HashMap::new();
         for (i, route) in self.routes.into_iter().enumerate() {
             let field = |name: &str| format!("routes[{i}].{name}");
@@ -580,6 +712,21 @@ impl FileConfig {
                     "must be 1-65535 (the service port inside the tunnel)",
                 ));
             }
+            let rate = route_rate(
+                &format!("routes[{i}]"),
+                route.rate,
+                route.burst,
+                limits.rate,
+            )?;
+            route_policies.push(RoutePolicy {
+                rate,
+                max_body_bytes: match route.max_body_bytes {
+                    Some(0) => None,
+                    Some(max) => Some(max),
+                    None => limits.max_body_bytes,
+                },
+                acl: acl(&format!("routes[{i}]"), &route.allow, &route.deny)?,
+            });
             routes.push(RouteConfig {
                 host,
                 aliases,
@@ -616,10 +763,18 @@ impl FileConfig {
             if route.port == 0 {
                 return Err(ConfigError::invalid(field("port"), "must be 1-65535"));
             }
+            let proxy_protocol = route
+                .proxy_protocol
+                .as_deref()
+                .unwrap_or("none")
+                .parse()
+                .map_err(|reason| ConfigError::invalid(field("proxy_protocol"), reason))?;
             tcp_routes.push(TcpRoute {
                 listen,
                 origin: route.origin,
                 port: route.port,
+                proxy_protocol,
+                acl: acl(&format!("tcp_routes[{i}]"), &route.allow, &route.deny)?,
             });
         }
         for (i, (name, addr)) in listeners.iter().enumerate() {
@@ -646,10 +801,170 @@ impl FileConfig {
             tunnel,
             origins,
             routes,
+            route_policies,
             tcp_routes,
             tls,
         })
     }
+}
+
+fn acl(prefix: &str, allow: &[String], deny: &[String]) -> Result<Acl, ConfigError> {
+    let parse = |name: &str, list: &[String]| {
+        list.iter()
+            .enumerate()
+            .map(|(j, text)| {
+                parse_network(text)
+                    .map_err(|reason| ConfigError::invalid(format!("{prefix}.{name}[{j}]"), reason))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(Acl::new(parse("allow", allow)?, parse("deny", deny)?))
+}
+
+fn check_rate(field: &str, rate: f64) -> Result<(), ConfigError> {
+    if !rate.is_finite() || !(0.0..=MAX_RATE).contains(&rate) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{rate} is not a rate: use requests per second between 0 (off) and {MAX_RATE}"),
+        ));
+    }
+    Ok(())
+}
+
+fn default_burst(rate: f64) -> u32 {
+    // Whole seconds' worth of requests, at least one: a client may send one second's quota at
+    // once. The cast saturates; MAX_RATE keeps it well inside u32.
+    (rate.ceil() as u32).max(1)
+}
+
+fn check_burst(field: &str, burst: u32) -> Result<(), ConfigError> {
+    if burst == 0 {
+        return Err(ConfigError::invalid(
+            field,
+            "must be at least 1 (requests a client may send at once)",
+        ));
+    }
+    Ok(())
+}
+
+/// A route's rate policy: its own `rate`/`burst` when set (`rate = 0` turns limiting off for
+/// the route), else the default. A route `burst` alone reshapes the default rate.
+fn route_rate(
+    prefix: &str,
+    rate: Option<f64>,
+    burst: Option<u32>,
+    default: Option<RatePolicy>,
+) -> Result<Option<RatePolicy>, ConfigError> {
+    if let Some(burst) = burst {
+        check_burst(&format!("{prefix}.burst"), burst)?;
+    }
+    match rate {
+        Some(rate) => {
+            check_rate(&format!("{prefix}.rate"), rate)?;
+            if rate == 0.0 {
+                return Ok(None);
+            }
+            Ok(Some(RatePolicy {
+                per_second: rate,
+                burst: burst.unwrap_or_else(|| default_burst(rate)),
+            }))
+        }
+        None => match (default, burst) {
+            (Some(default), Some(burst)) => Ok(Some(RatePolicy {
+                per_second: default.per_second,
+                burst,
+            })),
+            (default, None) => Ok(default),
+            (None, Some(_)) => Err(ConfigError::invalid(
+                format!("{prefix}.burst"),
+                "set without a rate: add `rate` to the route or to [limits]",
+            )),
+        },
+    }
+}
+
+fn validate_limits(file: FileLimits, mut limits: Limits) -> Result<Limits, ConfigError> {
+    limits.rate = route_rate("limits", file.rate, file.burst, None)?;
+    let ipv4_prefix = file.ipv4_prefix.unwrap_or(DEFAULT_IPV4_PREFIX);
+    if ipv4_prefix > 32 {
+        return Err(ConfigError::invalid(
+            "limits.ipv4_prefix",
+            format!("{ipv4_prefix} is above 32"),
+        ));
+    }
+    let ipv6_prefix = file.ipv6_prefix.unwrap_or(DEFAULT_IPV6_PREFIX);
+    if ipv6_prefix > 128 {
+        return Err(ConfigError::invalid(
+            "limits.ipv6_prefix",
+            format!("{ipv6_prefix} is above 128"),
+        ));
+    }
+    limits.key_mask = KeyMask {
+        ipv4_prefix,
+        ipv6_prefix,
+    };
+    limits.max_tracked_clients = file
+        .max_tracked_clients
+        .unwrap_or(DEFAULT_MAX_TRACKED_CLIENTS);
+    if !(16..=100_000_000).contains(&limits.max_tracked_clients) {
+        return Err(ConfigError::invalid(
+            "limits.max_tracked_clients",
+            format!("{} is outside 16..=100000000", limits.max_tracked_clients),
+        ));
+    }
+    limits.connections_per_client = file
+        .connections_per_client
+        .unwrap_or(DEFAULT_CONNECTIONS_PER_CLIENT);
+    limits.max_connections = file.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    limits.max_headers = file.max_headers.unwrap_or(DEFAULT_MAX_HEADERS);
+    if !(8..=10_000).contains(&limits.max_headers) {
+        return Err(ConfigError::invalid(
+            "limits.max_headers",
+            format!("{} is outside 8..=10000", limits.max_headers),
+        ));
+    }
+    limits.max_body_bytes = file.max_body_bytes.filter(|&max| max > 0);
+    limits.idle_timeout = secs(
+        "limits.idle_timeout",
+        file.idle_timeout,
+        DEFAULT_IDLE_TIMEOUT_SECS,
+        1,
+    )?;
+    limits.h2_max_concurrent_streams = file
+        .h2_max_concurrent_streams
+        .unwrap_or(DEFAULT_H2_MAX_CONCURRENT_STREAMS);
+    if limits.h2_max_concurrent_streams == 0 {
+        return Err(ConfigError::invalid(
+            "limits.h2_max_concurrent_streams",
+            "must be at least 1",
+        ));
+    }
+    limits.h2_max_pending_reset_streams = file
+        .h2_max_pending_reset_streams
+        .unwrap_or(DEFAULT_H2_MAX_PENDING_RESET_STREAMS);
+    limits.h2_max_local_error_reset_streams = file
+        .h2_max_local_error_reset_streams
+        .unwrap_or(DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS);
+    for (field, value) in [
+        (
+            "limits.h2_max_pending_reset_streams",
+            limits.h2_max_pending_reset_streams,
+        ),
+        (
+            "limits.h2_max_local_error_reset_streams",
+            limits.h2_max_local_error_reset_streams,
+        ),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::invalid(field, "must be at least 1"));
+        }
+    }
+    limits.h2_keepalive_interval = match file.h2_keepalive_interval {
+        Some(0) => None,
+        Some(secs) => Some(Duration::from_secs(secs)),
+        None => Some(Duration::from_secs(DEFAULT_H2_KEEPALIVE_INTERVAL_SECS)),
+    };
+    Ok(limits)
 }
 
 fn validate_tls(tls: FileTls, base_dir: Option<&Path>) -> Result<TlsSettings, ConfigError> {
@@ -792,6 +1107,16 @@ origin_address = "10.100.1.1"
         assert_eq!(config.origins[0].name, "home");
         assert_eq!(config.tls.cert_dir, Some(PathBuf::from("/etc/kokoa/certs")));
         assert_eq!(config.tls.default.as_deref(), Some("app.example.com"));
+        // The seeds' Nginx limits, as the example sets them.
+        assert_eq!(
+            config.limits.rate,
+            Some(RatePolicy {
+                per_second: 10.0,
+                burst: 20
+            })
+        );
+        assert_eq!(config.limits.connections_per_client, 10);
+        assert_eq!(config.tcp_routes[0].proxy_protocol, ProxyProtocol::None);
     }
 
     #[test]
@@ -903,6 +1228,188 @@ port = 2
         let message = error("");
         assert!(
             message.starts_with("tunnel.private_key: missing"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn protection_keys_parse() {
+        let text = base(
+            r#"
+[limits]
+rate = 10.0
+burst = 20
+ipv4_prefix = 24
+ipv6_prefix = 48
+max_tracked_clients = 5000
+connections_per_client = 10
+max_connections = 1000
+max_headers = 50
+max_body_bytes = 4096
+idle_timeout = 15
+h2_max_concurrent_streams = 50
+h2_max_pending_reset_streams = 5
+h2_max_local_error_reset_streams = 100
+h2_keepalive_interval = 0
+[[routes]]
+host = "admin.example.com"
+origin = "home"
+port = 8080
+rate = 100.0
+burst = 200
+max_body_bytes = 1048576
+allow = ["127.0.0.2/32", "10.0.0.0/8"]
+deny = ["127.0.0.3/32"]
+[[routes]]
+host = "plain.example.com"
+origin = "home"
+port = 8081
+[[routes]]
+host = "only-rate.example.com"
+origin = "home"
+port = 8082
+rate = 2.5
+max_body_bytes = 0
+[[routes]]
+host = "off.example.com"
+origin = "home"
+port = 8083
+rate = 0
+[[tcp_routes]]
+listen = "0.0.0.0:4001"
+origin = "home"
+port = 4001
+proxy_protocol = "v2"
+allow = []
+deny = ["2001:db8::/32"]
+"#,
+        );
+        let config = EdgeConfig::from_toml(&text, None).unwrap();
+        let limits = &config.limits;
+        assert_eq!(
+            limits.rate,
+            Some(RatePolicy {
+                per_second: 10.0,
+                burst: 20
+            })
+        );
+        assert_eq!(
+            limits.key_mask,
+            KeyMask {
+                ipv4_prefix: 24,
+                ipv6_prefix: 48
+            }
+        );
+        assert_eq!(limits.max_tracked_clients, 5000);
+        assert_eq!(limits.connections_per_client, 10);
+        assert_eq!(limits.max_connections, 1000);
+        assert_eq!(limits.max_headers, 50);
+        assert_eq!(limits.max_body_bytes, Some(4096));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(15));
+        assert_eq!(limits.h2_max_concurrent_streams, 50);
+        assert_eq!(limits.h2_max_pending_reset_streams, 5);
+        assert_eq!(limits.h2_max_local_error_reset_streams, 100);
+        assert_eq!(limits.h2_keepalive_interval, None);
+
+        let policies = &config.route_policies;
+        assert_eq!(policies.len(), 4);
+        assert_eq!(
+            policies[0].rate,
+            Some(RatePolicy {
+                per_second: 100.0,
+                burst: 200
+            })
+        );
+        assert_eq!(policies[0].max_body_bytes, Some(1_048_576));
+        assert!(policies[0].acl.permits("127.0.0.2".parse().unwrap()));
+        assert!(policies[0].acl.permits("10.9.9.9".parse().unwrap()));
+        assert!(!policies[0].acl.permits("127.0.0.3".parse().unwrap()));
+        assert!(!policies[0].acl.permits("127.0.0.4".parse().unwrap()));
+        // Defaults from [limits].
+        assert_eq!(policies[1].rate, limits.rate);
+        assert_eq!(policies[1].max_body_bytes, Some(4096));
+        assert!(policies[1].acl.is_open());
+        // Rate alone: burst is one second's worth; max_body_bytes = 0 is unlimited.
+        assert_eq!(
+            policies[2].rate,
+            Some(RatePolicy {
+                per_second: 2.5,
+                burst: 3
+            })
+        );
+        assert_eq!(policies[2].max_body_bytes, None);
+        assert_eq!(policies[3].rate, None, "rate = 0 turns the limit off");
+
+        let tcp = &config.tcp_routes[0];
+        assert_eq!(tcp.proxy_protocol, ProxyProtocol::V2);
+        assert!(!tcp.acl.permits("2001:db8::1".parse().unwrap()));
+        assert!(tcp.acl.permits("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn protection_defaults() {
+        let config = EdgeConfig::from_toml(&base(""), None).unwrap();
+        let limits = &config.limits;
+        assert_eq!(limits.rate, None, "no request rate limit by default");
+        assert_eq!(limits.connections_per_client, 256);
+        assert_eq!(limits.max_connections, 16_384);
+        assert_eq!(limits.max_tracked_clients, 100_000);
+        assert_eq!(limits.max_headers, 100);
+        assert_eq!(limits.max_body_bytes, None);
+        assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(limits.h2_max_concurrent_streams, 100);
+        assert_eq!(limits.h2_max_pending_reset_streams, 20);
+        assert_eq!(limits.key_mask, KeyMask::default());
+        // [limits] rate alone: burst = ceil(rate).
+        let config = EdgeConfig::from_toml(&base("[limits]\nrate = 10.0\n"), None).unwrap();
+        assert_eq!(
+            config.limits.rate,
+            Some(RatePolicy {
+                per_second: 10.0,
+                burst: 10
+            })
+        );
+    }
+
+    #[test]
+    fn protection_errors_name_the_field() {
+        let route = "[[routes]]\nhost = \"a.example.com\"\norigin = \"home\"\nport = 1\n";
+        let cases = [
+            ("[limits]\nrate = -1.0\n", "limits.rate:"),
+            ("[limits]\nrate = nan\n", "limits.rate:"),
+            ("[limits]\nburst = 5\n", "limits.burst: set without a rate"),
+            (
+                "[limits]\nrate = 1.0\nburst = 0\n",
+                "limits.burst: must be at least 1",
+            ),
+            ("[limits]\nipv4_prefix = 33\n", "limits.ipv4_prefix:"),
+            ("[limits]\nipv6_prefix = 129\n", "limits.ipv6_prefix:"),
+            ("[limits]\nmax_headers = 1\n", "limits.max_headers:"),
+            ("[limits]\nidle_timeout = 0\n", "limits.idle_timeout:"),
+            (
+                "[limits]\nh2_max_concurrent_streams = 0\n",
+                "limits.h2_max_concurrent_streams:",
+            ),
+            ("[limits]\nbogus = 1\n", "unknown field `bogus`"),
+        ];
+        for (extra, expect) in cases {
+            let message = error(&base(extra));
+            assert!(message.contains(expect), "{expect}: {message}");
+        }
+        for (extra, expect) in [
+            ("allow = [\"10.0.0.0/33\"]\n", "routes[0].allow[0]:"),
+            ("deny = [\"10.0.0.1\", \"nope\"]\n", "routes[0].deny[1]:"),
+            ("burst = 3\n", "routes[0].burst: set without a rate"),
+            ("rate = -2.0\n", "routes[0].rate:"),
+        ] {
+            let message = error(&base(&format!("{route}{extra}")));
+            assert!(message.contains(expect), "{expect}: {message}");
+        }
+        let message = error(&base(
+            "[[tcp_routes]]\nlisten = \"0.0.0.0:4001\"\norigin = \"home\"\nport = 1\nproxy_protocol = \"v1\"\n",
+        ));
+        assert!(
+            message.starts_with("tcp_routes[0].proxy_protocol:"),
             "{message}"
         );
     }

@@ -19,7 +19,8 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::config::{is_host_name, Limits};
-use crate::https::serve_until_drained;
+use crate::https::{refuse, serve_until_drained};
+use crate::limit::{Activity, ConnectionLimiter, LogSampler};
 use crate::metrics::Metrics;
 use crate::pool::ProxyBody;
 use crate::proxy::{empty, page, ConnectionInfo};
@@ -37,6 +38,8 @@ pub struct HttpServer {
     pub limits: Limits,
     /// Metrics.
     pub metrics: Metrics,
+    /// Connection caps shared by every listener.
+    pub connections: Arc<ConnectionLimiter>,
 }
 
 impl HttpServer {
@@ -47,6 +50,7 @@ impl HttpServer {
         drain: DrainWatch,
         abort: watch::Receiver<bool>,
     ) {
+        let sampler = LogSampler::new(Duration::from_secs(1));
         loop {
             let (stream, client) = tokio::select! {
                 _ = drain.signaled() => return,
@@ -59,18 +63,30 @@ impl HttpServer {
                     }
                 },
             };
+            let permit = match self.connections.try_acquire(client.ip()) {
+                Ok(permit) => permit,
+                Err(refusal) => {
+                    refuse(&self.metrics, &sampler, "http", client, refusal);
+                    drop(stream);
+                    continue;
+                }
+            };
             let server = self.clone();
             let info = ConnectionInfo {
                 client,
                 drain: drain.clone(),
                 abort: abort.clone(),
+                activity: Arc::new(Activity::default()),
             };
             let span = tracing::info_span!("http", client = %client);
             tokio::spawn(
                 async move {
+                    let _permit = permit;
                     let _guard = server.metrics.connection("http");
                     let handler = server.clone();
+                    let activity = info.activity.clone();
                     let service = service_fn(move |request| {
+                        let _in_flight = activity.begin();
                         let response = handler.answer(&request);
                         async move { Ok::<_, Infallible>(response) }
                     });
@@ -78,9 +94,16 @@ impl HttpServer {
                     builder
                         .timer(TokioTimer::new())
                         .header_read_timeout(server.limits.header_read_timeout)
-                        .max_buf_size(server.limits.max_header_bytes);
+                        .max_buf_size(server.limits.max_header_bytes)
+                        .max_headers(server.limits.max_headers);
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
-                    serve_until_drained(connection, &info).await;
+                    serve_until_drained(
+                        connection,
+                        &info,
+                        Some(server.limits.idle_timeout),
+                        &server.metrics,
+                    )
+                    .await;
                 }
                 .instrument(span),
             );
@@ -154,6 +177,7 @@ mod tests {
             https_port: port,
             limits: Limits::default(),
             metrics: Metrics::default(),
+            connections: ConnectionLimiter::new(Default::default(), 0, 0),
         };
         let mut builder = Request::builder().method(method).uri(uri);
         if let Some(host) = host {

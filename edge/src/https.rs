@@ -1,5 +1,15 @@
-//! The HTTPS listener: accept, TLS handshake (bounded in time, certificate by SNI), then
-//! HTTP/1.1 or HTTP/2 as negotiated by ALPN, every request handed to the [`Proxy`].
+//! The HTTPS listener: accept, connection caps, TLS handshake (bounded in time, certificate by
+//! SNI), then HTTP/1.1 or HTTP/2 as negotiated by ALPN, every request handed to the [`Proxy`].
+//!
+//! Protection of the listener, cheapest first: a connection over the per-client or global cap
+//! is closed right after `accept()` (before any TLS work); the TLS handshake has a deadline
+//! (`tls_handshake_timeout`); an HTTP/1 request head must arrive within `header_read_timeout`
+//! (slowloris), counted from when the connection starts waiting for a head, so it also bounds
+//! how long an HTTP/1 keep-alive connection may sit idle; heads over `max_header_bytes` or
+//! `max_headers` fields get 431 from hyper. HTTP/2 is bounded by `max_concurrent_streams`, the
+//! header list size (431), the reset-flood limits (GOAWAY when a client keeps resetting
+//! streams: CVE-2023-44487) and keep-alive PINGs. Any connection with no request in flight for
+//! `idle_timeout` is closed gracefully (HTTP/2 GOAWAY).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,6 +26,7 @@ use tracing::Instrument as _;
 
 use crate::config::Limits;
 use crate::dial::Dialer;
+use crate::limit::{Activity, ConnectionLimiter, LogSampler, Refusal};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnectionInfo, Proxy};
 
@@ -29,6 +40,29 @@ pub struct HttpsServer<D: Dialer> {
     pub limits: Limits,
     /// Metrics.
     pub metrics: Metrics,
+    /// Connection caps shared by every listener.
+    pub connections: Arc<ConnectionLimiter>,
+}
+
+/// Closes a connection refused at accept: counted, logged at most once per second per
+/// listener.
+pub(crate) fn refuse(
+    metrics: &Metrics,
+    sampler: &LogSampler,
+    listener: &str,
+    client: std::net::SocketAddr,
+    refusal: Refusal,
+) {
+    metrics.refused(listener, refusal);
+    if let Some(suppressed) = sampler.sample() {
+        tracing::warn!(
+            listener,
+            client = %client,
+            reason = refusal.reason(),
+            suppressed,
+            "connection refused at accept (one line per second per listener; `suppressed` counts the others)"
+        );
+    }
 }
 
 impl<D: Dialer> HttpsServer<D> {
@@ -41,6 +75,7 @@ impl<D: Dialer> HttpsServer<D> {
         drain: DrainWatch,
         abort: watch::Receiver<bool>,
     ) {
+        let sampler = LogSampler::new(Duration::from_secs(1));
         loop {
             let (stream, client) = tokio::select! {
                 _ = drain.signaled() => return,
@@ -54,11 +89,20 @@ impl<D: Dialer> HttpsServer<D> {
                     }
                 },
             };
+            let permit = match self.connections.try_acquire(client.ip()) {
+                Ok(permit) => permit,
+                Err(refusal) => {
+                    refuse(&self.metrics, &sampler, "https", client, refusal);
+                    drop(stream);
+                    continue;
+                }
+            };
             let server = self.clone();
             let connection = ConnectionInfo {
                 client,
                 drain: drain.clone(),
                 abort: abort.clone(),
+                activity: Arc::new(Activity::default()),
             };
             let span = tracing::info_span!(
                 "https",
@@ -66,7 +110,14 @@ impl<D: Dialer> HttpsServer<D> {
                 sni = tracing::field::Empty,
                 alpn = tracing::field::Empty,
             );
-            tokio::spawn(server.connection(stream, connection).instrument(span));
+            tokio::spawn(
+                async move {
+                    // Moved into the task: the slot is freed when it ends, panics or is aborted.
+                    let _permit = permit;
+                    server.connection(stream, connection).await
+                }
+                .instrument(span),
+            );
         }
     }
 
@@ -104,11 +155,16 @@ impl<D: Dialer> HttpsServer<D> {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.header_read_timeout)
-            .max_buf_size(self.limits.max_header_bytes);
+            .max_buf_size(self.limits.max_header_bytes)
+            .max_headers(self.limits.max_headers);
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(self.limits.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(self.limits.h2_max_pending_reset_streams)
+            .max_local_error_reset_streams(self.limits.h2_max_local_error_reset_streams)
+            .keep_alive_interval(self.limits.h2_keepalive_interval);
         let builder = if h2 {
             builder.http2_only()
         } else {
@@ -122,23 +178,54 @@ impl<D: Dialer> HttpsServer<D> {
             async move { Ok::<_, Infallible>(proxy.handle(request, &info).await) }
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-        serve_until_drained(connection, &info).await;
+        serve_until_drained(
+            connection,
+            &info,
+            Some(self.limits.idle_timeout),
+            &self.metrics,
+        )
+        .await;
     }
 }
 
-/// Drives a hyper connection; when draining begins, asks it to finish in-flight requests and
-/// close (HTTP/2 GOAWAY, HTTP/1 close after the current response), and gives up when the drain
-/// time is up.
-pub(crate) async fn serve_until_drained<C, E>(connection: C, info: &ConnectionInfo)
-where
+/// Drives a hyper connection; when draining begins, or when it has had no request in flight
+/// for `idle_timeout`, asks it to finish in-flight requests and close (HTTP/2 GOAWAY, HTTP/1
+/// close after the current response), and gives up when the drain time is up.
+pub(crate) async fn serve_until_drained<C, E>(
+    connection: C,
+    info: &ConnectionInfo,
+    idle_timeout: Option<Duration>,
+    metrics: &Metrics,
+) where
     C: std::future::Future<Output = Result<(), E>> + GracefulShutdown,
     E: std::fmt::Display,
 {
     let mut abort = info.abort.clone();
     tokio::pin!(connection);
+    let idle = async {
+        let Some(timeout) = idle_timeout else {
+            return std::future::pending().await;
+        };
+        // Check a few times per timeout: the close comes at most a quarter late.
+        let mut ticks = tokio::time::interval((timeout / 4).max(Duration::from_millis(50)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if info.activity.idle_for().is_some_and(|idle| idle >= timeout) {
+                return;
+            }
+        }
+    };
     let result = tokio::select! {
         result = connection.as_mut() => Some(result),
         _ = info.drain.signaled() => None,
+        _ = idle => {
+            if info.activity.close_once() {
+                metrics.idle_closed.inc();
+                tracing::debug!(timeout = ?idle_timeout, "closing idle connection");
+            }
+            None
+        }
     };
     let result = match result {
         Some(result) => result,

@@ -10,18 +10,24 @@
 //! HTTPS ([`http`]).
 //!
 //! Routes and certificates are immutable snapshots behind `ArcSwap` ([`Edge::routes`],
-//! [`Edge::certificates`]): the control plane will swap them while traffic flows.
+//! [`Edge::certificates`]): the control plane will swap them while traffic flows. Each route
+//! in the snapshot carries its admission policy: allow/deny list ([`acl`]), request rate
+//! limiter and body limit ([`limit`]); connection caps and timeouts protect the listeners.
 //!
 //! Modules: [`config`] (file form and validated model), [`route`], [`sni`], [`dial`],
-//! [`pool`], [`proxy`], [`https`], [`http`], [`tcp`], [`metrics`].
+//! [`pool`], [`proxy`], [`https`], [`http`], [`tcp`], [`limit`], [`acl`],
+//! [`proxy_protocol`], [`metrics`].
 
+pub mod acl;
 pub mod config;
 pub mod dial;
 pub mod http;
 pub mod https;
+pub mod limit;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod route;
 pub mod sni;
 pub mod tcp;
@@ -42,6 +48,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use crate::config::EdgeConfig;
 use crate::dial::{origin_map, Dialer, TunnelDialer};
+use crate::limit::{ConnectionLimiter, MIN_PRUNE_SPACING, PRUNE_INTERVAL};
 use crate::metrics::{Metrics, TunnelCollector};
 use crate::pool::Pool;
 use crate::proxy::Proxy;
@@ -91,7 +98,11 @@ impl<D: Dialer> Edge<D> {
     /// An edge serving `config`'s routes with `certificates`, reaching origins with `dialer`.
     pub fn new(config: EdgeConfig, certificates: CertStore, dialer: D, metrics: Metrics) -> Self {
         Self {
-            routes: Arc::new(ArcSwap::from_pointee(RouteTable::new(&config.routes))),
+            routes: Arc::new(ArcSwap::from_pointee(RouteTable::with_policies(
+                &config.routes,
+                &config.route_policies,
+                &config.limits,
+            ))),
             certificates: Arc::new(ArcSwap::from_pointee(certificates)),
             config,
             dialer: Arc::new(dialer),
@@ -127,7 +138,18 @@ impl<D: Dialer> Edge<D> {
             self.config.limits.upstream_keepalive,
             self.config.limits.upstream_idle_timeout,
         );
-        let proxy = Arc::new(Proxy::new(self.routes.clone(), pool, self.metrics.clone()));
+        let proxy = Arc::new(Proxy::new(
+            self.routes.clone(),
+            pool,
+            self.metrics.clone(),
+            self.config.limits.max_headers,
+        ));
+        let connections = ConnectionLimiter::new(
+            self.config.limits.key_mask,
+            self.config.limits.connections_per_client,
+            self.config.limits.max_connections,
+        );
+        let pruner = tokio::spawn(prune_clients(self.routes.clone()));
         let https_addr = listeners
             .https
             .local_addr()
@@ -144,12 +166,14 @@ impl<D: Dialer> Edge<D> {
             proxy,
             limits: self.config.limits.clone(),
             metrics: self.metrics.clone(),
+            connections: connections.clone(),
         });
         tokio::spawn(https.serve(listeners.https, drain_watch.clone(), abort_rx.clone()));
         let http = Arc::new(http::HttpServer {
             https_port,
             limits: self.config.limits.clone(),
             metrics: self.metrics.clone(),
+            connections: connections.clone(),
         });
         tokio::spawn(http.serve(listeners.http, drain_watch.clone(), abort_rx.clone()));
         for (route, listener) in self.config.tcp_routes.iter().zip(listeners.tcp) {
@@ -157,6 +181,7 @@ impl<D: Dialer> Edge<D> {
                 route: route.clone(),
                 dialer: self.dialer.clone(),
                 metrics: self.metrics.clone(),
+                connections: connections.clone(),
             });
             tokio::spawn(forwarder.serve(listener, drain_watch.clone(), abort_rx.clone()));
         }
@@ -179,7 +204,40 @@ impl<D: Dialer> Edge<D> {
             }
         }
         abort_tx.send_replace(true);
+        pruner.abort();
         Ok(())
+    }
+}
+
+/// Prunes the current route table's rate limiter keys every [`PRUNE_INTERVAL`], or sooner
+/// (at most once per [`MIN_PRUNE_SPACING`]) when a limiter finds the key table full.
+async fn prune_clients(routes: Arc<ArcSwap<RouteTable>>) {
+    loop {
+        let table = routes.load_full();
+        let budget = table.client_budget().clone();
+        tokio::select! {
+            _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+            _ = budget.prune_wanted() => {}
+        }
+        drop((table, budget));
+        let table = routes.load_full();
+        let started = std::time::Instant::now();
+        let before = table.client_budget().tracked();
+        // O(keys): off the runtime's worker threads.
+        let tracked = match tokio::task::spawn_blocking(move || table.prune_clients()).await {
+            Ok(tracked) => tracked,
+            Err(error) => {
+                tracing::warn!(%error, "pruning rate limiter keys failed");
+                0
+            }
+        };
+        tracing::debug!(
+            before,
+            tracked,
+            took = ?started.elapsed(),
+            "pruned rate limiter keys"
+        );
+        tokio::time::sleep(MIN_PRUNE_SPACING).await;
     }
 }
 

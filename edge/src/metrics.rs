@@ -24,6 +24,22 @@ pub struct ListenerLabels {
     pub listener: String,
 }
 
+/// Labels of per-route admission counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabels {
+    /// The route's configured host, or `tcp:<listen address>` for raw TCP routes.
+    pub host: String,
+}
+
+/// Labels of refused connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `https`, `http` or `tcp:<listen address>`.
+    pub listener: String,
+    /// See [`crate::limit::Refusal::reason`]: `per_client`, `max_connections`, `acl`.
+    pub reason: &'static str,
+}
+
 /// Labels of request counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -73,6 +89,16 @@ pub struct Metrics {
     pub bytes: Family<ByteLabels, Counter>,
     /// Failed dials to origin services.
     pub dial_errors: Family<DialLabels, Counter>,
+    /// Requests answered 429, by route host.
+    pub rate_limited: Family<HostLabels, Counter>,
+    /// Connections closed right after accept, by listener and reason.
+    pub connections_refused: Family<RefusedLabels, Counter>,
+    /// Requests answered 403 and TCP connections closed by a route's allow/deny list.
+    pub acl_denied: Family<HostLabels, Counter>,
+    /// Requests answered 413 (body over the route's limit), by route host.
+    pub body_too_large: Family<HostLabels, Counter>,
+    /// Client connections closed for having no request in flight for `idle_timeout`.
+    pub idle_closed: Counter,
 }
 
 impl Default for Metrics {
@@ -85,6 +111,11 @@ impl Default for Metrics {
             request_duration: duration_histogram(),
             bytes: Family::default(),
             dial_errors: Family::default(),
+            rate_limited: Family::default(),
+            connections_refused: Family::default(),
+            acl_denied: Family::default(),
+            body_too_large: Family::default(),
+            idle_closed: Counter::default(),
         }
     }
 }
@@ -128,6 +159,50 @@ impl Metrics {
             "Connections to origin services that could not be opened",
             self.dial_errors.clone(),
         );
+        edge.register(
+            "rate_limited",
+            "Requests refused with 429 by the route's request rate limit, by route host",
+            self.rate_limited.clone(),
+        );
+        edge.register(
+            "connections_refused",
+            "Client connections closed right after accept (connection caps, TCP allow/deny lists)",
+            self.connections_refused.clone(),
+        );
+        edge.register(
+            "acl_denied",
+            "Requests (403) and raw TCP connections refused by a route's allow/deny list",
+            self.acl_denied.clone(),
+        );
+        edge.register(
+            "body_too_large",
+            "Requests refused with 413 because the body exceeds the route's max_body_bytes",
+            self.body_too_large.clone(),
+        );
+        edge.register(
+            "idle_connections_closed",
+            "Client connections closed after idle_timeout with no request in flight",
+            self.idle_closed.clone(),
+        );
+    }
+
+    /// Counts a connection refused at accept.
+    pub fn refused(&self, listener: &str, refusal: crate::limit::Refusal) {
+        self.connections_refused
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_owned(),
+                reason: refusal.reason(),
+            })
+            .inc();
+    }
+
+    /// The per-host counter of `family` (`rate_limited`, `acl_denied`, `body_too_large`).
+    pub fn host_counter(family: &Family<HostLabels, Counter>, host: &str) -> Counter {
+        family
+            .get_or_create(&HostLabels {
+                host: host.to_owned(),
+            })
+            .clone()
     }
 
     /// Counts an accepted connection and returns a guard that keeps it in the active gauge.

@@ -8,7 +8,18 @@
 //! whole. A WebSocket upgrade is forwarded and, once the origin answers 101, both upgraded
 //! connections are spliced byte for byte.
 //!
+//! Admission, in this order, once the route is known and before anything goes upstream: the
+//! route's allow/deny list (403), its request rate limit (429 with `Retry-After`), its body
+//! size limit by `Content-Length` (413). A body without a length (chunked, or HTTP/2 without
+//! `content-length`) is counted as it streams: going over the limit aborts the upstream request
+//! and the client gets 413 if the origin has not answered yet. If the origin already answered
+//! (it replied before reading the whole body), that answer is passed on and the upload is cut
+//! off there: the origin sees its request body end with an error, the client sees the
+//! connection close after the response.
+//!
 //! Status codes the edge makes itself: 404 (no route for the host), 400 (no usable host),
+//! 403 (allow/deny list), 413 (body too large), 429 (rate limited), 431 (too many header
+//! fields; hyper answers 431 itself for an oversized HTTP/1 head and HTTP/2 header list),
 //! 502 (the origin refused, reset or broke the connection), 503 (the origin could not be
 //! reached: unknown, down, or the tunnel timed out). See [`crate::dial::DialError::status`].
 
@@ -32,6 +43,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::dial::Dialer;
+use crate::limit::{Activity, InFlight};
 use crate::metrics::{status_class, ByteLabels, Metrics, RequestLabels};
 use crate::pool::{dial_error, service_uri, BoxError, Pool, ProxyBody};
 use crate::route::{Route, RouteTable};
@@ -54,6 +66,8 @@ pub struct ConnectionInfo {
     pub drain: DrainWatch,
     /// Becomes `true` when the drain time is up: spliced connections close at once.
     pub abort: watch::Receiver<bool>,
+    /// Requests in flight on this connection (for the idle timeout).
+    pub activity: Arc<Activity>,
 }
 
 /// The proxy service shared by every HTTPS connection.
@@ -61,15 +75,23 @@ pub struct Proxy<D: Dialer> {
     routes: Arc<ArcSwap<RouteTable>>,
     pool: Pool<D>,
     metrics: Metrics,
+    max_headers: usize,
 }
 
 impl<D: Dialer> Proxy<D> {
-    /// Routes with the current table in `routes` and forwards over `pool`.
-    pub fn new(routes: Arc<ArcSwap<RouteTable>>, pool: Pool<D>, metrics: Metrics) -> Self {
+    /// Routes with the current table in `routes` and forwards over `pool`; requests with more
+    /// than `max_headers` header fields get 431.
+    pub fn new(
+        routes: Arc<ArcSwap<RouteTable>>,
+        pool: Pool<D>,
+        metrics: Metrics,
+        max_headers: usize,
+    ) -> Self {
         Self {
             routes,
             pool,
             metrics,
+            max_headers,
         }
     }
 
@@ -99,10 +121,19 @@ impl<D: Dialer> Proxy<D> {
             start: Instant::now(),
             duration: self.metrics.request_duration.clone(),
         };
-        let response = self
-            .forward(request, raw_host, connection, &mut log)
-            .instrument(span)
-            .await;
+        let in_flight = connection.activity.begin();
+        // hyper enforces the count for HTTP/1 heads (answering 431 itself); HTTP/2 only bounds
+        // the header list's size, so the count is checked here.
+        let response = if request.headers().len() > self.max_headers {
+            page(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "The request has too many header fields.",
+            )
+        } else {
+            self.forward(request, raw_host, connection, &mut log)
+                .instrument(span)
+                .await
+        };
         log.status = response.status();
         self.metrics
             .requests
@@ -117,6 +148,7 @@ impl<D: Dialer> Proxy<D> {
                 inner: body,
                 counter,
                 log: Some(log),
+                in_flight: Some(in_flight),
             }
             .boxed_unsync()
         })
@@ -156,8 +188,10 @@ impl<D: Dialer> Proxy<D> {
         log.origin = route.origin.clone();
         log.route = route.host.clone();
 
-        // Rate limits and other per-route admission policies go here: the route is known and
-        // nothing has been sent upstream yet.
+        // Admission: the route is known and nothing has been sent upstream yet.
+        if let Some(refusal) = self.admit(&request, &route, connection) {
+            return refusal;
+        }
 
         let websocket = is_websocket_upgrade(&request);
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
@@ -172,6 +206,13 @@ impl<D: Dialer> Proxy<D> {
 
         let mut response = match self.pool.send(upstream).await {
             Ok(response) => response,
+            Err(error) if body_too_large(&error) => {
+                Metrics::host_counter(&self.metrics.body_too_large, &route.host).inc();
+                return page(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "The request body is larger than this site accepts.",
+                );
+            }
             Err(error) => {
                 let (status, detail) = match dial_error(&error) {
                     Some(dial) => (dial.status(), dial.to_string()),
@@ -234,6 +275,64 @@ impl<D: Dialer> Proxy<D> {
         Response::from_parts(parts, body)
     }
 
+    /// The refusal for a request the route does not admit, or `None` to go ahead.
+    fn admit(
+        &self,
+        request: &Request<Incoming>,
+        route: &Route,
+        connection: &ConnectionInfo,
+    ) -> Option<Response<ProxyBody>> {
+        let admission = &route.admission;
+        let client = connection.client.ip();
+        if !admission.policy.acl.permits(client) {
+            Metrics::host_counter(&self.metrics.acl_denied, &route.host).inc();
+            tracing::debug!(client = %client, "refused by the route's allow/deny list");
+            return Some(page(
+                StatusCode::FORBIDDEN,
+                "Your address is not allowed to use this site.",
+            ));
+        }
+        if let Some(limiter) = &admission.limiter {
+            if let Err(limited) = limiter.check(client) {
+                Metrics::host_counter(&self.metrics.rate_limited, &route.host).inc();
+                if let Some(suppressed) = limiter.sample_log() {
+                    tracing::warn!(
+                        client = %client,
+                        route = %route.host,
+                        rate = limiter.policy().per_second,
+                        burst = limiter.policy().burst,
+                        suppressed,
+                        "request rate limit exceeded (one line per second per route; `suppressed` counts the others)"
+                    );
+                }
+                let mut response = page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many requests from your address. Slow down and try again shortly.",
+                );
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(limited.retry_after_secs),
+                );
+                return Some(response);
+            }
+        }
+        if let Some(max) = admission.policy.max_body_bytes {
+            let declared = request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.trim().parse::<u64>().ok());
+            if declared.is_some_and(|length| length > max) {
+                Metrics::host_counter(&self.metrics.body_too_large, &route.host).inc();
+                return Some(page(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "The request body is larger than this site accepts.",
+                ));
+            }
+        }
+        None
+    }
+
     fn upstream_request(
         &self,
         request: Request<Incoming>,
@@ -264,9 +363,18 @@ impl<D: Dialer> Proxy<D> {
             inner: body,
             counter: self.bytes_counter(&route.host, "in"),
             log: None,
+            in_flight: None,
         }
-        .map_err(BoxError::from)
-        .boxed_unsync();
+        .map_err(BoxError::from);
+        let body = match route.admission.policy.max_body_bytes {
+            Some(max) => BodyLimit {
+                inner: body,
+                remaining: max,
+                limit: max,
+            }
+            .boxed_unsync(),
+            None => body.boxed_unsync(),
+        };
         Ok(Request::from_parts(parts, body))
     }
 }
@@ -438,12 +546,78 @@ impl Drop for AccessLog {
 }
 
 pin_project_lite::pin_project! {
-    /// Counts body bytes as frames pass through, without buffering them.
+    /// Counts body bytes as frames pass through, without buffering them. Holds the access log
+    /// line and the connection's in-flight mark until the body ends or is dropped.
     struct Metered<B> {
         #[pin]
         inner: B,
         counter: Counter,
         log: Option<AccessLog>,
+        in_flight: Option<InFlight>,
+    }
+}
+
+/// A request body went over its route's `max_body_bytes` while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the route's limit of {limit} bytes (max_body_bytes)")]
+pub struct BodyTooLarge {
+    /// The limit.
+    pub limit: u64,
+}
+
+/// Whether an upstream error was caused by [`BodyTooLarge`].
+pub fn body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<BodyTooLarge>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+pin_project_lite::pin_project! {
+    /// Fails with [`BodyTooLarge`] once more than the limit has passed through; the error
+    /// aborts the upstream request.
+    struct BodyLimit<B> {
+        #[pin]
+        inner: B,
+        remaining: u64,
+        limit: u64,
+    }
+}
+
+impl<B: Body<Data = Bytes, Error = BoxError>> Body for BodyLimit<B> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let len = data.len() as u64;
+                if len > *this.remaining {
+                    *this.remaining = 0;
+                    let limit = *this.limit;
+                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit }))));
+                }
+                *this.remaining -= len;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

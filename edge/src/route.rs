@@ -3,14 +3,19 @@
 //! A [`RouteTable`] is an immutable snapshot built from the validated config; the proxy loads
 //! the current one from an `ArcSwap` per request, so swapping in a new table never blocks or
 //! disturbs requests in flight.
+//!
+//! Each route carries its [`Admission`] policy (allow/deny list, body limit, request rate
+//! limiter), so the limiters are part of the same snapshot: a new table starts with fresh
+//! limiter state, while requests still holding the old table finish against the old limiters.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::RouteConfig;
+use crate::config::{Limits, RouteConfig, RoutePolicy};
+use crate::limit::{ClientBudget, KeyMask, RequestLimiter};
 
 /// Where requests for a host go.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Route {
     /// The route's primary host as configured (`app.example.com` or `*.example.com`).
     pub host: String,
@@ -18,26 +23,91 @@ pub struct Route {
     pub origin: String,
     /// The service port inside the tunnel.
     pub port: u16,
+    /// Who and what the route admits.
+    pub admission: Arc<Admission>,
+}
+
+/// A route's admission policy with its live rate limiter.
+#[derive(Debug)]
+pub struct Admission {
+    /// The policy as configured.
+    pub policy: RoutePolicy,
+    /// The request rate limiter, when the policy sets a rate.
+    pub limiter: Option<RequestLimiter>,
+}
+
+impl PartialEq for Admission {
+    fn eq(&self, other: &Self) -> bool {
+        self.policy == other.policy
+    }
+}
+
+impl Admission {
+    fn new(policy: RoutePolicy, mask: KeyMask, budget: &Arc<ClientBudget>) -> Self {
+        Self {
+            limiter: policy
+                .rate
+                .map(|rate| RequestLimiter::new(rate, mask, budget.clone())),
+            policy,
+        }
+    }
 }
 
 /// Exact names (including aliases) first, then `*.domain` wildcards matching exactly one extra
 /// label. Case-insensitive.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RouteTable {
     exact: HashMap<String, Arc<Route>>,
     /// Keyed by the domain under the `*.` (`example.com` for `*.example.com`).
     wildcard: HashMap<String, Arc<Route>>,
+    /// Every route's admission, for pruning the rate limiters' key tables.
+    admissions: Vec<Arc<Admission>>,
+    /// The key slots the rate limiters of this table share.
+    budget: Arc<ClientBudget>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            admissions: Vec::new(),
+            budget: ClientBudget::new(crate::config::DEFAULT_MAX_TRACKED_CLIENTS),
+        }
+    }
 }
 
 impl RouteTable {
-    /// Builds a table from validated routes (hosts already lowercase and unique).
+    /// Builds a table from validated routes (hosts already lowercase and unique), admitting
+    /// everyone without limits.
     pub fn new(routes: &[RouteConfig]) -> Self {
-        let mut table = Self::default();
-        for config in routes {
+        Self::with_policies(routes, &[], &Limits::default())
+    }
+
+    /// Builds a table whose routes admit by `policies` (same order as `routes`; a route
+    /// without an entry gets `limits`' defaults), with rate limiters keyed and capped as
+    /// `limits` says.
+    pub fn with_policies(
+        routes: &[RouteConfig],
+        policies: &[RoutePolicy],
+        limits: &Limits,
+    ) -> Self {
+        let mut table = Self {
+            budget: ClientBudget::new(limits.max_tracked_clients),
+            ..Self::default()
+        };
+        for (i, config) in routes.iter().enumerate() {
+            let policy = policies
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| limits.default_route_policy());
+            let admission = Arc::new(Admission::new(policy, limits.key_mask, &table.budget));
+            table.admissions.push(admission.clone());
             let route = Arc::new(Route {
                 host: config.host.clone(),
                 origin: config.origin.clone(),
                 port: config.port,
+                admission,
             });
             for name in std::iter::once(&config.host).chain(&config.aliases) {
                 let name = name.to_ascii_lowercase();
@@ -62,6 +132,25 @@ impl RouteTable {
             return None;
         }
         self.wildcard.get(domain).map(|route| &**route)
+    }
+
+    /// The key slots shared by this table's rate limiters.
+    pub fn client_budget(&self) -> &Arc<ClientBudget> {
+        &self.budget
+    }
+
+    /// Drops rate limiter keys whose bucket has refilled (they are indistinguishable from new
+    /// clients) and frees their slots; returns the keys still tracked. O(keys): run it from a
+    /// background task, never on the request path.
+    pub fn prune_clients(&self) -> usize {
+        let tracked = self
+            .admissions
+            .iter()
+            .filter_map(|admission| admission.limiter.as_ref())
+            .map(RequestLimiter::prune)
+            .sum();
+        self.budget.set_tracked(tracked);
+        tracked
     }
 
     /// Number of names (exact and wildcard) in the table.

@@ -1,18 +1,27 @@
 //! Raw TCP routes: a public port forwarded to an origin service as a plain byte stream (for
 //! non-HTTP protocols such as a libp2p node on 4001). Each direction is copied until EOF and
 //! then half-closed, so protocols that shut down one side first keep working.
+//!
+//! Right after `accept()` the route's allow/deny list and the connection caps are checked; a
+//! refused client's connection is closed before anything is dialed. With
+//! `proxy_protocol = "v2"` the origin stream starts with a PROXY protocol v2 header carrying the
+//! client's address and the address it connected to.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kokoa_node::drain::DrainWatch;
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::config::TcpRoute;
 use crate::dial::Dialer;
+use crate::https::refuse;
+use crate::limit::{ConnectionLimiter, LogSampler, Refusal};
 use crate::metrics::{ByteLabels, DialLabels, Metrics};
+use crate::proxy_protocol::{v2_header, ProxyProtocol};
 
 /// One raw TCP route's listener.
 pub struct TcpForwarder<D: Dialer> {
@@ -22,6 +31,8 @@ pub struct TcpForwarder<D: Dialer> {
     pub dialer: Arc<D>,
     /// Metrics.
     pub metrics: Metrics,
+    /// Connection caps shared by every listener.
+    pub connections: Arc<ConnectionLimiter>,
 }
 
 impl<D: Dialer> TcpForwarder<D> {
@@ -36,6 +47,8 @@ impl<D: Dialer> TcpForwarder<D> {
         drain: DrainWatch,
         abort: watch::Receiver<bool>,
     ) {
+        let label = self.label();
+        let sampler = LogSampler::new(Duration::from_secs(1));
         loop {
             let (stream, client) = tokio::select! {
                 _ = drain.signaled() => return,
@@ -47,6 +60,20 @@ impl<D: Dialer> TcpForwarder<D> {
                         continue;
                     }
                 },
+            };
+            if !self.route.acl.permits(client.ip()) {
+                Metrics::host_counter(&self.metrics.acl_denied, &label).inc();
+                refuse(&self.metrics, &sampler, &label, client, Refusal::Acl);
+                drop(stream);
+                continue;
+            }
+            let permit = match self.connections.try_acquire(client.ip()) {
+                Ok(permit) => permit,
+                Err(refusal) => {
+                    refuse(&self.metrics, &sampler, &label, client, refusal);
+                    drop(stream);
+                    continue;
+                }
             };
             let span = tracing::info_span!(
                 "tcp",
@@ -60,6 +87,7 @@ impl<D: Dialer> TcpForwarder<D> {
             let abort = abort.clone();
             tokio::spawn(
                 async move {
+                    let _permit = permit;
                     tokio::select! {
                         _ = forwarder.forward(stream) => {}
                         _ = wait_abort(abort) => tracing::debug!("closed by shutdown"),
@@ -89,6 +117,19 @@ impl<D: Dialer> TcpForwarder<D> {
                 return;
             }
         };
+        if self.route.proxy_protocol == ProxyProtocol::V2 {
+            let header = match (client.peer_addr(), client.local_addr()) {
+                (Ok(peer), Ok(local)) => v2_header(peer, local),
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::debug!(%error, "client socket addresses unavailable; closing");
+                    return;
+                }
+            };
+            if let Err(error) = upstream.write_all(&header).await {
+                tracing::debug!(%error, "cannot send the PROXY protocol header");
+                return;
+            }
+        }
         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             Ok((up, down)) => {
                 self.count(&label, "in", up);
