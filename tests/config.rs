@@ -103,6 +103,106 @@ pub struct EdgeOrigin {
     pub origin_address: Ipv4Addr,
 }
 
+/// Protection limits: the edge's `[limits]` table (the default policy of every route) or the
+/// overrides of one `[[routes]]` entry. `None` and empty lists are not written, so the edge's
+/// own defaults apply; a spec with nothing set writes nothing at all.
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    /// Requests per second per client key.
+    pub rate: Option<f64>,
+    /// Requests allowed in a burst above the rate.
+    pub burst: Option<u32>,
+    /// IPv4 prefix length of a client key.
+    pub ipv4_prefix: Option<u8>,
+    /// IPv6 prefix length of a client key.
+    pub ipv6_prefix: Option<u8>,
+    /// Bound of the client key table.
+    pub max_tracked_clients: Option<usize>,
+    /// Concurrent connections per client key, all listeners together.
+    pub connections_per_client: Option<u32>,
+    /// Global connection cap.
+    pub max_connections: Option<u32>,
+    /// Request header count limit (431 above).
+    pub max_headers: Option<usize>,
+    /// Request body size limit in bytes (0: unlimited; 413 above).
+    pub max_body_bytes: Option<u64>,
+    /// Idle keep-alive timeout, seconds.
+    pub idle_timeout: Option<u64>,
+    /// HTTP/2 concurrent streams per connection.
+    pub h2_max_concurrent_streams: Option<u32>,
+    /// HTTP/2 reset streams pending accept before the connection is closed.
+    pub h2_max_pending_reset_streams: Option<usize>,
+    /// Client CIDRs allowed (with a list, only they pass).
+    pub allow: Vec<String>,
+    /// Client CIDRs denied (deny wins over allow).
+    pub deny: Vec<String>,
+}
+
+impl Limits {
+    /// Whether nothing is set (then nothing is written).
+    pub fn is_empty(&self) -> bool {
+        self.to_toml_lines().is_empty()
+    }
+
+    /// The `key = value` lines of what is set.
+    pub fn to_toml_lines(&self) -> String {
+        let mut out = String::new();
+        let mut line = |key: &str, value: Option<String>| {
+            if let Some(value) = value {
+                let _ = writeln!(out, "{key} = {value}");
+            }
+        };
+        // `{:?}` of an f64 always has a decimal point, as a TOML float needs.
+        line("rate", self.rate.map(|v| format!("{v:?}")));
+        line("burst", self.burst.map(|v| v.to_string()));
+        line("ipv4_prefix", self.ipv4_prefix.map(|v| v.to_string()));
+        line("ipv6_prefix", self.ipv6_prefix.map(|v| v.to_string()));
+        line(
+            "max_tracked_clients",
+            self.max_tracked_clients.map(|v| v.to_string()),
+        );
+        line(
+            "connections_per_client",
+            self.connections_per_client.map(|v| v.to_string()),
+        );
+        line(
+            "max_connections",
+            self.max_connections.map(|v| v.to_string()),
+        );
+        line("max_headers", self.max_headers.map(|v| v.to_string()));
+        line("max_body_bytes", self.max_body_bytes.map(|v| v.to_string()));
+        line("idle_timeout", self.idle_timeout.map(|v| v.to_string()));
+        line(
+            "h2_max_concurrent_streams",
+            self.h2_max_concurrent_streams.map(|v| v.to_string()),
+        );
+        line(
+            "h2_max_pending_reset_streams",
+            self.h2_max_pending_reset_streams.map(|v| v.to_string()),
+        );
+        let list = |items: &[String]| {
+            (!items.is_empty()).then(|| {
+                let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+                format!("[{}]", quoted.join(", "))
+            })
+        };
+        line("allow", list(&self.allow));
+        line("deny", list(&self.deny));
+        out
+    }
+}
+
+/// Optional `[edge]` timeouts and sizes (`None`: the edge's default, not written).
+#[derive(Clone, Debug, Default)]
+pub struct EdgeTimeouts {
+    /// TLS handshake timeout, seconds.
+    pub tls_handshake_timeout: Option<u64>,
+    /// Request head read timeout (slowloris), seconds.
+    pub header_read_timeout: Option<u64>,
+    /// Request head size limit, bytes.
+    pub max_header_bytes: Option<usize>,
+}
+
 /// One `[[routes]]` entry.
 #[derive(Clone, Debug)]
 pub struct EdgeRoute {
@@ -112,6 +212,8 @@ pub struct EdgeRoute {
     pub origin: String,
     /// The service port inside the tunnel.
     pub port: u16,
+    /// Per-route overrides of `[limits]` and the allow/deny lists.
+    pub limits: Limits,
 }
 
 /// One `[[tcp_routes]]` entry.
@@ -123,6 +225,8 @@ pub struct EdgeTcpRoute {
     pub origin: String,
     /// The service port inside the tunnel.
     pub port: u16,
+    /// PROXY protocol header sent to the app (`"v2"`), if any.
+    pub proxy_protocol: Option<String>,
 }
 
 /// An edge config file.
@@ -148,6 +252,10 @@ pub struct EdgeSpec {
     pub tcp_routes: Vec<EdgeTcpRoute>,
     /// Certificate chain and key files (PEM).
     pub certificates: Vec<(PathBuf, PathBuf)>,
+    /// Optional `[edge]` timeouts and sizes.
+    pub timeouts: EdgeTimeouts,
+    /// The default policy (`[limits]`), written only when something is set.
+    pub limits: Limits,
 }
 
 impl EdgeSpec {
@@ -159,6 +267,23 @@ impl EdgeSpec {
             "[edge]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\ndrain_timeout = {}\n",
             self.https, self.http, self.admin, self.drain_timeout
         );
+        let timeouts = [
+            ("tls_handshake_timeout", self.timeouts.tls_handshake_timeout),
+            ("header_read_timeout", self.timeouts.header_read_timeout),
+            (
+                "max_header_bytes",
+                self.timeouts.max_header_bytes.map(|v| v as u64),
+            ),
+        ];
+        for (key, value) in timeouts {
+            if let Some(value) = value {
+                let _ = writeln!(out, "{key} = {value}");
+            }
+        }
+        out.push('\n');
+        if !self.limits.is_empty() {
+            let _ = writeln!(out, "[limits]\n{}", self.limits.to_toml_lines());
+        }
         let _ = writeln!(
             out,
             "[tunnel]\nprivate_key = \"{}\"\nlisten = \"{}\"\n",
@@ -179,16 +304,23 @@ impl EdgeSpec {
         for route in &self.routes {
             let _ = writeln!(
                 out,
-                "[[routes]]\nhost = \"{}\"\norigin = \"{}\"\nport = {}\n",
-                route.host, route.origin, route.port
+                "[[routes]]\nhost = \"{}\"\norigin = \"{}\"\nport = {}\n{}",
+                route.host,
+                route.origin,
+                route.port,
+                route.limits.to_toml_lines()
             );
         }
         for route in &self.tcp_routes {
             let _ = writeln!(
                 out,
-                "[[tcp_routes]]\nlisten = \"{}\"\norigin = \"{}\"\nport = {}\n",
+                "[[tcp_routes]]\nlisten = \"{}\"\norigin = \"{}\"\nport = {}",
                 route.listen, route.origin, route.port
             );
+            if let Some(version) = &route.proxy_protocol {
+                let _ = writeln!(out, "proxy_protocol = {version:?}");
+            }
+            out.push('\n');
         }
         out.push_str("[tls]\n");
         for (cert, key) in &self.certificates {

@@ -16,7 +16,8 @@ use tempfile::TempDir;
 
 use crate::client::EdgeClient;
 use crate::config::{
-    write, EdgeOrigin, EdgeRoute, EdgeSpec, EdgeTcpRoute, OriginEdge, OriginService, OriginSpec,
+    write, EdgeOrigin, EdgeRoute, EdgeSpec, EdgeTcpRoute, EdgeTimeouts, Limits, OriginEdge,
+    OriginService, OriginSpec,
 };
 use crate::net::{eventually, free_tcp, free_udp, loopback, metric, wait_healthy};
 use crate::pki::TestCa;
@@ -41,8 +42,10 @@ pub struct OriginPlan {
 pub struct Builder {
     origins: Vec<OriginPlan>,
     routes: Vec<EdgeRoute>,
-    tcp_routes: Vec<(String, u16)>,
+    tcp_routes: Vec<(String, u16, Option<String>)>,
     extra_names: Vec<String>,
+    timeouts: EdgeTimeouts,
+    limits: Limits,
     drain_timeout: u64,
     edges: usize,
 }
@@ -126,18 +129,44 @@ impl Builder {
     }
 
     /// Routes `host` to `origin`'s service `port`.
-    pub fn route(mut self, host: &str, origin: &str, port: u16) -> Self {
+    pub fn route(self, host: &str, origin: &str, port: u16) -> Self {
+        self.route_with(host, origin, port, Limits::default())
+    }
+
+    /// Routes `host` to `origin`'s service `port` with per-route `limits` (overrides of the
+    /// default policy, allow/deny lists).
+    pub fn route_with(mut self, host: &str, origin: &str, port: u16, limits: Limits) -> Self {
         self.routes.push(EdgeRoute {
             host: host.to_owned(),
             origin: origin.to_owned(),
             port,
+            limits,
         });
         self
     }
 
     /// A raw TCP route from a free public port to `origin`'s service `port`.
     pub fn tcp_route(mut self, origin: &str, port: u16) -> Self {
-        self.tcp_routes.push((origin.to_owned(), port));
+        self.tcp_routes.push((origin.to_owned(), port, None));
+        self
+    }
+
+    /// A raw TCP route that sends the app a PROXY protocol header of `version` (`"v2"`).
+    pub fn tcp_route_proxy_protocol(mut self, origin: &str, port: u16, version: &str) -> Self {
+        self.tcp_routes
+            .push((origin.to_owned(), port, Some(version.to_owned())));
+        self
+    }
+
+    /// The edge's default policy (`[limits]`).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The edge's `[edge]` timeouts and sizes.
+    pub fn timeouts(mut self, timeouts: EdgeTimeouts) -> Self {
+        self.timeouts = timeouts;
         self
     }
 
@@ -191,7 +220,7 @@ impl Builder {
             let edge_ip = loopback(2 + j as u8);
             let edge_key = PrivateKey::generate();
             let mut tcp_routes = Vec::new();
-            for (origin, port) in &self.tcp_routes {
+            for (origin, port, proxy_protocol) in &self.tcp_routes {
                 let listen = free_tcp(edge_ip)?;
                 if j == 0 {
                     tcp_listens.push(listen);
@@ -200,6 +229,7 @@ impl Builder {
                     listen,
                     origin: origin.clone(),
                     port: *port,
+                    proxy_protocol: proxy_protocol.clone(),
                 });
             }
             let spec = EdgeSpec {
@@ -225,6 +255,8 @@ impl Builder {
                 routes: self.routes.clone(),
                 tcp_routes,
                 certificates: vec![(cert.clone(), key.clone())],
+                timeouts: self.timeouts.clone(),
+                limits: self.limits.clone(),
             };
             let name = edge_name(j);
             let config = write(dir.path(), &format!("{name}.toml"), &spec.to_toml())?;

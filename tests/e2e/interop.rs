@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _};
 use kokoa_tests::config::{
-    write, EdgeOrigin, EdgeRoute, EdgeSpec, OriginEdge, OriginService, OriginSpec,
+    write, EdgeOrigin, EdgeRoute, EdgeSpec, EdgeTimeouts, Limits, OriginEdge, OriginService,
+    OriginSpec,
 };
 use kokoa_tests::netns::{prerequisites_or_skip, tool, Pair, StockPeer};
 use kokoa_tests::pki::TestCa;
@@ -273,9 +274,12 @@ fn kokoa_edge_reaches_stock_wireguard_origin() {
                 host: "stock.test".into(),
                 origin: "stock".into(),
                 port: 8001,
+                limits: Limits::default(),
             }],
             tcp_routes: Vec::new(),
             certificates: vec![(cert, key)],
+            timeouts: EdgeTimeouts::default(),
+            limits: Limits::default(),
         };
         let config = write(dir.path(), "edge.toml", &spec.to_toml())?;
         let config = config.to_string_lossy().into_owned();
