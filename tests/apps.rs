@@ -5,6 +5,8 @@
 //!   body) and `/stream` (chunks spaced in time). Every response carries `x-app: NAME`.
 //! - [`WsEchoApp`]: a WebSocket server that echoes every message.
 //! - [`TcpEchoApp`]: echoes raw bytes and half-closes after the client does.
+//! - [`ProxyProtocolApp`]: reads the PROXY protocol v2 header the edge puts in front of a raw
+//!   TCP connection, reports it, then echoes like [`TcpEchoApp`].
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -330,5 +332,222 @@ impl TcpEchoApp {
 impl Drop for TcpEchoApp {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The PROXY protocol v2 signature (12 bytes).
+pub const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+
+/// A parsed PROXY protocol v2 header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxyHeader {
+    /// `true` for PROXY (a relayed connection), `false` for LOCAL.
+    pub proxied: bool,
+    /// The client's address, as the edge saw it (`None` for LOCAL or an unspecified family).
+    pub source: Option<SocketAddr>,
+    /// The address the client connected to.
+    pub destination: Option<SocketAddr>,
+    /// Bytes of TLVs after the addresses.
+    pub tlv_bytes: usize,
+    /// Bytes of the whole header.
+    pub header_len: usize,
+}
+
+/// Parses a PROXY protocol v2 header at the start of `buf`: `Ok(None)` while more bytes are
+/// needed, an error describing what is wrong otherwise.
+pub fn parse_proxy_v2(buf: &[u8]) -> Result<Option<ProxyHeader>, String> {
+    let known = buf.len().min(PROXY_V2_SIGNATURE.len());
+    if buf[..known] != PROXY_V2_SIGNATURE[..known] {
+        return Err(format!(
+            "no PROXY v2 signature; the connection starts with {:?}",
+            String::from_utf8_lossy(&buf[..buf.len().min(32)])
+        ));
+    }
+    if buf.len() < 16 {
+        return Ok(None);
+    }
+    let (version, command) = (buf[12] >> 4, buf[12] & 0x0f);
+    if version != 2 {
+        return Err(format!("PROXY header version {version}, expected 2"));
+    }
+    let proxied = match command {
+        0 => false,
+        1 => true,
+        other => {
+            return Err(format!(
+                "PROXY v2 command {other} is neither LOCAL nor PROXY"
+            ))
+        }
+    };
+    let family = buf[13];
+    let len = usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+    if buf.len() < 16 + len {
+        return Ok(None);
+    }
+    let body = &buf[16..16 + len];
+    let (source, destination, addresses) = match family {
+        // TCP over IPv4.
+        0x11 => {
+            if len < 12 {
+                return Err(format!("PROXY v2 TCP/IPv4 address block of {len} bytes"));
+            }
+            let ip = |at: usize| {
+                std::net::Ipv4Addr::new(body[at], body[at + 1], body[at + 2], body[at + 3])
+            };
+            let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+            (
+                Some(SocketAddr::new(ip(0).into(), port(8))),
+                Some(SocketAddr::new(ip(4).into(), port(10))),
+                12,
+            )
+        }
+        // TCP over IPv6.
+        0x21 => {
+            if len < 36 {
+                return Err(format!("PROXY v2 TCP/IPv6 address block of {len} bytes"));
+            }
+            let ip = |at: usize| {
+                let mut octets = [0u8; 16];
+                octets.copy_from_slice(&body[at..at + 16]);
+                std::net::Ipv6Addr::from(octets)
+            };
+            let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
+            (
+                Some(SocketAddr::new(ip(0).into(), port(32))),
+                Some(SocketAddr::new(ip(16).into(), port(34))),
+                36,
+            )
+        }
+        0x00 => (None, None, 0),
+        other => return Err(format!("PROXY v2 address family/protocol {other:#04x}")),
+    };
+    Ok(Some(ProxyHeader {
+        proxied,
+        source,
+        destination,
+        tlv_bytes: len - addresses,
+        header_len: 16 + len,
+    }))
+}
+
+/// A raw TCP app behind a `proxy_protocol = "v2"` route: every connection must start with a
+/// PROXY v2 header, which is reported (or what was there instead), then the rest is echoed.
+pub struct ProxyProtocolApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    headers: tokio::sync::mpsc::UnboundedReceiver<Result<ProxyHeader, String>>,
+    task: JoinHandle<()>,
+}
+
+impl ProxyProtocolApp {
+    /// Starts it on `ip`.
+    pub async fn start(ip: IpAddr) -> anyhow::Result<Self> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let listener = TcpListener::bind((ip, 0))
+            .await
+            .context("binding the PROXY protocol app")?;
+        let addr = listener.local_addr()?;
+        let (report, headers) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let report = report.clone();
+                connections.spawn(async move {
+                    let mut buf = Vec::new();
+                    let header = loop {
+                        match parse_proxy_v2(&buf) {
+                            Ok(Some(header)) => break header,
+                            Ok(None) => {}
+                            Err(error) => {
+                                let _ = report.send(Err(error));
+                                return;
+                            }
+                        }
+                        let mut chunk = [0u8; 512];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => {
+                                let _ = report.send(Err(format!(
+                                    "the connection ended after {} bytes, before a whole PROXY v2 header",
+                                    buf.len()
+                                )));
+                                return;
+                            }
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let rest = buf.split_off(header.header_len);
+                    let _ = report.send(Ok(header));
+                    if stream.write_all(&rest).await.is_err() {
+                        return;
+                    }
+                    let (mut read, mut write) = stream.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                    let _ = write.shutdown().await;
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        });
+        Ok(Self {
+            addr,
+            headers,
+            task,
+        })
+    }
+
+    /// The header of the next connection (in accept order), waiting up to `timeout`.
+    pub async fn next_header(&mut self, timeout: Duration) -> anyhow::Result<ProxyHeader> {
+        match tokio::time::timeout(timeout, self.headers.recv()).await {
+            Ok(Some(Ok(header))) => Ok(header),
+            Ok(Some(Err(error))) => anyhow::bail!("the app got no valid PROXY v2 header: {error}"),
+            Ok(None) => anyhow::bail!("the PROXY protocol app stopped"),
+            Err(_) => {
+                anyhow::bail!("no connection reached the PROXY protocol app within {timeout:?}")
+            }
+        }
+    }
+}
+
+impl Drop for ProxyProtocolApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proxy_v2_ipv4_with_tlvs() {
+        let mut header = PROXY_V2_SIGNATURE.to_vec();
+        header.extend_from_slice(&[0x21, 0x11, 0, 15]);
+        header.extend_from_slice(&[127, 0, 0, 4, 127, 0, 0, 2]);
+        header.extend_from_slice(&40000u16.to_be_bytes());
+        header.extend_from_slice(&4001u16.to_be_bytes());
+        header.extend_from_slice(&[0x04, 0, 0]); // a NOOP TLV
+        header.extend_from_slice(b"payload");
+        for cut in 0..31 {
+            assert_eq!(parse_proxy_v2(&header[..cut]), Ok(None), "cut at {cut}");
+        }
+        let parsed = parse_proxy_v2(&header).expect("valid").expect("complete");
+        assert!(parsed.proxied);
+        assert_eq!(
+            parsed.source,
+            Some("127.0.0.4:40000".parse().expect("addr"))
+        );
+        assert_eq!(
+            parsed.destination,
+            Some("127.0.0.2:4001".parse().expect("addr"))
+        );
+        assert_eq!(parsed.tlv_bytes, 3);
+        assert_eq!(&header[parsed.header_len..], b"payload");
+        assert!(parse_proxy_v2(b"GET / HTTP/1.1\r\n").is_err());
+        let mut v1 = header.clone();
+        v1[12] = 0x11;
+        assert!(parse_proxy_v2(&v1).is_err());
     }
 }

@@ -140,12 +140,120 @@ impl EdgeClient {
         })
     }
 
+    /// Writes `request` (raw HTTP/1.1 bytes, which may be malformed or oversized on purpose) on
+    /// a fresh TLS connection for `host`, and reads what comes back until a whole response
+    /// (head and `Content-Length` body) has arrived, the edge closes, or `wait` passes. Writing
+    /// runs alongside reading, so an edge that answers early and stops reading is seen.
+    pub async fn raw_http1(
+        &self,
+        host: &str,
+        request: Vec<u8>,
+        wait: Duration,
+    ) -> anyhow::Result<RawAnswer> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let tls = self.tls(host, Proto::Http1).await?;
+        let (mut read, mut write) = tokio::io::split(tls);
+        let writer = tokio::spawn(async move {
+            write.write_all(&request).await?;
+            write.flush().await?;
+            // Keep the write half open: a shutdown would send close_notify.
+            std::io::Result::Ok(write)
+        });
+        let mut answer = RawAnswer::default();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            if answer.complete() {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, read.read(&mut chunk)).await {
+                Err(_) => {
+                    answer.timed_out = true;
+                    break;
+                }
+                Ok(Ok(0)) => {
+                    answer.closed = Some("EOF".into());
+                    break;
+                }
+                Ok(Ok(n)) => answer.bytes.extend_from_slice(&chunk[..n]),
+                Ok(Err(error)) => {
+                    answer.closed = Some(error.to_string());
+                    break;
+                }
+            }
+        }
+        if writer.is_finished() {
+            if let Ok(Err(error)) = writer.await {
+                answer.write_error = Some(error.to_string());
+            }
+        } else {
+            writer.abort();
+        }
+        Ok(answer)
+    }
+
     /// One request on a fresh connection, body read whole, bounded by 60 s.
     pub async fn get(&self, host: &str, path: &str, proto: Proto) -> anyhow::Result<Answer> {
         let mut connection = self.connect(host, proto).await?;
         let request = request(host, path, "GET", Empty::new().boxed())?;
         let response = connection.send(request).await?;
         read(response).await
+    }
+}
+
+/// What came back for raw bytes sent with [`EdgeClient::raw_http1`].
+#[derive(Debug, Default)]
+pub struct RawAnswer {
+    /// Every byte received.
+    pub bytes: Vec<u8>,
+    /// How the connection ended, if the edge ended it (`EOF` or the read error).
+    pub closed: Option<String>,
+    /// Whether the wait ran out with the connection still open.
+    pub timed_out: bool,
+    /// The write error, if writing the request failed (the edge stopped reading).
+    pub write_error: Option<String>,
+}
+
+impl RawAnswer {
+    /// The status of the (first) response, if a status line arrived.
+    pub fn status(&self) -> Option<u16> {
+        let text = String::from_utf8_lossy(&self.bytes);
+        let line = text.lines().next()?;
+        let mut parts = line.split(' ');
+        if !parts.next()?.starts_with("HTTP/1.") {
+            return None;
+        }
+        parts.next()?.parse().ok()
+    }
+
+    /// A response header's value (the first one, name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let text = String::from_utf8_lossy(&self.bytes);
+        let (head, _) = text.split_once("\r\n\r\n")?;
+        head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    }
+
+    /// Whether a whole response (head and `Content-Length` body, if any) has arrived.
+    fn complete(&self) -> bool {
+        let Some(end) = self.bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        match self.header("content-length").map(|v| v.parse::<usize>()) {
+            Some(Ok(len)) => self.bytes.len() >= end + 4 + len,
+            // No length: the body ends when the connection does.
+            _ => false,
+        }
+    }
+
+    /// Everything received, as text (for messages).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
     }
 }
 
