@@ -5,6 +5,7 @@
 mod bulk;
 mod http;
 mod interop;
+mod protection;
 mod shutdown;
 mod tcp;
 mod tunnel;
