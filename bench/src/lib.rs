@@ -1,7 +1,7 @@
 //! `kokoa-bench`: Kokoa's benchmarks. It measures the data plane, it is not part of the
 //! request path.
 //!
-//! For now it holds the criterion micro-benchmarks of the hot paths in `benches/`, run with
+//! Criterion micro-benchmarks of the hot paths live in `benches/`, run with
 //! `cargo bench -p kokoa-bench`:
 //! - `route`: `RouteTable::lookup` (exact, wildcard, miss) in a table of 1,000 routes;
 //! - `sni`: certificate selection by SNI (exact, wildcard, default, refused);
@@ -9,5 +9,17 @@
 //! - `netstack`: two `kokoa_tunnel` cores back to back in memory moving a bulk transfer
 //!   (WireGuard + smoltcp TCP per packet, in bytes/s).
 //!
-//! The load-comparison harness (Kokoa against Nginx + WireGuard and the other tunnels, in
-//! network namespaces) comes with a later issue as this crate's binary.
+//! The load comparison (`cargo run -p kokoa-bench --release -- compare`, root) runs Kokoa
+//! against Nginx + wireguard-go, Nginx alone and Nginx + onetun in two network namespaces
+//! joined by a veth pair, with wrk, h2load and curl as load generators, and writes
+//! `bench/results/<date>.md` and `.svg` ([`compare`]). It is a benchmark, never a test: only
+//! the pure logic (medians, ratios, report and config rendering, output parsers) is unit
+//! tested.
+
+pub mod apps;
+pub mod chart;
+pub mod compare;
+pub mod load;
+pub mod render;
+pub mod report;
+pub mod sys;

@@ -1,0 +1,147 @@
+//! `kokoa-bench`: the load-comparison harness (`compare`) and the helpers it starts inside
+//! the benchmark namespaces (`upload-sink`, `idle-clients`). See `bench/README.md`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use kokoa_bench::compare::{compare, Options};
+use kokoa_bench::report::Contender;
+
+#[derive(Parser)]
+#[command(version, about = "Kokoa benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compare Kokoa with Nginx + WireGuard, Nginx alone and Nginx + onetun (needs root).
+    Compare {
+        /// Rounds; contenders are interleaved within each round.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Short loads (3 s, 2,000 idle connections): to check the harness, not for numbers.
+        #[arg(long)]
+        quick: bool,
+        /// Seconds per timed load (default 10; 3 with --quick).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Idle keep-alive connections (default 10000; 2000 with --quick).
+        #[arg(long)]
+        idle_connections: Option<usize>,
+        /// Only these contenders: kokoa, nginx-wg, nginx-direct, nginx-onetun, kokoa-ratelimit.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Where the report and chart are written.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+        out: PathBuf,
+        /// kokoa-edge binary (default: target/release/kokoa-edge, rebuilt first).
+        #[arg(long)]
+        edge_bin: Option<PathBuf>,
+        /// kokoa-origin binary (default: target/release/kokoa-origin, rebuilt first).
+        #[arg(long)]
+        origin_bin: Option<PathBuf>,
+        /// Use the existing release binaries without running cargo build.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// (internal) The upload sink app: reads request bodies, answers with their length.
+    #[command(hide = true)]
+    UploadSink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// (internal) Opens N TLS keep-alive connections and holds them idle.
+    #[command(hide = true)]
+    IdleClients {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        warm: usize,
+        #[arg(long, default_value_t = 300)]
+        hold_secs: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Compare {
+            rounds,
+            quick,
+            duration,
+            idle_connections,
+            only,
+            out,
+            edge_bin,
+            origin_bin,
+            no_build,
+        } => {
+            let only = only
+                .iter()
+                .map(|k| Contender::from_key(k).with_context(|| format!("unknown contender {k:?}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let options = Options {
+                rounds,
+                quick,
+                only,
+                out_dir: out,
+                edge_bin,
+                origin_bin,
+                no_build,
+                duration,
+                idle_connections,
+                command_line: format!(
+                    "cargo run -p kokoa-bench --release -- {}",
+                    std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+                ),
+            };
+            // On Ctrl-C or SIGTERM the comparison future is dropped: its guards kill every
+            // process it started and delete the namespaces.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .context("installing the SIGTERM handler")?;
+            tokio::select! {
+                result = compare(options) => {
+                    let report = result?;
+                    println!("report: {}", report.display());
+                }
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; everything was torn down"),
+                _ = term.recv() => anyhow::bail!("terminated; everything was torn down"),
+            }
+        }
+        Command::UploadSink { listen } => kokoa_bench::apps::upload_sink(listen).await?,
+        Command::IdleClients {
+            addr,
+            host,
+            ca,
+            count,
+            warm,
+            hold_secs,
+        } => {
+            let ca = std::fs::read_to_string(&ca)
+                .with_context(|| format!("reading {}", ca.display()))?;
+            kokoa_bench::apps::idle_clients(
+                addr,
+                &host,
+                &ca,
+                count,
+                warm,
+                Duration::from_secs(hold_secs),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
