@@ -4,6 +4,7 @@
 //! request cross the tunnel with one command.
 
 pub mod dev;
+pub mod store;
 
 /// The program version, shared with `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
