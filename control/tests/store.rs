@@ -1,0 +1,1294 @@
+//! The store test suite, run against both engines: SQLite always (a temp file), PostgreSQL when
+//! `KOKOA_TEST_POSTGRES` holds a URL (each test in its own fresh database, so tests run in
+//! parallel). Without it the PostgreSQL tests print `SKIPPED` and pass, unless `CI=true`, where
+//! they fail: CI must exercise both engines.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use kokoa_control::store::{
+    self, Actor, AssignmentFilter, CertificateMaterial, CertificateSource, CryptoError, Entity,
+    EventQuery, HealthQuery, MasterKey, NewCertificate, NewEdge, NewHealthCheck, NewOrigin,
+    NewRoute, NewService, NodeId, NodeStatus, OriginUpdate, Protocol, RouteUpdate, ServiceUpdate,
+    SqlStore, Store, StoreError,
+};
+use kokoa_tunnel::key::PrivateKey;
+use sqlx::{ConnectOptions, Connection, Row};
+
+/// One test database and the store opened on it.
+struct Db {
+    url: String,
+    key: MasterKey,
+    sql: Arc<SqlStore>,
+    store: Arc<dyn Store>,
+    /// PostgreSQL: (admin URL, database name) to drop at the end.
+    pg: Option<(String, String)>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Db {
+    async fn sqlite() -> Result<Db> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("control.db");
+        // A bare path: the default form of --database.
+        Db::open(path.to_string_lossy().into_owned(), None, Some(dir)).await
+    }
+
+    async fn postgres() -> Result<Option<Db>> {
+        let Ok(base) = std::env::var("KOKOA_TEST_POSTGRES") else {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                bail!("KOKOA_TEST_POSTGRES is not set but CI=true: the PostgreSQL store tests must run in CI");
+            }
+            println!("SKIPPED: set KOKOA_TEST_POSTGRES=postgres://USER:PASS@HOST/DB to run the PostgreSQL store tests");
+            return Ok(None);
+        };
+        let name = format!("kokoa_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&base)
+            .await
+            .with_context(|| format!("connecting to KOKOA_TEST_POSTGRES={base}"))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await?;
+        let url = sqlx::postgres::PgConnectOptions::from_str(&base)?
+            .database(&name)
+            .to_url_lossy()
+            .to_string();
+        Db::open(url, Some((base, name)), None).await.map(Some)
+    }
+
+    async fn open(
+        url: String,
+        pg: Option<(String, String)>,
+        dir: Option<tempfile::TempDir>,
+    ) -> Result<Db> {
+        let key = MasterKey::generate();
+        let sql = Arc::new(SqlStore::open(&url, key.clone()).await?);
+        Ok(Db {
+            url,
+            key,
+            store: sql.clone(),
+            sql,
+            pg,
+            _dir: dir,
+        })
+    }
+
+    /// Opens a second store on the same database.
+    async fn reopen(&self, key: MasterKey) -> Result<Arc<dyn Store>> {
+        Ok(store::open(&self.url, key).await?)
+    }
+
+    async fn finish(self) -> Result<()> {
+        self.sql.close().await;
+        if let Some((base, name)) = self.pg {
+            let mut admin = sqlx::PgConnection::connect(&base).await?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await?;
+            admin.close().await?;
+        }
+        Ok(())
+    }
+
+    /// All text values of one column (for checking what is stored raw).
+    async fn column(&self, table: &str, column: &str) -> Result<Vec<Option<String>>> {
+        let rows = sqlx::query(&format!("SELECT {column} AS v FROM {table}"))
+            .fetch_all(self.sql.pool())
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<Option<String>, _>("v").map_err(Into::into))
+            .collect()
+    }
+}
+
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    let db = super::Db::sqlite().await?;
+                    super::$name(&db).await?;
+                    db.finish().await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() -> anyhow::Result<()> {
+                    let Some(db) = super::Db::postgres().await? else { return Ok(()) };
+                    super::$name(&db).await?;
+                    db.finish().await
+                }
+            )*
+        }
+    };
+}
+
+both_engines!(
+    migrations_are_idempotent_on_reopen,
+    subnets_lowest_free_never_reused_freed_after_delete,
+    subnet_pool_exhausts_at_254,
+    concurrent_creates_get_distinct_subnets,
+    edge_addresses_are_allocated_per_origin,
+    duplicates_conflict,
+    bad_input_is_invalid,
+    private_keys_are_sealed_at_rest,
+    certificate_keys_are_sealed_at_rest,
+    node_tokens_are_hashed_one_time_and_revocable,
+    api_tokens_are_hashed_expire_and_revoke,
+    every_change_writes_an_event_with_its_actor,
+    config_version_increases_on_each_relevant_change,
+    node_status_ack_nack_and_heartbeat,
+    health_check_history,
+    updates_validate_and_record_changes,
+);
+
+fn cli() -> Actor {
+    Actor::Cli
+}
+
+fn origin(name: &str) -> NewOrigin {
+    NewOrigin {
+        name: name.into(),
+        public_key: None,
+    }
+}
+
+fn service(name: &str, port: u32) -> NewService {
+    NewService {
+        name: name.into(),
+        port,
+        protocol: Protocol::Http,
+        local_address: None,
+        health_path: Some("/healthz".into()),
+    }
+}
+
+fn route(host: &str, service_id: uuid::Uuid) -> NewRoute {
+    NewRoute {
+        hostname: host.into(),
+        aliases: vec![],
+        service_id,
+        limits: None,
+    }
+}
+
+fn edge(name: &str) -> NewEdge {
+    NewEdge {
+        name: name.into(),
+        public_ip: Some("192.0.2.10".parse().expect("ip")),
+        endpoint: Some("192.0.2.10:51820".into()),
+        ..NewEdge::default()
+    }
+}
+
+fn is_conflict<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
+    matches!(r, Err(StoreError::Conflict { .. }))
+}
+
+fn invalid_field<T: std::fmt::Debug>(r: Result<T, StoreError>) -> Option<&'static str> {
+    match r {
+        Err(StoreError::Invalid { field, .. }) => Some(field),
+        _ => None,
+    }
+}
+
+async fn migrations_are_idempotent_on_reopen(db: &Db) -> Result<()> {
+    let home = db.store.create_origin(&cli(), origin("home")).await?;
+    let version = db.store.config_version().await?;
+    // Opening again runs the migrator again: nothing is re-applied, nothing lost.
+    for _ in 0..2 {
+        let again = db.reopen(db.key.clone()).await?;
+        assert_eq!(again.get_origin(home.id).await?, home);
+        assert_eq!(again.config_version().await?, version);
+    }
+    let applied = sqlx::query("SELECT COUNT(*) AS n FROM schema_migrations")
+        .fetch_one(db.sql.pool())
+        .await?
+        .try_get::<i64, _>("n")?;
+    assert_eq!(applied, 1);
+    if db.store.engine() == store::Engine::Sqlite {
+        let mode: String = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(db.sql.pool())
+            .await?
+            .try_get(0)?;
+        assert_eq!(mode, "wal");
+        let fk: i64 = sqlx::query("PRAGMA foreign_keys")
+            .fetch_one(db.sql.pool())
+            .await?
+            .try_get(0)?;
+        assert_eq!(fk, 1);
+    }
+    Ok(())
+}
+
+async fn subnets_lowest_free_never_reused_freed_after_delete(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let a = s.create_origin(&cli(), origin("a")).await?;
+    let b = s.create_origin(&cli(), origin("b")).await?;
+    let c = s.create_origin(&cli(), origin("c")).await?;
+    assert_eq!((a.subnet, b.subnet, c.subnet), (1, 2, 3));
+    assert_eq!(a.network().to_string(), "10.100.1.0/24");
+    assert_eq!(b.address().to_string(), "10.100.2.1");
+    s.delete_origin(&cli(), b.id).await?;
+    assert!(matches!(
+        s.get_origin(b.id).await,
+        Err(StoreError::NotFound {
+            entity: Entity::Origin,
+            ..
+        })
+    ));
+    // The freed /24 is the lowest free one again; the others keep theirs.
+    let d = s.create_origin(&cli(), origin("d")).await?;
+    assert_eq!(d.subnet, 2);
+    let e = s.create_origin(&cli(), origin("e")).await?;
+    assert_eq!(e.subnet, 4);
+    let subnets: Vec<u8> = s.list_origins().await?.iter().map(|o| o.subnet).collect();
+    let unique: BTreeSet<u8> = subnets.iter().copied().collect();
+    assert_eq!(
+        subnets.len(),
+        unique.len(),
+        "a subnet is used twice: {subnets:?}"
+    );
+    assert_eq!(s.get_origin(a.id).await?.subnet, 1);
+    Ok(())
+}
+
+async fn subnet_pool_exhausts_at_254(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let mut ids = Vec::new();
+    for i in 1..=254u32 {
+        // Operator-supplied keys keep this fast (no key generation and sealing).
+        let key = PrivateKey::generate().public_key();
+        let o = s
+            .create_origin(
+                &cli(),
+                NewOrigin {
+                    name: format!("o{i}"),
+                    public_key: Some(key),
+                },
+            )
+            .await?;
+        assert_eq!(u32::from(o.subnet), i);
+        ids.push(o.id);
+    }
+    let full = s.create_origin(&cli(), origin("one-too-many")).await;
+    assert!(
+        matches!(full, Err(StoreError::PoolExhausted { .. })),
+        "{full:?}"
+    );
+    s.delete_origin(&cli(), ids[99]).await?;
+    let again = s.create_origin(&cli(), origin("fits-again")).await?;
+    assert_eq!(again.subnet, 100);
+    Ok(())
+}
+
+async fn concurrent_creates_get_distinct_subnets(db: &Db) -> Result<()> {
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.create_origin(&Actor::System, origin(&format!("c{i}")))
+                .await
+        }));
+    }
+    let mut subnets = BTreeSet::new();
+    for t in tasks {
+        subnets.insert(t.await??.subnet);
+    }
+    assert_eq!(subnets, (1..=16).collect::<BTreeSet<u8>>());
+    // Serialized writers also keep the config version and event ids gap-free.
+    assert_eq!(db.store.config_version().await?, 16);
+    let events = db
+        .store
+        .list_events(EventQuery {
+            after: Some(0),
+            ..Default::default()
+        })
+        .await?;
+    let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+    assert_eq!(ids, (1..=16).collect::<Vec<u64>>());
+    Ok(())
+}
+
+async fn edge_addresses_are_allocated_per_origin(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let home = s.create_origin(&cli(), origin("home")).await?;
+    let lab = s.create_origin(&cli(), origin("lab")).await?;
+    let e1 = s
+        .create_edge(
+            &cli(),
+            NewEdge {
+                origins: vec![home.id, lab.id],
+                ..edge("e1")
+            },
+        )
+        .await?;
+    let e2 = s.create_edge(&cli(), edge("e2")).await?;
+    let a2 = s.assign_edge(&cli(), e2.id, home.id).await?;
+    assert_eq!(a2.address.to_string(), "10.100.1.11");
+    assert_eq!(a2.origin_address.to_string(), "10.100.1.1");
+    let of_e1 = s
+        .list_assignments(AssignmentFilter {
+            edge_id: Some(e1.id),
+            origin_id: None,
+        })
+        .await?;
+    let addrs: Vec<String> = of_e1.iter().map(|a| a.address.to_string()).collect();
+    assert_eq!(addrs, ["10.100.1.10", "10.100.2.10"]);
+    assert!(is_conflict(s.assign_edge(&cli(), e2.id, home.id).await));
+    assert_eq!(
+        invalid_field(s.assign_edge(&cli(), e2.id, uuid::Uuid::new_v4()).await),
+        Some("origin_id")
+    );
+    // Freed on unassign, reused lowest-first; not while in use.
+    s.unassign_edge(&cli(), e1.id, home.id).await?;
+    let e3 = s.create_edge(&cli(), edge("e3")).await?;
+    assert_eq!(
+        s.assign_edge(&cli(), e3.id, home.id)
+            .await?
+            .address
+            .to_string(),
+        "10.100.1.10"
+    );
+    let e4 = s.create_edge(&cli(), edge("e4")).await?;
+    assert_eq!(
+        s.assign_edge(&cli(), e4.id, home.id)
+            .await?
+            .address
+            .to_string(),
+        "10.100.1.12"
+    );
+    // Deleting an edge frees its addresses.
+    s.delete_edge(&cli(), e2.id).await?;
+    let e5 = s.create_edge(&cli(), edge("e5")).await?;
+    assert_eq!(
+        s.assign_edge(&cli(), e5.id, home.id)
+            .await?
+            .address
+            .to_string(),
+        "10.100.1.11"
+    );
+    let all = s
+        .list_assignments(AssignmentFilter {
+            edge_id: None,
+            origin_id: Some(home.id),
+        })
+        .await?;
+    assert_eq!(all.len(), 3);
+    Ok(())
+}
+
+async fn duplicates_conflict(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let home = s.create_origin(&cli(), origin("home")).await?;
+    assert!(is_conflict(s.create_origin(&cli(), origin("home")).await));
+    let web = s
+        .create_service(&cli(), home.id, service("web", 8001))
+        .await?;
+    assert_eq!(web.local_address, "127.0.0.1:8001");
+    // Same port, other name: conflict. Same name, other port: conflict.
+    let dup_port = s
+        .create_service(&cli(), home.id, service("api", 8001))
+        .await;
+    assert!(is_conflict(dup_port), "duplicate port accepted");
+    assert!(is_conflict(
+        s.create_service(&cli(), home.id, service("web", 8002))
+            .await
+    ));
+    // The same port on another origin is fine.
+    let lab = s.create_origin(&cli(), origin("lab")).await?;
+    s.create_service(&cli(), lab.id, service("web", 8001))
+        .await?;
+
+    let r = s
+        .create_route(
+            &cli(),
+            NewRoute {
+                aliases: vec!["www.example.com".into()],
+                ..route("app.example.com", web.id)
+            },
+        )
+        .await?;
+    assert!(is_conflict(
+        s.create_route(&cli(), route("app.example.com", web.id))
+            .await
+    ));
+    // Names are case-insensitive, and hostnames and aliases share one namespace.
+    assert!(is_conflict(
+        s.create_route(&cli(), route("APP.Example.com.", web.id))
+            .await
+    ));
+    assert!(is_conflict(
+        s.create_route(&cli(), route("www.example.com", web.id))
+            .await
+    ));
+    let other = s
+        .create_route(&cli(), route("*.example.com", web.id))
+        .await?;
+    assert!(is_conflict(
+        s.update_route(
+            &cli(),
+            other.id,
+            RouteUpdate {
+                aliases: Some(vec!["app.example.com".into()]),
+                ..Default::default()
+            }
+        )
+        .await
+    ));
+    assert_eq!(s.route_by_hostname("www.example.com").await?.id, r.id);
+    assert_eq!(s.route_by_hostname("*.example.com").await?.id, other.id);
+
+    // Still referenced: refused with a message naming the routes.
+    let err = s.delete_service(&cli(), web.id).await.expect_err("in use");
+    assert!(err.to_string().contains("app.example.com"), "{err}");
+    assert!(is_conflict(s.delete_origin(&cli(), home.id).await));
+    // Same public key for two nodes: conflict.
+    let key = PrivateKey::generate().public_key();
+    s.create_origin(
+        &cli(),
+        NewOrigin {
+            name: "k1".into(),
+            public_key: Some(key),
+        },
+    )
+    .await?;
+    assert!(is_conflict(
+        s.create_edge(
+            &cli(),
+            NewEdge {
+                public_key: Some(key),
+                ..edge("k2")
+            }
+        )
+        .await
+    ));
+    s.create_edge(&cli(), edge("e1")).await?;
+    assert!(is_conflict(s.create_edge(&cli(), edge("e1")).await));
+    Ok(())
+}
+
+async fn bad_input_is_invalid(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let home = s.create_origin(&cli(), origin("home")).await?;
+    for port in [0, 65536, 100_000] {
+        assert_eq!(
+            invalid_field(s.create_service(&cli(), home.id, service("x", port)).await),
+            Some("port")
+        );
+    }
+    s.create_service(&cli(), home.id, service("max", 65535))
+        .await?;
+    s.create_service(&cli(), home.id, service("min", 1)).await?;
+    assert_eq!(
+        invalid_field(
+            s.create_service(&cli(), uuid::Uuid::new_v4(), service("x", 80))
+                .await
+        ),
+        Some("origin_id")
+    );
+    let bad_local = NewService {
+        local_address: Some("nowhere".into()),
+        ..service("x", 81)
+    };
+    assert_eq!(
+        invalid_field(s.create_service(&cli(), home.id, bad_local).await),
+        Some("local_address")
+    );
+    let bad_path = NewService {
+        health_path: Some("healthz".into()),
+        ..service("x", 82)
+    };
+    assert_eq!(
+        invalid_field(s.create_service(&cli(), home.id, bad_path).await),
+        Some("health_path")
+    );
+    assert_eq!(
+        invalid_field(s.create_origin(&cli(), origin("Bad Name")).await),
+        Some("name")
+    );
+
+    let web = s
+        .create_service(&cli(), home.id, service("web", 8001))
+        .await?;
+    for host in [
+        "",
+        "a..example.com",
+        "-x.example.com",
+        "*.com",
+        "a.*.example.com",
+        "x_y.example.com",
+        "app.example.com/x",
+    ] {
+        assert_eq!(
+            invalid_field(s.create_route(&cli(), route(host, web.id)).await),
+            Some("hostname"),
+            "{host:?}"
+        );
+    }
+    let bad_alias = NewRoute {
+        aliases: vec!["bad host".into()],
+        ..route("ok.example.com", web.id)
+    };
+    assert_eq!(
+        invalid_field(s.create_route(&cli(), bad_alias).await),
+        Some("aliases")
+    );
+    assert_eq!(
+        invalid_field(
+            s.create_route(&cli(), route("ok.example.com", uuid::Uuid::new_v4()))
+                .await
+        ),
+        Some("service_id")
+    );
+    let tcp = s
+        .create_service(
+            &cli(),
+            home.id,
+            NewService {
+                protocol: Protocol::Tcp,
+                ..service("db", 5432)
+            },
+        )
+        .await?;
+    assert_eq!(
+        invalid_field(
+            s.create_route(&cli(), route("db.example.com", tcp.id))
+                .await
+        ),
+        Some("service_id")
+    );
+    let bad_limits = NewRoute {
+        limits: Some(serde_json::json!([1, 2])),
+        ..route("ok.example.com", web.id)
+    };
+    assert_eq!(
+        invalid_field(s.create_route(&cli(), bad_limits).await),
+        Some("limits")
+    );
+    assert!(matches!(
+        s.get_route(uuid::Uuid::new_v4()).await,
+        Err(StoreError::NotFound {
+            entity: Entity::Route,
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.origin_by_name("nope").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // Nothing of the refused input reached the database.
+    assert!(s.list_routes().await?.is_empty());
+    Ok(())
+}
+
+async fn private_keys_are_sealed_at_rest(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let home = s.create_origin(&cli(), origin("home")).await?;
+    let lab = s.create_origin(&cli(), origin("lab")).await?;
+    let e1 = s.create_edge(&cli(), edge("e1")).await?;
+    assert!(home.managed_key && e1.managed_key);
+
+    let private = s
+        .origin_private_key(home.id)
+        .await?
+        .context("generated key")?;
+    assert_eq!(private.public_key(), home.public_key);
+    let edge_private = s.edge_private_key(e1.id).await?.context("generated key")?;
+    assert_eq!(edge_private.public_key(), e1.public_key);
+
+    // The raw column holds neither the key nor anything that decodes to it.
+    let sealed = db.column("origins", "private_key_sealed").await?;
+    let plain = private.to_base64();
+    for value in sealed.iter().flatten() {
+        assert!(!value.contains(&plain), "plaintext private key stored");
+    }
+    let home_sealed: String =
+        sqlx::query("SELECT private_key_sealed AS v FROM origins WHERE name = 'home'")
+            .fetch_one(db.sql.pool())
+            .await?
+            .try_get("v")?;
+    assert_ne!(home_sealed, plain);
+
+    // Bound to its row: the sealed value copied to another origin does not open there.
+    sqlx::query("UPDATE origins SET private_key_sealed = $1 WHERE id = $2")
+        .bind(home_sealed)
+        .bind(lab.id.to_string())
+        .execute(db.sql.pool())
+        .await?;
+    let moved = s.origin_private_key(lab.id).await;
+    assert!(
+        matches!(moved, Err(StoreError::Crypto(CryptoError::Open))),
+        "{moved:?}"
+    );
+
+    // Another master key: reads work, secrets fail cleanly with a message that says why.
+    let wrong = db.reopen(MasterKey::generate()).await?;
+    assert_eq!(wrong.get_origin(home.id).await?.public_key, home.public_key);
+    let err = wrong
+        .origin_private_key(home.id)
+        .await
+        .expect_err("wrong key opened it");
+    assert!(
+        matches!(err, StoreError::Crypto(CryptoError::Open)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("wrong master key"), "{err}");
+
+    // Rotation replaces the key pair; an operator-held key is not stored at all.
+    let rotated = s.rotate_origin_key(&cli(), home.id, None).await?;
+    assert_ne!(rotated.public_key, home.public_key);
+    assert_eq!(
+        s.origin_private_key(home.id)
+            .await?
+            .context("key")?
+            .public_key(),
+        rotated.public_key
+    );
+    let own = PrivateKey::generate().public_key();
+    let byo = s
+        .create_origin(
+            &cli(),
+            NewOrigin {
+                name: "byo".into(),
+                public_key: Some(own),
+            },
+        )
+        .await?;
+    assert!(!byo.managed_key);
+    assert!(s.origin_private_key(byo.id).await?.is_none());
+    Ok(())
+}
+
+async fn certificate_keys_are_sealed_at_rest(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let certified = rcgen::generate_simple_self_signed(vec!["app.example.com".into()])?;
+    let key_pem = certified.key_pair.serialize_pem();
+    let material = CertificateMaterial {
+        chain_pem: certified.cert.pem(),
+        key_pem: key_pem.clone(),
+        issuer: Some("self".into()),
+        not_after: time::OffsetDateTime::now_utc() + time::Duration::days(90),
+    };
+    let cert = s
+        .create_certificate(
+            &cli(),
+            NewCertificate {
+                names: vec!["App.example.com".into()],
+                source: CertificateSource::Manual,
+                material: Some(material.clone()),
+            },
+        )
+        .await?;
+    assert_eq!(cert.names, ["app.example.com"]);
+    for value in db
+        .column("certificates", "key_sealed")
+        .await?
+        .iter()
+        .flatten()
+    {
+        assert!(
+            !value.contains("PRIVATE KEY"),
+            "plaintext certificate key stored"
+        );
+    }
+    assert_eq!(
+        s.certificate_key(cert.id).await?.context("key")?.as_str(),
+        key_pem
+    );
+    let bad = CertificateMaterial {
+        chain_pem: "not pem".into(),
+        ..material
+    };
+    assert_eq!(
+        invalid_field(
+            s.create_certificate(
+                &cli(),
+                NewCertificate {
+                    names: vec!["a.example.com".into()],
+                    source: CertificateSource::Manual,
+                    material: Some(bad)
+                }
+            )
+            .await
+        ),
+        Some("chain_pem")
+    );
+    // An ACME certificate may be recorded before issuance.
+    let pending = s
+        .create_certificate(
+            &cli(),
+            NewCertificate {
+                names: vec!["*.example.com".into()],
+                source: CertificateSource::Acme,
+                material: None,
+            },
+        )
+        .await?;
+    assert!(s.certificate_key(pending.id).await?.is_none());
+    s.set_certificate_error(&Actor::System, pending.id, "rate limited")
+        .await?;
+    assert_eq!(
+        s.get_certificate(pending.id).await?.last_error.as_deref(),
+        Some("rate limited")
+    );
+    Ok(())
+}
+
+async fn node_tokens_are_hashed_one_time_and_revocable(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let e1 = s.create_edge(&cli(), edge("e1")).await?;
+    let issued = s
+        .create_enrollment_token(&cli(), NodeId::Edge(e1.id), Duration::from_secs(3600))
+        .await?;
+    let secret = issued.secret.expose().to_string();
+    for hash in db
+        .column("node_tokens", "token_hash")
+        .await?
+        .iter()
+        .flatten()
+    {
+        assert_ne!(hash, &secret);
+        assert_eq!(hash.len(), 64);
+    }
+    // The plaintext appears nowhere in the table.
+    let all: Vec<String> = sqlx::query("SELECT * FROM node_tokens")
+        .fetch_all(db.sql.pool())
+        .await?
+        .iter()
+        .map(|r| format!("{:?}", r.try_get::<String, _>("token_hash")))
+        .collect();
+    assert!(all.iter().all(|v| !v.contains(&secret)));
+
+    let enrolled = s.enroll(&secret).await?;
+    assert_eq!(enrolled.node, NodeId::Edge(e1.id));
+    let credential = enrolled.credential.secret.expose().to_string();
+    assert_eq!(s.authenticate_node(&credential).await?, NodeId::Edge(e1.id));
+    // One-time: a second use is refused; an enrollment token is not a credential.
+    assert!(matches!(
+        s.enroll(&secret).await,
+        Err(StoreError::Unauthenticated { .. })
+    ));
+    assert!(matches!(
+        s.authenticate_node(&secret).await,
+        Err(StoreError::Unauthenticated { .. })
+    ));
+    assert!(matches!(
+        s.enroll("kokoa_enroll_bogus").await,
+        Err(StoreError::Unauthenticated { .. })
+    ));
+    assert!(matches!(
+        s.enroll(&credential).await,
+        Err(StoreError::Unauthenticated { .. })
+    ));
+
+    // Expired: refused.
+    let short = s
+        .create_enrollment_token(&cli(), NodeId::Edge(e1.id), Duration::from_millis(1))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let expired = s.enroll(short.secret.expose()).await;
+    assert!(
+        matches!(expired, Err(StoreError::Unauthenticated { reason }) if reason.contains("expired"))
+    );
+
+    // Revoked enrollment token: refused.
+    let revoked = s
+        .create_enrollment_token(&cli(), NodeId::Edge(e1.id), Duration::from_secs(60))
+        .await?;
+    s.revoke_node_token(&cli(), revoked.token.id).await?;
+    assert!(matches!(
+        s.enroll(revoked.secret.expose()).await,
+        Err(StoreError::Unauthenticated { .. })
+    ));
+
+    // Re-enrolling (a rebuilt VPS) revokes the older credential.
+    let again = s
+        .create_enrollment_token(&cli(), NodeId::Edge(e1.id), Duration::from_secs(60))
+        .await?;
+    let second = s.enroll(again.secret.expose()).await?;
+    assert!(matches!(
+        s.authenticate_node(&credential).await,
+        Err(StoreError::Unauthenticated { .. })
+    ));
+    let second_secret = second.credential.secret.expose().to_string();
+    assert_eq!(
+        s.authenticate_node(&second_secret).await?,
+        NodeId::Edge(e1.id)
+    );
+    // Revoking a credential locks the node out.
+    s.revoke_node_token(&cli(), second.credential.token.id)
+        .await?;
+    assert!(matches!(
+        s.authenticate_node(&second_secret).await,
+        Err(StoreError::Unauthenticated { .. })
+    ));
+    let listed = s.list_node_tokens(Some(NodeId::Edge(e1.id))).await?;
+    assert_eq!(listed.len(), 6);
+    // Origins enroll the same way; deleting a node deletes its tokens.
+    let home = s.create_origin(&cli(), origin("home")).await?;
+    let t = s
+        .create_enrollment_token(&cli(), NodeId::Origin(home.id), Duration::from_secs(60))
+        .await?;
+    let cred = s.enroll(t.secret.expose()).await?;
+    assert_eq!(
+        s.authenticate_node(cred.credential.secret.expose()).await?,
+        NodeId::Origin(home.id)
+    );
+    s.delete_edge(&cli(), e1.id).await?;
+    assert_eq!(s.list_node_tokens(None).await?.len(), 2);
+    Ok(())
+}
+
+async fn api_tokens_are_hashed_expire_and_revoke(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let issued = s.create_api_token(&cli(), "ops", None).await?;
+    let secret = issued.secret.expose().to_string();
+    assert!(db
+        .column("api_tokens", "token_hash")
+        .await?
+        .iter()
+        .flatten()
+        .all(|h| h != &secret));
+    assert_eq!(s.authenticate_api_token(&secret).await?.name, "ops");
+    assert!(is_conflict(s.create_api_token(&cli(), "ops", None).await));
+    let short = s
+        .create_api_token(&cli(), "short", Some(Duration::from_millis(1)))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(matches!(
+        s.authenticate_api_token(short.secret.expose()).await,
+        Err(StoreError::Unauthenticated { .. })
+    ));
+    s.revoke_api_token(&Actor::Api("ops".into()), issued.token.id)
+        .await?;
+    assert!(matches!(
+        s.authenticate_api_token(&secret).await,
+        Err(StoreError::Unauthenticated { .. })
+    ));
+    assert!(matches!(
+        s.authenticate_api_token("kokoa_api_nope").await,
+        Err(StoreError::Unauthenticated { .. })
+    ));
+    assert_eq!(s.list_api_tokens().await?.len(), 2);
+    Ok(())
+}
+
+async fn every_change_writes_an_event_with_its_actor(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let api = Actor::Api("deploy-bot".into());
+    let home = s.create_origin(&cli(), origin("home")).await?;
+    let web = s
+        .create_service(&api, home.id, service("web", 8001))
+        .await?;
+    let e1 = s
+        .create_edge(
+            &Actor::System,
+            NewEdge {
+                origins: vec![home.id],
+                ..edge("e1")
+            },
+        )
+        .await?;
+    let r = s
+        .create_route(&api, route("app.example.com", web.id))
+        .await?;
+    s.update_route(
+        &api,
+        r.id,
+        RouteUpdate {
+            aliases: Some(vec!["www.example.com".into()]),
+            ..Default::default()
+        },
+    )
+    .await?;
+    // A refused change writes nothing.
+    assert!(is_conflict(
+        s.create_route(&api, route("app.example.com", web.id)).await
+    ));
+    s.delete_route(&cli(), r.id).await?;
+    s.create_api_token(&cli(), "t", None).await?;
+    s.set_node_status(&Actor::System, NodeId::Edge(e1.id), NodeStatus::Healthy)
+        .await?;
+
+    let events = s
+        .list_events(EventQuery {
+            after: Some(0),
+            ..Default::default()
+        })
+        .await?;
+    let seen: Vec<(String, Entity, String)> = events
+        .iter()
+        .map(|e| (e.actor.clone(), e.entity, e.action.clone()))
+        .collect();
+    let expected = [
+        ("cli", Entity::Origin, "created"),
+        ("api:deploy-bot", Entity::Service, "created"),
+        ("system", Entity::Edge, "created"),
+        ("system", Entity::Assignment, "created"),
+        ("api:deploy-bot", Entity::Route, "created"),
+        ("api:deploy-bot", Entity::Route, "updated"),
+        ("cli", Entity::Route, "deleted"),
+        ("cli", Entity::ApiToken, "created"),
+        ("system", Entity::Edge, "status_changed"),
+    ];
+    let expected: Vec<(String, Entity, String)> = expected
+        .iter()
+        .map(|(a, e, x)| (a.to_string(), *e, x.to_string()))
+        .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(events[0].entity_id, home.id.to_string());
+    assert_eq!(
+        events[5].detail["aliases"]["to"],
+        serde_json::json!(["www.example.com"])
+    );
+    // No event carries a secret.
+    for e in &events {
+        assert!(!e.detail.to_string().contains("kokoa_api_"), "{e:?}");
+    }
+    // Filters and the "latest N" form.
+    let route_events = s
+        .list_events(EventQuery {
+            entity: Some(Entity::Route),
+            entity_id: Some(r.id.to_string()),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(route_events.len(), 3);
+    let latest = s
+        .list_events(EventQuery {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(latest.iter().map(|e| e.id).collect::<Vec<_>>(), [8, 9]);
+    let feed = s
+        .list_events(EventQuery {
+            after: Some(7),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(feed.len(), 2);
+    Ok(())
+}
+
+async fn config_version_increases_on_each_relevant_change(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let mut watch = s.subscribe_config_version();
+    let mut last = s.config_version().await?;
+    assert_eq!(last, 0);
+    let mut expect_bump = |now: u64, what: &str| -> Result<()> {
+        ensure!(
+            now == last + 1,
+            "{what}: version {now}, expected {}",
+            last + 1
+        );
+        last = now;
+        Ok(())
+    };
+    let home = s.create_origin(&cli(), origin("home")).await?;
+    expect_bump(s.config_version().await?, "create origin")?;
+    let web = s
+        .create_service(&cli(), home.id, service("web", 8001))
+        .await?;
+    expect_bump(s.config_version().await?, "create service")?;
+    let e1 = s
+        .create_edge(
+            &cli(),
+            NewEdge {
+                origins: vec![home.id],
+                ..edge("e1")
+            },
+        )
+        .await?;
+    // Creating an edge and assigning it in one transaction is one version.
+    expect_bump(s.config_version().await?, "create edge with origin")?;
+    let r = s
+        .create_route(&cli(), route("app.example.com", web.id))
+        .await?;
+    expect_bump(s.config_version().await?, "create route")?;
+    s.update_route(
+        &cli(),
+        r.id,
+        RouteUpdate {
+            hostname: Some("app2.example.com".into()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    expect_bump(s.config_version().await?, "update route")?;
+    s.rotate_origin_key(&cli(), home.id, None).await?;
+    expect_bump(s.config_version().await?, "rotate key")?;
+    s.update_service(
+        &cli(),
+        web.id,
+        ServiceUpdate {
+            port: Some(8002),
+            ..Default::default()
+        },
+    )
+    .await?;
+    expect_bump(s.config_version().await?, "update service")?;
+    s.delete_route(&cli(), r.id).await?;
+    expect_bump(s.config_version().await?, "delete route")?;
+    s.unassign_edge(&cli(), e1.id, home.id).await?;
+    expect_bump(s.config_version().await?, "unassign")?;
+
+    // Changes no node config depends on leave it alone.
+    s.create_api_token(&cli(), "t", None).await?;
+    s.create_enrollment_token(&cli(), NodeId::Edge(e1.id), Duration::from_secs(60))
+        .await?;
+    s.record_heartbeat(NodeId::Edge(e1.id), serde_json::json!({"cpu": 1}))
+        .await?;
+    s.set_node_status(&Actor::System, NodeId::Edge(e1.id), NodeStatus::Unhealthy)
+        .await?;
+    // A no-op update is not a change.
+    s.update_origin(
+        &cli(),
+        home.id,
+        OriginUpdate {
+            name: Some("home".into()),
+        },
+    )
+    .await?;
+    assert_eq!(s.config_version().await?, last);
+
+    // The watch saw the latest; events carry the version their change produced.
+    assert_eq!(*watch.borrow_and_update(), last);
+    let events = s
+        .list_events(EventQuery {
+            after: Some(0),
+            ..Default::default()
+        })
+        .await?;
+    let versions: Vec<u64> = events.iter().filter_map(|e| e.config_version).collect();
+    assert!(versions.windows(2).all(|w| w[0] <= w[1]), "{versions:?}");
+    assert_eq!(versions.last().copied(), Some(last));
+    let snapshot = s.snapshot().await?;
+    assert_eq!(snapshot.version, last);
+    assert_eq!(snapshot.origins.len(), 1);
+    assert_eq!(snapshot.services[0].port, 8002);
+    assert!(snapshot.routes.is_empty() && snapshot.assignments.is_empty());
+    // Another store on the same database continues from the stored version.
+    let again = db.reopen(db.key.clone()).await?;
+    s.delete_service(&cli(), web.id).await?;
+    assert_eq!(again.config_version().await?, last + 1);
+    Ok(())
+}
+
+async fn node_status_ack_nack_and_heartbeat(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let home = s.create_origin(&cli(), origin("home")).await?;
+    let node = NodeId::Origin(home.id);
+    assert_eq!(home.state.status, NodeStatus::Pending);
+    s.record_heartbeat(node, serde_json::json!({"active_connections": 3}))
+        .await?;
+    s.record_config_nack(node, 5, "bad route table").await?;
+    let o = s.get_origin(home.id).await?;
+    assert!(o.state.last_heartbeat.is_some());
+    assert_eq!(
+        o.state.heartbeat,
+        Some(serde_json::json!({"active_connections": 3}))
+    );
+    assert_eq!(
+        o.state.nack.as_ref().map(|n| (n.version, n.error.as_str())),
+        Some((5, "bad route table"))
+    );
+    // An ACK of an older version keeps the NACK; a newer one clears it.
+    s.record_config_ack(node, 4).await?;
+    assert!(s.get_origin(home.id).await?.state.nack.is_some());
+    s.record_config_ack(node, 6).await?;
+    let o = s.get_origin(home.id).await?;
+    assert_eq!((o.state.applied_version, o.state.nack), (Some(6), None));
+    assert!(
+        s.set_node_status(&Actor::System, node, NodeStatus::Healthy)
+            .await?
+    );
+    assert!(
+        !s.set_node_status(&Actor::System, node, NodeStatus::Healthy)
+            .await?
+    );
+    let events = s
+        .list_events(EventQuery {
+            entity: Some(Entity::Origin),
+            ..Default::default()
+        })
+        .await?;
+    let actions: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("cli", "created"),
+            ("node:home", "config_rejected"),
+            ("system", "status_changed")
+        ]
+    );
+    assert!(matches!(
+        s.record_heartbeat(NodeId::Edge(uuid::Uuid::new_v4()), serde_json::Value::Null)
+            .await,
+        Err(StoreError::NotFound {
+            entity: Entity::Edge,
+            ..
+        })
+    ));
+    Ok(())
+}
+
+async fn health_check_history(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let e1 = s.create_edge(&cli(), edge("e1")).await?;
+    for i in 0..3u32 {
+        s.record_health_check(NewHealthCheck {
+            edge_id: Some(e1.id),
+            success: i != 1,
+            response_time_ms: Some(10 + i),
+            error: (i == 1).then(|| "timeout".into()),
+            ..Default::default()
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let history = s
+        .health_checks(HealthQuery {
+            edge_id: Some(e1.id),
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(
+        history
+            .iter()
+            .map(|h| h.response_time_ms)
+            .collect::<Vec<_>>(),
+        [Some(12), Some(11)]
+    );
+    assert_eq!(history[1].error.as_deref(), Some("timeout"));
+    assert!(!history[1].success);
+    assert_eq!(
+        invalid_field(s.record_health_check(NewHealthCheck::default()).await),
+        Some("edge_id")
+    );
+    let pruned = s
+        .prune_health_checks(time::OffsetDateTime::now_utc() + time::Duration::seconds(1))
+        .await?;
+    assert_eq!(pruned, 3);
+    Ok(())
+}
+
+async fn updates_validate_and_record_changes(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let home = s.create_origin(&cli(), origin("home")).await?;
+    s.create_origin(&cli(), origin("lab")).await?;
+    assert!(is_conflict(
+        s.update_origin(
+            &cli(),
+            home.id,
+            OriginUpdate {
+                name: Some("lab".into())
+            }
+        )
+        .await
+    ));
+    let renamed = s
+        .update_origin(
+            &cli(),
+            home.id,
+            OriginUpdate {
+                name: Some("house".into()),
+            },
+        )
+        .await?;
+    assert_eq!(renamed.name, "house");
+    assert_eq!(renamed.subnet, home.subnet);
+    let web = s
+        .create_service(&cli(), home.id, service("web", 8001))
+        .await?;
+    s.create_service(&cli(), home.id, service("api", 8002))
+        .await?;
+    assert!(is_conflict(
+        s.update_service(
+            &cli(),
+            web.id,
+            ServiceUpdate {
+                port: Some(8002),
+                ..Default::default()
+            }
+        )
+        .await
+    ));
+    assert_eq!(
+        invalid_field(
+            s.update_service(
+                &cli(),
+                web.id,
+                ServiceUpdate {
+                    port: Some(0),
+                    ..Default::default()
+                }
+            )
+            .await
+        ),
+        Some("port")
+    );
+    let moved = s
+        .update_service(
+            &cli(),
+            web.id,
+            ServiceUpdate {
+                port: Some(9000),
+                health_path: Some(None),
+                local_address: Some("127.0.0.1:9000".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert_eq!((moved.port, moved.health_path.as_deref()), (9000, None));
+    s.create_route(&cli(), route("app.example.com", web.id))
+        .await?;
+    assert!(is_conflict(
+        s.update_service(
+            &cli(),
+            web.id,
+            ServiceUpdate {
+                protocol: Some(Protocol::Tcp),
+                ..Default::default()
+            }
+        )
+        .await
+    ));
+    let e1 = s.create_edge(&cli(), edge("e1")).await?;
+    let updated = s
+        .update_edge(
+            &cli(),
+            e1.id,
+            store::EdgeUpdate {
+                endpoint: Some(Some("edge1.example.net:51820".into())),
+                region: Some(Some("ams3".into())),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert_eq!(updated.endpoint.as_deref(), Some("edge1.example.net:51820"));
+    let last = s
+        .list_events(EventQuery {
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(
+        last[0].detail["region"],
+        serde_json::json!({"from": null, "to": "ams3"})
+    );
+    assert!(last[0].detail.get("name").is_none());
+    Ok(())
+}
