@@ -66,8 +66,7 @@ impl HttpServer {
             let permit = match self.connections.try_acquire(client.ip()) {
                 Ok(permit) => permit,
                 Err(refusal) => {
-                    refuse(&self.metrics, &sampler, "http", client, refusal);
-                    drop(stream);
+                    refuse(stream, &self.metrics, &sampler, "http", client, refusal);
                     continue;
                 }
             };

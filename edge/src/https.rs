@@ -47,12 +47,16 @@ pub struct HttpsServer<D: Dialer> {
 /// Closes a connection refused at accept: counted, logged at most once per second per
 /// listener.
 pub(crate) fn refuse(
+    stream: TcpStream,
     metrics: &Metrics,
     sampler: &LogSampler,
     listener: &str,
     client: std::net::SocketAddr,
     refusal: Refusal,
 ) {
+    // Reset rather than FIN: the edge keeps no TIME_WAIT state for refused connections.
+    let _ = stream.set_zero_linger();
+    drop(stream);
     metrics.refused(listener, refusal);
     if let Some(suppressed) = sampler.sample() {
         tracing::warn!(
@@ -92,8 +96,7 @@ impl<D: Dialer> HttpsServer<D> {
             let permit = match self.connections.try_acquire(client.ip()) {
                 Ok(permit) => permit,
                 Err(refusal) => {
-                    refuse(&self.metrics, &sampler, "https", client, refusal);
-                    drop(stream);
+                    refuse(stream, &self.metrics, &sampler, "https", client, refusal);
                     continue;
                 }
             };

@@ -63,15 +63,20 @@ impl<D: Dialer> TcpForwarder<D> {
             };
             if !self.route.acl.permits(client.ip()) {
                 Metrics::host_counter(&self.metrics.acl_denied, &label).inc();
-                refuse(&self.metrics, &sampler, &label, client, Refusal::Acl);
-                drop(stream);
+                refuse(
+                    stream,
+                    &self.metrics,
+                    &sampler,
+                    &label,
+                    client,
+                    Refusal::Acl,
+                );
                 continue;
             }
             let permit = match self.connections.try_acquire(client.ip()) {
                 Ok(permit) => permit,
                 Err(refusal) => {
-                    refuse(&self.metrics, &sampler, &label, client, refusal);
-                    drop(stream);
+                    refuse(stream, &self.metrics, &sampler, &label, client, refusal);
                     continue;
                 }
             };
