@@ -17,6 +17,10 @@
 //! off there: the origin sees its request body end with an error, the client sees the
 //! connection close after the response.
 //!
+//! Requests refused with 403 or 429 write no access log line: they are counted in metrics and
+//! logged at most once per second per route (with the number of lines suppressed), so a flood
+//! of refused requests costs neither disk nor much CPU.
+//!
 //! Status codes the edge makes itself: 404 (no route for the host), 400 (no usable host),
 //! 403 (allow/deny list), 413 (body too large), 429 (rate limited), 431 (too many header
 //! fields; hyper answers 431 itself for an oversized HTTP/1 head and HTTP/2 header list),
@@ -120,6 +124,7 @@ impl<D: Dialer> Proxy<D> {
             route: "unrouted".to_owned(),
             start: Instant::now(),
             duration: self.metrics.request_duration.clone(),
+            quiet: false,
         };
         let in_flight = connection.activity.begin();
         // hyper enforces the count for HTTP/1 heads (answering 431 itself); HTTP/2 only bounds
@@ -190,6 +195,10 @@ impl<D: Dialer> Proxy<D> {
 
         // Admission: the route is known and nothing has been sent upstream yet.
         if let Some(refusal) = self.admit(&request, &route, connection) {
+            log.quiet = matches!(
+                refusal.status(),
+                StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+            );
             return refusal;
         }
 
@@ -286,7 +295,14 @@ impl<D: Dialer> Proxy<D> {
         let client = connection.client.ip();
         if !admission.policy.acl.permits(client) {
             Metrics::host_counter(&self.metrics.acl_denied, &route.host).inc();
-            tracing::debug!(client = %client, "refused by the route's allow/deny list");
+            if let Some(suppressed) = admission.acl_log.sample() {
+                tracing::info!(
+                    client = %client,
+                    route = %route.host,
+                    suppressed,
+                    "refused by the route's allow/deny list (one line per second per route; `suppressed` counts the others)"
+                );
+            }
             return Some(page(
                 StatusCode::FORBIDDEN,
                 "Your address is not allowed to use this site.",
@@ -524,12 +540,18 @@ struct AccessLog {
     route: String,
     start: Instant,
     duration: prometheus_client::metrics::histogram::Histogram,
+    /// Refused by admission (403, 429): counted and sample-logged instead, so that a flood of
+    /// refused requests cannot fill the disk with access lines.
+    quiet: bool,
 }
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
         self.duration.observe(elapsed.as_secs_f64());
+        if self.quiet {
+            return;
+        }
         tracing::info!(
             target: ACCESS_LOG_TARGET,
             client = %self.client.ip(),

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Limits, RouteConfig, RoutePolicy};
-use crate::limit::{ClientBudget, KeyMask, RequestLimiter};
+use crate::limit::{ClientBudget, KeyMask, LogSampler, RequestLimiter};
 
 /// Where requests for a host go.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +34,8 @@ pub struct Admission {
     pub policy: RoutePolicy,
     /// The request rate limiter, when the policy sets a rate.
     pub limiter: Option<RequestLimiter>,
+    /// Rate of log lines about allow/deny refusals.
+    pub acl_log: LogSampler,
 }
 
 impl PartialEq for Admission {
@@ -48,6 +50,7 @@ impl Admission {
             limiter: policy
                 .rate
                 .map(|rate| RequestLimiter::new(rate, mask, budget.clone())),
+            acl_log: LogSampler::new(std::time::Duration::from_secs(1)),
             policy,
         }
     }
