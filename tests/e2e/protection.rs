@@ -1040,3 +1040,165 @@ fn connections_per_client_are_capped_before_tls() {
         Ok(())
     });
 }
+
+#[test]
+fn global_connection_cap_refuses_new_connections_from_anyone() {
+    run_bounded(Duration::from_secs(60), async {
+        let app = HttpApp::start("global", loopback(1)).await?;
+        let topology = Builder::new()
+            .origin("home", &[("web", 8001, app.addr)])
+            .route("global.test", "home", 8001)
+            .limits(Limits {
+                max_connections: Some(5),
+                ..Limits::default()
+            })
+            .start()
+            .await?;
+        let client = topology.client()?;
+        let refused_before =
+            edge_counter(&topology, "kokoa_edge_connections_refused_total").await?;
+
+        // Five clients, one connection each: the edge is full.
+        let mut held = Vec::new();
+        for x in 2..7u8 {
+            let mut connection = client
+                .with_source(loopback(x))
+                .connect("global.test", Proto::Http1)
+                .await?;
+            let request = request("global.test", "/echo", "GET", Empty::new().boxed())?;
+            let answer = read(connection.send(request).await?).await?;
+            ensure!(answer.status == 200, "127.0.0.{x}: {}", answer.status);
+            held.push(connection);
+        }
+        // A sixth client, never seen before, is closed at once.
+        let mut sixth = connect_from(7, topology.edge.spec.https).await?;
+        let how = wait_closed(&mut sixth, Duration::from_secs(5))
+            .await
+            .context("a sixth connection over the global cap of 5 was not closed")?;
+        eprintln!("sixth connection over the global cap: {how}");
+
+        // One leaves: the newcomer gets in.
+        held.remove(0);
+        eventually(
+            "a newcomer connects once a slot is free",
+            Duration::from_secs(10),
+            || async {
+                let answer = client
+                    .with_source(loopback(7))
+                    .get("global.test", "/echo", Proto::Http1)
+                    .await?;
+                ensure!(answer.status == 200, "{}", answer.status);
+                Ok(())
+            },
+        )
+        .await?;
+        let refused = edge_counter(&topology, "kokoa_edge_connections_refused_total").await?;
+        ensure!(
+            refused > refused_before,
+            "kokoa_edge_connections_refused_total stayed at {refused} after a refusal"
+        );
+        Ok(())
+    });
+}
+
+/// Reads one HTTP/1.1 response with a `Content-Length` body from `stream`.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> anyhow::Result<u16> {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .context("a response without Content-Length")?;
+            if bytes.len() >= end + 4 + len {
+                return status_of(&bytes).context("no status line");
+            }
+        }
+        let n = stream.read(&mut buf).await?;
+        ensure!(n > 0, "the connection closed mid-response");
+        bytes.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
+    run_bounded(Duration::from_secs(60), async {
+        let app = HttpApp::start("idle", loopback(1)).await?;
+        let topology = Builder::new()
+            .origin("home", &[("web", 8001, app.addr)])
+            .route("idle.test", "home", 8001)
+            .limits(Limits {
+                idle_timeout: Some(2),
+                ..Limits::default()
+            })
+            .start()
+            .await?;
+        let client = topology.client()?;
+        let bounds = Duration::from_millis(1500)..=Duration::from_secs(10);
+
+        // HTTP/1.1: one request, then silence.
+        let mut tls = client.tls("idle.test", Proto::Http1).await?;
+        tls.write_all(b"GET /echo HTTP/1.1\r\nHost: idle.test\r\n\r\n")
+            .await?;
+        tls.flush().await?;
+        let status = tokio::time::timeout(Duration::from_secs(10), read_response(&mut tls))
+            .await
+            .context("no response within 10 s")??;
+        ensure!(status == 200, "HTTP/1.1 request: {status}");
+        let idle_since = Instant::now();
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(15), tls.read(&mut buf)).await;
+        let lasted = idle_since.elapsed();
+        match closed {
+            Err(_) => bail!("an idle HTTP/1.1 connection was still open after 15 s"),
+            Ok(Ok(n)) if n > 0 => bail!(
+                "the edge sent {:?} on an idle connection",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Ok(_) => {}
+        }
+        eprintln!("idle HTTP/1.1 connection closed after {lasted:?}");
+        ensure!(
+            bounds.contains(&lasted),
+            "an idle HTTP/1.1 connection was closed after {lasted:?} (idle_timeout = 2 s)"
+        );
+
+        // HTTP/2: one request, then silence; the edge ends the connection (GOAWAY, close).
+        let tls = client.tls("idle.test", Proto::Http2).await?;
+        let (sender, connection) = h2::client::handshake(tls).await?;
+        let connection = tokio::spawn(connection);
+        let mut sender = sender.ready().await?;
+        let (response, _) = sender.send_request(
+            hyper::Request::get("https://idle.test/echo").body(())?,
+            true,
+        )?;
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .context("no HTTP/2 response within 10 s")??;
+        ensure!(
+            response.status() == 200,
+            "HTTP/2 request: {}",
+            response.status()
+        );
+        let mut body = response.into_body();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk?;
+            body.flow_control().release_capacity(chunk.len())?;
+        }
+        let idle_since = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(15), connection)
+            .await
+            .context("an idle HTTP/2 connection was still open after 15 s")?;
+        let lasted = idle_since.elapsed();
+        eprintln!("idle HTTP/2 connection ended after {lasted:?}: {ended:?}");
+        ensure!(
+            bounds.contains(&lasted),
+            "an idle HTTP/2 connection was closed after {lasted:?} (idle_timeout = 2 s)"
+        );
+        drop(sender);
+        Ok(())
+    });
+}
