@@ -729,4 +729,21 @@ fn handshake_flood_gets_cookie_replies_to_the_source() {
         cookies > 0,
         "under load the origin must answer with cookie replies"
     );
+
+    // The limiter's count is reset every RATE_LIMIT_RESET by handle_timeout: a second later a
+    // handshake is answered again without a cookie round trip. boringtun's reset_count() also
+    // checks its own wall clock (at most one reset per real second), so real time must pass.
+    std::thread::sleep(RATE_LIMIT_RESET + Duration::from_millis(100));
+    let later = sim.now + RATE_LIMIT_RESET + Duration::from_millis(300);
+    origin.handle_timeout(later);
+    while origin.poll_transmit().is_some() {}
+    let TunnResult::WriteToNetwork(init) = attacker.format_handshake_initiation(&mut buf, true)
+    else {
+        panic!("no initiation");
+    };
+    origin.handle_datagram(later, from, init);
+    let replies: Vec<u8> = std::iter::from_fn(|| origin.poll_transmit())
+        .map(|t| t.payload[0])
+        .collect();
+    assert_eq!(replies, [2], "after the reset the initiation is answered directly");
 }
