@@ -745,5 +745,9 @@ fn handshake_flood_gets_cookie_replies_to_the_source() {
     let replies: Vec<u8> = std::iter::from_fn(|| origin.poll_transmit())
         .map(|t| t.payload[0])
         .collect();
-    assert_eq!(replies, [2], "after the reset the initiation is answered directly");
+    assert_eq!(
+        replies,
+        [2],
+        "after the reset the initiation is answered directly"
+    );
 }
