@@ -6,7 +6,9 @@
 //!
 //! **Request rates** ([`RequestLimiter`]): one keyed GCRA limiter per route (its own rate and
 //! burst), checked in the proxy after the route is known and before anything goes upstream:
-//! one hash lookup in a sharded map, no lock held across an await. The limiters live in the
+//! for a known client two lookups in one shard of a sharded map under its read lock (is the
+//! key tracked, then governor's atomic GCRA update), no lock held across an await. The
+//! limiters live in the
 //! route table snapshot (behind `ArcSwap`), so a new table brings new limiters.
 //!
 //! The key table is bounded: all limiters of one table share a [`ClientBudget`] of
