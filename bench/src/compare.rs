@@ -341,14 +341,16 @@ impl Bench {
         let scratch = Scratch::create()?;
         let hosts = Hosts::create(&[APP_HOST, UPLOAD_HOST]).await?;
         for ns in [&hosts.edge, &hosts.origin] {
-            // Many short connections on one loopback: reuse TIME-WAIT ports, widen the range.
+            // Many short connections on one loopback: reuse TIME-WAIT ports, widen the range,
+            // but keep it above the fixed ports (8080, 8443, onetun's 18080/18081): a client
+            // socket lingering on one of those would make its listener fail to bind.
             ns.exec(&["sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1"])
                 .await?;
             ns.exec(&[
                 "sysctl",
                 "-q",
                 "-w",
-                "net.ipv4.ip_local_port_range=1024 65000",
+                "net.ipv4.ip_local_port_range=20000 65000",
             ])
             .await?;
         }
@@ -950,7 +952,7 @@ impl Bench {
         } = iface;
         let dir = self.scratch.dir(dev)?;
         let key_file = dir.join("private.key");
-        std::fs::write(&key_file, key.to_base64()).context("wg key file")?;
+        write_secret(&key_file, &key.to_base64())?;
         let process = ns.spawn(
             &format!("wireguard-go {dev}"),
             &["env", "WG_PROCESS_FOREGROUND=1", "wireguard-go", "-f", dev],
@@ -1058,7 +1060,7 @@ impl Bench {
             .await?;
         let dir = self.scratch.dir("onetun")?;
         let key_file = dir.join("private.key");
-        std::fs::write(&key_file, onetun_key.to_base64()).context("onetun key")?;
+        write_secret(&key_file, &onetun_key.to_base64())?;
         let onetun_s = onetun.to_string_lossy().into_owned();
         let key_file = key_file.to_string_lossy().into_owned();
         let origin_pub = origin_key.public_key().to_base64();
@@ -1156,6 +1158,21 @@ where
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// Writes a (throwaway) private key readable by its owner only, as wg and onetun expect.
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes `len` bytes of a non-constant pattern (compression anywhere would flatter zeros).

@@ -143,10 +143,11 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// Limits no benchmark load reaches: the limiter runs on every request but never refuses.
+    /// Limits no benchmark load reaches (the edge's maximum rate, 10^6 requests/s per client):
+    /// the limiter runs on every request but never refuses.
     pub const UNREACHABLE: RateLimit = RateLimit {
-        rate: 1_000_000_000,
-        burst: 1_000_000_000,
+        rate: 1_000_000,
+        burst: 1_000_000,
     };
 }
 
@@ -162,13 +163,13 @@ pub fn kokoa_edge(plan: &KokoaPlan, tls: &TlsFiles, limits: Option<RateLimit>) -
          [[routes]]\nhost = \"{UPLOAD_HOST}\"\norigin = \"origin\"\nport = {SINK_PORT}\n\n",
         plan.edge_key, plan.edge_udp, plan.origin_public
     );
+    // Every load comes from 127.0.0.1: lift the per-client connection cap (default 256) so
+    // 10,000 idle connections are admitted, as they are by Nginx. The global cap stays.
+    out.push_str("[limits]\nconnections_per_client = 0\n");
     if let Some(limits) = limits {
-        let _ = writeln!(
-            out,
-            "[limits]\nrate = {}\nburst = {}\n",
-            limits.rate, limits.burst
-        );
+        let _ = writeln!(out, "rate = {}.0\nburst = {}", limits.rate, limits.burst);
     }
+    out.push('\n');
     let _ = writeln!(
         out,
         "[tls]\ndefault = \"{APP_HOST}\"\n\n[[tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"",
@@ -253,9 +254,11 @@ mod tests {
         assert!(edge.contains("public_key = \"OP\""));
         assert!(edge.contains("host = \"upload.bench.test\"\norigin = \"origin\"\nport = 8081"));
         assert!(edge.contains("default = \"bench.test\""));
-        assert!(!edge.contains("[limits]"));
+        assert!(edge.contains("[limits]\nconnections_per_client = 0\n\n"));
+        assert!(!edge.contains("rate ="));
         let limited = kokoa_edge(&plan(), &tls(), Some(RateLimit::UNREACHABLE));
-        assert!(limited.contains("[limits]\nrate = 1000000000\nburst = 1000000000\n"));
+        assert!(limited
+            .contains("[limits]\nconnections_per_client = 0\nrate = 1000000.0\nburst = 1000000\n"));
 
         let origin = kokoa_origin(&plan());
         assert!(origin.contains("endpoint = \"10.250.3.1:51820\""));
