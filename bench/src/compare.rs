@@ -126,6 +126,36 @@ pub async fn compare(options: Options) -> anyhow::Result<PathBuf> {
     Ok(md)
 }
 
+/// Starts the topology, the app and one contender, prints how to reach it (namespace, URL,
+/// CA, pids) and keeps it up until the returned future is dropped (Ctrl-C in the binary):
+/// for profiling a contender under a load run by hand.
+pub async fn serve(options: Options, contender: Contender) -> anyhow::Result<()> {
+    preflight()?;
+    let (edge_bin, origin_bin) = kokoa_binaries(&options).await?;
+    let bench = Bench::setup(edge_bin, origin_bin, which("onetun"), 10, 0).await?;
+    let mut stack = bench.start(contender).await?;
+    bench.wait_ready(&mut stack).await?;
+    println!("{} is up.", contender.label());
+    println!("edge host:   ip netns exec {} ...", bench.hosts.edge.name());
+    println!(
+        "origin host: ip netns exec {} ...",
+        bench.hosts.origin.name()
+    );
+    println!(
+        "URLs:        {} and {}",
+        url(APP_HOST, "/"),
+        url(UPLOAD_HOST, "/")
+    );
+    println!("CA:          {}", bench.ca_file.display());
+    println!("edge pids:   {:?}", stack.edge_pids());
+    println!("origin pids: {:?}", stack.origin_pids());
+    println!("Ctrl-C tears everything down.");
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stack.check_alive()?;
+    }
+}
+
 fn preflight() -> anyhow::Result<()> {
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -881,8 +911,13 @@ impl Bench {
         })?;
         let edge_conf = dir.join("edge.toml");
         let origin_conf = dir.join("origin.toml");
-        std::fs::write(&edge_conf, render::kokoa_edge(&plan, &self.tls, limits))
-            .context("edge config")?;
+        let mut edge_toml = render::kokoa_edge(&plan, &self.tls, limits);
+        // Experiments: extra `[edge]` keys (e.g. "upstream_keepalive = 256"), recorded in the
+        // report's notes by the caller's command line only, so keep them out of real runs.
+        if let Ok(extra) = std::env::var("KOKOA_BENCH_EDGE_EXTRA") {
+            edge_toml = edge_toml.replacen("[edge]\n", &format!("[edge]\n{extra}\n"), 1);
+        }
+        std::fs::write(&edge_conf, edge_toml).context("edge config")?;
         std::fs::write(&origin_conf, render::kokoa_origin(&plan)).context("origin config")?;
         let edge_bin = self.edge_bin.to_string_lossy().into_owned();
         let origin_bin = self.origin_bin.to_string_lossy().into_owned();

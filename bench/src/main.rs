@@ -49,6 +49,21 @@ enum Command {
         #[arg(long)]
         no_build: bool,
     },
+    /// Start the namespaces, the app and one contender, and keep them up until Ctrl-C (for
+    /// profiling it under a load run by hand).
+    Serve {
+        /// kokoa, nginx-wg, nginx-direct, nginx-onetun or kokoa-ratelimit.
+        contender: String,
+        /// kokoa-edge binary (default: target/release/kokoa-edge, rebuilt first).
+        #[arg(long)]
+        edge_bin: Option<PathBuf>,
+        /// kokoa-origin binary (default: target/release/kokoa-origin, rebuilt first).
+        #[arg(long)]
+        origin_bin: Option<PathBuf>,
+        /// Use the existing release binaries without running cargo build.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// (internal) The upload sink app: reads request bodies, answers with their length.
     #[command(hide = true)]
     UploadSink {
@@ -107,19 +122,30 @@ async fn main() -> anyhow::Result<()> {
                     std::env::args().skip(1).collect::<Vec<_>>().join(" ")
                 ),
             };
-            // On Ctrl-C or SIGTERM the comparison future is dropped: its guards kill every
-            // process it started and delete the namespaces.
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .context("installing the SIGTERM handler")?;
-            tokio::select! {
-                result = compare(options) => {
-                    let report = result?;
-                    println!("report: {}", report.display());
-                }
-                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; everything was torn down"),
-                _ = term.recv() => anyhow::bail!("terminated; everything was torn down"),
-            }
+            let report = until_signal(compare(options)).await??;
+            println!("report: {}", report.display());
+        }
+        Command::Serve {
+            contender,
+            edge_bin,
+            origin_bin,
+            no_build,
+        } => {
+            let contender = Contender::from_key(&contender)
+                .with_context(|| format!("unknown contender {contender:?}"))?;
+            let options = Options {
+                rounds: 1,
+                quick: false,
+                only: vec![contender],
+                out_dir: PathBuf::new(),
+                edge_bin,
+                origin_bin,
+                no_build,
+                duration: None,
+                idle_connections: None,
+                command_line: String::new(),
+            };
+            until_signal(kokoa_bench::compare::serve(options, contender)).await??;
         }
         Command::UploadSink { listen } => kokoa_bench::apps::upload_sink(listen).await?,
         Command::IdleClients {
@@ -144,4 +170,16 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs `work` until it ends or Ctrl-C / SIGTERM arrives. On a signal the future is dropped:
+/// its guards kill every process it started and delete the namespaces, then this fails.
+async fn until_signal<T>(work: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = work => Ok(result),
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; everything was torn down"),
+        _ = term.recv() => anyhow::bail!("terminated; everything was torn down"),
+    }
 }
