@@ -1,5 +1,6 @@
-//! The plain HTTP listener: redirects every request to HTTPS, and is where ACME HTTP-01
-//! challenge answers will be served once the control plane pushes challenge tokens.
+//! The plain HTTP listener: answers ACME HTTP-01 challenges pushed by control
+//! (`GET /.well-known/acme-challenge/<token>`, 404 for unknown tokens, never a redirect) and
+//! redirects every other request to HTTPS.
 //!
 //! `GET`/`HEAD` get `301 Moved Permanently`; other methods get `308 Permanent Redirect` so that
 //! clients repeat the method and body. `Location` is `https://host[:port]/path?query`, the
@@ -9,8 +10,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use kokoa_node::drain::DrainWatch;
@@ -18,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
+use crate::acme::AcmeChallenges;
 use crate::config::{is_host_name, Limits};
 use crate::https::{refuse, serve_until_drained};
 use crate::limit::{Activity, ConnectionLimiter, LogSampler};
@@ -40,6 +44,8 @@ pub struct HttpServer {
     pub metrics: Metrics,
     /// Connection caps shared by every listener.
     pub connections: Arc<ConnectionLimiter>,
+    /// Pending ACME HTTP-01 challenges.
+    pub acme: Arc<AcmeChallenges>,
 }
 
 impl HttpServer {
@@ -113,9 +119,12 @@ impl HttpServer {
     pub fn answer<B>(&self, request: &Request<B>) -> Response<ProxyBody> {
         let path = request.uri().path();
         if let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX) {
-            return match acme_challenge(token) {
-                Some(response) => response,
-                None => page(StatusCode::NOT_FOUND, "Unknown ACME challenge token."),
+            return match self.acme.key_authorization(token) {
+                Some(key_authorization) => acme_answer(request.method(), key_authorization),
+                None => {
+                    tracing::debug!(token, "unknown ACME challenge token");
+                    page(StatusCode::NOT_FOUND, "Unknown ACME challenge token.")
+                }
             };
         }
         let host = request
@@ -157,14 +166,33 @@ impl HttpServer {
     }
 }
 
-/// The hook for ACME HTTP-01: the key authorization for `token`, once the control plane
-/// streams challenge tokens to edges. Until then no token is known and the caller answers 404.
-fn acme_challenge(token: &str) -> Option<Response<ProxyBody>> {
-    tracing::debug!(
-        token,
-        "ACME challenge requested; no challenges are configured"
+/// The HTTP-01 answer: the key authorization as `application/octet-stream` (RFC 8555
+/// section 8.3), to GET and HEAD only.
+fn acme_answer(method: &Method, key_authorization: String) -> Response<ProxyBody> {
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "ACME challenges answer GET only.",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    tracing::info!("answered an ACME HTTP-01 challenge");
+    let mut response = Response::new(
+        Full::new(Bytes::from(key_authorization))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
     );
-    None
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 #[cfg(test)]
@@ -177,6 +205,7 @@ mod tests {
             limits: Limits::default(),
             metrics: Metrics::default(),
             connections: ConnectionLimiter::new(Default::default(), 0, 0),
+            acme: AcmeChallenges::new(),
         };
         let mut builder = Request::builder().method(method).uri(uri);
         if let Some(host) = host {
@@ -219,6 +248,48 @@ mod tests {
                 Some("a.example.com")
             )
             .status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn pending_acme_tokens_get_their_key_authorization() {
+        let server = HttpServer {
+            https_port: 443,
+            limits: Limits::default(),
+            metrics: Metrics::default(),
+            connections: ConnectionLimiter::new(Default::default(), 0, 0),
+            acme: AcmeChallenges::new(),
+        };
+        server
+            .acme
+            .set_http(vec![crate::acme::HttpChallenge {
+                token: "tok".into(),
+                key_authorization: "tok.thumb".into(),
+            }])
+            .unwrap();
+        let request = |method: Method, path: &str| {
+            server.answer(
+                &Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header(header::HOST, "a.example.com")
+                    .body(())
+                    .unwrap(),
+            )
+        };
+        let response = request(Method::GET, "/.well-known/acme-challenge/tok");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/octet-stream"
+        );
+        assert_eq!(
+            request(Method::POST, "/.well-known/acme-challenge/tok").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            request(Method::GET, "/.well-known/acme-challenge/other").status(),
             StatusCode::NOT_FOUND
         );
     }

@@ -19,6 +19,7 @@
 //! [`proxy_protocol`], [`metrics`].
 
 pub mod acl;
+pub mod acme;
 pub mod config;
 pub mod dial;
 pub mod http;
@@ -90,6 +91,7 @@ pub struct Edge<D: Dialer> {
     config: EdgeConfig,
     routes: Arc<ArcSwap<RouteTable>>,
     certificates: Arc<ArcSwap<CertStore>>,
+    acme: Arc<acme::AcmeChallenges>,
     dialer: Arc<D>,
     metrics: Metrics,
 }
@@ -104,6 +106,7 @@ impl<D: Dialer> Edge<D> {
                 &config.limits,
             ))),
             certificates: Arc::new(ArcSwap::from_pointee(certificates)),
+            acme: acme::AcmeChallenges::new(),
             config,
             dialer: Arc::new(dialer),
             metrics,
@@ -120,6 +123,12 @@ impl<D: Dialer> Edge<D> {
         &self.certificates
     }
 
+    /// The pending ACME challenges the HTTP listener and the TLS resolver answer; control's
+    /// snapshots replace them (`set_http`, `set_tls_alpn`).
+    pub fn acme(&self) -> &Arc<acme::AcmeChallenges> {
+        &self.acme
+    }
+
     /// Serves on `listeners` until `shutdown` resolves; then calls `on_drain` (the admin
     /// listener starts answering 503), stops accepting, lets in-flight requests, WebSockets
     /// and TCP connections finish for up to `drain_timeout`, closes what is left, and returns.
@@ -129,8 +138,11 @@ impl<D: Dialer> Edge<D> {
         shutdown: impl Future<Output = ()>,
         on_drain: impl FnOnce(),
     ) -> anyhow::Result<()> {
-        let tls = sni::server_config(SniResolver::new(self.certificates.clone()))
-            .context("setting up TLS")?;
+        let tls = sni::server_config(SniResolver::with_acme(
+            self.certificates.clone(),
+            self.acme.clone(),
+        ))
+        .context("setting up TLS")?;
         let acceptor = TlsAcceptor::from(Arc::new(tls));
         let pool = Pool::new(
             self.dialer.clone(),
@@ -174,6 +186,7 @@ impl<D: Dialer> Edge<D> {
             limits: self.config.limits.clone(),
             metrics: self.metrics.clone(),
             connections: connections.clone(),
+            acme: self.acme.clone(),
         });
         tokio::spawn(http.serve(listeners.http, drain_watch.clone(), abort_rx.clone()));
         for (route, listener) in self.config.tcp_routes.iter().zip(listeners.tcp) {

@@ -6,6 +6,10 @@
 //! exact name first, then a `*.domain` wildcard (one extra label), then the default certificate
 //! if one is configured; otherwise it returns `None` and rustls aborts the handshake with an
 //! alert (`unrecognized_name` family), never a panic.
+//!
+//! A handshake offering the `acme-tls/1` ALPN protocol is an ACME TLS-ALPN-01 validation
+//! (RFC 8737): it gets the pending challenge's validation certificate for its SNI from
+//! [`AcmeChallenges`], or is refused; never a regular certificate.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,6 +22,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::acme::{AcmeChallenges, ACME_TLS_ALPN};
 use crate::config::TlsSettings;
 
 /// ALPN protocols offered, in order of preference.
@@ -326,18 +331,47 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, CertError> {
 #[derive(Debug, Clone)]
 pub struct SniResolver {
     store: Arc<ArcSwap<CertStore>>,
+    acme: Option<Arc<AcmeChallenges>>,
 }
 
 impl SniResolver {
-    /// A resolver over a swappable store.
+    /// A resolver over a swappable store (refusing ACME TLS-ALPN-01 validations).
     pub fn new(store: Arc<ArcSwap<CertStore>>) -> Self {
-        Self { store }
+        Self { store, acme: None }
+    }
+
+    /// A resolver over a swappable store that also answers ACME TLS-ALPN-01 validations from
+    /// `acme`.
+    pub fn with_acme(store: Arc<ArcSwap<CertStore>>, acme: Arc<AcmeChallenges>) -> Self {
+        Self {
+            store,
+            acme: Some(acme),
+        }
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let sni = client_hello.server_name();
+        let acme_validation = client_hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if acme_validation {
+            let challenge = sni
+                .zip(self.acme.as_ref())
+                .and_then(|(name, acme)| acme.tls_alpn_certificate(name));
+            match &challenge {
+                Some(_) => tracing::info!(
+                    sni = sni.unwrap_or(""),
+                    "answering an ACME TLS-ALPN-01 validation"
+                ),
+                None => tracing::debug!(
+                    sni = sni.unwrap_or(""),
+                    "acme-tls/1 handshake without a pending challenge; refusing it"
+                ),
+            }
+            return challenge;
+        }
         let selected = self.store.load().select(sni);
         if selected.is_none() {
             tracing::debug!(
@@ -349,8 +383,8 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The rustls server config: TLS 1.3 and 1.2, ALPN `h2` then `http/1.1`, certificates chosen
-/// by `resolver`.
+/// The rustls server config: TLS 1.3 and 1.2, ALPN `h2` then `http/1.1` (and `acme-tls/1`,
+/// which only ACME validators offer), certificates chosen by `resolver`.
 pub fn server_config(resolver: SniResolver) -> Result<rustls::ServerConfig, CertError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -358,6 +392,7 @@ pub fn server_config(resolver: SniResolver) -> Result<rustls::ServerConfig, Cert
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     Ok(config)
 }
 
