@@ -1,0 +1,1083 @@
+//! The control-plane client every node runs in control mode: it keeps the node's data plane in
+//! step with `kokoa-control` without ever standing in its way.
+//!
+//! - **Enrollment**: when `state_dir/credential` is absent, the one-time token from
+//!   `token_file` is exchanged for a long-lived credential (`Enrollment.Enroll`), which is stored
+//!   with mode 0600. The SHA-256 of every token tried is remembered (`state_dir/token.used`), so
+//!   a token is sent once; an operator re-enrolls a node by writing a fresh token there.
+//! - **Watch**: `Config.Watch` with `authorization: Bearer <credential>`; the node says which
+//!   version it runs (`Hello`), hands every [`Snapshot`] to the node's [`Applier`] (validate,
+//!   then apply atomically), answers `Ack` or `Nack`, and persists each applied snapshot to
+//!   `state_dir/snapshot.pb` (prost-encoded; tmp file, fsync, rename; mode 0600). Heartbeats
+//!   go out every `heartbeat_interval_seconds` on the same stream.
+//! - **Resilience**: on start the persisted snapshot is applied before control is contacted
+//!   ([`ControlClient::restore`]), so traffic flows while control is down; a broken stream is
+//!   retried with jittered exponential backoff (0.2 s doubling to 30 s, reset after a healthy
+//!   stream); an `UNAUTHENTICATED` answer is logged as an error naming the cause and retried.
+//!
+//! TLS toward control trusts exactly one anchor: control's CA from `ca_file` (tonic is built
+//! without native or webpki roots). The server name checked is the URL's host.
+//!
+//! Nothing here runs on the request path: the data plane only ever sees what the applier
+//! swapped in, and a slow or dead control plane delays nothing but the next config change.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kokoa_proto::v1::config_client::ConfigClient;
+use kokoa_proto::v1::enrollment_client::EnrollmentClient;
+use kokoa_proto::v1::{
+    control_message, node_message, Ack, EnrollRequest, Heartbeat, Hello, Nack, NodeKind,
+    NodeMessage, PeerStatus, Snapshot,
+};
+use kokoa_tunnel::TunnelStats;
+use prost::Message as _;
+use rand::Rng as _;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// The node's credential, inside `state_dir`.
+pub const CREDENTIAL_FILE: &str = "credential";
+/// The last applied snapshot (protobuf `Snapshot`), inside `state_dir`.
+pub const SNAPSHOT_FILE: &str = "snapshot.pb";
+/// SHA-256 (hex) of the last enrollment token sent to control, inside `state_dir`.
+pub const TOKEN_USED_FILE: &str = "token.used";
+/// First reconnect delay.
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
+/// Longest reconnect delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Heartbeat interval until control says otherwise.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// Deadline for the TCP + TLS connection to control.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A stream that stayed up this long counts as healthy even before a snapshot arrived.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// Linux's USER_HZ: the unit of the CPU times in `/proc/self/stat` (100 on every architecture
+/// Linux supports in practice; reading it needs `sysconf`, i.e. libc).
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// The `[control]` table of a node's TOML config, as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileControl {
+    /// `https://control.example.com:7443`.
+    pub url: Option<String>,
+    /// Control's CA (PEM), the only trust anchor for the gRPC TLS.
+    pub ca_file: Option<PathBuf>,
+    /// The one-time enrollment token.
+    pub token_file: Option<PathBuf>,
+    /// Where the credential and the last applied snapshot are kept.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// A `[control]` table that cannot be used. `field` is the TOML path to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SettingsError {
+    /// The field, such as `control.url`.
+    pub field: String,
+    /// What is wrong and what to do.
+    pub reason: String,
+}
+
+fn settings_error(field: &str, reason: impl Into<String>) -> SettingsError {
+    SettingsError {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The validated `[control]` settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlSettings {
+    /// Control's gRPC URL.
+    pub url: String,
+    /// The host of `url`: the name control's certificate must carry.
+    pub host: String,
+    /// Control's CA file.
+    pub ca_file: PathBuf,
+    /// Control's CA certificate(s), PEM, read when the config was loaded.
+    pub ca_pem: Vec<u8>,
+    /// The enrollment token file (read when the node needs to enroll).
+    pub token_file: PathBuf,
+    /// The node's state directory (created with mode 0700 if missing).
+    pub state_dir: PathBuf,
+}
+
+fn anchored(base_dir: Option<&Path>, path: PathBuf) -> PathBuf {
+    match base_dir {
+        Some(dir) if path.is_relative() && !dir.as_os_str().is_empty() => dir.join(path),
+        _ => path,
+    }
+}
+
+impl ControlSettings {
+    /// Validates a `[control]` table. Relative paths are taken relative to `base_dir` (the
+    /// config file's directory). Reads `ca_file` now, so a missing CA is a config error.
+    pub fn from_file(file: FileControl, base_dir: Option<&Path>) -> Result<Self, SettingsError> {
+        let url = file.url.ok_or_else(|| {
+            settings_error(
+                "control.url",
+                "missing: control's gRPC URL, such as https://control.example.com:7443",
+            )
+        })?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| settings_error("control.url", format!("`{url}` is not a URL ({e})")))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(settings_error(
+                "control.url",
+                format!("`{url}` must start with https:// (control is only reached over TLS)"),
+            ));
+        }
+        let host = uri
+            .host()
+            .filter(|host| !host.is_empty())
+            .ok_or_else(|| settings_error("control.url", format!("`{url}` has no host")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let ca_file = anchored(
+            base_dir,
+            file.ca_file.ok_or_else(|| {
+                settings_error(
+                    "control.ca_file",
+                    "missing: control's CA certificate (control-ca.pem from the node's bundle)",
+                )
+            })?,
+        );
+        let ca_pem = std::fs::read(&ca_file).map_err(|e| {
+            settings_error(
+                "control.ca_file",
+                format!("cannot read {}: {e}", ca_file.display()),
+            )
+        })?;
+        let has_certificate = rustls_pemfile::certs(&mut ca_pem.as_slice())
+            .next()
+            .is_some_and(|cert| cert.is_ok());
+        if !has_certificate {
+            return Err(settings_error(
+                "control.ca_file",
+                format!(
+                    "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+                    ca_file.display()
+                ),
+            ));
+        }
+        let token_file = anchored(
+            base_dir,
+            file.token_file.ok_or_else(|| {
+                settings_error(
+                    "control.token_file",
+                    "missing: the enrollment token file (enroll.token from the node's bundle)",
+                )
+            })?,
+        );
+        let state_dir = anchored(
+            base_dir,
+            file.state_dir.ok_or_else(|| {
+                settings_error(
+                    "control.state_dir",
+                    "missing: a directory for the credential and the last applied config, such as /var/lib/kokoa-edge",
+                )
+            })?,
+        );
+        Ok(Self {
+            url,
+            host,
+            ca_file,
+            ca_pem,
+            token_file,
+            state_dir,
+        })
+    }
+
+    /// `state_dir/snapshot.pb`.
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.state_dir.join(SNAPSHOT_FILE)
+    }
+
+    /// `state_dir/credential`.
+    pub fn credential_path(&self) -> PathBuf {
+        self.state_dir.join(CREDENTIAL_FILE)
+    }
+}
+
+/// Why talking to control failed. Never fatal to the node: the client logs it and retries.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// A state file could not be read or written.
+    #[error("{path}: {source}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The persisted snapshot does not decode (a partial or foreign file).
+    #[error("{path} is not a Kokoa snapshot ({reason}); it is ignored and replaced by control's next one")]
+    BadSnapshot {
+        /// The file.
+        path: PathBuf,
+        /// What prost said.
+        reason: String,
+    },
+    /// No credential and no unused enrollment token.
+    #[error("not enrolled: {0}")]
+    NotEnrolled(String),
+    /// Control refused the enrollment token (used, expired or unknown).
+    #[error("control refused the enrollment token from {file}: {message}; write a fresh token (`kokoa-control node-token create`) to that file")]
+    TokenRefused {
+        /// The token file.
+        file: PathBuf,
+        /// What control said.
+        message: String,
+    },
+    /// Control refused the credential (unknown, revoked or expired).
+    #[error("control refused this node's credential ({message}); the node keeps running its last config. Re-enroll by writing a fresh token (`kokoa-control node-token create`) to {file}")]
+    Unauthenticated {
+        /// What control said.
+        message: String,
+        /// The token file an operator can refill.
+        file: PathBuf,
+    },
+    /// The TLS connection to control could not be made or broke.
+    #[error("cannot reach control at {url}: {reason}")]
+    Connect {
+        /// Control's URL.
+        url: String,
+        /// Why (with the chain of causes).
+        reason: String,
+    },
+    /// Control answered with another gRPC error.
+    #[error("control answered {code:?}: {message}")]
+    Status {
+        /// The gRPC code.
+        code: tonic::Code,
+        /// The message.
+        message: String,
+    },
+}
+
+/// What a node reports in each heartbeat, besides what the client measures itself (CPU,
+/// memory, uptime).
+#[derive(Clone, Debug, Default)]
+pub struct NodeStatus {
+    /// Tunnel state per peer ([`peer_statuses`] builds it from [`TunnelStats`]).
+    pub peers: Vec<PeerStatus>,
+    /// Client connections (edge) or tunnel streams (origin) open now.
+    pub active_connections: u64,
+    /// Requests (edge) or streams (origin) served since start; the client turns it into a
+    /// rate.
+    pub requests_total: u64,
+    /// Errors (5xx, dial failures) since start.
+    pub errors_total: u64,
+}
+
+/// The node side of control: validates and applies snapshots, reports status.
+pub trait Applier: Send + Sync + 'static {
+    /// Which kind of node this is (an edge NACKs an origin snapshot and vice versa).
+    fn kind(&self) -> NodeKind;
+
+    /// Validates `snapshot` completely, then applies it atomically: on `Err(reason)` nothing
+    /// of it may have been applied (the node keeps its previous config) and `reason` is sent
+    /// to control in the NACK. Must not block the runtime.
+    fn apply(&self, snapshot: &Snapshot) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// The node's current status for a heartbeat. Cheap; called every heartbeat interval.
+    fn status(&self) -> NodeStatus;
+}
+
+/// Peer states for a heartbeat from the tunnel's counters. A peer is `up` when a handshake
+/// completed within the last 180 s (WireGuard's reject-after time).
+pub fn peer_statuses(stats: &TunnelStats) -> Vec<PeerStatus> {
+    stats
+        .peers
+        .iter()
+        .map(|peer| PeerStatus {
+            public_key: peer.public_key.to_base64(),
+            endpoint: peer
+                .endpoint
+                .map(|endpoint| endpoint.to_string())
+                .unwrap_or_default(),
+            up: peer
+                .last_handshake
+                .is_some_and(|age| age < Duration::from_secs(180)),
+            last_handshake_age_ms: peer
+                .last_handshake
+                .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            rx_bytes: peer.rx_bytes,
+            tx_bytes: peer.tx_bytes,
+            active_streams: peer.active_streams,
+        })
+        .collect()
+}
+
+/// What the client is doing, for tests, logs and the node's own health.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ControlStatus {
+    /// A Watch stream is open.
+    pub connected: bool,
+    /// The version of the config running now (0: none).
+    pub applied_version: u64,
+    /// Snapshots applied and acknowledged.
+    pub acks: u64,
+    /// Snapshots rejected.
+    pub nacks: u64,
+    /// The last NACK's reason.
+    pub last_nack: Option<String>,
+    /// The last error talking to control, cleared when a stream is established.
+    pub last_error: Option<String>,
+    /// Watch streams opened (1 after the first connection).
+    pub streams: u64,
+}
+
+/// Reads the persisted snapshot, if any. A file that does not decode is an error (the caller
+/// logs it and starts empty).
+pub fn load_snapshot(state_dir: &Path) -> Result<Option<Snapshot>, ControlError> {
+    let path = state_dir.join(SNAPSHOT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(ControlError::State { path, source }),
+    };
+    Snapshot::decode(bytes.as_slice())
+        .map(Some)
+        .map_err(|e| ControlError::BadSnapshot {
+            path,
+            reason: e.to_string(),
+        })
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600: a temporary file next to it, fsync,
+/// rename, fsync of the directory. A crash leaves the old file or the new one, never a mix.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), ControlError> {
+    let state = |source| ControlError::State {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = dir.join(name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(state)?;
+    // `mode` only applies when the file is created; a leftover tmp file may be wider.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(state)?;
+    file.write_all(bytes).map_err(state)?;
+    file.sync_all().map_err(state)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(state)?;
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+fn ensure_state_dir(dir: &Path) -> Result<(), ControlError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| ControlError::State {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// Jittered exponential backoff: each delay is drawn from the upper half of the current step,
+/// and the step doubles up to the maximum.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    step: Duration,
+}
+
+impl Backoff {
+    /// Starts at `initial`, doubling up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            step: initial,
+        }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (self.step * 2).min(self.max);
+        let low = step / 2;
+        low + step.mul_f64(rand::thread_rng().gen_range(0.0..=0.5))
+    }
+
+    /// Back to the initial step (after a healthy connection).
+    pub fn reset(&mut self) {
+        self.step = self.initial;
+    }
+}
+
+/// The control client of one node. See the module documentation.
+pub struct ControlClient<A: Applier> {
+    settings: ControlSettings,
+    applier: Arc<A>,
+    status: watch::Sender<ControlStatus>,
+    started: Instant,
+    heartbeat_interval: Duration,
+    /// Control refused the stored credential: try an unused token before using it again.
+    refused: bool,
+}
+
+impl<A: Applier> ControlClient<A> {
+    /// A client for `settings` applying snapshots through `applier`. Does no I/O.
+    pub fn new(settings: ControlSettings, applier: Arc<A>) -> Self {
+        Self {
+            settings,
+            applier,
+            status: watch::Sender::new(ControlStatus::default()),
+            started: Instant::now(),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            refused: false,
+        }
+    }
+
+    /// Follows the client's status.
+    pub fn status(&self) -> watch::Receiver<ControlStatus> {
+        self.status.subscribe()
+    }
+
+    /// Applies the persisted snapshot, if there is one, so the node serves its last config
+    /// before (and without) reaching control. Returns the version now running (0: none). A
+    /// snapshot that no longer applies is logged and ignored.
+    pub async fn restore(&mut self) -> u64 {
+        let snapshot = match load_snapshot(&self.settings.state_dir) {
+            Ok(Some(snapshot)) => snapshot,
+            Ok(None) => {
+                tracing::info!(
+                    state_dir = %self.settings.state_dir.display(),
+                    "no persisted config yet; waiting for control's first snapshot"
+                );
+                return 0;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot restore the persisted config");
+                return 0;
+            }
+        };
+        let version = snapshot.version;
+        match self.applier.apply(&snapshot).await {
+            Ok(()) => {
+                tracing::info!(
+                    version,
+                    "serving the persisted config until control answers"
+                );
+                self.set_heartbeat_interval(snapshot.heartbeat_interval_seconds);
+                self.status
+                    .send_modify(|status| status.applied_version = version);
+                version
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    version,
+                    %reason,
+                    "the persisted config does not apply; waiting for control's next snapshot"
+                );
+                0
+            }
+        }
+    }
+
+    fn set_heartbeat_interval(&mut self, seconds: u32) {
+        self.heartbeat_interval = if seconds == 0 {
+            DEFAULT_HEARTBEAT_INTERVAL
+        } else {
+            Duration::from_secs(u64::from(seconds))
+        };
+    }
+
+    /// Runs until `shutdown` resolves: enrolls if needed, watches, reconnects with backoff.
+    /// Errors are logged and retried, never returned: the data plane keeps its last config.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
+        let mut cpu = CpuMeter::new();
+        let mut rates = RateMeter::default();
+        loop {
+            let attempt = async {
+                let credential = self.credential().await?;
+                self.watch(&credential, &mut cpu, &mut rates).await
+            };
+            let outcome = tokio::select! {
+                _ = &mut shutdown => return,
+                outcome = attempt => outcome,
+            };
+            self.status.send_modify(|status| status.connected = false);
+            match outcome {
+                Ok(healthy) => {
+                    if healthy {
+                        backoff.reset();
+                    }
+                    tracing::warn!("control closed the config stream; reconnecting");
+                }
+                Err(error) => {
+                    match &error {
+                        ControlError::Unauthenticated { .. }
+                        | ControlError::TokenRefused { .. }
+                        | ControlError::NotEnrolled(_) => {
+                            tracing::error!(%error, "control refused this node")
+                        }
+                        _ => {
+                            tracing::warn!(%error, "control unreachable; keeping the current config")
+                        }
+                    }
+                    if matches!(error, ControlError::Unauthenticated { .. }) {
+                        self.refused = true;
+                    }
+                    let message = error.to_string();
+                    self.status
+                        .send_modify(|status| status.last_error = Some(message));
+                }
+            }
+            let delay = backoff.next_delay();
+            tracing::debug!(?delay, "reconnecting to control after a pause");
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// The credential to watch with: an unused token is exchanged first (first start, or
+    /// after control refused the stored credential and the operator wrote a new token).
+    async fn credential(&mut self) -> Result<String, ControlError> {
+        ensure_state_dir(&self.settings.state_dir)?;
+        let path = self.settings.credential_path();
+        let stored = match std::fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+            Ok(_) => None,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(ControlError::State { path, source }),
+        };
+        if stored.is_none() || self.refused {
+            if let Some(token) = self.unused_token()? {
+                let credential = self.enroll(&token).await?;
+                self.refused = false;
+                return Ok(credential);
+            }
+        }
+        stored.ok_or_else(|| {
+            ControlError::NotEnrolled(format!(
+                "no credential in {} and no unused enrollment token in {}: write one (`kokoa-control node-token create`) there",
+                path.display(),
+                self.settings.token_file.display()
+            ))
+        })
+    }
+
+    /// The token in `token_file` if it was never sent to control.
+    fn unused_token(&self) -> Result<Option<String>, ControlError> {
+        let token = match std::fs::read_to_string(&self.settings.token_file) {
+            Ok(text) => text.trim().to_owned(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(ControlError::State {
+                    path: self.settings.token_file.clone(),
+                    source,
+                })
+            }
+        };
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let used = std::fs::read_to_string(self.settings.state_dir.join(TOKEN_USED_FILE))
+            .unwrap_or_default();
+        Ok((used.trim() != token_digest(&token)).then_some(token))
+    }
+
+    async fn enroll(&self, token: &str) -> Result<String, ControlError> {
+        let channel = self.channel().await?;
+        let mut client = EnrollmentClient::new(channel);
+        let request = EnrollRequest {
+            token: token.to_owned(),
+            hostname: hostname(),
+            software_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let answer = client.enroll(request).await;
+        let remember = || {
+            write_private_file(
+                &self.settings.state_dir.join(TOKEN_USED_FILE),
+                token_digest(token).as_bytes(),
+            )
+        };
+        let response = match answer {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                return Err(match status.code() {
+                    tonic::Code::Unauthenticated
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound
+                    | tonic::Code::FailedPrecondition => {
+                        // Spent: do not send it again until the operator writes a new one.
+                        remember()?;
+                        ControlError::TokenRefused {
+                            file: self.settings.token_file.clone(),
+                            message: status.message().to_owned(),
+                        }
+                    }
+                    _ => self.status_error(status),
+                });
+            }
+        };
+        let expected = self.applier.kind();
+        if response.kind != expected as i32 {
+            remember()?;
+            return Err(ControlError::TokenRefused {
+                file: self.settings.token_file.clone(),
+                message: format!(
+                    "the token enrolls a {:?} node, but this is a {:?}",
+                    NodeKind::try_from(response.kind).unwrap_or(NodeKind::Unspecified),
+                    expected
+                ),
+            });
+        }
+        if response.credential.is_empty() {
+            return Err(ControlError::Status {
+                code: tonic::Code::Internal,
+                message: "control sent an empty credential".to_owned(),
+            });
+        }
+        write_private_file(
+            &self.settings.credential_path(),
+            response.credential.as_bytes(),
+        )?;
+        remember()?;
+        tracing::info!(
+            node = %response.node_name,
+            node_id = response.node_id,
+            "enrolled with control; credential stored"
+        );
+        Ok(response.credential)
+    }
+
+    fn status_error(&self, status: tonic::Status) -> ControlError {
+        match status.code() {
+            tonic::Code::Unauthenticated => ControlError::Unauthenticated {
+                message: status.message().to_owned(),
+                file: self.settings.token_file.clone(),
+            },
+            tonic::Code::Unavailable | tonic::Code::Unknown => ControlError::Connect {
+                url: self.settings.url.clone(),
+                reason: error_chain(&status),
+            },
+            code => ControlError::Status {
+                code,
+                message: status.message().to_owned(),
+            },
+        }
+    }
+
+    async fn channel(&self) -> Result<Channel, ControlError> {
+        let connect_error = |reason: String| ControlError::Connect {
+            url: self.settings.url.clone(),
+            reason,
+        };
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.settings.ca_pem))
+            .domain_name(self.settings.host.clone());
+        Endpoint::from_shared(self.settings.url.clone())
+            .map_err(|e| connect_error(e.to_string()))?
+            .tls_config(tls)
+            .map_err(|e| connect_error(error_chain(&e)))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(|e| connect_error(error_chain(&e)))
+    }
+
+    /// One Watch stream. Returns `Ok(healthy)` when control ends the stream, `healthy` when it
+    /// delivered a snapshot or stayed up a while.
+    async fn watch(
+        &mut self,
+        credential: &str,
+        cpu: &mut CpuMeter,
+        rates: &mut RateMeter,
+    ) -> Result<bool, ControlError> {
+        let channel = self.channel().await?;
+        let (tx, rx) = mpsc::channel::<NodeMessage>(16);
+        let applied_version = self.status.borrow().applied_version;
+        let hello = NodeMessage {
+            message: Some(node_message::Message::Hello(Hello {
+                applied_version,
+                software_version: env!("CARGO_PKG_VERSION").to_owned(),
+                hostname: hostname(),
+            })),
+        };
+        // The receiver is alive: it is moved into the request below.
+        let _ = tx.send(hello).await;
+        let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|message| (message, rx))
+        });
+        let mut request = tonic::Request::new(outbound);
+        let bearer = format!("Bearer {credential}").parse().map_err(|_| {
+            ControlError::NotEnrolled(format!(
+                "the credential in {} is not a valid header value; delete it and re-enroll",
+                self.settings.credential_path().display()
+            ))
+        })?;
+        request.metadata_mut().insert("authorization", bearer);
+        let opened = Instant::now();
+        let mut inbound = ConfigClient::new(channel)
+            .watch(request)
+            .await
+            .map_err(|status| self.status_error(status))?
+            .into_inner();
+        tracing::info!(url = %self.settings.url, applied_version, "config stream open");
+        self.status.send_modify(|status| {
+            status.connected = true;
+            status.last_error = None;
+            status.streams += 1;
+        });
+        let mut healthy = false;
+        let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                message = inbound.message() => {
+                    let message = match message {
+                        Ok(Some(message)) => message,
+                        Ok(None) => return Ok(healthy || opened.elapsed() >= HEALTHY_AFTER),
+                        Err(status) => {
+                            let error = self.status_error(status);
+                            if healthy || opened.elapsed() >= HEALTHY_AFTER {
+                                tracing::warn!(%error, "config stream broke");
+                                return Ok(true);
+                            }
+                            return Err(error);
+                        }
+                    };
+                    let Some(control_message::Message::Snapshot(snapshot)) = message.message else {
+                        continue;
+                    };
+                    healthy = true;
+                    let interval = self.heartbeat_interval;
+                    let answer = self.handle_snapshot(snapshot).await;
+                    if tx.send(answer).await.is_err() {
+                        return Ok(true);
+                    }
+                    if self.heartbeat_interval != interval {
+                        heartbeat = tokio::time::interval(self.heartbeat_interval);
+                        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        heartbeat.tick().await;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let beat = self.heartbeat(cpu, rates);
+                    if tx.send(beat).await.is_err() {
+                        return Ok(healthy);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_snapshot(&mut self, snapshot: Snapshot) -> NodeMessage {
+        let version = snapshot.version;
+        let started = Instant::now();
+        match self.applier.apply(&snapshot).await {
+            Ok(()) => {
+                self.set_heartbeat_interval(snapshot.heartbeat_interval_seconds);
+                if let Err(error) =
+                    write_private_file(&self.settings.snapshot_path(), &snapshot.encode_to_vec())
+                {
+                    tracing::error!(%error, version, "applied, but cannot persist the config: a restart without control would start from an older one");
+                }
+                tracing::info!(version, took = ?started.elapsed(), "config applied");
+                self.status.send_modify(|status| {
+                    status.applied_version = version;
+                    status.acks += 1;
+                });
+                NodeMessage {
+                    message: Some(node_message::Message::Ack(Ack { version })),
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(version, %reason, "config rejected; keeping the current one");
+                self.status.send_modify(|status| {
+                    status.nacks += 1;
+                    status.last_nack = Some(reason.clone());
+                });
+                NodeMessage {
+                    message: Some(node_message::Message::Nack(Nack { version, reason })),
+                }
+            }
+        }
+    }
+
+    fn heartbeat(&self, cpu: &mut CpuMeter, rates: &mut RateMeter) -> NodeMessage {
+        let status = self.applier.status();
+        let (requests_per_second, errors_per_second) =
+            rates.rates(status.requests_total, status.errors_total);
+        NodeMessage {
+            message: Some(node_message::Message::Heartbeat(Heartbeat {
+                applied_version: self.status.borrow().applied_version,
+                peers: status.peers,
+                active_connections: status.active_connections,
+                requests_per_second,
+                errors_per_second,
+                cpu_cores: cpu.cores(),
+                memory_bytes: resident_bytes(),
+                uptime_seconds: self.started.elapsed().as_secs(),
+            })),
+        }
+    }
+}
+
+fn token_digest(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Resident set size from `/proc/self/status` (`VmRSS`, in kB); 0 where unavailable.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Process CPU time (user + system) in seconds from `/proc/self/stat`.
+fn cpu_seconds() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after its `)` are plain.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / CLOCK_TICKS_PER_SECOND)
+}
+
+/// CPU use between two heartbeats, in cores.
+struct CpuMeter {
+    last: Option<(Instant, f64)>,
+}
+
+impl CpuMeter {
+    fn new() -> Self {
+        Self {
+            last: cpu_seconds().map(|cpu| (Instant::now(), cpu)),
+        }
+    }
+
+    fn cores(&mut self) -> f64 {
+        let Some(now_cpu) = cpu_seconds() else {
+            return 0.0;
+        };
+        let now = Instant::now();
+        let cores = match self.last {
+            Some((then, then_cpu)) => {
+                let wall = now.duration_since(then).as_secs_f64();
+                if wall > 0.0 {
+                    ((now_cpu - then_cpu) / wall).max(0.0)
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        };
+        self.last = Some((now, now_cpu));
+        cores
+    }
+}
+
+/// Turns the node's running totals into per-second rates between heartbeats.
+#[derive(Default)]
+struct RateMeter {
+    last: Option<(Instant, u64, u64)>,
+}
+
+impl RateMeter {
+    fn rates(&mut self, requests: u64, errors: u64) -> (f64, f64) {
+        let now = Instant::now();
+        let rates = match self.last {
+            Some((then, then_requests, then_errors)) => {
+                let wall = now.duration_since(then).as_secs_f64();
+                if wall > 0.0 {
+                    (
+                        requests.saturating_sub(then_requests) as f64 / wall,
+                        errors.saturating_sub(then_errors) as f64 / wall,
+                    )
+                } else {
+                    (0.0, 0.0)
+                }
+            }
+            None => (0.0, 0.0),
+        };
+        self.last = Some((now, requests, errors));
+        rates
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_resets() {
+        let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
+        let first = backoff.next_delay();
+        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200));
+        let second = backoff.next_delay();
+        assert!(second >= Duration::from_millis(200) && second <= Duration::from_millis(400));
+        for _ in 0..20 {
+            assert!(backoff.next_delay() <= BACKOFF_MAX);
+        }
+        let late = backoff.next_delay();
+        assert!(late >= BACKOFF_MAX / 2, "{late:?}");
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn private_files_are_0600_and_replaced_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot.pb");
+        write_private_file(&path, b"one").unwrap();
+        write_private_file(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!dir.path().join("snapshot.pb.tmp").exists());
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_garbage_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_snapshot(dir.path()).unwrap().is_none());
+        let snapshot = Snapshot {
+            version: 7,
+            heartbeat_interval_seconds: 5,
+            node: None,
+        };
+        write_private_file(&dir.path().join(SNAPSHOT_FILE), &snapshot.encode_to_vec()).unwrap();
+        assert_eq!(load_snapshot(dir.path()).unwrap(), Some(snapshot));
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), b"\xff\xff\xff").unwrap();
+        assert!(matches!(
+            load_snapshot(dir.path()),
+            Err(ControlError::BadSnapshot { .. })
+        ));
+    }
+
+    #[test]
+    fn settings_validate_and_anchor_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["control.test".to_owned()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
+        let file = FileControl {
+            url: Some("https://control.test:7443".into()),
+            ca_file: Some("ca.pem".into()),
+            token_file: Some("enroll.token".into()),
+            state_dir: Some("state".into()),
+        };
+        let settings = ControlSettings::from_file(file.clone(), Some(dir.path())).unwrap();
+        assert_eq!(settings.host, "control.test");
+        assert_eq!(settings.token_file, dir.path().join("enroll.token"));
+        assert_eq!(
+            settings.snapshot_path(),
+            dir.path().join("state/snapshot.pb")
+        );
+
+        let error = |file: FileControl| {
+            ControlSettings::from_file(file, Some(dir.path()))
+                .unwrap_err()
+                .to_string()
+        };
+        let message = error(FileControl {
+            url: Some("http://control.test:7443".into()),
+            ..file.clone()
+        });
+        assert!(message.starts_with("control.url:"), "{message}");
+        let message = error(FileControl {
+            ca_file: Some("missing.pem".into()),
+            ..file.clone()
+        });
+        assert!(
+            message.starts_with("control.ca_file: cannot read"),
+            "{message}"
+        );
+        let message = error(FileControl {
+            state_dir: None,
+            ..file.clone()
+        });
+        assert!(
+            message.starts_with("control.state_dir: missing"),
+            "{message}"
+        );
+        std::fs::write(dir.path().join("bad.pem"), "nope").unwrap();
+        let message = error(FileControl {
+            ca_file: Some("bad.pem".into()),
+            ..file
+        });
+        assert!(message.contains("holds no PEM certificate"), "{message}");
+    }
+
+    #[test]
+    fn process_meters_read_proc() {
+        assert!(resident_bytes() > 0);
+        assert!(cpu_seconds().is_some());
+        let mut rates = RateMeter::default();
+        assert_eq!(rates.rates(10, 1), (0.0, 0.0));
+        std::thread::sleep(Duration::from_millis(20));
+        let (requests, errors) = rates.rates(20, 1);
+        assert!(requests > 0.0 && errors == 0.0);
+    }
+}
