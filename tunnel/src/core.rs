@@ -411,6 +411,16 @@ pub(crate) fn validate(config: &TunnelConfig) -> Result<(), TunnelError> {
     validate_peers(&config.peers)
 }
 
+/// Whether two peer configs describe the same addresses (so a key change is a rotation).
+fn same_addresses(a: &PeerConfig, b: &PeerConfig) -> bool {
+    let sorted = |c: &PeerConfig| {
+        let mut v = c.allowed_ips.clone();
+        v.sort_unstable();
+        v
+    };
+    a.local_address == b.local_address && sorted(a) == sorted(b)
+}
+
 fn validate_peers(peers: &[PeerConfig]) -> Result<(), TunnelError> {
     let mut seen = HashSet::new();
     for p in peers {
@@ -553,23 +563,101 @@ impl Core {
         }
     }
 
+    /// Replaces this node's static private key in place (key rotation). Every peer gets a new
+    /// WireGuard session state ([`Tunn`]) for the new key and a new handshake starts at once
+    /// toward every peer whose endpoint is known; netstacks and streams are kept, so TCP
+    /// retransmits across the gap until the peers know the new public key (see
+    /// [`Core::set_peers`] for their side). Datagrams of the old sessions are dropped from
+    /// now on. Setting the current key again changes nothing.
+    pub fn set_private_key(&mut self, key: &crate::PrivateKey, now: Instant) {
+        let private = key.secret().clone();
+        let public = x25519::PublicKey::from(&private);
+        if public.as_bytes() == self.public.as_bytes() {
+            return;
+        }
+        // Cookie replies and mac1 checks are keyed by our public key: a new limiter.
+        self.rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+        self.private = private;
+        self.public = public;
+        self.public_key = PublicKey(public.to_bytes());
+        let mut indices: Vec<u32> = self.peers.keys().copied().collect();
+        indices.sort_unstable();
+        for index in indices {
+            self.restart_session(index, now);
+        }
+    }
+
+    /// Gives a peer a fresh [`Tunn`] (current private key, current peer config) and starts a
+    /// handshake at the next tick when its endpoint is known. Its netstack, sockets and
+    /// learned endpoint stay; packets queued in the old `Tunn` are dropped (TCP resends them).
+    fn restart_session(&mut self, index: u32, now: Instant) {
+        let Some(peer) = self.peers.get(&index) else {
+            return;
+        };
+        let tunn = self.new_tunn(&peer.config, index);
+        let Some(peer) = self.peers.get_mut(&index) else {
+            return;
+        };
+        peer.tunn = tunn;
+        peer.blocked = false;
+        if peer.endpoint.is_some() {
+            peer.initiate = true;
+            self.next_tick = self.next_tick.min(now);
+        }
+    }
+
     /// Replaces the peer set. Unchanged peers keep sessions and streams; removed peers'
     /// streams are reset; a changed endpoint or allowed IPs apply at once; a changed
     /// `local_address` recreates the peer (its streams are reset); a changed keepalive
     /// restarts the WireGuard session but keeps the streams.
+    ///
+    /// Key rotation: a new public key whose `local_address` and `allowed_ips` equal those of
+    /// a peer that is no longer listed is that peer with a rotated key. It is re-keyed in
+    /// place: a new WireGuard session for the new key starts at once, its netstack and
+    /// streams stay (the streams' [`StreamId`]s remain valid).
     pub fn set_peers(&mut self, peers: Vec<PeerConfig>, now: Instant) -> Result<(), TunnelError> {
         validate_peers(&peers)?;
         let wanted: HashSet<PublicKey> = peers.iter().map(|p| p.public_key).collect();
-        let gone: Vec<u32> = self
+        let mut gone: Vec<u32> = self
             .peers
             .values()
             .filter(|p| !wanted.contains(&p.config.public_key))
             .map(|p| p.index)
             .collect();
+        gone.sort_unstable();
+        // Pair each new key with a departing peer that has the same addresses.
+        let mut rekeyed: HashMap<PublicKey, u32> = HashMap::new();
+        for config in &peers {
+            if self.by_key.contains_key(&config.public_key) {
+                continue;
+            }
+            let found = gone.iter().position(|i| {
+                self.peers
+                    .get(i)
+                    .is_some_and(|p| same_addresses(&p.config, config))
+            });
+            if let Some(pos) = found {
+                rekeyed.insert(config.public_key, gone.remove(pos));
+            }
+        }
         for i in gone {
             self.remove_peer(i);
         }
         for config in peers {
+            if let Some(index) = rekeyed.remove(&config.public_key) {
+                let Some(peer) = self.peers.get_mut(&index) else {
+                    continue;
+                };
+                tracing::debug!(old = %peer.config.public_key, new = %config.public_key, "peer re-keyed in place");
+                self.by_key.remove(&peer.config.public_key);
+                self.by_key.insert(config.public_key, index);
+                if config.endpoint.is_some() && config.endpoint != peer.config.endpoint {
+                    peer.endpoint = config.endpoint;
+                }
+                peer.config = config;
+                self.restart_session(index, now);
+                continue;
+            }
             let Some(&index) = self.by_key.get(&config.public_key) else {
                 self.add_peer(config, now);
                 continue;
@@ -582,20 +670,17 @@ impl Core {
                 self.add_peer(config, now);
                 continue;
             }
-            let new_tunn = (peer.config.persistent_keepalive != config.persistent_keepalive)
-                .then(|| self.new_tunn(&config, index));
+            let restart = peer.config.persistent_keepalive != config.persistent_keepalive;
             let Some(peer) = self.peers.get_mut(&index) else {
                 continue;
             };
-            if let Some(t) = new_tunn {
-                peer.tunn = t;
-                peer.initiate = config.persistent_keepalive.is_some();
-                self.next_tick = self.next_tick.min(now);
-            }
             if config.endpoint != peer.config.endpoint && config.endpoint.is_some() {
                 peer.endpoint = config.endpoint;
             }
             peer.config = config;
+            if restart {
+                self.restart_session(index, now);
+            }
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::Instrument as _;
 
 use crate::core::{Core, Event, StreamId, Transmit};
-use crate::{PeerConfig, PublicKey, TunnelConfig, TunnelError, TunnelStats};
+use crate::{PeerConfig, PrivateKey, PublicKey, TunnelConfig, TunnelError, TunnelStats};
 
 /// Datagrams read per driver iteration before the netstacks are polled.
 const RECV_BATCH: usize = 64;
@@ -31,7 +31,9 @@ struct Shared {
     core: Mutex<Core>,
     notify: Notify,
     local_addr: SocketAddr,
-    public_key: PublicKey,
+    /// Changes with [`Tunnel::set_private_key`]; not behind the core's lock so that reading it
+    /// (in `Debug`, in logs) can never wait for or deadlock with the driver.
+    public_key: Mutex<PublicKey>,
     /// Live `Tunnel` handles; the driver stops when none is left and no stream is open.
     handles: AtomicUsize,
 }
@@ -72,7 +74,7 @@ impl std::fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tunnel")
             .field("local_addr", &self.shared.local_addr)
-            .field("public_key", &self.shared.public_key)
+            .field("public_key", &*self.shared.public_key.lock())
             .finish()
     }
 }
@@ -88,7 +90,7 @@ impl Tunnel {
             core: Mutex::new(core),
             notify: Notify::new(),
             local_addr,
-            public_key,
+            public_key: Mutex::new(public_key),
             handles: AtomicUsize::new(1),
         });
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
@@ -102,14 +104,32 @@ impl Tunnel {
         self.shared.local_addr
     }
 
-    /// This node's public key.
+    /// This node's public key (the new one after [`Tunnel::set_private_key`]).
     pub fn public_key(&self) -> PublicKey {
-        self.shared.public_key
+        *self.shared.public_key.lock()
+    }
+
+    /// Rotates this node's WireGuard private key in place: every peer's session is rebuilt
+    /// for the new key and a handshake starts at once toward every peer whose endpoint is
+    /// known. Streams and netstacks stay: traffic pauses until each peer has the new public
+    /// key (through its own [`Tunnel::set_peers`], which re-keys the peer in place), and TCP
+    /// retransmits what was lost in between. Setting the current key again changes nothing.
+    pub fn set_private_key(&self, key: PrivateKey) {
+        let public = key.public_key();
+        let mut core = self.shared.core.lock();
+        core.set_private_key(&key, Instant::now());
+        *self.shared.public_key.lock() = public;
+        drop(core);
+        tracing::info!(key = %public, "tunnel private key rotated");
+        self.shared.notify.notify_one();
     }
 
     /// Replaces the peer set: unchanged peers keep their sessions and streams, removed peers'
-    /// streams are reset, changed endpoints/allowed IPs apply at once. An invalid set (a key
-    /// listed twice) is logged and ignored; use [`Tunnel::try_set_peers`] to get the error.
+    /// streams are reset, changed endpoints/allowed IPs apply at once. A peer whose public key
+    /// changed while its `local_address` and `allowed_ips` did not (a key rotation on the
+    /// other side) is re-keyed in place: its streams stay and a new handshake starts. An
+    /// invalid set (a key listed twice) is logged and ignored; use [`Tunnel::try_set_peers`]
+    /// to get the error.
     pub fn set_peers(&self, peers: Vec<PeerConfig>) {
         if let Err(e) = self.try_set_peers(peers) {
             tracing::warn!(error = %e, "peer set rejected, keeping the previous one");
@@ -378,7 +398,8 @@ impl std::fmt::Debug for TunnelStream {
 }
 
 impl TunnelStream {
-    /// The peer this stream goes through.
+    /// The peer this stream goes through (its public key when the stream was opened: a
+    /// re-keyed peer keeps its streams).
     pub fn peer(&self) -> PublicKey {
         self.peer
     }

@@ -10,6 +10,12 @@
 //! The crate is split as quinn is: [`core`] is a sans-IO state machine (datagrams and the time in,
 //! datagrams, events and a deadline out) and [`Tunnel`] is the thin tokio driver around it.
 //!
+//! Key rotation interrupts no stream: [`Tunnel::set_private_key`] rebuilds every peer's
+//! WireGuard state for the new key, and [`Tunnel::set_peers`] re-keys a peer in place when only
+//! its public key changed (same `local_address` and `allowed_ips`). Netstacks and streams stay;
+//! a new handshake starts at once, and TCP resends what was lost until both sides have applied
+//! the change (a few hundred ms when control pushes it to both).
+//!
 //! Design points that matter for throughput: each peer has its own netstack, polled only when
 //! it received packets, one of its sockets was used, or its own timer is due (never on a fixed
 //! tick); outbound IP packets are encrypted straight into recycled datagram buffers; the driver

@@ -436,3 +436,73 @@ async fn drop_after_write_delivers_everything_then_eof() -> Result<()> {
     assert_eq!(e.stats().active_streams, 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn origin_key_rotation_keeps_a_download_running() -> Result<()> {
+    // A paced 4 MiB download (about a second) from the origin; the origin rotates its key
+    // 200 ms in, the edge learns the new public key 300 ms later. The stream must complete
+    // byte-exact: both sides re-key in place and TCP resends what the gap lost.
+    const LEN: usize = 4 << 20;
+    const CHUNK: usize = 32 * 1024;
+    let ek = PrivateKey::generate();
+    let (o, mut inc, peer) = origin(1, &ek, vec![80]).await?;
+    let e = edge(ek, vec![peer.clone()]).await?;
+    let data: Vec<u8> = (0..LEN as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let want = Sha256::digest(&data);
+    let server = tokio::spawn(async move {
+        let mut st = inc.accept().await.context("accept")?.stream;
+        for chunk in data.chunks(CHUNK) {
+            st.write_all(chunk).await?;
+            tokio::time::sleep(Duration::from_millis(8)).await;
+        }
+        st.shutdown().await?;
+        // Keep the stream until the edge has read everything.
+        let mut b = [0u8; 1];
+        let _ = st.read(&mut b).await;
+        anyhow::Ok(())
+    });
+    let mut s = e.connect(&peer.public_key, dst(1, 80), T).await?;
+    let new_key = PrivateKey::generate();
+    let rotate = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        o.set_private_key(new_key.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut rotated = peer.clone();
+        rotated.public_key = new_key.public_key();
+        e.try_set_peers(vec![rotated])?;
+        anyhow::Ok(())
+    };
+    let recv = async {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut n = 0;
+        loop {
+            let k = s.read(&mut buf).await?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+            h.update(&buf[..k]);
+        }
+        anyhow::Ok((n, h.finalize()))
+    };
+    let ((), (n, got)) = timeout(Duration::from_secs(30), async {
+        tokio::try_join!(rotate, recv)
+    })
+    .await??;
+    drop(s);
+    timeout(T, server).await???;
+    assert_eq!(n, LEN);
+    assert_eq!(got, want);
+    assert_eq!(o.public_key(), new_key.public_key());
+    let stats = e.stats();
+    assert_eq!(stats.peers.len(), 1);
+    assert_eq!(stats.peers[0].public_key, new_key.public_key());
+    assert!(stats.peers[0].last_handshake.is_some());
+    // New streams use the new key.
+    let mut s2 = e.connect(&new_key.public_key(), dst(1, 80), T).await?;
+    drop(s2.write_all(b"x").await);
+    Ok(())
+}

@@ -321,7 +321,11 @@ impl Flow {
                     self.rx_hash.update(&buf[..n]);
                     self.received += n;
                 }
-                Poll::Ready(Err(e)) => panic!("recv failed: {e}"),
+                Poll::Ready(Err(e)) => panic!(
+                    "recv failed: {e} (receiver {:?}, sender {:?})",
+                    rx_core.stats(),
+                    tx_core.stats()
+                ),
                 Poll::Pending => break,
             }
         }
@@ -750,4 +754,163 @@ fn handshake_flood_gets_cookie_replies_to_the_source() {
         [2],
         "after the reset the initiation is answered directly"
     );
+}
+
+/// The peer config node `of` holds for node `peer` in [`Sim::pair`], with `key` as its key.
+fn pair_peer_config(sim: &Sim, of: usize, key: PublicKey) -> PeerConfig {
+    let mut c = sim.nodes[of]
+        .core
+        .peers
+        .values()
+        .next()
+        .map(|p| p.config.clone())
+        .unwrap();
+    c.public_key = key;
+    c
+}
+
+/// Which change comes first in a key rotation of node `rotating`.
+#[derive(Clone, Copy, Debug)]
+enum RotationOrder {
+    /// The node takes its new private key, the other node learns the public key `gap` later.
+    PrivateFirst,
+    /// The other node is told the new public key first, the node takes its key `gap` later.
+    PeersFirst,
+}
+
+/// Rotates node `rotating`'s key in the middle of a transfer both ways and checks that the
+/// stream survives byte-exact, that the new key is in use, and that the old one is gone.
+fn rotation_during_transfer(rotating: usize, order: RotationOrder, link: LinkParams, seed: u64) {
+    const LEN: usize = 2 << 20;
+    let gap = Duration::from_millis(300);
+    let other = 1 - rotating;
+    let mut sim = Sim::pair(link, seed);
+    let (c, s) = sim.open(0, 1, v4("10.100.1.1:80"));
+    let mut up = Flow::new(LEN, seed ^ 1);
+    let mut down = Flow::new(LEN, seed ^ 2);
+    let mut buf = vec![0u8; 64 * 1024];
+    let old_key = sim.nodes[rotating].key;
+    let new_private = PrivateKey::generate();
+    let new_key = new_private.public_key();
+    let handshakes_before = sim.nodes[other].core.stats().handshakes_completed;
+
+    // (phase, when the second change is due)
+    let mut first_done_at: Option<Instant> = None;
+    let mut second_done = false;
+    let ok = sim.run_until(Duration::from_secs(600), |sim| {
+        let (a, b) = sim.nodes.split_at_mut(1);
+        let (a, b) = (&mut a[0].core, &mut b[0].core);
+        up.pump(a, c, b, s, &mut buf);
+        down.pump(b, s, a, c, &mut buf);
+        let now = sim.now;
+        let rotate = |sim: &mut Sim| {
+            sim.nodes[rotating].core.set_private_key(&new_private, now);
+            sim.nodes[rotating].key = new_key;
+        };
+        let update = |sim: &mut Sim| {
+            let config = pair_peer_config(sim, other, new_key);
+            sim.nodes[other].core.set_peers(vec![config], now).unwrap();
+        };
+        match first_done_at {
+            // Rotate once a quarter of each direction has arrived: mid-transfer.
+            None if up.received > LEN / 4 && down.received > LEN / 4 => {
+                match order {
+                    RotationOrder::PrivateFirst => rotate(sim),
+                    RotationOrder::PeersFirst => update(sim),
+                }
+                first_done_at = Some(now);
+            }
+            Some(t) if !second_done && now >= t + gap => {
+                match order {
+                    RotationOrder::PrivateFirst => update(sim),
+                    RotationOrder::PeersFirst => rotate(sim),
+                }
+                second_done = true;
+                // The gap really stopped traffic: nothing of the rest had arrived yet.
+                assert!(up.received < LEN && down.received < LEN);
+            }
+            _ => {}
+        }
+        up.eof && down.eof
+    });
+    assert!(
+        ok && second_done,
+        "transfer stalled across the rotation ({order:?}): up {} down {} of {LEN} after {:?}",
+        up.received,
+        down.received,
+        sim.elapsed()
+    );
+    assert_eq!(up.rx_hash.finalize()[..], Sha256::digest(&up.data)[..]);
+    assert_eq!(down.rx_hash.finalize()[..], Sha256::digest(&down.data)[..]);
+
+    // The new key is in use on both sides, the old one is gone, streams were never reset.
+    assert_eq!(sim.nodes[rotating].core.public_key(), new_key);
+    let other_stats = sim.nodes[other].core.stats();
+    assert_eq!(other_stats.peers.len(), 1);
+    assert_eq!(other_stats.peers[0].public_key, new_key);
+    assert_eq!(other_stats.active_streams, 1);
+    assert!(other_stats.handshakes_completed > handshakes_before);
+    assert_eq!(sim.nodes[rotating].core.stats().active_streams, 1);
+    if rotating == 1 {
+        assert!(matches!(
+            sim.nodes[0]
+                .core
+                .connect(sim.now, &old_key, v4("10.100.1.1:80")),
+            Err(TunnelError::UnknownPeer(_))
+        ));
+    }
+    // A new stream works with the new key.
+    let (c2, s2) = sim.open(0, 1, v4("10.100.1.1:80"));
+    let mut f = Flow::new(100_000, seed ^ 3);
+    assert!(sim.run_until(Duration::from_secs(30), |sim| {
+        let (a, b) = sim.nodes.split_at_mut(1);
+        f.pump(&mut a[0].core, c2, &mut b[0].core, s2, &mut buf);
+        f.eof
+    }));
+    assert_eq!(f.rx_hash.finalize()[..], Sha256::digest(&f.data)[..]);
+}
+
+#[test]
+fn origin_key_rotation_keeps_a_transfer_byte_exact() {
+    rotation_during_transfer(1, RotationOrder::PrivateFirst, CLEAN, 21);
+}
+
+#[test]
+fn edge_key_rotation_keeps_a_transfer_byte_exact() {
+    // The origin knows the edge's endpoint only from roaming: the re-keyed peer keeps it.
+    rotation_during_transfer(0, RotationOrder::PrivateFirst, CLEAN, 22);
+}
+
+#[test]
+fn peer_rekeyed_before_the_rotation_keeps_a_transfer_byte_exact() {
+    rotation_during_transfer(1, RotationOrder::PeersFirst, CLEAN, 23);
+    rotation_during_transfer(0, RotationOrder::PeersFirst, CLEAN, 24);
+}
+
+#[test]
+fn new_key_with_other_addresses_is_a_new_peer_not_a_rotation() {
+    let mut sim = Sim::pair(CLEAN, 26);
+    let (c, _s) = sim.open(0, 1, v4("10.100.1.1:80"));
+    let mut config = pair_peer_config(&sim, 0, PrivateKey::generate().public_key());
+    config.allowed_ips = vec![net("10.100.1.0/24")];
+    sim.nodes[0].core.set_peers(vec![config], sim.now).unwrap();
+    let r = sim.nodes[0].core.stream_send(c, b"x", None);
+    assert!(matches!(r, Poll::Ready(Err(ref e)) if e.kind() == io::ErrorKind::ConnectionReset));
+    assert_eq!(sim.nodes[0].core.stats().peers.len(), 1);
+}
+
+#[test]
+fn setting_the_same_private_key_keeps_the_session() {
+    let mut sim = Sim::pair(CLEAN, 27);
+    let _ = sim.open(0, 1, v4("10.100.1.1:80"));
+    let key = sim.nodes[1].core.private.to_bytes();
+    let same = PrivateKey::from_base64(&base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        key,
+    ))
+    .unwrap();
+    let before = sim.nodes[1].core.stats().handshakes_completed;
+    sim.nodes[1].core.set_private_key(&same, sim.now);
+    sim.run_until(Duration::from_secs(2), |_| false);
+    assert_eq!(sim.nodes[1].core.stats().handshakes_completed, before);
 }
