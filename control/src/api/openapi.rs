@@ -1,0 +1,322 @@
+//! The OpenAPI 3 document served at `/api/v1/openapi.json`, written by hand from one table of
+//! endpoints ([`ENDPOINTS`]) that the API tests walk, so the document and the router cannot
+//! drift apart unnoticed.
+
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+/// One documented endpoint.
+pub struct Endpoint {
+    /// HTTP method, lower case.
+    pub method: &'static str,
+    /// Path below `/api/v1`, with `{param}` placeholders.
+    pub path: &'static str,
+    /// Grouping tag.
+    pub tag: &'static str,
+    /// One-line summary.
+    pub summary: &'static str,
+    /// Request body schema name (in `components.schemas`), if any.
+    pub body: Option<&'static str>,
+    /// Success status and response schema (`[Name]` for an array, `gzip` for a bundle, `` for
+    /// no body).
+    pub response: (u16, &'static str),
+}
+
+const fn ep(
+    method: &'static str,
+    path: &'static str,
+    tag: &'static str,
+    summary: &'static str,
+    body: Option<&'static str>,
+    response: (u16, &'static str),
+) -> Endpoint {
+    Endpoint {
+        method,
+        path,
+        tag,
+        summary,
+        body,
+        response,
+    }
+}
+
+/// Every authenticated endpoint of the API.
+pub const ENDPOINTS: &[Endpoint] = &[
+    ep("get", "/origins", "origins", "List origins", None, (200, "[Origin]")),
+    ep("post", "/origins", "origins", "Create an origin (allocates its /24 and, unless public_key is given, its WireGuard key pair)", Some("NewOrigin"), (201, "Origin")),
+    ep("get", "/origins/{origin}", "origins", "Get an origin (id or name)", None, (200, "Origin")),
+    ep("patch", "/origins/{origin}", "origins", "Rename an origin", Some("OriginUpdate"), (200, "Origin")),
+    ep("delete", "/origins/{origin}", "origins", "Delete an origin (409 while routes use its services)", None, (204, "")),
+    ep("post", "/origins/{origin}/rotate-key", "origins", "Replace the origin's WireGuard key (given public key, or a generated pair)", Some("RotateKey"), (200, "Origin")),
+    ep("get", "/origins/{origin}/edge-nodes", "origins", "Edges serving the origin", None, (200, "[Edge]")),
+    ep("get", "/origins/{origin}/services", "services", "List the origin's services", None, (200, "[Service]")),
+    ep("post", "/origins/{origin}/services", "services", "Add a service to the origin", Some("NewService"), (201, "Service")),
+    ep("get", "/origins/{origin}/services/{service}", "services", "Get a service (id or name)", None, (200, "Service")),
+    ep("patch", "/origins/{origin}/services/{service}", "services", "Change a service", Some("ServiceUpdate"), (200, "Service")),
+    ep("delete", "/origins/{origin}/services/{service}", "services", "Delete a service (409 while routes use it)", None, (204, "")),
+    ep("get", "/origins/{origin}/tokens", "tokens", "The origin's node tokens (metadata)", None, (200, "[NodeToken]")),
+    ep("post", "/origins/{origin}/tokens", "tokens", "Create a one-time enrollment token for the origin", Some("TokenRequest"), (201, "IssuedNodeToken")),
+    ep("get", "/origins/{origin}/bundle", "bundles", "tar.gz: origin.toml, control-ca.pem, a fresh enroll.token, kokoa-origin.service, install.sh", None, (200, "gzip")),
+    ep("get", "/services", "services", "List all services (?origin= filters)", None, (200, "[Service]")),
+    ep("get", "/services/{service}", "services", "Get a service by id", None, (200, "Service")),
+    ep("patch", "/services/{service}", "services", "Change a service", Some("ServiceUpdate"), (200, "Service")),
+    ep("delete", "/services/{service}", "services", "Delete a service", None, (204, "")),
+    ep("get", "/edge-nodes", "edge-nodes", "List edges", None, (200, "[Edge]")),
+    ep("post", "/edge-nodes", "edge-nodes", "Create an edge, optionally serving origins (ids or names)", Some("EdgeCreate"), (201, "Edge")),
+    ep("get", "/edge-nodes/{edge}", "edge-nodes", "Get an edge (id or name)", None, (200, "Edge")),
+    ep("patch", "/edge-nodes/{edge}", "edge-nodes", "Change an edge (null clears a field)", Some("EdgeUpdate"), (200, "Edge")),
+    ep("delete", "/edge-nodes/{edge}", "edge-nodes", "Delete an edge", None, (204, "")),
+    ep("post", "/edge-nodes/{edge}/rotate-key", "edge-nodes", "Replace the edge's WireGuard key", Some("RotateKey"), (200, "Edge")),
+    ep("get", "/edge-nodes/{edge}/origins", "edge-nodes", "Origins the edge serves, with its address toward each", None, (200, "[EdgeOrigin]")),
+    ep("put", "/edge-nodes/{edge}/origins/{origin}", "edge-nodes", "Make the edge serve an origin (allocates its address)", None, (201, "EdgeOrigin")),
+    ep("delete", "/edge-nodes/{edge}/origins/{origin}", "edge-nodes", "Stop the edge serving an origin", None, (204, "")),
+    ep("get", "/edge-nodes/{edge}/health-history", "health", "The edge's health-check results, newest first (?limit=)", None, (200, "[HealthCheck]")),
+    ep("get", "/edge-nodes/{edge}/tokens", "tokens", "The edge's node tokens (metadata)", None, (200, "[NodeToken]")),
+    ep("post", "/edge-nodes/{edge}/tokens", "tokens", "Create a one-time enrollment token for the edge", Some("TokenRequest"), (201, "IssuedNodeToken")),
+    ep("get", "/edge-nodes/{edge}/bundle", "bundles", "tar.gz: edge.toml, control-ca.pem, a fresh enroll.token, kokoa-edge.service, install.sh", None, (200, "gzip")),
+    ep("get", "/routes", "routes", "List routes", None, (200, "[Route]")),
+    ep("post", "/routes", "routes", "Create a route (409 when a name is taken)", Some("RouteCreate"), (201, "Route")),
+    ep("get", "/routes/{route}", "routes", "Get a route (id or host name)", None, (200, "Route")),
+    ep("patch", "/routes/{route}", "routes", "Change a route", Some("RoutePatch"), (200, "Route")),
+    ep("delete", "/routes/{route}", "routes", "Delete a route", None, (204, "")),
+    ep("get", "/certificates", "certificates", "List certificates (never keys)", None, (200, "[Certificate]")),
+    ep("post", "/certificates", "certificates", "Upload a certificate chain and key", Some("CertificateUpload"), (201, "Certificate")),
+    ep("get", "/certificates/{certificate}", "certificates", "Get a certificate (never its key)", None, (200, "Certificate")),
+    ep("delete", "/certificates/{certificate}", "certificates", "Delete a certificate", None, (204, "")),
+    ep("get", "/node-tokens", "tokens", "All node tokens (metadata), newest first", None, (200, "[NodeToken]")),
+    ep("delete", "/node-tokens/{token}", "tokens", "Revoke a node token or credential", None, (200, "NodeToken")),
+    ep("get", "/api-tokens", "tokens", "List API tokens (metadata)", None, (200, "[ApiToken]")),
+    ep("post", "/api-tokens", "tokens", "Create an API token (the secret is returned once)", Some("ApiTokenRequest"), (201, "IssuedApiToken")),
+    ep("delete", "/api-tokens/{token}", "tokens", "Revoke an API token", None, (200, "ApiToken")),
+    ep("get", "/events", "events", "Audit trail (?after=, ?entity=, ?entity_id=, ?limit=)", None, (200, "[Event]")),
+    ep("get", "/health-checks", "health", "Health-check results (?edge_id=, ?service_id=, ?limit=)", None, (200, "[HealthCheck]")),
+    ep("get", "/nodes", "status", "Every node: applied version, last heartbeat, last NACK", None, (200, "[NodeStatus]")),
+    ep("get", "/status", "status", "Config version and every node's status", None, (200, "StatusSummary")),
+];
+
+fn schema_ref(name: &str) -> Value {
+    match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(inner) => {
+            json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{inner}")}})
+        }
+        None => json!({"$ref": format!("#/components/schemas/{name}")}),
+    }
+}
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn operation(endpoint: &Endpoint) -> Value {
+    let params: Vec<Value> = endpoint
+        .path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect();
+    let (status, schema) = endpoint.response;
+    let success = match schema {
+        "" => json!({"description": "done"}),
+        "gzip" => {
+            json!({"description": "the bundle", "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}})
+        }
+        name => {
+            json!({"description": "ok", "content": {"application/json": {"schema": schema_ref(name)}}})
+        }
+    };
+    let mut responses = Map::new();
+    responses.insert(status.to_string(), success);
+    responses.insert(
+        "401".into(),
+        error_response("missing, unknown, expired or revoked bearer token"),
+    );
+    if endpoint.path.contains('{') {
+        responses.insert("404".into(), error_response("unknown id or name"));
+    }
+    if endpoint.body.is_some() {
+        responses.insert("400".into(), error_response("malformed JSON"));
+        responses.insert(
+            "409".into(),
+            error_response(
+                "conflicts with existing data (duplicate name, host name or port; still in use)",
+            ),
+        );
+        responses.insert(
+            "422".into(),
+            error_response("a field is not acceptable; `field` names it"),
+        );
+    }
+    let mut op = json!({
+        "tags": [endpoint.tag],
+        "summary": endpoint.summary,
+        "operationId": format!("{}{}", endpoint.method, endpoint.path.replace(['/', '{', '}', '-'], "_")),
+        "parameters": params,
+        "responses": responses,
+    });
+    if let Some(body) = endpoint.body {
+        op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema_ref(body)}}});
+    }
+    op
+}
+
+fn string() -> Value {
+    json!({"type": "string"})
+}
+fn nullable(kind: &str) -> Value {
+    json!({"type": [kind, "null"]})
+}
+fn time() -> Value {
+    json!({"type": "string", "format": "date-time"})
+}
+fn uuid() -> Value {
+    json!({"type": "string", "format": "uuid"})
+}
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({"type": "object", "required": required, "properties": properties})
+}
+
+fn schemas() -> Value {
+    let node_state = object(
+        &["status"],
+        json!({
+            "status": {"type": "string", "enum": ["pending", "healthy", "unhealthy"]},
+            "last_heartbeat": nullable("string"),
+            "heartbeat": {"type": ["object", "null"]},
+            "applied_version": nullable("integer"),
+            "nack": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Nack"}]},
+        }),
+    );
+    let service_props = json!({
+        "name": string(), "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "protocol": {"type": "string", "enum": ["http", "tcp"]},
+        "local_address": {"type": "string", "description": "host:port where the app listens on the origin host; default 127.0.0.1:<port>"},
+        "health_path": nullable("string"),
+    });
+    json!({
+        "Error": object(&["error"], json!({"error": string(), "field": string()})),
+        "Nack": object(&["version", "error"], json!({"version": {"type": "integer"}, "error": string()})),
+        "NodeState": node_state,
+        "Origin": object(&["id", "name", "subnet", "public_key", "managed_key", "state", "address", "network"], json!({
+            "id": uuid(), "name": string(), "subnet": {"type": "integer", "minimum": 1, "maximum": 254},
+            "public_key": {"type": "string", "description": "WireGuard public key, base64"},
+            "managed_key": {"type": "boolean"}, "state": {"$ref": "#/components/schemas/NodeState"},
+            "address": string(), "network": string(), "created_at": time(), "updated_at": time(),
+        })),
+        "NewOrigin": object(&["name"], json!({"name": string(), "public_key": string()})),
+        "OriginUpdate": object(&[], json!({"name": string()})),
+        "RotateKey": object(&[], json!({"public_key": {"type": "string", "description": "absent: control generates a new pair"}})),
+        "Service": object(&["id", "origin_id", "origin", "name", "port", "protocol", "local_address"], {
+            let mut p = service_props.clone();
+            p["id"] = uuid(); p["origin_id"] = uuid(); p["origin"] = string();
+            p["created_at"] = time(); p["updated_at"] = time();
+            p
+        }),
+        "NewService": object(&["name", "port"], service_props.clone()),
+        "ServiceUpdate": object(&[], service_props),
+        "EdgeOrigin": object(&["origin_id", "origin", "address", "origin_address"], json!({
+            "origin_id": uuid(), "origin": string(), "address": string(), "origin_address": string(),
+        })),
+        "Edge": object(&["id", "name", "public_key", "managed_key", "state", "origins"], json!({
+            "id": uuid(), "name": string(), "public_ip": nullable("string"), "endpoint": nullable("string"),
+            "provider": nullable("string"), "region": nullable("string"), "public_key": string(),
+            "managed_key": {"type": "boolean"}, "state": {"$ref": "#/components/schemas/NodeState"},
+            "origins": {"type": "array", "items": {"$ref": "#/components/schemas/EdgeOrigin"}},
+            "created_at": time(), "updated_at": time(),
+        })),
+        "EdgeCreate": object(&["name"], json!({
+            "name": string(), "public_ip": string(), "endpoint": {"type": "string", "description": "WireGuard host:port origins dial"},
+            "provider": string(), "region": string(), "public_key": string(),
+            "origins": {"type": "array", "items": string(), "description": "origin ids or names"},
+        })),
+        "EdgeUpdate": object(&[], json!({
+            "name": string(), "public_ip": nullable("string"), "endpoint": nullable("string"),
+            "provider": nullable("string"), "region": nullable("string"),
+        })),
+        "Route": object(&["id", "hostname", "aliases", "service_id", "origin_id", "origin", "service", "port", "limits"], json!({
+            "id": uuid(), "hostname": string(), "aliases": {"type": "array", "items": string()},
+            "service_id": uuid(), "origin_id": uuid(), "origin": string(), "service": string(),
+            "port": {"type": "integer"}, "limits": {"type": "object"}, "created_at": time(), "updated_at": time(),
+        })),
+        "RouteCreate": object(&["hostname"], json!({
+            "hostname": {"type": "string", "description": "exact or *.wildcard"},
+            "aliases": {"type": "array", "items": string()},
+            "service_id": uuid(), "origin": {"type": "string", "description": "with service: origin id or name"},
+            "service": {"type": "string", "description": "service id or name within origin"},
+            "limits": {"type": "object"},
+        })),
+        "RoutePatch": object(&[], json!({
+            "hostname": string(), "aliases": {"type": "array", "items": string()},
+            "service_id": uuid(), "origin": string(), "service": string(), "limits": {"type": "object"},
+        })),
+        "Certificate": object(&["id", "names", "source"], json!({
+            "id": uuid(), "names": {"type": "array", "items": string()},
+            "source": {"type": "string", "enum": ["manual", "acme"]}, "chain_pem": nullable("string"),
+            "issuer": nullable("string"), "not_after": nullable("string"), "last_error": nullable("string"),
+            "created_at": time(), "updated_at": time(),
+        })),
+        "CertificateUpload": object(&["chain_pem", "key_pem"], json!({
+            "chain_pem": string(), "key_pem": string(),
+            "names": {"type": "array", "items": string(), "description": "absent: the leaf's DNS SANs"},
+        })),
+        "NodeToken": object(&["id", "kind", "node", "created_at"], json!({
+            "id": uuid(), "kind": {"type": "string", "enum": ["enrollment", "credential"]},
+            "node": object(&["kind", "id"], json!({"kind": {"type": "string", "enum": ["edge", "origin"]}, "id": uuid()})),
+            "created_at": time(), "expires_at": nullable("string"), "used_at": nullable("string"), "revoked_at": nullable("string"),
+        })),
+        "IssuedNodeToken": object(&["token", "secret"], json!({"token": {"$ref": "#/components/schemas/NodeToken"}, "secret": string()})),
+        "TokenRequest": object(&[], json!({"ttl_seconds": {"type": "integer", "minimum": 1}})),
+        "ApiToken": object(&["id", "name", "created_at"], json!({
+            "id": uuid(), "name": string(), "created_at": time(), "expires_at": nullable("string"), "revoked_at": nullable("string"),
+        })),
+        "IssuedApiToken": object(&["token", "secret"], json!({"token": {"$ref": "#/components/schemas/ApiToken"}, "secret": string()})),
+        "ApiTokenRequest": object(&["name"], json!({"name": string(), "ttl_seconds": {"type": "integer", "minimum": 1}})),
+        "Event": object(&["id", "at", "actor", "entity", "entity_id", "action", "detail"], json!({
+            "id": {"type": "integer"}, "at": time(), "actor": string(), "entity": string(), "entity_id": string(),
+            "action": string(), "detail": {}, "config_version": nullable("integer"),
+        })),
+        "HealthCheck": object(&["id", "success", "checked_at"], json!({
+            "id": uuid(), "edge_id": nullable("string"), "service_id": nullable("string"), "success": {"type": "boolean"},
+            "response_time_ms": nullable("integer"), "error": nullable("string"), "checked_at": time(),
+        })),
+        "NodeStatus": object(&["kind", "id", "name", "status", "in_sync"], json!({
+            "kind": {"type": "string", "enum": ["edge", "origin"]}, "id": uuid(), "name": string(),
+            "status": {"type": "string", "enum": ["pending", "healthy", "unhealthy"]},
+            "connected": nullable("boolean"), "applied_version": nullable("integer"), "in_sync": {"type": "boolean"},
+            "last_heartbeat": nullable("string"),
+            "nack": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Nack"}]},
+        })),
+        "StatusSummary": object(&["config_version", "nodes"], json!({
+            "config_version": {"type": "integer"},
+            "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/NodeStatus"}},
+        })),
+    })
+}
+
+/// The OpenAPI 3.1 document.
+pub fn document_value() -> Value {
+    let mut paths = Map::new();
+    for endpoint in ENDPOINTS {
+        let item = paths
+            .entry(format!("/api/v1{}", endpoint.path))
+            .or_insert_with(|| json!({}));
+        item[endpoint.method] = operation(endpoint);
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Kokoa control API",
+            "version": crate::VERSION,
+            "description": "Origins, services, edges, routes, certificates and tokens of a Kokoa deployment. Every endpoint needs `Authorization: Bearer <API token>` (create the first with `kokoa-control token create --name NAME`). Errors are JSON `{\"error\": \"...\", \"field\": \"...\"}`. Origins and edges are addressed by id or name, routes by id or host name.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    })
+}
+
+pub(super) async fn document() -> Json<Value> {
+    Json(document_value())
+}

@@ -1,0 +1,396 @@
+//! Node bundles: everything a new edge or origin host needs to join, as one tar.gz.
+//!
+//! `GET /api/v1/{edge-nodes,origins}/{id}/bundle` answers with [`build`]'s archive:
+//!
+//! | file | what |
+//! |---|---|
+//! | `edge.toml` / `origin.toml` | the bootstrap config: listeners and `[control]` (no routes, peers or services: those come from control) |
+//! | `control-ca.pem` | control's CA, the only trust anchor the node accepts for the gRPC TLS |
+//! | `enroll.token` | a fresh one-time enrollment token (mode 0600) |
+//! | `kokoa-edge.service` / `kokoa-origin.service` | systemd unit running as the `kokoa` user |
+//! | `install.sh` | creates the user and directories, installs the files, enables the unit |
+//!
+//! Paths inside the config are relative to it, so the files work wherever they are unpacked;
+//! `install.sh` puts them in `/etc/kokoa` and the state in `/var/lib/kokoa-edge` (or `-origin`).
+
+use std::io::Write;
+use std::time::Duration;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+use crate::store::{Edge, Origin};
+
+/// Where the installed files go.
+pub const CONFIG_DIR: &str = "/etc/kokoa";
+/// The WireGuard port an edge listens on unless its endpoint says otherwise.
+pub const DEFAULT_EDGE_TUNNEL_PORT: u16 = 51820;
+
+/// What every bundle needs from the running control.
+#[derive(Clone, Debug)]
+pub struct BundleSettings {
+    /// The gRPC URL nodes dial (`--public-url`), e.g. `https://control.example.com:7443`.
+    pub control_url: String,
+    /// Control's CA certificate (PEM).
+    pub ca_pem: String,
+    /// How long the bundle's enrollment token stays valid.
+    pub enrollment_ttl: Duration,
+}
+
+/// The node a bundle is for.
+#[derive(Clone, Debug)]
+pub enum BundleNode {
+    /// An edge.
+    Edge(Edge),
+    /// An origin.
+    Origin(Origin),
+}
+
+impl BundleNode {
+    /// `edge` or `origin`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BundleNode::Edge(_) => "edge",
+            BundleNode::Origin(_) => "origin",
+        }
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        match self {
+            BundleNode::Edge(edge) => &edge.name,
+            BundleNode::Origin(origin) => &origin.name,
+        }
+    }
+
+    fn managed_key(&self) -> bool {
+        match self {
+            BundleNode::Edge(edge) => edge.managed_key,
+            BundleNode::Origin(origin) => origin.managed_key,
+        }
+    }
+}
+
+/// A TOML basic string (quoted and escaped).
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// The port of a `host:port` endpoint.
+fn endpoint_port(endpoint: Option<&str>) -> Option<u16> {
+    endpoint?.rsplit_once(':')?.1.parse().ok()
+}
+
+/// The bootstrap config (`edge.toml` / `origin.toml`) in the format nodes read in control mode.
+pub fn node_config(settings: &BundleSettings, node: &BundleNode) -> String {
+    let kind = node.kind();
+    let mut out = format!(
+        "# kokoa-{kind} bootstrap config for {name:?}, made by kokoa-control.\n\
+         # Routes, peers, services and (unless noted below) the WireGuard key come from control\n\
+         # over gRPC; the last applied config is kept in state_dir, so this node keeps working\n\
+         # while control is unreachable.\n",
+        name = node.name()
+    );
+    match node {
+        BundleNode::Edge(edge) => {
+            let port = endpoint_port(edge.endpoint.as_deref()).unwrap_or(DEFAULT_EDGE_TUNNEL_PORT);
+            out.push_str(&format!(
+                "\n[edge]\nhttps = \"0.0.0.0:443\"\nhttp = \"0.0.0.0:80\"\nadmin = \"127.0.0.1:9090\"\n\
+                 \n[tunnel]\n# WireGuard UDP port origins dial (the port of the edge's endpoint).\nlisten = \"0.0.0.0:{port}\"\n"
+            ));
+        }
+        BundleNode::Origin(_) => {
+            out.push_str(
+                "\n[origin]\nadmin = \"127.0.0.1:9091\"\n\
+                 \n[tunnel]\n# Ephemeral: the origin dials its edges, so no port needs forwarding.\nlisten = \"0.0.0.0:0\"\n",
+            );
+        }
+    }
+    if !node.managed_key() {
+        out.push_str(&format!(
+            "# The operator holds this node's WireGuard private key: put it in {CONFIG_DIR}/{kind}.key\n\
+             # (mode 0600) and uncomment:\n# private_key_file = \"{kind}.key\"\n"
+        ));
+    }
+    out.push_str(&format!(
+        "\n[control]\nurl = {url}\nca_file = \"control-ca.pem\"\n\
+         # One-time: exchanged for a long-lived credential (kept in state_dir) on first start.\n\
+         token_file = \"enroll.token\"\nstate_dir = \"/var/lib/kokoa-{kind}\"\n",
+        url = quote(&settings.control_url),
+    ));
+    out
+}
+
+/// The systemd unit.
+pub fn systemd_unit(node: &BundleNode) -> String {
+    let kind = node.kind();
+    let capabilities = match node {
+        // The edge binds 80 and 443 without running as root.
+        BundleNode::Edge(_) => {
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE\nCapabilityBoundingSet=CAP_NET_BIND_SERVICE\n"
+        }
+        BundleNode::Origin(_) => "CapabilityBoundingSet=\n",
+    };
+    format!(
+        "[Unit]\n\
+         Description=Kokoa {kind} {name}\n\
+         Documentation=https://example.invalid/kokoa\n\
+         Wants=network-online.target\n\
+         After=network-online.target\n\
+         \n\
+         [Service]\n\
+         Type=simple\n\
+         User=kokoa\n\
+         Group=kokoa\n\
+         ExecStart=/usr/local/bin/kokoa-{kind} --config {CONFIG_DIR}/{kind}.toml\n\
+         Restart=always\n\
+         RestartSec=2\n\
+         TimeoutStopSec=20\n\
+         {capabilities}\
+         NoNewPrivileges=true\n\
+         ProtectSystem=strict\n\
+         ProtectHome=true\n\
+         PrivateTmp=true\n\
+         PrivateDevices=true\n\
+         StateDirectory=kokoa-{kind}\n\
+         StateDirectoryMode=0700\n\
+         LimitNOFILE=65536\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        name = node.name(),
+    )
+}
+
+/// The install script: run as root from the unpacked bundle directory.
+pub fn install_script(node: &BundleNode) -> String {
+    let kind = node.kind();
+    format!(
+        r#"#!/bin/sh
+# Installs kokoa-{kind} "{name}" from this bundle. Run as root in the unpacked directory:
+#   sudo ./install.sh            (KOKOA_BIN=/path/to/kokoa-{kind} to install the binary too)
+set -eu
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install.sh: run as root (sudo ./install.sh)" >&2
+    exit 1
+fi
+
+if [ -n "${{KOKOA_BIN:-}}" ]; then
+    install -m 0755 "$KOKOA_BIN" /usr/local/bin/kokoa-{kind}
+fi
+if [ ! -x /usr/local/bin/kokoa-{kind} ]; then
+    echo "install.sh: /usr/local/bin/kokoa-{kind} is missing; copy the binary there or set KOKOA_BIN" >&2
+    exit 1
+fi
+
+if ! getent passwd kokoa >/dev/null; then
+    useradd --system --home-dir /var/lib/kokoa-{kind} --no-create-home --shell /usr/sbin/nologin kokoa
+fi
+
+install -d -m 0750 -o root -g kokoa {CONFIG_DIR}
+install -d -m 0700 -o kokoa -g kokoa /var/lib/kokoa-{kind}
+install -m 0640 -o root -g kokoa {kind}.toml {CONFIG_DIR}/{kind}.toml
+install -m 0644 -o root -g root control-ca.pem {CONFIG_DIR}/control-ca.pem
+# Readable by the service only; used once, on the first start.
+install -m 0640 -o root -g kokoa enroll.token {CONFIG_DIR}/enroll.token
+install -m 0644 -o root -g root kokoa-{kind}.service /etc/systemd/system/kokoa-{kind}.service
+
+systemctl daemon-reload
+systemctl enable kokoa-{kind}.service
+systemctl restart kokoa-{kind}.service
+echo "kokoa-{kind} installed and started; follow it with: journalctl -u kokoa-{kind} -f"
+"#,
+        name = node.name(),
+    )
+}
+
+/// Builds the bundle archive (tar.gz) for `node` with the enrollment `token`.
+pub fn build(
+    settings: &BundleSettings,
+    node: &BundleNode,
+    token: &str,
+) -> std::io::Result<Vec<u8>> {
+    let kind = node.kind();
+    let mtime = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let files: [(String, Vec<u8>, u32); 5] = [
+        (
+            format!("{kind}.toml"),
+            node_config(settings, node).into_bytes(),
+            0o644,
+        ),
+        (
+            "control-ca.pem".to_string(),
+            settings.ca_pem.clone().into_bytes(),
+            0o644,
+        ),
+        (
+            "enroll.token".to_string(),
+            format!("{token}\n").into_bytes(),
+            0o600,
+        ),
+        (
+            format!("kokoa-{kind}.service"),
+            systemd_unit(node).into_bytes(),
+            0o644,
+        ),
+        (
+            "install.sh".to_string(),
+            install_script(node).into_bytes(),
+            0o755,
+        ),
+    ];
+    let encoder = GzEncoder::new(Vec::new(), Compression::default());
+    let mut archive = tar::Builder::new(encoder);
+    let dir = format!("kokoa-{kind}-{}", node.name());
+    for (name, contents, mode) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(contents.len() as u64);
+        header.set_mode(mode);
+        header.set_mtime(mtime);
+        header.set_entry_type(tar::EntryType::Regular);
+        archive.append_data(&mut header, format!("{dir}/{name}"), contents.as_slice())?;
+    }
+    let mut encoder = archive.into_inner()?;
+    encoder.flush()?;
+    encoder.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Read;
+
+    use super::*;
+    use crate::store::{NodeState, NodeStatus};
+
+    fn state() -> NodeState {
+        NodeState {
+            status: NodeStatus::Pending,
+            last_heartbeat: None,
+            heartbeat: None,
+            applied_version: None,
+            nack: None,
+        }
+    }
+
+    fn unpack(bytes: &[u8]) -> BTreeMap<String, (String, u32)> {
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+        let mut files = BTreeMap::new();
+        for entry in archive.entries().expect("entries") {
+            let mut entry = entry.expect("entry");
+            let path = entry.path().expect("path").display().to_string();
+            let mode = entry.header().mode().expect("mode");
+            let mut text = String::new();
+            entry.read_to_string(&mut text).expect("read");
+            files.insert(path, (text, mode));
+        }
+        files
+    }
+
+    fn settings() -> BundleSettings {
+        BundleSettings {
+            control_url: "https://control.example.com:7443".into(),
+            ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+            enrollment_ttl: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn edge_bundle_has_every_file_and_a_parsable_config() {
+        let now = time::OffsetDateTime::now_utc();
+        let edge = Edge {
+            id: uuid::Uuid::new_v4(),
+            name: "vps1".into(),
+            public_ip: None,
+            endpoint: Some("198.51.100.7:51999".into()),
+            provider: None,
+            region: None,
+            public_key: kokoa_tunnel::key::PrivateKey::generate().public_key(),
+            managed_key: true,
+            state: state(),
+            created_at: now,
+            updated_at: now,
+        };
+        let bytes = build(&settings(), &BundleNode::Edge(edge), "kokoa_enr_secret").expect("build");
+        let files = unpack(&bytes);
+        let names: Vec<&str> = files.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "kokoa-edge-vps1/control-ca.pem",
+                "kokoa-edge-vps1/edge.toml",
+                "kokoa-edge-vps1/enroll.token",
+                "kokoa-edge-vps1/install.sh",
+                "kokoa-edge-vps1/kokoa-edge.service",
+            ]
+        );
+        let (config, _) = &files["kokoa-edge-vps1/edge.toml"];
+        let config: toml::Value = toml::from_str(config).expect("edge.toml parses");
+        assert_eq!(config["tunnel"]["listen"].as_str(), Some("0.0.0.0:51999"));
+        assert_eq!(config["edge"]["https"].as_str(), Some("0.0.0.0:443"));
+        assert_eq!(
+            config["control"]["url"].as_str(),
+            Some("https://control.example.com:7443")
+        );
+        assert_eq!(
+            config["control"]["ca_file"].as_str(),
+            Some("control-ca.pem")
+        );
+        assert_eq!(
+            config["control"]["token_file"].as_str(),
+            Some("enroll.token")
+        );
+        assert_eq!(
+            config["control"]["state_dir"].as_str(),
+            Some("/var/lib/kokoa-edge")
+        );
+        assert!(config.get("routes").is_none() && config.get("origins").is_none());
+        assert_eq!(
+            files["kokoa-edge-vps1/enroll.token"],
+            ("kokoa_enr_secret\n".into(), 0o600)
+        );
+        assert_eq!(files["kokoa-edge-vps1/install.sh"].1, 0o755);
+        assert!(files["kokoa-edge-vps1/control-ca.pem"]
+            .0
+            .contains("BEGIN CERTIFICATE"));
+        let unit = &files["kokoa-edge-vps1/kokoa-edge.service"].0;
+        assert!(unit.contains("ExecStart=/usr/local/bin/kokoa-edge --config /etc/kokoa/edge.toml"));
+        assert!(unit.contains("CAP_NET_BIND_SERVICE"));
+        let script = &files["kokoa-edge-vps1/install.sh"].0;
+        assert!(script.starts_with("#!/bin/sh"));
+        assert!(script.contains("useradd --system"));
+        assert!(script.contains("systemctl enable kokoa-edge.service"));
+    }
+
+    #[test]
+    fn origin_bundle_listens_ephemeral_and_notes_an_operator_key() {
+        let now = time::OffsetDateTime::now_utc();
+        let origin = Origin {
+            id: uuid::Uuid::new_v4(),
+            name: "home".into(),
+            subnet: 1,
+            public_key: kokoa_tunnel::key::PrivateKey::generate().public_key(),
+            managed_key: false,
+            state: state(),
+            created_at: now,
+            updated_at: now,
+        };
+        let bytes = build(&settings(), &BundleNode::Origin(origin), "t").expect("build");
+        let files = unpack(&bytes);
+        let (config, _) = &files["kokoa-origin-home/origin.toml"];
+        assert!(config.contains("# private_key_file = \"origin.key\""));
+        let config: toml::Value = toml::from_str(config).expect("origin.toml parses");
+        assert_eq!(config["tunnel"]["listen"].as_str(), Some("0.0.0.0:0"));
+        assert_eq!(config["origin"]["admin"].as_str(), Some("127.0.0.1:9091"));
+        assert_eq!(
+            config["control"]["state_dir"].as_str(),
+            Some("/var/lib/kokoa-origin")
+        );
+        assert!(files.contains_key("kokoa-origin-home/kokoa-origin.service"));
+    }
+}

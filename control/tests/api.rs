@@ -1,0 +1,893 @@
+//! The REST API over a real SQLite store, served on 127.0.0.1:0 and called over HTTP with the
+//! CLI's client: every resource's create / list / get / update / delete, each 4xx the issue
+//! names (bad hostname, duplicate route, unknown origin, port out of range, missing or bad
+//! token), bundles, and that every endpoint in the OpenAPI document is routed.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use hyper::{Method, StatusCode};
+use kokoa_control::api::openapi::ENDPOINTS;
+use kokoa_control::api::{self, ApiState, EdgeView, ErrorBody, OriginView, RouteView, ServiceView};
+use kokoa_control::bundle::BundleSettings;
+use kokoa_control::cli::client::{ApiClient, ClientError};
+use kokoa_control::store::{
+    self, Actor, ApiToken, Certificate, Event, IssuedApiToken, IssuedNodeToken, MasterKey, NodeId,
+    NodeToken, Store,
+};
+use serde_json::{json, Value};
+
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nTESTCA\n-----END CERTIFICATE-----\n";
+
+struct Harness {
+    store: Arc<dyn Store>,
+    /// Authenticated as token "test".
+    api: ApiClient,
+    url: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start() -> Result<Harness> {
+        let dir = tempfile::tempdir()?;
+        let store = store::open(
+            &format!("sqlite://{}", dir.path().join("control.db").display()),
+            MasterKey::generate(),
+        )
+        .await?;
+        let token = store.create_api_token(&Actor::Cli, "test", None).await?;
+        let state = ApiState {
+            store: store.clone(),
+            bundle: Some(Arc::new(BundleSettings {
+                control_url: "https://control.test:7443".into(),
+                ca_pem: CA_PEM.into(),
+                enrollment_ttl: Duration::from_secs(600),
+            })),
+            live: None,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(api::serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        let api = ApiClient::new(&url, Some(token.secret.expose().to_string()))?;
+        Ok(Harness {
+            store,
+            api,
+            url,
+            _stop: stop,
+            _dir: dir,
+        })
+    }
+
+    fn client(&self, token: Option<&str>) -> Result<ApiClient> {
+        Ok(ApiClient::new(&self.url, token.map(str::to_string))?)
+    }
+
+    /// Sends raw JSON text and returns the status and decoded error body.
+    async fn raw(&self, method: Method, path: &str, body: &str) -> Result<(StatusCode, Value)> {
+        let (status, bytes) = self
+            .api
+            .send(method, path, Some(body.as_bytes().to_vec()))
+            .await?;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("not JSON: {:?}", String::from_utf8_lossy(&bytes)))?
+        };
+        Ok((status, value))
+    }
+
+    async fn origin(&self, name: &str) -> Result<OriginView> {
+        Ok(self.api.post("/origins", &json!({"name": name})).await?)
+    }
+
+    async fn service(&self, origin: &str, name: &str, port: u16) -> Result<ServiceView> {
+        Ok(self
+            .api
+            .post(
+                &format!("/origins/{origin}/services"),
+                &json!({"name": name, "port": port}),
+            )
+            .await?)
+    }
+}
+
+/// Asserts an API error's status and field.
+fn expect_error<T: std::fmt::Debug>(
+    result: Result<T, ClientError>,
+    status: StatusCode,
+    field: Option<&str>,
+) -> Result<String> {
+    match result {
+        Err(ClientError::Api {
+            status: got,
+            message,
+            field: got_field,
+        }) => {
+            ensure!(got == status, "expected {status}, got {got}: {message}");
+            ensure!(
+                got_field.as_deref() == field,
+                "expected field {field:?}, got {got_field:?} ({message})"
+            );
+            ensure!(!message.is_empty(), "empty error message");
+            Ok(message)
+        }
+        other => anyhow::bail!("expected {status}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_required_and_checked() -> Result<()> {
+    let h = Harness::start().await?;
+    for token in [None, Some("kokoa_api_wrong"), Some("")] {
+        let client = h.client(token)?;
+        let (status, bytes) = client.send(Method::GET, "/origins", None).await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "token {token:?}");
+        let body: ErrorBody = serde_json::from_slice(&bytes)?;
+        assert!(!body.error.is_empty());
+    }
+    // The header says how to authenticate.
+    let raw = reqwest_free_get(&h.url, "/api/v1/routes").await?;
+    assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{raw}"
+    );
+
+    // A second token works, and stops working once revoked.
+    let issued: IssuedApiToken = h.api.post("/api-tokens", &json!({"name": "ci"})).await?;
+    let second = h.client(Some(issued.secret.expose()))?;
+    let _: Vec<OriginView> = second.get("/origins").await?;
+    let tokens: Vec<ApiToken> = h.api.get("/api-tokens").await?;
+    assert_eq!(
+        tokens.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["ci", "test"]
+    );
+    let revoked: ApiToken = h
+        .api
+        .json(
+            Method::DELETE,
+            &format!("/api-tokens/{}", issued.token.id),
+            &json!({}),
+        )
+        .await?;
+    assert!(revoked.revoked_at.is_some());
+    expect_error(
+        second.get::<Vec<OriginView>>("/origins").await,
+        StatusCode::UNAUTHORIZED,
+        None,
+    )?;
+    expect_error(
+        h.api
+            .post::<_, IssuedApiToken>("/api-tokens", &json!({"name": "ci"}))
+            .await,
+        StatusCode::CONFLICT,
+        None,
+    )?;
+
+    // Public: the OpenAPI document and the readiness probe.
+    let anonymous = h.client(None)?;
+    let doc: Value = anonymous.get("/openapi.json").await?;
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/api/v1/routes"]["post"].is_object());
+    let health = reqwest_free_get(&h.url, "/healthz").await?;
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("ok"),
+        "{health}"
+    );
+    Ok(())
+}
+
+/// A raw HTTP/1.1 GET (to see headers the client hides).
+async fn reqwest_free_get(base: &str, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut out)).await??;
+    Ok(out)
+}
+
+#[tokio::test]
+async fn origins_crud_and_errors() -> Result<()> {
+    let h = Harness::start().await?;
+    let home = h.origin("home").await?;
+    assert_eq!(home.address.to_string(), "10.100.1.1");
+    assert_eq!(home.network.to_string(), "10.100.1.0/24");
+    assert!(home.origin.managed_key);
+    let office = h.origin("office").await?;
+    assert_eq!(office.origin.subnet, 2);
+
+    let list: Vec<OriginView> = h.api.get("/origins").await?;
+    assert_eq!(
+        list.iter()
+            .map(|o| o.origin.name.as_str())
+            .collect::<Vec<_>>(),
+        ["home", "office"]
+    );
+    let by_name: OriginView = h.api.get("/origins/home").await?;
+    let by_id: OriginView = h.api.get(&format!("/origins/{}", home.origin.id)).await?;
+    assert_eq!(by_name.origin.id, by_id.origin.id);
+
+    let renamed: OriginView = h
+        .api
+        .json(Method::PATCH, "/origins/office", &json!({"name": "branch"}))
+        .await?;
+    assert_eq!(renamed.origin.name, "branch");
+
+    let rotated: OriginView = h.api.post("/origins/home/rotate-key", &json!({})).await?;
+    assert_ne!(rotated.origin.public_key, home.origin.public_key);
+    let own_key = kokoa_tunnel::key::PrivateKey::generate().public_key();
+    let rotated: OriginView = h
+        .api
+        .post(
+            "/origins/home/rotate-key",
+            &json!({"public_key": own_key.to_base64()}),
+        )
+        .await?;
+    assert_eq!(rotated.origin.public_key, own_key);
+    assert!(!rotated.origin.managed_key);
+
+    // Errors.
+    expect_error(
+        h.api
+            .post::<_, OriginView>("/origins", &json!({"name": "home"}))
+            .await,
+        StatusCode::CONFLICT,
+        None,
+    )?;
+    expect_error(
+        h.api
+            .post::<_, OriginView>("/origins", &json!({"name": "Bad Name"}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("name"),
+    )?;
+    expect_error(
+        h.api
+            .post::<_, OriginView>("/origins", &json!({"nom": "x"}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        None,
+    )?;
+    expect_error(
+        h.api
+            .post::<_, OriginView>("/origins", &json!({"name": "k", "public_key": "nope"}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("public_key"),
+    )?;
+    let (status, body) = h.raw(Method::POST, "/origins", "{\"name\": ").await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("JSON")),
+        "{body}"
+    );
+    expect_error(
+        h.api.get::<OriginView>("/origins/nowhere").await,
+        StatusCode::NOT_FOUND,
+        None,
+    )?;
+    expect_error(
+        h.api
+            .get::<OriginView>(&format!("/origins/{}", uuid::Uuid::new_v4()))
+            .await,
+        StatusCode::NOT_FOUND,
+        None,
+    )?;
+    expect_error(
+        h.api.get::<Value>("/no-such-thing").await,
+        StatusCode::NOT_FOUND,
+        None,
+    )?;
+
+    h.api.delete("/origins/branch").await?;
+    expect_error(
+        h.api.delete("/origins/branch").await,
+        StatusCode::NOT_FOUND,
+        None,
+    )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn services_crud_and_port_validation() -> Result<()> {
+    let h = Harness::start().await?;
+    h.origin("home").await?;
+    let web = h.service("home", "web", 8001).await?;
+    assert_eq!(web.service.local_address, "127.0.0.1:8001");
+    assert_eq!(web.origin, "home");
+    let ssh: ServiceView = h
+        .api
+        .post(
+            "/origins/home/services",
+            &json!({"name": "ssh", "port": 22, "protocol": "tcp", "local_address": "127.0.0.1:2222"}),
+        )
+        .await?;
+
+    for port in [0, 65536, 70000] {
+        expect_error(
+            h.api
+                .post::<_, ServiceView>(
+                    "/origins/home/services",
+                    &json!({"name": "x", "port": port}),
+                )
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("port"),
+        )?;
+    }
+    expect_error(
+        h.api
+            .post::<_, ServiceView>("/origins/home/services", &json!({"name": "x", "port": -1}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("port"),
+    )?;
+    expect_error(
+        h.api
+            .post::<_, ServiceView>(
+                "/origins/home/services",
+                &json!({"name": "x", "port": "80"}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("port"),
+    )?;
+    expect_error(
+        h.api
+            .post::<_, ServiceView>(
+                "/origins/home/services",
+                &json!({"name": "dup", "port": 8001}),
+            )
+            .await,
+        StatusCode::CONFLICT,
+        None,
+    )?;
+    expect_error(
+        h.api
+            .post::<_, ServiceView>(
+                "/origins/nowhere/services",
+                &json!({"name": "x", "port": 80}),
+            )
+            .await,
+        StatusCode::NOT_FOUND,
+        None,
+    )?;
+    expect_error(
+        h.api
+            .post::<_, ServiceView>(
+                "/origins/home/services",
+                &json!({"name": "x", "port": 81, "health_path": "nope"}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("health_path"),
+    )?;
+
+    let all: Vec<ServiceView> = h.api.get("/services").await?;
+    assert_eq!(all.len(), 2);
+    let of_home: Vec<ServiceView> = h.api.get("/services?origin=home").await?;
+    assert_eq!(of_home.len(), 2);
+    let by_name: ServiceView = h.api.get("/origins/home/services/web").await?;
+    assert_eq!(by_name.service.id, web.service.id);
+    let by_id: ServiceView = h.api.get(&format!("/services/{}", ssh.service.id)).await?;
+    assert_eq!(by_id.service.name, "ssh");
+
+    let changed: ServiceView = h
+        .api
+        .json(
+            Method::PATCH,
+            "/origins/home/services/web",
+            &json!({"port": 8080, "health_path": "/healthz"}),
+        )
+        .await?;
+    assert_eq!(changed.service.port, 8080);
+    assert_eq!(changed.service.health_path.as_deref(), Some("/healthz"));
+    let cleared: ServiceView = h
+        .api
+        .json(
+            Method::PATCH,
+            &format!("/services/{}", web.service.id),
+            &json!({"health_path": null}),
+        )
+        .await?;
+    assert_eq!(cleared.service.health_path, None);
+
+    h.api.delete("/origins/home/services/ssh").await?;
+    h.api
+        .delete(&format!("/services/{}", web.service.id))
+        .await?;
+    let all: Vec<ServiceView> = h.api.get("/services").await?;
+    assert!(all.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn edges_with_origin_assignment() -> Result<()> {
+    let h = Harness::start().await?;
+    h.origin("home").await?;
+    h.origin("office").await?;
+    let edge: EdgeView = h
+        .api
+        .post(
+            "/edge-nodes",
+            &json!({"name": "vps1", "endpoint": "198.51.100.7:51820", "origins": ["home"]}),
+        )
+        .await?;
+    assert_eq!(edge.origins.len(), 1);
+    assert_eq!(edge.origins[0].origin, "home");
+    assert_eq!(edge.origins[0].address.to_string(), "10.100.1.10");
+    assert_eq!(edge.origins[0].origin_address.to_string(), "10.100.1.1");
+
+    expect_error(
+        h.api
+            .post::<_, EdgeView>(
+                "/edge-nodes",
+                &json!({"name": "vps2", "origins": ["nowhere"]}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("origins[0]"),
+    )?;
+    expect_error(
+        h.api
+            .post::<_, EdgeView>(
+                "/edge-nodes",
+                &json!({"name": "vps2", "endpoint": "host:99999"}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("endpoint"),
+    )?;
+    expect_error(
+        h.api
+            .post::<_, EdgeView>("/edge-nodes", &json!({"name": "vps1"}))
+            .await,
+        StatusCode::CONFLICT,
+        None,
+    )?;
+
+    let assigned: Value = h
+        .api
+        .json(Method::PUT, "/edge-nodes/vps1/origins/office", &json!({}))
+        .await?;
+    assert_eq!(assigned["address"], "10.100.2.10");
+    expect_error(
+        h.api
+            .json::<_, Value>(Method::PUT, "/edge-nodes/vps1/origins/office", &json!({}))
+            .await,
+        StatusCode::CONFLICT,
+        None,
+    )?;
+    let served: Vec<Value> = h.api.get("/edge-nodes/vps1/origins").await?;
+    assert_eq!(served.len(), 2);
+    let of_office: Vec<EdgeView> = h.api.get("/origins/office/edge-nodes").await?;
+    assert_eq!(of_office.len(), 1);
+    assert_eq!(of_office[0].edge.name, "vps1");
+    h.api.delete("/edge-nodes/vps1/origins/office").await?;
+    let of_office: Vec<EdgeView> = h.api.get("/origins/office/edge-nodes").await?;
+    assert!(of_office.is_empty());
+
+    let changed: EdgeView = h
+        .api
+        .json(
+            Method::PATCH,
+            "/edge-nodes/vps1",
+            &json!({"public_ip": "198.51.100.7", "region": "fra1"}),
+        )
+        .await?;
+    assert_eq!(changed.edge.region.as_deref(), Some("fra1"));
+    assert_eq!(changed.edge.endpoint.as_deref(), Some("198.51.100.7:51820"));
+    let rotated: EdgeView = h
+        .api
+        .post("/edge-nodes/vps1/rotate-key", &json!({}))
+        .await?;
+    assert_ne!(rotated.edge.public_key, edge.edge.public_key);
+
+    let list: Vec<EdgeView> = h.api.get("/edge-nodes").await?;
+    assert_eq!(list.len(), 1);
+    let history: Vec<Value> = h.api.get("/edge-nodes/vps1/health-history?limit=5").await?;
+    assert!(history.is_empty());
+    expect_error(
+        h.api
+            .get::<Vec<Value>>("/edge-nodes/vps1/health-history?limit=x")
+            .await,
+        StatusCode::BAD_REQUEST,
+        None,
+    )?;
+    h.api
+        .delete(&format!("/edge-nodes/{}", edge.edge.id))
+        .await?;
+    expect_error(
+        h.api.get::<EdgeView>("/edge-nodes/vps1").await,
+        StatusCode::NOT_FOUND,
+        None,
+    )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn routes_crud_and_the_issue_errors() -> Result<()> {
+    let h = Harness::start().await?;
+    h.origin("home").await?;
+    let web = h.service("home", "web", 8001).await?;
+    let api_svc = h.service("home", "api", 8002).await?;
+
+    let route: RouteView = h
+        .api
+        .post(
+            "/routes",
+            &json!({"hostname": "App.Example.com", "origin": "home", "service": "web", "aliases": ["www.example.com"]}),
+        )
+        .await?;
+    assert_eq!(route.route.hostname, "app.example.com");
+    assert_eq!(
+        (route.origin.as_str(), route.service.as_str(), route.port),
+        ("home", "web", 8001)
+    );
+    let by_id: RouteView = h
+        .api
+        .post(
+            "/routes",
+            &json!({"hostname": "*.example.net", "service_id": api_svc.service.id}),
+        )
+        .await?;
+    assert_eq!(by_id.service, "api");
+
+    // Bad host name.
+    for bad in ["exa mple.com", "-a.example.com", "a..b", "http://x.com"] {
+        expect_error(
+            h.api
+                .post::<_, RouteView>(
+                    "/routes",
+                    &json!({"hostname": bad, "origin": "home", "service": "web"}),
+                )
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("hostname"),
+        )?;
+    }
+    // Duplicate route (as host name and as alias).
+    for dup in ["app.example.com", "www.example.com"] {
+        expect_error(
+            h.api
+                .post::<_, RouteView>(
+                    "/routes",
+                    &json!({"hostname": dup, "origin": "home", "service": "web"}),
+                )
+                .await,
+            StatusCode::CONFLICT,
+            None,
+        )?;
+    }
+    // Unknown origin, unknown service, no target.
+    expect_error(
+        h.api
+            .post::<_, RouteView>(
+                "/routes",
+                &json!({"hostname": "x.example.com", "origin": "nowhere", "service": "web"}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("origin"),
+    )?;
+    expect_error(
+        h.api
+            .post::<_, RouteView>(
+                "/routes",
+                &json!({"hostname": "x.example.com", "origin": "home", "service": "nope"}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("service"),
+    )?;
+    expect_error(
+        h.api
+            .post::<_, RouteView>("/routes", &json!({"hostname": "x.example.com"}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("service_id"),
+    )?;
+
+    let list: Vec<RouteView> = h.api.get("/routes").await?;
+    assert_eq!(
+        list.iter()
+            .map(|r| r.route.hostname.as_str())
+            .collect::<Vec<_>>(),
+        ["*.example.net", "app.example.com"]
+    );
+    let by_host: RouteView = h.api.get("/routes/app.example.com").await?;
+    assert_eq!(by_host.route.id, route.route.id);
+    let moved: RouteView = h
+        .api
+        .json(
+            Method::PATCH,
+            "/routes/app.example.com",
+            &json!({"service": "api", "aliases": []}),
+        )
+        .await?;
+    assert_eq!((moved.service.as_str(), moved.port), ("api", 8002));
+    assert!(moved.route.aliases.is_empty());
+
+    // A service in use cannot be deleted.
+    expect_error(
+        h.api
+            .delete(&format!("/services/{}", api_svc.service.id))
+            .await,
+        StatusCode::CONFLICT,
+        None,
+    )?;
+    h.api.delete("/routes/app.example.com").await?;
+    h.api.delete(&format!("/routes/{}", by_id.route.id)).await?;
+    h.api
+        .delete(&format!("/services/{}", web.service.id))
+        .await?;
+    expect_error(
+        h.api.get::<RouteView>("/routes/app.example.com").await,
+        StatusCode::NOT_FOUND,
+        None,
+    )?;
+
+    // Every change is in the audit trail under the token's name.
+    let events: Vec<Event> = h.api.get("/events?entity=route&limit=10").await?;
+    assert!(events.len() >= 4, "{events:?}");
+    assert!(events.iter().all(|e| e.actor == "api:test"));
+    expect_error(
+        h.api.get::<Vec<Event>>("/events?entity=spaceship").await,
+        StatusCode::BAD_REQUEST,
+        None,
+    )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn certificates_upload_without_leaking_keys() -> Result<()> {
+    let h = Harness::start().await?;
+    let cert = rcgen::generate_simple_self_signed(vec!["app.example.com".to_string()])?;
+    let key_pem = cert.key_pair.serialize_pem();
+    let uploaded: Certificate = h
+        .api
+        .post(
+            "/certificates",
+            &json!({"chain_pem": cert.cert.pem(), "key_pem": key_pem}),
+        )
+        .await?;
+    assert_eq!(uploaded.names, ["app.example.com"]);
+    assert!(uploaded.not_after.is_some());
+    let (_, list) = h.api.send(Method::GET, "/certificates", None).await?;
+    let list = String::from_utf8_lossy(&list);
+    assert!(
+        list.contains("app.example.com") && !list.contains("PRIVATE KEY"),
+        "{list}"
+    );
+    let got: Certificate = h.api.get(&format!("/certificates/{}", uploaded.id)).await?;
+    assert_eq!(got.id, uploaded.id);
+    expect_error(
+        h.api
+            .post::<_, Certificate>(
+                "/certificates",
+                &json!({"chain_pem": "nope", "key_pem": key_pem}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("chain_pem"),
+    )?;
+    expect_error(
+        h.api
+            .post::<_, Certificate>(
+                "/certificates",
+                &json!({"chain_pem": cert.cert.pem(), "key_pem": "nope"}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("key_pem"),
+    )?;
+    h.api
+        .delete(&format!("/certificates/{}", uploaded.id))
+        .await?;
+    let list: Vec<Certificate> = h.api.get("/certificates").await?;
+    assert!(list.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn node_tokens_enroll_once_and_revoke() -> Result<()> {
+    let h = Harness::start().await?;
+    h.origin("home").await?;
+    let edge: EdgeView = h.api.post("/edge-nodes", &json!({"name": "vps1"})).await?;
+    let issued: IssuedNodeToken = h
+        .api
+        .post("/edge-nodes/vps1/tokens", &json!({"ttl_seconds": 600}))
+        .await?;
+    assert_eq!(issued.token.node, NodeId::Edge(edge.edge.id));
+    let enrollment = h.store.enroll(issued.secret.expose()).await?;
+    assert_eq!(enrollment.node, NodeId::Edge(edge.edge.id));
+    assert!(
+        h.store.enroll(issued.secret.expose()).await.is_err(),
+        "second use"
+    );
+
+    let origin_token: IssuedNodeToken = h.api.post("/origins/home/tokens", &json!({})).await?;
+    let listed: Vec<NodeToken> = h.api.get("/origins/home/tokens").await?;
+    assert_eq!(listed.len(), 1);
+    let all: Vec<NodeToken> = h.api.get("/node-tokens").await?;
+    assert_eq!(
+        all.len(),
+        3,
+        "edge enrollment + credential + origin enrollment"
+    );
+    let of_edge: Vec<NodeToken> = h.api.get("/edge-nodes/vps1/tokens").await?;
+    assert_eq!(of_edge.len(), 2);
+    let revoked: NodeToken = h
+        .api
+        .json(
+            Method::DELETE,
+            &format!("/node-tokens/{}", origin_token.token.id),
+            &json!({}),
+        )
+        .await?;
+    assert!(revoked.revoked_at.is_some());
+    assert!(
+        h.store.enroll(origin_token.secret.expose()).await.is_err(),
+        "revoked"
+    );
+    expect_error(
+        h.api
+            .post::<_, IssuedNodeToken>("/origins/home/tokens", &json!({"ttl_seconds": 0}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("ttl_seconds"),
+    )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_lists_every_node() -> Result<()> {
+    let h = Harness::start().await?;
+    h.origin("home").await?;
+    let edge: EdgeView = h
+        .api
+        .post("/edge-nodes", &json!({"name": "vps1", "origins": ["home"]}))
+        .await?;
+    h.store
+        .record_config_ack(NodeId::Edge(edge.edge.id), h.store.config_version().await?)
+        .await?;
+    h.store
+        .record_config_nack(NodeId::Edge(edge.edge.id), 99, "bad route")
+        .await?;
+    let status: Value = h.api.get("/status").await?;
+    let nodes = status["nodes"].as_array().context("nodes")?;
+    assert_eq!(nodes.len(), 2);
+    assert_eq!(nodes[0]["kind"], "edge");
+    assert_eq!(nodes[0]["in_sync"], true);
+    assert_eq!(nodes[0]["nack"]["error"], "bad route");
+    assert_eq!(nodes[0]["connected"], Value::Null);
+    assert_eq!(nodes[1]["name"], "home");
+    assert_eq!(nodes[1]["in_sync"], false);
+    let list: Vec<Value> = h.api.get("/nodes").await?;
+    assert_eq!(list.len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bundles_carry_config_ca_and_a_working_token() -> Result<()> {
+    let h = Harness::start().await?;
+    let origin = h.origin("home").await?;
+    h.api
+        .post::<_, EdgeView>(
+            "/edge-nodes",
+            &json!({"name": "vps1", "endpoint": "edge.example.com:51821", "origins": ["home"]}),
+        )
+        .await?;
+    for (kind, name, collection) in [
+        ("edge", "vps1", "edge-nodes"),
+        ("origin", "home", "origins"),
+    ] {
+        let (status, bytes) = h
+            .api
+            .send(Method::GET, &format!("/{collection}/{name}/bundle"), None)
+            .await?;
+        assert_eq!(status, StatusCode::OK);
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+        let mut files = BTreeMap::new();
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let path = entry.path()?.display().to_string();
+            let mut text = String::new();
+            entry.read_to_string(&mut text)?;
+            files.insert(path, text);
+        }
+        let dir = format!("kokoa-{kind}-{name}");
+        let mut names: Vec<String> = files.keys().cloned().collect();
+        names.sort();
+        let mut expected = vec![
+            format!("{dir}/control-ca.pem"),
+            format!("{dir}/enroll.token"),
+            format!("{dir}/install.sh"),
+            format!("{dir}/kokoa-{kind}.service"),
+            format!("{dir}/{kind}.toml"),
+        ];
+        expected.sort();
+        assert_eq!(names, expected);
+        assert_eq!(files[&format!("{dir}/control-ca.pem")], CA_PEM);
+        let config: toml::Value = toml::from_str(&files[&format!("{dir}/{kind}.toml")])?;
+        assert_eq!(
+            config["control"]["url"].as_str(),
+            Some("https://control.test:7443")
+        );
+        assert_eq!(
+            config["control"]["ca_file"].as_str(),
+            Some("control-ca.pem")
+        );
+        assert_eq!(
+            config["control"]["token_file"].as_str(),
+            Some("enroll.token")
+        );
+        if kind == "edge" {
+            assert_eq!(config["tunnel"]["listen"].as_str(), Some("0.0.0.0:51821"));
+        }
+        // The token is fresh and enrolls this very node.
+        let token = files[&format!("{dir}/enroll.token")].trim().to_string();
+        let enrolled = h.store.enroll(&token).await?;
+        match (kind, enrolled.node) {
+            ("edge", NodeId::Edge(_)) => {}
+            ("origin", NodeId::Origin(id)) => assert_eq!(id, origin.origin.id),
+            other => anyhow::bail!("enrolled the wrong node: {other:?}"),
+        }
+    }
+    expect_error(
+        h.api
+            .call(Method::GET, "/origins/nowhere/bundle", None)
+            .await,
+        StatusCode::NOT_FOUND,
+        None,
+    )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_documented_endpoint_is_routed_and_bodies_are_limited() -> Result<()> {
+    let h = Harness::start().await?;
+    for endpoint in ENDPOINTS {
+        let path = endpoint
+            .path
+            .split('/')
+            .map(|seg| {
+                if seg.starts_with('{') {
+                    "unknown-thing"
+                } else {
+                    seg
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let method = Method::from_bytes(endpoint.method.to_ascii_uppercase().as_bytes())?;
+        let body = endpoint.body.map(|_| b"{}".to_vec());
+        let (status, bytes) = h.api.send(method.clone(), &path, body).await?;
+        let text = String::from_utf8_lossy(&bytes);
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert!(
+            !text.contains("no such API endpoint"),
+            "{method} {path} is documented but not routed"
+        );
+        assert!(status.as_u16() < 500, "{method} {path}: {status} {text}");
+    }
+    let big = format!("{{\"name\": \"{}\"}}", "a".repeat(api::BODY_LIMIT + 10));
+    let (status, _) = h.raw(Method::POST, "/origins", &big).await?;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    Ok(())
+}
