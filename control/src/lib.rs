@@ -10,6 +10,8 @@ pub mod api;
 pub mod bundle;
 pub mod cli;
 pub mod dev;
+pub mod grpc;
+pub mod pki;
 pub mod store;
 
 /// The program version, shared with `--version`.
