@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kokoa_node::control::{ControlSettings, FileControl};
 use kokoa_tunnel::key::{PrivateKey, PublicKey};
 use serde::Deserialize;
 
@@ -67,6 +68,10 @@ pub const DEFAULT_H2_KEEPALIVE_INTERVAL_SECS: u64 = 30;
 pub const MAX_RATE: f64 = 1_000_000.0;
 /// Smallest inner MTU accepted.
 pub const MIN_MTU: u16 = 576;
+
+/// What to do about a route naming an unknown origin, by where the config came from.
+const ORIGINS_FROM_FILE: &str = "add an [[origins]] entry with that name";
+const ORIGINS_FROM_CONTROL: &str = "the snapshot has no origin peer of that name";
 
 /// A configuration that could not be loaded. Each message names the file or field to fix.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +134,9 @@ pub struct EdgeConfig {
     pub tcp_routes: Vec<TcpRoute>,
     /// Certificates.
     pub tls: TlsSettings,
+    /// Control mode: origins, routes, TCP routes, certificates (and the tunnel key, unless
+    /// the operator holds it) come from `kokoa-control` instead of this file.
+    pub control: Option<ControlSettings>,
 }
 
 /// A request rate policy: `burst` requests at once, refilled at `per_second`.
@@ -239,6 +247,9 @@ pub struct TunnelSettings {
     pub mtu: u16,
     /// Per-direction TCP buffer per stream, in bytes.
     pub tcp_buffer: usize,
+    /// Control mode without a local key: `private_key` is a random stand-in until control
+    /// sends the edge's managed key.
+    pub key_from_control: bool,
 }
 
 /// One origin: a tunnel peer that owns services.
@@ -316,6 +327,7 @@ struct FileConfig {
     tcp_routes: Vec<FileTcpRoute>,
     tls: FileTls,
     limits: FileLimits,
+    control: Option<FileControl>,
 }
 
 #[derive(Deserialize, Default)]
@@ -434,6 +446,134 @@ impl EdgeConfig {
     /// The origin named `name`.
     pub fn origin(&self, name: &str) -> Option<&Origin> {
         self.origins.iter().find(|origin| origin.name == name)
+    }
+}
+
+/// A route's limits as control sends them (`Route.limits_json`): the keys of a `[[routes]]`
+/// table that are not routing.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct JsonRouteLimits {
+    rate: Option<f64>,
+    burst: Option<u32>,
+    max_body_bytes: Option<u64>,
+    allow: Vec<String>,
+    deny: Vec<String>,
+}
+
+fn port16(field: String, port: u32) -> Result<u16, ConfigError> {
+    match u16::try_from(port) {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(ConfigError::invalid(
+            field,
+            format!("{port} is not a port (1-65535)"),
+        )),
+    }
+}
+
+fn ipv4(field: String, text: &str) -> Result<Option<Ipv4Addr>, ConfigError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| ConfigError::invalid(field, format!("`{text}` is not an IPv4 address")))
+}
+
+impl EdgeConfig {
+    /// This config with the origins, routes and TCP routes of a control snapshot, validated
+    /// exactly like the file's `[[origins]]`, `[[routes]]` and `[[tcp_routes]]` tables (the
+    /// one model both forms converge on). Errors name the snapshot field (`routes[2].origin`).
+    /// TCP routes listen on `tcp_ip` at the snapshot's port. `own_key` is this edge's public
+    /// key: no origin may use it.
+    pub fn with_snapshot(
+        &self,
+        snapshot: &kokoa_proto::v1::EdgeSnapshot,
+        tcp_ip: IpAddr,
+        own_key: Option<PublicKey>,
+    ) -> Result<EdgeConfig, ConfigError> {
+        let mut origins = Vec::with_capacity(snapshot.origins.len());
+        for (i, peer) in snapshot.origins.iter().enumerate() {
+            let field = |name: &str| format!("origins[{i}].{name}");
+            let endpoint = if peer.endpoint.is_empty() {
+                None
+            } else {
+                Some(peer.endpoint.parse::<SocketAddr>().map_err(|_| {
+                    ConfigError::invalid(
+                        field("endpoint"),
+                        format!("`{}` is not an ip:port", peer.endpoint),
+                    )
+                })?)
+            };
+            let keepalive = u16::try_from(peer.keepalive).map_err(|_| {
+                ConfigError::invalid(
+                    field("keepalive"),
+                    format!("{} s is too long", peer.keepalive),
+                )
+            })?;
+            origins.push(FileOrigin {
+                name: peer.name.clone(),
+                public_key: peer.public_key.clone(),
+                endpoint,
+                address: ipv4(field("address"), &peer.address)?,
+                origin_address: ipv4(field("origin_address"), &peer.origin_address)?,
+                keepalive: Some(keepalive),
+            });
+        }
+        let origins = validate_origins(origins, own_key)?;
+
+        let mut routes = Vec::with_capacity(snapshot.routes.len());
+        for (i, route) in snapshot.routes.iter().enumerate() {
+            let limits: JsonRouteLimits = match route.limits_json.trim() {
+                "" => JsonRouteLimits::default(),
+                json => serde_json::from_str(json).map_err(|e| {
+                    ConfigError::invalid(
+                        format!("routes[{i}].limits_json"),
+                        format!("not a limits object ({e}); keys: rate, burst, max_body_bytes, allow, deny"),
+                    )
+                })?,
+            };
+            routes.push(FileRoute {
+                host: route.host.clone(),
+                aliases: route.aliases.clone(),
+                origin: route.origin.clone(),
+                port: port16(format!("routes[{i}].port"), route.port)?,
+                rate: limits.rate,
+                burst: limits.burst,
+                max_body_bytes: limits.max_body_bytes,
+                allow: limits.allow,
+                deny: limits.deny,
+            });
+        }
+        let (routes, route_policies) =
+            validate_routes(routes, &origins, &self.limits, ORIGINS_FROM_CONTROL)?;
+
+        let mut tcp_routes = Vec::with_capacity(snapshot.tcp_routes.len());
+        for (i, route) in snapshot.tcp_routes.iter().enumerate() {
+            let listen_port = port16(format!("tcp_routes[{i}].listen_port"), route.listen_port)?;
+            tcp_routes.push(FileTcpRoute {
+                listen: Some(SocketAddr::new(tcp_ip, listen_port)),
+                origin: route.origin.clone(),
+                port: port16(format!("tcp_routes[{i}].port"), route.port)?,
+                proxy_protocol: route.proxy_protocol_v2.then(|| "v2".to_owned()),
+                allow: route.allow.clone(),
+                deny: route.deny.clone(),
+            });
+        }
+        let listeners = [
+            ("edge.https", self.https),
+            ("edge.http", self.http),
+            ("edge.admin", self.admin),
+        ];
+        let tcp_routes =
+            validate_tcp_routes(tcp_routes, &origins, &listeners, ORIGINS_FROM_CONTROL)?;
+        Ok(EdgeConfig {
+            origins,
+            routes,
+            route_policies,
+            tcp_routes,
+            ..self.clone()
+        })
     }
 }
 
@@ -566,217 +706,36 @@ impl FileConfig {
             0,
         )?;
 
-        let tunnel = validate_tunnel(self.tunnel, base_dir)?;
-        let own_key = tunnel.private_key.public_key();
-
-        let mut origins = Vec::with_capacity(self.origins.len());
-        let mut names = HashSet::new();
-        let mut keys = HashSet::new();
-        let mut addresses = HashSet::new();
-        for (i, origin) in self.origins.into_iter().enumerate() {
-            let field = |name: &str| format!("origins[{i}].{name}");
-            if !is_origin_name(&origin.name) {
-                return Err(ConfigError::invalid(
-                    field("name"),
-                    format!(
-                        "`{}` is not a valid origin name: use 1-63 letters, digits, `-` or `_`",
-                        origin.name
-                    ),
-                ));
-            }
-            if !names.insert(origin.name.clone()) {
-                return Err(ConfigError::invalid(
-                    field("name"),
-                    format!("`{}` is used by another origin", origin.name),
-                ));
-            }
-            if origin.public_key.is_empty() {
-                return Err(ConfigError::invalid(
-                    field("public_key"),
-                    "missing: set the origin's public key (`kokoa-origin pubkey`)",
-                ));
-            }
-            let public_key = PublicKey::from_base64(origin.public_key.trim()).map_err(|e| {
-                ConfigError::invalid(
-                    field("public_key"),
-                    format!("not a WireGuard public key ({e}); use the origin's `pubkey` output"),
-                )
-            })?;
-            if public_key == own_key {
-                return Err(ConfigError::invalid(
-                    field("public_key"),
-                    "is this edge's own public key; use the origin's key",
-                ));
-            }
-            if !keys.insert(public_key) {
-                return Err(ConfigError::invalid(
-                    field("public_key"),
-                    "is used by another origin",
-                ));
-            }
-            let address = origin.address.ok_or_else(|| {
-                ConfigError::invalid(
-                    field("address"),
-                    "missing: the edge's own address toward this origin, such as 10.100.1.10",
-                )
-            })?;
-            let origin_address = origin.origin_address.ok_or_else(|| {
-                ConfigError::invalid(
-                    field("origin_address"),
-                    "missing: the origin's address, such as 10.100.1.1",
-                )
-            })?;
-            for (name, ip) in [("address", address), ("origin_address", origin_address)] {
-                if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback()
-                {
-                    return Err(ConfigError::invalid(
-                        field(name),
-                        format!("{ip} cannot be a tunnel host address; use one from 10.100.0.0/16"),
-                    ));
+        let tunnel = validate_tunnel(self.tunnel, base_dir, self.control.is_some())?;
+        let control = match self.control {
+            Some(control) => {
+                for (field, present) in [
+                    ("origins", !self.origins.is_empty()),
+                    ("routes", !self.routes.is_empty()),
+                    ("tcp_routes", !self.tcp_routes.is_empty()),
+                    ("tls.certificates", !self.tls.certificates.is_empty()),
+                    ("tls.cert_dir", self.tls.cert_dir.is_some()),
+                ] {
+                    if present {
+                        return Err(ConfigError::invalid(
+                            field,
+                            "a config with [control] gets its origins, routes, tcp routes and certificates from control: remove this (or remove [control] to run from this file)",
+                        ));
+                    }
                 }
+                Some(
+                    ControlSettings::from_file(control, base_dir)
+                        .map_err(|e| ConfigError::invalid(e.field, e.reason))?,
+                )
             }
-            if address == origin_address {
-                return Err(ConfigError::invalid(
-                    field("origin_address"),
-                    "must differ from `address` (the edge's own address)",
-                ));
-            }
-            if !addresses.insert(origin_address) {
-                return Err(ConfigError::invalid(
-                    field("origin_address"),
-                    format!("{origin_address} is used by another origin"),
-                ));
-            }
-            if let Some(endpoint) = origin.endpoint {
-                if endpoint.port() == 0 || endpoint.ip().is_unspecified() {
-                    return Err(ConfigError::invalid(
-                        field("endpoint"),
-                        format!("{endpoint} is not reachable; write the origin's ip:port or leave it out"),
-                    ));
-                }
-            }
-            origins.push(Origin {
-                name: origin.name,
-                public_key,
-                endpoint: origin.endpoint,
-                address,
-                origin_address,
-                keepalive: origin.keepalive.filter(|&secs| secs > 0),
-            });
-        }
-        let origin_names: HashSet<&str> = origins.iter().map(|o| o.name.as_str()).collect();
-        let check_origin = |field: String, origin: &str| {
-            if origin_names.contains(origin) {
-                Ok(())
-            } else {
-                Err(ConfigError::invalid(
-                    field,
-                    format!("unknown origin \"{origin}\": add an [[origins]] entry with that name"),
-                ))
-            }
+            None => None,
         };
-
-        let mut routes = Vec::with_capacity(self.routes.len());
-        let mut route_policies = Vec::with_capacity(self.routes.len());
-        let mut hosts: HashMap<String, String> = HashMap::new();
-        for (i, route) in self.routes.into_iter().enumerate() {
-            let field = |name: &str| format!("routes[{i}].{name}");
-            if route.host.is_empty() {
-                return Err(ConfigError::invalid(
-                    field("host"),
-                    "missing: set the host name",
-                ));
-            }
-            let host = route_host(&field("host"), &route.host)?;
-            let mut aliases = Vec::with_capacity(route.aliases.len());
-            for (j, alias) in route.aliases.iter().enumerate() {
-                aliases.push(route_host(&format!("routes[{i}].aliases[{j}]"), alias)?);
-            }
-            for (k, name) in std::iter::once(&host).chain(&aliases).enumerate() {
-                let here = if k == 0 {
-                    field("host")
-                } else {
-                    format!("routes[{i}].aliases[{}]", k - 1)
-                };
-                if let Some(previous) = hosts.insert(name.clone(), here.clone()) {
-                    return Err(ConfigError::invalid(
-                        here,
-                        format!("`{name}` is already routed by {previous}"),
-                    ));
-                }
-            }
-            check_origin(field("origin"), &route.origin)?;
-            if route.port == 0 {
-                return Err(ConfigError::invalid(
-                    field("port"),
-                    "must be 1-65535 (the service port inside the tunnel)",
-                ));
-            }
-            let rate = route_rate(
-                &format!("routes[{i}]"),
-                route.rate,
-                route.burst,
-                limits.rate,
-            )?;
-            route_policies.push(RoutePolicy {
-                rate,
-                max_body_bytes: match route.max_body_bytes {
-                    Some(0) => None,
-                    Some(max) => Some(max),
-                    None => limits.max_body_bytes,
-                },
-                acl: acl(&format!("routes[{i}]"), &route.allow, &route.deny)?,
-            });
-            routes.push(RouteConfig {
-                host,
-                aliases,
-                origin: route.origin,
-                port: route.port,
-            });
-        }
-
-        let mut tcp_routes = Vec::with_capacity(self.tcp_routes.len());
-        let mut tcp_listens = HashSet::new();
-        for (i, route) in self.tcp_routes.into_iter().enumerate() {
-            let field = |name: &str| format!("tcp_routes[{i}].{name}");
-            let listen = route.listen.ok_or_else(|| {
-                ConfigError::invalid(
-                    field("listen"),
-                    "missing: the public address, such as 0.0.0.0:4001",
-                )
-            })?;
-            if listen.port() != 0 {
-                if let Some((name, _)) = listeners.iter().find(|(_, addr)| *addr == listen) {
-                    return Err(ConfigError::invalid(
-                        field("listen"),
-                        format!("{listen} is already used by {name}"),
-                    ));
-                }
-                if !tcp_listens.insert(listen) {
-                    return Err(ConfigError::invalid(
-                        field("listen"),
-                        format!("{listen} is used by another tcp route"),
-                    ));
-                }
-            }
-            check_origin(field("origin"), &route.origin)?;
-            if route.port == 0 {
-                return Err(ConfigError::invalid(field("port"), "must be 1-65535"));
-            }
-            let proxy_protocol = route
-                .proxy_protocol
-                .as_deref()
-                .unwrap_or("none")
-                .parse()
-                .map_err(|reason| ConfigError::invalid(field("proxy_protocol"), reason))?;
-            tcp_routes.push(TcpRoute {
-                listen,
-                origin: route.origin,
-                port: route.port,
-                proxy_protocol,
-                acl: acl(&format!("tcp_routes[{i}]"), &route.allow, &route.deny)?,
-            });
-        }
+        let own_key = (!tunnel.key_from_control).then(|| tunnel.private_key.public_key());
+        let origins = validate_origins(self.origins, own_key)?;
+        let (routes, route_policies) =
+            validate_routes(self.routes, &origins, &limits, ORIGINS_FROM_FILE)?;
+        let tcp_routes =
+            validate_tcp_routes(self.tcp_routes, &origins, &listeners, ORIGINS_FROM_FILE)?;
         for (i, (name, addr)) in listeners.iter().enumerate() {
             if addr.port() == 0 {
                 continue;
@@ -804,7 +763,250 @@ impl FileConfig {
             route_policies,
             tcp_routes,
             tls,
+            control,
         })
+    }
+}
+
+/// Validates origins (tunnel peers). `own_key` (this edge's public key, when known) may not be
+/// one of them.
+fn validate_origins(
+    file: Vec<FileOrigin>,
+    own_key: Option<PublicKey>,
+) -> Result<Vec<Origin>, ConfigError> {
+    let mut origins = Vec::with_capacity(file.len());
+    let mut names = HashSet::new();
+    let mut keys = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (i, origin) in file.into_iter().enumerate() {
+        let field = |name: &str| format!("origins[{i}].{name}");
+        if !is_origin_name(&origin.name) {
+            return Err(ConfigError::invalid(
+                field("name"),
+                format!(
+                    "`{}` is not a valid origin name: use 1-63 letters, digits, `-` or `_`",
+                    origin.name
+                ),
+            ));
+        }
+        if !names.insert(origin.name.clone()) {
+            return Err(ConfigError::invalid(
+                field("name"),
+                format!("`{}` is used by another origin", origin.name),
+            ));
+        }
+        if origin.public_key.is_empty() {
+            return Err(ConfigError::invalid(
+                field("public_key"),
+                "missing: set the origin's public key (`kokoa-origin pubkey`)",
+            ));
+        }
+        let public_key = PublicKey::from_base64(origin.public_key.trim()).map_err(|e| {
+            ConfigError::invalid(
+                field("public_key"),
+                format!("not a WireGuard public key ({e}); use the origin's `pubkey` output"),
+            )
+        })?;
+        if Some(public_key) == own_key {
+            return Err(ConfigError::invalid(
+                field("public_key"),
+                "is this edge's own public key; use the origin's key",
+            ));
+        }
+        if !keys.insert(public_key) {
+            return Err(ConfigError::invalid(
+                field("public_key"),
+                "is used by another origin",
+            ));
+        }
+        let address = origin.address.ok_or_else(|| {
+            ConfigError::invalid(
+                field("address"),
+                "missing: the edge's own address toward this origin, such as 10.100.1.10",
+            )
+        })?;
+        let origin_address = origin.origin_address.ok_or_else(|| {
+            ConfigError::invalid(
+                field("origin_address"),
+                "missing: the origin's address, such as 10.100.1.1",
+            )
+        })?;
+        for (name, ip) in [("address", address), ("origin_address", origin_address)] {
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+                return Err(ConfigError::invalid(
+                    field(name),
+                    format!("{ip} cannot be a tunnel host address; use one from 10.100.0.0/16"),
+                ));
+            }
+        }
+        if address == origin_address {
+            return Err(ConfigError::invalid(
+                field("origin_address"),
+                "must differ from `address` (the edge's own address)",
+            ));
+        }
+        if !addresses.insert(origin_address) {
+            return Err(ConfigError::invalid(
+                field("origin_address"),
+                format!("{origin_address} is used by another origin"),
+            ));
+        }
+        if let Some(endpoint) = origin.endpoint {
+            if endpoint.port() == 0 || endpoint.ip().is_unspecified() {
+                return Err(ConfigError::invalid(
+                    field("endpoint"),
+                    format!(
+                        "{endpoint} is not reachable; write the origin's ip:port or leave it out"
+                    ),
+                ));
+            }
+        }
+        origins.push(Origin {
+            name: origin.name,
+            public_key,
+            endpoint: origin.endpoint,
+            address,
+            origin_address,
+            keepalive: origin.keepalive.filter(|&secs| secs > 0),
+        });
+    }
+    Ok(origins)
+}
+
+/// Validates HTTP routes against `origins` and resolves each one's policy against `limits`.
+fn validate_routes(
+    file: Vec<FileRoute>,
+    origins: &[Origin],
+    limits: &Limits,
+    hint: &str,
+) -> Result<(Vec<RouteConfig>, Vec<RoutePolicy>), ConfigError> {
+    let mut routes = Vec::with_capacity(file.len());
+    let mut route_policies = Vec::with_capacity(file.len());
+    let mut hosts: HashMap<String, String> = HashMap::new();
+    for (i, route) in file.into_iter().enumerate() {
+        let field = |name: &str| format!("routes[{i}].{name}");
+        if route.host.is_empty() {
+            return Err(ConfigError::invalid(
+                field("host"),
+                "missing: set the host name",
+            ));
+        }
+        let host = route_host(&field("host"), &route.host)?;
+        let mut aliases = Vec::with_capacity(route.aliases.len());
+        for (j, alias) in route.aliases.iter().enumerate() {
+            aliases.push(route_host(&format!("routes[{i}].aliases[{j}]"), alias)?);
+        }
+        for (k, name) in std::iter::once(&host).chain(&aliases).enumerate() {
+            let here = if k == 0 {
+                field("host")
+            } else {
+                format!("routes[{i}].aliases[{}]", k - 1)
+            };
+            if let Some(previous) = hosts.insert(name.clone(), here.clone()) {
+                return Err(ConfigError::invalid(
+                    here,
+                    format!("`{name}` is already routed by {previous}"),
+                ));
+            }
+        }
+        check_origin(origins, field("origin"), &route.origin, hint)?;
+        if route.port == 0 {
+            return Err(ConfigError::invalid(
+                field("port"),
+                "must be 1-65535 (the service port inside the tunnel)",
+            ));
+        }
+        let rate = route_rate(
+            &format!("routes[{i}]"),
+            route.rate,
+            route.burst,
+            limits.rate,
+        )?;
+        route_policies.push(RoutePolicy {
+            rate,
+            max_body_bytes: match route.max_body_bytes {
+                Some(0) => None,
+                Some(max) => Some(max),
+                None => limits.max_body_bytes,
+            },
+            acl: acl(&format!("routes[{i}]"), &route.allow, &route.deny)?,
+        });
+        routes.push(RouteConfig {
+            host,
+            aliases,
+            origin: route.origin,
+            port: route.port,
+        });
+    }
+
+    Ok((routes, route_policies))
+}
+
+/// Validates raw TCP routes against `origins` and the edge's own `listeners`.
+fn validate_tcp_routes(
+    file: Vec<FileTcpRoute>,
+    origins: &[Origin],
+    listeners: &[(&str, SocketAddr)],
+    hint: &str,
+) -> Result<Vec<TcpRoute>, ConfigError> {
+    let mut tcp_routes = Vec::with_capacity(file.len());
+    let mut tcp_listens = HashSet::new();
+    for (i, route) in file.into_iter().enumerate() {
+        let field = |name: &str| format!("tcp_routes[{i}].{name}");
+        let listen = route.listen.ok_or_else(|| {
+            ConfigError::invalid(
+                field("listen"),
+                "missing: the public address, such as 0.0.0.0:4001",
+            )
+        })?;
+        if listen.port() != 0 {
+            if let Some((name, _)) = listeners.iter().find(|(_, addr)| *addr == listen) {
+                return Err(ConfigError::invalid(
+                    field("listen"),
+                    format!("{listen} is already used by {name}"),
+                ));
+            }
+            if !tcp_listens.insert(listen) {
+                return Err(ConfigError::invalid(
+                    field("listen"),
+                    format!("{listen} is used by another tcp route"),
+                ));
+            }
+        }
+        check_origin(origins, field("origin"), &route.origin, hint)?;
+        if route.port == 0 {
+            return Err(ConfigError::invalid(field("port"), "must be 1-65535"));
+        }
+        let proxy_protocol = route
+            .proxy_protocol
+            .as_deref()
+            .unwrap_or("none")
+            .parse()
+            .map_err(|reason| ConfigError::invalid(field("proxy_protocol"), reason))?;
+        tcp_routes.push(TcpRoute {
+            listen,
+            origin: route.origin,
+            port: route.port,
+            proxy_protocol,
+            acl: acl(&format!("tcp_routes[{i}]"), &route.allow, &route.deny)?,
+        });
+    }
+    Ok(tcp_routes)
+}
+
+fn check_origin(
+    origins: &[Origin],
+    field: String,
+    origin: &str,
+    hint: &str,
+) -> Result<(), ConfigError> {
+    if origins.iter().any(|o| o.name == origin) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            field,
+            format!("unknown origin \"{origin}\": {hint}"),
+        ))
     }
 }
 
@@ -1001,8 +1203,12 @@ fn validate_tls(tls: FileTls, base_dir: Option<&Path>) -> Result<TlsSettings, Co
 fn validate_tunnel(
     tunnel: FileTunnel,
     base_dir: Option<&Path>,
+    control: bool,
 ) -> Result<TunnelSettings, ConfigError> {
+    let key_from_control =
+        control && tunnel.private_key.is_none() && tunnel.private_key_file.is_none();
     let private_key = match (tunnel.private_key, tunnel.private_key_file) {
+        (None, None) if key_from_control => PrivateKey::generate(),
         (Some(_), Some(_)) => {
             return Err(ConfigError::invalid(
                 "tunnel.private_key_file",
@@ -1061,6 +1267,7 @@ fn validate_tunnel(
         listen: tunnel.listen.unwrap_or(DEFAULT_TUNNEL_LISTEN),
         mtu,
         tcp_buffer,
+        key_from_control,
     })
 }
 
@@ -1412,6 +1619,154 @@ deny = ["2001:db8::/32"]
             message.starts_with("tcp_routes[0].proxy_protocol:"),
             "{message}"
         );
+    }
+
+    fn control_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["control.test".to_owned()]).unwrap();
+        std::fs::write(dir.path().join("control-ca.pem"), ca.cert.pem()).unwrap();
+        dir
+    }
+
+    const CONTROL: &str = "[control]\nurl = \"https://control.test:7443\"\nca_file = \"control-ca.pem\"\ntoken_file = \"enroll.token\"\nstate_dir = \"state\"\n";
+
+    #[test]
+    fn control_example_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let text = std::fs::read_to_string(dir.join("edge-control.toml")).unwrap();
+        let base = control_dir();
+        let config = EdgeConfig::from_toml(&text, Some(base.path())).expect("edge-control.toml");
+        let control = config.control.expect("control mode");
+        assert_eq!(control.url, "https://control.example.com:7443");
+        assert_eq!(control.host, "control.example.com");
+        assert_eq!(control.token_file, base.path().join("enroll.token"));
+        assert_eq!(control.state_dir, PathBuf::from("/var/lib/kokoa-edge"));
+        assert!(config.tunnel.key_from_control);
+        assert!(config.origins.is_empty() && config.routes.is_empty());
+    }
+
+    #[test]
+    fn control_mode_excludes_file_routing() {
+        let dir = control_dir();
+        let config = EdgeConfig::from_toml(CONTROL, Some(dir.path())).unwrap();
+        assert!(config.tunnel.key_from_control);
+        for (extra, field) in [
+            ("[[origins]]\nname = \"home\"\n", "origins:"),
+            ("[[routes]]\nhost = \"a.example.com\"\n", "routes:"),
+            ("[[tcp_routes]]\nport = 1\n", "tcp_routes:"),
+            ("[tls]\ncert_dir = \"certs\"\n", "tls.cert_dir:"),
+        ] {
+            let message =
+                match EdgeConfig::from_toml(&format!("{CONTROL}{extra}"), Some(dir.path())) {
+                    Ok(_) => panic!("accepted {extra}"),
+                    Err(error) => error.to_string(),
+                };
+            assert!(message.starts_with(field), "{message}");
+            assert!(message.contains("from control"), "{message}");
+        }
+        let message = match EdgeConfig::from_toml(
+            &CONTROL.replace("control-ca.pem", "missing.pem"),
+            Some(dir.path()),
+        ) {
+            Ok(_) => panic!("accepted a missing CA"),
+            Err(error) => error.to_string(),
+        };
+        assert!(message.starts_with("control.ca_file:"), "{message}");
+        // A local key is kept when the operator holds it.
+        let text = format!("{CONTROL}[tunnel]\nprivate_key = \"{}\"\n", key());
+        let config = EdgeConfig::from_toml(&text, Some(dir.path())).unwrap();
+        assert!(!config.tunnel.key_from_control);
+    }
+
+    #[test]
+    fn snapshots_are_validated_like_the_file() {
+        use kokoa_proto::v1::{EdgePeer, EdgeSnapshot, Route, TcpRoute as ProtoTcpRoute};
+        let dir = control_dir();
+        let config = EdgeConfig::from_toml(CONTROL, Some(dir.path())).unwrap();
+        let origin_key = PrivateKey::generate().public_key();
+        let mut snapshot = EdgeSnapshot {
+            name: "vps1".into(),
+            origins: vec![EdgePeer {
+                name: "home".into(),
+                public_key: origin_key.to_base64(),
+                endpoint: String::new(),
+                address: "10.100.1.10".into(),
+                origin_address: "10.100.1.1".into(),
+                keepalive: 25,
+            }],
+            routes: vec![Route {
+                host: "App.Example.com".into(),
+                aliases: vec!["www.example.com".into()],
+                origin: "home".into(),
+                port: 8001,
+                limits_json: r#"{"rate": 5, "allow": ["10.0.0.0/8"]}"#.into(),
+            }],
+            tcp_routes: vec![ProtoTcpRoute {
+                listen_port: 4001,
+                origin: "home".into(),
+                port: 4001,
+                proxy_protocol_v2: true,
+                allow: vec![],
+                deny: vec!["192.0.2.0/24".into()],
+            }],
+            ..EdgeSnapshot::default()
+        };
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let applied = config.with_snapshot(&snapshot, ip, None).unwrap();
+        assert_eq!(applied.origins[0].public_key, origin_key);
+        assert_eq!(applied.origins[0].keepalive, Some(25));
+        assert_eq!(applied.routes[0].host, "app.example.com");
+        assert_eq!(
+            applied.route_policies[0].rate,
+            Some(RatePolicy {
+                per_second: 5.0,
+                burst: 5
+            })
+        );
+        assert!(!applied.route_policies[0]
+            .acl
+            .permits("192.0.2.1".parse().unwrap()));
+        assert_eq!(
+            applied.tcp_routes[0].listen,
+            "127.0.0.1:4001".parse().unwrap()
+        );
+        assert_eq!(applied.tcp_routes[0].proxy_protocol, ProxyProtocol::V2);
+
+        let reject = |snapshot: &EdgeSnapshot| {
+            config
+                .with_snapshot(snapshot, ip, None)
+                .unwrap_err()
+                .to_string()
+        };
+        let own = config
+            .with_snapshot(&snapshot, ip, Some(origin_key))
+            .unwrap_err()
+            .to_string();
+        assert!(own.starts_with("origins[0].public_key: is this edge's own"), "{own}");
+        let mut bad = snapshot.clone();
+        bad.routes[0].origin = "nowhere".into();
+        assert_eq!(
+            reject(&bad),
+            "routes[0].origin: unknown origin \"nowhere\": the snapshot has no origin peer of that name"
+        );
+        let mut bad = snapshot.clone();
+        bad.routes[0].limits_json = r#"{"rate": -1}"#.into();
+        assert!(
+            reject(&bad).starts_with("routes[0].rate:"),
+            "{}",
+            reject(&bad)
+        );
+        let mut bad = snapshot.clone();
+        bad.routes[0].limits_json = r#"{"speed": 1}"#.into();
+        assert!(reject(&bad).starts_with("routes[0].limits_json:"));
+        let mut bad = snapshot.clone();
+        bad.origins[0].endpoint = "nope".into();
+        assert!(reject(&bad).starts_with("origins[0].endpoint:"));
+        let mut bad = snapshot.clone();
+        bad.tcp_routes[0].listen_port = 70000;
+        assert!(reject(&bad).starts_with("tcp_routes[0].listen_port:"));
+        snapshot.routes.push(snapshot.routes[0].clone());
+        assert!(reject(&snapshot).contains("already routed"));
     }
 
     #[test]

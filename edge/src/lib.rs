@@ -14,13 +14,19 @@
 //! in the snapshot carries its admission policy: allow/deny list ([`acl`]), request rate
 //! limiter and body limit ([`limit`]); connection caps and timeouts protect the listeners.
 //!
-//! Modules: [`config`] (file form and validated model), [`route`], [`sni`], [`dial`],
+//! In control mode (a `[control]` table in the config) all of that comes from `kokoa-control`
+//! instead of the file: [`control::EdgeControl`] validates and applies each snapshot it
+//! streams, through the same `ArcSwap`s, and the node's control client
+//! (`kokoa_node::control`) persists it so a restart serves without control.
+//!
+//! Modules: [`config`] (file form and validated model), [`control`] (snapshots from control), [`route`], [`sni`], [`dial`],
 //! [`pool`], [`proxy`], [`https`], [`http`], [`tcp`], [`limit`], [`acl`],
 //! [`proxy_protocol`], [`metrics`].
 
 pub mod acl;
 pub mod acme;
 pub mod config;
+pub mod control;
 pub mod dial;
 pub mod http;
 pub mod https;
@@ -94,11 +100,24 @@ pub struct Edge<D: Dialer> {
     acme: Arc<acme::AcmeChallenges>,
     dialer: Arc<D>,
     metrics: Metrics,
+    connections: Arc<ConnectionLimiter>,
+    tcp_routes: Arc<control::TcpRoutes<D>>,
 }
 
 impl<D: Dialer> Edge<D> {
     /// An edge serving `config`'s routes with `certificates`, reaching origins with `dialer`.
     pub fn new(config: EdgeConfig, certificates: CertStore, dialer: D, metrics: Metrics) -> Self {
+        let dialer = Arc::new(dialer);
+        let connections = ConnectionLimiter::new(
+            config.limits.key_mask,
+            config.limits.connections_per_client,
+            config.limits.max_connections,
+        );
+        let tcp_routes = Arc::new(control::TcpRoutes::new(
+            dialer.clone(),
+            metrics.clone(),
+            connections.clone(),
+        ));
         Self {
             routes: Arc::new(ArcSwap::from_pointee(RouteTable::with_policies(
                 &config.routes,
@@ -108,8 +127,10 @@ impl<D: Dialer> Edge<D> {
             certificates: Arc::new(ArcSwap::from_pointee(certificates)),
             acme: acme::AcmeChallenges::new(),
             config,
-            dialer: Arc::new(dialer),
+            dialer,
             metrics,
+            connections,
+            tcp_routes,
         }
     }
 
@@ -127,6 +148,17 @@ impl<D: Dialer> Edge<D> {
     /// snapshots replace them (`set_http`, `set_tls_alpn`).
     pub fn acme(&self) -> &Arc<acme::AcmeChallenges> {
         &self.acme
+    }
+
+    /// The raw TCP routes control adds and removes while the edge runs (those of the config
+    /// file are served from [`Listeners::tcp`]).
+    pub fn tcp_routes(&self) -> &Arc<control::TcpRoutes<D>> {
+        &self.tcp_routes
+    }
+
+    /// The connection caps shared by every listener (and their count of open connections).
+    pub fn connections(&self) -> &Arc<ConnectionLimiter> {
+        &self.connections
     }
 
     /// Serves on `listeners` until `shutdown` resolves; then calls `on_drain` (the admin
@@ -156,11 +188,7 @@ impl<D: Dialer> Edge<D> {
             self.metrics.clone(),
             self.config.limits.max_headers,
         ));
-        let connections = ConnectionLimiter::new(
-            self.config.limits.key_mask,
-            self.config.limits.connections_per_client,
-            self.config.limits.max_connections,
-        );
+        let connections = self.connections.clone();
         let pruner = tokio::spawn(prune_clients(self.routes.clone()));
         let https_addr = listeners
             .https
@@ -198,10 +226,14 @@ impl<D: Dialer> Edge<D> {
             });
             tokio::spawn(forwarder.serve(listener, drain_watch.clone(), abort_rx.clone()));
         }
+        self.tcp_routes
+            .start(drain_watch.clone(), abort_rx.clone())
+            .await;
         drop(drain_watch);
 
         shutdown.await;
         on_drain();
+        self.tcp_routes.stop().await;
         tracing::info!(
             open = drain_signal.watchers(),
             grace = ?self.config.drain_timeout,
@@ -256,7 +288,12 @@ async fn prune_clients(routes: Arc<ArcSwap<RouteTable>>) {
 
 /// Loads the certificates named in `config` (or makes the placeholder): what `check-config`
 /// and [`run`] do before binding anything.
+/// In control mode the certificates come from control: until then the edge serves the
+/// self-signed placeholder.
 pub fn load_certificates(config: &EdgeConfig) -> Result<CertStore, sni::CertError> {
+    if config.control.is_some() {
+        return CertStore::placeholder();
+    }
     CertStore::load(&config.tls)
 }
 
@@ -275,6 +312,9 @@ pub async fn run_with_certificates(
     certificates: CertStore,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    if config.control.is_some() {
+        return run_control(config, shutdown).await;
+    }
     let listeners = Listeners::bind(&config).await?;
     let admin_listener = bind(config.admin, "[edge] admin").await?;
 
@@ -344,6 +384,121 @@ pub async fn run_with_certificates(
     let result = edge
         .serve(listeners, shutdown, || admin.set_draining(true))
         .await;
+    tunnel.shutdown();
+    let _ = admin_stop_tx.send(());
+    let _ = admin_task.await;
+    tracing::info!("edge stopped");
+    result
+}
+
+/// Control mode: the edge binds its listeners and tunnel from the bootstrap config, applies
+/// the persisted snapshot (so it serves while control is unreachable), then follows control.
+/// Origins, routes, TCP routes, certificates, ACME challenges and (unless the operator holds
+/// it) the tunnel key come from control's snapshots.
+async fn run_control(config: EdgeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    use kokoa_node::control::{load_snapshot, ControlClient};
+    use kokoa_proto::v1::snapshot::Node;
+
+    let settings = config
+        .control
+        .clone()
+        .context("run_control needs a [control] table")?;
+    let listeners = Listeners::bind(&config).await?;
+    let admin_listener = bind(config.admin, "[edge] admin").await?;
+
+    // Start with the key the edge will run: the operator's, or control's from the persisted
+    // snapshot, or a random stand-in that control's first snapshot replaces.
+    let mut private_key = config.tunnel.private_key.clone();
+    if config.tunnel.key_from_control {
+        match load_snapshot(&settings.state_dir) {
+            Ok(Some(snapshot)) => {
+                if let Some(Node::Edge(edge)) = snapshot.node {
+                    if let Ok(key) = kokoa_tunnel::key::PrivateKey::from_base64(&edge.private_key) {
+                        private_key = key;
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "cannot read the persisted config"),
+        }
+    }
+    let mut tunnel_config = TunnelConfig::new(private_key, config.tunnel.listen);
+    tunnel_config.mtu = config.tunnel.mtu;
+    tunnel_config.tcp_buffer = config.tunnel.tcp_buffer;
+    let listen = tunnel_config.listen;
+    let (tunnel, _incoming) = Tunnel::bind(tunnel_config).await.with_context(|| {
+        format!("binding the tunnel's UDP socket on {listen} ([tunnel] listen)")
+    })?;
+
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    // Peers change with every snapshot: they are labelled by public key.
+    registry.register_collector(Box::new(TunnelCollector::new(
+        tunnel.clone(),
+        HashMap::new(),
+    )));
+    let admin = Admin::new(registry);
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn({
+        let admin = admin.clone();
+        async move {
+            let stop = async {
+                let _ = admin_stop_rx.await;
+            };
+            if let Err(error) = admin.serve(admin_listener, stop).await {
+                tracing::error!(%error, "admin listener failed");
+            }
+        }
+    });
+
+    let origins = Arc::new(ArcSwap::from_pointee(dial::OriginMap::new()));
+    let dialer = TunnelDialer::new(
+        tunnel.clone(),
+        origins.clone(),
+        config.limits.connect_timeout,
+    );
+    let certificates = CertStore::placeholder().context("making the placeholder certificate")?;
+    let edge = Edge::new(config.clone(), certificates, dialer, metrics.clone());
+    let applier = Arc::new(control::EdgeControl::new(
+        config.clone(),
+        tunnel.clone(),
+        control::EdgeHandles {
+            routes: edge.routes().clone(),
+            certificates: edge.certificates().clone(),
+            origins,
+            acme: edge.acme().clone(),
+            tcp: edge.tcp_routes().clone(),
+            connections: edge.connections().clone(),
+            metrics,
+        },
+    ));
+    tracing::info!(
+        control = %settings.url,
+        public_key = %tunnel.public_key(),
+        udp = %tunnel.local_addr(),
+        https = %config.https,
+        http = %config.http,
+        admin = %config.admin,
+        "edge started in control mode"
+    );
+    let mut client = ControlClient::new(settings, applier);
+    if client.restore().await == 0 {
+        tracing::warn!(
+            name = sni::PLACEHOLDER_NAME,
+            "no config from control yet: no routes, and a self-signed placeholder certificate until control's first snapshot"
+        );
+    }
+    let (client_stop_tx, client_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let client_task = tokio::spawn(client.run(async {
+        let _ = client_stop_rx.await;
+    }));
+
+    let result = edge
+        .serve(listeners, shutdown, || admin.set_draining(true))
+        .await;
+    let _ = client_stop_tx.send(());
+    let _ = client_task.await;
     tunnel.shutdown();
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;

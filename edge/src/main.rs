@@ -84,6 +84,15 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig => match load(&cli) {
+            Ok((config, _)) if config.control.is_some() => {
+                let control = config.control.as_ref().map(|c| c.url.as_str());
+                println!(
+                    "{}: ok (control mode: origins, routes and certificates come from {})",
+                    cli.config.display(),
+                    control.unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
             Ok((config, _)) => {
                 println!(
                     "{}: ok ({} origins, {} routes, {} tcp routes)",

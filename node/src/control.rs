@@ -320,6 +320,30 @@ pub fn peer_statuses(stats: &TunnelStats) -> Vec<PeerStatus> {
         .collect()
 }
 
+/// Sums the samples of counter `name` in `registry` (as its text exposition shows them), only
+/// those whose labels contain `label` when given. For heartbeats: a node registers the
+/// counter families it reports in a small registry of their own.
+pub fn sum_counters(
+    registry: &prometheus_client::registry::Registry,
+    name: &str,
+    label: Option<&str>,
+) -> u64 {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return 0;
+    }
+    let sample = format!("{name}_total");
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(&sample)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|line| label.is_none_or(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|value| value as u64)
+        .sum()
+}
+
 /// What the client is doing, for tests, logs and the node's own health.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ControlStatus {
@@ -1068,6 +1092,27 @@ mod tests {
             ..file
         });
         assert!(message.contains("holds no PEM certificate"), "{message}");
+    }
+
+    #[test]
+    fn counters_are_summed_by_label() {
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
+        let family = Family::<Vec<(String, String)>, Counter>::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("requests", "test", family.clone());
+        family
+            .get_or_create(&vec![("class".into(), "2xx".into())])
+            .inc_by(5);
+        family
+            .get_or_create(&vec![("class".into(), "5xx".into())])
+            .inc_by(2);
+        assert_eq!(sum_counters(&registry, "requests", None), 7);
+        assert_eq!(
+            sum_counters(&registry, "requests", Some("class=\"5xx\"")),
+            2
+        );
+        assert_eq!(sum_counters(&registry, "other", None), 0);
     }
 
     #[test]
