@@ -6,10 +6,12 @@
 // The OpenAPI document (api/openapi.rs) is one large `serde_json::json!` literal.
 #![recursion_limit = "512"]
 
+pub mod acme;
 pub mod api;
 pub mod bundle;
 pub mod cli;
 pub mod dev;
+pub mod dns;
 pub mod grpc;
 pub mod pki;
 pub mod store;

@@ -20,11 +20,18 @@ struct Migration {
 }
 
 /// Every migration, oldest first. Append only: never edit one that has shipped.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "initial schema",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "initial schema",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "acme accounts and challenges",
+        sql: include_str!("migrations/0002_acme.sql"),
+    },
+];
 
 /// The advisory lock key serializing migrations (and writes) across PostgreSQL replicas:
 /// "kokoa" in ASCII.

@@ -190,6 +190,39 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes a certificate.
     async fn delete_certificate(&self, actor: &Actor, id: Id) -> Result<()>;
 
+    // ---- ACME ----------------------------------------------------------------------------
+
+    /// The ACME account credentials (instant-acme's `AccountCredentials` JSON) for a
+    /// directory URL, unsealed; `None` before the account was created.
+    async fn acme_account(&self, directory_url: &str) -> Result<Option<Zeroizing<String>>>;
+    /// Stores (or replaces) the sealed credentials of the account at `directory_url`.
+    async fn save_acme_account(
+        &self,
+        actor: &Actor,
+        directory_url: &str,
+        contact: &[String],
+        credentials: &str,
+    ) -> Result<()>;
+    /// Adds challenges of an order in progress (keys sealed) in one transaction that bumps the
+    /// config version, so edges receive them. Invalid for an unknown certificate or a bad name;
+    /// Conflict for a token already pending.
+    async fn add_acme_challenges(
+        &self,
+        actor: &Actor,
+        challenges: Vec<NewAcmeChallenge>,
+    ) -> Result<Vec<AcmeChallenge>>;
+    /// Removes the pending challenges of one certificate's order, or all of them (`None`);
+    /// bumps the config version when any existed. Returns how many were removed.
+    async fn remove_acme_challenges(
+        &self,
+        actor: &Actor,
+        certificate_id: Option<Id>,
+    ) -> Result<u64>;
+    /// Pending challenges that have not expired, oldest first (without keys).
+    async fn list_acme_challenges(&self) -> Result<Vec<AcmeChallenge>>;
+    /// A TLS-ALPN-01 challenge's validation key, unsealed (`None` for HTTP-01).
+    async fn acme_challenge_key(&self, id: Id) -> Result<Option<Zeroizing<String>>>;
+
     // ---- node tokens ---------------------------------------------------------------------
 
     /// Creates a one-time enrollment token for a node, valid for `ttl`.

@@ -530,6 +530,80 @@ pub struct NewCertificate {
     pub material: Option<CertificateMaterial>,
 }
 
+/// What an edge answers for one pending ACME challenge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum AcmeChallengeAnswer {
+    /// HTTP-01: `GET /.well-known/acme-challenge/<token>` answers `key_authorization`.
+    Http01 {
+        /// The token.
+        token: String,
+        /// The exact response body.
+        key_authorization: String,
+    },
+    /// TLS-ALPN-01: an `acme-tls/1` handshake for the name gets this self-signed validation
+    /// certificate (its key via [`Store::acme_challenge_key`](super::Store::acme_challenge_key)).
+    TlsAlpn01 {
+        /// The validation certificate, PEM.
+        cert_pem: String,
+    },
+}
+
+impl AcmeChallengeAnswer {
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            AcmeChallengeAnswer::Http01 { .. } => "http-01",
+            AcmeChallengeAnswer::TlsAlpn01 { .. } => "tls-alpn-01",
+        }
+    }
+}
+
+/// A challenge of an ACME order in progress, pushed to the edges serving `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeChallenge {
+    /// Id.
+    pub id: Id,
+    /// The certificate being ordered.
+    pub certificate_id: Id,
+    /// The DNS name being validated.
+    pub name: String,
+    /// What to answer.
+    pub answer: AcmeChallengeAnswer,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Edges stop answering after this even if control never removes the challenge.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// Input of [`Store::add_acme_challenges`](super::Store::add_acme_challenges). `Debug` does not
+/// print the key.
+#[derive(Clone)]
+pub struct NewAcmeChallenge {
+    /// The certificate being ordered.
+    pub certificate_id: Id,
+    /// The DNS name being validated.
+    pub name: String,
+    /// What to answer.
+    pub answer: AcmeChallengeAnswer,
+    /// TLS-ALPN-01: the validation certificate's private key, PEM (sealed before it is stored).
+    pub key_pem: Option<String>,
+    /// How long edges may answer it.
+    pub ttl: std::time::Duration,
+}
+
+impl fmt::Debug for NewAcmeChallenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewAcmeChallenge")
+            .field("certificate_id", &self.certificate_id)
+            .field("name", &self.name)
+            .field("answer", &self.answer)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The two kinds of node secrets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -730,6 +804,11 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     /// All certificates (without keys).
     pub certificates: Vec<Certificate>,
+    /// Pending ACME challenges (without keys; see
+    /// [`Store::acme_challenge_key`](super::Store::acme_challenge_key)), for the edges serving
+    /// each challenge's name.
+    #[serde(default)]
+    pub acme_challenges: Vec<AcmeChallenge>,
 }
 
 /// serde helper: `Option<Option<T>>` where an absent field is `None` and `null` is
