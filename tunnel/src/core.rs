@@ -28,6 +28,7 @@ use smoltcp::phy::{self, Checksum, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 
+use self::ack_seq::SendMax;
 use crate::{
     PeerConfig, PeerStats, PublicKey, TunnelConfig, TunnelError, TunnelStats, MAX_STREAMS_PER_PEER,
 };
@@ -136,6 +137,7 @@ struct NetDevice<'a> {
 
 struct Sink<'a> {
     tunn: &'a mut Tunn,
+    send_max: &'a mut SendMax,
     endpoint: Option<SocketAddr>,
     out: &'a mut VecDeque<Transmit>,
     pool: &'a mut Vec<Vec<u8>>,
@@ -229,6 +231,7 @@ impl phy::TxToken for TxTok<'_, '_> {
         scratch.clear();
         scratch.resize(len, 0);
         let r = f(&mut scratch[..len]);
+        self.sink.send_max.on_transmit(&mut scratch[..len]);
         self.sink.encapsulate(len);
         r
     }
@@ -323,6 +326,8 @@ struct Peer {
     meta: HashMap<SocketHandle, SockMeta>,
     /// (local port, remote) -> socket, so a retransmitted SYN does not spawn a second listener.
     tuples: HashMap<(u16, SocketAddrV4), SocketHandle>,
+    /// Highest sequence number sent per flow (see [`ack_seq`]).
+    send_max: SendMax,
     /// Listeners and connecting sockets: checked for state changes after each poll.
     pending: Vec<SocketHandle>,
     /// Unowned sockets still finishing their close: drained, reaped when done.
@@ -527,6 +532,7 @@ impl Core {
             sockets: SocketSet::new(Vec::new()),
             meta: HashMap::new(),
             tuples: HashMap::new(),
+            send_max: SendMax::default(),
             pending: Vec::new(),
             closing: Vec::new(),
             rx: VecDeque::new(),
@@ -907,6 +913,7 @@ impl Core {
             sockpool.put(peer.sockets.remove(old));
             peer.meta.remove(&old);
             peer.tuples.remove(&key);
+            peer.send_max.remove(&key);
             peer.closing.retain(|h| *h != old);
             peer.pending.retain(|h| *h != old);
         }
@@ -1027,6 +1034,7 @@ impl Core {
             mtu: self.mtu,
             sink: Sink {
                 tunn: &mut peer.tunn,
+                send_max: &mut peer.send_max,
                 endpoint: peer.endpoint,
                 out: &mut self.out,
                 pool: &mut self.pool,
@@ -1150,6 +1158,7 @@ impl Core {
                 if let Some(meta) = peer.meta.remove(&h) {
                     if peer.tuples.get(&meta.tuple) == Some(&h) {
                         peer.tuples.remove(&meta.tuple);
+                        peer.send_max.remove(&meta.tuple);
                     }
                 }
                 peer.closing.swap_remove(i);
@@ -1630,5 +1639,6 @@ impl SocketPool {
     }
 }
 
+mod ack_seq;
 #[cfg(test)]
 mod tests;
