@@ -280,6 +280,9 @@ impl<D: Dialer> Proxy<D> {
 
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // The protocol version is hop-by-hop: an HTTP/1.0 app must not make the edge answer
+        // its own HTTP/1.1 client in HTTP/1.0 (hyper would then close the client connection).
+        parts.version = Version::HTTP_11;
         let body = body.map_err(BoxError::from).boxed_unsync();
         Response::from_parts(parts, body)
     }

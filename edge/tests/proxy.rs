@@ -646,6 +646,56 @@ async fn plain_http_redirects_to_https() {
 }
 
 #[tokio::test]
+async fn http10_app_does_not_downgrade_the_client_connection() {
+    // An app that answers every request in HTTP/1.0 and closes (Python's http.server does).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nold-ok")
+                    .await;
+            });
+        }
+    });
+    let edge = edge(port, 1, 1, false).await;
+    let stream = tls(edge.https, Some("app.test"), &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    // Two requests on one client connection: the first answer must keep it open.
+    for _ in 0..2 {
+        sender.ready().await.unwrap();
+        let response = sender.send_request(get("/", "app.test")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), http::Version::HTTP_11);
+        assert_ne!(
+            response.headers().get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..])
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"old-ok");
+    }
+    edge.stop().await;
+    app.abort();
+}
+
+#[tokio::test]
 async fn upstream_connections_are_reused_across_client_connections() {
     let home = app("home").await;
     let edge = edge(home.addr.port(), 1, 1, false).await;
