@@ -107,8 +107,11 @@ impl AcmeChallenges {
             if name.is_empty() || !crate::config::is_host_name(&name) {
                 return Err(AcmeError::BadName(challenge.name));
             }
+            // webpki (behind `keys_match`) rejects the critical acmeIdentifier extension every
+            // validation certificate carries, so the pair is not cross-checked here; a wrong
+            // key only fails that one validation handshake.
             let certified =
-                certified_key(&challenge.cert_pem, &challenge.key_pem).map_err(|reason| {
+                signing_pair(&challenge.cert_pem, &challenge.key_pem).map_err(|reason| {
                     AcmeError::BadCertificate {
                         name: name.clone(),
                         reason,
@@ -151,6 +154,15 @@ fn is_token(token: &str) -> bool {
 
 /// A rustls signing key pair from PEM text, checked to belong together.
 pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+    let certified = signing_pair(cert_pem, key_pem)?;
+    certified
+        .keys_match()
+        .map_err(|e| format!("the key does not match the certificate: {e}"))?;
+    Ok(certified)
+}
+
+/// A rustls signing key pair from PEM text (not cross-checked).
+fn signing_pair(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
     let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("bad certificate PEM: {e}"))?;
@@ -162,11 +174,7 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, Stri
         .ok_or("no PEM private key (PKCS#8, PKCS#1 or SEC1)")?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| format!("unsupported private key: {e}"))?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified
-        .keys_match()
-        .map_err(|e| format!("the key does not match the certificate: {e}"))?;
-    Ok(certified)
+    Ok(CertifiedKey::new(chain, signing))
 }
 
 #[cfg(test)]
@@ -213,15 +221,16 @@ mod tests {
         .unwrap();
         assert!(acme.tls_alpn_certificate("a.example.test").is_some());
         assert!(acme.tls_alpn_certificate("b.example.test").is_none());
-        let (_, other_key) = self_signed("b.example.test");
         let error = acme
             .set_tls_alpn(vec![TlsAlpnChallenge {
                 name: "a.example.test".into(),
-                cert_pem,
-                key_pem: other_key,
+                cert_pem: cert_pem.clone(),
+                key_pem: "not a key".into(),
             }])
             .unwrap_err();
         assert!(matches!(error, AcmeError::BadCertificate { .. }), "{error}");
         assert_eq!(acme.pending(), (0, 1));
+        let (_, other_key) = self_signed("b.example.test");
+        assert!(certified_key(&cert_pem, &other_key).is_err());
     }
 }
