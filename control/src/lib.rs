@@ -1,7 +1,14 @@
-//! Kokoa control plane: the [`store`], the REST [`api`] over it and per-node install [`bundle`]s;
-//! config streaming follows. It also holds `kokoa-control dev`, which runs a complete Kokoa (an edge, an
-//! origin and a sample app) on loopback from generated config files, so a newcomer sees a
-//! request cross the tunnel with one command.
+//! Kokoa control plane: the source of truth for origins, services, edges, routes, certificates
+//! and tokens. It is never on the request path: edges and origins run from the last config it
+//! streamed to them.
+//!
+//! - [`store`]: the data, on SQLite or PostgreSQL;
+//! - [`api`]: the REST API (`/api/v1`) operators and the CLI use;
+//! - [`bundle`]: per-node install bundles (bootstrap config, CA, enrollment token, systemd unit);
+//! - [`grpc`] and [`pki`]: enrollment and config streaming to nodes over TLS with control's CA;
+//! - [`serve`]: `kokoa-control serve`, which runs the REST API and the gRPC config stream;
+//! - [`cli`]: the operator commands (`origin add`, `route add`, `status`, ...);
+//! - [`dev`]: `kokoa-control dev`, a whole Kokoa on loopback from generated files.
 
 // The OpenAPI document (api/openapi.rs) is one large `serde_json::json!` literal.
 #![recursion_limit = "512"]
@@ -14,6 +21,7 @@ pub mod dev;
 pub mod dns;
 pub mod grpc;
 pub mod pki;
+pub mod serve;
 pub mod store;
 
 /// The program version, shared with `--version`.

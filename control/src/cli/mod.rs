@@ -1,5 +1,928 @@
-//! The `kokoa-control` operator command line. So far: the REST API client and table output the
-//! commands are built on.
+//! The `kokoa-control` command line: `serve` and `dev` run control; `token create` works on
+//! the database directly (to make the first API token); every other command is a client of the
+//! REST API (`--api-url` / `KOKOA_API_URL`, `--token` / `KOKOA_API_TOKEN`) that prints aligned
+//! tables, or the API's JSON with `--json`.
 
 pub mod client;
 pub mod table;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hyper::Method;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::api::{EdgeView, NodeStatusView, OriginView, RouteView, ServiceView, StatusSummary};
+use crate::dev::{self, DevOptions};
+use crate::serve::{self, ServeOptions};
+use crate::store::{self, Actor, IssuedNodeToken, MasterKey};
+use client::{segment, ApiClient, DEFAULT_API_URL};
+
+/// Kokoa control plane: the source of truth for origins, services, edges and routes, streaming
+/// config to every edge and origin over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "kokoa-control", version = crate::VERSION)]
+pub struct Cli {
+    /// Log as one JSON object per line.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    /// REST API of a running control (`serve --api`).
+    #[arg(long, global = true, env = "KOKOA_API_URL", default_value = DEFAULT_API_URL)]
+    pub api_url: String,
+    /// API bearer token (from `token create`).
+    #[arg(long, global = true, env = "KOKOA_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the database is, for commands that open it directly.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Data directory: holds control.db (by default) and the CA.
+    #[arg(long, env = "KOKOA_DATA_DIR", default_value = serve::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Database URL: sqlite://PATH or postgres://...; default sqlite://DATA_DIR/control.db.
+    #[arg(long, env = "KOKOA_DATABASE")]
+    pub database: Option<String>,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run control: the REST API and the gRPC config stream.
+    Serve(ServeArgs),
+    /// Run an edge, an origin and a sample app on loopback with generated keys and a
+    /// self-signed certificate; prints how to reach the app. Ctrl-C stops it.
+    Dev(DevArgs),
+    /// API tokens (bootstrap: works on the database directly, no API needed).
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Origins: private hosts running kokoa-origin.
+    Origin {
+        /// What to do.
+        #[command(subcommand)]
+        command: OriginCommand,
+    },
+    /// Services origins publish into the tunnel.
+    Service {
+        /// What to do.
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Edges: public hosts running kokoa-edge.
+    Edge {
+        /// What to do.
+        #[command(subcommand)]
+        command: EdgeCommand,
+    },
+    /// HTTP routes: host names to origin services.
+    Route {
+        /// What to do.
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+    /// One-time node enrollment tokens.
+    NodeToken {
+        /// What to do.
+        #[command(subcommand)]
+        command: NodeTokenCommand,
+    },
+    /// Download a node's install bundle (config, control CA, enrollment token, systemd unit,
+    /// install script).
+    Bundle {
+        /// Edge or origin.
+        kind: NodeKind,
+        /// The node's name.
+        name: String,
+        /// Where to write the tar.gz.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Every node: applied config version, last heartbeat, last rejected config.
+    Status,
+}
+
+/// `serve` flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where the data lives.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// File with the base64 master key that seals private keys (else KOKOA_MASTER_KEY).
+    #[arg(long)]
+    pub master_key_file: Option<PathBuf>,
+    /// Development only: without a master key, create one in DATA_DIR/master.key.
+    #[arg(long)]
+    pub dev: bool,
+    /// REST API listener (plain HTTP; keep it on loopback or behind a TLS proxy).
+    #[arg(long, default_value = serve::DEFAULT_API)]
+    pub api: SocketAddr,
+    /// gRPC listener (TLS with control's CA).
+    #[arg(long, default_value = serve::DEFAULT_GRPC)]
+    pub grpc: SocketAddr,
+    /// DNS name or IP in the gRPC server certificate (repeatable; default: localhost,
+    /// 127.0.0.1 and the host name).
+    #[arg(long = "grpc-name")]
+    pub grpc_names: Vec<String>,
+    /// The gRPC URL bundles tell nodes, e.g. https://control.example.com:7443.
+    #[arg(long)]
+    pub public_url: Option<String>,
+}
+
+/// `dev` flags.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Directory for the generated configs, keys and certificate.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Host name routed to the sample app.
+    #[arg(long, default_value = "app.localhost")]
+    pub host: String,
+    /// Edge HTTPS port on 127.0.0.1.
+    #[arg(long, default_value_t = 8443)]
+    pub https_port: u16,
+    /// Edge plain HTTP port on 127.0.0.1.
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+    /// Edge WireGuard UDP port on 127.0.0.1.
+    #[arg(long, default_value_t = 51820)]
+    pub tunnel_port: u16,
+    /// Edge admin port; the origin's admin listens on the next port.
+    #[arg(long, default_value_t = 9090)]
+    pub admin_port: u16,
+    /// Sample app port on 127.0.0.1.
+    #[arg(long, default_value_t = 8001)]
+    pub app_port: u16,
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token on the database directly and print its secret (shown once).
+    Create {
+        /// Unique name; changes made with the token are recorded as `api:NAME`.
+        #[arg(long)]
+        name: String,
+        /// Expire after this many days (default: never).
+        #[arg(long)]
+        ttl_days: Option<u64>,
+        /// Where the database is.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// `origin` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OriginCommand {
+    /// Create an origin (allocates its 10.100.X.0/24 and a WireGuard key pair).
+    Add {
+        /// Unique name.
+        name: String,
+        /// Use this WireGuard public key (you keep the private key) instead of a generated pair.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// List origins.
+    List,
+    /// Delete an origin (refused while routes use its services).
+    Rm {
+        /// Name or id.
+        name: String,
+    },
+    /// Give an origin a new WireGuard key pair (applied in place; streams continue).
+    RotateKey {
+        /// Name or id.
+        name: String,
+    },
+}
+
+/// What a service speaks.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProtocolArg {
+    /// HTTP/1.1 or HTTP/2 (reachable through routes).
+    Http,
+    /// Raw TCP.
+    Tcp,
+}
+
+/// `service` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Publish a local service of an origin into the tunnel.
+    Add {
+        /// The origin (name or id).
+        origin: String,
+        /// Service name, unique per origin.
+        name: String,
+        /// Port inside the tunnel.
+        #[arg(long)]
+        port: u32,
+        /// Where the app listens on the origin host (default 127.0.0.1:PORT).
+        #[arg(long)]
+        local: Option<String>,
+        /// What it speaks.
+        #[arg(long, value_enum, default_value = "http")]
+        protocol: ProtocolArg,
+        /// HTTP path for end-to-end health checks.
+        #[arg(long)]
+        health_path: Option<String>,
+    },
+    /// List services (of one origin).
+    List {
+        /// Only this origin's.
+        origin: Option<String>,
+    },
+    /// Delete a service (refused while routes use it).
+    Rm {
+        /// The origin.
+        origin: String,
+        /// The service.
+        name: String,
+    },
+}
+
+/// `edge` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EdgeCommand {
+    /// Create an edge (with a generated WireGuard key pair).
+    Add {
+        /// Unique name.
+        name: String,
+        /// WireGuard endpoint origins dial (HOST:PORT).
+        #[arg(long)]
+        endpoint: String,
+        /// Origin it serves (repeatable).
+        #[arg(long = "origin")]
+        origins: Vec<String>,
+        /// Public IP address DNS should point at.
+        #[arg(long)]
+        public_ip: Option<String>,
+    },
+    /// List edges.
+    List,
+    /// Delete an edge.
+    Rm {
+        /// Name or id.
+        name: String,
+    },
+    /// Make an edge serve an origin.
+    Assign {
+        /// The edge.
+        edge: String,
+        /// The origin.
+        origin: String,
+    },
+    /// Stop an edge serving an origin.
+    Unassign {
+        /// The edge.
+        edge: String,
+        /// The origin.
+        origin: String,
+    },
+    /// Give an edge a new WireGuard key pair.
+    RotateKey {
+        /// Name or id.
+        name: String,
+    },
+}
+
+/// `route` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RouteCommand {
+    /// Route a host name (exact or *.wildcard) to an origin's service.
+    Add {
+        /// Host name.
+        host: String,
+        /// The origin.
+        #[arg(long)]
+        origin: String,
+        /// The origin's service.
+        #[arg(long)]
+        service: String,
+        /// Further host names (repeatable).
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+    },
+    /// List routes.
+    List,
+    /// Delete a route.
+    Rm {
+        /// Host name or id.
+        host: String,
+    },
+}
+
+/// Edge or origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NodeKind {
+    /// An edge node.
+    Edge,
+    /// An origin.
+    Origin,
+}
+
+impl NodeKind {
+    fn collection(self) -> &'static str {
+        match self {
+            NodeKind::Edge => "edge-nodes",
+            NodeKind::Origin => "origins",
+        }
+    }
+}
+
+/// `node-token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum NodeTokenCommand {
+    /// Create a one-time enrollment token for a node and print it (shown once).
+    Create {
+        /// Edge or origin.
+        kind: NodeKind,
+        /// The node's name.
+        name: String,
+        /// Valid for this many hours (default 24).
+        #[arg(long)]
+        ttl_hours: Option<u64>,
+    },
+}
+
+/// Parses the command line and runs it; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    kokoa_node::telemetry::init(cli.log_json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kokoa-control: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kokoa-control: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cli {
+        api_url,
+        token,
+        json,
+        command,
+        ..
+    } = cli;
+    let api = || -> anyhow::Result<Api> {
+        Ok(Api {
+            client: ApiClient::new(&api_url, token.clone())?,
+            json,
+        })
+    };
+    match command {
+        Command::Serve(args) => {
+            let options = ServeOptions {
+                data_dir: args.store.data_dir,
+                database: args.store.database,
+                master_key_file: args.master_key_file,
+                dev: args.dev,
+                api: args.api,
+                grpc: args.grpc,
+                grpc_names: args.grpc_names,
+                public_url: args.public_url,
+            };
+            serve::run(options, kokoa_node::signal::shutdown()).await
+        }
+        Command::Dev(args) => run_dev(args).await,
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    name,
+                    ttl_days,
+                    store,
+                },
+        } => token_create(&store, &name, ttl_days, json).await,
+        Command::Origin { command } => api()?.origin(command).await,
+        Command::Service { command } => api()?.service(command).await,
+        Command::Edge { command } => api()?.edge(command).await,
+        Command::Route { command } => api()?.route(command).await,
+        Command::NodeToken {
+            command:
+                NodeTokenCommand::Create {
+                    kind,
+                    name,
+                    ttl_hours,
+                },
+        } => api()?.node_token(kind, &name, ttl_hours).await,
+        Command::Bundle { kind, name, output } => api()?.bundle(kind, &name, &output).await,
+        Command::Status => api()?.status().await,
+    }
+}
+
+async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    let defaults = DevOptions::default();
+    let options = DevOptions {
+        dir: args.dir.unwrap_or(defaults.dir),
+        host: args.host,
+        https_port: args.https_port,
+        http_port: args.http_port,
+        tunnel_port: args.tunnel_port,
+        admin_port: args.admin_port,
+        app_port: args.app_port,
+    };
+    let files = dev::write_files(&options)?;
+    eprintln!(
+        "\nKokoa dev: edge https://127.0.0.1:{https} -> tunnel -> origin -> sample app 127.0.0.1:{app}\n\
+         configs: {edge} and {origin}\n\n  \
+         curl -k --resolve {host}:{https}:127.0.0.1 https://{host}:{https}/\n  \
+         curl --cacert {cert} --resolve {host}:{https}:127.0.0.1 https://{host}:{https}/\n  \
+         curl http://127.0.0.1:{admin}/metrics\n\nCtrl-C stops it.\n",
+        https = options.https_port,
+        app = options.app_port,
+        edge = files.edge_config.display(),
+        origin = files.origin_config.display(),
+        host = options.host,
+        cert = files.certificate.display(),
+        admin = options.admin_port,
+    );
+    dev::run(&options, &files, kokoa_node::signal::shutdown()).await
+}
+
+/// `token create`: opens the database directly (so the first token needs no API token).
+async fn token_create(
+    args: &StoreArgs,
+    name: &str,
+    ttl_days: Option<u64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if args.database.is_none() {
+        serve::create_data_dir(&args.data_dir)?;
+    }
+    let url = serve::database_url(&args.data_dir, args.database.as_deref());
+    // API tokens are stored as hashes, never sealed, so creating one needs no master key: a
+    // throwaway key opens the database without touching any sealed value.
+    let store = store::open(&url, MasterKey::generate())
+        .await
+        .with_context(|| format!("cannot open the store at {url}"))?;
+    let ttl = ttl_days.map(|days| Duration::from_secs(days.saturating_mul(86_400)));
+    let issued = store.create_api_token(&Actor::Cli, name, ttl).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&issued)?);
+    } else {
+        eprintln!(
+            "API token {:?} created; it is shown only once. Use it with:\n  export KOKOA_API_TOKEN=<the line below>",
+            issued.token.name
+        );
+        println!("{}", issued.secret.expose());
+    }
+    Ok(())
+}
+
+fn time_text(t: Option<OffsetDateTime>) -> String {
+    let Some(t) = t else {
+        return String::new();
+    };
+    let age = OffsetDateTime::now_utc() - t;
+    let secs = age.whole_seconds().max(0);
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        7200..=172_799 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+fn opt<T: ToString>(value: Option<T>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// The REST commands.
+struct Api {
+    client: ApiClient,
+    json: bool,
+}
+
+impl Api {
+    /// Prints `value` as JSON (with `--json`) or the table `render` makes of it.
+    fn print<T: serde::Serialize>(
+        &self,
+        value: &T,
+        render: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+        } else {
+            print!("{}", render(value));
+        }
+        Ok(())
+    }
+
+    fn done(&self, message: String) {
+        if self.json {
+            println!("{}", json!({"ok": true, "message": message}));
+        } else {
+            println!("{message}");
+        }
+    }
+
+    async fn origin(&self, command: OriginCommand) -> anyhow::Result<()> {
+        match command {
+            OriginCommand::Add { name, public_key } => {
+                let origin: OriginView = self
+                    .client
+                    .post("/origins", &json!({"name": name, "public_key": public_key}))
+                    .await?;
+                self.print(&origin, |o| origin_table(std::slice::from_ref(o)))
+            }
+            OriginCommand::List => {
+                let origins: Vec<OriginView> = self.client.get("/origins").await?;
+                self.print(&origins, |o| origin_table(o))
+            }
+            OriginCommand::Rm { name } => {
+                self.client
+                    .delete(&format!("/origins/{}", segment(&name)))
+                    .await?;
+                self.done(format!("origin {name} deleted"));
+                Ok(())
+            }
+            OriginCommand::RotateKey { name } => {
+                let origin: OriginView = self
+                    .client
+                    .post(
+                        &format!("/origins/{}/rotate-key", segment(&name)),
+                        &json!({}),
+                    )
+                    .await?;
+                self.print(&origin, |o| origin_table(std::slice::from_ref(o)))
+            }
+        }
+    }
+
+    async fn service(&self, command: ServiceCommand) -> anyhow::Result<()> {
+        match command {
+            ServiceCommand::Add {
+                origin,
+                name,
+                port,
+                local,
+                protocol,
+                health_path,
+            } => {
+                let protocol = match protocol {
+                    ProtocolArg::Http => "http",
+                    ProtocolArg::Tcp => "tcp",
+                };
+                let body = json!({
+                    "name": name, "port": port, "protocol": protocol,
+                    "local_address": local, "health_path": health_path,
+                });
+                let service: ServiceView = self
+                    .client
+                    .post(&format!("/origins/{}/services", segment(&origin)), &body)
+                    .await?;
+                self.print(&service, |s| service_table(std::slice::from_ref(s)))
+            }
+            ServiceCommand::List { origin } => {
+                let path = match origin {
+                    Some(origin) => format!("/origins/{}/services", segment(&origin)),
+                    None => "/services".to_string(),
+                };
+                let services: Vec<ServiceView> = self.client.get(&path).await?;
+                self.print(&services, |s| service_table(s))
+            }
+            ServiceCommand::Rm { origin, name } => {
+                self.client
+                    .delete(&format!(
+                        "/origins/{}/services/{}",
+                        segment(&origin),
+                        segment(&name)
+                    ))
+                    .await?;
+                self.done(format!("service {name} of origin {origin} deleted"));
+                Ok(())
+            }
+        }
+    }
+
+    async fn edge(&self, command: EdgeCommand) -> anyhow::Result<()> {
+        match command {
+            EdgeCommand::Add {
+                name,
+                endpoint,
+                origins,
+                public_ip,
+            } => {
+                let body = json!({
+                    "name": name, "endpoint": endpoint, "origins": origins, "public_ip": public_ip,
+                });
+                let edge: EdgeView = self.client.post("/edge-nodes", &body).await?;
+                self.print(&edge, |e| edge_table(std::slice::from_ref(e)))
+            }
+            EdgeCommand::List => {
+                let edges: Vec<EdgeView> = self.client.get("/edge-nodes").await?;
+                self.print(&edges, |e| edge_table(e))
+            }
+            EdgeCommand::Rm { name } => {
+                self.client
+                    .delete(&format!("/edge-nodes/{}", segment(&name)))
+                    .await?;
+                self.done(format!("edge {name} deleted"));
+                Ok(())
+            }
+            EdgeCommand::Assign { edge, origin } => {
+                let assigned: Value = self
+                    .client
+                    .json(
+                        Method::PUT,
+                        &format!(
+                            "/edge-nodes/{}/origins/{}",
+                            segment(&edge),
+                            segment(&origin)
+                        ),
+                        &json!({}),
+                    )
+                    .await?;
+                self.print(&assigned, |a| {
+                    format!(
+                        "edge {edge} serves origin {origin} as {}\n",
+                        a["address"].as_str().unwrap_or("?")
+                    )
+                })
+            }
+            EdgeCommand::Unassign { edge, origin } => {
+                self.client
+                    .delete(&format!(
+                        "/edge-nodes/{}/origins/{}",
+                        segment(&edge),
+                        segment(&origin)
+                    ))
+                    .await?;
+                self.done(format!("edge {edge} no longer serves origin {origin}"));
+                Ok(())
+            }
+            EdgeCommand::RotateKey { name } => {
+                let edge: EdgeView = self
+                    .client
+                    .post(
+                        &format!("/edge-nodes/{}/rotate-key", segment(&name)),
+                        &json!({}),
+                    )
+                    .await?;
+                self.print(&edge, |e| edge_table(std::slice::from_ref(e)))
+            }
+        }
+    }
+
+    async fn route(&self, command: RouteCommand) -> anyhow::Result<()> {
+        match command {
+            RouteCommand::Add {
+                host,
+                origin,
+                service,
+                aliases,
+            } => {
+                let body = json!({
+                    "hostname": host, "origin": origin, "service": service, "aliases": aliases,
+                });
+                let route: RouteView = self.client.post("/routes", &body).await?;
+                self.print(&route, |r| route_table(std::slice::from_ref(r)))
+            }
+            RouteCommand::List => {
+                let routes: Vec<RouteView> = self.client.get("/routes").await?;
+                self.print(&routes, |r| route_table(r))
+            }
+            RouteCommand::Rm { host } => {
+                self.client
+                    .delete(&format!("/routes/{}", segment(&host)))
+                    .await?;
+                self.done(format!("route {host} deleted"));
+                Ok(())
+            }
+        }
+    }
+
+    async fn node_token(
+        &self,
+        kind: NodeKind,
+        name: &str,
+        ttl_hours: Option<u64>,
+    ) -> anyhow::Result<()> {
+        let body = json!({"ttl_seconds": ttl_hours.map(|h| h.saturating_mul(3600))});
+        let issued: IssuedNodeToken = self
+            .client
+            .post(
+                &format!("/{}/{}/tokens", kind.collection(), segment(name)),
+                &body,
+            )
+            .await?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&issued)?);
+        } else {
+            eprintln!(
+                "one-time enrollment token for {name}, valid until {}; it is shown only once:",
+                opt(issued.token.expires_at)
+            );
+            println!("{}", issued.secret.expose());
+        }
+        Ok(())
+    }
+
+    async fn bundle(
+        &self,
+        kind: NodeKind,
+        name: &str,
+        output: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        let bytes = self
+            .client
+            .call(
+                Method::GET,
+                &format!("/{}/{}/bundle", kind.collection(), segment(name)),
+                None,
+            )
+            .await?;
+        // The bundle holds a live enrollment token: keep it private.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options
+            .open(output)
+            .with_context(|| format!("cannot write {}", output.display()))?;
+        std::io::Write::write_all(&mut file, &bytes)
+            .with_context(|| format!("cannot write {}", output.display()))?;
+        let kind = match kind {
+            NodeKind::Edge => "edge",
+            NodeKind::Origin => "origin",
+        };
+        self.done(format!(
+            "wrote {} ({} bytes): copy it to the {kind} host, then `tar xzf {} && cd kokoa-{kind}-{name} && sudo ./install.sh`",
+            output.display(),
+            bytes.len(),
+            output.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        ));
+        Ok(())
+    }
+
+    async fn status(&self) -> anyhow::Result<()> {
+        let summary: StatusSummary = self.client.get("/status").await?;
+        self.print(&summary, |s| {
+            format!(
+                "config version {}\n{}",
+                s.config_version,
+                status_table(&s.nodes)
+            )
+        })
+    }
+}
+
+fn origin_table(origins: &[OriginView]) -> String {
+    let rows: Vec<Vec<String>> = origins
+        .iter()
+        .map(|o| {
+            vec![
+                o.origin.name.clone(),
+                o.address.to_string(),
+                o.network.to_string(),
+                o.origin.public_key.to_base64(),
+                format!("{:?}", o.origin.state.status).to_lowercase(),
+                opt(o.origin.state.applied_version),
+                time_text(o.origin.state.last_heartbeat),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "NAME",
+            "ADDRESS",
+            "NETWORK",
+            "PUBLIC KEY",
+            "STATUS",
+            "APPLIED",
+            "HEARTBEAT",
+        ],
+        &rows,
+    )
+}
+
+fn service_table(services: &[ServiceView]) -> String {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            vec![
+                s.origin.clone(),
+                s.service.name.clone(),
+                s.service.port.to_string(),
+                format!("{:?}", s.service.protocol).to_lowercase(),
+                s.service.local_address.clone(),
+                opt(s.service.health_path.clone()),
+            ]
+        })
+        .collect();
+    table::render(
+        &["ORIGIN", "NAME", "PORT", "PROTOCOL", "LOCAL", "HEALTH PATH"],
+        &rows,
+    )
+}
+
+fn edge_table(edges: &[EdgeView]) -> String {
+    let rows: Vec<Vec<String>> = edges
+        .iter()
+        .map(|e| {
+            vec![
+                e.edge.name.clone(),
+                opt(e.edge.endpoint.clone()),
+                e.origins
+                    .iter()
+                    .map(|o| format!("{}={}", o.origin, o.address))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                e.edge.public_key.to_base64(),
+                format!("{:?}", e.edge.state.status).to_lowercase(),
+                opt(e.edge.state.applied_version),
+                time_text(e.edge.state.last_heartbeat),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "NAME",
+            "ENDPOINT",
+            "ORIGINS",
+            "PUBLIC KEY",
+            "STATUS",
+            "APPLIED",
+            "HEARTBEAT",
+        ],
+        &rows,
+    )
+}
+
+fn route_table(routes: &[RouteView]) -> String {
+    let rows: Vec<Vec<String>> = routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.route.hostname.clone(),
+                r.route.aliases.join(","),
+                r.origin.clone(),
+                r.service.clone(),
+                r.port.to_string(),
+            ]
+        })
+        .collect();
+    table::render(&["HOST", "ALIASES", "ORIGIN", "SERVICE", "PORT"], &rows)
+}
+
+fn status_table(nodes: &[NodeStatusView]) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.kind.clone(),
+                n.name.clone(),
+                format!("{:?}", n.status).to_lowercase(),
+                match n.connected {
+                    Some(true) => "yes".into(),
+                    Some(false) => "no".into(),
+                    None => String::new(),
+                },
+                opt(n.applied_version),
+                if n.in_sync { "yes" } else { "no" }.to_string(),
+                time_text(n.last_heartbeat),
+                n.nack
+                    .as_ref()
+                    .map(|nack| format!("v{}: {}", nack.version, nack.error))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "KIND",
+            "NAME",
+            "STATUS",
+            "CONNECTED",
+            "APPLIED",
+            "IN SYNC",
+            "HEARTBEAT",
+            "LAST NACK",
+        ],
+        &rows,
+    )
+}

@@ -1,0 +1,296 @@
+//! `kokoa-control serve`: opens the store, loads (or creates) control's CA, and runs the REST
+//! API and the gRPC config stream side by side until SIGTERM or SIGINT.
+//!
+//! Startup order is "check everything, then bind": the master key, the data directory, the
+//! database (created and migrated on first start) and the CA are loaded before any port is
+//! bound, so a misconfigured control fails fast with a message naming the problem.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::api::{self, ApiState, LiveNode, LiveNodes};
+use crate::bundle::BundleSettings;
+use crate::grpc::{GrpcOptions, GrpcServer, NodeRegistry};
+use crate::pki::ControlCa;
+use crate::store::{self, MasterKey};
+
+/// Default REST API listener.
+pub const DEFAULT_API: &str = "127.0.0.1:7080";
+/// Default gRPC listener.
+pub const DEFAULT_GRPC: &str = "0.0.0.0:7443";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "kokoa-data";
+/// The SQLite file inside the data directory.
+pub const DATABASE_FILE: &str = "control.db";
+/// The master key `--dev` creates inside the data directory.
+pub const DEV_MASTER_KEY_FILE: &str = "master.key";
+/// How long bundle enrollment tokens are valid.
+pub const BUNDLE_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What `serve` runs with (the command-line flags).
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Holds `control.db` (unless `database` says otherwise) and the CA.
+    pub data_dir: PathBuf,
+    /// Database URL: `sqlite://PATH` or `postgres://...`; default `sqlite://DATA_DIR/control.db`.
+    pub database: Option<String>,
+    /// File holding the base64 master key; else `KOKOA_MASTER_KEY`.
+    pub master_key_file: Option<PathBuf>,
+    /// Development: without a configured master key, create `DATA_DIR/master.key`.
+    pub dev: bool,
+    /// REST API listener.
+    pub api: SocketAddr,
+    /// gRPC listener.
+    pub grpc: SocketAddr,
+    /// DNS names and IPs in the gRPC server certificate; empty: localhost, 127.0.0.1 and the
+    /// host name.
+    pub grpc_names: Vec<String>,
+    /// The gRPC URL bundles tell nodes; default `https://<first name>:<grpc port>`.
+    pub public_url: Option<String>,
+}
+
+impl ServeOptions {
+    /// Defaults for everything, data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServeOptions {
+            data_dir: data_dir.into(),
+            database: None,
+            master_key_file: None,
+            dev: false,
+            api: DEFAULT_API
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7080))),
+            grpc: DEFAULT_GRPC
+                .parse()
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7443))),
+            grpc_names: Vec::new(),
+            public_url: None,
+        }
+    }
+}
+
+/// The database URL for `data_dir` / `database`.
+pub fn database_url(data_dir: &Path, database: Option<&str>) -> String {
+    match database {
+        Some(url) => url.to_string(),
+        None => format!("sqlite://{}", data_dir.join(DATABASE_FILE).display()),
+    }
+}
+
+/// Loads the master key as `serve` does: `--master-key-file`, else `KOKOA_MASTER_KEY`, else (only
+/// with `dev`) `DATA_DIR/master.key`, created when missing.
+pub fn master_key(file: Option<&Path>, data_dir: &Path, dev: bool) -> anyhow::Result<MasterKey> {
+    match MasterKey::load(file) {
+        Ok(key) => Ok(key),
+        Err(store::CryptoError::Missing) if dev => {
+            let path = data_dir.join(DEV_MASTER_KEY_FILE);
+            tracing::warn!(path = %path.display(), "dev mode: using a master key kept next to the data; do not do this in production");
+            Ok(MasterKey::generate_dev(&path)?)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Creates the data directory (mode 0700: it holds the CA key and, by default, the database).
+pub fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))
+}
+
+/// This machine's host name, when it is a usable DNS name.
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()?;
+    let name = name.trim().to_ascii_lowercase();
+    store::validate::hostname("hostname", &name).ok()
+}
+
+/// The names in the gRPC certificate: the given ones, or localhost, 127.0.0.1 and the host name.
+pub fn grpc_names(given: &[String]) -> Vec<String> {
+    if !given.is_empty() {
+        return given.to_vec();
+    }
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if let Some(host) = host_name() {
+        if !names.contains(&host) {
+            names.push(host);
+        }
+    }
+    names
+}
+
+/// The URL bundles tell nodes: `--public-url`, else `https://NAME:PORT` with the gRPC
+/// listener's address when it is specific, else the first non-loopback certificate name.
+pub fn public_url(given: Option<&str>, grpc: SocketAddr, names: &[String]) -> String {
+    if let Some(url) = given {
+        return url.trim_end_matches('/').to_string();
+    }
+    let port = grpc.port();
+    if !grpc.ip().is_unspecified() {
+        return match grpc.ip() {
+            IpAddr::V6(ip) => format!("https://[{ip}]:{port}"),
+            IpAddr::V4(ip) => format!("https://{ip}:{port}"),
+        };
+    }
+    let host = names
+        .iter()
+        .find(|n| *n != "localhost" && n.parse::<IpAddr>().map_or(true, |ip| !ip.is_loopback()))
+        .or_else(|| names.first())
+        .cloned()
+        .unwrap_or_else(|| "localhost".into());
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => format!("https://[{ip}]:{port}"),
+        _ => format!("https://{host}:{port}"),
+    }
+}
+
+/// The REST API's view of the gRPC server's connected nodes.
+struct RegistryView(NodeRegistry);
+
+impl LiveNodes for RegistryView {
+    fn connected(&self) -> Vec<LiveNode> {
+        self.0
+            .connected()
+            .into_iter()
+            .map(|info| LiveNode {
+                node: info.node,
+                applied_version: info.running_version.or(info.applied_version),
+                last_heartbeat: info.last_heartbeat,
+                nack: info.last_nack,
+            })
+            .collect()
+    }
+}
+
+/// Runs control until `shutdown` resolves: the REST API on `options.api`, gRPC on
+/// `options.grpc`. Returns an error (before binding anything) for a missing master key, an
+/// unusable data directory, database or CA.
+pub async fn run(
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    create_data_dir(&options.data_dir)?;
+    let key = master_key(
+        options.master_key_file.as_deref(),
+        &options.data_dir,
+        options.dev,
+    )?;
+    let url = database_url(&options.data_dir, options.database.as_deref());
+    let store = store::open(&url, key)
+        .await
+        .with_context(|| format!("cannot open the store at {url}"))?;
+    let ca = ControlCa::load_or_create(&options.data_dir)?;
+    let names = grpc_names(&options.grpc_names);
+    let tls = ca.server_tls(&names)?;
+    let control_url = public_url(options.public_url.as_deref(), options.grpc, &names);
+
+    let api_listener = TcpListener::bind(options.api)
+        .await
+        .with_context(|| format!("cannot listen on {} (--api)", options.api))?;
+    let grpc_listener = TcpListener::bind(options.grpc)
+        .await
+        .with_context(|| format!("cannot listen on {} (--grpc)", options.grpc))?;
+    let api_addr = api_listener.local_addr()?;
+    let grpc_addr = grpc_listener.local_addr()?;
+
+    let grpc = GrpcServer::new(store.clone(), GrpcOptions::default());
+    let state = ApiState {
+        store: store.clone(),
+        bundle: Some(Arc::new(BundleSettings {
+            control_url: control_url.clone(),
+            ca_pem: ca.ca_pem().to_string(),
+            enrollment_ttl: BUNDLE_TOKEN_TTL,
+        })),
+        live: Some(Arc::new(RegistryView(grpc.nodes()))),
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        // Err means the sender is gone, which also means stop.
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let api_task = tokio::spawn(api::serve(api_listener, state, stopped(stop_rx.clone())));
+    let grpc_task = tokio::spawn(grpc.serve(grpc_listener, tls, stopped(stop_rx)));
+    tracing::info!(%api_addr, %grpc_addr, %control_url, engine = ?store.engine(), "kokoa-control serving");
+    eprintln!(
+        "kokoa-control: REST API http://{api_addr}/api/v1 (OpenAPI: /api/v1/openapi.json), \
+         gRPC {grpc_addr} (nodes are told {control_url}), data {}",
+        options.data_dir.display()
+    );
+
+    let mut api_task = api_task;
+    let mut grpc_task = grpc_task;
+    // Whichever ends first (a signal, or a server failing) stops the other.
+    let first = tokio::select! {
+        () = shutdown => None,
+        result = &mut api_task => Some(("REST API", result.map(|r| r.map_err(anyhow::Error::from)))),
+        result = &mut grpc_task => Some(("gRPC", result)),
+    };
+    let _ = stop_tx.send(true);
+    if let Some((which, result)) = first {
+        result
+            .with_context(|| format!("{which} server task panicked"))?
+            .with_context(|| format!("{which} server failed"))?;
+        anyhow::bail!("{which} server stopped unexpectedly");
+    }
+    tracing::info!("shutting down");
+    let api_result = api_task.await.context("REST API task panicked")?;
+    let grpc_result = grpc_task.await.context("gRPC task panicked")?;
+    api_result.context("REST API server failed")?;
+    grpc_result.context("gRPC server failed")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_url_prefers_flag_then_specific_listener_then_names() {
+        let any: SocketAddr = "0.0.0.0:7443".parse().expect("addr");
+        let names = vec![
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "ctl.example.com".into(),
+        ];
+        assert_eq!(
+            public_url(Some("https://c.example:1/"), any, &names),
+            "https://c.example:1"
+        );
+        assert_eq!(
+            public_url(None, "127.0.0.1:9".parse().expect("addr"), &names),
+            "https://127.0.0.1:9"
+        );
+        assert_eq!(
+            public_url(None, any, &names),
+            "https://ctl.example.com:7443"
+        );
+        assert_eq!(
+            public_url(None, any, &["localhost".into()]),
+            "https://localhost:7443"
+        );
+    }
+
+    #[test]
+    fn master_key_is_refused_without_configuration_unless_dev() {
+        let dir = tempfile::tempdir().expect("dir");
+        // With neither file nor (in this process, unset) env var, only dev works.
+        if std::env::var(store::MASTER_KEY_ENV).is_err() {
+            let error = master_key(None, dir.path(), false).expect_err("refused");
+            assert!(error.to_string().contains("--master-key-file"), "{error}");
+        }
+        master_key(None, dir.path(), true).expect("dev key");
+        assert!(dir.path().join(DEV_MASTER_KEY_FILE).exists());
+    }
+}

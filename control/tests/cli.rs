@@ -1,0 +1,311 @@
+//! The `kokoa-control` binary end to end on loopback: `token create` on a fresh data
+//! directory, `serve` (REST + gRPC on ephemeral ports), then the operator commands against it,
+//! and SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kokoa-control");
+
+fn master_key() -> String {
+    kokoa_control::store::MasterKey::generate().to_base64()
+}
+
+/// Runs one CLI command against `api` with `token`.
+fn cli(api: &str, token: &str, args: &[&str]) -> Result<Output> {
+    let output = Command::new(BIN)
+        .args(args)
+        .env("KOKOA_API_URL", api)
+        .env("KOKOA_API_TOKEN", token)
+        .env_remove("KOKOA_MASTER_KEY")
+        .env("RUST_LOG", "warn")
+        .output()
+        .with_context(|| format!("running kokoa-control {args:?}"))?;
+    Ok(output)
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(api: &str, token: &str, args: &[&str]) -> Result<String> {
+    let output = cli(api, token, args)?;
+    ensure!(
+        output.status.success(),
+        "kokoa-control {args:?} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// `serve` running in the background; killed on drop if still running.
+struct Control {
+    child: Child,
+    api: String,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data_dir: &Path, key: &str) -> Result<Control> {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--api",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("KOKOA_MASTER_KEY", key)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting kokoa-control serve")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                // Keep draining so the child never blocks on a full pipe.
+                continue;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(line) => line,
+            Err(_) => bail!(
+                "serve printed no API address within 60 s:\n{}",
+                seen.join("\n")
+            ),
+        };
+        if let Some(rest) = line.split("REST API ").nth(1) {
+            let url = rest
+                .split_whitespace()
+                .next()
+                .context("url")?
+                .trim_end_matches("/api/v1")
+                .to_string();
+            return Ok(Control { child, api: url });
+        }
+        seen.push(line);
+    }
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_master_key() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let output = Command::new(BIN)
+        .args([
+            "serve",
+            "--api",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env_remove("KOKOA_MASTER_KEY")
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no master key configured"), "{stderr}");
+    assert!(
+        stderr.contains("--master-key-file") && stderr.contains("KOKOA_MASTER_KEY"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn operator_workflow_against_a_running_control() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let key = master_key();
+
+    // Bootstrap: the first API token straight from the database.
+    let output = Command::new(BIN)
+        .args(["token", "create", "--name", "ops", "--data-dir"])
+        .arg(&data)
+        .env_remove("KOKOA_MASTER_KEY")
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout)?.trim().to_string();
+    ensure!(token.starts_with("kokoa_"), "token {token:?}");
+
+    let mut control = serve(&data, &key)?;
+    let api = control.api.clone();
+    let run = |args: &[&str]| ok(&api, &token, args);
+
+    let origin = run(&["origin", "add", "home"])?;
+    assert!(origin.contains("10.100.1.1"), "{origin}");
+    run(&[
+        "service",
+        "add",
+        "home",
+        "web",
+        "--port",
+        "8001",
+        "--local",
+        "127.0.0.1:8001",
+        "--health-path",
+        "/",
+    ])?;
+    let edge = run(&[
+        "edge",
+        "add",
+        "vps1",
+        "--endpoint",
+        "127.0.0.1:51820",
+        "--origin",
+        "home",
+    ])?;
+    assert!(edge.contains("home=10.100.1.10"), "{edge}");
+    run(&[
+        "route",
+        "add",
+        "app.example.com",
+        "--origin",
+        "home",
+        "--service",
+        "web",
+        "--alias",
+        "www.example.com",
+    ])?;
+
+    let routes = run(&["route", "list"])?;
+    let mut lines = routes.lines();
+    let header = lines.next().context("header")?;
+    assert!(
+        header.starts_with("HOST") && header.contains("ORIGIN"),
+        "{routes}"
+    );
+    let row: Vec<&str> = lines.next().context("row")?.split_whitespace().collect();
+    assert_eq!(
+        row,
+        ["app.example.com", "www.example.com", "home", "web", "8001"],
+        "{routes}"
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&run(&["--json", "route", "list"])?)?;
+    assert_eq!(json[0]["hostname"], "app.example.com");
+
+    let origins = run(&["origin", "list"])?;
+    assert!(
+        origins.contains("home") && origins.contains("10.100.1.0/24"),
+        "{origins}"
+    );
+    let edges = run(&["edge", "list"])?;
+    assert!(
+        edges.contains("vps1") && edges.contains("127.0.0.1:51820"),
+        "{edges}"
+    );
+    let services = run(&["service", "list", "home"])?;
+    assert!(services.contains("127.0.0.1:8001"), "{services}");
+
+    let status = run(&["status"])?;
+    assert!(status.starts_with("config version "), "{status}");
+    assert!(
+        status.contains("edge") && status.contains("vps1"),
+        "{status}"
+    );
+    assert!(
+        status.contains("origin") && status.contains("home"),
+        "{status}"
+    );
+    assert!(status.contains("CONNECTED"), "{status}");
+
+    let enrollment = run(&["node-token", "create", "origin", "home"])?;
+    assert!(enrollment.trim().starts_with("kokoa_"), "{enrollment}");
+    let bundle = dir.path().join("vps1.tar.gz");
+    run(&[
+        "bundle",
+        "edge",
+        "vps1",
+        "-o",
+        bundle.to_str().context("path")?,
+    ])?;
+    let bytes = std::fs::read(&bundle)?;
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip magic");
+
+    // Errors reach the operator with the field and a failing exit code.
+    let bad = cli(
+        &api,
+        &token,
+        &[
+            "route",
+            "add",
+            "bad host",
+            "--origin",
+            "home",
+            "--service",
+            "web",
+        ],
+    )?;
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("422") && stderr.contains("hostname"),
+        "{stderr}"
+    );
+    let dup = cli(
+        &api,
+        &token,
+        &[
+            "route",
+            "add",
+            "app.example.com",
+            "--origin",
+            "home",
+            "--service",
+            "web",
+        ],
+    )?;
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("409"));
+    let unauth = cli(&api, "kokoa_api_nope", &["route", "list"])?;
+    assert!(String::from_utf8_lossy(&unauth.stderr).contains("401"));
+
+    run(&["route", "rm", "app.example.com"])?;
+    assert_eq!(
+        run(&["route", "list"])?.lines().count(),
+        1,
+        "only the header"
+    );
+    run(&["edge", "rm", "vps1"])?;
+    run(&["origin", "rm", "home"])?;
+
+    // SIGTERM: a clean, prompt exit.
+    let pid = control.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status()?;
+    ensure!(killed.success(), "kill -TERM failed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = control.child.try_wait()? {
+            ensure!(status.success(), "serve exited with {status} on SIGTERM");
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "serve did not exit within 20 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
