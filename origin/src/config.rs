@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kokoa_node::control::{ControlSettings, FileControl};
 use kokoa_tunnel::key::{PrivateKey, PublicKey};
 use serde::Deserialize;
 
@@ -159,6 +160,9 @@ pub struct OriginConfig {
     pub edges: Vec<EdgeConfig>,
     /// The services reachable through the tunnel; ports are unique.
     pub services: Vec<ServiceConfig>,
+    /// Control mode: the address, edges, services (and the tunnel key, unless the operator
+    /// holds it) come from `kokoa-control`; `address` is unspecified until then.
+    pub control: Option<ControlSettings>,
 }
 
 /// The origin's WireGuard settings.
@@ -172,6 +176,9 @@ pub struct TunnelSettings {
     pub mtu: u16,
     /// Per-direction TCP buffer per stream, in bytes.
     pub tcp_buffer: usize,
+    /// Control mode without a local key: `private_key` is a random stand-in until control
+    /// sends the origin's managed key.
+    pub key_from_control: bool,
 }
 
 /// One edge peer.
@@ -204,23 +211,25 @@ pub struct ServiceConfig {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     origin: FileOrigin,
+    #[serde(default)]
     tunnel: FileTunnel,
     #[serde(default)]
     edges: Vec<FileEdge>,
     #[serde(default)]
     services: Vec<FileService>,
+    control: Option<FileControl>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileOrigin {
     admin: Option<SocketAddr>,
-    address: Ipv4Addr,
+    address: Option<Ipv4Addr>,
     drain_timeout: Option<u64>,
     connect_timeout: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileTunnel {
     private_key: Option<String>,
@@ -269,13 +278,37 @@ impl OriginConfig {
 impl FileConfig {
     fn validate(self, base_dir: Option<&Path>) -> Result<OriginConfig, ConfigError> {
         let origin = self.origin;
-        let address = origin.address;
-        if address.is_unspecified() || address.is_broadcast() || address.is_multicast() {
-            return Err(ConfigError::invalid(
-                "origin.address",
-                format!("{address} cannot be a host address; use the origin's 10.100.X.1"),
-            ));
-        }
+        let control = match self.control {
+            Some(control) => {
+                for (field, present) in [
+                    ("origin.address", origin.address.is_some()),
+                    ("edges", !self.edges.is_empty()),
+                    ("services", !self.services.is_empty()),
+                ] {
+                    if present {
+                        return Err(ConfigError::invalid(
+                            field,
+                            "a config with [control] gets its address, edges and services from control: remove this (or remove [control] to run from this file)",
+                        ));
+                    }
+                }
+                Some(
+                    ControlSettings::from_file(control, base_dir)
+                        .map_err(|e| ConfigError::invalid(e.field, e.reason))?,
+                )
+            }
+            None => None,
+        };
+        let address = match (origin.address, &control) {
+            (Some(address), _) => check_address(address)?,
+            (None, Some(_)) => Ipv4Addr::UNSPECIFIED,
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "origin.address",
+                    "missing: the origin's own address inside the tunnel, such as 10.100.1.1",
+                ))
+            }
+        };
         let drain_timeout =
             Duration::from_secs(origin.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT_SECS));
         let connect_timeout = origin
@@ -288,119 +321,16 @@ impl FileConfig {
             ));
         }
 
-        let tunnel = validate_tunnel(self.tunnel, base_dir)?;
-        let own_key = tunnel.private_key.public_key();
-
-        if self.edges.is_empty() {
+        let tunnel = validate_tunnel(self.tunnel, base_dir, control.is_some())?;
+        if control.is_none() && self.edges.is_empty() {
             return Err(ConfigError::invalid(
                 "edges",
                 "no [[edges]] entry: add at least one edge for this origin to dial",
             ));
         }
-        let mut edges = Vec::with_capacity(self.edges.len());
-        let mut names = HashSet::new();
-        let mut keys = HashSet::new();
-        let mut addresses = HashSet::new();
-        for (i, edge) in self.edges.into_iter().enumerate() {
-            let field = |name: &str| format!("edges[{i}].{name}");
-            if edge.name.trim().is_empty() {
-                return Err(ConfigError::invalid(field("name"), "must not be empty"));
-            }
-            if !names.insert(edge.name.clone()) {
-                return Err(ConfigError::invalid(
-                    field("name"),
-                    format!("`{}` is used by another edge", edge.name),
-                ));
-            }
-            let public_key = PublicKey::from_base64(&edge.public_key).map_err(|e| {
-                ConfigError::invalid(
-                    field("public_key"),
-                    format!("not a WireGuard public key ({e}); use the edge's `pubkey` output"),
-                )
-            })?;
-            if public_key == own_key {
-                return Err(ConfigError::invalid(
-                    field("public_key"),
-                    "is this origin's own public key; use the edge's key",
-                ));
-            }
-            if !keys.insert(public_key) {
-                return Err(ConfigError::invalid(
-                    field("public_key"),
-                    "is used by another edge",
-                ));
-            }
-            if edge.address == address {
-                return Err(ConfigError::invalid(
-                    field("address"),
-                    format!("{} is the origin's own address", edge.address),
-                ));
-            }
-            if !addresses.insert(edge.address) {
-                return Err(ConfigError::invalid(
-                    field("address"),
-                    format!("{} is used by another edge", edge.address),
-                ));
-            }
-            let endpoint = edge
-                .endpoint
-                .as_deref()
-                .map(Endpoint::parse)
-                .transpose()
-                .map_err(|reason| ConfigError::invalid(field("endpoint"), reason))?;
-            let keepalive = match edge.keepalive {
-                None => Some(DEFAULT_KEEPALIVE),
-                Some(0) => None,
-                Some(secs) => Some(secs),
-            };
-            edges.push(EdgeConfig {
-                name: edge.name,
-                public_key,
-                endpoint,
-                address: edge.address,
-                keepalive,
-            });
-        }
-
-        let mut services = Vec::with_capacity(self.services.len());
-        let mut names = HashSet::new();
-        let mut ports = HashSet::new();
-        for (i, service) in self.services.into_iter().enumerate() {
-            let field = |name: &str| format!("services[{i}].{name}");
-            if service.name.trim().is_empty() {
-                return Err(ConfigError::invalid(field("name"), "must not be empty"));
-            }
-            if !names.insert(service.name.clone()) {
-                return Err(ConfigError::invalid(
-                    field("name"),
-                    format!("`{}` is used by another service", service.name),
-                ));
-            }
-            if service.port == 0 {
-                return Err(ConfigError::invalid(field("port"), "must be 1-65535"));
-            }
-            if !ports.insert(service.port) {
-                return Err(ConfigError::invalid(
-                    field("port"),
-                    format!("{} is used by another service", service.port),
-                ));
-            }
-            let local = Endpoint::parse(&service.local)
-                .map_err(|reason| ConfigError::invalid(field("local"), reason))?;
-            if let Endpoint::Addr(addr) = &local {
-                if addr.port() == 0 || addr.ip().is_unspecified() {
-                    return Err(ConfigError::invalid(
-                        field("local"),
-                        format!("{addr} is not connectable; write the app's address such as 127.0.0.1:8001"),
-                    ));
-                }
-            }
-            services.push(ServiceConfig {
-                name: service.name,
-                port: service.port,
-                local,
-            });
-        }
+        let own_key = (!tunnel.key_from_control).then(|| tunnel.private_key.public_key());
+        let edges = validate_edges(self.edges, address, own_key)?;
+        let services = validate_services(self.services)?;
 
         Ok(OriginConfig {
             admin: origin.admin.unwrap_or(DEFAULT_ADMIN),
@@ -410,6 +340,207 @@ impl FileConfig {
             tunnel,
             edges,
             services,
+            control,
+        })
+    }
+}
+
+fn check_address(address: Ipv4Addr) -> Result<Ipv4Addr, ConfigError> {
+    if address.is_unspecified() || address.is_broadcast() || address.is_multicast() {
+        return Err(ConfigError::invalid(
+            "origin.address",
+            format!("{address} cannot be a host address; use the origin's 10.100.X.1"),
+        ));
+    }
+    Ok(address)
+}
+
+/// Validates the edges (tunnel peers) of an origin at `address`; `own_key` (the origin's
+/// public key, when known) may not be one of them.
+fn validate_edges(
+    file: Vec<FileEdge>,
+    address: Ipv4Addr,
+    own_key: Option<PublicKey>,
+) -> Result<Vec<EdgeConfig>, ConfigError> {
+    let mut edges = Vec::with_capacity(file.len());
+    let mut names = HashSet::new();
+    let mut keys = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (i, edge) in file.into_iter().enumerate() {
+        let field = |name: &str| format!("edges[{i}].{name}");
+        if edge.name.trim().is_empty() {
+            return Err(ConfigError::invalid(field("name"), "must not be empty"));
+        }
+        if !names.insert(edge.name.clone()) {
+            return Err(ConfigError::invalid(
+                field("name"),
+                format!("`{}` is used by another edge", edge.name),
+            ));
+        }
+        let public_key = PublicKey::from_base64(&edge.public_key).map_err(|e| {
+            ConfigError::invalid(
+                field("public_key"),
+                format!("not a WireGuard public key ({e}); use the edge's `pubkey` output"),
+            )
+        })?;
+        if Some(public_key) == own_key {
+            return Err(ConfigError::invalid(
+                field("public_key"),
+                "is this origin's own public key; use the edge's key",
+            ));
+        }
+        if !keys.insert(public_key) {
+            return Err(ConfigError::invalid(
+                field("public_key"),
+                "is used by another edge",
+            ));
+        }
+        if edge.address == address {
+            return Err(ConfigError::invalid(
+                field("address"),
+                format!("{} is the origin's own address", edge.address),
+            ));
+        }
+        if !addresses.insert(edge.address) {
+            return Err(ConfigError::invalid(
+                field("address"),
+                format!("{} is used by another edge", edge.address),
+            ));
+        }
+        let endpoint = edge
+            .endpoint
+            .as_deref()
+            .map(Endpoint::parse)
+            .transpose()
+            .map_err(|reason| ConfigError::invalid(field("endpoint"), reason))?;
+        let keepalive = match edge.keepalive {
+            None => Some(DEFAULT_KEEPALIVE),
+            Some(0) => None,
+            Some(secs) => Some(secs),
+        };
+        edges.push(EdgeConfig {
+            name: edge.name,
+            public_key,
+            endpoint,
+            address: edge.address,
+            keepalive,
+        });
+    }
+    Ok(edges)
+}
+
+/// Validates the services: unique names and ports, connectable local addresses.
+fn validate_services(file: Vec<FileService>) -> Result<Vec<ServiceConfig>, ConfigError> {
+    let mut services = Vec::with_capacity(file.len());
+    let mut names = HashSet::new();
+    let mut ports = HashSet::new();
+    for (i, service) in file.into_iter().enumerate() {
+        let field = |name: &str| format!("services[{i}].{name}");
+        if service.name.trim().is_empty() {
+            return Err(ConfigError::invalid(field("name"), "must not be empty"));
+        }
+        if !names.insert(service.name.clone()) {
+            return Err(ConfigError::invalid(
+                field("name"),
+                format!("`{}` is used by another service", service.name),
+            ));
+        }
+        if service.port == 0 {
+            return Err(ConfigError::invalid(field("port"), "must be 1-65535"));
+        }
+        if !ports.insert(service.port) {
+            return Err(ConfigError::invalid(
+                field("port"),
+                format!("{} is used by another service", service.port),
+            ));
+        }
+        let local = Endpoint::parse(&service.local)
+            .map_err(|reason| ConfigError::invalid(field("local"), reason))?;
+        if let Endpoint::Addr(addr) = &local {
+            if addr.port() == 0 || addr.ip().is_unspecified() {
+                return Err(ConfigError::invalid(
+                    field("local"),
+                    format!(
+                        "{addr} is not connectable; write the app's address such as 127.0.0.1:8001"
+                    ),
+                ));
+            }
+        }
+        services.push(ServiceConfig {
+            name: service.name,
+            port: service.port,
+            local,
+        });
+    }
+    Ok(services)
+}
+
+impl OriginConfig {
+    /// This config with the address, edges and services of a control snapshot, validated
+    /// exactly like the file's `[origin] address`, `[[edges]]` and `[[services]]` (the one
+    /// model both forms converge on). Errors name the snapshot field (`edges[0].public_key`).
+    /// `own_key` is this origin's public key: no edge may use it.
+    pub fn with_snapshot(
+        &self,
+        snapshot: &kokoa_proto::v1::OriginSnapshot,
+        own_key: Option<PublicKey>,
+    ) -> Result<OriginConfig, ConfigError> {
+        let address: Ipv4Addr = snapshot.address.parse().map_err(|_| {
+            ConfigError::invalid(
+                "address",
+                format!("`{}` is not an IPv4 address", snapshot.address),
+            )
+        })?;
+        let address = check_address(address)?;
+        let mut edges = Vec::with_capacity(snapshot.edges.len());
+        for (i, edge) in snapshot.edges.iter().enumerate() {
+            let edge_address = edge.address.parse().map_err(|_| {
+                ConfigError::invalid(
+                    format!("edges[{i}].address"),
+                    format!("`{}` is not an IPv4 address", edge.address),
+                )
+            })?;
+            let keepalive = u16::try_from(edge.keepalive).map_err(|_| {
+                ConfigError::invalid(
+                    format!("edges[{i}].keepalive"),
+                    format!("{} s is too long", edge.keepalive),
+                )
+            })?;
+            edges.push(FileEdge {
+                name: edge.name.clone(),
+                public_key: edge.public_key.clone(),
+                endpoint: (!edge.endpoint.is_empty()).then(|| edge.endpoint.clone()),
+                address: edge_address,
+                keepalive: Some(keepalive),
+            });
+        }
+        let edges = validate_edges(edges, address, own_key)?;
+        let mut services = Vec::with_capacity(snapshot.services.len());
+        for (i, service) in snapshot.services.iter().enumerate() {
+            if !matches!(service.protocol.as_str(), "" | "http" | "tcp") {
+                return Err(ConfigError::invalid(
+                    format!("services[{i}].protocol"),
+                    format!("`{}` is not http or tcp", service.protocol),
+                ));
+            }
+            let port = u16::try_from(service.port).map_err(|_| {
+                ConfigError::invalid(
+                    format!("services[{i}].port"),
+                    format!("{} is not a port (1-65535)", service.port),
+                )
+            })?;
+            services.push(FileService {
+                name: service.name.clone(),
+                port,
+                local: service.local.clone(),
+            });
+        }
+        let services = validate_services(services)?;
+        Ok(OriginConfig {
+            address,
+            edges,
+            services,
+            ..self.clone()
         })
     }
 }
@@ -417,8 +548,12 @@ impl FileConfig {
 fn validate_tunnel(
     tunnel: FileTunnel,
     base_dir: Option<&Path>,
+    control: bool,
 ) -> Result<TunnelSettings, ConfigError> {
+    let key_from_control =
+        control && tunnel.private_key.is_none() && tunnel.private_key_file.is_none();
     let private_key = match (tunnel.private_key, tunnel.private_key_file) {
+        (None, None) if key_from_control => PrivateKey::generate(),
         (Some(_), Some(_)) => {
             return Err(ConfigError::invalid(
                 "tunnel.private_key_file",
@@ -482,6 +617,7 @@ fn validate_tunnel(
         listen: tunnel.listen.unwrap_or(DEFAULT_LISTEN),
         mtu,
         tcp_buffer,
+        key_from_control,
     })
 }
 
@@ -708,5 +844,102 @@ local = "127.0.0.1:8002"
         let resolved = host.resolve(true).await.unwrap();
         assert!(resolved.ip().is_loopback());
         assert_eq!(resolved.port(), 9);
+    }
+
+    fn control_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["control.test".to_owned()]).unwrap();
+        std::fs::write(dir.path().join("control-ca.pem"), ca.cert.pem()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn control_example_and_exclusions() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let text = std::fs::read_to_string(examples.join("origin-control.toml")).unwrap();
+        let dir = control_dir();
+        let config = OriginConfig::from_toml(&text, Some(dir.path())).expect("origin-control.toml");
+        let control = config.control.as_ref().expect("control mode");
+        assert_eq!(control.host, "control.example.com");
+        assert_eq!(control.ca_file, dir.path().join("control-ca.pem"));
+        assert!(config.tunnel.key_from_control);
+        assert!(config.edges.is_empty() && config.services.is_empty());
+
+        let base = "[origin]\n[control]\nurl = \"https://control.test:7443\"\nca_file = \"control-ca.pem\"\ntoken_file = \"t\"\nstate_dir = \"s\"\n";
+        assert!(OriginConfig::from_toml(base, Some(dir.path())).is_ok());
+        for (extra, field) in [
+            (
+                "[[edges]]\nname = \"e\"\npublic_key = \"x\"\naddress = \"10.100.1.10\"\n",
+                "`edges`",
+            ),
+            (
+                "[[services]]\nname = \"web\"\nport = 1\nlocal = \"127.0.0.1:1\"\n",
+                "`services`",
+            ),
+        ] {
+            let message = invalid_field(OriginConfig::from_toml(
+                &format!("{base}{extra}"),
+                Some(dir.path()),
+            ));
+            assert_eq!(format!("`{message}`"), field);
+        }
+        let message = invalid_field(OriginConfig::from_toml(
+            &base.replace("[origin]\n", "[origin]\naddress = \"10.100.1.1\"\n"),
+            Some(dir.path()),
+        ));
+        assert_eq!(message, "origin.address");
+        let message = OriginConfig::from_toml(
+            &format!("{base}[[services]]\nname = \"web\"\nport = 1\nlocal = \"127.0.0.1:1\"\n"),
+            Some(dir.path()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("from control"), "{message}");
+    }
+
+    #[test]
+    fn snapshots_are_validated_like_the_file() {
+        use kokoa_proto::v1::{OriginPeer, OriginSnapshot, Service};
+        let config = OriginConfig::from_toml(&minimal(""), None).unwrap();
+        let edge_key = PrivateKey::generate().public_key();
+        let snapshot = OriginSnapshot {
+            name: "home".into(),
+            private_key: String::new(),
+            address: "10.100.2.1".into(),
+            edges: vec![OriginPeer {
+                name: "vps1".into(),
+                public_key: edge_key.to_base64(),
+                endpoint: "127.0.0.1:51820".into(),
+                address: "10.100.2.10".into(),
+                keepalive: 0,
+            }],
+            services: vec![Service {
+                name: "web".into(),
+                port: 8001,
+                local: "127.0.0.1:8001".into(),
+                protocol: "http".into(),
+            }],
+        };
+        let applied = config.with_snapshot(&snapshot, None).unwrap();
+        assert_eq!(applied.address, "10.100.2.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(applied.edges[0].public_key, edge_key);
+        assert_eq!(applied.edges[0].keepalive, None, "0 turns keepalive off");
+        assert_eq!(applied.services[0].port, 8001);
+        let reject = |snapshot: &OriginSnapshot, own: Option<PublicKey>| {
+            invalid_field(config.with_snapshot(snapshot, own))
+        };
+        assert!(reject(&snapshot, Some(edge_key)).contains("edges[0].public_key"));
+        let mut bad = snapshot.clone();
+        bad.services.push(bad.services[0].clone());
+        assert!(reject(&bad, None).contains("services[1].name"));
+        let mut bad = snapshot.clone();
+        bad.edges[0].address = "10.100.2.1".into();
+        assert_eq!(reject(&bad, None), "edges[0].address");
+        let mut bad = snapshot.clone();
+        bad.services[0].local = "0.0.0.0:80".into();
+        assert!(reject(&bad, None).contains("services[0].local"));
+        let mut bad = snapshot;
+        bad.address = "nope".into();
+        assert!(reject(&bad, None).contains("address"));
     }
 }

@@ -5,11 +5,17 @@
 //! and bridges each stream to the local service that owns the stream's destination port.
 //! Only configured service ports accept streams; the origin is never a router into the LAN.
 //!
-//! Modules: [`config`] (file form and validated model), [`service`] (the port -> local address
+//! In control mode (a `[control]` table in the config) the address, edges and services come
+//! from `kokoa-control` ([`control::OriginControl`] applies its snapshots through the same
+//! swappable service table and `Tunnel::set_peers`); the last applied one is persisted so a
+//! restart serves without control.
+//!
+//! Modules: [`config`] (file form and validated model), [`control`] (snapshots from control), [`service`] (the port -> local address
 //! table), [`bridge`] (one stream to its app), [`metrics`] (Prometheus).
 
 pub mod bridge;
 pub mod config;
+pub mod control;
 pub mod metrics;
 pub mod service;
 
@@ -77,24 +83,19 @@ async fn prepare(config: &OriginConfig) -> anyhow::Result<(TunnelConfig, Service
 /// Errors: a host name that does not resolve, or a socket (tunnel UDP, admin TCP) that cannot
 /// be bound. Errors on single streams are logged and counted, never returned.
 pub async fn run(config: OriginConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if config.control.is_some() {
+        return run_control(config, shutdown).await;
+    }
     let (tunnel_config, table) = prepare(&config).await?;
     let listen = tunnel_config.listen;
-    let (tunnel, mut incoming) = Tunnel::bind(tunnel_config)
+    let (tunnel, incoming) = Tunnel::bind(tunnel_config)
         .await
         .with_context(|| format!("binding the tunnel's UDP socket on {listen}"))?;
-    let admin_listener = tokio::net::TcpListener::bind(config.admin)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the admin listener on {} ([origin] admin)",
-                config.admin
-            )
-        })?;
-    let admin_addr = admin_listener.local_addr().unwrap_or(config.admin);
+    let admin_listener = bind_admin(&config).await?;
     tracing::info!(
         public_key = %tunnel.public_key(),
         udp = %tunnel.local_addr(),
-        admin = %admin_addr,
+        admin = %admin_listener.local_addr().unwrap_or(config.admin),
         address = %config.address,
         edges = config.edges.len(),
         services = table.len(),
@@ -103,15 +104,130 @@ pub async fn run(config: OriginConfig, shutdown: impl Future<Output = ()>) -> an
     for service in table.iter() {
         tracing::info!(service = %service.name, port = service.port, local = %service.local, "serving");
     }
-
-    let metrics = Metrics::default();
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
     let edge_names: HashMap<_, _> = config
         .edges
         .iter()
         .map(|edge| (edge.public_key, edge.name.clone()))
         .collect();
+    let services = Arc::new(Services::new(table));
+    serve(
+        &config,
+        tunnel,
+        incoming,
+        services,
+        Metrics::default(),
+        edge_names,
+        admin_listener,
+        shutdown,
+    )
+    .await
+}
+
+async fn bind_admin(config: &OriginConfig) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(config.admin)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the admin listener on {} ([origin] admin)",
+                config.admin
+            )
+        })
+}
+
+/// Control mode: binds the tunnel (no peers yet) and the admin listener, applies the persisted
+/// snapshot (so the origin serves while control is unreachable), then follows control.
+async fn run_control(
+    config: OriginConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use kokoa_node::control::{load_snapshot, ControlClient};
+    use kokoa_proto::v1::snapshot::Node;
+
+    let settings = config
+        .control
+        .clone()
+        .context("run_control needs a [control] table")?;
+    let mut private_key = config.tunnel.private_key.clone();
+    if config.tunnel.key_from_control {
+        match load_snapshot(&settings.state_dir) {
+            Ok(Some(snapshot)) => {
+                if let Some(Node::Origin(origin)) = snapshot.node {
+                    if let Ok(key) = kokoa_tunnel::key::PrivateKey::from_base64(&origin.private_key)
+                    {
+                        private_key = key;
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "cannot read the persisted config"),
+        }
+    }
+    let mut tunnel_config = TunnelConfig::new(private_key, config.tunnel.listen);
+    tunnel_config.mtu = config.tunnel.mtu;
+    tunnel_config.tcp_buffer = config.tunnel.tcp_buffer;
+    let listen = tunnel_config.listen;
+    let (tunnel, incoming) = Tunnel::bind(tunnel_config)
+        .await
+        .with_context(|| format!("binding the tunnel's UDP socket on {listen}"))?;
+    let admin_listener = bind_admin(&config).await?;
+    tracing::info!(
+        control = %settings.url,
+        public_key = %tunnel.public_key(),
+        udp = %tunnel.local_addr(),
+        admin = %admin_listener.local_addr().unwrap_or(config.admin),
+        "origin started in control mode"
+    );
+    let metrics = Metrics::default();
+    let services = Arc::new(Services::new(ServiceTable::default()));
+    let applier = Arc::new(control::OriginControl::new(
+        config.clone(),
+        tunnel.clone(),
+        services.clone(),
+        &metrics,
+    ));
+    let mut client = ControlClient::new(settings, applier);
+    if client.restore().await == 0 {
+        tracing::warn!(
+            "no config from control yet: no edges and no services until its first snapshot"
+        );
+    }
+    let (client_stop_tx, client_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let client_task = tokio::spawn(client.run(async {
+        let _ = client_stop_rx.await;
+    }));
+    // Stop following control before draining, so no snapshot reopens ports meanwhile.
+    let shutdown = async move {
+        shutdown.await;
+        let _ = client_stop_tx.send(());
+        let _ = client_task.await;
+    };
+    serve(
+        &config,
+        tunnel,
+        incoming,
+        services,
+        metrics,
+        HashMap::new(),
+        admin_listener,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves tunnel streams through `services` until `shutdown`, then drains and closes.
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    config: &OriginConfig,
+    tunnel: Tunnel,
+    mut incoming: kokoa_tunnel::Incoming,
+    services: Arc<Services>,
+    metrics: Metrics,
+    edge_names: HashMap<kokoa_tunnel::key::PublicKey, String>,
+    admin_listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
     registry.register_collector(Box::new(TunnelCollector::new(tunnel.clone(), edge_names)));
     let admin = Admin::new(registry);
 
@@ -129,7 +245,6 @@ pub async fn run(config: OriginConfig, shutdown: impl Future<Output = ()>) -> an
         }
     });
 
-    let services = Arc::new(Services::new(table));
     let (drain_signal, drain_watch) = Drain::new();
     let mut bridges = JoinSet::new();
     tokio::pin!(shutdown);

@@ -80,6 +80,18 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig => match load(&cli) {
+            Ok(config) if config.control.is_some() => {
+                println!(
+                    "{}: ok (control mode: address, edges and services come from {})",
+                    cli.config.display(),
+                    config
+                        .control
+                        .as_ref()
+                        .map(|c| c.url.as_str())
+                        .unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
             Ok(config) => {
                 println!(
                     "{}: ok ({} edges, {} services)",
