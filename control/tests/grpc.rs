@@ -1,0 +1,689 @@
+//! The gRPC server as nodes see it: a real tonic client over TLS pinned to control's CA, against
+//! `GrpcServer` on a loopback port with a SQLite store in a temp dir.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use kokoa_control::grpc::{GrpcOptions, GrpcServer, NodeRegistry};
+use kokoa_control::pki::ControlCa;
+use kokoa_control::store::{
+    self, Actor, MasterKey, NewEdge, NewOrigin, NewRoute, NewService, NodeId, NodeTokenKind,
+    Origin, Service, Store,
+};
+use kokoa_proto::v1 as pb;
+use kokoa_proto::v1::config_client::ConfigClient;
+use kokoa_proto::v1::enrollment_client::EnrollmentClient;
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status, Streaming};
+
+/// How long a test waits for something that should happen at once.
+const SOON: Duration = Duration::from_secs(10);
+/// How long a test waits to be sure something does not happen.
+const QUIET: Duration = Duration::from_millis(600);
+
+/// A running control: store, gRPC server, CA.
+struct Control {
+    store: Arc<dyn Store>,
+    nodes: NodeRegistry,
+    addr: SocketAddr,
+    ca_pem: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Control {
+    async fn start() -> Result<Control> {
+        let dir = tempfile::tempdir()?;
+        let db = dir.path().join("control.db");
+        let store = store::open(&format!("sqlite://{}", db.display()), MasterKey::generate())
+            .await
+            .context("opening the store")?;
+        let ca = ControlCa::load_or_create(dir.path())?;
+        let tls = ca.server_tls(&["localhost".into(), "127.0.0.1".into()])?;
+        let options = GrpcOptions {
+            heartbeat_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(200),
+            ..GrpcOptions::default()
+        };
+        let server = GrpcServer::new(store.clone(), options);
+        let nodes = server.nodes();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listener, tls, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Control {
+            store,
+            nodes,
+            addr,
+            ca_pem: ca.ca_pem().to_owned(),
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        })
+    }
+
+    /// A TLS channel trusting only `ca_pem`, for the name `localhost`.
+    async fn channel_trusting(&self, ca_pem: &str) -> Result<Channel> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name("localhost");
+        Ok(Endpoint::from_shared(format!("https://{}", self.addr))?
+            .tls_config(tls)?
+            .connect_timeout(SOON)
+            .connect()
+            .await?)
+    }
+
+    async fn channel(&self) -> Result<Channel> {
+        self.channel_trusting(&self.ca_pem).await
+    }
+
+    async fn shutdown(&mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(SOON, task)
+                .await
+                .context("the gRPC server did not stop")???;
+        }
+        Ok(())
+    }
+
+    /// A one-time enrollment token for `node`.
+    async fn token(&self, node: NodeId) -> Result<String> {
+        let issued = self
+            .store
+            .create_enrollment_token(&Actor::System, node, Duration::from_secs(600))
+            .await?;
+        Ok(issued.secret.expose().to_owned())
+    }
+
+    /// Enrolls `node` over gRPC and returns its credential.
+    async fn enroll(&self, channel: &Channel, node: NodeId) -> Result<String> {
+        let token = self.token(node).await?;
+        let response = enroll(channel, &token).await?;
+        Ok(response.credential)
+    }
+
+    async fn origin_with_service(&self, name: &str, port: u32) -> Result<(Origin, Service)> {
+        let origin = self
+            .store
+            .create_origin(
+                &Actor::System,
+                NewOrigin {
+                    name: name.into(),
+                    public_key: None,
+                },
+            )
+            .await?;
+        let service = self
+            .store
+            .create_service(
+                &Actor::System,
+                origin.id,
+                NewService {
+                    name: "web".into(),
+                    port,
+                    protocol: store::Protocol::Http,
+                    local_address: None,
+                    health_path: None,
+                },
+            )
+            .await?;
+        Ok((origin, service))
+    }
+
+    async fn edge(&self, name: &str, origins: Vec<store::Id>) -> Result<NodeId> {
+        let edge = self
+            .store
+            .create_edge(
+                &Actor::System,
+                NewEdge {
+                    name: name.into(),
+                    endpoint: Some(format!("{name}.example.net:51820")),
+                    origins,
+                    ..NewEdge::default()
+                },
+            )
+            .await?;
+        Ok(NodeId::Edge(edge.id))
+    }
+
+    async fn route(&self, host: &str, service: &Service) -> Result<()> {
+        self.store
+            .create_route(
+                &Actor::System,
+                NewRoute {
+                    hostname: host.into(),
+                    aliases: Vec::new(),
+                    service_id: service.id,
+                    limits: Some(serde_json::json!({"rate": 50})),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn enroll(channel: &Channel, token: &str) -> Result<pb::EnrollResponse, Status> {
+    EnrollmentClient::new(channel.clone())
+        .enroll(pb::EnrollRequest {
+            token: token.into(),
+            hostname: "test-host".into(),
+            software_version: "test".into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// A node's side of a Watch stream.
+struct Watch {
+    tx: mpsc::Sender<pb::NodeMessage>,
+    rx: Streaming<pb::ControlMessage>,
+}
+
+impl Watch {
+    /// Opens a Watch stream with `credential` and sends Hello{applied_version}.
+    async fn open(
+        channel: &Channel,
+        credential: &str,
+        applied_version: u64,
+    ) -> Result<Watch, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(node_message(pb::node_message::Message::Hello(pb::Hello {
+            applied_version,
+            software_version: "test".into(),
+            hostname: "test-host".into(),
+        })))
+        .await
+        .map_err(|_| Status::internal("hello"))?;
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {credential}")
+                .parse()
+                .map_err(|_| Status::internal("header"))?,
+        );
+        let rx = ConfigClient::new(channel.clone())
+            .watch(request)
+            .await?
+            .into_inner();
+        Ok(Watch { tx, rx })
+    }
+
+    /// The next snapshot, within `SOON`.
+    async fn snapshot(&mut self) -> Result<pb::Snapshot> {
+        match tokio::time::timeout(SOON, self.rx.message()).await {
+            Ok(Ok(Some(pb::ControlMessage {
+                message: Some(pb::control_message::Message::Snapshot(s)),
+            }))) => Ok(s),
+            Ok(other) => bail!("expected a snapshot, got {other:?}"),
+            Err(_) => bail!("no snapshot within {SOON:?}"),
+        }
+    }
+
+    /// Asserts that nothing arrives for a while.
+    async fn quiet(&mut self) -> Result<()> {
+        match tokio::time::timeout(QUIET, self.rx.message()).await {
+            Err(_) => Ok(()),
+            Ok(got) => bail!("expected nothing, got {got:?}"),
+        }
+    }
+
+    /// The status the stream ends with, within `SOON`.
+    async fn end(&mut self) -> Result<Status> {
+        match tokio::time::timeout(SOON, self.rx.message()).await {
+            Ok(Err(status)) => Ok(status),
+            Ok(Ok(None)) => bail!("stream ended without a status"),
+            Ok(Ok(Some(message))) => bail!("expected the stream to end, got {message:?}"),
+            Err(_) => bail!("stream still open after {SOON:?}"),
+        }
+    }
+
+    async fn send(&self, message: pb::node_message::Message) -> Result<()> {
+        self.tx
+            .send(node_message(message))
+            .await
+            .map_err(|_| anyhow::anyhow!("watch stream closed"))
+    }
+
+    async fn ack(&self, version: u64) -> Result<()> {
+        self.send(pb::node_message::Message::Ack(pb::Ack { version }))
+            .await
+    }
+}
+
+fn node_message(message: pb::node_message::Message) -> pb::NodeMessage {
+    pb::NodeMessage {
+        message: Some(message),
+    }
+}
+
+fn edge_of(snapshot: &pb::Snapshot) -> Result<&pb::EdgeSnapshot> {
+    match &snapshot.node {
+        Some(pb::snapshot::Node::Edge(edge)) => Ok(edge),
+        other => bail!("expected an edge snapshot, got {other:?}"),
+    }
+}
+
+/// Polls `check` until it holds (bounded by `SOON`).
+async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + SOON;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_then_watch_gets_the_edges_snapshot_and_a_token_works_once() -> Result<()> {
+    let mut control = Control::start().await?;
+    let (home, web) = control.origin_with_service("home", 8001).await?;
+    control.route("app.example.com", &web).await?;
+    let node = control.edge("e1", vec![home.id]).await?;
+    let channel = control.channel().await?;
+
+    let token = control.token(node).await?;
+    let enrolled = enroll(&channel, &token).await?;
+    assert_eq!(enrolled.kind, pb::NodeKind::Edge as i32);
+    assert_eq!(enrolled.node_name, "e1");
+    assert_eq!(enrolled.node_uuid, node.id().to_string());
+    assert!(enrolled.credential.starts_with("kokoa_"));
+    let again = enroll(&channel, &token)
+        .await
+        .expect_err("a used token is refused");
+    assert_eq!(again.code(), Code::Unauthenticated);
+    assert_eq!(
+        again.message(),
+        "enrollment token refused",
+        "refusals say nothing more"
+    );
+
+    let mut watch = Watch::open(&channel, &enrolled.credential, 0).await?;
+    let snapshot = watch.snapshot().await?;
+    let version = control.store.config_version().await?;
+    assert_eq!(snapshot.version, version);
+    assert_eq!(snapshot.heartbeat_interval_seconds, 1);
+    let edge = edge_of(&snapshot)?;
+    assert_eq!(edge.name, "e1");
+    let key = control
+        .store
+        .edge_private_key(node.id())
+        .await?
+        .context("managed key")?;
+    assert_eq!(edge.private_key, key.to_base64());
+    assert_eq!(edge.origins.len(), 1);
+    assert_eq!(edge.origins[0].name, "home");
+    assert_eq!(edge.origins[0].public_key, home.public_key.to_base64());
+    assert_eq!(edge.origins[0].origin_address, "10.100.1.1");
+    assert_eq!(edge.routes.len(), 1);
+    assert_eq!(edge.routes[0].host, "app.example.com");
+    assert_eq!(edge.routes[0].port, 8001);
+    assert_eq!(edge.routes[0].limits_json, r#"{"rate":50}"#);
+    watch.ack(version).await?;
+    drop(watch);
+
+    // A node that already runs the current version is sent nothing on reconnect.
+    let mut watch = Watch::open(&channel, &enrolled.credential, version).await?;
+    watch.quiet().await?;
+    let info = control.nodes.get(node).context("registered")?;
+    assert!(info.connected && info.in_sync, "{info:?}");
+
+    // Shutting control down ends the stream with UNAVAILABLE (the node reconnects later).
+    control.shutdown().await?;
+    assert_eq!(watch.end().await?.code(), Code::Unavailable);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_or_revoked_credentials_get_unauthenticated_and_no_snapshot() -> Result<()> {
+    let control = Control::start().await?;
+    let (home, web) = control.origin_with_service("home", 8001).await?;
+    control.route("app.example.com", &web).await?;
+    let node = control.edge("e1", vec![home.id]).await?;
+    let channel = control.channel().await?;
+
+    // No credential, a malformed header, an unknown credential, an enrollment token.
+    for credential in ["", "kokoa_node_nonsense"] {
+        let refused = Watch::open(&channel, credential, 0)
+            .await
+            .err()
+            .context("refused")?;
+        assert_eq!(refused.code(), Code::Unauthenticated, "{credential:?}");
+    }
+    let token = control.token(node).await?;
+    let refused = Watch::open(&channel, &token, 0)
+        .await
+        .err()
+        .context("refused")?;
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    // A valid credential works until it is revoked: the open stream is closed, with no
+    // further snapshot, and the credential is refused afterwards.
+    let credential = control.enroll(&channel, node).await?;
+    let mut watch = Watch::open(&channel, &credential, 0).await?;
+    watch.snapshot().await?;
+    let token_id = control
+        .store
+        .list_node_tokens(Some(node))
+        .await?
+        .into_iter()
+        .find(|t| t.kind == NodeTokenKind::Credential && t.revoked_at.is_none())
+        .context("credential token")?
+        .id;
+    control
+        .store
+        .revoke_node_token(&Actor::System, token_id)
+        .await?;
+    control.route("new.example.com", &web).await?;
+    let status = watch.end().await?;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let refused = Watch::open(&channel, &credential, 0)
+        .await
+        .err()
+        .context("refused")?;
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    eventually("the node to show as disconnected", || async {
+        Ok(control.nodes.connected_count() == 0)
+    })
+    .await?;
+
+    // Re-enrolling revokes the earlier credential: its stream closes even without a change.
+    let first = control.enroll(&channel, node).await?;
+    let mut old = Watch::open(&channel, &first, 0).await?;
+    old.snapshot().await?;
+    let second = control.enroll(&channel, node).await?;
+    assert_eq!(old.end().await?.code(), Code::Unauthenticated);
+    let mut new = Watch::open(&channel, &second, 0).await?;
+    new.snapshot().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_change_reaches_only_the_edges_that_serve_it() -> Result<()> {
+    let control = Control::start().await?;
+    let (home, home_web) = control.origin_with_service("home", 8001).await?;
+    let (lab, lab_web) = control.origin_with_service("lab", 9001).await?;
+    control.route("app.example.com", &home_web).await?;
+    let e1 = control.edge("e1", vec![home.id]).await?;
+    let e2 = control.edge("e2", vec![lab.id]).await?;
+    let origin = NodeId::Origin(lab.id);
+    let channel = control.channel().await?;
+
+    let mut w1 = Watch::open(&channel, &control.enroll(&channel, e1).await?, 0).await?;
+    let mut w2 = Watch::open(&channel, &control.enroll(&channel, e2).await?, 0).await?;
+    let mut wo = Watch::open(&channel, &control.enroll(&channel, origin).await?, 0).await?;
+    let s1 = w1.snapshot().await?;
+    let s2 = w2.snapshot().await?;
+    let so = wo.snapshot().await?;
+    assert_eq!(edge_of(&s1)?.routes.len(), 1);
+    assert!(edge_of(&s2)?.routes.is_empty(), "e2 does not serve home");
+    match &so.node {
+        Some(pb::snapshot::Node::Origin(o)) => {
+            assert_eq!(o.name, "lab");
+            assert_eq!(o.services.len(), 1);
+            assert_eq!(o.services[0].port, 9001);
+            let edges: Vec<&str> = o.edges.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(edges, ["e2"]);
+            assert_eq!(o.edges[0].endpoint, "e2.example.net:51820");
+        }
+        other => bail!("expected an origin snapshot, got {other:?}"),
+    }
+    for (w, v) in [(&w1, s1.version), (&w2, s2.version), (&wo, so.version)] {
+        w.ack(v).await?;
+    }
+
+    control.route("lab.example.com", &lab_web).await?;
+    let version = control.store.config_version().await?;
+    let s2 = w2.snapshot().await?;
+    assert_eq!(s2.version, version);
+    let hosts: Vec<&str> = edge_of(&s2)?
+        .routes
+        .iter()
+        .map(|r| r.host.as_str())
+        .collect();
+    assert_eq!(hosts, ["lab.example.com"]);
+    assert_eq!(edge_of(&s2)?.routes[0].origin, "lab");
+    w2.ack(version).await?;
+    w1.quiet().await?;
+    wo.quiet().await?;
+
+    // Unaffected nodes count as running the new version.
+    eventually("all three nodes in sync", || async {
+        let nodes = control.nodes.connected();
+        Ok(nodes.len() == 3
+            && nodes
+                .iter()
+                .all(|n| n.in_sync && n.running_version == Some(version)))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_nack_and_heartbeats_are_recorded() -> Result<()> {
+    let control = Control::start().await?;
+    let (home, web) = control.origin_with_service("home", 8001).await?;
+    control.route("app.example.com", &web).await?;
+    let node = control.edge("e1", vec![home.id]).await?;
+    let channel = control.channel().await?;
+    let mut watch = Watch::open(&channel, &control.enroll(&channel, node).await?, 0).await?;
+    let first = watch.snapshot().await?.version;
+
+    watch.ack(first).await?;
+    eventually("the ACK in the store", || async {
+        Ok(control
+            .store
+            .get_edge(node.id())
+            .await?
+            .state
+            .applied_version
+            == Some(first))
+    })
+    .await?;
+
+    control.route("other.example.com", &web).await?;
+    let second = watch.snapshot().await?.version;
+    ensure!(second > first, "versions increase");
+    watch
+        .send(pb::node_message::Message::Nack(pb::Nack {
+            version: second,
+            reason: "certificate for other.example.com does not parse".into(),
+        }))
+        .await?;
+    eventually("the NACK in the store and the registry", || async {
+        let state = control.store.get_edge(node.id()).await?.state;
+        let live = control.nodes.get(node).and_then(|n| n.last_nack);
+        Ok(state.nack.as_ref().is_some_and(|n| n.version == second)
+            && state.applied_version == Some(first)
+            && live.is_some_and(|n| n.error.contains("does not parse")))
+    })
+    .await?;
+    let info = control.nodes.get(node).context("registered")?;
+    assert!(!info.in_sync, "a NACKed node is not in sync: {info:?}");
+
+    watch
+        .send(pb::node_message::Message::Heartbeat(pb::Heartbeat {
+            applied_version: first,
+            peers: vec![pb::PeerStatus {
+                public_key: home.public_key.to_base64(),
+                endpoint: "192.0.2.7:40000".into(),
+                up: true,
+                last_handshake_age_ms: Some(1500),
+                rx_bytes: 10,
+                tx_bytes: 20,
+                active_streams: 2,
+            }],
+            active_connections: 3,
+            requests_per_second: 4.5,
+            errors_per_second: 0.0,
+            cpu_cores: 0.25,
+            memory_bytes: 1 << 20,
+            uptime_seconds: 60,
+        }))
+        .await?;
+    eventually("the heartbeat in the store", || async {
+        let state = control.store.get_edge(node.id()).await?.state;
+        Ok(state.last_heartbeat.is_some()
+            && state
+                .heartbeat
+                .as_ref()
+                .is_some_and(|h| h["active_connections"] == 3 && h["peers"][0]["up"] == true))
+    })
+    .await?;
+    let info = control.nodes.get(node).context("registered")?;
+    assert!(info.last_heartbeat.is_some());
+    assert_eq!(
+        info.heartbeat.as_ref().map(|h| h["memory_bytes"].clone()),
+        Some(serde_json::json!(1 << 20))
+    );
+
+    // The next ACK clears the NACK.
+    watch.ack(second).await?;
+    eventually("the NACK cleared", || async {
+        let state = control.store.get_edge(node.id()).await?.state;
+        Ok(state.nack.is_none() && state.applied_version == Some(second))
+    })
+    .await?;
+    assert!(control.nodes.get(node).context("registered")?.in_sync);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trusting_another_ca_fails_the_handshake() -> Result<()> {
+    let control = Control::start().await?;
+    let other_dir = tempfile::tempdir()?;
+    let other = ControlCa::load_or_create(other_dir.path())?;
+    let err = control
+        .channel_trusting(other.ca_pem())
+        .await
+        .err()
+        .context("the handshake must fail against a foreign CA")?;
+    let chain = format!("{err:?}");
+    assert!(
+        chain.contains("UnknownIssuer") || chain.contains("certificate"),
+        "{chain}"
+    );
+    // The right CA works.
+    let channel = control.channel().await?;
+    let refused = enroll(&channel, "kokoa_enr_bogus")
+        .await
+        .err()
+        .context("refused")?;
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    Ok(())
+}
+
+/// 200 simulated edges, each enrolled and on its own TLS connection, converge on a new version
+/// after one change. Prints the fan-out time (change committed -> every edge has the snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_edges_converge_after_one_change() -> Result<()> {
+    const EDGES: usize = 200;
+    let control = Control::start().await?;
+    let (home, web) = control.origin_with_service("home", 8001).await?;
+    let setup = Instant::now();
+    let mut credentials = Vec::with_capacity(EDGES);
+    let channel = control.channel().await?;
+    for i in 0..EDGES {
+        let node = control.edge(&format!("edge-{i:03}"), vec![home.id]).await?;
+        credentials.push(control.enroll(&channel, node).await?);
+    }
+    println!(
+        "created and enrolled {EDGES} edges in {:?}",
+        setup.elapsed()
+    );
+
+    let (ready_tx, mut ready_rx) = mpsc::channel::<()>(EDGES);
+    let (done_tx, mut done_rx) = mpsc::channel::<(u64, Instant)>(EDGES);
+    let mut clients = tokio::task::JoinSet::new();
+    for credential in credentials {
+        let channel = control.channel().await?;
+        let (ready_tx, done_tx) = (ready_tx.clone(), done_tx.clone());
+        clients.spawn(async move {
+            let mut watch = Watch::open(&channel, &credential, 0).await?;
+            let first = watch.snapshot().await?;
+            watch.ack(first.version).await?;
+            ready_tx.send(()).await?;
+            let next = watch.snapshot().await?;
+            let at = Instant::now();
+            ensure!(edge_of(&next)?.routes.len() == 1);
+            watch.ack(next.version).await?;
+            done_tx.send((next.version, at)).await?;
+            // Keep the stream open until the test is done.
+            let _ = watch.rx.message().await;
+            anyhow::Ok(())
+        });
+    }
+    for _ in 0..EDGES {
+        tokio::time::timeout(SOON * 3, ready_rx.recv())
+            .await
+            .context("edges did not all get their first snapshot")?;
+    }
+
+    let changed = Instant::now();
+    control.route("app.example.com", &web).await?;
+    let committed = changed.elapsed();
+    let version = control.store.config_version().await?;
+    let mut last = changed;
+    for _ in 0..EDGES {
+        let (got, at) = tokio::time::timeout(SOON * 3, done_rx.recv())
+            .await
+            .context("edges did not all get the new snapshot")?
+            .context("client failed")?;
+        assert_eq!(got, version);
+        last = last.max(at);
+    }
+    let fan_out = last - changed;
+    println!(
+        "fan-out to {EDGES} edges: {:.1} ms (store commit {:.1} ms)",
+        fan_out.as_secs_f64() * 1e3,
+        committed.as_secs_f64() * 1e3
+    );
+
+    eventually("every ACK in the registry", || async {
+        let nodes = control.nodes.connected();
+        Ok(nodes.len() == EDGES
+            && nodes
+                .iter()
+                .all(|n| n.applied_version == Some(version) && n.in_sync))
+    })
+    .await?;
+    eventually("every ACK in the store", || async {
+        let edges = control.store.list_edges().await?;
+        Ok(edges.len() == EDGES
+            && edges
+                .iter()
+                .all(|e| e.state.applied_version == Some(version)))
+    })
+    .await?;
+    println!(
+        "all {EDGES} ACKs recorded {:.1} ms after the change",
+        changed.elapsed().as_secs_f64() * 1e3
+    );
+    clients.abort_all();
+    Ok(())
+}
