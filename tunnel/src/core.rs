@@ -35,6 +35,13 @@ use crate::{
 
 /// How often boringtun's `update_timers` runs (WireGuard timers are second-granular).
 const TIMER_TICK: Duration = Duration::from_millis(250);
+/// A peer we keep alive (persistent keepalive with a known endpoint) that has sent nothing
+/// authenticated for twice its keepalive interval plus this long is presumed to have lost our
+/// session (it restarted: an edge redeployed, a process restarted) and gets a new handshake.
+/// WireGuard itself only re-handshakes when data goes unanswered or the session ages out
+/// (up to 3 minutes), and keepalives do not count as data, so an origin behind NAT would
+/// otherwise stay cut off from a restarted edge until then.
+const DEAD_PEER_GRACE: Duration = Duration::from_secs(5);
 /// How often the shared handshake rate limiter is reset.
 const RATE_LIMIT_RESET: Duration = Duration::from_secs(1);
 /// Handshake messages per second before cookie replies are required. Each initiation passes
@@ -340,6 +347,9 @@ struct Peer {
     blocked: bool,
     /// Start a handshake at the next tick (persistent keepalive with a known endpoint).
     initiate: bool,
+    /// When the peer last sent an authenticated message (or when it was added, or when we last
+    /// started a handshake because it was silent).
+    last_heard: Instant,
     owned: u64,
     tx_bytes: u64,
     rx_bytes: u64,
@@ -540,6 +550,7 @@ impl Core {
             poll_at: None,
             blocked: false,
             initiate,
+            last_heard: now,
             owned: 0,
             tx_bytes: 0,
             rx_bytes: 0,
@@ -791,6 +802,7 @@ impl Core {
                 // handshake message: roam to its source.
                 let cookie = p.first() == Some(&3);
                 if !cookie {
+                    peer.last_heard = now;
                     peer.endpoint = Some(from);
                     if msg_type == 1 || msg_type == 2 {
                         self.counters.handshakes_completed += 1;
@@ -812,11 +824,16 @@ impl Core {
                 flush = true;
             }
             TunnResult::Done => {
+                // A keepalive or a handshake response (no cookie reply reaches here).
+                if msg_type == 4 || msg_type == 2 {
+                    peer.last_heard = now;
+                }
                 if msg_type == 4 {
                     peer.endpoint = Some(from);
                 }
             }
             TunnResult::WriteToTunnelV4(packet, src) => {
+                peer.last_heard = now;
                 peer.endpoint = Some(from);
                 peer.rx_bytes += data.len() as u64;
                 let allowed = peer.config.allowed_ips.iter().any(|n| n.contains(&src));
@@ -834,6 +851,7 @@ impl Core {
                 }
             }
             TunnResult::WriteToTunnelV6(..) => {
+                peer.last_heard = now;
                 peer.endpoint = Some(from);
                 self.counters.dropped_source += 1;
             }
@@ -960,7 +978,7 @@ impl Core {
         }
         if now >= self.next_tick {
             self.next_tick = now + TIMER_TICK;
-            self.tick_wireguard();
+            self.tick_wireguard(now);
         }
         for peer in self.peers.values_mut() {
             if peer.poll_at.is_some_and(|t| t <= now) {
@@ -984,7 +1002,7 @@ impl Core {
         }
     }
 
-    fn tick_wireguard(&mut self) {
+    fn tick_wireguard(&mut self, now: Instant) {
         for peer in self.peers.values_mut() {
             let mut out = |peer: &mut Peer, r: TunnResult<'_>| {
                 if let TunnResult::WriteToNetwork(p) = r {
@@ -1001,6 +1019,14 @@ impl Core {
                     );
                 }
             };
+            if let (Some(keepalive), Some(_)) = (peer.config.persistent_keepalive, peer.endpoint) {
+                let silence = Duration::from_secs(2 * u64::from(keepalive)) + DEAD_PEER_GRACE;
+                if keepalive > 0 && now.saturating_duration_since(peer.last_heard) > silence {
+                    tracing::debug!(peer = ?peer.config.public_key, "peer silent, handshaking again");
+                    peer.last_heard = now;
+                    peer.initiate = true;
+                }
+            }
             if std::mem::take(&mut peer.initiate) {
                 let r = peer
                     .tunn

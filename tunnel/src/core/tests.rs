@@ -930,3 +930,59 @@ fn key_rotation_on_a_lossy_link_keeps_a_transfer_byte_exact() {
         rotation_during_transfer(1, RotationOrder::PrivateFirst, LOSSY, seed);
     }
 }
+
+#[test]
+fn an_origin_behind_nat_handshakes_again_with_a_restarted_edge() {
+    // The origin dials the edge (keepalive 1 s); the edge has no endpoint for it.
+    let (edge_key, origin_key) = (PrivateKey::generate(), PrivateKey::generate());
+    let edge_peers = vec![PeerConfig {
+        public_key: origin_key.public_key(),
+        endpoint: None,
+        allowed_ips: vec![net("10.100.1.1/32")],
+        local_address: "10.100.1.10".parse().unwrap(),
+        persistent_keepalive: None,
+    }];
+    let origin_peers = vec![PeerConfig {
+        public_key: edge_key.public_key(),
+        endpoint: Some(udp(0)),
+        allowed_ips: vec![net("10.100.1.10/32")],
+        local_address: "10.100.1.1".parse().unwrap(),
+        persistent_keepalive: Some(1),
+    }];
+    let mut sim = Sim::new(
+        vec![edge_key.clone(), origin_key],
+        vec![(edge_peers.clone(), vec![]), (origin_peers, vec![80])],
+        CLEAN,
+        31,
+    );
+    sim.open(0, 1, v4("10.100.1.1:80"));
+
+    // The edge restarts: same key and peers, but no session and no endpoint for the origin.
+    let mut config = TunnelConfig::new(edge_key, udp(0));
+    config.peers = edge_peers;
+    sim.nodes[0].core = Core::new(&config, sim.now).unwrap();
+    sim.events[0].clear();
+    sim.events[1].clear();
+    let restarted = sim.now;
+
+    // The origin's keepalives now go unanswered (the new edge cannot decrypt them); after
+    // 2 x 1 s + the grace it handshakes again, and the edge can reach it.
+    let key = sim.nodes[1].key;
+    let (id, _) = sim.nodes[0]
+        .core
+        .connect(sim.now, &key, v4("10.100.1.1:80"))
+        .unwrap();
+    let ok = sim.run_until(Duration::from_secs(30), |s| {
+        s.nodes[0].core.connect_state(id, None).is_ready()
+    });
+    assert!(ok, "the edge never reached the origin after its restart");
+    assert!(matches!(
+        sim.nodes[0].core.connect_state(id, None),
+        Poll::Ready(Ok(()))
+    ));
+    let waited = sim.now - restarted;
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(25),
+        "reconnected after {waited:?}"
+    );
+}
