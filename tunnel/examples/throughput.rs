@@ -97,6 +97,7 @@ async fn main() -> Result<()> {
     // 1. upload
     let mut s = edge.connect(&peer, dst(1), t).await?;
     let buf = vec![0xa5u8; 64 * 1024];
+    let cpu = cpu_time();
     let start = Instant::now();
     let mut sent = 0u64;
     while start.elapsed() < phase {
@@ -104,12 +105,16 @@ async fn main() -> Result<()> {
         sent += buf.len() as u64;
     }
     let up = sent as f64 / start.elapsed().as_secs_f64() / 1e6;
-    println!("one stream edge->origin: {up:.0} MB/s");
+    println!(
+        "one stream edge->origin: {up:.0} MB/s{}",
+        cpu_per(cpu, sent as f64 / 1e9, "GB")
+    );
     drop(s);
 
     // 2. download
     let mut s = edge.connect(&peer, dst(2), t).await?;
     let mut rbuf = vec![0u8; 64 * 1024];
+    let cpu = cpu_time();
     let start = Instant::now();
     let mut got = 0u64;
     while start.elapsed() < phase {
@@ -118,11 +123,15 @@ async fn main() -> Result<()> {
         got += n as u64;
     }
     let down = got as f64 / start.elapsed().as_secs_f64() / 1e6;
-    println!("one stream origin->edge: {down:.0} MB/s");
+    println!(
+        "one stream origin->edge: {down:.0} MB/s{}",
+        cpu_per(cpu, got as f64 / 1e9, "GB")
+    );
     drop(s);
 
     // 3. keep-alive request/response
     let count = Arc::new(AtomicU64::new(0));
+    let cpu = cpu_time();
     let start = Instant::now();
     let reporter = report_every_5s(count.clone(), "keep-alive");
     let mut tasks = Vec::new();
@@ -148,10 +157,15 @@ async fn main() -> Result<()> {
     }
     reporter.abort();
     let rps = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-    println!("32 keep-alive streams: {rps:.0} req/s");
+    let n = count.load(Ordering::Relaxed) as f64;
+    println!(
+        "32 keep-alive streams: {rps:.0} req/s{}",
+        cpu_per(cpu, n / 1e6, "M req")
+    );
 
     // 4. a new stream per request
     let count = Arc::new(AtomicU64::new(0));
+    let cpu = cpu_time();
     let start = Instant::now();
     let reporter = report_every_5s(count.clone(), "new stream per request");
     let mut tasks = Vec::new();
@@ -177,7 +191,11 @@ async fn main() -> Result<()> {
     }
     reporter.abort();
     let cps = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-    println!("16 tasks, new stream per request: {cps:.0} req/s");
+    let n = count.load(Ordering::Relaxed) as f64;
+    println!(
+        "16 tasks, new stream per request: {cps:.0} req/s{}",
+        cpu_per(cpu, n / 1e6, "M req")
+    );
 
     println!(
         "sockets: edge {}, origin {}",
@@ -216,6 +234,18 @@ fn report_every_5s(count: Arc<AtomicU64>, what: &'static str) -> tokio::task::Jo
             last = now;
         }
     })
+}
+
+/// ", X CPU s per UNIT" since `start` (both tunnels and the load run in this process, so it
+/// is the whole cost; unlike the rate it barely moves when other processes share the cores).
+fn cpu_per(start: Option<Duration>, units: f64, unit: &str) -> String {
+    match (start, cpu_time()) {
+        (Some(a), Some(b)) if units > 0.0 => format!(
+            ", {:.2} CPU s per {unit}",
+            b.saturating_sub(a).as_secs_f64() / units
+        ),
+        _ => String::new(),
+    }
 }
 
 /// User + system CPU time of this process (Linux `/proc/self/stat`, clock ticks of 10 ms).

@@ -19,11 +19,12 @@
 //! Design points that matter for throughput: each peer has its own netstack, polled only when
 //! it received packets, one of its sockets was used, or its own timer is due (never on a fixed
 //! tick); outbound IP packets are encrypted straight into recycled datagram buffers; the driver
-//! reads up to 64 datagrams per wake-up and polls the netstacks once per batch, so ACKs are
-//! coalesced; closed sockets are reaped at once (TIME-WAIT is not kept) and recycled with their
-//! buffers. Known limits: one `Mutex` around the core (one core's worth of crypto per node),
-//! one syscall per datagram (no GSO/GRO yet), and smoltcp scans all sockets of a peer on each
-//! poll, so tens of thousands of concurrent streams to one peer get slow.
+//! moves UDP in batches (quinn-udp: `recvmmsg` with GRO in, GSO trains of equal-size
+//! datagrams out, falling back to one datagram per call where the kernel lacks them) and polls
+//! the netstacks once per batch, so ACKs are coalesced; closed sockets are reaped at once
+//! (TIME-WAIT is not kept) and recycled with their buffers. Known limits: one `Mutex` around
+//! the core (one core's worth of crypto per node), and smoltcp scans all sockets of a peer on
+//! each poll, so tens of thousands of concurrent streams to one peer get slow.
 
 pub mod core;
 mod driver;
