@@ -193,7 +193,6 @@ pub async fn run(
     let ca = ControlCa::load_or_create(&options.data_dir)?;
     let names = grpc_names(&options.grpc_names);
     let tls = ca.server_tls(&names)?;
-    let control_url = public_url(options.public_url.as_deref(), options.grpc, &names);
 
     let api_listener = TcpListener::bind(options.api)
         .await
@@ -203,6 +202,8 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {} (--grpc)", options.grpc))?;
     let api_addr = api_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
+    // From the bound address, so `--grpc 127.0.0.1:0` yields a URL with the real port.
+    let control_url = public_url(options.public_url.as_deref(), grpc_addr, &names);
 
     let grpc = GrpcServer::new(store.clone(), GrpcOptions::default());
     let state = ApiState {

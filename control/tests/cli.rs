@@ -9,6 +9,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use kokoa_proto::v1 as pb;
+use kokoa_proto::v1::config_client::ConfigClient;
+use kokoa_proto::v1::enrollment_client::EnrollmentClient;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kokoa-control");
 
@@ -103,6 +107,105 @@ fn serve(data_dir: &Path, key: &str) -> Result<Control> {
         }
         seen.push(line);
     }
+}
+
+/// A node's open Watch stream.
+struct Watch {
+    _tx: tokio::sync::mpsc::Sender<pb::NodeMessage>,
+    _rx: tonic::Streaming<pb::ControlMessage>,
+}
+
+fn hello(applied_version: u64) -> pb::NodeMessage {
+    pb::NodeMessage {
+        message: Some(pb::node_message::Message::Hello(pb::Hello {
+            applied_version,
+            software_version: "test".into(),
+            hostname: "test-host".into(),
+        })),
+    }
+}
+
+/// Does what an edge does with its bundle: reads `[control]` from edge.toml, pins
+/// control-ca.pem, enrolls with enroll.token, opens Watch and ACKs the first snapshot.
+/// Returns the open stream and the acknowledged version.
+async fn join_with_bundle(bundle: &[u8]) -> Result<(Watch, u64)> {
+    use std::io::Read as _;
+    let mut files = std::collections::BTreeMap::new();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bundle));
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let name = entry
+            .path()?
+            .file_name()
+            .context("name")?
+            .to_string_lossy()
+            .into_owned();
+        let mut text = String::new();
+        entry.read_to_string(&mut text)?;
+        files.insert(name, text);
+    }
+    let config: toml::Value = toml::from_str(files.get("edge.toml").context("edge.toml")?)?;
+    let url = config["control"]["url"].as_str().context("control.url")?;
+    let ca = files.get("control-ca.pem").context("control-ca.pem")?;
+    let token = files.get("enroll.token").context("enroll.token")?.trim();
+    let host = url
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .context("host:port")?
+        .0;
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name(host);
+    let channel = Endpoint::from_shared(url.to_string())?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {url} with the bundle's CA"))?;
+    let enrolled = EnrollmentClient::new(channel.clone())
+        .enroll(pb::EnrollRequest {
+            token: token.into(),
+            hostname: "test-host".into(),
+            software_version: "test".into(),
+        })
+        .await?
+        .into_inner();
+    ensure!(enrolled.node_name == "vps1", "enrolled {enrolled:?}");
+
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(hello(0)).await?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", enrolled.credential).parse()?,
+    );
+    let mut stream = ConfigClient::new(channel)
+        .watch(request)
+        .await?
+        .into_inner();
+    let snapshot = match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+        Ok(Ok(Some(pb::ControlMessage {
+            message: Some(pb::control_message::Message::Snapshot(snapshot)),
+        }))) => snapshot,
+        other => bail!("expected a snapshot, got {other:?}"),
+    };
+    ensure!(
+        matches!(snapshot.node, Some(pb::snapshot::Node::Edge(_))),
+        "not an edge snapshot"
+    );
+    tx.send(pb::NodeMessage {
+        message: Some(pb::node_message::Message::Ack(pb::Ack {
+            version: snapshot.version,
+        })),
+    })
+    .await?;
+    Ok((
+        Watch {
+            _tx: tx,
+            _rx: stream,
+        },
+        snapshot.version,
+    ))
 }
 
 #[test]
@@ -244,6 +347,39 @@ fn operator_workflow_against_a_running_control() -> Result<()> {
     ])?;
     let bytes = std::fs::read(&bundle)?;
     assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip magic");
+
+    // The bundle is enough to join: its URL, pinned CA and token enroll over gRPC; the node
+    // watches, ACKs, and `status` shows it connected and in sync.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (watch, version) = runtime.block_on(join_with_bundle(&bytes))?;
+    // The ACK is recorded asynchronously: poll, bounded.
+    let expected = [
+        "edge",
+        "vps1",
+        "pending",
+        "yes",
+        &version.to_string(),
+        "yes",
+    ]
+    .map(String::from);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = run(&["status"])?;
+        let vps1 = status
+            .lines()
+            .find(|l| l.contains("vps1"))
+            .context("vps1 row")?;
+        let cells: Vec<String> = vps1.split_whitespace().take(6).map(String::from).collect();
+        if cells == expected {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "status never showed vps1 connected and in sync:\n{status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(watch);
 
     // Errors reach the operator with the field and a failing exit code.
     let bad = cli(
