@@ -202,7 +202,17 @@ async fn run(
         .initial_delay(Duration::from_millis(250))
         .backoff(1.5)
         .timeout(manager.options.validation_timeout);
-    let status = order.poll_ready(&retries).await?;
+    let status = match order.poll_ready(&retries).await {
+        Ok(status) => status,
+        // The order itself carries the CA's verdict (e.g. the validator got a 404).
+        Err(instant_acme::Error::Api(problem)) => {
+            return Err(AcmeError::Validation {
+                name: cert.names.join(", "),
+                detail: problem.to_string(),
+            })
+        }
+        Err(error) => return Err(error.into()),
+    };
     if status != OrderStatus::Ready {
         return Err(validation_failure(&mut order).await);
     }
