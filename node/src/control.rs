@@ -695,7 +695,7 @@ impl<A: Applier> ControlClient<A> {
         remember()?;
         tracing::info!(
             node = %response.node_name,
-            node_id = response.node_id,
+            node_id = %response.node_uuid,
             "enrolled with control; credential stored"
         );
         Ok(response.credential)
@@ -794,7 +794,9 @@ impl<A: Applier> ControlClient<A> {
                         Ok(None) => return Ok(healthy || opened.elapsed() >= HEALTHY_AFTER),
                         Err(status) => {
                             let error = self.status_error(status);
-                            if healthy || opened.elapsed() >= HEALTHY_AFTER {
+                            // A credential revoked while connected is a refusal, not a blip.
+                            let refused = matches!(error, ControlError::Unauthenticated { .. });
+                            if !refused && (healthy || opened.elapsed() >= HEALTHY_AFTER) {
                                 tracing::warn!(%error, "config stream broke");
                                 return Ok(true);
                             }
