@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use kokoa_proto::v1 as pb;
 use kokoa_tunnel::key::PublicKey;
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -21,7 +22,7 @@ use zeroize::Zeroizing;
 
 use super::snapshot::SharedSnapshot;
 use super::Inner;
-use crate::store::{Id, NodeId, NodeTokenKind, StoreError};
+use crate::store::{AcmeChallengeAnswer, Id, NodeId, NodeTokenKind, StoreError};
 
 /// The node credentials valid at some moment.
 #[derive(Debug)]
@@ -230,6 +231,39 @@ async fn build(inner: &Inner, keys: &mut KeyCache) -> Result<SharedSnapshot, Sto
     }
     keys.certificates.retain(|id, _| present.contains(id));
     shared.certificate_keys = certificate_keys;
+
+    // Pending ACME challenges of orders in progress (helper F's certificate manager): every
+    // edge gets them, since the CA's validator may reach any edge the name points at.
+    for challenge in &shared.store.acme_challenges {
+        match &challenge.answer {
+            AcmeChallengeAnswer::Http01 {
+                token,
+                key_authorization,
+            } => shared.acme_http_challenges.push(pb::AcmeHttpChallenge {
+                token: token.clone(),
+                key_authorization: key_authorization.clone(),
+            }),
+            AcmeChallengeAnswer::TlsAlpn01 { cert_pem } => {
+                match store.acme_challenge_key(challenge.id).await {
+                    Ok(Some(key)) => {
+                        shared
+                            .acme_tls_alpn_challenges
+                            .push(pb::AcmeTlsAlpnChallenge {
+                                name: challenge.name.clone(),
+                                cert_pem: cert_pem.clone(),
+                                key_pem: key.as_str().to_owned(),
+                            })
+                    }
+                    // Withdrawn since the snapshot was read: the next version drops it too.
+                    Ok(None) | Err(StoreError::NotFound { .. }) => {}
+                    Err(e @ StoreError::Database(_)) => return Err(e),
+                    Err(e) => {
+                        tracing::error!(challenge = %challenge.id, error = %e, "cannot unseal an ACME challenge key; edges do not get it")
+                    }
+                }
+            }
+        }
+    }
 
     tracing::debug!(
         version = shared.version(),
