@@ -292,6 +292,13 @@ mod tests {
         files
     }
 
+    /// Unpacks the bundle into `dir` and loads its config with the node's own loader.
+    fn unpack_to(bytes: &[u8], dir: &std::path::Path) {
+        tar::Archive::new(flate2::read::GzDecoder::new(bytes))
+            .unpack(dir)
+            .expect("unpack");
+    }
+
     fn settings() -> BundleSettings {
         BundleSettings {
             control_url: "https://control.example.com:7443".into(),
@@ -392,5 +399,53 @@ mod tests {
             Some("/var/lib/kokoa-origin")
         );
         assert!(files.contains_key("kokoa-origin-home/kokoa-origin.service"));
+    }
+
+    #[test]
+    fn nodes_accept_their_bundle_configs() {
+        // The node programs' own loaders (which read the CA file) accept what bundles write.
+        let dir = tempfile::tempdir().expect("dir");
+        let now = time::OffsetDateTime::now_utc();
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("ca");
+        let settings = BundleSettings {
+            ca_pem: ca.cert.pem(),
+            ..settings()
+        };
+        let key = kokoa_tunnel::key::PrivateKey::generate().public_key();
+        let edge = Edge {
+            id: uuid::Uuid::new_v4(),
+            name: "vps1".into(),
+            public_ip: None,
+            endpoint: None,
+            provider: None,
+            region: None,
+            public_key: key,
+            managed_key: true,
+            state: state(),
+            created_at: now,
+            updated_at: now,
+        };
+        let origin = Origin {
+            id: uuid::Uuid::new_v4(),
+            name: "home".into(),
+            subnet: 1,
+            public_key: key,
+            managed_key: true,
+            state: state(),
+            created_at: now,
+            updated_at: now,
+        };
+        unpack_to(
+            &build(&settings, &BundleNode::Edge(edge), "t").expect("edge bundle"),
+            dir.path(),
+        );
+        unpack_to(
+            &build(&settings, &BundleNode::Origin(origin), "t").expect("origin bundle"),
+            dir.path(),
+        );
+        kokoa_edge::config::EdgeConfig::load(&dir.path().join("kokoa-edge-vps1/edge.toml"))
+            .expect("kokoa-edge accepts edge.toml");
+        kokoa_origin::config::OriginConfig::load(&dir.path().join("kokoa-origin-home/origin.toml"))
+            .expect("kokoa-origin accepts origin.toml");
     }
 }

@@ -178,12 +178,40 @@ async fn tokens_are_required_and_checked() -> Result<()> {
     let doc: Value = anonymous.get("/openapi.json").await?;
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/api/v1/routes"]["post"].is_object());
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(refs.len() > 50, "{}", refs.len());
+    for reference in refs {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .context("local schema ref")?;
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "dangling $ref {reference}"
+        );
+    }
     let health = reqwest_free_get(&h.url, "/healthz").await?;
     assert!(
         health.starts_with("HTTP/1.1 200") && health.ends_with("ok"),
         "{health}"
     );
     Ok(())
+}
+
+/// Every `$ref` in a JSON document.
+fn collect_refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                match (key.as_str(), inner) {
+                    ("$ref", Value::String(target)) => out.push(target.clone()),
+                    _ => collect_refs(inner, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| collect_refs(item, out)),
+        _ => {}
+    }
 }
 
 /// A raw HTTP/1.1 GET (to see headers the client hides).
