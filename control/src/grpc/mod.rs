@@ -54,6 +54,12 @@ pub struct GrpcOptions {
     /// HTTP/2 keepalive pings: a node that vanished without closing its connection is noticed
     /// within about twice this time.
     pub keepalive_interval: Duration,
+    /// A node that does not take a snapshot within this time (its connection is alive but it
+    /// stopped reading) has its stream closed; it reconnects and gets the current version.
+    pub send_timeout: Duration,
+    /// After the shutdown signal, how long [`GrpcServer::serve`] waits for connections to close
+    /// before it returns anyway (a node that stopped reading would otherwise hold it forever).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for GrpcOptions {
@@ -63,6 +69,8 @@ impl Default for GrpcOptions {
             poll_interval: DEFAULT_POLL_INTERVAL,
             hello_timeout: DEFAULT_HELLO_TIMEOUT,
             keepalive_interval: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -144,7 +152,7 @@ impl GrpcServer {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tracing::info!(addr = ?local, "gRPC server listening");
-        let result = tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             .tls_config(tls.tonic_config())
             .map_err(GrpcError::Tls)?
             .http2_keepalive_interval(Some(inner.options.keepalive_interval))
@@ -155,9 +163,19 @@ impl GrpcServer {
             .add_service(ConfigServer::new(ConfigService {
                 inner: inner.clone(),
             }))
-            .serve_with_incoming_shutdown(incoming, signal)
-            .await
-            .map_err(GrpcError::Serve);
+            .serve_with_incoming_shutdown(incoming, signal);
+        let mut stopping = inner.shutdown.subscribe();
+        let grace = inner.options.shutdown_grace;
+        let result = tokio::select! {
+            result = server => result.map_err(GrpcError::Serve),
+            _ = async {
+                let _ = stopping.wait_for(|stop| *stop).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(?grace, "gRPC connections still open after the shutdown grace period; leaving them");
+                Ok(())
+            }
+        };
         inner.shutdown.send_replace(true);
         let _ = hub.await;
         Ok(result?)

@@ -41,6 +41,8 @@ enum End {
     Revoked,
     /// Control is shutting down.
     Shutdown,
+    /// The node stopped reading its stream.
+    Stuck,
 }
 
 /// What this stream last sent, to skip versions that do not change the node's config.
@@ -96,6 +98,11 @@ impl Session {
                 self.farewell(Status::unavailable("control is shutting down; reconnect"))
                     .await;
             }
+            // Its stream is full: no status can be queued, dropping the sender ends it.
+            End::Stuck => tracing::warn!(
+                timeout = ?self.inner.options.send_timeout,
+                "node did not take its snapshot in time; closing its stream"
+            ),
         }
     }
 
@@ -208,8 +215,18 @@ impl Session {
             let message = pb::ControlMessage {
                 message: Some(pb::control_message::Message::Snapshot(message)),
             };
-            if self.tx.send(Ok(message)).await.is_err() {
-                return Err(End::NodeLeft(None));
+            // Never wait on one node forever: shutdown and a stuck node end the wait.
+            let mut shutdown = self.inner.shutdown.subscribe();
+            tokio::select! {
+                sent = self.tx.send(Ok(message)) => {
+                    if sent.is_err() {
+                        return Err(End::NodeLeft(None));
+                    }
+                }
+                _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                    return Err(End::Shutdown);
+                }
+                _ = tokio::time::sleep(self.inner.options.send_timeout) => return Err(End::Stuck),
             }
             tracing::debug!(version, "sent snapshot");
             sent.target = version;
