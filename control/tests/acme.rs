@@ -807,3 +807,161 @@ async fn tls_alpn01_issuance() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// The whole path: a route is added, control orders its certificate, the HTTP-01 token reaches
+/// a control-mode kokoa-edge over the gRPC config stream (the edge ACKs it before the CA is told
+/// to validate), Pebble validates through that edge, and the issued certificate reaches the edge
+/// the same way: an HTTPS handshake for the name validates against Pebble's root.
+#[tokio::test]
+async fn http01_end_to_end_through_grpc_and_a_control_mode_edge() -> Result<()> {
+    if let Some(reason) = missing_tools() {
+        println!("SKIPPED: {reason}");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let store = store::open(
+        &format!("sqlite://{}", dir.path().join("control.db").display()),
+        MasterKey::generate(),
+    )
+    .await?;
+    let named = start_named(dir.path()).await?;
+    let (http_port, https_port) = (free_port()?, free_port()?);
+    let pebble = start_pebble(dir.path(), named.addr, http_port, https_port).await?;
+
+    let ca = kokoa_control::pki::ControlCa::load_or_create(dir.path())?;
+    let tls = ca.server_tls(&["localhost".into(), "127.0.0.1".into()])?;
+    let server = kokoa_control::grpc::GrpcServer::new(
+        store.clone(),
+        kokoa_control::grpc::GrpcOptions {
+            heartbeat_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let grpc = listener.local_addr()?;
+    let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let grpc_task = tokio::spawn(server.serve(listener, tls, async {
+        let _ = grpc_stopped.await;
+    }));
+
+    let origin = store
+        .create_origin(
+            &actor(),
+            NewOrigin {
+                name: "home".into(),
+                public_key: None,
+            },
+        )
+        .await?;
+    let service = store
+        .create_service(
+            &actor(),
+            origin.id,
+            NewService {
+                name: "web".into(),
+                port: 8001,
+                protocol: Protocol::Http,
+                local_address: Some("127.0.0.1:8001".into()),
+                health_path: None,
+            },
+        )
+        .await?;
+    store
+        .create_route(
+            &actor(),
+            NewRoute {
+                hostname: "app.kokoa.test".into(),
+                aliases: Vec::new(),
+                service_id: service.id,
+                limits: None,
+            },
+        )
+        .await?;
+    let edge = store
+        .create_edge(
+            &actor(),
+            NewEdge {
+                name: "edge-1".into(),
+                origins: vec![origin.id],
+                ..Default::default()
+            },
+        )
+        .await?;
+    let token = store
+        .create_enrollment_token(&actor(), NodeId::Edge(edge.id), Duration::from_secs(600))
+        .await?;
+    let edge_dir = dir.path().join("edge");
+    std::fs::create_dir_all(&edge_dir)?;
+    std::fs::write(edge_dir.join("control-ca.pem"), ca.ca_pem())?;
+    std::fs::write(edge_dir.join("enroll.token"), token.secret.expose())?;
+    let config_path = edge_dir.join("edge.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[edge]\nhttps = \"127.0.0.1:{https_port}\"\nhttp = \"127.0.0.1:{http_port}\"\n\
+             admin = \"127.0.0.1:{}\"\ndrain_timeout = 0\n[tunnel]\nlisten = \"127.0.0.1:0\"\n\
+             [control]\nurl = \"https://127.0.0.1:{}\"\nca_file = \"control-ca.pem\"\n\
+             token_file = \"enroll.token\"\nstate_dir = \"state\"\n",
+            free_port()?,
+            grpc.port()
+        ),
+    )?;
+    let config = kokoa_edge::EdgeConfig::load(&config_path)?;
+    let (stop_edge, edge_stopped) = tokio::sync::oneshot::channel::<()>();
+    let edge_task = tokio::spawn(kokoa_edge::run(config, async {
+        let _ = edge_stopped.await;
+    }));
+
+    // The edge enrolled and applied control's config.
+    let deadline = Instant::now() + DEADLINE;
+    while store
+        .get_edge(edge.id)
+        .await?
+        .state
+        .applied_version
+        .is_none()
+    {
+        if Instant::now() > deadline || edge_task.is_finished() {
+            bail!("the edge never applied control's config");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut options = AcmeOptions::new(&pebble.directory);
+    options.directory_ca_file = Some(pebble.ca_file.clone());
+    options.validation_timeout = Duration::from_secs(20);
+    options.propagation_timeout = Duration::from_secs(10);
+    let manager = CertificateManager::new(store.clone(), options, None);
+    let report = manager.run_once().await?;
+    let cert = store
+        .list_certificates()
+        .await?
+        .into_iter()
+        .find(|c| c.names == ["app.kokoa.test"])
+        .context("certificate")?;
+    assert_eq!(report.issued, [cert.id], "{:?}", cert.last_error);
+
+    let root = pebble.root().await?;
+    let connector = TlsConnector::from(Arc::new(client_config(root, &[b"http/1.1"])?));
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let stream = TcpStream::connect(("127.0.0.1", https_port)).await?;
+        match connector
+            .connect(ServerName::try_from("app.kokoa.test")?, stream)
+            .await
+        {
+            Ok(_) => break,
+            Err(error) if Instant::now() > deadline => {
+                bail!("the edge never served the issued certificate: {error}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+
+    let _ = stop_edge.send(());
+    tokio::time::timeout(DEADLINE, edge_task).await???;
+    let _ = stop_grpc.send(());
+    tokio::time::timeout(DEADLINE, grpc_task).await???;
+    Ok(())
+}
