@@ -36,12 +36,18 @@ struct Control {
 }
 
 impl Control {
+    /// Control on a fresh SQLite store in a temp dir.
     async fn start() -> Result<Control> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("control.db");
         let store = store::open(&format!("sqlite://{}", db.display()), MasterKey::generate())
             .await
             .context("opening the store")?;
+        Control::start_with(store, dir).await
+    }
+
+    /// Control on `store`, with its CA in `dir`.
+    async fn start_with(store: Arc<dyn Store>, dir: tempfile::TempDir) -> Result<Control> {
         let ca = ControlCa::load_or_create(dir.path())?;
         let tls = ca.server_tls(&["localhost".into(), "127.0.0.1".into()])?;
         let options = GrpcOptions {
@@ -686,4 +692,113 @@ async fn two_hundred_edges_converge_after_one_change() -> Result<()> {
     );
     clients.abort_all();
     Ok(())
+}
+
+/// A fresh PostgreSQL database under `KOKOA_TEST_POSTGRES` (`None`: not configured, which
+/// fails under `CI=true`), and the admin URL and name to drop it with.
+async fn postgres() -> Result<Option<(String, String, String)>> {
+    use sqlx::{ConnectOptions, Connection};
+    let Ok(base) = std::env::var("KOKOA_TEST_POSTGRES") else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            bail!("KOKOA_TEST_POSTGRES is not set but CI=true: the PostgreSQL gRPC test must run in CI");
+        }
+        println!("SKIPPED: set KOKOA_TEST_POSTGRES=postgres://USER:PASS@HOST/DB to run it");
+        return Ok(None);
+    };
+    let name = format!("kokoa_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&base)
+        .await
+        .with_context(|| format!("connecting to KOKOA_TEST_POSTGRES={base}"))?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    admin.close().await?;
+    let url = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&base)?
+        .database(&name)
+        .to_url_lossy()
+        .to_string();
+    Ok(Some((url, base, name)))
+}
+
+/// Two control replicas on one PostgreSQL database: a change committed through one replica's
+/// store reaches a node watching the other, which learns of it only by polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_on_shared_postgres_streams_changes_made_elsewhere() -> Result<()> {
+    use sqlx::Connection;
+    let Some((url, base, name)) = postgres().await? else {
+        return Ok(());
+    };
+    let key = MasterKey::generate();
+    let writer = store::open(&url, key.clone()).await?;
+    let control = Control::start_with(store::open(&url, key).await?, tempfile::tempdir()?).await?;
+    let result = async {
+        let origin = writer
+            .create_origin(
+                &Actor::Cli,
+                NewOrigin {
+                    name: "home".into(),
+                    public_key: None,
+                },
+            )
+            .await?;
+        let service = writer
+            .create_service(
+                &Actor::Cli,
+                origin.id,
+                NewService {
+                    name: "web".into(),
+                    port: 8001,
+                    protocol: store::Protocol::Http,
+                    local_address: None,
+                    health_path: None,
+                },
+            )
+            .await?;
+        let edge = writer
+            .create_edge(
+                &Actor::Cli,
+                NewEdge {
+                    name: "e1".into(),
+                    origins: vec![origin.id],
+                    ..NewEdge::default()
+                },
+            )
+            .await?;
+        let node = NodeId::Edge(edge.id);
+        let channel = control.channel().await?;
+        let mut watch = Watch::open(&channel, &control.enroll(&channel, node).await?, 0).await?;
+        let first = watch.snapshot().await?;
+        ensure!(edge_of(&first)?.routes.is_empty());
+        watch.ack(first.version).await?;
+
+        writer
+            .create_route(
+                &Actor::Cli,
+                NewRoute {
+                    hostname: "app.example.com".into(),
+                    aliases: Vec::new(),
+                    service_id: service.id,
+                    limits: None,
+                },
+            )
+            .await?;
+        let version = writer.config_version().await?;
+        let next = watch.snapshot().await?;
+        assert_eq!(next.version, version);
+        assert_eq!(edge_of(&next)?.routes[0].host, "app.example.com");
+        watch.ack(version).await?;
+        eventually("the ACK visible through the other replica", || async {
+            Ok(writer.get_edge(edge.id).await?.state.applied_version == Some(version))
+        })
+        .await
+    }
+    .await;
+    drop(control);
+    drop(writer);
+    if let Ok(mut admin) = sqlx::PgConnection::connect(&base).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
+    result
 }
