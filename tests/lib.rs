@@ -8,6 +8,7 @@
 //! - [`config`]: edge and origin TOML files written from typed specs.
 //! - [`apps`]: the sample apps (HTTP echo/bytes/upload/stream, WebSocket echo, TCP echo).
 //! - [`client`]: an HTTPS client (HTTP/1.1 or HTTP/2 by ALPN) that dials the edge directly.
+//! - [`control`]: `kokoa-control serve`, its REST API, and nodes started from its bundles.
 //! - [`topology`]: one edge and N origins wired together, ready to serve.
 //! - [`netns`]: network namespaces, veth pairs and wireguard-go for the interop tests.
 //!
@@ -22,6 +23,7 @@
 pub mod apps;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod net;
 pub mod netns;
 pub mod pki;

@@ -3,6 +3,7 @@
 //! binaries are located and built once; every test is bounded in time.
 
 mod bulk;
+mod control;
 mod http;
 mod interop;
 mod protection;

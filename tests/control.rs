@@ -1,0 +1,371 @@
+//! `kokoa-control` in the tests: `serve` on loopback ports over a temporary data directory, a
+//! JSON client for its REST API, and edges and origins started from the bundles it hands out
+//! (the bundle's bootstrap TOML with the listeners moved to free loopback ports).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context as _};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpStream;
+
+use crate::net::{free_tcp, loopback, wait_healthy};
+use crate::process::{binary, Process};
+
+/// A running (or stopped) `kokoa-control serve`.
+pub struct Control {
+    /// The data directory (database, CA); kept across restarts.
+    pub data_dir: PathBuf,
+    /// REST API address.
+    pub api: SocketAddr,
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// An API bearer token.
+    pub token: String,
+    key_file: PathBuf,
+    log_dir: PathBuf,
+    process: Option<Process>,
+    starts: usize,
+}
+
+impl Control {
+    /// Creates a data directory under `root`, a master key file and an API token (`token
+    /// create` on the database, as an operator bootstraps), then starts `serve`.
+    pub async fn start(root: &Path) -> anyhow::Result<Self> {
+        let data_dir = root.join("control-data");
+        let key_file = root.join("master.key");
+        let mut key = [0u8; 32];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut key[..]);
+        std::fs::write(
+            &key_file,
+            base64::engine::general_purpose::STANDARD.encode(key),
+        )
+        .context("writing the master key")?;
+        let output = tokio::process::Command::new(binary("kokoa-control")?)
+            .args(["token", "create", "--name", "e2e", "--data-dir"])
+            .arg(&data_dir)
+            .output()
+            .await
+            .context("running kokoa-control token create")?;
+        ensure!(
+            output.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let token = String::from_utf8(output.stdout)?.trim().to_owned();
+        ensure!(!token.is_empty(), "token create printed no token");
+        let mut control = Self {
+            data_dir,
+            api: free_tcp(loopback(1))?,
+            grpc: free_tcp(loopback(1))?,
+            token,
+            key_file,
+            log_dir: root.to_path_buf(),
+            process: None,
+            starts: 0,
+        };
+        control.restart().await?;
+        Ok(control)
+    }
+
+    /// Starts `serve` again on the same addresses and data (after [`Control::kill`]).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.starts += 1;
+        let args: Vec<String> = vec![
+            "serve".into(),
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+            "--master-key-file".into(),
+            self.key_file.display().to_string(),
+            "--api".into(),
+            self.api.to_string(),
+            "--grpc".into(),
+            self.grpc.to_string(),
+            "--grpc-name".into(),
+            self.grpc.ip().to_string(),
+            "--public-url".into(),
+            format!("https://{}", self.grpc),
+        ];
+        let mut process = Process::spawn(
+            &format!("kokoa-control-{}", self.starts),
+            &binary("kokoa-control")?,
+            args,
+            &self.log_dir,
+            &[],
+        )?;
+        wait_healthy(&mut process, self.api).await?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Kills control (SIGKILL: no goodbye to the nodes).
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.signal("KILL").await?;
+            process.wait_exit(Duration::from_secs(10)).await?;
+        }
+        Ok(())
+    }
+
+    /// The running process.
+    pub fn process(&mut self) -> anyhow::Result<&mut Process> {
+        self.process.as_mut().context("control is not running")
+    }
+
+    /// One REST call: status and the parsed JSON body (`Null` when empty).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let (status, bytes) = self.raw(method, path, body).await?;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Ok((status, value))
+    }
+
+    /// A REST call that must succeed (2xx); its JSON body.
+    pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let (status, value) = self.call(method, path, body).await?;
+        ensure!(
+            (200..300).contains(&status),
+            "{method} {path} answered {status}: {value}"
+        );
+        Ok(value)
+    }
+
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let attempt = async {
+            let stream = TcpStream::connect(self.api)
+                .await
+                .with_context(|| format!("connecting to the API at {}", self.api))?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let mut request = hyper::Request::builder()
+                .method(method)
+                .uri(format!("/api/v1{path}"))
+                .header("host", self.api.to_string())
+                .header("authorization", format!("Bearer {}", self.token));
+            let payload = match body {
+                Some(value) => {
+                    request = request.header("content-type", "application/json");
+                    Bytes::from(serde_json::to_vec(&value)?)
+                }
+                None => Bytes::new(),
+            };
+            let response = sender
+                .send_request(request.body(Full::new(payload))?)
+                .await?;
+            let status = response.status().as_u16();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, bytes))
+        };
+        tokio::time::timeout(Duration::from_secs(10), attempt)
+            .await
+            .with_context(|| format!("{method} {path} timed out"))?
+    }
+
+    /// Downloads a node bundle (`/origins/ID/bundle` or `/edge-nodes/ID/bundle`) and unpacks it
+    /// into `dir` with tar(1) (without the bundle's top directory, `kokoa-KIND-NAME/`).
+    pub async fn unpack_bundle(&self, path: &str, dir: &Path) -> anyhow::Result<()> {
+        let (status, bytes) = self.raw("GET", path, None).await?;
+        ensure!(
+            status == 200,
+            "GET {path} answered {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        std::fs::create_dir_all(dir)?;
+        let archive = dir.join("bundle.tar.gz");
+        std::fs::write(&archive, &bytes)?;
+        let status = tokio::process::Command::new("tar")
+            .arg("--strip-components=1")
+            .arg("-xzf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(dir)
+            .status()
+            .await
+            .context("running tar")?;
+        ensure!(status.success(), "tar -xzf {} failed", archive.display());
+        Ok(())
+    }
+}
+
+/// The id in a created object's JSON.
+pub fn id(value: &Value) -> anyhow::Result<String> {
+    value["id"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no id in {value}"))
+}
+
+/// An edge or origin started from its bundle.
+pub struct Node {
+    /// The process (`None` while stopped).
+    pub process: Option<Process>,
+    /// The bootstrap config file.
+    pub config: PathBuf,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// TLS listener (edges).
+    pub https: Option<SocketAddr>,
+    /// Plain HTTP listener (edges).
+    pub http: Option<SocketAddr>,
+    program: &'static str,
+    log_dir: PathBuf,
+    name: String,
+    starts: usize,
+}
+
+impl Node {
+    /// Starts an edge from `/edge-nodes/{id}/bundle`, unpacked in `dir`, with its listeners on
+    /// `ip` and its WireGuard port where its control endpoint says (`tunnel`).
+    pub async fn edge(
+        control: &Control,
+        id: &str,
+        dir: &Path,
+        ip: IpAddr,
+        tunnel: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        control
+            .unpack_bundle(&format!("/edge-nodes/{id}/bundle"), dir)
+            .await?;
+        Self::edge_from_dir(dir, ip, tunnel).await
+    }
+
+    /// Starts an edge from a bundle already unpacked in `dir` (see [`Node::edge`]).
+    pub async fn edge_from_dir(dir: &Path, ip: IpAddr, tunnel: SocketAddr) -> anyhow::Result<Self> {
+        let config = dir.join("edge.toml");
+        let mut table: toml::Table = std::fs::read_to_string(&config)
+            .context("reading the bundle's edge.toml")?
+            .parse()
+            .context("parsing the bundle's edge.toml")?;
+        let (https, http, admin) = (free_tcp(ip)?, free_tcp(ip)?, free_tcp(loopback(1))?);
+        let edge = section(&mut table, "edge")?;
+        edge.insert("https".into(), https.to_string().into());
+        edge.insert("http".into(), http.to_string().into());
+        edge.insert("admin".into(), admin.to_string().into());
+        edge.insert("drain_timeout".into(), 2.into());
+        section(&mut table, "tunnel")?.insert("listen".into(), tunnel.to_string().into());
+        local_state(&mut table, dir)?;
+        std::fs::write(&config, toml::to_string(&table)?)?;
+        let mut node = Self {
+            process: None,
+            config,
+            admin,
+            https: Some(https),
+            http: Some(http),
+            program: "kokoa-edge",
+            log_dir: dir.to_path_buf(),
+            name: format!(
+                "edge-{}",
+                dir.file_name().and_then(|n| n.to_str()).unwrap_or("edge")
+            ),
+            starts: 0,
+        };
+        node.start().await?;
+        Ok(node)
+    }
+
+    /// Starts an origin from `/origins/{id}/bundle`, unpacked in `dir`.
+    pub async fn origin(control: &Control, id: &str, dir: &Path) -> anyhow::Result<Self> {
+        control
+            .unpack_bundle(&format!("/origins/{id}/bundle"), dir)
+            .await?;
+        let config = dir.join("origin.toml");
+        let mut table: toml::Table = std::fs::read_to_string(&config)
+            .context("reading the bundle's origin.toml")?
+            .parse()
+            .context("parsing the bundle's origin.toml")?;
+        let admin = free_tcp(loopback(1))?;
+        let origin = section(&mut table, "origin")?;
+        origin.insert("admin".into(), admin.to_string().into());
+        origin.insert("drain_timeout".into(), 2.into());
+        section(&mut table, "tunnel")?.insert("listen".into(), "127.0.0.1:0".into());
+        local_state(&mut table, dir)?;
+        std::fs::write(&config, toml::to_string(&table)?)?;
+        let mut node = Self {
+            process: None,
+            config,
+            admin,
+            https: None,
+            http: None,
+            program: "kokoa-origin",
+            log_dir: dir.to_path_buf(),
+            name: format!("origin-{id}"),
+            starts: 0,
+        };
+        node.start().await?;
+        Ok(node)
+    }
+
+    /// Starts the node (again) from its config and state directory.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        self.starts += 1;
+        let mut process = Process::spawn(
+            &format!("{}-{}", self.name, self.starts),
+            &binary(self.program)?,
+            ["--config".to_string(), self.config.display().to_string()],
+            &self.log_dir,
+            &[],
+        )?;
+        wait_healthy(&mut process, self.admin).await?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Kills the node (SIGKILL).
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.signal("KILL").await?;
+            process.wait_exit(Duration::from_secs(10)).await?;
+        }
+        Ok(())
+    }
+
+    /// Everything the running node logged so far.
+    pub fn logs(&self) -> String {
+        self.process.as_ref().map(Process::logs).unwrap_or_default()
+    }
+
+    /// Fails if the node exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        match self.process.as_mut() {
+            Some(process) => process.check_running(),
+            None => bail!("{} is stopped", self.name),
+        }
+    }
+}
+
+fn section<'a>(table: &'a mut toml::Table, name: &str) -> anyhow::Result<&'a mut toml::Table> {
+    table
+        .entry(name.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .with_context(|| format!("[{name}] is not a table"))
+}
+
+/// Points `[control] state_dir` into the test's directory (the bundle names /var/lib/...).
+fn local_state(table: &mut toml::Table, dir: &Path) -> anyhow::Result<()> {
+    section(table, "control")?.insert(
+        "state_dir".into(),
+        dir.join("state").display().to_string().into(),
+    );
+    Ok(())
+}

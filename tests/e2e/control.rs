@@ -1,0 +1,451 @@
+//! The control plane end to end: the real `kokoa-control serve`, edges and origins started from
+//! the bundles it hands out, configured only through its REST API and gRPC stream.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _};
+use futures_util::{SinkExt as _, StreamExt as _};
+use http_body_util::BodyExt as _;
+use kokoa_tests::apps::{hex, pattern_sha256, HttpApp, WsEchoApp};
+use kokoa_tests::client::{request, EdgeClient, Proto};
+use kokoa_tests::control::{id, Control, Node};
+use kokoa_tests::eventually;
+use kokoa_tests::net::{free_udp, loopback};
+use kokoa_tests::pki::TestCa;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use tempfile::TempDir;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::run_bounded;
+
+/// Control with one edge serving the given origins, a certificate for `*.ctl.test` uploaded
+/// through the API, and every node started from its bundle.
+struct Fleet {
+    _dir: TempDir,
+    control: Control,
+    ca: TestCa,
+    edge: Node,
+    edge_id: String,
+    origins: Vec<(String, Node)>,
+}
+
+impl Fleet {
+    /// `services`: (origin, service, port, app address); `routes`: (host, origin, service).
+    async fn start(
+        origins: &[&str],
+        services: &[(&str, &str, u16, SocketAddr)],
+        routes: &[(&str, &str, &str)],
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let control = Control::start(dir.path()).await?;
+        let mut origin_ids = Vec::new();
+        for name in origins {
+            let origin = control
+                .ok("POST", "/origins", Some(json!({ "name": name })))
+                .await?;
+            origin_ids.push((name.to_string(), id(&origin)?));
+        }
+        for (origin, name, port, local) in services {
+            control
+                .ok(
+                    "POST",
+                    &format!("/origins/{origin}/services"),
+                    Some(json!({ "name": name, "port": port, "local_address": local.to_string() })),
+                )
+                .await?;
+        }
+        let tunnel = free_udp(loopback(2))?;
+        let edge = control
+            .ok(
+                "POST",
+                "/edge-nodes",
+                Some(json!({
+                    "name": "edge1",
+                    "endpoint": tunnel.to_string(),
+                    "origins": origin_ids.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>(),
+                })),
+            )
+            .await?;
+        let edge_id = id(&edge)?;
+        let ca = TestCa::new()?;
+        let issued = ca.issue(&["ctl.test", "*.ctl.test"])?;
+        control
+            .ok(
+                "POST",
+                "/certificates",
+                Some(json!({ "chain_pem": issued.chain_pem, "key_pem": issued.key_pem })),
+            )
+            .await?;
+        let mut fleet_origins = Vec::new();
+        for (name, origin_id) in &origin_ids {
+            let node = Node::origin(&control, origin_id, &dir.path().join(name)).await?;
+            fleet_origins.push((origin_id.clone(), node));
+        }
+        let edge = Node::edge(
+            &control,
+            &edge_id,
+            &dir.path().join("edge1"),
+            loopback(2),
+            tunnel,
+        )
+        .await?;
+        let fleet = Self {
+            _dir: dir,
+            control,
+            ca,
+            edge,
+            edge_id,
+            origins: fleet_origins,
+        };
+        for (host, origin, service) in routes {
+            fleet.add_route(host, origin, service).await?;
+        }
+        Ok(fleet)
+    }
+
+    async fn add_route(&self, host: &str, origin: &str, service: &str) -> anyhow::Result<String> {
+        let service = self
+            .control
+            .ok(
+                "GET",
+                &format!("/origins/{origin}/services/{service}"),
+                None,
+            )
+            .await?;
+        let route = self
+            .control
+            .ok(
+                "POST",
+                "/routes",
+                Some(json!({ "hostname": host, "service_id": id(&service)? })),
+            )
+            .await?;
+        id(&route)
+    }
+
+    fn client(&self) -> anyhow::Result<EdgeClient> {
+        let https = self.edge.https.context("the edge has no https listener")?;
+        EdgeClient::new(https, &self.ca)
+    }
+
+    /// Waits until `host` answers 200 through the edge with `app`'s name in the body.
+    async fn serves(&self, host: &str, app: &str, within: Duration) -> anyhow::Result<()> {
+        let client = self.client()?;
+        eventually(&format!("{host} served by {app}"), within, || async {
+            let answer = client.get(host, "/", Proto::Http1).await?;
+            ensure!(
+                answer.status == 200 && answer.text().contains(app),
+                "{host}: {} {}",
+                answer.status,
+                answer.text()
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    /// Waits until every node runs control's current config version.
+    async fn converged(&self, within: Duration) -> anyhow::Result<u64> {
+        eventually("every node on the newest config", within, || async {
+            let status = self.control.ok("GET", "/status", None).await?;
+            let version = status["config_version"]
+                .as_u64()
+                .context("config_version")?;
+            let nodes = status["nodes"].as_array().context("nodes")?;
+            ensure!(nodes.len() == 1 + self.origins.len(), "nodes: {status}");
+            for node in nodes {
+                ensure!(
+                    node["applied_version"].as_u64() == Some(version),
+                    "not converged on {version}: {node}"
+                );
+            }
+            Ok(version)
+        })
+        .await
+    }
+}
+
+#[test]
+fn routes_from_the_api_go_live_and_changes_interrupt_nothing() {
+    run_bounded(Duration::from_secs(150), async {
+        let web = HttpApp::start("web", loopback(1)).await?;
+        let files = HttpApp::start("files", loopback(1)).await?;
+        let ws = WsEchoApp::start(loopback(1)).await?;
+        let fleet = Fleet::start(
+            &["home", "lab"],
+            &[
+                ("home", "web", 8001, web.addr),
+                ("lab", "files", 8002, files.addr),
+                ("lab", "ws", 8003, ws.addr),
+            ],
+            &[
+                ("web.ctl.test", "home", "web"),
+                ("files.ctl.test", "lab", "files"),
+                ("ws.ctl.test", "lab", "ws"),
+            ],
+        )
+        .await?;
+        fleet
+            .serves("web.ctl.test", "web", Duration::from_secs(20))
+            .await?;
+        fleet.converged(Duration::from_secs(10)).await?;
+
+        // A route added through the API: time to the first successful request.
+        let started = Instant::now();
+        let new_route = fleet.add_route("new.ctl.test", "home", "web").await?;
+        fleet
+            .serves("new.ctl.test", "web", Duration::from_secs(10))
+            .await?;
+        eprintln!(
+            "route added through the API served after {:.1} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+
+        // A long download and a WebSocket on the lab origin's routes...
+        let client = fleet.client()?;
+        let size: u64 = 32 * 1024 * 1024;
+        let mut download = client.connect("files.ctl.test", Proto::Http1).await?;
+        let response = download
+            .send(request(
+                "files.ctl.test",
+                &format!("/bytes/{size}"),
+                "GET",
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )?)
+            .await?;
+        ensure!(response.status() == 200, "download: {}", response.status());
+        let reader = tokio::spawn(async move {
+            // Read slowly so the download spans every change below.
+            let mut body = response.into_body();
+            let (mut hasher, mut received) = (Sha256::new(), 0u64);
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame?.into_data() {
+                    hasher.update(&data);
+                    received += data.len() as u64;
+                    if received < size / 2 {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+            }
+            anyhow::Ok((received, hex(&hasher.finalize())))
+        });
+        let tls = client.tls("ws.ctl.test", Proto::Http1).await?;
+        let (mut socket, _) = tokio_tungstenite::client_async("wss://ws.ctl.test/echo", tls)
+            .await
+            .context("WebSocket handshake")?;
+        echo(&mut socket, "before").await?;
+
+        // ...while routes change and both origins' WireGuard keys are rotated.
+        fleet
+            .control
+            .ok("DELETE", &format!("/routes/{new_route}"), None)
+            .await?;
+        fleet.add_route("other.ctl.test", "home", "web").await?;
+        echo(&mut socket, "after route changes").await?;
+        for (origin_id, _) in &fleet.origins {
+            fleet
+                .control
+                .ok(
+                    "POST",
+                    &format!("/origins/{origin_id}/rotate-key"),
+                    Some(json!({})),
+                )
+                .await?;
+        }
+        fleet.converged(Duration::from_secs(20)).await?;
+        fleet
+            .serves("other.ctl.test", "web", Duration::from_secs(20))
+            .await?;
+        let gone = fleet
+            .client()?
+            .get("new.ctl.test", "/", Proto::Http1)
+            .await?;
+        ensure!(
+            gone.status == 404,
+            "a removed route answers {}",
+            gone.status
+        );
+        echo(&mut socket, "after key rotation").await?;
+        let (received, digest) = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .context("the download did not finish")???;
+        ensure!(
+            received == size,
+            "download cut at {received} of {size} bytes"
+        );
+        ensure!(digest == pattern_sha256(size), "download corrupted");
+        socket.close(None).await?;
+        Ok(())
+    });
+}
+
+/// Sends `text` on the WebSocket and expects it back within 10 s.
+async fn echo<S>(
+    socket: &mut tokio_tungstenite::WebSocketStream<S>,
+    text: &str,
+) -> anyhow::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    socket.send(Message::text(text.to_owned())).await?;
+    let echoed = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .context("no echo within 10 s")?
+        .context("WebSocket closed")??;
+    ensure!(echoed == Message::text(text.to_owned()), "echo: {echoed:?}");
+    Ok(())
+}
+
+#[test]
+fn nodes_run_without_control_and_converge_when_it_returns() {
+    run_bounded(Duration::from_secs(200), async {
+        let web = HttpApp::start("web", loopback(1)).await?;
+        let mut fleet = Fleet::start(
+            &["home"],
+            &[("home", "web", 8001, web.addr)],
+            &[("web.ctl.test", "home", "web")],
+        )
+        .await?;
+        fleet
+            .serves("web.ctl.test", "web", Duration::from_secs(20))
+            .await?;
+        fleet.converged(Duration::from_secs(10)).await?;
+
+        // Control dies: traffic keeps flowing.
+        fleet.control.kill().await?;
+        fleet
+            .serves("web.ctl.test", "web", Duration::from_secs(2))
+            .await?;
+
+        // The edge restarts while control is down: it serves from its persisted config (the
+        // origin notices the edge's new session within its keepalive-based dead-peer window).
+        fleet.edge.kill().await?;
+        fleet.edge.start().await?;
+        fleet
+            .serves("web.ctl.test", "web", Duration::from_secs(90))
+            .await?;
+
+        // Control returns: nodes reconnect and converge on a change made after its return.
+        fleet.control.restart().await?;
+        fleet.add_route("back.ctl.test", "home", "web").await?;
+        fleet
+            .serves("back.ctl.test", "web", Duration::from_secs(40))
+            .await?;
+        fleet.converged(Duration::from_secs(40)).await?;
+        Ok(())
+    });
+}
+
+#[test]
+fn wrong_or_revoked_credentials_learn_nothing() {
+    run_bounded(Duration::from_secs(120), async {
+        let web = HttpApp::start("web", loopback(1)).await?;
+        let fleet = Fleet::start(
+            &["home"],
+            &[("home", "web", 8001, web.addr)],
+            &[("web.ctl.test", "home", "web")],
+        )
+        .await?;
+        fleet
+            .serves("web.ctl.test", "web", Duration::from_secs(20))
+            .await?;
+
+        // A second edge whose bundle token was replaced by a wrong one.
+        let tunnel = free_udp(loopback(3))?;
+        let other = fleet
+            .control
+            .ok(
+                "POST",
+                "/edge-nodes",
+                Some(json!({ "name": "edge2", "endpoint": tunnel.to_string(), "origins": [fleet.origins[0].0.clone()] })),
+            )
+            .await?;
+        let dir = fleet._dir.path().join("edge2");
+        fleet
+            .control
+            .unpack_bundle(&format!("/edge-nodes/{}/bundle", id(&other)?), &dir)
+            .await?;
+        let token = std::fs::read_to_string(dir.join("enroll.token"))?;
+        let forged: String = token
+            .trim()
+            .chars()
+            .rev()
+            .collect::<String>()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "x");
+        std::fs::write(dir.join("enroll.token"), forged)?;
+        let mut edge2 = Node::edge_from_dir(&dir, loopback(3), tunnel).await?;
+        eventually("edge2 logs the refusal", Duration::from_secs(20), || {
+            let logs = edge2.logs();
+            async move {
+                ensure!(logs.contains("refused"), "no refusal logged yet");
+                Ok(())
+            }
+        })
+        .await?;
+        edge2.check_running()?;
+        ensure!(
+            !dir.join("state").join("snapshot.pb").exists(),
+            "a refused edge persisted a snapshot"
+        );
+        let https = edge2.https.context("https")?;
+        let refused = EdgeClient::new(https, &fleet.ca)?
+            .get("web.ctl.test", "/", Proto::Http1)
+            .await;
+        ensure!(
+            refused.is_err() || refused.as_ref().is_ok_and(|a| a.status == 404),
+            "an edge with a wrong token served the route: {:?}",
+            refused.map(|a| a.status)
+        );
+
+        // Revoking the first edge's credential: control closes its stream and refuses it,
+        // while it keeps serving its last config.
+        let tokens = fleet
+            .control
+            .ok(
+                "GET",
+                &format!("/edge-nodes/{}/tokens", fleet.edge_id),
+                None,
+            )
+            .await?;
+        let mut revoked = 0;
+        for token in tokens.as_array().context("token list")? {
+            if token["kind"] == "credential" && token["revoked_at"].is_null() {
+                fleet
+                    .control
+                    .ok("DELETE", &format!("/node-tokens/{}", id(token)?), None)
+                    .await?;
+                revoked += 1;
+            }
+        }
+        ensure!(
+            revoked == 1,
+            "expected one credential, revoked {revoked}: {tokens}"
+        );
+        eventually("edge1 logs the refusal", Duration::from_secs(40), || {
+            let logs = fleet.edge.logs();
+            async move {
+                ensure!(
+                    logs.contains("refused this node's credential"),
+                    "no refusal logged yet"
+                );
+                Ok(())
+            }
+        })
+        .await?;
+        fleet.add_route("late.ctl.test", "home", "web").await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let late = fleet
+            .client()?
+            .get("late.ctl.test", "/", Proto::Http1)
+            .await?;
+        ensure!(late.status == 404, "a revoked edge learned a new route");
+        fleet
+            .serves("web.ctl.test", "web", Duration::from_secs(2))
+            .await?;
+        Ok(())
+    });
+}
