@@ -914,6 +914,9 @@ async fn every_documented_endpoint_is_routed_and_bodies_are_limited() -> Result<
         );
         assert!(status.as_u16() < 500, "{method} {path}: {status} {text}");
     }
+    let (status, body) = h.raw(Method::PUT, "/origins", "{}").await?;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["error"].as_str().is_some(), "{body}");
     let big = format!("{{\"name\": \"{}\"}}", "a".repeat(api::BODY_LIMIT + 10));
     let (status, _) = h.raw(Method::POST, "/origins", &big).await?;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);

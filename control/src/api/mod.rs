@@ -190,6 +190,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/health-checks", get(events::health_checks))
         .route("/nodes", get(status::nodes))
         .route("/status", get(status::summary))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint; see /api/v1/openapi.json",
+            )
+        })
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             extract::authenticate,
