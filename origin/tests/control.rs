@@ -206,5 +206,41 @@ async fn origin_follows_control_and_runs_without_it() {
     control.restart().await;
     control.expect("hello 3", |e| *e == Seen::Hello(3)).await;
     control.expect("ack 3 again", |e| *e == Seen::Ack(3)).await;
+
+    // Key rotation: control sends the origin a new key and the edge learns the new public key;
+    // both re-key in place and an open stream carries on.
+    let mut stream = edge
+        .connect(
+            &origin_key.public_key(),
+            SocketAddrV4::new(ORIGIN, 8002),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    stream.write_all(b"a").await.unwrap();
+    stream.read_exact(&mut byte).await.unwrap();
+    assert_eq!(&byte, b"a");
+    let rotated = PrivateKey::generate();
+    let mut next = snapshot(4, vec![web(8002)]);
+    if let Some(snapshot::Node::Origin(origin)) = &mut next.node {
+        origin.private_key = rotated.to_base64();
+    }
+    control.push(next);
+    control.expect("ack 4", |e| *e == Seen::Ack(4)).await;
+    edge.set_peers(vec![PeerConfig {
+        public_key: rotated.public_key(),
+        endpoint: None,
+        allowed_ips: vec![ipnet::Ipv4Net::from(ORIGIN)],
+        local_address: EDGE,
+        persistent_keepalive: None,
+    }]);
+    stream.write_all(b"b").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(15), stream.read_exact(&mut byte))
+        .await
+        .expect("the stream survives the rotation")
+        .unwrap();
+    assert_eq!(&byte, b"b");
+    echo(&edge, rotated.public_key(), 8002).await;
     origin.stop().await;
 }
