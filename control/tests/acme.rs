@@ -6,9 +6,10 @@
 //! updates; Pebble resolves names through it (`-dnsserver`), so its validator reaches the edge
 //! for HTTP-01 and TLS-ALPN-01 and finds the TXT records for DNS-01.
 //!
-//! Until the gRPC snapshot path carries them, a small sync task hands the pending challenges
-//! from the store to the edge's `AcmeChallenges` (the same data the snapshot carries) and
-//! acknowledges the config version as an edge does.
+//! One test runs the whole path (gRPC config stream to a control-mode kokoa-edge). The others
+//! drive an in-process edge directly: a small sync task hands it the store's pending challenges
+//! (the same data the snapshot carries) and acknowledges each config version as an edge does,
+//! and can withhold them to make a validation fail.
 //!
 //! Without `pebble` / `named` the tests print `SKIPPED: ...` and pass, except under `CI=true`.
 

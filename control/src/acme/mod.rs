@@ -16,6 +16,7 @@
 //! store. Orders run one at a time; [`CertificateManager::run`] is the loop `kokoa-control
 //! serve` starts.
 
+mod args;
 mod order;
 mod tls_alpn;
 
@@ -40,6 +41,7 @@ use tracing::Instrument as _;
 use crate::dns::{DnsError, DnsProvider};
 use crate::store::{Actor, Certificate, CertificateSource, Id, NewCertificate, Store, StoreError};
 
+pub use args::{AcmeArgs, AcmeArgsError, TSIG_SECRET_ENV};
 pub use tls_alpn::validation_certificate;
 
 /// Let's Encrypt's production directory.
