@@ -1,7 +1,8 @@
 //! Throughput and request-rate check for two `Tunnel`s on loopback.
 //!
-//! `cargo run -p kokoa-tunnel --release --example throughput -- [SECS]` (default 5 s per phase;
-//! use 30 to check that sustained load does not wedge). Phases:
+//! `cargo run -p kokoa-tunnel --release --example throughput -- [SECS [PHASES]]` (default 5 s
+//! per phase; use 30 to check that sustained load does not wedge; PHASES is a comma-separated
+//! subset of idle,up,down,keepalive,connect, e.g. for `perf record`). Phases:
 //! 1. one stream, edge -> origin bulk (MB/s); 2. the same origin -> edge;
 //! 3. 32 keep-alive streams doing 128-byte request / 1 KiB response exchanges (req/s);
 //! 4. a new stream per request (connect, request, response, close) from 16 tasks (req/s).
@@ -26,6 +27,7 @@ async fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(5);
     let phase = Duration::from_secs(secs);
+    let phases = Phases(std::env::args().nth(2));
 
     let (ek, ok) = (PrivateKey::generate(), PrivateKey::generate());
     let mut oc = TunnelConfig::new(ok.clone(), "127.0.0.1:0".parse()?);
@@ -82,120 +84,130 @@ async fn main() -> Result<()> {
     });
 
     let t = Duration::from_secs(5);
-    // 0. idle streams must cost (almost) no CPU: the driver sleeps until a deadline.
-    let mut idle = Vec::new();
-    for _ in 0..10 {
-        idle.push(edge.connect(&peer, dst(3), t).await?);
+    if phases.wants("idle") {
+        // 0. idle streams must cost (almost) no CPU: the driver sleeps until a deadline.
+        let mut idle = Vec::new();
+        for _ in 0..10 {
+            idle.push(edge.connect(&peer, dst(3), t).await?);
+        }
+        let cpu = cpu_time();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if let (Some(a), Some(b)) = (cpu, cpu_time()) {
+            println!("10 idle streams for 2 s: {:?} of CPU", b.saturating_sub(a));
+        }
+        drop(idle);
     }
-    let cpu = cpu_time();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    if let (Some(a), Some(b)) = (cpu, cpu_time()) {
-        println!("10 idle streams for 2 s: {:?} of CPU", b.saturating_sub(a));
-    }
-    drop(idle);
 
-    // 1. upload
-    let mut s = edge.connect(&peer, dst(1), t).await?;
-    let buf = vec![0xa5u8; 64 * 1024];
-    let cpu = cpu_time();
-    let start = Instant::now();
-    let mut sent = 0u64;
-    while start.elapsed() < phase {
-        s.write_all(&buf).await?;
-        sent += buf.len() as u64;
+    if phases.wants("up") {
+        // 1. upload
+        let mut s = edge.connect(&peer, dst(1), t).await?;
+        let buf = vec![0xa5u8; 64 * 1024];
+        let cpu = cpu_time();
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < phase {
+            s.write_all(&buf).await?;
+            sent += buf.len() as u64;
+        }
+        let up = sent as f64 / start.elapsed().as_secs_f64() / 1e6;
+        println!(
+            "one stream edge->origin: {up:.0} MB/s{}",
+            cpu_per(cpu, sent as f64 / 1e9, "GB")
+        );
+        drop(s);
     }
-    let up = sent as f64 / start.elapsed().as_secs_f64() / 1e6;
-    println!(
-        "one stream edge->origin: {up:.0} MB/s{}",
-        cpu_per(cpu, sent as f64 / 1e9, "GB")
-    );
-    drop(s);
 
-    // 2. download
-    let mut s = edge.connect(&peer, dst(2), t).await?;
-    let mut rbuf = vec![0u8; 64 * 1024];
-    let cpu = cpu_time();
-    let start = Instant::now();
-    let mut got = 0u64;
-    while start.elapsed() < phase {
-        let n = s.read(&mut rbuf).await?;
-        anyhow::ensure!(n > 0, "download ended early");
-        got += n as u64;
+    if phases.wants("down") {
+        // 2. download
+        let mut s = edge.connect(&peer, dst(2), t).await?;
+        let mut rbuf = vec![0u8; 64 * 1024];
+        let cpu = cpu_time();
+        let start = Instant::now();
+        let mut got = 0u64;
+        while start.elapsed() < phase {
+            let n = s.read(&mut rbuf).await?;
+            anyhow::ensure!(n > 0, "download ended early");
+            got += n as u64;
+        }
+        let down = got as f64 / start.elapsed().as_secs_f64() / 1e6;
+        println!(
+            "one stream origin->edge: {down:.0} MB/s{}",
+            cpu_per(cpu, got as f64 / 1e9, "GB")
+        );
+        drop(s);
     }
-    let down = got as f64 / start.elapsed().as_secs_f64() / 1e6;
-    println!(
-        "one stream origin->edge: {down:.0} MB/s{}",
-        cpu_per(cpu, got as f64 / 1e9, "GB")
-    );
-    drop(s);
 
-    // 3. keep-alive request/response
-    let count = Arc::new(AtomicU64::new(0));
-    let cpu = cpu_time();
-    let start = Instant::now();
-    let reporter = report_every_5s(count.clone(), "keep-alive");
-    let mut tasks = Vec::new();
-    for _ in 0..32 {
-        let edge = edge.clone();
-        let count = count.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut s = edge.connect(&peer, dst(3), t).await?;
-            let req = [1u8; REQ];
-            let mut resp = [0u8; RESP];
-            while start.elapsed() < phase {
-                s.write_all(&req).await?;
-                s.read_exact(&mut resp).await?;
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        tokio::time::timeout(phase + t, task)
-            .await
-            .context("keep-alive phase wedged")???;
-    }
-    reporter.abort();
-    let rps = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-    let n = count.load(Ordering::Relaxed) as f64;
-    println!(
-        "32 keep-alive streams: {rps:.0} req/s{}",
-        cpu_per(cpu, n / 1e6, "M req")
-    );
-
-    // 4. a new stream per request
-    let count = Arc::new(AtomicU64::new(0));
-    let cpu = cpu_time();
-    let start = Instant::now();
-    let reporter = report_every_5s(count.clone(), "new stream per request");
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let edge = edge.clone();
-        let count = count.clone();
-        tasks.push(tokio::spawn(async move {
-            let req = [1u8; REQ];
-            let mut resp = [0u8; RESP];
-            while start.elapsed() < phase {
+    if phases.wants("keepalive") {
+        // 3. keep-alive request/response
+        let count = Arc::new(AtomicU64::new(0));
+        let cpu = cpu_time();
+        let start = Instant::now();
+        let reporter = report_every_5s(count.clone(), "keep-alive");
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let edge = edge.clone();
+            let count = count.clone();
+            tasks.push(tokio::spawn(async move {
                 let mut s = edge.connect(&peer, dst(3), t).await?;
-                s.write_all(&req).await?;
-                s.read_exact(&mut resp).await?;
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        }));
+                let req = [1u8; REQ];
+                let mut resp = [0u8; RESP];
+                while start.elapsed() < phase {
+                    s.write_all(&req).await?;
+                    s.read_exact(&mut resp).await?;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            tokio::time::timeout(phase + t, task)
+                .await
+                .context("keep-alive phase wedged")???;
+        }
+        reporter.abort();
+        let rps = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+        let n = count.load(Ordering::Relaxed) as f64;
+        println!(
+            "32 keep-alive streams: {rps:.0} req/s{}",
+            cpu_per(cpu, n / 1e6, "M req")
+        );
     }
-    for task in tasks {
-        tokio::time::timeout(phase + t, task)
-            .await
-            .context("connect-per-request phase wedged")???;
+
+    if phases.wants("connect") {
+        // 4. a new stream per request
+        let count = Arc::new(AtomicU64::new(0));
+        let cpu = cpu_time();
+        let start = Instant::now();
+        let reporter = report_every_5s(count.clone(), "new stream per request");
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let edge = edge.clone();
+            let count = count.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = [1u8; REQ];
+                let mut resp = [0u8; RESP];
+                while start.elapsed() < phase {
+                    let mut s = edge.connect(&peer, dst(3), t).await?;
+                    s.write_all(&req).await?;
+                    s.read_exact(&mut resp).await?;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            tokio::time::timeout(phase + t, task)
+                .await
+                .context("connect-per-request phase wedged")???;
+        }
+        reporter.abort();
+        let cps = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+        let n = count.load(Ordering::Relaxed) as f64;
+        println!(
+            "16 tasks, new stream per request: {cps:.0} req/s{}",
+            cpu_per(cpu, n / 1e6, "M req")
+        );
     }
-    reporter.abort();
-    let cps = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-    let n = count.load(Ordering::Relaxed) as f64;
-    println!(
-        "16 tasks, new stream per request: {cps:.0} req/s{}",
-        cpu_per(cpu, n / 1e6, "M req")
-    );
 
     println!(
         "sockets: edge {}, origin {}",
@@ -216,6 +228,18 @@ async fn main() -> Result<()> {
     edge.shutdown();
     origin.shutdown();
     Ok(())
+}
+
+/// The phases to run: all, or a comma-separated list (idle,up,down,keepalive,connect), so a
+/// profiler can look at one load alone.
+struct Phases(Option<String>);
+
+impl Phases {
+    fn wants(&self, name: &str) -> bool {
+        self.0
+            .as_deref()
+            .is_none_or(|list| list.split(',').any(|p| p == name))
+    }
 }
 
 /// Prints the rate of each 5-second window, so a slowdown or wedge over time shows.

@@ -42,6 +42,15 @@ const TIMER_TICK: Duration = Duration::from_millis(250);
 /// (up to 3 minutes), and keepalives do not count as data, so an origin behind NAT would
 /// otherwise stay cut off from a restarted edge until then.
 const DEAD_PEER_GRACE: Duration = Duration::from_secs(5);
+/// A stream ACKs every segment at once until its owner has read this much; after that ACKs
+/// wait up to [`ACK_DELAY`] so they ride on the reply (Linux's quick-ACK start). Early on the
+/// sender's congestion window (2 x 536 bytes in smoltcp) may hold less than two segments, and
+/// a delayed ACK would stall it for the whole delay.
+const QUICKACK_BYTES: usize = 16 * 1024;
+/// How long an ACK may wait for data to ride on. A request/response exchange then costs two
+/// datagrams instead of four (each a WireGuard seal/open, a syscall and a netstack pass); bulk
+/// transfers still ACK every second full segment (smoltcp's immediate-ACK rule).
+const ACK_DELAY: Duration = Duration::from_millis(5);
 /// How often the shared handshake rate limiter is reset.
 const RATE_LIMIT_RESET: Duration = Duration::from_secs(1);
 /// Handshake messages per second before cookie replies are required. Each initiation passes
@@ -131,6 +140,8 @@ struct SockMeta {
     tuple: (u16, SocketAddrV4),
     /// When it became unowned (for the linger deadline) or was created (listeners).
     since: Instant,
+    /// Bytes the owner has read, counted until [`QUICKACK_BYTES`] (then ACKs are delayed).
+    read: usize,
 }
 
 /// The in-memory device of one peer's netstack: inbound IP packets wait in `rx`; an outbound
@@ -958,6 +969,7 @@ impl Core {
                 kind: SockKind::Listener,
                 owned: false,
                 write_closed: false,
+                read: 0,
                 tuple: key,
                 since: now,
             },
@@ -1331,6 +1343,7 @@ impl Core {
                 kind: SockKind::Connecting,
                 owned: true,
                 write_closed: false,
+                read: 0,
                 tuple: key,
                 since: now,
             },
@@ -1416,6 +1429,7 @@ impl Core {
             Err(e) => return Poll::Ready(Err(e)),
         };
         let sock = peer.sockets.get_mut::<tcp::Socket>(id.handle);
+        let meta = peer.meta.get_mut(&id.handle);
         let queued = sock.recv_queue();
         let capacity = sock.recv_capacity();
         let mut total = 0;
@@ -1454,6 +1468,12 @@ impl Core {
                 sock.register_recv_waker(w);
             }
             return Poll::Pending;
+        }
+        if let Some(meta) = meta.filter(|m| m.read < QUICKACK_BYTES) {
+            meta.read += total;
+            if meta.read >= QUICKACK_BYTES {
+                sock.set_ack_delay(Some(smol_dur(ACK_DELAY)));
+            }
         }
         // Advertise the reopened window now if it had shrunk to half or less; otherwise it
         // goes out with the next ACK anyway.
@@ -1641,8 +1661,8 @@ impl SocketPool {
                 tcp::SocketBuffer::new(vec![0u8; self.buffer]),
             )
         });
-        // Request/response traffic must not wait for Nagle; the driver polls once per batch
-        // of datagrams, so ACKs are already coalesced without a delay timer.
+        // Request/response traffic must not wait for Nagle. ACKs go out at once until the
+        // owner has read QUICKACK_BYTES (then they are delayed, see `stream_recv_with`).
         s.set_nagle_enabled(false);
         s.set_ack_delay(None);
         // Also gives a reused socket a fresh congestion controller.

@@ -986,3 +986,51 @@ fn an_origin_behind_nat_handshakes_again_with_a_restarted_edge() {
         "reconnected after {waited:?}"
     );
 }
+
+/// One request/response exchange on an open stream: `req` bytes from node 0, answered at once
+/// with `resp` bytes by node 1. Returns the datagrams both nodes sent for it.
+fn exchange(sim: &mut Sim, c: StreamId, s: StreamId, req: usize, resp: usize) -> u64 {
+    let sent = |sim: &Sim| -> u64 { sim.nodes.iter().map(|n| n.core.stats().datagrams_tx).sum() };
+    let before = sent(sim);
+    let mut buf = vec![0u8; 64 * 1024];
+    let r = sim.nodes[0].core.stream_send(c, &vec![1u8; req], None);
+    assert!(matches!(r, Poll::Ready(Ok(n)) if n == req));
+    let (mut got_req, mut got_resp) = (0, 0);
+    assert!(sim.run_until(Duration::from_secs(5), |sim| {
+        if let Poll::Ready(Ok(n)) = sim.nodes[1].core.stream_recv(s, &mut buf, None) {
+            got_req += n;
+            if got_req == req {
+                let r = sim.nodes[1].core.stream_send(s, &vec![2u8; resp], None);
+                assert!(matches!(r, Poll::Ready(Ok(n)) if n == resp));
+            }
+        }
+        if let Poll::Ready(Ok(n)) = sim.nodes[0].core.stream_recv(c, &mut buf, None) {
+            got_resp += n;
+        }
+        got_resp == resp
+    }));
+    // Let anything delayed go out before counting.
+    let settle = sim.now + Duration::from_millis(50);
+    sim.run_until(Duration::from_secs(1), |sim| sim.now >= settle);
+    sent(sim) - before
+}
+
+#[test]
+fn replies_carry_the_ack_once_a_stream_is_warm() {
+    let mut sim = Sim::pair(CLEAN, 32);
+    let (c, s) = sim.open(0, 1, v4("10.100.1.1:80"));
+    // A fresh stream ACKs every segment at once (the sender's window is still tiny)...
+    exchange(&mut sim, c, s, 1024, 1024);
+    let cold = exchange(&mut sim, c, s, 1024, 1024);
+    assert_eq!(cold, 4, "request, its ACK, response, its ACK");
+    for _ in 0..(QUICKACK_BYTES / 1024 - 2) {
+        exchange(&mut sim, c, s, 1024, 1024);
+    }
+    // ...then the response carries the request's ACK, and the next request would carry the
+    // response's: here no request follows, so that ACK goes out alone after ACK_DELAY.
+    let warm = exchange(&mut sim, c, s, 1024, 1024);
+    assert_eq!(warm, 3, "request, response with the ACK, the delayed ACK");
+    // Bulk data is still ACKed at least every second segment.
+    let bulk = exchange(&mut sim, c, s, 100, 200_000);
+    assert!(bulk < 200_000 / 1380 * 2, "{bulk} datagrams");
+}
