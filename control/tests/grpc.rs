@@ -802,3 +802,119 @@ async fn a_replica_on_shared_postgres_streams_changes_made_elsewhere() -> Result
     }
     result
 }
+
+/// Records what the node crate's client applies.
+#[derive(Default)]
+struct RecordingApplier {
+    applied: std::sync::Mutex<Vec<pb::Snapshot>>,
+}
+
+impl kokoa_node::control::Applier for RecordingApplier {
+    fn kind(&self) -> pb::NodeKind {
+        pb::NodeKind::Edge
+    }
+
+    fn apply(
+        &self,
+        snapshot: &pb::Snapshot,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send {
+        let result = match &snapshot.node {
+            Some(pb::snapshot::Node::Edge(_)) => {
+                self.applied
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(snapshot.clone());
+                Ok(())
+            }
+            other => Err(format!("not an edge snapshot: {other:?}")),
+        };
+        async move { result }
+    }
+
+    fn status(&self) -> kokoa_node::control::NodeStatus {
+        kokoa_node::control::NodeStatus {
+            active_connections: 7,
+            ..Default::default()
+        }
+    }
+}
+
+/// The contract between this server and the nodes' client (`kokoa_node::control`): it enrolls
+/// from a token file, applies and ACKs the snapshot, follows a change and heartbeats at the
+/// interval control sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_crates_client_enrolls_applies_and_acks() -> Result<()> {
+    let control = Control::start().await?;
+    let (home, web) = control.origin_with_service("home", 8001).await?;
+    control.route("app.example.com", &web).await?;
+    let node = control.edge("e1", vec![home.id]).await?;
+
+    let state = tempfile::tempdir()?;
+    std::fs::write(state.path().join("control-ca.pem"), &control.ca_pem)?;
+    std::fs::write(
+        state.path().join("enroll.token"),
+        control.token(node).await?,
+    )?;
+    let settings = kokoa_node::control::ControlSettings::from_file(
+        kokoa_node::control::FileControl {
+            url: Some(format!("https://localhost:{}", control.addr.port())),
+            ca_file: Some("control-ca.pem".into()),
+            token_file: Some("enroll.token".into()),
+            state_dir: Some("state".into()),
+        },
+        Some(state.path()),
+    )?;
+    let applier = Arc::new(RecordingApplier::default());
+    let client = kokoa_node::control::ControlClient::new(settings, applier.clone());
+    let mut status = client.status();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(client.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let first = control.store.config_version().await?;
+    tokio::time::timeout(SOON, status.wait_for(|s| s.applied_version == first))
+        .await
+        .context("the node did not apply the first snapshot")??;
+    eventually("the node's ACK in the store", || async {
+        Ok(control
+            .store
+            .get_edge(node.id())
+            .await?
+            .state
+            .applied_version
+            == Some(first))
+    })
+    .await?;
+
+    control.route("www.example.com", &web).await?;
+    let second = control.store.config_version().await?;
+    tokio::time::timeout(SOON, status.wait_for(|s| s.applied_version == second))
+        .await
+        .context("the node did not apply the change")??;
+    let hosts: Vec<String> = {
+        let applied = applier.applied.lock().unwrap_or_else(|e| e.into_inner());
+        let last = applied.last().context("applied")?;
+        edge_of(last)?
+            .routes
+            .iter()
+            .map(|r| r.host.clone())
+            .collect()
+    };
+    assert_eq!(hosts, ["app.example.com", "www.example.com"]);
+
+    // Heartbeats every second (the interval control sent) reach the store.
+    eventually("a heartbeat from the node", || async {
+        let state = control.store.get_edge(node.id()).await?.state;
+        Ok(state
+            .heartbeat
+            .is_some_and(|h| h["active_connections"] == 7 && h["applied_version"] == second))
+    })
+    .await?;
+    let info = control.nodes.get(node).context("registered")?;
+    assert!(info.connected && info.in_sync, "{info:?}");
+
+    let _ = stop.send(());
+    tokio::time::timeout(SOON, task).await??;
+    Ok(())
+}
