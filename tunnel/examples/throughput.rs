@@ -137,6 +137,20 @@ async fn main() -> Result<()> {
         drop(s);
     }
 
+    // Idle streams held open during the request phases (KOKOA_IDLE_STREAMS, default 0): every
+    // netstack poll visits every socket of the peer, so this shows what idle connections cost.
+    let idle_streams: usize = std::env::var("KOKOA_IDLE_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut held = Vec::with_capacity(idle_streams);
+    for _ in 0..idle_streams {
+        held.push(edge.connect(&peer, dst(3), t).await?);
+    }
+    if idle_streams > 0 {
+        println!("holding {idle_streams} idle streams");
+    }
+
     if phases.wants("keepalive") {
         // 3. keep-alive request/response
         let count = Arc::new(AtomicU64::new(0));
