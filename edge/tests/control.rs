@@ -111,7 +111,7 @@ async fn origin(
     app: SocketAddr,
 ) -> (oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>) {
     let text = format!(
-        "[origin]\nadmin = \"{}\"\naddress = \"10.100.9.1\"\n[tunnel]\nprivate_key = \"{}\"\n\
+        "[origin]\nadmin = \"{}\"\naddress = \"10.100.9.1\"\ndrain_timeout = 0\n[tunnel]\nprivate_key = \"{}\"\n\
          listen = \"{udp}\"\n[[edges]]\nname = \"edge\"\npublic_key = \"{edge}\"\n\
          address = \"10.100.9.10\"\n[[services]]\nname = \"web\"\nport = 8001\nlocal = \"{app}\"\n",
         free_tcp(),
