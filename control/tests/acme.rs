@@ -275,9 +275,15 @@ impl Drop for TestEdge {
     }
 }
 
-async fn start_edge(store: Arc<dyn Store>) -> Result<TestEdge> {
+/// An edge named `name` listening on `http` and `https` (port 0: any).
+async fn start_edge(
+    store: Arc<dyn Store>,
+    name: &str,
+    http: SocketAddr,
+    https: SocketAddr,
+) -> Result<TestEdge> {
     let text = format!(
-        "[edge]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+        "[edge]\nhttps = \"{https}\"\nhttp = \"{http}\"\nadmin = \"127.0.0.1:0\"\n\
          drain_timeout = 1\n[tunnel]\nprivate_key = \"{}\"\n",
         kokoa_tunnel::key::PrivateKey::generate().to_base64()
     );
@@ -309,7 +315,7 @@ async fn start_edge(store: Arc<dyn Store>) -> Result<TestEdge> {
         .create_edge(
             &actor(),
             NewEdge {
-                name: "edge-1".into(),
+                name: name.into(),
                 public_ip: None,
                 endpoint: None,
                 provider: None,
@@ -399,7 +405,8 @@ async fn world() -> Result<World> {
     )
     .await?;
     let named = start_named(dir.path()).await?;
-    let edge = start_edge(store.clone()).await?;
+    let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let edge = start_edge(store.clone(), "edge-1", any, any).await?;
     let pebble = start_pebble(dir.path(), named.addr, edge.http.port(), edge.https.port()).await?;
     let origin = store
         .create_origin(
@@ -964,5 +971,47 @@ async fn http01_end_to_end_through_grpc_and_a_control_mode_edge() -> Result<()> 
     tokio::time::timeout(DEADLINE, edge_task).await???;
     let _ = stop_grpc.send(());
     tokio::time::timeout(DEADLINE, grpc_task).await???;
+    Ok(())
+}
+
+/// Two edges behind different names' addresses both get every challenge, so validation
+/// succeeds whichever edge the validator reaches: `two.kokoa.test` points (by an RFC 2136 A
+/// record) at the second edge on 127.0.0.2 while the first withholds the token, and the other
+/// way round for `one.kokoa.test`.
+#[tokio::test]
+async fn either_edge_answers_the_validator() -> Result<()> {
+    if let Some(reason) = missing_tools() {
+        println!("SKIPPED: {reason}");
+        return Ok(());
+    }
+    let world = world().await?;
+    let second = start_edge(
+        world.store.clone(),
+        "edge-2",
+        ([127, 0, 0, 2], world.edge.http.port()).into(),
+        ([127, 0, 0, 2], world.edge.https.port()).into(),
+    )
+    .await?;
+    let dns = world.dns()?;
+    dns.add_record(
+        "two.kokoa.test",
+        &RecordData::A(std::net::Ipv4Addr::new(127, 0, 0, 2)),
+        60,
+    )
+    .await?;
+    let manager = world.manager(ChallengeKind::Http01)?;
+
+    world.edge.deliver.store(false, Ordering::SeqCst);
+    world.route("two.kokoa.test").await?;
+    let report = manager.run_once().await?;
+    let two = world.certificate("two.kokoa.test").await?;
+    assert_eq!(report.issued, [two.id], "{:?}", two.last_error);
+
+    world.edge.deliver.store(true, Ordering::SeqCst);
+    second.deliver.store(false, Ordering::SeqCst);
+    world.route("one.kokoa.test").await?;
+    let report = manager.run_once().await?;
+    let one = world.certificate("one.kokoa.test").await?;
+    assert_eq!(report.issued, [one.id], "{:?}", one.last_error);
     Ok(())
 }
