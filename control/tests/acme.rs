@@ -1015,3 +1015,66 @@ async fn either_edge_answers_the_validator() -> Result<()> {
     assert_eq!(report.issued, [one.id], "{:?}", one.last_error);
     Ok(())
 }
+
+/// One control replica orders certificates: on PostgreSQL the `acme` leadership is an advisory
+/// lock only one store holds at a time, released when its holder goes away. (SQLite: always
+/// granted.) Needs `KOKOA_TEST_POSTGRES` like the store tests.
+#[tokio::test]
+async fn one_replica_leads_the_acme_job() -> Result<()> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    use std::str::FromStr as _;
+
+    let dir = tempfile::tempdir()?;
+    let sqlite = store::open(
+        &format!("sqlite://{}", dir.path().join("control.db").display()),
+        MasterKey::generate(),
+    )
+    .await?;
+    assert!(sqlite.try_lead("acme").await?.is_some());
+    assert!(sqlite.try_lead("acme").await?.is_some());
+
+    let Ok(base) = std::env::var("KOKOA_TEST_POSTGRES") else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            bail!("KOKOA_TEST_POSTGRES is not set but CI=true");
+        }
+        println!("SKIPPED: set KOKOA_TEST_POSTGRES to test the leadership on PostgreSQL");
+        return Ok(());
+    };
+    let name = format!("kokoa_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&base).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    let url = sqlx::postgres::PgConnectOptions::from_str(&base)?
+        .database(&name)
+        .to_url_lossy()
+        .to_string();
+    let key = MasterKey::generate();
+    let result = async {
+        let first = store::open(&url, key.clone()).await?;
+        let second = store::open(&url, key.clone()).await?;
+        let held = first
+            .try_lead("acme")
+            .await?
+            .context("the first replica leads")?;
+        assert!(held.holds().await);
+        assert!(second.try_lead("acme").await?.is_none());
+        // Another job is independent.
+        assert!(second.try_lead("dns").await?.is_some());
+        drop(held);
+        let deadline = Instant::now() + DEADLINE;
+        while second.try_lead("acme").await?.is_none() {
+            if Instant::now() > deadline {
+                bail!("the leadership was not released");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+    .await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    admin.close().await?;
+    result
+}

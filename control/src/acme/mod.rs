@@ -39,7 +39,9 @@ use tokio::sync::Notify;
 use tracing::Instrument as _;
 
 use crate::dns::{DnsError, DnsProvider};
-use crate::store::{Actor, Certificate, CertificateSource, Id, NewCertificate, Store, StoreError};
+use crate::store::{
+    Actor, Certificate, CertificateSource, Id, Leadership, NewCertificate, Store, StoreError,
+};
 
 pub use args::{AcmeArgs, AcmeArgsError, TSIG_SECRET_ENV};
 pub use tls_alpn::validation_certificate;
@@ -284,6 +286,10 @@ impl std::fmt::Debug for CertificateManager {
 }
 
 const ACTOR: Actor = Actor::System;
+/// The singleton job name of the certificate manager ([`Store::try_lead`]).
+pub const LEADERSHIP_JOB: &str = "acme";
+/// How often a replica that does not lead tries to take over.
+const LEADERSHIP_RETRY: Duration = Duration::from_secs(15);
 
 impl CertificateManager {
     /// A manager over `store`; `dns` answers DNS-01 challenges (needed for wildcard names).
@@ -327,40 +333,50 @@ impl CertificateManager {
         self.retries.lock().get(&id).cloned()
     }
 
-    /// Runs until `shutdown` resolves: clears challenges left by an earlier run, then passes
-    /// over the certificates on start, every `check_interval`, whenever the config changes
+    /// Runs until `shutdown` resolves. Only the replica holding the `acme` leadership
+    /// ([`Store::try_lead`]: always on SQLite, a PostgreSQL advisory lock otherwise) orders;
+    /// the others retry every 15 s. The leader clears challenges left by an earlier run, then
+    /// passes over the certificates on start, every `check_interval`, whenever the config changes
     /// (a new route), when a retry is due, and on [`CertificateManager::renew_now`]. An order
     /// in progress when `shutdown` resolves is abandoned (its challenges expire on the edges).
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut versions = self.store.subscribe_config_version();
-        if let Err(error) = self.store.remove_acme_challenges(&ACTOR, None).await {
-            tracing::warn!(%error, "could not clear stale ACME challenges");
-        }
         tracing::info!(
             directory = %self.options.directory_url,
             challenge = self.options.preferred_challenge.as_str(),
             renew_before = ?self.options.renew_before,
             "certificate manager started"
         );
+        let mut leadership: Option<Leadership> = None;
         loop {
             versions.borrow_and_update();
-            tokio::select! {
+            let leading = tokio::select! {
                 _ = &mut shutdown => return,
-                result = self.run_once() => match result {
-                    Ok(report) if report != PassReport::default() => {
-                        tracing::info!(
-                            created = ?report.created,
-                            issued = report.issued.len(),
-                            failed = report.failed.len(),
-                            "certificate pass done"
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(error) => tracing::warn!(%error, "certificate pass failed"),
-                },
+                leading = self.lead(&mut leadership) => leading,
+            };
+            if leading {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    result = self.run_once() => match result {
+                        Ok(report) if report != PassReport::default() => {
+                            tracing::info!(
+                                created = ?report.created,
+                                issued = report.issued.len(),
+                                failed = report.failed.len(),
+                                "certificate pass done"
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(%error, "certificate pass failed"),
+                    },
+                }
             }
-            let wait = self.next_wakeup();
+            let wait = if leading {
+                self.next_wakeup()
+            } else {
+                LEADERSHIP_RETRY.min(self.options.check_interval)
+            };
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -370,6 +386,36 @@ impl CertificateManager {
                     }
                 }
                 _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Keeps or takes the `acme` job's leadership (one control replica orders certificates);
+    /// on taking it, clears challenges an earlier leader left behind.
+    async fn lead(&self, leadership: &mut Option<Leadership>) -> bool {
+        if let Some(held) = leadership.as_ref() {
+            if held.holds().await {
+                return true;
+            }
+            tracing::warn!("lost the ACME leadership (database connection); trying again");
+            *leadership = None;
+        }
+        match self.store.try_lead(LEADERSHIP_JOB).await {
+            Ok(Some(held)) => {
+                tracing::info!("this control replica now orders certificates");
+                if let Err(error) = self.store.remove_acme_challenges(&ACTOR, None).await {
+                    tracing::warn!(%error, "could not clear stale ACME challenges");
+                }
+                *leadership = Some(held);
+                true
+            }
+            Ok(None) => {
+                tracing::debug!("another control replica orders certificates");
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot take the ACME leadership");
+                false
             }
         }
     }

@@ -36,7 +36,7 @@ use zeroize::Zeroizing;
 pub use crypto::{CryptoError, MasterKey, MASTER_KEY_ENV};
 pub use error::{Entity, Result, StoreError};
 pub use model::*;
-pub use sql::{Engine, SqlStore};
+pub use sql::{Engine, Leadership, SqlStore};
 
 /// Opens the store at `url` (`sqlite://PATH`, a bare file path, or `postgres://...`), creating
 /// and migrating the database as needed.
@@ -222,6 +222,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list_acme_challenges(&self) -> Result<Vec<AcmeChallenge>>;
     /// A TLS-ALPN-01 challenge's validation key, unsealed (`None` for HTTP-01).
     async fn acme_challenge_key(&self, id: Id) -> Result<Option<Zeroizing<String>>>;
+
+    // ---- singleton jobs ------------------------------------------------------------------
+
+    /// Tries to become the one control replica running singleton job `job` (ACME, DNS,
+    /// health actions). SQLite: always granted (one process owns the file). PostgreSQL: a
+    /// session advisory lock on a connection of its own, held until the [`Leadership`] is
+    /// dropped or that connection dies; `None` while another replica holds it.
+    async fn try_lead(&self, job: &str) -> Result<Option<Leadership>>;
 
     // ---- node tokens ---------------------------------------------------------------------
 
