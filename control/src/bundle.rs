@@ -11,7 +11,9 @@
 //! | `install.sh` | creates the user and directories, installs the files, enables the unit |
 //!
 //! Paths inside the config are relative to it, so the files work wherever they are unpacked;
-//! `install.sh` puts them in `/etc/kokoa` and the state in `/var/lib/kokoa-edge` (or `-origin`).
+//! `install.sh` puts them in `/etc/kokoa/edge/` (or `/etc/kokoa/origin/`, so an edge and an
+//! origin on one host never share a token or CA file) and the state in `/var/lib/kokoa-edge` (or
+//! `-origin`).
 
 use std::io::Write;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use flate2::Compression;
 
 use crate::store::{Edge, Origin};
 
-/// Where the installed files go.
+/// Where the installed files go: `CONFIG_DIR/edge/` or `CONFIG_DIR/origin/`.
 pub const CONFIG_DIR: &str = "/etc/kokoa";
 /// The WireGuard port an edge listens on unless its endpoint says otherwise.
 pub const DEFAULT_EDGE_TUNNEL_PORT: u16 = 51820;
@@ -108,7 +110,7 @@ pub fn node_config(settings: &BundleSettings, node: &BundleNode) -> String {
     }
     if !node.managed_key() {
         out.push_str(&format!(
-            "# The operator holds this node's WireGuard private key: put it in {CONFIG_DIR}/{kind}.key\n\
+            "# The operator holds this node's WireGuard private key: put it in {CONFIG_DIR}/{kind}/{kind}.key\n\
              # (mode 0600) and uncomment:\n# private_key_file = \"{kind}.key\"\n"
         ));
     }
@@ -142,7 +144,7 @@ pub fn systemd_unit(node: &BundleNode) -> String {
          Type=simple\n\
          User=kokoa\n\
          Group=kokoa\n\
-         ExecStart=/usr/local/bin/kokoa-{kind} --config {CONFIG_DIR}/{kind}.toml\n\
+         ExecStart=/usr/local/bin/kokoa-{kind} --config {CONFIG_DIR}/{kind}/{kind}.toml\n\
          Restart=always\n\
          RestartSec=2\n\
          TimeoutStopSec=20\n\
@@ -189,12 +191,13 @@ if ! getent passwd kokoa >/dev/null; then
     useradd --system --home-dir /var/lib/kokoa-{kind} --no-create-home --shell /usr/sbin/nologin kokoa
 fi
 
-install -d -m 0750 -o root -g kokoa {CONFIG_DIR}
+install -d -m 0755 -o root -g root {CONFIG_DIR}
+install -d -m 0750 -o root -g kokoa {CONFIG_DIR}/{kind}
 install -d -m 0700 -o kokoa -g kokoa /var/lib/kokoa-{kind}
-install -m 0640 -o root -g kokoa {kind}.toml {CONFIG_DIR}/{kind}.toml
-install -m 0644 -o root -g root control-ca.pem {CONFIG_DIR}/control-ca.pem
+install -m 0640 -o root -g kokoa {kind}.toml {CONFIG_DIR}/{kind}/{kind}.toml
+install -m 0644 -o root -g root control-ca.pem {CONFIG_DIR}/{kind}/control-ca.pem
 # Readable by the service only; used once, on the first start.
-install -m 0640 -o root -g kokoa enroll.token {CONFIG_DIR}/enroll.token
+install -m 0640 -o root -g kokoa enroll.token {CONFIG_DIR}/{kind}/enroll.token
 install -m 0644 -o root -g root kokoa-{kind}.service /etc/systemd/system/kokoa-{kind}.service
 
 systemctl daemon-reload
@@ -366,12 +369,28 @@ mod tests {
             .0
             .contains("BEGIN CERTIFICATE"));
         let unit = &files["kokoa-edge-vps1/kokoa-edge.service"].0;
-        assert!(unit.contains("ExecStart=/usr/local/bin/kokoa-edge --config /etc/kokoa/edge.toml"));
+        assert!(
+            unit.contains("ExecStart=/usr/local/bin/kokoa-edge --config /etc/kokoa/edge/edge.toml")
+        );
         assert!(unit.contains("CAP_NET_BIND_SERVICE"));
         let script = &files["kokoa-edge-vps1/install.sh"].0;
         assert!(script.starts_with("#!/bin/sh"));
         assert!(script.contains("useradd --system"));
         assert!(script.contains("systemctl enable kokoa-edge.service"));
+        // The script at least parses as POSIX sh.
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("install.sh");
+        std::fs::write(&path, script).expect("write");
+        let syntax = std::process::Command::new("sh")
+            .arg("-n")
+            .arg(&path)
+            .output()
+            .expect("sh");
+        assert!(
+            syntax.status.success(),
+            "{}",
+            String::from_utf8_lossy(&syntax.stderr)
+        );
     }
 
     #[test]

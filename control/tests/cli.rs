@@ -59,6 +59,10 @@ impl Drop for Control {
 }
 
 fn serve(data_dir: &Path, key: &str) -> Result<Control> {
+    serve_with(data_dir, key, &[])
+}
+
+fn serve_with(data_dir: &Path, key: &str, extra: &[&str]) -> Result<Control> {
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -69,6 +73,7 @@ fn serve(data_dir: &Path, key: &str) -> Result<Control> {
             "--data-dir",
         ])
         .arg(data_dir)
+        .args(extra)
         .env("KOKOA_MASTER_KEY", key)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -444,4 +449,64 @@ fn operator_workflow_against_a_running_control() -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// The same control on PostgreSQL (`--database`), when `KOKOA_TEST_POSTGRES` names a server
+/// this test may create a database on; skipped otherwise (the store suite enforces PostgreSQL
+/// coverage in CI).
+#[test]
+fn serve_and_token_create_on_postgresql() -> Result<()> {
+    let Ok(base) = std::env::var("KOKOA_TEST_POSTGRES") else {
+        println!("SKIPPED: set KOKOA_TEST_POSTGRES to run control on PostgreSQL");
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let name = format!("kokoa_cli_{}", uuid::Uuid::new_v4().simple());
+    let admin = |sql: String| -> Result<()> {
+        use sqlx::Connection as _;
+        runtime.block_on(async {
+            let mut conn = sqlx::PgConnection::connect(&base).await?;
+            sqlx::query(&sql).execute(&mut conn).await?;
+            conn.close().await?;
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    admin(format!("CREATE DATABASE {name}"))?;
+    let url = match base.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => bail!("KOKOA_TEST_POSTGRES has no database part: {base}"),
+    };
+    let result = (|| -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let output = Command::new(BIN)
+            .args([
+                "token",
+                "create",
+                "--name",
+                "ops",
+                "--database",
+                &url,
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let token = String::from_utf8(output.stdout)?.trim().to_string();
+        let control = serve_with(dir.path(), &master_key(), &["--database", &url])?;
+        ok(&control.api, &token, &["origin", "add", "home"])?;
+        let list = ok(&control.api, &token, &["origin", "list"])?;
+        ensure!(
+            list.contains("home") && list.contains("10.100.1.1"),
+            "{list}"
+        );
+        Ok(())
+    })();
+    // Connections are closed once serve has exited (Control's drop); then drop the database.
+    let dropped = admin(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+    result?;
+    dropped
 }
