@@ -431,27 +431,6 @@ async fn run_control(config: EdgeConfig, shutdown: impl Future<Output = ()>) -> 
     })?;
 
     let metrics = Metrics::default();
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    // Peers change with every snapshot: they are labelled by public key.
-    registry.register_collector(Box::new(TunnelCollector::new(
-        tunnel.clone(),
-        HashMap::new(),
-    )));
-    let admin = Admin::new(registry);
-    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = tokio::spawn({
-        let admin = admin.clone();
-        async move {
-            let stop = async {
-                let _ = admin_stop_rx.await;
-            };
-            if let Err(error) = admin.serve(admin_listener, stop).await {
-                tracing::error!(%error, "admin listener failed");
-            }
-        }
-    });
-
     let origins = Arc::new(ArcSwap::from_pointee(dial::OriginMap::new()));
     let dialer = TunnelDialer::new(
         tunnel.clone(),
@@ -470,7 +449,7 @@ async fn run_control(config: EdgeConfig, shutdown: impl Future<Output = ()>) -> 
             acme: edge.acme().clone(),
             tcp: edge.tcp_routes().clone(),
             connections: edge.connections().clone(),
-            metrics,
+            metrics: metrics.clone(),
         },
     ));
     tracing::info!(
@@ -483,6 +462,30 @@ async fn run_control(config: EdgeConfig, shutdown: impl Future<Output = ()>) -> 
         "edge started in control mode"
     );
     let mut client = ControlClient::new(settings, applier);
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    // Peers change with every snapshot: they are labelled by public key.
+    registry.register_collector(Box::new(TunnelCollector::new(
+        tunnel.clone(),
+        HashMap::new(),
+    )));
+    registry.register_collector(Box::new(kokoa_node::control::ControlCollector::new(
+        client.status(),
+    )));
+    let admin = Admin::new(registry);
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn({
+        let admin = admin.clone();
+        async move {
+            let stop = async {
+                let _ = admin_stop_rx.await;
+            };
+            if let Err(error) = admin.serve(admin_listener, stop).await {
+                tracing::error!(%error, "admin listener failed");
+            }
+        }
+    });
+
     if client.restore().await == 0 {
         tracing::warn!(
             name = sni::PLACEHOLDER_NAME,

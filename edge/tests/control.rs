@@ -271,6 +271,20 @@ async fn tcp_get(addr: SocketAddr) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&response[..n]).into_owned())
 }
 
+/// `GET path` on the admin listener.
+async fn admin_get(admin: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
 struct Edge {
     stop: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -329,10 +343,10 @@ async fn edge_follows_control_and_runs_without_it() {
 
     let dir = tempfile::tempdir().unwrap();
     let https = free_tcp();
+    let admin = free_tcp();
     let text = format!(
-        "[edge]\nhttps = \"{https}\"\nhttp = \"{}\"\nadmin = \"{}\"\ndrain_timeout = 0\n\
+        "[edge]\nhttps = \"{https}\"\nhttp = \"{}\"\nadmin = \"{admin}\"\ndrain_timeout = 0\n\
          [tunnel]\nlisten = \"127.0.0.1:0\"\n{}",
-        free_tcp(),
         free_tcp(),
         control.control_table(dir.path(), Some("tok-1"))
     );
@@ -392,6 +406,17 @@ async fn edge_follows_control_and_runs_without_it() {
     control
         .expect("heartbeat", |e| *e == Seen::Heartbeat(3))
         .await;
+
+    // /metrics says which version runs and that one snapshot was refused.
+    let metrics = admin_get(admin, "/metrics").await;
+    for line in [
+        "kokoa_control_connected 1",
+        "kokoa_control_applied_version 3",
+        "kokoa_control_acks_total 2",
+        "kokoa_control_nacks_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
 
     // The applied snapshot and the credential are on disk, private.
     let state = dir.path().join("state");
@@ -476,14 +501,10 @@ async fn refused_credential_is_logged_and_a_new_token_enrolls_again() {
     assert!(logged, "the refusal is logged");
 
     // The edge keeps running meanwhile.
-    let mut health = TcpStream::connect(admin).await.unwrap();
-    health
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    health.read_to_string(&mut answer).await.unwrap();
+    let answer = admin_get(admin, "/healthz").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let metrics = admin_get(admin, "/metrics").await;
+    assert!(metrics.contains("kokoa_control_connected 0"), "{metrics}");
 
     // The operator writes a fresh token: the edge enrolls again and follows control.
     control.add_token("tok-2");

@@ -363,6 +363,72 @@ pub struct ControlStatus {
     pub streams: u64,
 }
 
+/// Exports a client's [`ControlStatus`] on the node's `/metrics`, read at scrape time:
+/// `kokoa_control_connected`, `kokoa_control_applied_version`, `kokoa_control_acks`,
+/// `kokoa_control_nacks`, `kokoa_control_streams` — what an operator (or a test) polls to see
+/// whether a node follows control and which version it runs.
+#[derive(Debug)]
+pub struct ControlCollector {
+    status: watch::Receiver<ControlStatus>,
+}
+
+impl ControlCollector {
+    /// Reads `status` (from [`ControlClient::status`]).
+    pub fn new(status: watch::Receiver<ControlStatus>) -> Self {
+        Self { status }
+    }
+}
+
+impl prometheus_client::collector::Collector for ControlCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::NoLabelSet;
+        use prometheus_client::metrics::MetricType;
+        let status = self.status.borrow().clone();
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for (name, help, value) in [
+            (
+                "kokoa_control_connected",
+                "1 while a config stream to control is open",
+                i64::from(status.connected),
+            ),
+            (
+                "kokoa_control_applied_version",
+                "Version of the control config running now (0: none)",
+                clamp(status.applied_version),
+            ),
+        ] {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&value)?;
+        }
+        for (name, help, value) in [
+            (
+                "kokoa_control_acks",
+                "Snapshots from control applied and acknowledged",
+                status.acks,
+            ),
+            (
+                "kokoa_control_nacks",
+                "Snapshots from control rejected (the previous config kept running)",
+                status.nacks,
+            ),
+            (
+                "kokoa_control_streams",
+                "Config streams opened to control",
+                status.streams,
+            ),
+        ] {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads the persisted snapshot, if any. A file that does not decode is an error (the caller
 /// logs it and starts empty).
 pub fn load_snapshot(state_dir: &Path) -> Result<Option<Snapshot>, ControlError> {

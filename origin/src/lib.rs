@@ -117,6 +117,7 @@ pub async fn run(config: OriginConfig, shutdown: impl Future<Output = ()>) -> an
         services,
         Metrics::default(),
         edge_names,
+        Vec::new(),
         admin_listener,
         shutdown,
     )
@@ -186,6 +187,7 @@ async fn run_control(
         &metrics,
     ));
     let mut client = ControlClient::new(settings, applier);
+    let status = kokoa_node::control::ControlCollector::new(client.status());
     if client.restore().await == 0 {
         tracing::warn!(
             "no config from control yet: no edges and no services until its first snapshot"
@@ -208,6 +210,7 @@ async fn run_control(
         services,
         metrics,
         HashMap::new(),
+        vec![Box::new(status)],
         admin_listener,
         shutdown,
     )
@@ -223,12 +226,16 @@ async fn serve(
     services: Arc<Services>,
     metrics: Metrics,
     edge_names: HashMap<kokoa_tunnel::key::PublicKey, String>,
+    collectors: Vec<Box<dyn prometheus_client::collector::Collector>>,
     admin_listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     registry.register_collector(Box::new(TunnelCollector::new(tunnel.clone(), edge_names)));
+    for collector in collectors {
+        registry.register_collector(collector);
+    }
     let admin = Admin::new(registry);
 
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
