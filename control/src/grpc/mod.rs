@@ -14,6 +14,7 @@ pub mod hub;
 pub mod registry;
 mod session;
 pub mod snapshot;
+mod telemetry;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -104,6 +105,10 @@ pub(crate) struct Inner {
     /// Becomes true when the server shuts down: streams end so the graceful shutdown does not
     /// wait for them forever.
     pub(crate) shutdown: watch::Sender<bool>,
+    /// ACKs and heartbeats on their way to the store ([`telemetry`]).
+    pub(crate) telemetry: mpsc::UnboundedSender<(NodeId, telemetry::Report)>,
+    /// The writer's end, taken by [`GrpcServer::serve`].
+    telemetry_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<(NodeId, telemetry::Report)>>>,
 }
 
 /// The gRPC server: enrollment and config streaming. Cheap to clone.
@@ -115,6 +120,7 @@ pub struct GrpcServer {
 impl GrpcServer {
     /// A server over `store`. Nothing runs until [`GrpcServer::serve`].
     pub fn new(store: Arc<dyn Store>, options: GrpcOptions) -> Self {
+        let (telemetry, telemetry_rx) = mpsc::unbounded_channel();
         GrpcServer {
             inner: Arc::new(Inner {
                 store,
@@ -122,6 +128,8 @@ impl GrpcServer {
                 registry: NodeRegistry::default(),
                 hub: hub::Channels::default(),
                 shutdown: watch::channel(false).0,
+                telemetry,
+                telemetry_rx: std::sync::Mutex::new(Some(telemetry_rx)),
             }),
         }
     }
@@ -142,6 +150,18 @@ impl GrpcServer {
     ) -> anyhow::Result<()> {
         let inner = self.inner;
         let hub = tokio::spawn(hub::run(inner.clone(), inner.shutdown.subscribe()));
+        let writer = inner
+            .telemetry_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|rx| {
+                tokio::spawn(telemetry::run(
+                    inner.store.clone(),
+                    rx,
+                    inner.shutdown.subscribe(),
+                ))
+            });
         let local = listener.local_addr().ok();
         let stop = inner.clone();
         let signal = async move {
@@ -178,6 +198,9 @@ impl GrpcServer {
         };
         inner.shutdown.send_replace(true);
         let _ = hub.await;
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
         Ok(result?)
     }
 }

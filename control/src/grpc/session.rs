@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 use super::hub::Credentials;
 use super::snapshot::{self, SharedSnapshot};
+use super::telemetry::Report;
 use super::Inner;
 use crate::store::{Id, Nack, NodeId, StoreError};
 
@@ -134,9 +135,18 @@ impl Session {
             }
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => {}
+                // The senders live in `Inner`, which this session holds, so these channels
+                // only close if that invariant breaks; end rather than spin on a closed one.
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        return End::Shutdown;
+                    }
+                }
                 changed = credentials.changed() => {
-                    if changed.is_ok() && self.revoked(&credentials.borrow_and_update()) {
+                    if changed.is_err() {
+                        return End::Shutdown;
+                    }
+                    if self.revoked(&credentials.borrow_and_update()) {
                         return End::Revoked;
                     }
                 }
@@ -238,6 +248,12 @@ impl Session {
         Ok(())
     }
 
+    /// Queues an ACK or heartbeat for the store (see [`super::telemetry`]).
+    fn report(&self, report: Report) {
+        // Fails only once the server has stopped; the registry already has it.
+        let _ = self.inner.telemetry.send((self.node, report));
+    }
+
     async fn handle(&self, message: pb::NodeMessage, session: u64) -> Result<(), End> {
         let store = &self.inner.store;
         let registry = &self.inner.registry;
@@ -245,9 +261,7 @@ impl Session {
             Some(NodeMsg::Ack(ack)) => {
                 tracing::debug!(version = ack.version, "ACK");
                 registry.acked(self.node, session, ack.version);
-                if let Err(e) = store.record_config_ack(self.node, ack.version).await {
-                    tracing::warn!(error = %e, version = ack.version, "cannot record an ACK");
-                }
+                self.report(Report::Ack(ack.version));
             }
             Some(NodeMsg::Nack(nack)) => {
                 tracing::warn!(version = nack.version, reason = %nack.reason, "node rejected its config");
@@ -279,9 +293,7 @@ impl Session {
                     heartbeat.applied_version,
                     detail.clone(),
                 );
-                if let Err(e) = store.record_heartbeat(self.node, detail).await {
-                    tracing::warn!(error = %e, "cannot record a heartbeat");
-                }
+                self.report(Report::Heartbeat(detail));
             }
             Some(NodeMsg::Hello(hello)) => {
                 tracing::debug!(
