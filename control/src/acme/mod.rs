@@ -711,6 +711,28 @@ mod tests {
         assert!(covers(&acme, "*.example.com"));
     }
 
+    #[tokio::test]
+    async fn due_when_unissued_or_within_renew_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(
+            &format!("sqlite://{}", dir.path().join("c.db").display()),
+            crate::store::MasterKey::generate(),
+        )
+        .await
+        .unwrap();
+        let manager = CertificateManager::new(store, AcmeOptions::new("https://ca.test/dir"), None);
+        let now = OffsetDateTime::now_utc();
+        let mut acme = cert(&["a.example.com"], CertificateSource::Acme);
+        assert!(manager.due(&acme, now), "never issued");
+        acme.chain_pem = Some("PEM".into());
+        acme.not_after = Some(now + time::Duration::days(40));
+        assert!(!manager.due(&acme, now));
+        acme.not_after = Some(now + time::Duration::days(29));
+        assert!(manager.due(&acme, now), "inside the 30 days");
+        manager.renew_now(acme.id);
+        assert!(manager.forced.lock().contains(&acme.id));
+    }
+
     #[test]
     fn challenge_kinds_parse() {
         assert_eq!("HTTP-01".parse(), Ok(ChallengeKind::Http01));
