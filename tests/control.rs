@@ -14,8 +14,13 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-use crate::net::{free_tcp, loopback, wait_healthy};
+use crate::client::{EdgeClient, Proto};
+use crate::eventually;
+use crate::net::{free_tcp, free_udp, loopback, wait_healthy};
+use crate::pki::TestCa;
 use crate::process::{binary, Process};
+use serde_json::json;
+use tempfile::TempDir;
 
 /// A running (or stopped) `kokoa-control serve`.
 pub struct Control {
@@ -368,4 +373,166 @@ fn local_state(table: &mut toml::Table, dir: &Path) -> anyhow::Result<()> {
         dir.join("state").display().to_string().into(),
     );
     Ok(())
+}
+
+/// Control with one edge serving the given origins, a certificate for `*.ctl.test` uploaded
+/// through the API, and every node started from its bundle.
+pub struct Fleet {
+    /// Holds every node's files and control's data.
+    pub dir: TempDir,
+    /// Control.
+    pub control: Control,
+    /// The CA of the uploaded certificate.
+    pub ca: TestCa,
+    /// The edge.
+    pub edge: Node,
+    /// The edge's id in control.
+    pub edge_id: String,
+    /// Origins: id and node.
+    pub origins: Vec<(String, Node)>,
+}
+
+impl Fleet {
+    /// Starts control, creates the origins, services and one edge serving them all through the
+    /// API, uploads a certificate, starts every node from its bundle, then adds `routes`.
+    /// `services`: (origin, service, port, app address); `routes`: (host, origin, service).
+    pub async fn start(
+        origins: &[&str],
+        services: &[(&str, &str, u16, SocketAddr)],
+        routes: &[(&str, &str, &str)],
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let control = Control::start(dir.path()).await?;
+        let mut origin_ids = Vec::new();
+        for name in origins {
+            let origin = control
+                .ok("POST", "/origins", Some(json!({ "name": name })))
+                .await?;
+            origin_ids.push((name.to_string(), id(&origin)?));
+        }
+        for (origin, name, port, local) in services {
+            control
+                .ok(
+                    "POST",
+                    &format!("/origins/{origin}/services"),
+                    Some(json!({ "name": name, "port": port, "local_address": local.to_string() })),
+                )
+                .await?;
+        }
+        let tunnel = free_udp(loopback(2))?;
+        let edge = control
+            .ok(
+                "POST",
+                "/edge-nodes",
+                Some(json!({
+                    "name": "edge1",
+                    "endpoint": tunnel.to_string(),
+                    "origins": origin_ids.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>(),
+                })),
+            )
+            .await?;
+        let edge_id = id(&edge)?;
+        let ca = TestCa::new()?;
+        let issued = ca.issue(&["ctl.test", "*.ctl.test"])?;
+        control
+            .ok(
+                "POST",
+                "/certificates",
+                Some(json!({ "chain_pem": issued.chain_pem, "key_pem": issued.key_pem })),
+            )
+            .await?;
+        let mut fleet_origins = Vec::new();
+        for (name, origin_id) in &origin_ids {
+            let node = Node::origin(&control, origin_id, &dir.path().join(name)).await?;
+            fleet_origins.push((origin_id.clone(), node));
+        }
+        let edge = Node::edge(
+            &control,
+            &edge_id,
+            &dir.path().join("edge1"),
+            loopback(2),
+            tunnel,
+        )
+        .await?;
+        let fleet = Self {
+            dir,
+            control,
+            ca,
+            edge,
+            edge_id,
+            origins: fleet_origins,
+        };
+        for (host, origin, service) in routes {
+            fleet.add_route(host, origin, service).await?;
+        }
+        Ok(fleet)
+    }
+
+    /// Adds a route `host` -> `origin`/`service` through the API; its id.
+    pub async fn add_route(
+        &self,
+        host: &str,
+        origin: &str,
+        service: &str,
+    ) -> anyhow::Result<String> {
+        let service = self
+            .control
+            .ok(
+                "GET",
+                &format!("/origins/{origin}/services/{service}"),
+                None,
+            )
+            .await?;
+        let route = self
+            .control
+            .ok(
+                "POST",
+                "/routes",
+                Some(json!({ "hostname": host, "service_id": id(&service)? })),
+            )
+            .await?;
+        id(&route)
+    }
+
+    /// An HTTPS client for the edge, trusting the uploaded certificate's CA.
+    pub fn client(&self) -> anyhow::Result<EdgeClient> {
+        let https = self.edge.https.context("the edge has no https listener")?;
+        EdgeClient::new(https, &self.ca)
+    }
+
+    /// Waits until `host` answers 200 through the edge with `app`'s name in the body.
+    pub async fn serves(&self, host: &str, app: &str, within: Duration) -> anyhow::Result<()> {
+        let client = self.client()?;
+        eventually(&format!("{host} served by {app}"), within, || async {
+            let answer = client.get(host, "/", Proto::Http1).await?;
+            ensure!(
+                answer.status == 200 && answer.text().contains(app),
+                "{host}: {} {}",
+                answer.status,
+                answer.text()
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    /// Waits until every node runs control's current config version.
+    pub async fn converged(&self, within: Duration) -> anyhow::Result<u64> {
+        eventually("every node on the newest config", within, || async {
+            let status = self.control.ok("GET", "/status", None).await?;
+            let version = status["config_version"]
+                .as_u64()
+                .context("config_version")?;
+            let nodes = status["nodes"].as_array().context("nodes")?;
+            ensure!(nodes.len() == 1 + self.origins.len(), "nodes: {status}");
+            for node in nodes {
+                ensure!(
+                    node["applied_version"].as_u64() == Some(version),
+                    "not converged on {version}: {node}"
+                );
+            }
+            Ok(version)
+        })
+        .await
+    }
 }

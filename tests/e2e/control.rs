@@ -1,7 +1,6 @@
 //! The control plane end to end: the real `kokoa-control serve`, edges and origins started from
 //! the bundles it hands out, configured only through its REST API and gRPC stream.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
@@ -9,163 +8,14 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use http_body_util::BodyExt as _;
 use kokoa_tests::apps::{hex, pattern_sha256, HttpApp, WsEchoApp};
 use kokoa_tests::client::{request, EdgeClient, Proto};
-use kokoa_tests::control::{id, Control, Node};
+use kokoa_tests::control::{id, Fleet, Node};
 use kokoa_tests::eventually;
 use kokoa_tests::net::{free_udp, loopback};
-use kokoa_tests::pki::TestCa;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
-use tempfile::TempDir;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::run_bounded;
-
-/// Control with one edge serving the given origins, a certificate for `*.ctl.test` uploaded
-/// through the API, and every node started from its bundle.
-struct Fleet {
-    _dir: TempDir,
-    control: Control,
-    ca: TestCa,
-    edge: Node,
-    edge_id: String,
-    origins: Vec<(String, Node)>,
-}
-
-impl Fleet {
-    /// `services`: (origin, service, port, app address); `routes`: (host, origin, service).
-    async fn start(
-        origins: &[&str],
-        services: &[(&str, &str, u16, SocketAddr)],
-        routes: &[(&str, &str, &str)],
-    ) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let control = Control::start(dir.path()).await?;
-        let mut origin_ids = Vec::new();
-        for name in origins {
-            let origin = control
-                .ok("POST", "/origins", Some(json!({ "name": name })))
-                .await?;
-            origin_ids.push((name.to_string(), id(&origin)?));
-        }
-        for (origin, name, port, local) in services {
-            control
-                .ok(
-                    "POST",
-                    &format!("/origins/{origin}/services"),
-                    Some(json!({ "name": name, "port": port, "local_address": local.to_string() })),
-                )
-                .await?;
-        }
-        let tunnel = free_udp(loopback(2))?;
-        let edge = control
-            .ok(
-                "POST",
-                "/edge-nodes",
-                Some(json!({
-                    "name": "edge1",
-                    "endpoint": tunnel.to_string(),
-                    "origins": origin_ids.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>(),
-                })),
-            )
-            .await?;
-        let edge_id = id(&edge)?;
-        let ca = TestCa::new()?;
-        let issued = ca.issue(&["ctl.test", "*.ctl.test"])?;
-        control
-            .ok(
-                "POST",
-                "/certificates",
-                Some(json!({ "chain_pem": issued.chain_pem, "key_pem": issued.key_pem })),
-            )
-            .await?;
-        let mut fleet_origins = Vec::new();
-        for (name, origin_id) in &origin_ids {
-            let node = Node::origin(&control, origin_id, &dir.path().join(name)).await?;
-            fleet_origins.push((origin_id.clone(), node));
-        }
-        let edge = Node::edge(
-            &control,
-            &edge_id,
-            &dir.path().join("edge1"),
-            loopback(2),
-            tunnel,
-        )
-        .await?;
-        let fleet = Self {
-            _dir: dir,
-            control,
-            ca,
-            edge,
-            edge_id,
-            origins: fleet_origins,
-        };
-        for (host, origin, service) in routes {
-            fleet.add_route(host, origin, service).await?;
-        }
-        Ok(fleet)
-    }
-
-    async fn add_route(&self, host: &str, origin: &str, service: &str) -> anyhow::Result<String> {
-        let service = self
-            .control
-            .ok(
-                "GET",
-                &format!("/origins/{origin}/services/{service}"),
-                None,
-            )
-            .await?;
-        let route = self
-            .control
-            .ok(
-                "POST",
-                "/routes",
-                Some(json!({ "hostname": host, "service_id": id(&service)? })),
-            )
-            .await?;
-        id(&route)
-    }
-
-    fn client(&self) -> anyhow::Result<EdgeClient> {
-        let https = self.edge.https.context("the edge has no https listener")?;
-        EdgeClient::new(https, &self.ca)
-    }
-
-    /// Waits until `host` answers 200 through the edge with `app`'s name in the body.
-    async fn serves(&self, host: &str, app: &str, within: Duration) -> anyhow::Result<()> {
-        let client = self.client()?;
-        eventually(&format!("{host} served by {app}"), within, || async {
-            let answer = client.get(host, "/", Proto::Http1).await?;
-            ensure!(
-                answer.status == 200 && answer.text().contains(app),
-                "{host}: {} {}",
-                answer.status,
-                answer.text()
-            );
-            Ok(())
-        })
-        .await
-    }
-
-    /// Waits until every node runs control's current config version.
-    async fn converged(&self, within: Duration) -> anyhow::Result<u64> {
-        eventually("every node on the newest config", within, || async {
-            let status = self.control.ok("GET", "/status", None).await?;
-            let version = status["config_version"]
-                .as_u64()
-                .context("config_version")?;
-            let nodes = status["nodes"].as_array().context("nodes")?;
-            ensure!(nodes.len() == 1 + self.origins.len(), "nodes: {status}");
-            for node in nodes {
-                ensure!(
-                    node["applied_version"].as_u64() == Some(version),
-                    "not converged on {version}: {node}"
-                );
-            }
-            Ok(version)
-        })
-        .await
-    }
-}
 
 #[test]
 fn routes_from_the_api_go_live_and_changes_interrupt_nothing() {
@@ -364,7 +214,7 @@ fn wrong_or_revoked_credentials_learn_nothing() {
                 Some(json!({ "name": "edge2", "endpoint": tunnel.to_string(), "origins": [fleet.origins[0].0.clone()] })),
             )
             .await?;
-        let dir = fleet._dir.path().join("edge2");
+        let dir = fleet.dir.path().join("edge2");
         fleet
             .control
             .unpack_bundle(&format!("/edge-nodes/{}/bundle", id(&other)?), &dir)
