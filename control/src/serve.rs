@@ -168,6 +168,7 @@ impl LiveNodes for RegistryView {
                 applied_version: info.running_version.or(info.applied_version),
                 last_heartbeat: info.last_heartbeat,
                 nack: info.last_nack,
+                in_sync: info.in_sync,
             })
             .collect()
     }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use hyper::{Method, StatusCode};
 use kokoa_control::api::openapi::ENDPOINTS;
-use kokoa_control::api::{self, ApiState, EdgeView, ErrorBody, OriginView, RouteView, ServiceView};
+use kokoa_control::api::{
+    self, ApiState, EdgeView, ErrorBody, LiveNode, LiveNodes, OriginView, RouteView, ServiceView,
+};
 use kokoa_control::bundle::BundleSettings;
 use kokoa_control::cli::client::{ApiClient, ClientError};
 use kokoa_control::store::{
@@ -33,6 +35,10 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Result<Harness> {
+        Harness::start_with(None).await
+    }
+
+    async fn start_with(live: Option<Arc<dyn LiveNodes>>) -> Result<Harness> {
         let dir = tempfile::tempdir()?;
         let store = store::open(
             &format!("sqlite://{}", dir.path().join("control.db").display()),
@@ -47,7 +53,7 @@ impl Harness {
                 ca_pem: CA_PEM.into(),
                 enrollment_ttl: Duration::from_secs(600),
             })),
-            live: None,
+            live,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -808,6 +814,48 @@ async fn status_lists_every_node() -> Result<()> {
     assert_eq!(nodes[1]["in_sync"], false);
     let list: Vec<Value> = h.api.get("/nodes").await?;
     assert_eq!(list.len(), 2);
+    Ok(())
+}
+
+/// A gRPC registry stand-in: the nodes in the mutex are "connected".
+struct FakeLive(std::sync::Mutex<Vec<LiveNode>>);
+
+impl LiveNodes for FakeLive {
+    fn connected(&self) -> Vec<LiveNode> {
+        self.0.lock().map(|nodes| nodes.clone()).unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn status_overlays_the_live_connections() -> Result<()> {
+    let live = Arc::new(FakeLive(std::sync::Mutex::new(Vec::new())));
+    let h = Harness::start_with(Some(live.clone())).await?;
+    h.origin("home").await?;
+    let edge: EdgeView = h.api.post("/edge-nodes", &json!({"name": "vps1"})).await?;
+    let beat = time::OffsetDateTime::now_utc();
+    live.0
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .push(LiveNode {
+            node: NodeId::Edge(edge.edge.id),
+            applied_version: Some(1),
+            last_heartbeat: Some(beat),
+            nack: Some(store::Nack {
+                version: 2,
+                error: "cannot bind 0.0.0.0:443".into(),
+            }),
+            in_sync: true,
+        });
+    let nodes: Vec<Value> = h.api.get("/nodes").await?;
+    assert_eq!(nodes[0]["name"], "vps1");
+    assert_eq!(nodes[0]["connected"], true);
+    assert_eq!(nodes[0]["in_sync"], true);
+    assert_eq!(nodes[0]["applied_version"], 1);
+    assert_eq!(nodes[0]["nack"]["version"], 2);
+    assert!(nodes[0]["last_heartbeat"].is_string());
+    assert_eq!(nodes[1]["name"], "home");
+    assert_eq!(nodes[1]["connected"], false);
+    assert_eq!(nodes[1]["in_sync"], false);
     Ok(())
 }
 

@@ -95,6 +95,9 @@ pub struct LiveNode {
     pub last_heartbeat: Option<OffsetDateTime>,
     /// The last snapshot it rejected on this connection.
     pub nack: Option<Nack>,
+    /// It runs the config control wants it to run. (A change that does not affect a node is
+    /// not sent to it, so this can hold while `applied_version` is older than the store's.)
+    pub in_sync: bool,
 }
 
 /// The connected-node view the status endpoints overlay on the store's records (implemented

@@ -24,7 +24,8 @@ pub struct NodeStatusView {
     pub connected: Option<bool>,
     /// The newest config version the node applied.
     pub applied_version: Option<u64>,
-    /// Whether that is the current config version.
+    /// It runs the config control wants it to run: judged by the live connection when there is
+    /// one, else whether the store's applied version is the current config version.
     pub in_sync: bool,
     /// When the node last sent a heartbeat.
     #[serde(with = "time::serde::rfc3339::option")]
@@ -53,7 +54,9 @@ fn view(
     let mut applied_version = state.applied_version;
     let mut last_heartbeat = state.last_heartbeat;
     let mut nack = state.nack;
+    let mut in_sync = applied_version == Some(config_version);
     if let Some(Some(now)) = connected {
+        in_sync = now.in_sync;
         // The connection's own view is fresher than what was last written to the store.
         applied_version = now.applied_version.max(applied_version);
         last_heartbeat = now.last_heartbeat.max(last_heartbeat);
@@ -70,7 +73,7 @@ fn view(
         name,
         status: state.status,
         connected: connected.map(|c| c.is_some()),
-        in_sync: applied_version == Some(config_version),
+        in_sync,
         applied_version,
         last_heartbeat,
         nack,
