@@ -10,11 +10,15 @@
 //! hub's snapshot build and every stream's filter, encode and send. Run with
 //! `cargo bench -p kokoa-bench --bench fanout`; not run in CI.
 //!
-//! Measured 2026-11-24 on the 2-core development VM while other builds ran, with 2 tokio worker
-//! threads shared by control and all 201 clients (so the clients' TLS, decoding and ACKs, and
-//! control's 200 ACK writes to SQLite, compete with the fan-out itself):
-//! - `fanout/200_edges`: 102 ms median (87-117 ms), about 0.5 ms of CPU per edge end to end;
-//! - `fanout/1_of_201_edges`: 5.5 ms (5.4-5.7 ms), store commit and snapshot build included.
+//! Measured 2026-11-24 on the 2-core development VM while other builds ran (load average
+//! 2.7-4), with 2 tokio worker threads shared by control and all 201 clients (so the clients'
+//! TLS, decoding and ACKs compete with the fan-out itself):
+//! - `fanout/200_edges`: 24.6 ms median (19.7-29.1 ms);
+//! - `fanout/1_of_201_edges`: 7.3 ms (6.3-9.0 ms), store commit and snapshot build included.
+//!
+//! Before ACKs were written by one task (each stream wrote its own), back-to-back changes
+//! queued behind the previous change's 200 ACK writes on SQLite's write lock: 102-150 ms for
+//! 200 edges and 5.5-10 ms for one.
 
 // criterion_group! generates an undocumented `pub fn`.
 #![allow(missing_docs)]
