@@ -423,6 +423,23 @@ fn operator_workflow_against_a_running_control() -> Result<()> {
     let unauth = cli(&api, "kokoa_api_nope", &["route", "list"])?;
     assert!(String::from_utf8_lossy(&unauth.stderr).contains("401"));
 
+    // A second token, listed, then revoked: it stops working at once.
+    let output = Command::new(BIN)
+        .args(["token", "create", "--name", "ci", "--data-dir"])
+        .arg(&data)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let second = String::from_utf8(output.stdout)?.trim().to_string();
+    let tokens = ok(&api, &second, &["token", "list"])?;
+    assert!(tokens.contains("ci") && tokens.contains("ops"), "{tokens}");
+    run(&["token", "revoke", "ci"])?;
+    let revoked = cli(&api, &second, &["route", "list"])?;
+    assert!(String::from_utf8_lossy(&revoked.stderr).contains("401"));
+
     run(&["route", "rm", "app.example.com"])?;
     assert_eq!(
         run(&["route", "list"])?.lines().count(),

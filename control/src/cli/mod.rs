@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use crate::api::{EdgeView, NodeStatusView, OriginView, RouteView, ServiceView, StatusSummary};
 use crate::dev::{self, DevOptions};
 use crate::serve::{self, ServeOptions};
-use crate::store::{self, Actor, IssuedNodeToken, MasterKey};
+use crate::store::{self, Actor, ApiToken, IssuedNodeToken, MasterKey};
 use client::{segment, ApiClient, DEFAULT_API_URL};
 
 /// Kokoa control plane: the source of truth for origins, services, edges and routes, streaming
@@ -64,7 +64,7 @@ pub enum Command {
     /// Run an edge, an origin and a sample app on loopback with generated keys and a
     /// self-signed certificate; prints how to reach the app. Ctrl-C stops it.
     Dev(DevArgs),
-    /// API tokens (bootstrap: works on the database directly, no API needed).
+    /// API tokens (`create` works on the database directly, so the first needs no API token).
     Token {
         /// What to do.
         #[command(subcommand)]
@@ -183,6 +183,13 @@ pub enum TokenCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// List API tokens (through the API).
+    List,
+    /// Revoke an API token by name (through the API); requests with it get 401 at once.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
 }
 
 /// `origin` subcommands.
@@ -271,6 +278,9 @@ pub enum EdgeCommand {
         /// Public IP address DNS should point at.
         #[arg(long)]
         public_ip: Option<String>,
+        /// Use this WireGuard public key (you keep the private key) instead of a generated pair.
+        #[arg(long)]
+        public_key: Option<String>,
     },
     /// List edges.
     List,
@@ -417,6 +427,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     store,
                 },
         } => token_create(&store, &name, ttl_days, json).await,
+        Command::Token {
+            command: TokenCommand::List,
+        } => api()?.token_list().await,
+        Command::Token {
+            command: TokenCommand::Revoke { name },
+        } => api()?.token_revoke(&name).await,
         Command::Origin { command } => api()?.origin(command).await,
         Command::Service { command } => api()?.service(command).await,
         Command::Edge { command } => api()?.edge(command).await,
@@ -626,9 +642,11 @@ impl Api {
                 endpoint,
                 origins,
                 public_ip,
+                public_key,
             } => {
                 let body = json!({
-                    "name": name, "endpoint": endpoint, "origins": origins, "public_ip": public_ip,
+                    "name": name, "endpoint": endpoint, "origins": origins,
+                    "public_ip": public_ip, "public_key": public_key,
                 });
                 let edge: EdgeView = self.client.post("/edge-nodes", &body).await?;
                 self.print(&edge, |e| edge_table(std::slice::from_ref(e)))
@@ -776,6 +794,42 @@ impl Api {
             bytes.len(),
             output.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         ));
+        Ok(())
+    }
+
+    async fn token_list(&self) -> anyhow::Result<()> {
+        let tokens: Vec<ApiToken> = self.client.get("/api-tokens").await?;
+        self.print(&tokens, |tokens| {
+            let rows: Vec<Vec<String>> = tokens
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.name.clone(),
+                        t.created_at.date().to_string(),
+                        opt(t.expires_at.map(|e| e.date())),
+                        opt(t.revoked_at.map(|r| r.date())),
+                    ]
+                })
+                .collect();
+            table::render(&["NAME", "CREATED", "EXPIRES", "REVOKED"], &rows)
+        })
+    }
+
+    async fn token_revoke(&self, name: &str) -> anyhow::Result<()> {
+        let tokens: Vec<ApiToken> = self.client.get("/api-tokens").await?;
+        let token = tokens
+            .iter()
+            .find(|t| t.name == name)
+            .with_context(|| format!("no API token named {name:?} (see `token list`)"))?;
+        let _: ApiToken = self
+            .client
+            .json(
+                Method::DELETE,
+                &format!("/api-tokens/{}", token.id),
+                &json!({}),
+            )
+            .await?;
+        self.done(format!("API token {name} revoked"));
         Ok(())
     }
 
