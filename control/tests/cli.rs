@@ -449,9 +449,11 @@ fn operator_workflow_against_a_running_control() -> Result<()> {
     run(&["edge", "rm", "vps1"])?;
     run(&["origin", "rm", "home"])?;
 
-    // SIGTERM: a clean, prompt exit.
+    // SIGTERM (the shell's kill builtin: no procps needed): a clean, prompt exit.
     let pid = control.child.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status()?;
+    let killed = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
+        .status()?;
     ensure!(killed.success(), "kill -TERM failed");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
