@@ -36,25 +36,42 @@ struct Control {
 }
 
 impl Control {
+    /// The options tests run with: fast heartbeats and polling.
+    fn options() -> GrpcOptions {
+        GrpcOptions {
+            heartbeat_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(200),
+            ..GrpcOptions::default()
+        }
+    }
+
     /// Control on a fresh SQLite store in a temp dir.
     async fn start() -> Result<Control> {
+        Control::start_with_options(Control::options()).await
+    }
+
+    /// Control on a fresh SQLite store in a temp dir, with `options`.
+    async fn start_with_options(options: GrpcOptions) -> Result<Control> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("control.db");
         let store = store::open(&format!("sqlite://{}", db.display()), MasterKey::generate())
             .await
             .context("opening the store")?;
-        Control::start_with(store, dir).await
+        Control::serve(store, dir, options).await
     }
 
     /// Control on `store`, with its CA in `dir`.
     async fn start_with(store: Arc<dyn Store>, dir: tempfile::TempDir) -> Result<Control> {
+        Control::serve(store, dir, Control::options()).await
+    }
+
+    async fn serve(
+        store: Arc<dyn Store>,
+        dir: tempfile::TempDir,
+        options: GrpcOptions,
+    ) -> Result<Control> {
         let ca = ControlCa::load_or_create(dir.path())?;
         let tls = ca.server_tls(&["localhost".into(), "127.0.0.1".into()])?;
-        let options = GrpcOptions {
-            heartbeat_interval: Duration::from_secs(1),
-            poll_interval: Duration::from_millis(200),
-            ..GrpcOptions::default()
-        };
         let server = GrpcServer::new(store.clone(), options);
         let nodes = server.nodes();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -916,5 +933,58 @@ async fn the_node_crates_client_enrolls_applies_and_acks() -> Result<()> {
 
     let _ = stop.send(());
     tokio::time::timeout(SOON, task).await??;
+    Ok(())
+}
+
+/// A node whose connection stays up but which stops reading (here: a 64-byte HTTP/2 window it
+/// never reopens) loses its stream after `send_timeout` instead of pinning a session, and does
+/// not keep control from shutting down beyond `shutdown_grace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_reading_is_dropped_and_cannot_block_shutdown() -> Result<()> {
+    let mut control = Control::start_with_options(GrpcOptions {
+        send_timeout: Duration::from_millis(300),
+        shutdown_grace: Duration::from_millis(500),
+        ..Control::options()
+    })
+    .await?;
+    let (home, web) = control.origin_with_service("home", 8001).await?;
+    let node = control.edge("e1", vec![home.id]).await?;
+    let credential = control.enroll(&control.channel().await?, node).await?;
+
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&control.ca_pem))
+        .domain_name("localhost");
+    let stingy = Endpoint::from_shared(format!("https://{}", control.addr))?
+        .tls_config(tls)?
+        .initial_stream_window_size(Some(64))
+        .initial_connection_window_size(Some(64))
+        .connect()
+        .await?;
+    // Opened and never read.
+    let _watch = Watch::open(&stingy, &credential, 0).await?;
+    eventually("the node connected", || async {
+        Ok(control.nodes.get(node).is_some_and(|n| n.connected))
+    })
+    .await?;
+    for i in 0..6 {
+        control.route(&format!("r{i}.example.com"), &web).await?;
+    }
+    eventually("the stuck node's stream closed", || async {
+        Ok(control.nodes.get(node).is_some_and(|n| !n.connected))
+    })
+    .await?;
+
+    // And another stuck stream does not hold shutdown past the grace period.
+    let _watch2 = Watch::open(&stingy, &credential, 0).await?;
+    for i in 6..12 {
+        control.route(&format!("r{i}.example.com"), &web).await?;
+    }
+    let started = Instant::now();
+    control.shutdown().await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
     Ok(())
 }
