@@ -81,7 +81,7 @@ impl OriginControl {
             .base
             .with_snapshot(origin, Some(own_key))
             .map_err(|e| e.to_string())?;
-        let (peers, table) = crate::prepare(&config)
+        let (peers, table) = crate::prepare(&config, true)
             .await
             .map_err(|e| format!("{e:#}"))?;
 

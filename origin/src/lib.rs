@@ -35,17 +35,32 @@ use crate::metrics::{Metrics, TunnelCollector};
 use crate::service::{Service, ServiceTable, Services};
 
 /// Resolves every host name in `config` and builds the tunnel configuration and service table.
-async fn prepare(config: &OriginConfig) -> anyhow::Result<(TunnelConfig, ServiceTable)> {
+/// With `lenient_endpoints` (control mode) an edge endpoint that does not resolve now is left
+/// out with a warning (the origin waits for the edge's packets; the next snapshot retries)
+/// instead of failing the whole config.
+async fn prepare(
+    config: &OriginConfig,
+    lenient_endpoints: bool,
+) -> anyhow::Result<(TunnelConfig, ServiceTable)> {
     let prefer_ipv4 = config.tunnel.listen.is_ipv4();
     let mut peers = Vec::with_capacity(config.edges.len());
     for edge in &config.edges {
-        let endpoint =
-            match &edge.endpoint {
-                Some(endpoint) => Some(endpoint.resolve(prefer_ipv4).await.with_context(|| {
-                    format!("resolving edge `{}` endpoint {endpoint}", edge.name)
-                })?),
-                None => None,
-            };
+        let endpoint = match &edge.endpoint {
+            Some(endpoint) => match endpoint.resolve(prefer_ipv4).await {
+                Ok(addr) => Some(addr),
+                Err(error) if lenient_endpoints => {
+                    tracing::warn!(edge = %edge.name, %endpoint, %error, "cannot resolve the edge's endpoint; waiting for its packets");
+                    None
+                }
+                Err(error) => {
+                    return Err(anyhow::Error::new(error).context(format!(
+                        "resolving edge `{}` endpoint {endpoint}",
+                        edge.name
+                    )))
+                }
+            },
+            None => None,
+        };
         peers.push(PeerConfig {
             public_key: edge.public_key,
             endpoint,
@@ -86,7 +101,7 @@ pub async fn run(config: OriginConfig, shutdown: impl Future<Output = ()>) -> an
     if config.control.is_some() {
         return run_control(config, shutdown).await;
     }
-    let (tunnel_config, table) = prepare(&config).await?;
+    let (tunnel_config, table) = prepare(&config, false).await?;
     let listen = tunnel_config.listen;
     let (tunnel, incoming) = Tunnel::bind(tunnel_config)
         .await
