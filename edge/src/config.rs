@@ -1742,7 +1742,10 @@ deny = ["2001:db8::/32"]
             .with_snapshot(&snapshot, ip, Some(origin_key))
             .unwrap_err()
             .to_string();
-        assert!(own.starts_with("origins[0].public_key: is this edge's own"), "{own}");
+        assert!(
+            own.starts_with("origins[0].public_key: is this edge's own"),
+            "{own}"
+        );
         let mut bad = snapshot.clone();
         bad.routes[0].origin = "nowhere".into();
         assert_eq!(
