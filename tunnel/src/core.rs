@@ -5,13 +5,16 @@
 //!
 //! One netstack per peer (address `local_address/32`, medium IP) means an edge serving several
 //! origins has several isolated stacks: a packet from one peer can only ever reach sockets of
-//! that peer, so forwarding between peers is impossible by construction.
+//! that peer, so forwarding between peers is impossible by construction. Inside a netstack
+//! every socket has a `SocketSet` of its own (`Sock`): the core demultiplexes inbound
+//! packets by 4-tuple and polls only sockets with work, keeping their deadlines in a heap.
 //!
 //! boringtun reads its own monotonic clock inside `Tunn` for WireGuard's timers (rekey,
 //! handshake retry, keepalive); those are second-granular protocol timers, so that is accepted:
 //! everything this module schedules (TCP, timer ticks) runs on the time it is given.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -71,12 +74,12 @@ const WG_OVERHEAD: usize = 32;
 /// Smallest destination buffer boringtun accepts (a handshake initiation).
 const WG_MIN_BUF: usize = 148;
 
-/// Identifies one stream: the peer's 24-bit index (never reused while the core lives) and the
-/// socket in that peer's netstack.
+/// Identifies one stream: the peer's 24-bit index and the socket's number in that peer's
+/// netstack (neither is reused while the core lives).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StreamId {
     peer: u32,
-    handle: SocketHandle,
+    sock: u64,
 }
 
 /// A datagram to send. Give `payload` back with [`Core::recycle`] once sent, so the core
@@ -140,6 +143,8 @@ struct SockMeta {
     tuple: (u16, SocketAddrV4),
     /// When it became unowned (for the linger deadline) or was created (listeners).
     since: Instant,
+    /// Unowned and finishing its close: drained, reaped when done.
+    closing: bool,
     /// Bytes the owner has read, counted until [`QUICKACK_BYTES`] (then ACKs are delayed).
     read: usize,
 }
@@ -334,26 +339,48 @@ struct Counters {
     dropped_source: u64,
 }
 
+/// One TCP socket of a peer's netstack, in a `SocketSet` of its own: smoltcp's `poll` visits
+/// every socket of the set it is given (egress) and searches it for each packet (ingress), so
+/// with one shared set every packet cost O(streams of the peer). The core instead routes each
+/// inbound packet to its socket by 4-tuple and polls only sockets that have work.
+struct Sock {
+    set: SocketSet<'static>,
+    handle: SocketHandle,
+    meta: SockMeta,
+    /// Inbound IP packets for this socket, waiting for its next poll.
+    rx: VecDeque<Vec<u8>>,
+    /// In `Peer::dirty`.
+    queued: bool,
+    /// The earliest deadline of this socket in `Peer::timers` (later entries there are stale).
+    timer: Option<Instant>,
+}
+
+impl Sock {
+    fn tcp(&mut self) -> &mut tcp::Socket<'static> {
+        self.set.get_mut::<tcp::Socket>(self.handle)
+    }
+}
+
 struct Peer {
     index: u32,
     config: PeerConfig,
     tunn: Tunn,
     endpoint: Option<SocketAddr>,
     iface: Interface,
-    sockets: SocketSet<'static>,
-    meta: HashMap<SocketHandle, SockMeta>,
-    /// (local port, remote) -> socket, so a retransmitted SYN does not spawn a second listener.
-    tuples: HashMap<(u16, SocketAddrV4), SocketHandle>,
+    socks: HashMap<u64, Sock>,
+    next_sock: u64,
+    /// (local port, remote) -> socket: demultiplexes inbound packets, and a retransmitted SYN
+    /// does not spawn a second listener.
+    tuples: HashMap<(u16, SocketAddrV4), u64>,
     /// Highest sequence number sent per flow (see [`ack_seq`]).
     send_max: SendMax,
-    /// Listeners and connecting sockets: checked for state changes after each poll.
-    pending: Vec<SocketHandle>,
-    /// Unowned sockets still finishing their close: drained, reaped when done.
-    closing: Vec<SocketHandle>,
-    rx: VecDeque<Vec<u8>>,
+    /// Sockets with work (packets, stream operations, a due timer) for the next poll.
+    dirty: Vec<u64>,
+    /// Socket deadlines (smoltcp timers, linger and SYN-received limits), earliest first.
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Inbound packets that belong to no socket: smoltcp answers them (RST) from an empty set.
+    stray: VecDeque<Vec<u8>>,
     needs_poll: bool,
-    /// When smoltcp wants to be polled next (absolute).
-    poll_at: Option<Instant>,
     /// boringtun queued packets behind a handshake.
     blocked: bool,
     /// Start a handshake at the next tick (persistent keepalive with a known endpoint).
@@ -369,8 +396,52 @@ struct Peer {
 }
 
 impl Peer {
-    fn sock(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
-        self.sockets.get_mut::<tcp::Socket>(h)
+    /// Queues a socket for the next poll of this peer (the peer itself is queued by
+    /// [`Core::mark_dirty`]).
+    fn mark_sock(&mut self, id: u64) {
+        if let Some(s) = self.socks.get_mut(&id) {
+            if !s.queued {
+                s.queued = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Adds a socket (its own set) under a new number.
+    fn add_sock(&mut self, socket: tcp::Socket<'static>, meta: SockMeta) -> u64 {
+        let id = self.next_sock;
+        self.next_sock += 1;
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(socket);
+        self.tuples.insert(meta.tuple, id);
+        self.socks.insert(
+            id,
+            Sock {
+                set,
+                handle,
+                meta,
+                rx: VecDeque::new(),
+                queued: false,
+                timer: None,
+            },
+        );
+        self.mark_sock(id);
+        id
+    }
+
+    /// Removes a socket, returning it (for the socket pool) and giving its queued packets back.
+    fn remove_sock(
+        &mut self,
+        id: u64,
+        pool: &mut Vec<Vec<u8>>,
+    ) -> Option<smoltcp::socket::Socket<'static>> {
+        let mut sock = self.socks.remove(&id)?;
+        if self.tuples.get(&sock.meta.tuple) == Some(&id) {
+            self.tuples.remove(&sock.meta.tuple);
+            self.send_max.remove(&sock.meta.tuple);
+        }
+        pool.extend(sock.rx.drain(..));
+        Some(sock.set.remove(sock.handle))
     }
 }
 
@@ -392,6 +463,8 @@ pub struct Core {
     rx_spent: Vec<Vec<u8>>,
     scratch: Vec<u8>,
     decap: Vec<u8>,
+    /// Polled with a peer's stray packets, so smoltcp answers them as "no such socket".
+    empty_set: SocketSet<'static>,
     events: VecDeque<Event>,
     base: Instant,
     next_tick: Instant,
@@ -486,6 +559,7 @@ impl Core {
             rx_spent: Vec::new(),
             scratch: Vec::with_capacity(usize::from(config.mtu)),
             decap: vec![0; 65536 + WG_OVERHEAD],
+            empty_set: SocketSet::new(Vec::new()),
             events: VecDeque::new(),
             base: now,
             next_tick: now,
@@ -550,15 +624,14 @@ impl Core {
             endpoint: config.endpoint,
             tunn,
             iface,
-            sockets: SocketSet::new(Vec::new()),
-            meta: HashMap::new(),
+            socks: HashMap::new(),
+            next_sock: 0,
             tuples: HashMap::new(),
             send_max: SendMax::default(),
-            pending: Vec::new(),
-            closing: Vec::new(),
-            rx: VecDeque::new(),
+            dirty: Vec::new(),
+            timers: BinaryHeap::new(),
+            stray: VecDeque::new(),
             needs_poll: false,
-            poll_at: None,
             blocked: false,
             initiate,
             last_heard: now,
@@ -580,12 +653,8 @@ impl Core {
         if let Some(mut peer) = self.peers.remove(&index) {
             self.by_key.remove(&peer.config.public_key);
             // Wakes every waiter; their next call finds the peer gone (ConnectionReset).
-            for (_, s) in peer.sockets.iter_mut() {
-                #[allow(irrefutable_let_patterns)]
-                // only TCP sockets unless another crate adds more
-                if let smoltcp::socket::Socket::Tcp(s) = s {
-                    s.abort();
-                }
+            for sock in peer.socks.values_mut() {
+                sock.tcp().abort();
             }
             self.dirty.retain(|i| *i != index);
         }
@@ -853,11 +922,26 @@ impl Core {
                 if !allowed || !dst_ok {
                     self.counters.dropped_source += 1;
                 } else {
-                    Self::prepare_syn(peer, packet, &self.accept_ports, &mut self.sockpool, now);
+                    Self::prepare_syn(
+                        peer,
+                        packet,
+                        &self.accept_ports,
+                        &mut self.sockpool,
+                        &mut self.pool,
+                        now,
+                    );
                     let mut buf = self.pool.pop().unwrap_or_default();
                     buf.clear();
                     buf.extend_from_slice(packet);
-                    peer.rx.push_back(buf);
+                    match inbound_flow(packet).and_then(|f| peer.tuples.get(&f).copied()) {
+                        Some(id) => {
+                            if let Some(sock) = peer.socks.get_mut(&id) {
+                                sock.rx.push_back(buf);
+                            }
+                            peer.mark_sock(id);
+                        }
+                        None => peer.stray.push_back(buf),
+                    }
                     Self::mark_dirty(&mut self.dirty, peer);
                 }
             }
@@ -908,6 +992,7 @@ impl Core {
         packet: &[u8],
         accept_ports: &HashSet<u16>,
         sockpool: &mut SocketPool,
+        pool: &mut Vec<Vec<u8>>,
         now: Instant,
     ) {
         let ihl = usize::from(packet[0] & 0x0f) * 4;
@@ -931,22 +1016,18 @@ impl Core {
         if let Some(&old) = peer.tuples.get(&key) {
             // A new SYN on the 4-tuple of a socket that is only finishing its close (as
             // Linux does for TIME-WAIT): drop the old one, accept the new connection.
-            let finished = peer.meta.get(&old).is_some_and(|m| !m.owned)
-                && matches!(
-                    peer.sock(old).state(),
-                    tcp::State::TimeWait | tcp::State::Closed
-                );
+            let finished = peer.socks.get_mut(&old).is_some_and(|s| {
+                !s.meta.owned
+                    && matches!(s.tcp().state(), tcp::State::TimeWait | tcp::State::Closed)
+            });
             if !finished {
                 return;
             }
-            sockpool.put(peer.sockets.remove(old));
-            peer.meta.remove(&old);
-            peer.tuples.remove(&key);
-            peer.send_max.remove(&key);
-            peer.closing.retain(|h| *h != old);
-            peer.pending.retain(|h| *h != old);
+            if let Some(socket) = peer.remove_sock(old, pool) {
+                sockpool.put(socket);
+            }
         }
-        if peer.meta.len() >= MAX_STREAMS_PER_PEER {
+        if peer.socks.len() >= MAX_STREAMS_PER_PEER {
             return;
         }
         let mut socket = sockpool.take();
@@ -962,20 +1043,18 @@ impl Core {
         {
             return;
         }
-        let h = peer.sockets.add(socket);
-        peer.meta.insert(
-            h,
+        peer.add_sock(
+            socket,
             SockMeta {
                 kind: SockKind::Listener,
                 owned: false,
                 write_closed: false,
+                closing: false,
                 read: 0,
                 tuple: key,
                 since: now,
             },
         );
-        peer.tuples.insert(key, h);
-        peer.pending.push(h);
     }
 
     /// Processes timers and polls every netstack that has work. Call it after feeding a batch
@@ -993,7 +1072,7 @@ impl Core {
             self.tick_wireguard(now);
         }
         for peer in self.peers.values_mut() {
-            if peer.poll_at.is_some_and(|t| t <= now) {
+            if peer.timers.peek().is_some_and(|Reverse((t, _))| *t <= now) {
                 Self::mark_dirty(&mut self.dirty, peer);
             }
         }
@@ -1066,182 +1145,112 @@ impl Core {
             return;
         };
         peer.needs_poll = false;
-        let mut dev = NetDevice {
-            rx: &mut peer.rx,
-            rx_spent: &mut self.rx_spent,
-            mtu: self.mtu,
-            sink: Sink {
-                tunn: &mut peer.tunn,
-                send_max: &mut peer.send_max,
-                endpoint: peer.endpoint,
-                out: &mut self.out,
-                pool: &mut self.pool,
-                scratch: &mut self.scratch,
-                counters: &mut self.counters,
-                peer_tx: &mut peer.tx_bytes,
-                blocked: &mut peer.blocked,
-            },
-        };
-        peer.iface.poll(ts, &mut dev, &mut peer.sockets);
-        self.pool.append(&mut self.rx_spent);
-
-        // State changes of listeners and connecting sockets.
-        let mut i = 0;
-        while i < peer.pending.len() {
-            let h = peer.pending[i];
-            let Some(meta) = peer.meta.get(&h) else {
-                peer.pending.swap_remove(i);
+        // Due deadlines queue their sockets; an entry that is not its socket's earliest is stale.
+        while let Some(&Reverse((t, id))) = peer.timers.peek() {
+            if t > now {
+                break;
+            }
+            peer.timers.pop();
+            let due = peer.socks.get_mut(&id).is_some_and(|s| {
+                let due = s.timer == Some(t);
+                if due {
+                    s.timer = None;
+                }
+                due
+            });
+            if due {
+                peer.mark_sock(id);
+            }
+        }
+        if !peer.stray.is_empty() {
+            let mut dev = NetDevice {
+                rx: &mut peer.stray,
+                rx_spent: &mut self.rx_spent,
+                mtu: self.mtu,
+                sink: Sink {
+                    tunn: &mut peer.tunn,
+                    send_max: &mut peer.send_max,
+                    endpoint: peer.endpoint,
+                    out: &mut self.out,
+                    pool: &mut self.pool,
+                    scratch: &mut self.scratch,
+                    counters: &mut self.counters,
+                    peer_tx: &mut peer.tx_bytes,
+                    blocked: &mut peer.blocked,
+                },
+            };
+            peer.iface.poll(ts, &mut dev, &mut self.empty_set);
+        }
+        let mut dirty = std::mem::take(&mut peer.dirty);
+        for &id in &dirty {
+            let Some(sock) = peer.socks.get_mut(&id) else {
                 continue;
             };
-            let kind = meta.kind;
-            let since = meta.since;
-            let sock = peer.sockets.get_mut::<tcp::Socket>(h);
-            let state = sock.state();
-            let done = match (kind, state) {
-                (SockKind::Listener, tcp::State::SynReceived)
-                    if now.saturating_duration_since(since) < SYN_RECEIVED_TIMEOUT =>
-                {
-                    false
-                }
-                (
-                    SockKind::Listener,
-                    tcp::State::Listen | tcp::State::SynReceived | tcp::State::Closed,
-                ) => {
-                    // The SYN was rejected or reset, or the handshake never finished.
-                    sock.abort();
-                    Self::unown(peer, h, now);
-                    true
-                }
-                (SockKind::Listener, _) => {
-                    let local = sock.local_endpoint();
-                    let remote = sock.remote_endpoint();
-                    sock.set_timeout(Some(smol_dur(TCP_TIMEOUT)));
-                    sock.set_keep_alive(Some(smol_dur(TCP_KEEPALIVE)));
-                    match (local.and_then(to_v4), remote.and_then(to_v4)) {
-                        (Some(l), Some(r)) => {
-                            // Fix the tuple map in case two SYNs to one port swapped listeners.
-                            let key = (l.port(), r);
-                            if let Some(meta) = peer.meta.get_mut(&h) {
-                                peer.tuples.remove(&meta.tuple);
-                                meta.tuple = key;
-                                meta.kind = SockKind::Stream;
-                                meta.owned = true;
-                            }
-                            peer.tuples.insert(key, h);
-                            peer.owned += 1;
-                            self.events.push_back(Event::Accepted {
-                                stream: StreamId {
-                                    peer: index,
-                                    handle: h,
-                                },
-                                peer: peer.config.public_key,
-                                local: l,
-                                remote: r,
-                            });
-                        }
-                        _ => {
-                            sock.abort();
-                            Self::unown(peer, h, now);
-                        }
-                    }
-                    true
-                }
-                (SockKind::Connecting, tcp::State::SynSent) => false,
-                (SockKind::Connecting, tcp::State::Closed) => {
-                    self.events.push_back(Event::ConnectFailed(
-                        StreamId {
-                            peer: index,
-                            handle: h,
-                        },
-                        ConnectFailure::Refused,
-                    ));
-                    true
-                }
-                (SockKind::Connecting, _) => {
-                    sock.set_timeout(Some(smol_dur(TCP_TIMEOUT)));
-                    sock.set_keep_alive(Some(smol_dur(TCP_KEEPALIVE)));
-                    if let Some(meta) = peer.meta.get_mut(&h) {
-                        meta.kind = SockKind::Stream;
-                    }
-                    self.events.push_back(Event::Connected(StreamId {
-                        peer: index,
-                        handle: h,
-                    }));
-                    true
-                }
-                (SockKind::Stream, _) => true,
+            sock.queued = false;
+            let mut dev = NetDevice {
+                rx: &mut sock.rx,
+                rx_spent: &mut self.rx_spent,
+                mtu: self.mtu,
+                sink: Sink {
+                    tunn: &mut peer.tunn,
+                    send_max: &mut peer.send_max,
+                    endpoint: peer.endpoint,
+                    out: &mut self.out,
+                    pool: &mut self.pool,
+                    scratch: &mut self.scratch,
+                    counters: &mut self.counters,
+                    peer_tx: &mut peer.tx_bytes,
+                    blocked: &mut peer.blocked,
+                },
             };
-            if done {
-                peer.pending.swap_remove(i);
+            peer.iface.poll(ts, &mut dev, &mut sock.set);
+            let stream = StreamId {
+                peer: index,
+                sock: id,
+            };
+            let key = peer.config.public_key;
+            match after_poll(sock, stream, key, now, &mut self.events, &mut peer.owned) {
+                AfterPoll::Reap => {
+                    if let Some(socket) = peer.remove_sock(id, &mut self.pool) {
+                        self.sockpool.put(socket);
+                    }
+                    continue;
+                }
+                AfterPoll::Again => peer.mark_sock(id),
+                AfterPoll::Keep => {}
+            }
+            let Some(sock) = peer.socks.get_mut(&id) else {
+                continue;
+            };
+            // Its next deadline: smoltcp's timers, and our own limits for half-open and
+            // closing sockets.
+            let mut want = peer
+                .iface
+                .poll_at(ts, &sock.set)
+                .map(|t| self.base + Duration::from_micros(t.total_micros().max(0) as u64));
+            let limit = if sock.meta.closing {
+                Some(sock.meta.since + CLOSE_LINGER)
+            } else if sock.meta.kind == SockKind::Listener {
+                Some(sock.meta.since + SYN_RECEIVED_TIMEOUT)
             } else {
-                i += 1;
-            }
-        }
-
-        // Unowned sockets: discard what arrives, reap when closed, reset after lingering.
-        let mut i = 0;
-        let mut again = false;
-        while i < peer.closing.len() {
-            let h = peer.closing[i];
-            let since = peer.meta.get(&h).map_or(now, |m| m.since);
-            let sock = peer.sock(h);
-            let state = sock.state();
-            let reap = match state {
-                tcp::State::TimeWait => true,
-                tcp::State::Closed => sock.local_endpoint().is_none(),
-                _ => false,
+                None
             };
-            if reap {
-                self.sockpool.put(peer.sockets.remove(h));
-                if let Some(meta) = peer.meta.remove(&h) {
-                    if peer.tuples.get(&meta.tuple) == Some(&h) {
-                        peer.tuples.remove(&meta.tuple);
-                        peer.send_max.remove(&meta.tuple);
-                    }
+            if let Some(l) = limit {
+                want = Some(want.map_or(l, |w| w.min(l)));
+            }
+            if let Some(w) = want {
+                if sock.timer.is_none_or(|cur| w < cur) {
+                    sock.timer = Some(w);
+                    peer.timers.push(Reverse((w, id)));
                 }
-                peer.closing.swap_remove(i);
-                continue;
             }
-            if sock.recv_queue() > 0 {
-                if sock.send_queue() == 0 && state != tcp::State::Closed {
-                    // Data for a stream nobody will read, and nothing of ours left to deliver:
-                    // reset it as Linux does, so the sender stops at once.
-                    sock.abort();
-                } else {
-                    let _ = sock.recv(|b| (b.len(), ()));
-                }
-                again = true;
-            }
-            if state != tcp::State::Closed && now.saturating_duration_since(since) >= CLOSE_LINGER {
-                sock.abort();
-                again = true;
-            }
-            if state == tcp::State::Closed {
-                // The RST goes out on the next poll, then the socket is reaped.
-                again = true;
-            }
-            i += 1;
         }
-        if again {
+        self.pool.append(&mut self.rx_spent);
+        dirty.clear();
+        if peer.dirty.is_empty() {
+            peer.dirty = dirty;
+        } else {
             Self::mark_dirty(&mut self.dirty, peer);
-        }
-        peer.poll_at = peer
-            .iface
-            .poll_at(ts, &peer.sockets)
-            .map(|t| self.base + Duration::from_micros(t.total_micros().max(0) as u64));
-    }
-
-    /// Moves a socket to the closing list (no owner any more).
-    fn unown(peer: &mut Peer, h: SocketHandle, now: Instant) {
-        if let Some(meta) = peer.meta.get_mut(&h) {
-            if meta.owned {
-                meta.owned = false;
-                peer.owned = peer.owned.saturating_sub(1);
-            }
-            meta.since = now;
-            if !peer.closing.contains(&h) {
-                peer.closing.push(h);
-            }
         }
     }
 
@@ -1253,8 +1262,8 @@ impl Core {
         }
         let mut t = self.next_tick;
         for peer in self.peers.values() {
-            if let Some(p) = peer.poll_at {
-                t = t.min(p);
+            if let Some(Reverse((p, _))) = peer.timers.peek() {
+                t = t.min(*p);
             }
         }
         if !self.dirty.is_empty() {
@@ -1314,7 +1323,7 @@ impl Core {
                 dst: *dst.ip(),
             });
         }
-        if peer.meta.len() >= MAX_STREAMS_PER_PEER {
+        if peer.socks.len() >= MAX_STREAMS_PER_PEER {
             return Err(TunnelError::TooManyStreams(*peer_key));
         }
         // Sequential from a random start, as Linux does: a port comes back only after the
@@ -1335,40 +1344,47 @@ impl Core {
         socket
             .connect(peer.iface.context(), dst, local)
             .map_err(|e| TunnelError::Io(io::Error::other(format!("tcp connect: {e}"))))?;
-        let h = peer.sockets.add(socket);
-        let key = (port, dst);
-        peer.meta.insert(
-            h,
+        let sock = peer.add_sock(
+            socket,
             SockMeta {
                 kind: SockKind::Connecting,
                 owned: true,
                 write_closed: false,
+                closing: false,
                 read: 0,
-                tuple: key,
+                tuple: (port, dst),
                 since: now,
             },
         );
         peer.owned += 1;
-        peer.tuples.insert(key, h);
-        peer.pending.push(h);
         Self::mark_dirty(&mut self.dirty, peer);
-        Ok((
-            StreamId {
-                peer: index,
-                handle: h,
-            },
-            local,
-        ))
+        Ok((StreamId { peer: index, sock }, local))
     }
 
-    fn stream(&mut self, id: StreamId) -> io::Result<(&mut Peer, &mut Vec<u32>)> {
+    /// An owned stream's socket, with what marking it for a poll needs.
+    fn stream(&mut self, id: StreamId) -> io::Result<StreamRef<'_>> {
         if self.closed {
             return Err(closed_err());
         }
-        match self.peers.get_mut(&id.peer) {
-            Some(peer) if peer.meta.get(&id.handle).is_some_and(|m| m.owned) => {
-                Ok((peer, &mut self.dirty))
-            }
+        let peer = self.peers.get_mut(&id.peer).ok_or_else(reset_err)?;
+        let Peer {
+            socks,
+            owned,
+            dirty,
+            needs_poll,
+            index,
+            ..
+        } = peer;
+        match socks.get_mut(&id.sock) {
+            Some(sock) if sock.meta.owned => Ok(StreamRef {
+                id: id.sock,
+                sock,
+                owned,
+                peer_dirty: dirty,
+                needs_poll,
+                index: *index,
+                core_dirty: &mut self.dirty,
+            }),
             _ => Err(reset_err()),
         }
     }
@@ -1383,11 +1399,11 @@ impl Core {
         if self.closed {
             return Poll::Ready(Err(TunnelError::Closed));
         }
-        let (peer, _) = match self.stream(id) {
-            Ok(p) => p,
+        let stream = match self.stream(id) {
+            Ok(s) => s,
             Err(_) => return Poll::Ready(Err(TunnelError::Refused)),
         };
-        let sock = peer.sock(id.handle);
+        let sock = stream.sock.tcp();
         match sock.state() {
             tcp::State::SynSent | tcp::State::SynReceived => {
                 if let Some(w) = waker {
@@ -1424,12 +1440,14 @@ impl Core {
         waker: Option<&Waker>,
         mut sink: impl FnMut(&[u8]),
     ) -> Poll<io::Result<usize>> {
-        let (peer, dirty) = match self.stream(id) {
-            Ok(p) => p,
+        let mut stream = match self.stream(id) {
+            Ok(s) => s,
             Err(e) => return Poll::Ready(Err(e)),
         };
-        let sock = peer.sockets.get_mut::<tcp::Socket>(id.handle);
-        let meta = peer.meta.get_mut(&id.handle);
+        let Sock {
+            set, handle, meta, ..
+        } = &mut *stream.sock;
+        let sock = set.get_mut::<tcp::Socket>(*handle);
         let queued = sock.recv_queue();
         let capacity = sock.recv_capacity();
         let mut total = 0;
@@ -1469,7 +1487,7 @@ impl Core {
             }
             return Poll::Pending;
         }
-        if let Some(meta) = meta.filter(|m| m.read < QUICKACK_BYTES) {
+        if meta.read < QUICKACK_BYTES {
             meta.read += total;
             if meta.read >= QUICKACK_BYTES {
                 sock.set_ack_delay(Some(smol_dur(ACK_DELAY)));
@@ -1478,7 +1496,7 @@ impl Core {
         // Advertise the reopened window now if it had shrunk to half or less; otherwise it
         // goes out with the next ACK anyway.
         if queued * 2 >= capacity {
-            Self::mark_dirty(dirty, peer);
+            stream.touch();
         }
         Poll::Ready(Ok(total))
     }
@@ -1490,12 +1508,12 @@ impl Core {
         data: &[u8],
         waker: Option<&Waker>,
     ) -> Poll<io::Result<usize>> {
-        let (peer, dirty) = match self.stream(id) {
-            Ok(p) => p,
+        let mut stream = match self.stream(id) {
+            Ok(s) => s,
             Err(e) => return Poll::Ready(Err(e)),
         };
-        let write_closed = peer.meta.get(&id.handle).is_some_and(|m| m.write_closed);
-        let sock = peer.sockets.get_mut::<tcp::Socket>(id.handle);
+        let write_closed = stream.sock.meta.write_closed;
+        let sock = stream.sock.tcp();
         if write_closed {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -1510,7 +1528,7 @@ impl Core {
                 Poll::Pending
             }
             Ok(n) => {
-                Self::mark_dirty(dirty, peer);
+                stream.touch();
                 Poll::Ready(Ok(n))
             }
             Err(tcp::SendError::InvalidState) => match sock.state() {
@@ -1531,11 +1549,11 @@ impl Core {
 
     /// `Ready` once everything queued has been acknowledged by the peer (or the stream is gone).
     pub fn stream_flushed(&mut self, id: StreamId, waker: Option<&Waker>) -> Poll<io::Result<()>> {
-        let (peer, _) = match self.stream(id) {
-            Ok(p) => p,
+        let stream = match self.stream(id) {
+            Ok(s) => s,
             Err(e) => return Poll::Ready(Err(e)),
         };
-        let sock = peer.sock(id.handle);
+        let sock = stream.sock.tcp();
         if sock.send_queue() == 0 || !sock.is_active() {
             return Poll::Ready(Ok(()));
         }
@@ -1547,30 +1565,28 @@ impl Core {
 
     /// Half-close: sends FIN after the queued data; reading continues.
     pub fn stream_shutdown_write(&mut self, id: StreamId) -> io::Result<()> {
-        let (peer, dirty) = self.stream(id)?;
-        if let Some(m) = peer.meta.get_mut(&id.handle) {
-            m.write_closed = true;
-        }
-        peer.sock(id.handle).close();
-        Self::mark_dirty(dirty, peer);
+        let mut stream = self.stream(id)?;
+        stream.sock.meta.write_closed = true;
+        stream.sock.tcp().close();
+        stream.touch();
         Ok(())
     }
 
     /// Releases the stream gracefully (FIN after queued data); the core reaps it later.
     pub fn stream_close(&mut self, id: StreamId, now: Instant) {
-        if let Ok((peer, dirty)) = self.stream(id) {
-            peer.sock(id.handle).close();
-            Self::unown(peer, id.handle, now);
-            Self::mark_dirty(dirty, peer);
+        if let Ok(mut stream) = self.stream(id) {
+            stream.sock.tcp().close();
+            unown(&mut stream.sock.meta, stream.owned, now);
+            stream.touch();
         }
     }
 
     /// Releases the stream with a RST.
     pub fn stream_abort(&mut self, id: StreamId, now: Instant) {
-        if let Ok((peer, dirty)) = self.stream(id) {
-            peer.sock(id.handle).abort();
-            Self::unown(peer, id.handle, now);
-            Self::mark_dirty(dirty, peer);
+        if let Ok(mut stream) = self.stream(id) {
+            stream.sock.tcp().abort();
+            unown(&mut stream.sock.meta, stream.owned, now);
+            stream.touch();
         }
     }
 
@@ -1592,7 +1608,7 @@ impl Core {
     /// Sockets in every netstack, including listeners and streams still closing (diagnostics:
     /// this is what each netstack poll scans).
     pub fn socket_count(&self) -> usize {
-        self.peers.values().map(|p| p.meta.len()).sum()
+        self.peers.values().map(|p| p.socks.len()).sum()
     }
 
     /// Streams owned by callers, all peers together.
@@ -1628,6 +1644,165 @@ impl Core {
             dropped_source: c.dropped_source,
         }
     }
+}
+
+/// An owned stream's socket, borrowed with what marking it for a poll needs.
+struct StreamRef<'a> {
+    id: u64,
+    sock: &'a mut Sock,
+    owned: &'a mut u64,
+    peer_dirty: &'a mut Vec<u64>,
+    needs_poll: &'a mut bool,
+    index: u32,
+    core_dirty: &'a mut Vec<u32>,
+}
+
+impl StreamRef<'_> {
+    /// Queues the socket (and its peer) for the next poll.
+    fn touch(&mut self) {
+        if !self.sock.queued {
+            self.sock.queued = true;
+            self.peer_dirty.push(self.id);
+        }
+        if !*self.needs_poll {
+            *self.needs_poll = true;
+            self.core_dirty.push(self.index);
+        }
+    }
+}
+
+/// What a socket needs after its poll.
+enum AfterPoll {
+    Keep,
+    /// Poll it again (a RST or a window update is due).
+    Again,
+    /// Closed and released: remove it.
+    Reap,
+}
+
+/// Releases a socket from its owner: it finishes its close and is reaped.
+fn unown(meta: &mut SockMeta, owned: &mut u64, now: Instant) {
+    if meta.owned {
+        meta.owned = false;
+        *owned = owned.saturating_sub(1);
+    }
+    meta.since = now;
+    meta.closing = true;
+}
+
+/// State changes of a socket after its poll: listeners that accepted (or failed), outbound
+/// connects that completed (or were refused), and released sockets finishing their close.
+fn after_poll(
+    sock: &mut Sock,
+    stream: StreamId,
+    peer: PublicKey,
+    now: Instant,
+    events: &mut VecDeque<Event>,
+    owned: &mut u64,
+) -> AfterPoll {
+    let Sock {
+        set, handle, meta, ..
+    } = sock;
+    let tcp = set.get_mut::<tcp::Socket>(*handle);
+    match (meta.kind, tcp.state()) {
+        (SockKind::Listener, tcp::State::SynReceived)
+            if now.saturating_duration_since(meta.since) < SYN_RECEIVED_TIMEOUT => {}
+        (SockKind::Listener, tcp::State::Listen | tcp::State::SynReceived | tcp::State::Closed) => {
+            // The SYN was rejected or reset, or the handshake never finished.
+            tcp.abort();
+            unown(meta, owned, now);
+        }
+        (SockKind::Listener, _) => {
+            let local = tcp.local_endpoint().and_then(to_v4);
+            let remote = tcp.remote_endpoint().and_then(to_v4);
+            match (local, remote) {
+                (Some(local), Some(remote)) => {
+                    tcp.set_timeout(Some(smol_dur(TCP_TIMEOUT)));
+                    tcp.set_keep_alive(Some(smol_dur(TCP_KEEPALIVE)));
+                    meta.kind = SockKind::Stream;
+                    meta.owned = true;
+                    *owned += 1;
+                    events.push_back(Event::Accepted {
+                        stream,
+                        peer,
+                        local,
+                        remote,
+                    });
+                }
+                _ => {
+                    tcp.abort();
+                    unown(meta, owned, now);
+                }
+            }
+        }
+        (SockKind::Connecting, tcp::State::SynSent) => {}
+        (SockKind::Connecting, tcp::State::Closed) => {
+            // Reported once; the owner sees Refused from then on.
+            meta.kind = SockKind::Stream;
+            events.push_back(Event::ConnectFailed(stream, ConnectFailure::Refused));
+        }
+        (SockKind::Connecting, _) => {
+            tcp.set_timeout(Some(smol_dur(TCP_TIMEOUT)));
+            tcp.set_keep_alive(Some(smol_dur(TCP_KEEPALIVE)));
+            meta.kind = SockKind::Stream;
+            events.push_back(Event::Connected(stream));
+        }
+        (SockKind::Stream, _) => {}
+    }
+    if !meta.closing {
+        return AfterPoll::Keep;
+    }
+    // Released: discard what arrives, reap when closed, reset after lingering.
+    let state = tcp.state();
+    let reap = match state {
+        tcp::State::TimeWait => true,
+        tcp::State::Closed => tcp.local_endpoint().is_none(),
+        _ => false,
+    };
+    if reap {
+        return AfterPoll::Reap;
+    }
+    let mut again = false;
+    if tcp.recv_queue() > 0 {
+        if tcp.send_queue() == 0 && state != tcp::State::Closed {
+            // Data for a stream nobody will read, and nothing of ours left to deliver: reset
+            // it as Linux does, so the sender stops at once.
+            tcp.abort();
+        } else {
+            let _ = tcp.recv(|b| (b.len(), ()));
+        }
+        again = true;
+    }
+    if state != tcp::State::Closed && now.saturating_duration_since(meta.since) >= CLOSE_LINGER {
+        tcp.abort();
+        again = true;
+    }
+    if state == tcp::State::Closed {
+        // The RST goes out on the next poll, then the socket is reaped.
+        again = true;
+    }
+    if again {
+        AfterPoll::Again
+    } else {
+        AfterPoll::Keep
+    }
+}
+
+/// The flow key (our port, the remote address) of an inbound IPv4 TCP packet that is not a
+/// fragment; other packets belong to no socket.
+fn inbound_flow(packet: &[u8]) -> Option<(u16, SocketAddrV4)> {
+    if packet.len() < 20 || packet[9] != 6 {
+        return None;
+    }
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    let frag = u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff;
+    if ihl < 20 || frag != 0 || packet.len() < ihl + 4 {
+        return None;
+    }
+    let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+    let src_port = u16::from_be_bytes([packet[ihl], packet[ihl + 1]]);
+    let dst_port = u16::from_be_bytes([packet[ihl + 2], packet[ihl + 3]]);
+    Some((dst_port, SocketAddrV4::new(src, src_port)))
 }
 
 fn smol_dur(d: Duration) -> smoltcp::time::Duration {
