@@ -6,6 +6,7 @@
 //! - [`api`]: the REST API (`/api/v1`) operators and the CLI use;
 //! - [`bundle`]: per-node install bundles (bootstrap config, CA, enrollment token, systemd unit);
 //! - [`grpc`] and [`pki`]: enrollment and config streaming to nodes over TLS with control's CA;
+//! - [`acme`] and [`dns`]: certificates for route names (ACME HTTP-01, TLS-ALPN-01, DNS-01);
 //! - [`serve`]: `kokoa-control serve`, which runs the REST API and the gRPC config stream;
 //! - [`cli`]: the operator commands (`origin add`, `route add`, `status`, ...);
 //! - [`dev`]: `kokoa-control dev`, a whole Kokoa on loopback from generated files.

@@ -1,6 +1,9 @@
 //! `kokoa-control serve`: opens the store, loads (or creates) control's CA, and runs the REST
 //! API and the gRPC config stream side by side until SIGTERM or SIGINT.
 //!
+//! With `--acme-directory` it also runs the certificate manager ([`crate::acme`]), which orders
+//! and renews certificates for every route name.
+//!
 //! Startup order is "check everything, then bind": the master key, the data directory, the
 //! database (created and migrated on first start) and the CA are loaded before any port is
 //! bound, so a misconfigured control fails fast with a message naming the problem.
@@ -13,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+use crate::acme::AcmeArgs;
 use crate::api::{self, ApiState, LiveNode, LiveNodes};
 use crate::bundle::BundleSettings;
 use crate::grpc::{GrpcOptions, GrpcServer, NodeRegistry};
@@ -52,6 +56,8 @@ pub struct ServeOptions {
     pub grpc_names: Vec<String>,
     /// The gRPC URL bundles tell nodes; default `https://<first name>:<grpc port>`.
     pub public_url: Option<String>,
+    /// Automatic certificates (ACME) and DNS-01; off without a directory URL.
+    pub acme: AcmeArgs,
 }
 
 impl ServeOptions {
@@ -70,6 +76,7 @@ impl ServeOptions {
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 7443))),
             grpc_names: Vec::new(),
             public_url: None,
+            acme: AcmeArgs::default(),
         }
     }
 }
@@ -191,6 +198,7 @@ pub async fn run(
     let store = store::open(&url, key)
         .await
         .with_context(|| format!("cannot open the store at {url}"))?;
+    let certificates = options.acme.manager(store.clone())?;
     let ca = ControlCa::load_or_create(&options.data_dir)?;
     let names = grpc_names(&options.grpc_names);
     let tls = ca.server_tls(&names)?;
@@ -223,7 +231,9 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let api_task = tokio::spawn(api::serve(api_listener, state, stopped(stop_rx.clone())));
-    let grpc_task = tokio::spawn(grpc.serve(grpc_listener, tls, stopped(stop_rx)));
+    let grpc_task = tokio::spawn(grpc.serve(grpc_listener, tls, stopped(stop_rx.clone())));
+    // The certificate manager is not a server: it ends only on shutdown, so it is awaited then.
+    let acme_task = certificates.map(|manager| tokio::spawn(manager.run(stopped(stop_rx))));
     tracing::info!(%api_addr, %grpc_addr, %control_url, engine = ?store.engine(), "kokoa-control serving");
     eprintln!(
         "kokoa-control: REST API http://{api_addr}/api/v1 (OpenAPI: /api/v1/openapi.json), \
@@ -249,6 +259,9 @@ pub async fn run(
     tracing::info!("shutting down");
     let api_result = api_task.await.context("REST API task panicked")?;
     let grpc_result = grpc_task.await.context("gRPC task panicked")?;
+    if let Some(task) = acme_task {
+        task.await.context("certificate manager task panicked")?;
+    }
     api_result.context("REST API server failed")?;
     grpc_result.context("gRPC server failed")?;
     Ok(())

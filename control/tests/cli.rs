@@ -239,6 +239,25 @@ fn serve_refuses_to_start_without_a_master_key() -> Result<()> {
 }
 
 #[test]
+fn serve_names_a_bad_acme_flag_before_binding() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let output = Command::new(BIN)
+        .args(["serve", "--api", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+        .args(["--acme-directory", "not-a-url", "--data-dir"])
+        .arg(dir.path())
+        .env("KOKOA_MASTER_KEY", master_key())
+        .output()?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--acme-directory"), "{stderr}");
+    assert!(
+        !stderr.contains("REST API http"),
+        "bound before failing: {stderr}"
+    );
+    Ok(())
+}
+
+#[test]
 fn operator_workflow_against_a_running_control() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");

@@ -17,6 +17,7 @@ use hyper::Method;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use crate::acme::AcmeArgs;
 use crate::api::{EdgeView, NodeStatusView, OriginView, RouteView, ServiceView, StatusSummary};
 use crate::dev::{self, DevOptions};
 use crate::serve::{self, ServeOptions};
@@ -140,6 +141,9 @@ pub struct ServeArgs {
     /// The gRPC URL bundles tell nodes, e.g. https://control.example.com:7443.
     #[arg(long)]
     pub public_url: Option<String>,
+    /// Automatic certificates.
+    #[command(flatten)]
+    pub acme: AcmeArgs,
 }
 
 /// `dev` flags.
@@ -415,6 +419,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 grpc: args.grpc,
                 grpc_names: args.grpc_names,
                 public_url: args.public_url,
+                acme: args.acme,
             };
             serve::run(options, kokoa_node::signal::shutdown()).await
         }
