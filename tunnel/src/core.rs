@@ -7,14 +7,13 @@
 //! origins has several isolated stacks: a packet from one peer can only ever reach sockets of
 //! that peer, so forwarding between peers is impossible by construction. Inside a netstack
 //! every socket has a `SocketSet` of its own (`Sock`): the core demultiplexes inbound
-//! packets by 4-tuple and polls only sockets with work, keeping their deadlines in a heap.
+//! packets by 4-tuple and polls only sockets with work, keeping their deadlines in an ordered set.
 //!
 //! boringtun reads its own monotonic clock inside `Tunn` for WireGuard's timers (rekey,
 //! handshake retry, keepalive); those are second-granular protocol timers, so that is accepted:
 //! everything this module schedules (TCP, timer ticks) runs on the time it is given.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -351,7 +350,8 @@ struct Sock {
     rx: VecDeque<Vec<u8>>,
     /// In `Peer::dirty`.
     queued: bool,
-    /// The earliest deadline of this socket in `Peer::timers` (later entries there are stale).
+    /// This socket's entry in `Peer::timers` (at most one; it may be earlier than smoltcp
+    /// needs, which costs one extra poll).
     timer: Option<Instant>,
 }
 
@@ -376,8 +376,9 @@ struct Peer {
     send_max: SendMax,
     /// Sockets with work (packets, stream operations, a due timer) for the next poll.
     dirty: Vec<u64>,
-    /// Socket deadlines (smoltcp timers, linger and SYN-received limits), earliest first.
-    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Socket deadlines (smoltcp timers, linger and SYN-received limits), earliest first; one
+    /// entry per socket at most, removed with the socket.
+    timers: BTreeSet<(Instant, u64)>,
     /// Inbound packets that belong to no socket: smoltcp answers them (RST) from an empty set.
     stray: VecDeque<Vec<u8>>,
     needs_poll: bool,
@@ -436,6 +437,9 @@ impl Peer {
         pool: &mut Vec<Vec<u8>>,
     ) -> Option<smoltcp::socket::Socket<'static>> {
         let mut sock = self.socks.remove(&id)?;
+        if let Some(t) = sock.timer {
+            self.timers.remove(&(t, id));
+        }
         if self.tuples.get(&sock.meta.tuple) == Some(&id) {
             self.tuples.remove(&sock.meta.tuple);
             self.send_max.remove(&sock.meta.tuple);
@@ -629,7 +633,7 @@ impl Core {
             tuples: HashMap::new(),
             send_max: SendMax::default(),
             dirty: Vec::new(),
-            timers: BinaryHeap::new(),
+            timers: BTreeSet::new(),
             stray: VecDeque::new(),
             needs_poll: false,
             blocked: false,
@@ -1072,7 +1076,7 @@ impl Core {
             self.tick_wireguard(now);
         }
         for peer in self.peers.values_mut() {
-            if peer.timers.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+            if peer.timers.first().is_some_and(|(t, _)| *t <= now) {
                 Self::mark_dirty(&mut self.dirty, peer);
             }
         }
@@ -1145,22 +1149,16 @@ impl Core {
             return;
         };
         peer.needs_poll = false;
-        // Due deadlines queue their sockets; an entry that is not its socket's earliest is stale.
-        while let Some(&Reverse((t, id))) = peer.timers.peek() {
+        // Due deadlines queue their sockets.
+        while let Some(&(t, id)) = peer.timers.first() {
             if t > now {
                 break;
             }
-            peer.timers.pop();
-            let due = peer.socks.get_mut(&id).is_some_and(|s| {
-                let due = s.timer == Some(t);
-                if due {
-                    s.timer = None;
-                }
-                due
-            });
-            if due {
-                peer.mark_sock(id);
+            peer.timers.pop_first();
+            if let Some(s) = peer.socks.get_mut(&id) {
+                s.timer = None;
             }
+            peer.mark_sock(id);
         }
         if !peer.stray.is_empty() {
             let mut dev = NetDevice {
@@ -1238,10 +1236,14 @@ impl Core {
             if let Some(l) = limit {
                 want = Some(want.map_or(l, |w| w.min(l)));
             }
+            // A later deadline keeps the earlier entry (one spurious poll, then it moves): most
+            // polls push smoltcp's keep-alive time out, and this saves re-sorting each time.
             if let Some(w) = want {
                 if sock.timer.is_none_or(|cur| w < cur) {
-                    sock.timer = Some(w);
-                    peer.timers.push(Reverse((w, id)));
+                    if let Some(cur) = sock.timer.replace(w) {
+                        peer.timers.remove(&(cur, id));
+                    }
+                    peer.timers.insert((w, id));
                 }
             }
         }
@@ -1262,7 +1264,7 @@ impl Core {
         }
         let mut t = self.next_tick;
         for peer in self.peers.values() {
-            if let Some(Reverse((p, _))) = peer.timers.peek() {
+            if let Some((p, _)) = peer.timers.first() {
                 t = t.min(*p);
             }
         }
