@@ -61,7 +61,7 @@ pub struct StoreArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run control: the REST API and the gRPC config stream.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run an edge, an origin and a sample app on loopback with generated keys and a
     /// self-signed certificate; prints how to reach the app. Ctrl-C stops it.
     Dev(DevArgs),
@@ -410,6 +410,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match command {
         Command::Serve(args) => {
+            let args = *args;
             let options = ServeOptions {
                 data_dir: args.store.data_dir,
                 database: args.store.database,
