@@ -77,6 +77,21 @@ impl EdgeClient {
         })
     }
 
+    /// A client for the edge at `addr` with its own rustls configs for HTTP/1.1 and HTTP/2
+    /// (e.g. trusting an ACME CA's root).
+    pub fn with_configs(
+        addr: SocketAddr,
+        h1: Arc<rustls::ClientConfig>,
+        h2: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        Self {
+            addr,
+            source: None,
+            h1,
+            h2,
+        }
+    }
+
     /// The same client, connecting from `source` (a 127.0.0.0/8 address): the edge sees a
     /// different client address, as it would for many real clients.
     pub fn with_source(&self, source: std::net::IpAddr) -> Self {

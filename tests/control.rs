@@ -34,6 +34,7 @@ pub struct Control {
     pub token: String,
     key_file: PathBuf,
     log_dir: PathBuf,
+    extra_args: Vec<String>,
     process: Option<Process>,
     starts: usize,
 }
@@ -42,6 +43,12 @@ impl Control {
     /// Creates a data directory under `root`, a master key file and an API token (`token
     /// create` on the database, as an operator bootstraps), then starts `serve`.
     pub async fn start(root: &Path) -> anyhow::Result<Self> {
+        Self::start_with(root, Vec::new()).await
+    }
+
+    /// [`Control::start`] with more `serve` flags (e.g. the `--acme-*` ones), kept for every
+    /// [`Control::restart`].
+    pub async fn start_with(root: &Path, extra_args: Vec<String>) -> anyhow::Result<Self> {
         let data_dir = root.join("control-data");
         let key_file = root.join("master.key");
         let mut key = [0u8; 32];
@@ -71,6 +78,7 @@ impl Control {
             token,
             key_file,
             log_dir: root.to_path_buf(),
+            extra_args,
             process: None,
             starts: 0,
         };
@@ -81,7 +89,7 @@ impl Control {
     /// Starts `serve` again on the same addresses and data (after [`Control::kill`]).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.starts += 1;
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "serve".into(),
             "--data-dir".into(),
             self.data_dir.display().to_string(),
@@ -96,6 +104,7 @@ impl Control {
             "--public-url".into(),
             format!("https://{}", self.grpc),
         ];
+        args.extend(self.extra_args.iter().cloned());
         let mut process = Process::spawn(
             &format!("kokoa-control-{}", self.starts),
             &binary("kokoa-control")?,
@@ -256,12 +265,27 @@ impl Node {
 
     /// Starts an edge from a bundle already unpacked in `dir` (see [`Node::edge`]).
     pub async fn edge_from_dir(dir: &Path, ip: IpAddr, tunnel: SocketAddr) -> anyhow::Result<Self> {
+        Self::edge_from_dir_at(dir, ip, tunnel, None).await
+    }
+
+    /// [`Node::edge_from_dir`] with the plain HTTP listener at `http` when given (a port chosen
+    /// before the edge starts, e.g. for an ACME server's HTTP-01 validation port).
+    pub async fn edge_from_dir_at(
+        dir: &Path,
+        ip: IpAddr,
+        tunnel: SocketAddr,
+        http: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
         let config = dir.join("edge.toml");
         let mut table: toml::Table = std::fs::read_to_string(&config)
             .context("reading the bundle's edge.toml")?
             .parse()
             .context("parsing the bundle's edge.toml")?;
-        let (https, http, admin) = (free_tcp(ip)?, free_tcp(ip)?, free_tcp(loopback(1))?);
+        let http = match http {
+            Some(http) => http,
+            None => free_tcp(ip)?,
+        };
+        let (https, admin) = (free_tcp(ip)?, free_tcp(loopback(1))?);
         let edge = section(&mut table, "edge")?;
         edge.insert("https".into(), https.to_string().into());
         edge.insert("http".into(), http.to_string().into());
@@ -375,6 +399,15 @@ fn local_state(table: &mut toml::Table, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How [`Fleet::start_with`] deviates from the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct FleetOptions {
+    /// More `kokoa-control serve` flags (see [`Control::start_with`]).
+    pub control_args: Vec<String>,
+    /// The edge's plain HTTP listener (on [`Fleet::EDGE_IP`]); default: a free port.
+    pub edge_http: Option<SocketAddr>,
+}
+
 /// Control with one edge serving the given origins, a certificate for `*.ctl.test` uploaded
 /// through the API, and every node started from its bundle.
 pub struct Fleet {
@@ -401,8 +434,21 @@ impl Fleet {
         services: &[(&str, &str, u16, SocketAddr)],
         routes: &[(&str, &str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::start_with(origins, services, routes, FleetOptions::default()).await
+    }
+
+    /// The address the edge listens on (HTTPS and plain HTTP).
+    pub const EDGE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
+    /// [`Fleet::start`] with `options`.
+    pub async fn start_with(
+        origins: &[&str],
+        services: &[(&str, &str, u16, SocketAddr)],
+        routes: &[(&str, &str, &str)],
+        options: FleetOptions,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let control = Control::start(dir.path()).await?;
+        let control = Control::start_with(dir.path(), options.control_args).await?;
         let mut origin_ids = Vec::new();
         for name in origins {
             let origin = control
@@ -446,12 +492,15 @@ impl Fleet {
             let node = Node::origin(&control, origin_id, &dir.path().join(name)).await?;
             fleet_origins.push((origin_id.clone(), node));
         }
-        let edge = Node::edge(
-            &control,
-            &edge_id,
-            &dir.path().join("edge1"),
-            loopback(2),
+        let edge_dir = dir.path().join("edge1");
+        control
+            .unpack_bundle(&format!("/edge-nodes/{edge_id}/bundle"), &edge_dir)
+            .await?;
+        let edge = Node::edge_from_dir_at(
+            &edge_dir,
+            IpAddr::V4(Self::EDGE_IP),
             tunnel,
+            options.edge_http,
         )
         .await?;
         let fleet = Self {

@@ -6,6 +6,7 @@
 //! - [`net`]: free loopback ports, admin `/healthz` and `/metrics` probes, [`eventually`].
 //! - [`pki`]: a test CA (rcgen) and rustls client configs that trust it.
 //! - [`config`]: edge and origin TOML files written from typed specs.
+//! - [`acme`]: Pebble and BIND `named` on loopback for the certificate tests.
 //! - [`apps`]: the sample apps (HTTP echo/bytes/upload/stream, WebSocket echo, TCP echo).
 //! - [`client`]: an HTTPS client (HTTP/1.1 or HTTP/2 by ALPN) that dials the edge directly.
 //! - [`control`]: `kokoa-control serve`, its REST API, and nodes started from its bundles.
@@ -20,6 +21,7 @@
 //! wireguard-tools, curl and python3; they are skipped with a reason without them, and fail
 //! instead under `CI=true`.
 
+pub mod acme;
 pub mod apps;
 pub mod client;
 pub mod config;

@@ -1,5 +1,5 @@
 //! The certificate manager against real components: Pebble (Let's Encrypt's test CA) and BIND
-//! (`named`), both started by the test on loopback ports, and an in-process kokoa-edge whose
+//! (`named`), both started on loopback ports by `kokoa_tests::acme`, and an in-process kokoa-edge whose
 //! HTTP and TLS listeners answer the challenges.
 //!
 //! `named` serves `kokoa.test` (every name -> 127.0.0.1) and accepts TSIG-signed RFC 2136
@@ -13,9 +13,7 @@
 //!
 //! Without `pebble` / `named` the tests print `SKIPPED: ...` and pass, except under `CI=true`.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,230 +29,15 @@ use kokoa_control::store::{
 use kokoa_edge::acme::{AcmeChallenges, HttpChallenge, TlsAlpnChallenge};
 use kokoa_edge::sni::CertStore;
 use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio_rustls::TlsConnector;
 
-const DEADLINE: Duration = Duration::from_secs(30);
-const ZONE: &str = "kokoa.test";
-const TSIG_KEY: &str = "kokoa-acme";
+use kokoa_tests::acme::{
+    client_config, free_port, missing_tools, Named, Pebble, DEADLINE, TSIG_KEY, ZONE,
+};
 
 fn actor() -> Actor {
     Actor::Cli
-}
-
-/// `Some(reason)` when the tests cannot run here; panics under `CI=true`.
-fn missing_tools() -> Option<String> {
-    let missing: Vec<&str> = ["pebble", "named"]
-        .into_iter()
-        .filter(|tool| which(tool).is_none())
-        .collect();
-    if missing.is_empty() {
-        return None;
-    }
-    let reason = format!(
-        "{} not installed (Debian: apt-get install pebble bind9)",
-        missing.join(", ")
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true but {reason}");
-    }
-    Some(reason)
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|dir| dir.join(tool))
-        .find(|candidate| candidate.is_file())
-}
-
-/// A free loopback port for both TCP and UDP (named listens on both).
-fn free_port() -> Result<u16> {
-    for _ in 0..50 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        let port = udp.local_addr()?.port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port")
-}
-
-async fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) -> Result<()> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if TcpStream::connect(addr).await.is_ok() {
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("{what} exited before listening: {status}");
-        }
-        if Instant::now() > deadline {
-            bail!("{what} did not listen on {addr}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `named` serving `kokoa.test` with `* A 127.0.0.1` and TSIG-authorized updates.
-struct Named {
-    addr: SocketAddr,
-    secret: String,
-    _child: Child,
-}
-
-async fn start_named(dir: &Path) -> Result<Named> {
-    let port = free_port()?;
-    let secret = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
-    let d = dir.display();
-    std::fs::write(
-        dir.join("named.conf"),
-        format!(
-            r#"options {{
-    directory "{d}";
-    listen-on port {port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    pid-file "{d}/named.pid";
-    session-keyfile "{d}/session.key";
-    recursion no;
-    dnssec-validation no;
-    notify no;
-}};
-controls {{ }};
-key "{TSIG_KEY}" {{ algorithm hmac-sha256; secret "{secret}"; }};
-zone "{ZONE}" {{ type primary; file "{d}/{ZONE}.zone"; allow-update {{ key "{TSIG_KEY}"; }}; }};
-"#
-        ),
-    )?;
-    std::fs::write(
-        dir.join(format!("{ZONE}.zone")),
-        "$TTL 60\n@ IN SOA ns admin 1 60 60 600 60\n@ IN NS ns\nns IN A 127.0.0.1\n\
-         @ IN A 127.0.0.1\n* IN A 127.0.0.1\n",
-    )?;
-    let mut child = Command::new(which("named").context("named")?)
-        .arg("-g")
-        .arg("-c")
-        .arg(dir.join("named.conf"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("named.log"))?)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting named")?;
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_listening(addr, "named", &mut child).await?;
-    Ok(Named {
-        addr,
-        secret,
-        _child: child,
-    })
-}
-
-/// Pebble with its own HTTPS certificate (made here), validating against the edge's ports.
-struct Pebble {
-    directory: String,
-    management: SocketAddr,
-    ca_file: PathBuf,
-    ca: CertificateDer<'static>,
-    _child: Child,
-}
-
-async fn start_pebble(
-    dir: &Path,
-    dns: SocketAddr,
-    http_port: u16,
-    tls_port: u16,
-) -> Result<Pebble> {
-    let ca_key = rcgen::KeyPair::generate()?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::new())?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "pebble test listener CA");
-    let ca = ca_params.self_signed(&ca_key)?;
-    let key = rcgen::KeyPair::generate()?;
-    let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?;
-    let cert = params.signed_by(&key, &ca, &ca_key)?;
-    let ca_file = dir.join("pebble-ca.pem");
-    std::fs::write(&ca_file, ca.pem())?;
-    std::fs::write(dir.join("pebble-cert.pem"), cert.pem())?;
-    std::fs::write(dir.join("pebble-key.pem"), key.serialize_pem())?;
-    let (acme_port, management_port) = (free_port()?, free_port()?);
-    std::fs::write(
-        dir.join("pebble.json"),
-        serde_json::to_string(&serde_json::json!({"pebble": {
-            "listenAddress": format!("127.0.0.1:{acme_port}"),
-            "managementListenAddress": format!("127.0.0.1:{management_port}"),
-            "certificate": dir.join("pebble-cert.pem"),
-            "privateKey": dir.join("pebble-key.pem"),
-            "httpPort": http_port,
-            "tlsPort": tls_port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
-        }}))?,
-    )?;
-    let mut child = Command::new(which("pebble").context("pebble")?)
-        .arg("-config")
-        .arg(dir.join("pebble.json"))
-        .arg("-dnsserver")
-        .arg(dns.to_string())
-        .env("PEBBLE_VA_NOSLEEP", "1")
-        .env("PEBBLE_WFE_NONCEREJECT", "0")
-        // Every order validates afresh, so a renewal exercises the challenges again.
-        .env("PEBBLE_AUTHZREUSE", "0")
-        .stdout(std::fs::File::create(dir.join("pebble.log"))?)
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting pebble")?;
-    let addr: SocketAddr = ([127, 0, 0, 1], acme_port).into();
-    wait_listening(addr, "pebble", &mut child).await?;
-    Ok(Pebble {
-        directory: format!("https://127.0.0.1:{acme_port}/dir"),
-        management: ([127, 0, 0, 1], management_port).into(),
-        ca_file,
-        ca: ca.der().clone(),
-        _child: child,
-    })
-}
-
-fn client_config(root: CertificateDer<'static>, alpn: &[&[u8]]) -> Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(config)
-}
-
-impl Pebble {
-    /// The root that signs this Pebble run's certificates (management API `/roots/0`).
-    async fn root(&self) -> Result<CertificateDer<'static>> {
-        let connector = TlsConnector::from(Arc::new(client_config(self.ca.clone(), &[])?));
-        let stream = TcpStream::connect(self.management).await?;
-        let mut tls = connector
-            .connect(ServerName::try_from("localhost")?, stream)
-            .await?;
-        tls.write_all(b"GET /roots/0 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut response = Vec::new();
-        let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut response)).await?;
-        let text = String::from_utf8_lossy(&response);
-        let pem = text
-            .find("-----BEGIN CERTIFICATE-----")
-            .map(|start| &text[start..])
-            .context("no root in the management API's answer")?;
-        let root = rustls_pemfile::certs(&mut pem.as_bytes())
-            .next()
-            .context("no root PEM")?
-            .context("bad root PEM")?;
-        Ok(root)
-    }
 }
 
 /// An in-process edge plus the task that hands it the store's pending challenges.
@@ -404,10 +187,10 @@ async fn world() -> Result<World> {
         MasterKey::generate(),
     )
     .await?;
-    let named = start_named(dir.path()).await?;
+    let named = Named::start(dir.path(), Ipv4Addr::LOCALHOST).await?;
     let any: SocketAddr = ([127, 0, 0, 1], 0).into();
     let edge = start_edge(store.clone(), "edge-1", any, any).await?;
-    let pebble = start_pebble(dir.path(), named.addr, edge.http.port(), edge.https.port()).await?;
+    let pebble = Pebble::start(dir.path(), named.addr, edge.http.port(), edge.https.port()).await?;
     let origin = store
         .create_origin(
             &actor(),
@@ -502,7 +285,7 @@ impl World {
             kokoa_edge::acme::certified_key(&chain, &key).map_err(anyhow::Error::msg)?;
         (self.edge.set_certificates)(CertStore::from_certified(vec![Arc::new(certified)], None)?);
         let root = self.pebble.root().await?;
-        let connector = TlsConnector::from(Arc::new(client_config(root, &[b"http/1.1"])?));
+        let connector = TlsConnector::from(client_config(root, &[b"http/1.1"])?);
         let stream = TcpStream::connect(self.edge.https).await?;
         let tls = connector
             .connect(ServerName::try_from(sni.to_owned())?, stream)
@@ -832,9 +615,9 @@ async fn http01_end_to_end_through_grpc_and_a_control_mode_edge() -> Result<()> 
         MasterKey::generate(),
     )
     .await?;
-    let named = start_named(dir.path()).await?;
+    let named = Named::start(dir.path(), Ipv4Addr::LOCALHOST).await?;
     let (http_port, https_port) = (free_port()?, free_port()?);
-    let pebble = start_pebble(dir.path(), named.addr, http_port, https_port).await?;
+    let pebble = Pebble::start(dir.path(), named.addr, http_port, https_port).await?;
 
     let ca = kokoa_control::pki::ControlCa::load_or_create(dir.path())?;
     let tls = ca.server_tls(&["localhost".into(), "127.0.0.1".into()])?;
@@ -951,7 +734,7 @@ async fn http01_end_to_end_through_grpc_and_a_control_mode_edge() -> Result<()> 
     assert_eq!(report.issued, [cert.id], "{:?}", cert.last_error);
 
     let root = pebble.root().await?;
-    let connector = TlsConnector::from(Arc::new(client_config(root, &[b"http/1.1"])?));
+    let connector = TlsConnector::from(client_config(root, &[b"http/1.1"])?);
     let deadline = Instant::now() + DEADLINE;
     loop {
         let stream = TcpStream::connect(("127.0.0.1", https_port)).await?;

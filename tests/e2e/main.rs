@@ -2,6 +2,7 @@
 //! WireGuard in network namespaces), with sample apps in this process. One test binary, so the
 //! binaries are located and built once; every test is bounded in time.
 
+mod acme;
 mod bulk;
 mod control;
 mod http;

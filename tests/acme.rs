@@ -1,0 +1,310 @@
+//! ACME in the tests: a real Pebble (Let's Encrypt's test CA) and a real BIND `named`, both
+//! started on loopback ports over a test directory and killed when dropped.
+//!
+//! `named` serves [`ZONE`] (the apex and every name -> one loopback address) and accepts
+//! TSIG-signed RFC 2136 updates with [`TSIG_KEY`]; Pebble resolves names through it
+//! (`-dnsserver`), so its validator reaches an edge for HTTP-01 (`httpPort`) and TLS-ALPN-01
+//! (`tlsPort`) and finds the TXT records for DNS-01.
+//!
+//! Without `pebble` / `named` ([`missing_tools`]) the tests print `SKIPPED: reason` and pass,
+//! except under `CI=true`, where the missing tool is a failure.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use base64::Engine as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_rustls::TlsConnector;
+
+/// How long Pebble and named get to start, and the management API to answer.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+/// The zone `named` serves.
+pub const ZONE: &str = "kokoa.test";
+/// The TSIG key name allowed to update [`ZONE`].
+pub const TSIG_KEY: &str = "kokoa-acme";
+
+/// `Some(reason)` when `pebble` or `named` is not installed (the caller prints `SKIPPED:
+/// reason` and passes); panics under `CI=true`, where the tools must be there.
+pub fn missing_tools() -> Option<String> {
+    missing(&["pebble", "named"])
+}
+
+/// Like [`missing_tools`] for any list of programs (e.g. `nsupdate` for [`Named::point`]).
+pub fn missing(tools: &[&str]) -> Option<String> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|tool| which(tool).is_none())
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let reason = format!(
+        "{} not installed (Debian: apt-get install pebble bind9 bind9-dnsutils)",
+        missing.join(", ")
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but {reason}");
+    }
+    Some(reason)
+}
+
+/// The path of `tool` in `PATH` (or `/usr/sbin`, `/sbin`, where Debian puts `named`).
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A port free on 127.0.0.1 for both TCP and UDP (named listens on both).
+pub fn free_port() -> Result<u16> {
+    for _ in 0..50 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no port free for both TCP and UDP on 127.0.0.1")
+}
+
+async fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) -> Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited before listening: {status} (see its log in the test directory)");
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {addr} within {DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `named` serving [`ZONE`] with the apex and `*` pointing at one address, and TSIG-authorized
+/// RFC 2136 updates.
+pub struct Named {
+    /// Where it listens (TCP and UDP).
+    pub addr: SocketAddr,
+    /// The TSIG secret (base64) of [`TSIG_KEY`], hmac-sha256.
+    pub secret: String,
+    _child: Child,
+}
+
+impl Named {
+    /// Starts `named` over `dir` (config, zone, journal, `named.log`), with every name in
+    /// [`ZONE`] resolving to `address`.
+    pub async fn start(dir: &Path, address: Ipv4Addr) -> Result<Self> {
+        let port = free_port()?;
+        let secret = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+        let d = dir.display();
+        std::fs::write(
+            dir.join("named.conf"),
+            format!(
+                r#"options {{
+    directory "{d}";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    pid-file "{d}/named.pid";
+    session-keyfile "{d}/session.key";
+    recursion no;
+    dnssec-validation no;
+    notify no;
+}};
+controls {{ }};
+key "{TSIG_KEY}" {{ algorithm hmac-sha256; secret "{secret}"; }};
+zone "{ZONE}" {{ type primary; file "{d}/{ZONE}.zone"; allow-update {{ key "{TSIG_KEY}"; }}; }};
+"#
+            ),
+        )?;
+        std::fs::write(
+            dir.join(format!("{ZONE}.zone")),
+            format!(
+                "$TTL 60\n@ IN SOA ns admin 1 60 60 600 60\n@ IN NS ns\nns IN A 127.0.0.1\n\
+                 @ IN A {address}\n* IN A {address}\n"
+            ),
+        )?;
+        let mut child = Command::new(which("named").context("named is not installed")?)
+            .arg("-g")
+            .arg("-c")
+            .arg(dir.join("named.conf"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("named.log"))?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting named")?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_listening(addr, "named", &mut child).await?;
+        Ok(Self {
+            addr,
+            secret,
+            _child: child,
+        })
+    }
+
+    /// Points `name` (in [`ZONE`]) at `address` with an RFC 2136 update sent by `nsupdate`
+    /// (an explicit A record, which takes precedence over the zone's wildcard).
+    pub async fn point(&self, name: &str, address: Ipv4Addr) -> Result<()> {
+        let script = format!(
+            "server {} {}\nzone {ZONE}\nupdate delete {name}. A\nupdate add {name}. 5 A {address}\nsend\n",
+            self.addr.ip(),
+            self.addr.port()
+        );
+        let mut child = Command::new(which("nsupdate").context("nsupdate is not installed")?)
+            .arg("-y")
+            .arg(format!("hmac-sha256:{TSIG_KEY}:{}", self.secret))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nsupdate")?;
+        child
+            .stdin
+            .take()
+            .context("nsupdate stdin")?
+            .write_all(script.as_bytes())
+            .await?;
+        let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+            .await
+            .context("nsupdate did not finish")??;
+        ensure!(
+            output.status.success(),
+            "nsupdate failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+}
+
+/// Pebble with its own HTTPS certificate (made here), validating HTTP-01 on `httpPort` and
+/// TLS-ALPN-01 on `tlsPort` of whatever address [`Named`] gives for a name.
+pub struct Pebble {
+    /// The ACME directory URL.
+    pub directory: String,
+    /// The management API (`/roots/0`: the root that signs issued certificates).
+    pub management: SocketAddr,
+    /// The CA of Pebble's own HTTPS listeners (PEM), for `--acme-ca-file`.
+    pub ca_file: PathBuf,
+    /// The same CA, DER.
+    pub ca: CertificateDer<'static>,
+    _child: Child,
+}
+
+impl Pebble {
+    /// Starts Pebble over `dir` (its certificate, config and `pebble.log`), resolving names
+    /// through `dns` and validating on `http_port` / `tls_port`. Every order validates afresh
+    /// (no authorization reuse), so a renewal exercises the challenges again.
+    pub async fn start(dir: &Path, dns: SocketAddr, http_port: u16, tls_port: u16) -> Result<Self> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "pebble test listener CA");
+        let ca = ca_params.self_signed(&ca_key)?;
+        let key = rcgen::KeyPair::generate()?;
+        let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?;
+        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        let ca_file = dir.join("pebble-ca.pem");
+        std::fs::write(&ca_file, ca.pem())?;
+        std::fs::write(dir.join("pebble-cert.pem"), cert.pem())?;
+        std::fs::write(dir.join("pebble-key.pem"), key.serialize_pem())?;
+        let (acme_port, management_port) = (free_port()?, free_port()?);
+        std::fs::write(
+            dir.join("pebble.json"),
+            serde_json::to_string(&serde_json::json!({"pebble": {
+                "listenAddress": format!("127.0.0.1:{acme_port}"),
+                "managementListenAddress": format!("127.0.0.1:{management_port}"),
+                "certificate": dir.join("pebble-cert.pem"),
+                "privateKey": dir.join("pebble-key.pem"),
+                "httpPort": http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false,
+            }}))?,
+        )?;
+        let mut child = Command::new(which("pebble").context("pebble is not installed")?)
+            .arg("-config")
+            .arg(dir.join("pebble.json"))
+            .arg("-dnsserver")
+            .arg(dns.to_string())
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdout(std::fs::File::create(dir.join("pebble.log"))?)
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting pebble")?;
+        let addr: SocketAddr = ([127, 0, 0, 1], acme_port).into();
+        wait_listening(addr, "pebble", &mut child).await?;
+        Ok(Self {
+            directory: format!("https://127.0.0.1:{acme_port}/dir"),
+            management: ([127, 0, 0, 1], management_port).into(),
+            ca_file,
+            ca: ca.der().clone(),
+            _child: child,
+        })
+    }
+
+    /// The root that signs this Pebble run's certificates (management API `/roots/0`).
+    pub async fn root(&self) -> Result<CertificateDer<'static>> {
+        let connector = TlsConnector::from(client_config(self.ca.clone(), &[])?);
+        let stream = TcpStream::connect(self.management).await?;
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost")?, stream)
+            .await?;
+        tls.write_all(b"GET /roots/0 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        // Pebble may close without a TLS close_notify: what was read is enough.
+        let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut response)).await?;
+        let text = String::from_utf8_lossy(&response);
+        first_pem_certificate(&text).context("no root in the management API's answer")
+    }
+}
+
+/// The first `CERTIFICATE` block of a PEM text, DER.
+pub fn first_pem_certificate(text: &str) -> Result<CertificateDer<'static>> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let start = text.find(BEGIN).context("no BEGIN CERTIFICATE")? + BEGIN.len();
+    let end = start + text[start..].find(END).context("no END CERTIFICATE")?;
+    let body: String = text[start..end]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .context("bad base64 in the PEM certificate")?;
+    Ok(CertificateDer::from(der))
+}
+
+/// A rustls client config trusting only `root` and offering `alpn`.
+pub fn client_config(
+    root: CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).context("trusting the root")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
