@@ -58,6 +58,28 @@ impl Drop for Control {
     }
 }
 
+/// POSTs JSON to the API with a bearer token over a plain HTTP/1.1 connection; the status.
+fn post_json(api: &str, token: &str, path: &str, body: &serde_json::Value) -> Result<u16> {
+    use std::io::{Read as _, Write as _};
+    let addr = api.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {response:?}"))
+}
+
 fn serve(data_dir: &Path, key: &str) -> Result<Control> {
     serve_with(data_dir, key, &[])
 }
@@ -333,6 +355,31 @@ fn operator_workflow_against_a_running_control() -> Result<()> {
 
     let json: serde_json::Value = serde_json::from_str(&run(&["--json", "route", "list"])?)?;
     assert_eq!(json[0]["hostname"], "app.example.com");
+
+    // An uploaded certificate is listed with its names, source, issuer and expiry.
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec!["app.example.com".to_string()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kokoa cli test");
+    let cert = params.self_signed(&key)?;
+    let body = serde_json::json!({"chain_pem": cert.pem(), "key_pem": key.serialize_pem()});
+    let status = post_json(&api, &token, "/api/v1/certificates", &body)?;
+    assert_eq!(status, 201, "certificate upload");
+    let certificates = run(&["certificate", "list"])?;
+    let mut lines = certificates.lines();
+    let header = lines.next().context("header")?;
+    assert!(
+        header.starts_with("NAMES") && header.contains("NOT AFTER"),
+        "{certificates}"
+    );
+    let row = lines.next().context("certificate row")?;
+    assert!(
+        row.starts_with("app.example.com")
+            && row.contains("manual")
+            && row.contains("kokoa cli test"),
+        "{certificates}"
+    );
 
     let origins = run(&["origin", "list"])?;
     assert!(

@@ -95,6 +95,12 @@ pub enum Command {
         #[command(subcommand)]
         command: RouteCommand,
     },
+    /// TLS certificates: ACME-issued and uploaded, with their status.
+    Certificate {
+        /// What to do.
+        #[command(subcommand)]
+        command: CertificateCommand,
+    },
     /// One-time node enrollment tokens.
     NodeToken {
         /// What to do.
@@ -314,6 +320,13 @@ pub enum EdgeCommand {
     },
 }
 
+/// `certificate` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CertificateCommand {
+    /// Every certificate: names, source, issuer, expiry and the last ACME error.
+    List,
+}
+
 /// `route` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum RouteCommand {
@@ -443,6 +456,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service { command } => api()?.service(command).await,
         Command::Edge { command } => api()?.edge(command).await,
         Command::Route { command } => api()?.route(command).await,
+        Command::Certificate { command } => api()?.certificate(command).await,
         Command::NodeToken {
             command:
                 NodeTokenCommand::Create {
@@ -740,6 +754,16 @@ impl Api {
         }
     }
 
+    async fn certificate(&self, command: CertificateCommand) -> anyhow::Result<()> {
+        match command {
+            CertificateCommand::List => {
+                let certificates: Vec<store::Certificate> =
+                    self.client.get("/certificates").await?;
+                self.print(&certificates, |c| certificate_table(c))
+            }
+        }
+    }
+
     async fn node_token(
         &self,
         kind: NodeKind,
@@ -947,6 +971,27 @@ fn route_table(routes: &[RouteView]) -> String {
         })
         .collect();
     table::render(&["HOST", "ALIASES", "ORIGIN", "SERVICE", "PORT"], &rows)
+}
+
+fn certificate_table(certificates: &[store::Certificate]) -> String {
+    let rows: Vec<Vec<String>> = certificates
+        .iter()
+        .map(|c| {
+            vec![
+                c.names.join(","),
+                c.source.as_str().to_owned(),
+                opt(c.issuer.as_deref()),
+                c.not_after
+                    .map(|t| t.date().to_string())
+                    .unwrap_or_else(|| "not issued".into()),
+                opt(c.last_error.as_deref()),
+            ]
+        })
+        .collect();
+    table::render(
+        &["NAMES", "SOURCE", "ISSUER", "NOT AFTER", "LAST ERROR"],
+        &rows,
+    )
 }
 
 fn status_table(nodes: &[NodeStatusView]) -> String {
