@@ -56,7 +56,7 @@ use tokio_rustls::TlsAcceptor;
 pub use crate::config::EdgeConfig;
 use crate::dial::{origin_map, Dialer, TunnelDialer};
 use crate::limit::{ConnectionLimiter, MIN_PRUNE_SPACING, PRUNE_INTERVAL};
-use crate::metrics::{Metrics, TunnelCollector};
+use crate::metrics::{Metrics, PlaceholderCollector, TunnelCollector};
 use crate::pool::Pool;
 use crate::proxy::Proxy;
 use crate::route::RouteTable;
@@ -471,6 +471,9 @@ async fn run_control(config: EdgeConfig, shutdown: impl Future<Output = ()>) -> 
     )));
     registry.register_collector(Box::new(kokoa_node::control::ControlCollector::new(
         client.status(),
+    )));
+    registry.register_collector(Box::new(PlaceholderCollector::new(
+        edge.certificates().clone(),
     )));
     let admin = Admin::new(registry);
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -5,7 +5,9 @@
 //! and bytes) are read from [`Tunnel::stats`] at scrape time by [`TunnelCollector`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use kokoa_tunnel::key::PublicKey;
 use kokoa_tunnel::Tunnel;
 use prometheus_client::collector::Collector;
@@ -16,6 +18,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+
+use crate::sni::CertStore;
 
 /// Labels of connection metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -237,6 +241,39 @@ pub fn status_class(status: http::StatusCode) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+/// `kokoa_edge_certificate_placeholder`: 1 while the edge serves only its self-signed
+/// placeholder (no certificate configured or received from control yet), else 0. Read from the
+/// live certificate store at scrape time.
+pub struct PlaceholderCollector {
+    certificates: Arc<ArcSwap<CertStore>>,
+}
+
+impl PlaceholderCollector {
+    /// Watches `certificates`.
+    pub fn new(certificates: Arc<ArcSwap<CertStore>>) -> Self {
+        Self { certificates }
+    }
+}
+
+impl std::fmt::Debug for PlaceholderCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlaceholderCollector")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for PlaceholderCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "kokoa_edge_certificate_placeholder",
+            "1 while the edge serves only its self-signed placeholder certificate",
+            None,
+            MetricType::Gauge,
+        )?;
+        metric.encode_gauge(&i64::from(self.certificates.load().is_placeholder()))
     }
 }
 

@@ -10,7 +10,7 @@ use kokoa_tests::apps::{hex, pattern_sha256, HttpApp, WsEchoApp};
 use kokoa_tests::client::{request, EdgeClient, Proto};
 use kokoa_tests::control::{id, Fleet, Node};
 use kokoa_tests::eventually;
-use kokoa_tests::net::{free_udp, loopback};
+use kokoa_tests::net::{free_udp, loopback, metric};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use tokio_tungstenite::tungstenite::Message;
@@ -237,6 +237,16 @@ fn wrong_or_revoked_credentials_learn_nothing() {
         })
         .await?;
         edge2.check_running()?;
+        // It says so in its status: only the self-signed placeholder, while the enrolled edge
+        // has control's certificate.
+        ensure!(
+            metric(edge2.admin, "kokoa_edge_certificate_placeholder").await? == Some(1.0),
+            "the refused edge does not report its placeholder certificate"
+        );
+        ensure!(
+            metric(fleet.edge.admin, "kokoa_edge_certificate_placeholder").await? == Some(0.0),
+            "the enrolled edge reports a placeholder"
+        );
         ensure!(
             !dir.join("state").join("snapshot.pb").exists(),
             "a refused edge persisted a snapshot"
