@@ -12,9 +12,11 @@
 //! `idle_timeout` is closed gracefully (HTTP/2 GOAWAY).
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -127,21 +129,23 @@ impl<D: Dialer> HttpsServer<D> {
     async fn connection(self: Arc<Self>, stream: TcpStream, info: ConnectionInfo) {
         let _guard = self.metrics.connection("https");
         let _ = stream.set_nodelay(true);
-        let handshake = tokio::time::timeout(
-            self.limits.tls_handshake_timeout,
-            self.acceptor.accept(stream),
-        );
+        // Boxed, as the HTTP connections below: the task itself stays small, and a parked
+        // HTTP/1.1 connection holds little more than its TLS stream.
+        let timeout = self.limits.tls_handshake_timeout;
+        let accept = self.acceptor.accept(stream);
+        let handshake = Box::pin(async move {
+            Ok::<_, std::io::Error>(Box::new(tokio::time::timeout(timeout, accept).await??))
+        });
         let tls = tokio::select! {
             result = handshake => match result {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
+                Ok(tls) => tls,
+                Err(error) => {
                     self.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    self.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(timeout = ?self.limits.tls_handshake_timeout, "TLS handshake timed out");
+                    if error.kind() == std::io::ErrorKind::TimedOut {
+                        tracing::debug!(?timeout, "TLS handshake timed out");
+                    } else {
+                        tracing::debug!(%error, "TLS handshake failed");
+                    }
                     return;
                 }
             },
@@ -153,26 +157,33 @@ impl<D: Dialer> HttpsServer<D> {
         span.record("sni", session.server_name().unwrap_or(""));
         span.record("alpn", if h2 { "h2" } else { "http/1.1" });
 
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        if !h2 {
+            Box::pin(crate::http1::serve(
+                tls,
+                self.proxy.clone(),
+                info,
+                &self.limits,
+                &self.metrics,
+            ))
+            .await;
+            return;
+        }
+        Box::pin(self.serve_http2(tls, info)).await;
+    }
+
+    async fn serve_http2(
+        &self,
+        tls: Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        info: ConnectionInfo,
+    ) {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.limits.header_read_timeout)
-            .max_buf_size(self.limits.max_header_bytes)
-            .max_headers(self.limits.max_headers);
-        builder
-            .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(self.limits.h2_max_concurrent_streams)
             .max_pending_accept_reset_streams(self.limits.h2_max_pending_reset_streams)
             .max_local_error_reset_streams(self.limits.h2_max_local_error_reset_streams)
             .keep_alive_interval(self.limits.h2_keepalive_interval);
-        let builder = if h2 {
-            builder.http2_only()
-        } else {
-            builder.http1_only()
-        };
         let proxy = self.proxy.clone();
         let service_info = info.clone();
         let service = service_fn(move |request| {
@@ -180,7 +191,7 @@ impl<D: Dialer> HttpsServer<D> {
             let info = service_info.clone();
             async move { Ok::<_, Infallible>(proxy.handle(request, &info).await) }
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+        let connection = Box::pin(builder.serve_connection(TokioIo::new(tls), service));
         serve_until_drained(
             connection,
             &info,
@@ -247,7 +258,7 @@ pub(crate) async fn serve_until_drained<C, E>(
 
 /// A hyper connection that can be asked to finish and close.
 pub(crate) trait GracefulShutdown {
-    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+    fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
 impl<I, S, E> GracefulShutdown for auto::UpgradeableConnection<'_, I, S, E>
@@ -259,8 +270,28 @@ where
     <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
 {
-    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
         auto::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<C: GracefulShutdown + ?Sized> GracefulShutdown for Pin<Box<C>> {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        Pin::into_inner(self).as_mut().graceful_shutdown()
+    }
+}
+
+impl<I, S, E> GracefulShutdown for http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: http_body::Body + Send + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self)
     }
 }
 
@@ -272,7 +303,7 @@ where
     S::ResBody: http_body::Body + 'static,
     <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+    fn graceful_shutdown(self: Pin<&mut Self>) {
         hyper::server::conn::http1::Connection::graceful_shutdown(self)
     }
 }

@@ -29,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod dial;
 pub mod http;
+pub mod http1;
 pub mod https;
 pub mod limit;
 pub mod metrics;

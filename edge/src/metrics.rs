@@ -103,6 +103,8 @@ pub struct Metrics {
     pub body_too_large: Family<HostLabels, Counter>,
     /// Client connections closed for having no request in flight for `idle_timeout`.
     pub idle_closed: Counter,
+    /// HTTP/1.1 client connections parked: idle, holding no HTTP buffers (see `http1`).
+    pub parked: Gauge,
 }
 
 impl Default for Metrics {
@@ -120,6 +122,7 @@ impl Default for Metrics {
             acl_denied: Family::default(),
             body_too_large: Family::default(),
             idle_closed: Counter::default(),
+            parked: Gauge::default(),
         }
     }
 }
@@ -187,6 +190,11 @@ impl Metrics {
             "idle_connections_closed",
             "Client connections closed after idle_timeout with no request in flight",
             self.idle_closed.clone(),
+        );
+        edge.register(
+            "parked_connections",
+            "Idle HTTP/1.1 client connections parked without HTTP buffers until their next request",
+            self.parked.clone(),
         );
     }
 

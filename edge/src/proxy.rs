@@ -39,11 +39,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use kokoa_node::drain::DrainWatch;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{oneshot, watch};
 use tracing::Instrument as _;
 
 use crate::dial::Dialer;
@@ -60,6 +60,70 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// A request body the proxy forwards: hyper's [`hyper::body::Incoming`] or a wrapper around it.
+pub trait RequestBody: Body<Data = Bytes, Error = hyper::Error> + Send + 'static {}
+
+impl<T: Body<Data = Bytes, Error = hyper::Error> + Send + 'static> RequestBody for T {}
+
+/// The client side of an upgraded (WebSocket) connection.
+pub trait UpgradedIo: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> UpgradedIo for T {}
+
+/// Request extension set by a connection that hands its stream over itself once the `101` has
+/// been sent, instead of through hyper's upgrade mechanism (which a connection that parks its
+/// idle state, see [`crate::http1`], cannot use).
+#[derive(Clone, Debug)]
+pub struct UpgradeHandoff(Arc<std::sync::Mutex<Option<oneshot::Receiver<ClientUpgraded>>>>);
+
+/// The client's upgraded stream, as a connection hands it over.
+pub type ClientUpgraded = Box<dyn UpgradedIo>;
+
+type ClientUpgrade =
+    Pin<Box<dyn std::future::Future<Output = Result<ClientUpgraded, BoxError>> + Send>>;
+
+impl UpgradeHandoff {
+    /// A handoff and the sender the connection uses to deliver its stream.
+    pub fn new() -> (oneshot::Sender<ClientUpgraded>, Self) {
+        let (sender, receiver) = oneshot::channel();
+        (
+            sender,
+            Self(Arc::new(std::sync::Mutex::new(Some(receiver)))),
+        )
+    }
+
+    fn take(&self) -> Option<oneshot::Receiver<ClientUpgraded>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for dyn UpgradedIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpgradedIo")
+    }
+}
+
+/// The client's upgraded stream, once the connection has sent the `101`: through the
+/// connection's [`UpgradeHandoff`] when it set one, else through hyper.
+fn client_upgrade<B>(request: &mut Request<B>) -> ClientUpgrade {
+    if let Some(receiver) = request
+        .extensions_mut()
+        .remove::<UpgradeHandoff>()
+        .and_then(|handoff| handoff.take())
+    {
+        return Box::pin(async move {
+            receiver
+                .await
+                .map_err(|_| BoxError::from("the client connection ended before the upgrade"))
+        });
+    }
+    let upgrade = hyper::upgrade::on(request);
+    Box::pin(async move {
+        let upgraded = upgrade.await?;
+        Ok(Box::new(TokioIo::new(upgraded)) as ClientUpgraded)
+    })
+}
 
 /// What a request needs to know about the connection it arrived on.
 #[derive(Clone, Debug)]
@@ -101,9 +165,9 @@ impl<D: Dialer> Proxy<D> {
 
     /// Answers one request. Never fails: every error becomes a short error page (and a log
     /// line for upstream failures).
-    pub async fn handle(
+    pub async fn handle<B: RequestBody>(
         &self,
-        request: Request<Incoming>,
+        request: Request<B>,
         connection: &ConnectionInfo,
     ) -> Response<ProxyBody> {
         let raw_host = request_host(&request);
@@ -169,9 +233,9 @@ impl<D: Dialer> Proxy<D> {
             .clone()
     }
 
-    async fn forward(
+    async fn forward<B: RequestBody>(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<B>,
         raw_host: Option<String>,
         connection: &ConnectionInfo,
         log: &mut AccessLog,
@@ -203,7 +267,7 @@ impl<D: Dialer> Proxy<D> {
         }
 
         let websocket = is_websocket_upgrade(&request);
-        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut request));
+        let client_upgrade = websocket.then(|| client_upgrade(&mut request));
         let upstream =
             match self.upstream_request(request, &raw_host, &route, connection, websocket) {
                 Ok(upstream) => upstream,
@@ -247,6 +311,10 @@ impl<D: Dialer> Proxy<D> {
         if let Some(client_upgrade) = client_upgrade {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let origin_upgrade = hyper::upgrade::on(&mut response);
+                let origin_upgrade = async move {
+                    let upgraded = origin_upgrade.await?;
+                    Ok::<_, BoxError>(TokioIo::new(upgraded))
+                };
                 let drain = connection.drain.clone();
                 let mut abort = connection.abort.clone();
                 let span =
@@ -260,8 +328,7 @@ impl<D: Dialer> Proxy<D> {
                                 return;
                             }
                         };
-                        let mut client = TokioIo::new(client);
-                        let mut origin = TokioIo::new(origin);
+                        let (mut client, mut origin) = (client, origin);
                         tokio::select! {
                             result = tokio::io::copy_bidirectional(&mut client, &mut origin) => match result {
                                 Ok((up, down)) => tracing::debug!(up, down, "websocket closed"),
@@ -288,9 +355,9 @@ impl<D: Dialer> Proxy<D> {
     }
 
     /// The refusal for a request the route does not admit, or `None` to go ahead.
-    fn admit(
+    fn admit<B: RequestBody>(
         &self,
-        request: &Request<Incoming>,
+        request: &Request<B>,
         route: &Route,
         connection: &ConnectionInfo,
     ) -> Option<Response<ProxyBody>> {
@@ -352,9 +419,9 @@ impl<D: Dialer> Proxy<D> {
         None
     }
 
-    fn upstream_request(
+    fn upstream_request<B: RequestBody>(
         &self,
-        request: Request<Incoming>,
+        request: Request<B>,
         raw_host: &str,
         route: &Route,
         connection: &ConnectionInfo,
@@ -415,7 +482,7 @@ pub fn request_host<B>(request: &Request<B>) -> Option<String> {
     host.filter(|h| !h.is_empty())
 }
 
-fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+pub(crate) fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()

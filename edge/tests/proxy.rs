@@ -752,3 +752,191 @@ async fn shutdown_drains_in_flight_requests() {
         "still accepting after shutdown"
     );
 }
+
+/// Reads from `stream` until `count` whole HTTP/1.1 responses (with `content-length` bodies)
+/// have arrived; returns them. Fails on EOF or after [`DEADLINE`].
+async fn read_responses(stream: &mut TlsStream<TcpStream>, count: usize) -> Vec<String> {
+    let mut buffer = Vec::new();
+    let mut responses = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while responses.len() < count {
+        // Parse what has arrived.
+        let text = String::from_utf8_lossy(&buffer).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .expect("responses carry content-length");
+            if buffer.len() >= end + 4 + length {
+                let whole: Vec<u8> = buffer.drain(..end + 4 + length).collect();
+                responses.push(String::from_utf8_lossy(&whole).into_owned());
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("responses arrive in time")
+            .unwrap();
+        assert!(n > 0, "connection closed after {responses:?}");
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+    responses
+}
+
+/// Waits until `kokoa_edge_parked_connections` reads `expected`.
+async fn parked(edge: &Harness, expected: i64, step: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while edge.metrics.parked.get() != expected {
+        assert!(
+            Instant::now() < deadline,
+            "{step}: parked connections: {} (waiting for {expected})",
+            edge.metrics.parked.get()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_park_and_serve_their_next_requests() {
+    let home = app("home").await;
+    let edge = edge(home.addr.port(), 1, 1, false).await;
+    let mut stream = tls(edge.https, Some("app.test"), &[b"http/1.1"])
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_responses(&mut stream, 1).await;
+    assert!(first[0].starts_with("HTTP/1.1 200"), "{first:?}");
+    assert!(first[0].contains("path=/first"), "{first:?}");
+    assert!(!first[0].to_ascii_lowercase().contains("connection: close"));
+
+    // Idle: the connection is parked, and still the same connection serves the next request.
+    parked(&edge, 1, "step 1").await;
+    stream
+        .write_all(b"GET /second HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_responses(&mut stream, 1).await;
+    assert!(second[0].contains("path=/second"), "{second:?}");
+
+    // Parked again; two pipelined requests and the start of a third arrive in one write, the
+    // rest of the third after another idle spell (parked with the partial head kept).
+    parked(&edge, 1, "step 2").await;
+    stream
+        .write_all(
+            b"GET /third HTTP/1.1\r\nHost: app.test\r\n\r\n\
+              GET /fourth HTTP/1.1\r\nHost: app.test\r\n\r\n\
+              GET /fifth HTTP/1.1\r\nHo",
+        )
+        .await
+        .unwrap();
+    let both = read_responses(&mut stream, 2).await;
+    assert!(both[0].contains("path=/third"), "{both:?}");
+    assert!(both[1].contains("path=/fourth"), "{both:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stream.write_all(b"st: app.test\r\n\r\n").await.unwrap();
+    let fifth = read_responses(&mut stream, 1).await;
+    assert!(fifth[0].contains("path=/fifth"), "{fifth:?}");
+    assert!(fifth[0].contains("host: app.test"), "{fifth:?}");
+
+    // One connection served all five requests.
+    assert_eq!(home.connections.load(Ordering::SeqCst), 1);
+
+    // Draining closes a parked connection politely (TLS close_notify: a clean EOF).
+    parked(&edge, 1, "step 3").await;
+    let stop = tokio::spawn(edge.stop());
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest))
+        .await
+        .expect("the parked connection is closed when draining");
+    assert_eq!(read.unwrap(), 0);
+    stop.await.unwrap();
+}
+
+#[tokio::test]
+async fn unread_request_body_is_never_parsed_as_a_request() {
+    let home = app("home").await;
+    let edge = edge(home.addr.port(), 1, 1, false).await;
+    let mut stream = tls(edge.https, Some("app.test"), &[b"http/1.1"])
+        .await
+        .unwrap();
+    // A request for an unknown host is answered 404 without reading its body; the body,
+    // sent after the answer, holds a request of its own.
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: {}\r\n\r\n",
+        smuggled.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let refused = read_responses(&mut stream, 1).await;
+    assert!(refused[0].starts_with("HTTP/1.1 404"), "{refused:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let _ = stream.write_all(smuggled).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest))
+        .await
+        .expect("the connection is closed");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("smuggled"), "{rest}");
+    assert_eq!(home.connections.load(Ordering::SeqCst), 0, "{rest}");
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_upgrade_on_a_parked_keep_alive_connection() {
+    let home = app("home").await;
+    let edge = edge(home.addr.port(), 1, 1, false).await;
+    let mut stream = tls(edge.https, Some("app.test"), &[b"http/1.1"])
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    read_responses(&mut stream, 1).await;
+    parked(&edge, 1, "step 4").await;
+    let (mut ws, response) = tokio_tungstenite::client_async("wss://app.test/ws", stream)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    parked(&edge, 0, "step 5").await;
+    ws.send(Message::text("after a park")).await.unwrap();
+    let echoed = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, Message::text("after a park"));
+    ws.close(None).await.unwrap();
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn connection_close_is_honoured_after_the_response() {
+    let home = app("home").await;
+    let edge = edge(home.addr.port(), 1, 1, false).await;
+    let mut stream = tls(edge.https, Some("app.test"), &[b"http/1.1"])
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /only HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut all))
+        .await
+        .expect("the edge closes the connection")
+        .unwrap();
+    let all = String::from_utf8_lossy(&all);
+    assert!(all.starts_with("HTTP/1.1 200"), "{all}");
+    assert!(all.contains("path=/only"), "{all}");
+    assert_eq!(edge.metrics.parked.get(), 0);
+    edge.stop().await;
+}
