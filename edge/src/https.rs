@@ -4,11 +4,11 @@
 //! Protection of the listener, cheapest first: a connection over the per-client or global cap
 //! is closed right after `accept()` (before any TLS work); the TLS handshake has a deadline
 //! (`tls_handshake_timeout`); an HTTP/1 request head must arrive within `header_read_timeout`
-//! (slowloris), counted from when the connection starts waiting for a head, so it also bounds
-//! how long an HTTP/1 keep-alive connection may sit idle; heads over `max_header_bytes` or
-//! `max_headers` fields get 431 from hyper. HTTP/2 is bounded by `max_concurrent_streams`, the
-//! header list size (431), the reset-flood limits (GOAWAY when a client keeps resetting
-//! streams: CVE-2023-44487) and keep-alive PINGs. Any connection with no request in flight for
+//! (slowloris), counted from its first byte, or from the connection's start for the first one
+//! (idle HTTP/1.1 keep-alive connections are parked, see [`crate::http1`]); heads over
+//! `max_header_bytes` or `max_headers` fields get 431 from hyper. HTTP/2 is bounded by
+//! `max_concurrent_streams`, the header list size (431), the reset-flood limits (GOAWAY when a
+//! client keeps resetting streams: CVE-2023-44487) and keep-alive PINGs. Any connection with no request in flight for
 //! `idle_timeout` is closed gracefully (HTTP/2 GOAWAY).
 
 use std::convert::Infallible;
