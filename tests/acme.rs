@@ -107,13 +107,17 @@ impl Named {
     /// Starts `named` over `dir` (config, zone, journal, `named.log`), with every name in
     /// [`ZONE`] resolving to `address`.
     pub async fn start(dir: &Path, address: Ipv4Addr) -> Result<Self> {
-        let port = free_port()?;
         let secret = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
         let d = dir.display();
-        std::fs::write(
-            dir.join("named.conf"),
-            format!(
-                r#"options {{
+        // As for Pebble: the free port may be taken before named binds it; retry with another.
+        let mut attempt = 0;
+        let (child, addr) = loop {
+            attempt += 1;
+            let port = free_port()?;
+            std::fs::write(
+                dir.join("named.conf"),
+                format!(
+                    r#"options {{
     directory "{d}";
     listen-on port {port} {{ 127.0.0.1; }};
     listen-on-v6 {{ none; }};
@@ -127,26 +131,33 @@ controls {{ }};
 key "{TSIG_KEY}" {{ algorithm hmac-sha256; secret "{secret}"; }};
 zone "{ZONE}" {{ type primary; file "{d}/{ZONE}.zone"; allow-update {{ key "{TSIG_KEY}"; }}; }};
 "#
-            ),
-        )?;
-        std::fs::write(
-            dir.join(format!("{ZONE}.zone")),
-            format!(
-                "$TTL 60\n@ IN SOA ns admin 1 60 60 600 60\n@ IN NS ns\nns IN A 127.0.0.1\n\
+                ),
+            )?;
+            std::fs::write(
+                dir.join(format!("{ZONE}.zone")),
+                format!(
+                    "$TTL 60\n@ IN SOA ns admin 1 60 60 600 60\n@ IN NS ns\nns IN A 127.0.0.1\n\
                  @ IN A {address}\n* IN A {address}\n"
-            ),
-        )?;
-        let mut child = Command::new(which("named").context("named is not installed")?)
-            .arg("-g")
-            .arg("-c")
-            .arg(dir.join("named.conf"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("named.log"))?)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting named")?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_listening(addr, "named", &mut child).await?;
+                ),
+            )?;
+            let mut child = Command::new(which("named").context("named is not installed")?)
+                .arg("-g")
+                .arg("-c")
+                .arg(dir.join("named.conf"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("named.log"))?)
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting named")?;
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            match wait_listening(addr, "named", &mut child).await {
+                Ok(()) => break (child, addr),
+                Err(error) if attempt < 3 && child.try_wait()?.is_some() => {
+                    eprintln!("named did not start ({error}), retrying with another port");
+                }
+                Err(error) => return Err(error),
+            }
+        };
         Ok(Self {
             addr,
             secret,
@@ -222,35 +233,56 @@ impl Pebble {
         std::fs::write(&ca_file, ca.pem())?;
         std::fs::write(dir.join("pebble-cert.pem"), cert.pem())?;
         std::fs::write(dir.join("pebble-key.pem"), key.serialize_pem())?;
-        let (acme_port, management_port) = (free_port()?, free_port()?);
-        std::fs::write(
-            dir.join("pebble.json"),
-            serde_json::to_string(&serde_json::json!({"pebble": {
-                "listenAddress": format!("127.0.0.1:{acme_port}"),
-                "managementListenAddress": format!("127.0.0.1:{management_port}"),
-                "certificate": dir.join("pebble-cert.pem"),
-                "privateKey": dir.join("pebble-key.pem"),
-                "httpPort": http_port,
-                "tlsPort": tls_port,
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": false,
-            }}))?,
-        )?;
-        let mut child = Command::new(which("pebble").context("pebble is not installed")?)
-            .arg("-config")
-            .arg(dir.join("pebble.json"))
-            .arg("-dnsserver")
-            .arg(dns.to_string())
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .env("PEBBLE_AUTHZREUSE", "0")
-            .stdout(std::fs::File::create(dir.join("pebble.log"))?)
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting pebble")?;
-        let addr: SocketAddr = ([127, 0, 0, 1], acme_port).into();
-        wait_listening(addr, "pebble", &mut child).await?;
+        // Ports are picked free and then bound by pebble: another process or test may take one
+        // in between (an outgoing connection's ephemeral port), so a start that fails before
+        // listening is retried with fresh ports.
+        let mut attempt = 0;
+        let (child, acme_port, management_port) = loop {
+            attempt += 1;
+            let acme_port = free_port()?;
+            let management_port = loop {
+                let port = free_port()?;
+                if port != acme_port {
+                    break port;
+                }
+            };
+            std::fs::write(
+                dir.join("pebble.json"),
+                serde_json::to_string(&serde_json::json!({"pebble": {
+                    "listenAddress": format!("127.0.0.1:{acme_port}"),
+                    "managementListenAddress": format!("127.0.0.1:{management_port}"),
+                    "certificate": dir.join("pebble-cert.pem"),
+                    "privateKey": dir.join("pebble-key.pem"),
+                    "httpPort": http_port,
+                    "tlsPort": tls_port,
+                    "ocspResponderURL": "",
+                    "externalAccountBindingRequired": false,
+                }}))?,
+            )?;
+            let log = std::fs::File::create(dir.join("pebble.log"))?;
+            let mut child = Command::new(which("pebble").context("pebble is not installed")?)
+                .arg("-config")
+                .arg(dir.join("pebble.json"))
+                .arg("-dnsserver")
+                .arg(dns.to_string())
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .env("PEBBLE_AUTHZREUSE", "0")
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting pebble")?;
+            let addr: SocketAddr = ([127, 0, 0, 1], acme_port).into();
+            match wait_listening(addr, "pebble", &mut child).await {
+                Ok(()) => break (child, acme_port, management_port),
+                Err(error) if attempt < 3 && child.try_wait()?.is_some() => {
+                    let log = std::fs::read_to_string(dir.join("pebble.log")).unwrap_or_default();
+                    eprintln!("pebble did not start ({error}), retrying with other ports: {log}");
+                }
+                Err(error) => return Err(error),
+            }
+        };
         Ok(Self {
             directory: format!("https://127.0.0.1:{acme_port}/dir"),
             management: ([127, 0, 0, 1], management_port).into(),
