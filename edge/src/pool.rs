@@ -24,6 +24,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::dial::{DialError, Dialer};
 use crate::metrics::{DialLabels, Metrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// Boxed error of proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -47,14 +49,15 @@ pub fn service_uri(origin: &str, port: u16, path_and_query: &str) -> Result<Uri,
 /// A tower `Service<Uri>` that opens connections with a [`Dialer`] for hyper's pool.
 pub struct Connector<D> {
     dialer: Arc<D>,
-    metrics: Metrics,
+    // Only this family, not all of `Metrics`: hyper's pool clones the connector per request.
+    dial_errors: Family<DialLabels, Counter>,
 }
 
 impl<D> Clone for Connector<D> {
     fn clone(&self) -> Self {
         Self {
             dialer: self.dialer.clone(),
-            metrics: self.metrics.clone(),
+            dial_errors: self.dial_errors.clone(),
         }
     }
 }
@@ -70,15 +73,14 @@ impl<D: Dialer> tower_service::Service<Uri> for Connector<D> {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let dialer = self.dialer.clone();
-        let metrics = self.metrics.clone();
+        let dial_errors = self.dial_errors.clone();
         Box::pin(async move {
             let origin = uri.host().unwrap_or_default().to_owned();
             let port = uri.port_u16().unwrap_or(80);
             match dialer.dial(&origin, port).await {
                 Ok(stream) => Ok(TokioIo::new(Upstream(stream))),
                 Err(error) => {
-                    metrics
-                        .dial_errors
+                    dial_errors
                         .get_or_create(&DialLabels {
                             origin,
                             reason: error.reason(),
@@ -164,7 +166,10 @@ impl<D: Dialer> Pool<D> {
             .pool_max_idle_per_host(max_idle)
             // The proxy sets Host to the client's host; the URI's authority is only a pool key.
             .set_host(false)
-            .build(Connector { dialer, metrics });
+            .build(Connector {
+                dialer,
+                dial_errors: metrics.dial_errors.clone(),
+            });
         Self { client }
     }
 
