@@ -788,6 +788,13 @@ async fn read_responses(stream: &mut TlsStream<TcpStream>, count: usize) -> Vec<
     responses
 }
 
+/// A TLS connection to the edge for `app.test`, speaking HTTP/1.1.
+async fn h1(edge: &Harness) -> TlsStream<TcpStream> {
+    tls(edge.https, Some("app.test"), &[b"http/1.1"])
+        .await
+        .unwrap()
+}
+
 /// Waits until `kokoa_edge_parked_connections` reads `expected`.
 async fn parked(edge: &Harness, expected: i64, step: &str) {
     let deadline = Instant::now() + DEADLINE;
@@ -805,9 +812,7 @@ async fn parked(edge: &Harness, expected: i64, step: &str) {
 async fn idle_keep_alive_connections_park_and_serve_their_next_requests() {
     let home = app("home").await;
     let edge = edge(home.addr.port(), 1, 1, false).await;
-    let mut stream = tls(edge.https, Some("app.test"), &[b"http/1.1"])
-        .await
-        .unwrap();
+    let mut stream = h1(&edge).await;
     stream
         .write_all(b"GET /first HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await
@@ -818,7 +823,7 @@ async fn idle_keep_alive_connections_park_and_serve_their_next_requests() {
     assert!(!first[0].to_ascii_lowercase().contains("connection: close"));
 
     // Idle: the connection is parked, and still the same connection serves the next request.
-    parked(&edge, 1, "step 1").await;
+    parked(&edge, 1, "after /first").await;
     stream
         .write_all(b"GET /second HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await
@@ -828,7 +833,7 @@ async fn idle_keep_alive_connections_park_and_serve_their_next_requests() {
 
     // Parked again; two pipelined requests and the start of a third arrive in one write, the
     // rest of the third after another idle spell (parked with the partial head kept).
-    parked(&edge, 1, "step 2").await;
+    parked(&edge, 1, "after /second").await;
     stream
         .write_all(
             b"GET /third HTTP/1.1\r\nHost: app.test\r\n\r\n\
@@ -850,7 +855,7 @@ async fn idle_keep_alive_connections_park_and_serve_their_next_requests() {
     assert_eq!(home.connections.load(Ordering::SeqCst), 1);
 
     // Draining closes a parked connection politely (TLS close_notify: a clean EOF).
-    parked(&edge, 1, "step 3").await;
+    parked(&edge, 1, "before draining").await;
     let stop = tokio::spawn(edge.stop());
     let mut rest = Vec::new();
     let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut rest))
@@ -864,9 +869,7 @@ async fn idle_keep_alive_connections_park_and_serve_their_next_requests() {
 async fn unread_request_body_is_never_parsed_as_a_request() {
     let home = app("home").await;
     let edge = edge(home.addr.port(), 1, 1, false).await;
-    let mut stream = tls(edge.https, Some("app.test"), &[b"http/1.1"])
-        .await
-        .unwrap();
+    let mut stream = h1(&edge).await;
     // A request for an unknown host is answered 404 without reading its body; the body,
     // sent after the answer, holds a request of its own.
     let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n";
@@ -893,20 +896,18 @@ async fn unread_request_body_is_never_parsed_as_a_request() {
 async fn websocket_upgrade_on_a_parked_keep_alive_connection() {
     let home = app("home").await;
     let edge = edge(home.addr.port(), 1, 1, false).await;
-    let mut stream = tls(edge.https, Some("app.test"), &[b"http/1.1"])
-        .await
-        .unwrap();
+    let mut stream = h1(&edge).await;
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
         .await
         .unwrap();
     read_responses(&mut stream, 1).await;
-    parked(&edge, 1, "step 4").await;
+    parked(&edge, 1, "after the GET").await;
     let (mut ws, response) = tokio_tungstenite::client_async("wss://app.test/ws", stream)
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    parked(&edge, 0, "step 5").await;
+    parked(&edge, 0, "after the upgrade").await;
     ws.send(Message::text("after a park")).await.unwrap();
     let echoed = tokio::time::timeout(DEADLINE, ws.next())
         .await
@@ -922,9 +923,7 @@ async fn websocket_upgrade_on_a_parked_keep_alive_connection() {
 async fn connection_close_is_honoured_after_the_response() {
     let home = app("home").await;
     let edge = edge(home.addr.port(), 1, 1, false).await;
-    let mut stream = tls(edge.https, Some("app.test"), &[b"http/1.1"])
-        .await
-        .unwrap();
+    let mut stream = h1(&edge).await;
     stream
         .write_all(b"GET /only HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
         .await
