@@ -52,6 +52,9 @@ use crate::metrics::{status_class, ByteLabels, Metrics, RequestLabels};
 use crate::pool::{dial_error, service_uri, BoxError, Pool, ProxyBody};
 use crate::route::{Route, RouteTable};
 
+/// The route label of requests no route matched.
+const UNROUTED: &str = "unrouted";
+
 /// Target of the access log lines (one per request, at `info`).
 pub const ACCESS_LOG_TARGET: &str = "kokoa_edge::access";
 
@@ -177,15 +180,24 @@ impl<D: Dialer> Proxy<D> {
             host = raw_host.as_deref().unwrap_or(""),
             path = request.uri().path(),
         );
+        // The line's strings are only copied when access logging is on.
+        let logged = tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO);
         let mut log = AccessLog {
             client: connection.client,
-            host: raw_host.clone().unwrap_or_default(),
+            host: if logged {
+                raw_host.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
             method: request.method().clone(),
-            path: request.uri().path().to_owned(),
+            path: if logged {
+                request.uri().path().to_owned()
+            } else {
+                String::new()
+            },
             status: StatusCode::OK,
             bytes: 0,
-            origin: String::new(),
-            route: "unrouted".to_owned(),
+            route: None,
             start: Instant::now(),
             duration: self.metrics.request_duration.clone(),
             quiet: false,
@@ -204,14 +216,18 @@ impl<D: Dialer> Proxy<D> {
                 .await
         };
         log.status = response.status();
+        let route_host = log
+            .route
+            .as_ref()
+            .map_or(UNROUTED, |route| route.host.as_str());
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
-                host: log.route.clone(),
+                host: route_host.to_owned(),
                 class: status_class(log.status),
             })
             .inc();
-        let counter = self.bytes_counter(&log.route, "out");
+        let counter = self.bytes_counter(route_host, "out");
         response.map(|body| {
             Metered {
                 inner: body,
@@ -254,8 +270,7 @@ impl<D: Dialer> Proxy<D> {
             );
         };
         drop(routes);
-        log.origin = route.origin.clone();
-        log.route = route.host.clone();
+        log.route = Some(route.clone());
 
         // Admission: the route is known and nothing has been sent upstream yet.
         if let Some(refusal) = self.admit(&request, &route, connection) {
@@ -606,8 +621,8 @@ struct AccessLog {
     path: String,
     status: StatusCode,
     bytes: u64,
-    origin: String,
-    route: String,
+    /// `None` until the host is routed.
+    route: Option<Arc<Route>>,
     start: Instant,
     duration: prometheus_client::metrics::histogram::Histogram,
     /// Refused by admission (403, 429): counted and sample-logged instead, so that a flood of
@@ -631,7 +646,7 @@ impl Drop for AccessLog {
             status = self.status.as_u16(),
             bytes = self.bytes,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            origin = %self.origin,
+            origin = %self.route.as_ref().map_or("", |route| route.origin.as_str()),
             "request"
         );
     }

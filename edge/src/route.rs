@@ -125,7 +125,7 @@ impl RouteTable {
 
     /// The route for a `Host` header or `:authority` value. The port, a trailing dot and
     /// letter case are ignored. `None` if no route matches.
-    pub fn lookup(&self, host: &str) -> Option<&Route> {
+    pub fn lookup(&self, host: &str) -> Option<&Arc<Route>> {
         let name = normalize_host(host)?;
         if let Some(route) = self.exact.get(&name) {
             return Some(route);
@@ -134,7 +134,7 @@ impl RouteTable {
         if label.is_empty() {
             return None;
         }
-        self.wildcard.get(domain).map(|route| &**route)
+        self.wildcard.get(domain)
     }
 
     /// The key slots shared by this table's rate limiters.

@@ -66,6 +66,36 @@ fn two_hosts_two_origins_h1_h2_headers_404_and_stopped_app() {
             );
         }
 
+        // One access line per request (at `info`, the tests' default log level), naming the
+        // host, path, status and the origin that served it.
+        // The line is written when the response body has been handed over, which can be just
+        // after the client has it: wait for it briefly.
+        let wanted: [&[&str]; 3] = [
+            &[
+                "host=alpha.test",
+                "path=/echo/path",
+                "status=200",
+                "origin=home",
+            ],
+            &["host=beta.test", "status=200", "origin=lab"],
+            &["host=nobody.test", "status=404"],
+        ];
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let logs = topology.edge.process.logs();
+            let missing = wanted.iter().find(|needles| {
+                !logs.lines().any(|line| {
+                    line.contains("kokoa_edge::access") && needles.iter().all(|n| line.contains(n))
+                })
+            });
+            let Some(needles) = missing else { break };
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "no access line with {needles:?}:\n{logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
         // The plain HTTP listener sends clients to HTTPS, keeping path and query.
         let mut plain = tokio::net::TcpStream::connect(topology.edge.spec.http).await?;
         tokio::io::AsyncWriteExt::write_all(
