@@ -22,7 +22,8 @@
 //! tick, and never a scan of every socket, so idle streams cost nothing per packet); outbound IP packets are encrypted straight into recycled datagram buffers; the driver
 //! moves UDP in batches (quinn-udp: `recvmmsg` with GRO in, GSO trains of equal-size
 //! datagrams out, falling back to one datagram per call where the kernel lacks them) and polls
-//! the netstacks once per batch, so ACKs are coalesced; closed sockets are reaped at once
+//! the netstacks once per batch, so ACKs are coalesced; woken by a stream's write, it first
+//! lets the other ready tasks run, so that many streams' writes leave in one batch; closed sockets are reaped at once
 //! (TIME-WAIT is not kept) and recycled with their buffers. Known limit: one `Mutex` around
 //! the core (one core's worth of crypto per node).
 
