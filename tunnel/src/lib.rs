@@ -16,16 +16,16 @@
 //! a new handshake starts at once, and TCP resends what was lost until both sides have applied
 //! the change (a few hundred ms when control pushes it to both).
 //!
-//! Design points that matter for throughput: each peer has its own netstack, and each socket
-//! its own smoltcp socket set: inbound packets are routed to their socket by 4-tuple and only
-//! sockets that received packets, were used, or have a timer due are polled (never on a fixed
-//! tick, and never a scan of every socket, so idle streams cost nothing per packet); outbound IP packets are encrypted straight into recycled datagram buffers; the driver
-//! moves UDP in batches (quinn-udp: `recvmmsg` with GRO in, GSO trains of equal-size
-//! datagrams out, falling back to one datagram per call where the kernel lacks them) and polls
-//! the netstacks once per batch, so ACKs are coalesced; woken by a stream's write, it first
-//! lets the other ready tasks run, so that many streams' writes leave in one batch; closed sockets are reaped at once
-//! (TIME-WAIT is not kept) and recycled with their buffers. Known limit: one `Mutex` around
-//! the core (one core's worth of crypto per node).
+//! Design points that matter for throughput: each peer has its own netstack, and each socket its
+//! own smoltcp socket set: inbound packets are routed to their socket by 4-tuple and only sockets
+//! that received packets, were used, or have a timer due are polled (never on a fixed tick, and
+//! never a scan of every socket, so idle streams cost nothing per packet); outbound IP packets are
+//! encrypted straight into recycled datagram buffers; the driver moves UDP in batches (quinn-udp:
+//! `recvmmsg` with GRO in, GSO trains of equal-size datagrams out, falling back to one datagram per
+//! call where the kernel lacks them) and polls the netstacks once per batch, so ACKs are coalesced;
+//! woken by a stream's write, it first lets the other ready tasks run, so that many streams' writes
+//! leave in one batch; closed sockets are reaped at once (TIME-WAIT is not kept) and recycled with
+//! their buffers. Known limit: one `Mutex` around the core (one core's worth of crypto per node).
 
 pub mod core;
 mod driver;
