@@ -40,6 +40,15 @@ struct World {
 
 /// Starts everything, with `acme_args` added to control's ACME flags, then adds the route
 /// `NAME` through the API. `None` (after printing `SKIPPED: reason`) without the tools.
+/// Control flags that make every check (each second) renew: renew-before is longer than
+/// Pebble's certificate validity.
+const RENEW_EVERY_CHECK: &[&str] = &[
+    "--acme-renew-before-days",
+    "3650",
+    "--acme-check-interval",
+    "1",
+];
+
 async fn world(acme_args: &[&str]) -> Result<Option<World>> {
     if let Some(reason) = missing(&["pebble", "named", "nsupdate"]) {
         eprintln!("SKIPPED: {reason}");
@@ -200,15 +209,7 @@ fn a_new_route_gets_a_certificate_from_pebble_through_the_edge() {
 #[test]
 fn renewal_replaces_the_certificate_while_a_download_stays_open() {
     run_bounded(Duration::from_secs(150), async {
-        // Renew-before longer than Pebble's validity: every check (each second) renews.
-        let Some(world) = world(&[
-            "--acme-renew-before-days",
-            "3650",
-            "--acme-check-interval",
-            "1",
-        ])
-        .await?
-        else {
+        let Some(world) = world(RENEW_EVERY_CHECK).await? else {
             return Ok(());
         };
         world.issued(Duration::from_secs(60)).await?;
@@ -299,14 +300,7 @@ fn renewal_replaces_the_certificate_while_a_download_stays_open() {
 #[test]
 fn a_failing_renewal_is_reported_and_the_previous_certificate_keeps_serving() {
     run_bounded(Duration::from_secs(120), async {
-        let Some(world) = world(&[
-            "--acme-renew-before-days",
-            "3650",
-            "--acme-check-interval",
-            "1",
-        ])
-        .await?
-        else {
+        let Some(world) = world(RENEW_EVERY_CHECK).await? else {
             return Ok(());
         };
         world.issued(Duration::from_secs(60)).await?;
