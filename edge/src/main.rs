@@ -1,6 +1,9 @@
 //! The `kokoa-edge` binary: parses flags, loads and validates the config (and certificates)
 //! before binding any port, and runs [`kokoa_edge::run`] until SIGTERM or SIGINT.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;

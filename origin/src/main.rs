@@ -1,6 +1,9 @@
 //! The `kokoa-origin` binary: parses flags, loads and validates the config before binding any
 //! port, and runs [`kokoa_origin::run`] until SIGTERM or SIGINT.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
