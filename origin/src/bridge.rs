@@ -20,6 +20,16 @@ use tracing::Instrument;
 use crate::metrics::{ByteLabels, FailureLabels, Metrics, ServiceLabels};
 use crate::service::ServiceTable;
 
+/// Bytes moved per read and write from the tunnel to the app. tokio's default of 8 KiB made an
+/// upload cost the origin one write to the app per 8 KiB; with 64 KiB the benchmark's uploads
+/// ran 15-25% faster at a third less origin CPU per GB.
+const TO_LOCAL_BUFFER: usize = 64 * 1024;
+
+/// Bytes moved per read and write from the app to the tunnel: tokio's default. A larger buffer
+/// did not speed up downloads, and it stays allocated as long as the edge keeps the connection
+/// in its keep-alive pool.
+const TO_TUNNEL_BUFFER: usize = 8 * 1024;
+
 /// Bridges `incoming` to the service its port maps to in `table`, then returns when both
 /// directions are done (or one failed).
 ///
@@ -121,7 +131,13 @@ pub async fn bridge(
         let mut tunnel_side = Counted::new(stream, to_local);
         let mut local_side = Counted::new(local, to_tunnel);
         tracing::debug!("bridging");
-        match tokio::io::copy_bidirectional(&mut tunnel_side, &mut local_side).await {
+        let copied = tokio::io::copy_bidirectional_with_sizes(
+            &mut tunnel_side,
+            &mut local_side,
+            TO_LOCAL_BUFFER,
+            TO_TUNNEL_BUFFER,
+        );
+        match copied.await {
             Ok((up, down)) => tracing::debug!(to_local = up, to_tunnel = down, "stream closed"),
             Err(error) => {
                 // Pass the failure on as a reset rather than a clean FIN, so the edge does not
