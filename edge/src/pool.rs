@@ -185,12 +185,9 @@ impl<D: Dialer> Pool<D> {
         loop {
             let mut idle = {
                 let mut lists = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner());
-                let list = lists.get_mut(key)?;
-                let idle = list.pop()?;
-                if list.is_empty() {
-                    lists.remove(key);
-                }
-                idle
+                // An emptied list stays (the sweep removes it): a service's one connection
+                // comes and goes with every request, and its entry need not.
+                lists.get_mut(key)?.pop()?
             };
             if idle.since.elapsed() >= self.shared.idle_timeout || idle.sender.is_closed() {
                 continue;
@@ -242,7 +239,10 @@ impl<D: Dialer> Return for Shared<D> {
             return;
         }
         let mut lists = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = lists.entry(Box::from(key.as_str())).or_default();
+        let list = match lists.get_mut(key.as_str()) {
+            Some(list) => list,
+            None => lists.entry(Box::from(key.as_str())).or_default(),
+        };
         if list.len() >= self.max_idle {
             // Over the limit: the least recently used one closes.
             list.remove(0);
