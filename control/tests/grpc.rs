@@ -966,18 +966,27 @@ async fn a_node_that_stops_reading_is_dropped_and_cannot_block_shutdown() -> Res
         Ok(control.nodes.get(node).is_some_and(|n| n.connected))
     })
     .await?;
-    for i in 0..6 {
-        control.route(&format!("r{i}.example.com"), &web).await?;
+    // Changes until the unread snapshots fill the window, the stream's queue and one pending
+    // send. Under load, changes made in quick succession coalesce into one snapshot, so the
+    // number needed is not fixed: keep changing, one every 50 ms, for at most 100 changes.
+    let mut changes = 0;
+    while control.nodes.get(node).is_some_and(|n| n.connected) {
+        anyhow::ensure!(
+            changes < 100,
+            "the stuck node's stream stayed open through {changes} changes"
+        );
+        control
+            .route(&format!("r{changes}.example.com"), &web)
+            .await?;
+        changes += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eventually("the stuck node's stream closed", || async {
-        Ok(control.nodes.get(node).is_some_and(|n| !n.connected))
-    })
-    .await?;
 
     // And another stuck stream does not hold shutdown past the grace period.
     let _watch2 = Watch::open(&stingy, &credential, 0).await?;
-    for i in 6..12 {
+    for i in changes..changes + 6 {
         control.route(&format!("r{i}.example.com"), &web).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let started = Instant::now();
     control.shutdown().await?;
