@@ -29,6 +29,13 @@ pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
 /// How long connecting to a local service may take before the tunnel stream is dropped
 /// (seconds).
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
+/// Runtime threads when `[origin] workers` is not set. The origin's data plane is the tunnel
+/// driver, one task; on one thread it spends ~10% less CPU per request than on two, where its
+/// streams and the driver wake each other across threads (measured in `bench/README.md`), and
+/// it leaves the other cores to the apps it publishes.
+pub const DEFAULT_WORKERS: usize = 1;
+/// Most runtime threads `[origin] workers` accepts.
+pub const MAX_WORKERS: usize = 1024;
 /// Smallest inner MTU accepted: IPv4's minimum reassembly size, below which TCP cannot work
 /// sensibly.
 pub const MIN_MTU: u16 = 576;
@@ -154,6 +161,9 @@ pub struct OriginConfig {
     pub drain_timeout: Duration,
     /// How long connecting to a local service may take.
     pub connect_timeout: Duration,
+    /// Runtime threads: 1 runs everything on one thread (the default), more use tokio's
+    /// work-stealing runtime with that many workers.
+    pub workers: usize,
     /// The WireGuard side.
     pub tunnel: TunnelSettings,
     /// The edges this origin dials; at least one.
@@ -227,6 +237,7 @@ struct FileOrigin {
     address: Option<Ipv4Addr>,
     drain_timeout: Option<u64>,
     connect_timeout: Option<u64>,
+    workers: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -320,6 +331,13 @@ impl FileConfig {
                 "must be at least 1 second",
             ));
         }
+        let workers = origin.workers.unwrap_or(DEFAULT_WORKERS);
+        if !(1..=MAX_WORKERS).contains(&workers) {
+            return Err(ConfigError::invalid(
+                "origin.workers",
+                format!("{workers} is outside 1..={MAX_WORKERS}"),
+            ));
+        }
 
         let tunnel = validate_tunnel(self.tunnel, base_dir, control.is_some())?;
         if control.is_none() && self.edges.is_empty() {
@@ -337,6 +355,7 @@ impl FileConfig {
             address,
             drain_timeout,
             connect_timeout: Duration::from_secs(connect_timeout),
+            workers,
             tunnel,
             edges,
             services,
@@ -695,6 +714,21 @@ address = "10.100.1.10"
             Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS)
         );
         assert!(config.services.is_empty());
+        assert_eq!(config.workers, 1);
+    }
+
+    #[test]
+    fn workers_are_bounded() {
+        let with = |n: &str| minimal("").replace("[origin]", &format!("[origin]\nworkers = {n}"));
+        let config = OriginConfig::from_toml(&with("4"), None).unwrap();
+        assert_eq!(config.workers, 4);
+        for bad in ["0", "1025"] {
+            assert_eq!(
+                invalid_field(OriginConfig::from_toml(&with(bad), None)),
+                "origin.workers",
+                "workers = {bad}"
+            );
+        }
     }
 
     #[test]

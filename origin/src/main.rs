@@ -112,10 +112,14 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             kokoa_node::telemetry::init(cli.log_json);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let mut builder = if config.workers == 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(config.workers);
+                builder
+            };
+            let runtime = match builder.enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     eprintln!("kokoa-origin: cannot start the async runtime: {error}");
