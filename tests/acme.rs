@@ -65,16 +65,20 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A port free on 127.0.0.1 for both TCP and UDP (named listens on both).
+/// A port free on 127.0.0.1 for both TCP and UDP (named listens on both), not handed out before
+/// by this process.
 pub fn free_port() -> Result<u16> {
-    for _ in 0..50 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
-        let port = udp.local_addr()?.port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
+    let addr = crate::net::fresh(|| {
+        for _ in 0..50 {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            let addr = udp.local_addr()?;
+            if std::net::TcpListener::bind(addr).is_ok() {
+                return Ok(addr);
+            }
         }
-    }
-    bail!("no port free for both TCP and UDP on 127.0.0.1")
+        bail!("no port free for both TCP and UDP on 127.0.0.1")
+    })?;
+    Ok(addr.port())
 }
 
 async fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) -> Result<()> {

@@ -15,16 +15,42 @@ pub fn loopback(x: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, x))
 }
 
-/// A TCP port on `ip` that was free a moment ago (bound to :0 and released).
+/// A TCP port on `ip` that was free a moment ago (bound to :0 and released) and that this
+/// process has not handed out before.
 pub fn free_tcp(ip: IpAddr) -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind((ip, 0)).context("binding a probe TCP port")?;
-    listener.local_addr().context("reading the probe port")
+    fresh(|| {
+        let listener = std::net::TcpListener::bind((ip, 0)).context("binding a probe TCP port")?;
+        listener.local_addr().context("reading the probe port")
+    })
 }
 
-/// A UDP port on `ip` that was free a moment ago.
+/// A UDP port on `ip` that was free a moment ago and that this process has not handed out before.
 pub fn free_udp(ip: IpAddr) -> anyhow::Result<SocketAddr> {
-    let socket = std::net::UdpSocket::bind((ip, 0)).context("binding a probe UDP port")?;
-    socket.local_addr().context("reading the probe port")
+    fresh(|| {
+        let socket = std::net::UdpSocket::bind((ip, 0)).context("binding a probe UDP port")?;
+        socket.local_addr().context("reading the probe port")
+    })
+}
+
+/// Probes until the kernel offers a port number this process has not handed out yet.
+///
+/// A probe socket is released before the port is used, so the kernel may offer the same
+/// ephemeral port to the next probe: two listeners of one topology (an edge's HTTPS and admin
+/// ports, say) would then collide. Remembering every port handed out rules that out within a
+/// test binary; across binaries the ports are used one binary at a time.
+pub(crate) fn fresh(
+    mut probe: impl FnMut() -> anyhow::Result<SocketAddr>,
+) -> anyhow::Result<SocketAddr> {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..1000 {
+        let addr = probe()?;
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if handed_out.insert(addr.port()) {
+            return Ok(addr);
+        }
+    }
+    bail!("no port left that this process has not handed out already")
 }
 
 /// Retries `attempt` until it returns `Ok` or `timeout` passes; the error of the last attempt is
@@ -150,5 +176,24 @@ mod tests {
         assert_eq!(sum_metric(body, "y"), Some(7.0));
         assert_eq!(sum_metric(body, "y{a=\"2\"}"), Some(5.0));
         assert_eq!(sum_metric(body, "z"), None);
+    }
+
+    #[test]
+    fn a_port_is_never_handed_out_twice() {
+        // The kernel may offer a just-released port again; the second offer must be skipped.
+        let offers = [7, 7, 7, 9];
+        let mut next = offers.iter();
+        let mut probe = || {
+            let port = *next.next().expect("more offers than expected");
+            Ok(SocketAddr::new(loopback(1), port))
+        };
+        assert_eq!(fresh(&mut probe).unwrap().port(), 7);
+        assert_eq!(fresh(&mut probe).unwrap().port(), 9);
+        // Real probes: many ports in a row, all distinct.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            assert!(seen.insert(free_tcp(loopback(1)).unwrap().port()));
+            assert!(seen.insert(free_udp(loopback(1)).unwrap().port()));
+        }
     }
 }
