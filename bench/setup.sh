@@ -12,7 +12,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends \
-    nginx wrk nghttp2-client wireguard-go wireguard-tools iproute2 curl util-linux procps
+    nginx libnginx-mod-stream wrk nghttp2-client wireguard-go wireguard-tools iproute2 curl util-linux procps
 
 # Contender 4: a userspace WireGuard port forwarder (boringtun + smoltcp) from crates.io.
 if ! command -v onetun >/dev/null && [ ! -x "${HOME}/.cargo/bin/onetun" ]; then

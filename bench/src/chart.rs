@@ -9,11 +9,12 @@ use plotters::prelude::*;
 
 use crate::report::{Contender, Metric, Results};
 
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 5] = [
     RGBColor(0xd9, 0x5f, 0x02), // kokoa
     RGBColor(0x75, 0x70, 0xb3), // nginx + wireguard-go
     RGBColor(0x1b, 0x9e, 0x77), // nginx direct
     RGBColor(0x99, 0x99, 0x99), // nginx + onetun
+    RGBColor(0xe6, 0xab, 0x02), // nginx + plain relay
 ];
 
 /// Draws the chart into `path`.

@@ -890,6 +890,7 @@ impl Bench {
             }
             Contender::NginxWireguard => self.start_nginx_wireguard().await,
             Contender::NginxOnetun => self.start_nginx_onetun().await,
+            Contender::NginxRelay => self.start_nginx_relay(),
         }
     }
 
@@ -1069,6 +1070,36 @@ impl Bench {
         Ok(Stack {
             edge: vec![front, edge_wg],
             origin: vec![origin_wg],
+        })
+    }
+
+    fn start_nginx_relay(&self) -> anyhow::Result<Stack> {
+        if !Path::new(render::NGINX_STREAM_MODULE).exists() {
+            bail!(
+                "Nginx's stream module is not installed ({} is missing): \
+                 apt-get install libnginx-mod-stream",
+                render::NGINX_STREAM_MODULE
+            );
+        }
+        let dir = self.scratch.dir("relay")?;
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, render::nginx_relay(&dir, self.hosts.origin_ip))
+            .context("relay config")?;
+        let conf = conf.to_string_lossy().into_owned();
+        let relay = self.hosts.origin.spawn(
+            "nginx relay",
+            &["nginx", "-c", &conf, "-e", "stderr"],
+            &dir.join("log"),
+        )?;
+        let (app, sink) = render::RELAY_PORTS;
+        let front = self.start_front(
+            "relay",
+            SocketAddr::from((self.hosts.origin_ip, app)),
+            SocketAddr::from((self.hosts.origin_ip, sink)),
+        )?;
+        Ok(Stack {
+            edge: vec![front],
+            origin: vec![relay],
         })
     }
 

@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compare Kokoa with Nginx + WireGuard, Nginx alone and Nginx + onetun (needs root).
+    /// Compare Kokoa with Nginx + WireGuard, Nginx alone, Nginx + onetun and Nginx + a plain
+    /// relay on the origin host (needs root).
     Compare {
         /// Rounds; contenders are interleaved within each round.
         #[arg(long, default_value_t = 3)]
@@ -33,7 +34,8 @@ enum Command {
         /// Idle keep-alive connections (default 10000; 2000 with --quick).
         #[arg(long)]
         idle_connections: Option<usize>,
-        /// Only these contenders: kokoa, nginx-wg, nginx-direct, nginx-onetun, kokoa-ratelimit.
+        /// Only these contenders: kokoa, nginx-wg, nginx-direct, nginx-onetun, nginx-relay,
+        /// kokoa-ratelimit.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Where the report and chart are written.
@@ -52,7 +54,7 @@ enum Command {
     /// Start the namespaces, the app and one contender, and keep them up until Ctrl-C (for
     /// profiling it under a load run by hand).
     Serve {
-        /// kokoa, nginx-wg, nginx-direct, nginx-onetun or kokoa-ratelimit.
+        /// kokoa, nginx-wg, nginx-direct, nginx-onetun, nginx-relay or kokoa-ratelimit.
         contender: String,
         /// kokoa-edge binary (default: target/release/kokoa-edge, rebuilt first).
         #[arg(long)]

@@ -53,6 +53,30 @@ fn nginx_http_common(out: &mut String, dir: &Path) {
     );
 }
 
+/// Where contender 5's relay listens on the origin host for the app and the upload sink.
+pub const RELAY_PORTS: (u16, u16) = (8090, 8091);
+
+/// Debian's dynamic module for Nginx's `stream` (TCP proxy), from `libnginx-mod-stream`.
+pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+/// Contender 5's relay on the origin host: Nginx `stream`, one worker (as one `kokoa-origin`
+/// runtime thread), each connection on `listen_ip` at [`RELAY_PORTS`] relayed to the app or
+/// the sink on 127.0.0.1, as Kokoa's origin connects to them.
+pub fn nginx_relay(dir: &Path, listen_ip: std::net::Ipv4Addr) -> String {
+    let mut out = format!("load_module {NGINX_STREAM_MODULE};\n");
+    nginx_common(&mut out, dir, 1, 4096);
+    out.push_str("stream {\n");
+    for (listen, target) in [(RELAY_PORTS.0, APP_PORT), (RELAY_PORTS.1, SINK_PORT)] {
+        let _ = writeln!(
+            out,
+            "    server {{\n        listen {listen_ip}:{listen};\n\
+             \x20       proxy_pass 127.0.0.1:{target};\n        proxy_timeout 300s;\n    }}"
+        );
+    }
+    out.push_str("}\n");
+    out
+}
+
 /// The app: Nginx in the origin namespace serving `root` on every address at [`APP_PORT`].
 pub fn nginx_app(dir: &Path, root: &Path) -> String {
     let mut out = String::new();
@@ -239,6 +263,18 @@ mod tests {
         let conf = nginx_app(Path::new("/tmp/b/app"), Path::new("/tmp/b/www"));
         assert!(conf.contains("listen 8080 reuseport;"));
         assert!(conf.contains("root /tmp/b/www;"));
+        assert_eq!(conf.matches('{').count(), conf.matches('}').count());
+    }
+
+    #[test]
+    fn nginx_relay_loads_the_stream_module_and_relays_to_loopback() {
+        let conf = nginx_relay(Path::new("/tmp/b/relay"), "10.250.3.2".parse().expect("ip"));
+        assert!(conf
+            .starts_with("load_module /usr/lib/nginx/modules/ngx_stream_module.so;\ndaemon off;"));
+        assert!(conf.contains("worker_processes 1;"));
+        assert!(conf.contains("listen 10.250.3.2:8090;\n        proxy_pass 127.0.0.1:8080;"));
+        assert!(conf.contains("listen 10.250.3.2:8091;\n        proxy_pass 127.0.0.1:8081;"));
+        assert!(!conf.contains("http {"));
         assert_eq!(conf.matches('{').count(), conf.matches('}').count());
     }
 

@@ -16,6 +16,11 @@ pub enum Contender {
     NginxDirect,
     /// 4: Nginx in front of onetun (boringtun + smoltcp) peering with wireguard-go.
     NginxOnetun,
+    /// 5: Nginx (TLS) to a plain TCP relay (Nginx `stream`) on the origin host, which connects
+    /// to the app on its loopback: no tunnel and no encryption, only the extra hop that every
+    /// design ending the tunnel in a process on the origin host pays (Kokoa's origin,
+    /// cloudflared, frp, rathole). The floor for such designs.
+    NginxRelay,
     /// `kokoa-edge` with request rate limiting enabled (limits set so high that nothing is
     /// limited): only the small-request load, to show the limiter's cost (issue 4).
     KokoaRateLimited,
@@ -23,11 +28,12 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in report order.
-    pub const ALL: [Contender; 5] = [
+    pub const ALL: [Contender; 6] = [
         Contender::Kokoa,
         Contender::NginxWireguard,
         Contender::NginxDirect,
         Contender::NginxOnetun,
+        Contender::NginxRelay,
         Contender::KokoaRateLimited,
     ];
 
@@ -41,6 +47,7 @@ impl Contender {
             Contender::NginxWireguard => "2 nginx+wireguard-go",
             Contender::NginxDirect => "3 nginx direct",
             Contender::NginxOnetun => "4 nginx+onetun",
+            Contender::NginxRelay => "5 nginx+plain relay",
             Contender::KokoaRateLimited => "1r kokoa, rate limits on",
         }
     }
@@ -52,6 +59,7 @@ impl Contender {
             Contender::NginxWireguard => "nginx-wg",
             Contender::NginxDirect => "nginx-direct",
             Contender::NginxOnetun => "nginx-onetun",
+            Contender::NginxRelay => "nginx-relay",
             Contender::KokoaRateLimited => "kokoa-ratelimit",
         }
     }
@@ -318,6 +326,53 @@ impl Results {
         }
     }
 
+    /// What contender 5 (a plain relay on the origin host, no tunnel) shows: for each
+    /// throughput load, its share of contender 3 (Nginx straight to the app) and Kokoa's ratio
+    /// to it. `None` when contender 5 was not measured.
+    pub fn relay_floor(&self) -> Option<String> {
+        let relay = Contender::NginxRelay;
+        if !Metric::ALL
+            .iter()
+            .any(|m| !self.values(relay, *m).is_empty())
+        {
+            return None;
+        }
+        let mut out = String::from(
+            "Contender 5 has neither a tunnel nor encryption: the Nginx front hands each request \
+             to a plain TCP relay (Nginx `stream`) on the origin host, which connects to the app \
+             on its loopback. Every design that ends the tunnel in a process on the origin host \
+             and connects to the app from there (Kokoa's origin, cloudflared, frp, rathole) pays \
+             at least this hop on top of the front; a kernel WireGuard peer does not, because \
+             the app's TCP connection ends in the origin host's kernel. Where 5 / 3 is below a \
+             target's share of contender 3, no such design can meet that target on this \
+             machine.\n\n| load | 5 / 3 (the floor, as a share of direct) | 1 / 5 (Kokoa vs the \
+             floor) |\n|---|---:|---:|\n",
+        );
+        for metric in [
+            Metric::SmallRps,
+            Metric::H2Rps,
+            Metric::NewConnPerSec,
+            Metric::BulkDownMBps,
+            Metric::BulkUpMBps,
+        ] {
+            let floor = self.median(relay, metric);
+            let of_direct =
+                floor.and_then(|f| ratio(f, self.median(Contender::NginxDirect, metric)));
+            let kokoa = self
+                .median(Contender::Kokoa, metric)
+                .and_then(|k| ratio(k, floor));
+            let cell = |r: Option<f64>| r.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}x"));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                metric.label().trim(),
+                cell(of_direct),
+                cell(kokoa)
+            );
+        }
+        Some(out)
+    }
+
     /// The issue-5 targets, each with its measured value and verdict.
     pub fn targets(&self) -> Vec<Target> {
         let mut targets = Vec::new();
@@ -455,6 +510,9 @@ pub fn render_markdown(info: &RunInfo, results: &Results, chart_file: Option<&st
         "## Rate limiting (issue 4)\n\n{}\n",
         results.rate_limit_summary()
     );
+    if let Some(floor) = results.relay_floor() {
+        let _ = writeln!(out, "## The relay floor (contender 5)\n\n{floor}");
+    }
     out.push_str("## Targets (issue 5)\n\n| target | kokoa | verdict |\n|---|---|---|\n");
     for target in results.targets() {
         let verdict = match target.met {
@@ -657,6 +715,28 @@ mod tests {
         ] {
             assert!(md.contains(needle), "missing {needle:?} in\n{md}");
         }
+    }
+
+    #[test]
+    fn the_relay_floor_compares_contender_5_with_3_and_kokoa_with_5() {
+        let mut r = sample();
+        assert_eq!(r.relay_floor(), None, "not measured: no section");
+        assert!(!render_markdown(&RunInfo::default(), &r, None).contains("relay floor"));
+        for x in [175.0, 180.0, 185.0] {
+            r.add(Contender::NginxRelay, Metric::SmallRps, x);
+        }
+        let floor = r.relay_floor().expect("measured");
+        // Direct 250, relay 180, Kokoa 200 (medians).
+        assert!(
+            floor.contains("| small, HTTP/1.1 keep-alive, 64 conns (req/s) | 0.72x | 1.11x |"),
+            "{floor}"
+        );
+        assert!(
+            floor.contains("| HTTP/2, 16 conns x 16 streams (req/s) | n/a | n/a |"),
+            "{floor}"
+        );
+        let md = render_markdown(&RunInfo::default(), &r, None);
+        assert!(md.contains("## The relay floor (contender 5)"), "{md}");
     }
 
     #[test]
