@@ -344,8 +344,9 @@ impl Results {
              and connects to the app from there (Kokoa's origin, cloudflared, frp, rathole) pays \
              at least this hop on top of the front; a kernel WireGuard peer does not, because \
              the app's TCP connection ends in the origin host's kernel. Where 5 / 3 is below a \
-             target's share of contender 3, no such design can meet that target on this \
-             machine.\n\n| load | 5 / 3 (the floor, as a share of direct) | 1 / 5 (Kokoa vs the \
+             target's share of contender 3, a design of this kind meets that target only if \
+             its front and its origin-side process together cost less than Nginx's front and \
+             this relay, which do no tunnelling at all.\n\n| load | 5 / 3 (the floor, as a share of direct) | 1 / 5 (Kokoa vs the \
              floor) |\n|---|---:|---:|\n",
         );
         for metric in [
