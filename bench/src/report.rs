@@ -331,10 +331,7 @@ impl Results {
     /// to it. `None` when contender 5 was not measured.
     pub fn relay_floor(&self) -> Option<String> {
         let relay = Contender::NginxRelay;
-        if !Metric::ALL
-            .iter()
-            .any(|m| !self.values(relay, *m).is_empty())
-        {
+        if !self.contenders().contains(&relay) {
             return None;
         }
         let mut out = String::from(
