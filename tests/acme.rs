@@ -6,7 +6,7 @@
 //! (`-dnsserver`), so its validator reaches an edge for HTTP-01 (`httpPort`) and TLS-ALPN-01
 //! (`tlsPort`) and finds the TXT records for DNS-01.
 //!
-//! Without `pebble` / `named` ([`missing_tools`]) the tests print `SKIPPED: reason` and pass,
+//! Without `pebble` / `named` ([`tools_or_skip`]) the tests print `SKIPPED: reason` and pass,
 //! except under `CI=true`, where the missing tool is a failure.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -30,39 +30,23 @@ pub const ZONE: &str = "kokoa.test";
 /// The TSIG key name allowed to update [`ZONE`].
 pub const TSIG_KEY: &str = "kokoa-acme";
 
-/// `Some(reason)` when `pebble` or `named` is not installed (the caller prints `SKIPPED:
-/// reason` and passes); panics under `CI=true`, where the tools must be there.
-pub fn missing_tools() -> Option<String> {
-    missing(&["pebble", "named"])
+/// Debian packages that provide the tools of this module.
+pub const PACKAGES: &str = "apt-get install pebble bind9 bind9-dnsutils";
+
+/// `true` when `pebble` and `named` are installed; otherwise skips `test` (or fails it under
+/// `CI=true`) through [`crate::prereq::require`].
+pub fn tools_or_skip(test: &str) -> bool {
+    crate::prereq::tools(test, &["pebble", "named"], PACKAGES)
 }
 
-/// Like [`missing_tools`] for any list of programs (e.g. `nsupdate` for [`Named::point`]).
-pub fn missing(tools: &[&str]) -> Option<String> {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|tool| which(tool).is_none())
-        .collect();
-    if missing.is_empty() {
-        return None;
-    }
-    let reason = format!(
-        "{} not installed (Debian: apt-get install pebble bind9 bind9-dnsutils)",
-        missing.join(", ")
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true but {reason}");
-    }
-    Some(reason)
+/// [`tools_or_skip`] for any list of programs (e.g. `nsupdate` for [`Named::point`]).
+pub fn tools_or_skip_of(test: &str, tools: &[&str]) -> bool {
+    crate::prereq::tools(test, tools, PACKAGES)
 }
 
 /// The path of `tool` in `PATH` (or `/usr/sbin`, `/sbin`, where Debian puts `named`).
 pub fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|dir| dir.join(tool))
-        .find(|candidate| candidate.is_file())
+    crate::prereq::which(tool)
 }
 
 /// A port free on 127.0.0.1 for both TCP and UDP (named listens on both), not handed out before

@@ -12,6 +12,7 @@
 //! - [`control`]: `kokoa-control serve`, its REST API, and nodes started from its bundles.
 //! - [`topology`]: one edge and N origins wired together, ready to serve.
 //! - [`netns`]: network namespaces, veth pairs and wireguard-go for the interop tests.
+//! - [`prereq`]: the one rule for a missing prerequisite: skip with a reason, fail under `CI=true`.
 //!
 //! The tests start `target/<profile>/kokoa-edge` and `kokoa-origin` as built: run them with
 //! `cargo test --workspace` (which builds both, since their crates have integration tests), or
@@ -29,6 +30,7 @@ pub mod control;
 pub mod net;
 pub mod netns;
 pub mod pki;
+pub mod prereq;
 pub mod process;
 pub mod topology;
 

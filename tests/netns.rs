@@ -15,25 +15,17 @@ use tokio::process::Command;
 /// Tools the interop tests run.
 pub const TOOLS: &[&str] = &["ip", "wireguard-go", "wg", "curl", "python3"];
 
-/// Why the interop tests cannot run here, if they cannot: not root, or a tool is missing.
+/// Why the interop tests cannot run here, if they cannot: not root, a tool missing, or no
+/// TUN device.
 pub fn missing_prerequisite() -> Option<String> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        });
-    if uid.as_deref() != Some("0") {
-        return Some("not running as root (network namespaces need CAP_NET_ADMIN)".into());
+    if let Some(reason) = crate::prereq::missing_root() {
+        return Some(reason);
     }
-    for tool in TOOLS {
-        if find_in_path(tool).is_none() {
-            return Some(format!(
-                "`{tool}` is not installed (apt-get install wireguard-go wireguard-tools iproute2 curl python3)"
-            ));
-        }
+    if let Some(reason) = crate::prereq::missing_tools(
+        TOOLS,
+        "apt-get install wireguard-go wireguard-tools iproute2 curl python3",
+    ) {
+        return Some(reason);
     }
     if !Path::new("/dev/net/tun").exists() {
         return Some("/dev/net/tun is missing (wireguard-go needs a TUN device)".into());
@@ -41,27 +33,14 @@ pub fn missing_prerequisite() -> Option<String> {
     None
 }
 
-/// Returns `true` when the test should go on. Without prerequisites it prints why and returns
-/// `false`, except under `CI=true`, where a missing prerequisite fails the test.
+/// Returns `true` when the test should go on; otherwise [`crate::prereq::require`] skips it
+/// (or fails it under `CI=true`).
 pub fn prerequisites_or_skip(test: &str) -> bool {
-    match missing_prerequisite() {
-        None => true,
-        Some(reason) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: interop prerequisite missing under CI=true: {reason}");
-            }
-            eprintln!("SKIPPED {test}: {reason}");
-            false
-        }
-    }
+    crate::prereq::require(test, missing_prerequisite())
 }
 
 fn find_in_path(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|dir| dir.join(tool))
-        .find(|candidate| candidate.is_file())
+    crate::prereq::which(tool)
 }
 
 /// The full path of a tool (for [`crate::process::Process::spawn`]).

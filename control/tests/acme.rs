@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use kokoa_tests::acme::{
-    client_config, free_port, missing_tools, Named, Pebble, DEADLINE, TSIG_KEY, ZONE,
+    client_config, free_port, tools_or_skip, Named, Pebble, DEADLINE, TSIG_KEY, ZONE,
 };
 
 fn actor() -> Actor {
@@ -418,8 +418,7 @@ async fn store_keeps_challenges_sealed_and_versioned() -> Result<()> {
 /// retried with backoff and keeps the old certificate, then the retry replacing it.
 #[tokio::test]
 async fn http01_issuance_failure_backoff_and_renewal() -> Result<()> {
-    if let Some(reason) = missing_tools() {
-        println!("SKIPPED: {reason}");
+    if !tools_or_skip("http01_issuance_failure_backoff_and_renewal") {
         return Ok(());
     }
     let world = world().await?;
@@ -543,8 +542,7 @@ async fn http01_issuance_failure_backoff_and_renewal() -> Result<()> {
 /// A wildcard route gets its certificate over DNS-01: TXT records through RFC 2136 + TSIG.
 #[tokio::test]
 async fn wildcard_via_dns01_and_rfc2136() -> Result<()> {
-    if let Some(reason) = missing_tools() {
-        println!("SKIPPED: {reason}");
+    if !tools_or_skip("wildcard_via_dns01_and_rfc2136") {
         return Ok(());
     }
     let world = world().await?;
@@ -583,8 +581,7 @@ async fn wildcard_via_dns01_and_rfc2136() -> Result<()> {
 /// TLS-ALPN-01 (port 80 closed): the validator's `acme-tls/1` handshake reaches the edge.
 #[tokio::test]
 async fn tls_alpn01_issuance() -> Result<()> {
-    if let Some(reason) = missing_tools() {
-        println!("SKIPPED: {reason}");
+    if !tools_or_skip("tls_alpn01_issuance") {
         return Ok(());
     }
     let world = world().await?;
@@ -605,8 +602,7 @@ async fn tls_alpn01_issuance() -> Result<()> {
 /// the same way: an HTTPS handshake for the name validates against Pebble's root.
 #[tokio::test]
 async fn http01_end_to_end_through_grpc_and_a_control_mode_edge() -> Result<()> {
-    if let Some(reason) = missing_tools() {
-        println!("SKIPPED: {reason}");
+    if !tools_or_skip("http01_end_to_end_through_grpc_and_a_control_mode_edge") {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -763,8 +759,7 @@ async fn http01_end_to_end_through_grpc_and_a_control_mode_edge() -> Result<()> 
 /// way round for `one.kokoa.test`.
 #[tokio::test]
 async fn either_edge_answers_the_validator() -> Result<()> {
-    if let Some(reason) = missing_tools() {
-        println!("SKIPPED: {reason}");
+    if !tools_or_skip("either_edge_answers_the_validator") {
         return Ok(());
     }
     let world = world().await?;
@@ -816,11 +811,7 @@ async fn one_replica_leads_the_acme_job() -> Result<()> {
     assert!(sqlite.try_lead("acme").await?.is_some());
     assert!(sqlite.try_lead("acme").await?.is_some());
 
-    let Ok(base) = std::env::var("KOKOA_TEST_POSTGRES") else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            bail!("KOKOA_TEST_POSTGRES is not set but CI=true");
-        }
-        println!("SKIPPED: set KOKOA_TEST_POSTGRES to test the leadership on PostgreSQL");
+    let Some(base) = kokoa_tests::prereq::postgres("leadership on PostgreSQL") else {
         return Ok(());
     };
     let name = format!("kokoa_test_{}", uuid::Uuid::new_v4().simple());

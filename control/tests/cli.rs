@@ -537,12 +537,10 @@ fn operator_workflow_against_a_running_control() -> Result<()> {
 }
 
 /// The same control on PostgreSQL (`--database`), when `KOKOA_TEST_POSTGRES` names a server
-/// this test may create a database on; skipped otherwise (the store suite enforces PostgreSQL
-/// coverage in CI).
+/// this test may create a database on; skipped otherwise, and a failure under `CI=true`.
 #[test]
 fn serve_and_token_create_on_postgresql() -> Result<()> {
-    let Ok(base) = std::env::var("KOKOA_TEST_POSTGRES") else {
-        println!("SKIPPED: set KOKOA_TEST_POSTGRES to run control on PostgreSQL");
+    let Some(base) = kokoa_tests::prereq::postgres("serve_and_token_create_on_postgresql") else {
         return Ok(());
     };
     let runtime = tokio::runtime::Runtime::new()?;

@@ -712,14 +712,10 @@ async fn two_hundred_edges_converge_after_one_change() -> Result<()> {
 }
 
 /// A fresh PostgreSQL database under `KOKOA_TEST_POSTGRES` (`None`: not configured, which
-/// fails under `CI=true`), and the admin URL and name to drop it with.
+/// [`kokoa_tests::prereq::postgres`] fails under `CI=true`), and the admin URL and name to drop it with.
 async fn postgres() -> Result<Option<(String, String, String)>> {
     use sqlx::{ConnectOptions, Connection};
-    let Ok(base) = std::env::var("KOKOA_TEST_POSTGRES") else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            bail!("KOKOA_TEST_POSTGRES is not set but CI=true: the PostgreSQL gRPC test must run in CI");
-        }
-        println!("SKIPPED: set KOKOA_TEST_POSTGRES=postgres://USER:PASS@HOST/DB to run it");
+    let Some(base) = kokoa_tests::prereq::postgres("gRPC on PostgreSQL") else {
         return Ok(None);
     };
     let name = format!("kokoa_test_{}", uuid::Uuid::new_v4().simple());

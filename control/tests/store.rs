@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use kokoa_control::store::{
     self, Actor, AssignmentFilter, CertificateMaterial, CertificateSource, CryptoError, Entity,
     EventQuery, HealthQuery, MasterKey, NewCertificate, NewEdge, NewHealthCheck, NewOrigin,
@@ -38,11 +38,7 @@ impl Db {
     }
 
     async fn postgres() -> Result<Option<Db>> {
-        let Ok(base) = std::env::var("KOKOA_TEST_POSTGRES") else {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                bail!("KOKOA_TEST_POSTGRES is not set but CI=true: the PostgreSQL store tests must run in CI");
-            }
-            println!("SKIPPED: set KOKOA_TEST_POSTGRES=postgres://USER:PASS@HOST/DB to run the PostgreSQL store tests");
+        let Some(base) = kokoa_tests::prereq::postgres("PostgreSQL store tests") else {
             return Ok(None);
         };
         let name = format!("kokoa_test_{}", uuid::Uuid::new_v4().simple());

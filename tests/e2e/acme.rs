@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use http_body_util::BodyExt as _;
-use kokoa_tests::acme::{client_config, first_pem_certificate, free_port, missing, Named, Pebble};
+use kokoa_tests::acme::{
+    client_config, first_pem_certificate, free_port, tools_or_skip_of, Named, Pebble,
+};
 use kokoa_tests::apps::{hex, pattern_sha256, HttpApp};
 use kokoa_tests::client::{request, EdgeClient, Proto};
 use kokoa_tests::control::{Fleet, FleetOptions};
@@ -50,8 +52,7 @@ const RENEW_EVERY_CHECK: &[&str] = &[
 ];
 
 async fn world(acme_args: &[&str]) -> Result<Option<World>> {
-    if let Some(reason) = missing(&["pebble", "named", "nsupdate"]) {
-        eprintln!("SKIPPED: {reason}");
+    if !tools_or_skip_of("ACME end to end", &["pebble", "named", "nsupdate"]) {
         return Ok(None);
     }
     let dir = tempfile::tempdir()?;
