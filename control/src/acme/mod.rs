@@ -6,11 +6,14 @@
 //! edges: HTTP-01 and TLS-ALPN-01 answers are stored as pending challenges (which bumps the
 //! config version, so every edge's snapshot carries them), DNS-01 (always used for wildcards)
 //! goes through a [`DnsProvider`](crate::dns::DnsProvider). Issued certificates and keys land in
-//! the store ([`Store::set_certificate_material`]) and reach the edges the same way.
+//! the store ([`set_certificate_material`]) and reach the edges the same way.
 //!
-//! A failed order is recorded on the certificate ([`Store::set_certificate_error`]), retried
+//! A failed order is recorded on the certificate ([`set_certificate_error`]), retried
 //! with exponential backoff, and never touches the certificate already in place. Manual
 //! certificates are never ordered, renewed or overwritten.
+//!
+//! [`set_certificate_material`]: crate::store::CertificateStore::set_certificate_material
+//! [`set_certificate_error`]: crate::store::CertificateStore::set_certificate_error
 //!
 //! One account per directory URL, its credentials (including the private key) sealed in the
 //! store. Orders run one at a time; [`CertificateManager::run`] is the loop `kokoa-control
@@ -286,7 +289,8 @@ impl std::fmt::Debug for CertificateManager {
 }
 
 const ACTOR: Actor = Actor::System;
-/// The singleton job name of the certificate manager ([`Store::try_lead`]).
+/// The singleton job name of the certificate manager
+/// ([`try_lead`](crate::store::LeaderStore::try_lead)).
 pub const LEADERSHIP_JOB: &str = "acme";
 /// How often a replica that does not lead tries to take over.
 const LEADERSHIP_RETRY: Duration = Duration::from_secs(15);
@@ -334,10 +338,11 @@ impl CertificateManager {
     }
 
     /// Runs until `shutdown` resolves. Only the replica holding the `acme` leadership
-    /// ([`Store::try_lead`]: always on SQLite, a PostgreSQL advisory lock otherwise) orders;
-    /// the others retry every 15 s. The leader clears challenges left by an earlier run, then
-    /// passes over the certificates on start, every `check_interval`, whenever the config changes
-    /// (a new route), when a retry is due, and on [`CertificateManager::renew_now`]. An order
+    /// ([`try_lead`](crate::store::LeaderStore::try_lead): always on SQLite, a PostgreSQL
+    /// advisory lock otherwise) orders; the others retry every 15 s. The leader clears challenges
+    /// left by an earlier run, then passes over the certificates on start, every
+    /// `check_interval`, whenever the config changes (a new route), when a retry is due, and on
+    /// [`CertificateManager::renew_now`]. An order
     /// in progress when `shutdown` resolves is abandoned (its challenges expire on the edges).
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
