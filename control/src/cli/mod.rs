@@ -4,6 +4,7 @@
 //! tables, or the API's JSON with `--json`.
 
 pub mod client;
+mod notify;
 pub mod table;
 
 use std::net::SocketAddr;
@@ -120,6 +121,12 @@ pub enum Command {
     },
     /// Every node: applied config version, last heartbeat, last rejected config.
     Status,
+    /// Notifications: webhook and Slack targets fed from the audit trail, and their deliveries.
+    Notify {
+        /// What to do.
+        #[command(subcommand)]
+        command: notify::NotifyCommand,
+    },
 }
 
 /// `serve` flags.
@@ -150,6 +157,9 @@ pub struct ServeArgs {
     /// Automatic certificates.
     #[command(flatten)]
     pub acme: AcmeArgs,
+    /// Notification delivery.
+    #[command(flatten)]
+    pub notify: crate::notify::NotifyArgs,
 }
 
 /// `dev` flags.
@@ -434,6 +444,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 grpc_names: args.grpc_names,
                 public_url: args.public_url,
                 acme: args.acme,
+                notify: args.notify,
             };
             serve::run(options, kokoa_node::signal::shutdown()).await
         }
@@ -467,6 +478,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => api()?.node_token(kind, &name, ttl_hours).await,
         Command::Bundle { kind, name, output } => api()?.bundle(kind, &name, &output).await,
         Command::Status => api()?.status().await,
+        Command::Notify { command } => api()?.notify(command).await,
     }
 }
 
