@@ -8,7 +8,7 @@ use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use kokoa_edge::sni::CertStore;
 use kokoa_edge::EdgeConfig;
 use kokoa_tunnel::key::PrivateKey;
@@ -19,7 +19,7 @@ const EXIT_BAD_CONFIG: u8 = 2;
 /// Kokoa edge: terminates TLS, routes HTTP/1.1, HTTP/2 and WebSocket by host, and forwards
 /// through the userspace WireGuard tunnel to origins.
 #[derive(Parser, Debug)]
-#[command(name = "kokoa-edge", version, about, long_about = None)]
+#[command(name = "kokoa-edge", version = env!("KOKOA_LONG_VERSION"), about, long_about = None)]
 struct Cli {
     /// Path of the edge config file (TOML; see examples/edge.toml).
     #[arg(
@@ -47,6 +47,17 @@ enum Command {
     Pubkey,
     /// Load and validate the config and certificates, then exit: 0 if valid, 2 if not.
     CheckConfig,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (one for the program and one per subcommand) into a directory.
+    Man {
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 fn load(cli: &Cli) -> Result<(EdgeConfig, CertStore), ExitCode> {
@@ -59,9 +70,25 @@ fn load(cli: &Cli) -> Result<(EdgeConfig, CertStore), ExitCode> {
     Ok((config, certificates))
 }
 
+fn docs_exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kokoa-edge: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.as_ref().unwrap_or(&Command::Run) {
+        Command::Completions { shell } => docs_exit(kokoa_node::docs::completions(
+            Cli::command(),
+            *shell,
+            &mut std::io::stdout(),
+        )),
+        Command::Man { dir } => docs_exit(kokoa_node::docs::man_pages(Cli::command(), dir)),
         Command::Genkey => {
             println!("{}", PrivateKey::generate().to_base64());
             ExitCode::SUCCESS

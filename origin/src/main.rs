@@ -8,7 +8,7 @@ use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use kokoa_origin::OriginConfig;
 use kokoa_tunnel::key::PrivateKey;
 
@@ -18,7 +18,7 @@ const EXIT_BAD_CONFIG: u8 = 2;
 /// Kokoa origin: dials out to edges over userspace WireGuard and bridges tunnel streams to
 /// local services.
 #[derive(Parser, Debug)]
-#[command(name = "kokoa-origin", version, about, long_about = None)]
+#[command(name = "kokoa-origin", version = env!("KOKOA_LONG_VERSION"), about, long_about = None)]
 struct Cli {
     /// Path of the origin config file (TOML; see examples/origin.toml).
     #[arg(
@@ -46,6 +46,17 @@ enum Command {
     Pubkey,
     /// Load and validate the config, then exit: 0 if valid, 2 if not.
     CheckConfig,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (one for the program and one per subcommand) into a directory.
+    Man {
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 fn load(cli: &Cli) -> Result<OriginConfig, ExitCode> {
@@ -55,9 +66,25 @@ fn load(cli: &Cli) -> Result<OriginConfig, ExitCode> {
     })
 }
 
+fn docs_exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kokoa-origin: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.as_ref().unwrap_or(&Command::Run) {
+        Command::Completions { shell } => docs_exit(kokoa_node::docs::completions(
+            Cli::command(),
+            *shell,
+            &mut std::io::stdout(),
+        )),
+        Command::Man { dir } => docs_exit(kokoa_node::docs::man_pages(Cli::command(), dir)),
         Command::Genkey => {
             println!("{}", PrivateKey::generate().to_base64());
             ExitCode::SUCCESS
