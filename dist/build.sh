@@ -100,7 +100,7 @@ build_target() {
     cargo build --locked --profile dist --target "$triple" --bins \
         -p kokoa-edge -p kokoa-origin -p kokoa-control
 
-    local built=$repo/target/$triple/dist stage=$out/stage/$triple
+    local built=${CARGO_TARGET_DIR:-$repo/target}/$triple/dist stage=$out/stage/$triple
     mkdir -p "$stage/bin" "$stage/debug"
     for program in "${programs[@]}"; do
         # Symbols and line tables to NAME.debug; the shipped program keeps none, only a link.
