@@ -234,7 +234,7 @@ fn an_invalid_value_is_nacked_naming_its_field() {
                     &format!("[{}]", wire.routes.len().saturating_sub(1)),
                 );
                 version.set(version.get() + 1);
-            let version = version.get();
+                let version = version.get();
                 let error = match node.apply(&snapshot(version, wire)) {
                     Ok(()) => return Err(TestCaseError::fail(format!("{what}: applied"))),
                     Err(error) => error,
