@@ -735,7 +735,7 @@ fn notify_commands_against_a_running_control() -> Result<()> {
         listed.contains("edge.*,notification_target.test"),
         "{listed}"
     );
-    let listed_json = run(&["--json", "notify", "list"])?;
+    let listed_json = run(&["notify", "--json", "list"])?;
     ensure!(!listed_json.contains(secret) && !listed_json.contains("kokoa-path-secret"));
     // A generated secret is shown once.
     let generated = run(&[
@@ -774,8 +774,8 @@ fn notify_commands_against_a_running_control() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let json: serde_json::Value = serde_json::from_str(&run(&[
-            "--json",
             "notify",
+            "--json",
             "deliveries",
             "--target",
             "hook",

@@ -210,8 +210,8 @@ async fn migrations_are_idempotent_on_reopen(db: &Db) -> Result<()> {
         .fetch_one(db.sql.pool())
         .await?
         .try_get::<i64, _>("n")?;
-    // 0001_initial and 0002_acme.
-    assert_eq!(applied, 2);
+    // 0001_initial, 0002_acme and the notifications migration.
+    assert_eq!(applied, 3);
     if db.store.engine() == store::Engine::Sqlite {
         let mode: String = sqlx::query("PRAGMA journal_mode")
             .fetch_one(db.sql.pool())
