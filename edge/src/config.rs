@@ -16,8 +16,11 @@ use kokoa_tunnel::key::{PrivateKey, PublicKey};
 use serde::Deserialize;
 
 use crate::acl::{parse_network, Acl};
+use crate::forwarded::TrustedProxies;
 use crate::limit::KeyMask;
 use crate::proxy_protocol::ProxyProtocol;
+use crate::sni::HostCheck;
+use crate::timeout::TransferTimeouts;
 
 /// TLS listener when `[edge] https` is not set.
 pub const DEFAULT_HTTPS: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 443);
@@ -198,6 +201,13 @@ pub struct Limits {
     pub h2_max_local_error_reset_streams: usize,
     /// Interval of HTTP/2 keep-alive PINGs; `None` disables them.
     pub h2_keepalive_interval: Option<Duration>,
+    /// Send and request body timeouts (`[limits] send_timeout`, `client_body_timeout`,
+    /// `client_body_min_rate`).
+    pub timeouts: TransferTimeouts,
+    /// Proxies whose forwarding headers are believed (`[edge] trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
+    /// Whether a request's host must agree with its connection's SNI (`[edge] sni_host_check`).
+    pub sni_host_check: HostCheck,
 }
 
 impl Default for Limits {
@@ -221,6 +231,9 @@ impl Default for Limits {
             h2_max_pending_reset_streams: DEFAULT_H2_MAX_PENDING_RESET_STREAMS,
             h2_max_local_error_reset_streams: DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS,
             h2_keepalive_interval: Some(Duration::from_secs(DEFAULT_H2_KEEPALIVE_INTERVAL_SECS)),
+            timeouts: TransferTimeouts::default(),
+            trusted_proxies: TrustedProxies::default(),
+            sni_host_check: HostCheck::default(),
         }
     }
 }
@@ -347,6 +360,9 @@ struct FileLimits {
     h2_max_pending_reset_streams: Option<usize>,
     h2_max_local_error_reset_streams: Option<usize>,
     h2_keepalive_interval: Option<u64>,
+    send_timeout: Option<u64>,
+    client_body_timeout: Option<u64>,
+    client_body_min_rate: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -363,6 +379,8 @@ struct FileEdge {
     max_header_bytes: Option<usize>,
     upstream_keepalive: Option<usize>,
     upstream_idle_timeout: Option<u64>,
+    trusted_proxies: Vec<String>,
+    sni_host_check: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -690,6 +708,13 @@ impl FileConfig {
                 DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS,
                 1,
             )?,
+            trusted_proxies: TrustedProxies::parse(&edge.trusted_proxies)
+                .map_err(|reason| ConfigError::invalid("edge.trusted_proxies", reason))?,
+            sni_host_check: match &edge.sni_host_check {
+                Some(mode) => HostCheck::parse(mode)
+                    .map_err(|reason| ConfigError::invalid("edge.sni_host_check", reason))?,
+                None => HostCheck::default(),
+            },
             ..Limits::default()
         };
         if !(8192..=1024 * 1024).contains(&limits.max_header_bytes) {
@@ -1166,6 +1191,12 @@ fn validate_limits(file: FileLimits, mut limits: Limits) -> Result<Limits, Confi
         Some(secs) => Some(Duration::from_secs(secs)),
         None => Some(Duration::from_secs(DEFAULT_H2_KEEPALIVE_INTERVAL_SECS)),
     };
+    limits.timeouts = TransferTimeouts::new(
+        file.send_timeout,
+        file.client_body_timeout,
+        file.client_body_min_rate,
+    )
+    .map_err(|(field, reason)| ConfigError::invalid(format!("limits.{field}"), reason))?;
     Ok(limits)
 }
 
@@ -1619,6 +1650,58 @@ deny = ["2001:db8::/32"]
             message.starts_with("tcp_routes[0].proxy_protocol:"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn http_keys_parse_and_are_checked() {
+        let config = EdgeConfig::from_toml(&base(""), None).unwrap();
+        assert_eq!(config.limits.timeouts, TransferTimeouts::default());
+        assert_eq!(
+            config.limits.timeouts.send,
+            Duration::from_secs(crate::timeout::DEFAULT_SEND_TIMEOUT_SECS)
+        );
+        assert!(config.limits.trusted_proxies.is_empty());
+        assert_eq!(config.limits.sni_host_check, HostCheck::Off);
+
+        let text = format!(
+            "[edge]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\nsni_host_check = \"certificate\"\n{}",
+            base("[limits]\nsend_timeout = 5\nclient_body_timeout = 7\nclient_body_min_rate = 0\n")
+        );
+        let config = EdgeConfig::from_toml(&text, None).unwrap();
+        let limits = &config.limits;
+        assert_eq!(limits.timeouts.send, Duration::from_secs(5));
+        assert_eq!(limits.timeouts.client_body, Duration::from_secs(7));
+        assert_eq!(limits.timeouts.client_body_min_rate, 0);
+        assert!(limits.trusted_proxies.contains("10.2.3.4".parse().unwrap()));
+        assert!(limits
+            .trusted_proxies
+            .contains("2001:db8::1".parse().unwrap()));
+        assert!(!limits
+            .trusted_proxies
+            .contains("2001:db8::2".parse().unwrap()));
+        assert_eq!(limits.sni_host_check, HostCheck::Certificate);
+
+        for (extra, expect) in [
+            ("[limits]\nsend_timeout = 0\n", "limits.send_timeout:"),
+            (
+                "[limits]\nclient_body_timeout = 100000\n",
+                "limits.client_body_timeout:",
+            ),
+            (
+                "[limits]\nclient_body_min_rate = 10000000000\n",
+                "limits.client_body_min_rate:",
+            ),
+        ] {
+            let message = error(&base(extra));
+            assert!(message.contains(expect), "{expect}: {message}");
+        }
+        for (edge, expect) in [
+            ("trusted_proxies = [\"nope\"]", "edge.trusted_proxies:"),
+            ("sni_host_check = \"on\"", "edge.sni_host_check:"),
+        ] {
+            let message = error(&format!("[edge]\n{edge}\n{}", base("")));
+            assert!(message.contains(expect), "{expect}: {message}");
+        }
     }
 
     fn control_dir() -> tempfile::TempDir {

@@ -20,14 +20,16 @@
 //! (`kokoa_node::control`) persists it so a restart serves without control.
 //!
 //! Modules: [`config`] (file form and validated model), [`control`] (snapshots from control), [`route`], [`sni`], [`dial`],
-//! [`pool`], [`proxy`], [`https`], [`http`], [`tcp`], [`limit`], [`acl`],
-//! [`proxy_protocol`], [`metrics`].
+//! [`pool`], [`proxy`], [`head`], [`forwarded`], [`https`], [`http`], [`tcp`], [`limit`],
+//! [`timeout`], [`acl`], [`proxy_protocol`], [`metrics`].
 
 pub mod acl;
 pub mod acme;
 pub mod config;
 pub mod control;
 pub mod dial;
+pub mod forwarded;
+pub mod head;
 pub mod http;
 pub mod http1;
 pub mod https;
@@ -39,6 +41,7 @@ pub mod proxy_protocol;
 pub mod route;
 pub mod sni;
 pub mod tcp;
+pub mod timeout;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -59,7 +62,7 @@ use crate::dial::{origin_map, Dialer, TunnelDialer};
 use crate::limit::{ConnectionLimiter, MIN_PRUNE_SPACING, PRUNE_INTERVAL};
 use crate::metrics::{Metrics, PlaceholderCollector, TunnelCollector};
 use crate::pool::Pool;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, ProxySettings};
 use crate::route::RouteTable;
 use crate::sni::{CertStore, SniResolver};
 
@@ -185,9 +188,10 @@ impl<D: Dialer> Edge<D> {
         );
         let proxy = Arc::new(Proxy::new(
             self.routes.clone(),
+            self.certificates.clone(),
             pool,
             self.metrics.clone(),
-            self.config.limits.max_headers,
+            ProxySettings::from_limits(&self.config.limits),
         ));
         let connections = self.connections.clone();
         let pruner = tokio::spawn(prune_clients(self.routes.clone()));
@@ -212,6 +216,7 @@ impl<D: Dialer> Edge<D> {
         tokio::spawn(https.serve(listeners.https, drain_watch.clone(), abort_rx.clone()));
         let http = Arc::new(http::HttpServer {
             https_port,
+            routes: self.routes.clone(),
             limits: self.config.limits.clone(),
             metrics: self.metrics.clone(),
             connections: connections.clone(),

@@ -10,6 +10,16 @@
 //! A handshake offering the `acme-tls/1` ALPN protocol is an ACME TLS-ALPN-01 validation
 //! (RFC 8737): it gets the pending challenge's validation certificate for its SNI from
 //! [`AcmeChallenges`], or is refused; never a regular certificate.
+//!
+//! [`HostCheck`] (`[edge] sni_host_check`) optionally makes a request's host agree with the
+//! name its connection's handshake asked for: a request for another name is answered
+//! `421 Misdirected Request`, which tells the client to retry on a connection of its own.
+//! `certificate` (the mode that keeps HTTP/2 connection coalescing) accepts any host the
+//! connection's certificate is the one the edge serves for: a browser that reuses a connection
+//! for a second name the certificate covers (RFC 9113 section 9.1.1) is served, and a request
+//! for a name served with another certificate (domain fronting) is not. `exact` wants the host
+//! to be the SNI name itself (no coalescing, every name gets its own connections; a client
+//! without SNI is refused).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -88,6 +98,51 @@ pub enum CertError {
     /// rustls rejected the protocol setup (should not happen with the bundled provider).
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
+}
+
+/// Whether a request's host must agree with its connection's TLS server name (SNI).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostCheck {
+    /// Any routed host may be asked for on any connection.
+    #[default]
+    Off,
+    /// The host must be served with the same certificate as the connection's SNI.
+    Certificate,
+    /// The host must be the connection's SNI name.
+    Exact,
+}
+
+impl HostCheck {
+    /// Parses `off`, `certificate` or `exact`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "off" => Ok(Self::Off),
+            "certificate" => Ok(Self::Certificate),
+            "exact" => Ok(Self::Exact),
+            other => Err(format!(
+                "`{other}` is not one of \"off\", \"certificate\", \"exact\""
+            )),
+        }
+    }
+
+    /// Whether a request for `host` (normalized: lowercase, no port, no trailing dot) may be
+    /// served on a connection whose handshake asked for `sni`, the edge serving `certificates`.
+    pub fn permits(self, sni: Option<&str>, host: &str, certificates: &CertStore) -> bool {
+        match self {
+            Self::Off => true,
+            Self::Exact => sni.is_some_and(|sni| {
+                sni.strip_suffix('.')
+                    .unwrap_or(sni)
+                    .eq_ignore_ascii_case(host)
+            }),
+            Self::Certificate => {
+                match (certificates.select(sni), certificates.select(Some(host))) {
+                    (Some(served), Some(wanted)) => Arc::ptr_eq(&served, &wanted),
+                    _ => false,
+                }
+            }
+        }
+    }
 }
 
 /// An immutable set of certificates indexed by name.
@@ -464,6 +519,63 @@ pub(crate) mod tests {
             CertStore::load(&tls),
             Err(CertError::UnknownDefault(_))
         ));
+    }
+
+    #[test]
+    fn host_check_modes() {
+        let certs = tempfile::tempdir().unwrap();
+        write_cert(certs.path(), "wild", &["*.example.com", "example.com"]);
+        write_cert(certs.path(), "other", &["other.test"]);
+        let tls = TlsSettings {
+            cert_dir: Some(certs.path().to_owned()),
+            default: Some("other.test".into()),
+            certificates: Vec::new(),
+        };
+        let store = CertStore::load(&tls).unwrap();
+        let check = |mode: HostCheck, sni, host| mode.permits(sni, host, &store);
+        for (sni, host) in [
+            (Some("a.example.com"), "b.example.com"),
+            (None, "unknown.test"),
+            (Some("a.example.com"), "other.test"),
+        ] {
+            assert!(check(HostCheck::Off, sni, host));
+        }
+        // Coalescing onto a connection whose certificate covers the host is fine.
+        assert!(check(
+            HostCheck::Certificate,
+            Some("a.example.com"),
+            "b.example.com"
+        ));
+        assert!(check(
+            HostCheck::Certificate,
+            Some("a.example.com"),
+            "example.com"
+        ));
+        // A host served with another certificate is not, nor one without SNI that has its own.
+        assert!(!check(
+            HostCheck::Certificate,
+            Some("a.example.com"),
+            "other.test"
+        ));
+        assert!(!check(HostCheck::Certificate, None, "a.example.com"));
+        // Without SNI, the default certificate's names and names without a certificate pass.
+        assert!(check(HostCheck::Certificate, None, "other.test"));
+        assert!(check(HostCheck::Certificate, None, "unknown.test"));
+
+        assert!(check(
+            HostCheck::Exact,
+            Some("A.Example.com."),
+            "a.example.com"
+        ));
+        assert!(!check(
+            HostCheck::Exact,
+            Some("a.example.com"),
+            "b.example.com"
+        ));
+        assert!(!check(HostCheck::Exact, None, "other.test"));
+
+        assert_eq!(HostCheck::parse("certificate"), Ok(HostCheck::Certificate));
+        assert!(HostCheck::parse("on").unwrap_err().contains("exact"));
     }
 
     #[test]
