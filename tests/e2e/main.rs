@@ -10,6 +10,7 @@ mod interop;
 mod protection;
 mod shutdown;
 mod tcp;
+mod timeouts;
 mod tunnel;
 mod websocket;
 
