@@ -13,6 +13,9 @@
 //!   the limit (431). HTTP/2 header lists are bounded by h2 itself.
 //! - **Targets**: the asterisk form (`OPTIONS *`) is only valid with `OPTIONS` (400 otherwise)
 //!   and is forwarded as `OPTIONS *`.
+//! - **Transfer codings**: hyper decodes `chunked` only; a request body in any other coding
+//!   (`Transfer-Encoding: gzip, chunked`) would reach the app still encoded and without a word
+//!   saying so, so it is refused with 501 (RFC 9112 section 6.1), as Nginx does.
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
@@ -44,6 +47,9 @@ pub enum HeadError {
     /// `*` as the target of another method than `OPTIONS`.
     #[error("Only OPTIONS may have * as its target.")]
     AsteriskForm,
+    /// A transfer coding other than `chunked`.
+    #[error("This server accepts no transfer coding but chunked.")]
+    TransferCoding,
 }
 
 impl HeadError {
@@ -51,6 +57,7 @@ impl HeadError {
     pub fn status(self) -> StatusCode {
         match self {
             Self::TooLarge | Self::TooManyFields => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::TransferCoding => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -143,10 +150,20 @@ pub fn is_asterisk_form(uri: &Uri) -> bool {
     uri.path() == "*"
 }
 
-/// Checks that only `OPTIONS` uses the asterisk form.
+/// Checks that only `OPTIONS` uses the asterisk form and that a body is at most `chunked`.
 pub fn check_target<B>(request: &Request<B>) -> Result<(), HeadError> {
     if is_asterisk_form(request.uri()) && request.method() != Method::OPTIONS {
         return Err(HeadError::AsteriskForm);
+    }
+    let other_coding = request
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|coding| !coding.eq_ignore_ascii_case(b"chunked"));
+    if other_coding {
+        return Err(HeadError::TransferCoding);
     }
     Ok(())
 }
@@ -267,5 +284,25 @@ mod tests {
         assert_eq!(check_target(&get), Err(HeadError::AsteriskForm));
         let normal = Request::builder().uri("/*").body(()).unwrap();
         assert!(!is_asterisk_form(normal.uri()));
+    }
+
+    #[test]
+    fn only_chunked_transfer_coding() {
+        let with = |values: &[&str]| {
+            let mut builder = Request::builder().method("POST").uri("/");
+            for value in values {
+                builder = builder.header(header::TRANSFER_ENCODING, *value);
+            }
+            check_target(&builder.body(()).unwrap())
+        };
+        assert_eq!(with(&[]), Ok(()));
+        assert_eq!(with(&["chunked"]), Ok(()));
+        assert_eq!(with(&["Chunked "]), Ok(()));
+        assert_eq!(with(&["gzip, chunked"]), Err(HeadError::TransferCoding));
+        assert_eq!(with(&["gzip", "chunked"]), Err(HeadError::TransferCoding));
+        assert_eq!(
+            HeadError::TransferCoding.status(),
+            StatusCode::NOT_IMPLEMENTED
+        );
     }
 }
