@@ -1380,3 +1380,37 @@ async fn forwarding_headers_are_replaced_unless_a_trusted_proxy_sent_them() {
     assert!(head.contains("x-real-ip: 198.51.100.4\n"), "{head}");
     edge.stop().await;
 }
+
+#[tokio::test]
+async fn a_response_stuck_in_http2_buffers_ends_with_its_idle_connection() {
+    // A small response fits in h2's send buffer: the body is done as far as the proxy knows
+    // (its upstream connection is back in the pool), but a window of 0 keeps the data from
+    // the client. The connection is idle then; its GOAWAY cannot complete, so it is dropped
+    // send_timeout after it.
+    let edge = edge("", "idle_timeout = 1\nsend_timeout = 2", "", &[]).await;
+    let tls = tls_from(source(2), edge.https, b"h2").await.unwrap();
+    let (mut client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = Request::get("https://app.test/").body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(DEADLINE, response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let started = Instant::now();
+    let ended = tokio::time::timeout(DEADLINE, connection)
+        .await
+        .expect("the connection was kept");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(2900) && elapsed < Duration::from_secs(8),
+        "connection ended after {elapsed:?}: {ended:?}"
+    );
+    drop(client);
+    edge.stop().await;
+}
