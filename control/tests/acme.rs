@@ -23,8 +23,8 @@ use base64::Engine as _;
 use kokoa_control::acme::{AcmeOptions, CertificateManager, ChallengeKind, PassReport};
 use kokoa_control::dns::{DnsProvider, RecordData, Rfc2136Config, Rfc2136Provider, TsigAlgorithm};
 use kokoa_control::store::{
-    self, AcmeChallengeAnswer, Actor, CertificateSource, MasterKey, NewCertificate, NewEdge,
-    NewOrigin, NewRoute, NewService, NodeId, Protocol, Store,
+    self, AcmeChallengeAnswer, AcmeStore, Actor, CertificateSource, MasterKey, NewCertificate,
+    NewEdge, NewOrigin, NewRoute, NewService, NodeId, Protocol, Store,
 };
 use kokoa_edge::acme::{AcmeChallenges, HttpChallenge, TlsAlpnChallenge};
 use kokoa_edge::sni::CertStore;

@@ -467,18 +467,6 @@ impl EdgeConfig {
     }
 }
 
-/// A route's limits as control sends them (`Route.limits_json`): the keys of a `[[routes]]`
-/// table that are not routing.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct JsonRouteLimits {
-    rate: Option<f64>,
-    burst: Option<u32>,
-    max_body_bytes: Option<u64>,
-    allow: Vec<String>,
-    deny: Vec<String>,
-}
-
 fn port16(field: String, port: u32) -> Result<u16, ConfigError> {
     match u16::try_from(port) {
         Ok(port) if port != 0 => Ok(port),
@@ -542,15 +530,7 @@ impl EdgeConfig {
 
         let mut routes = Vec::with_capacity(snapshot.routes.len());
         for (i, route) in snapshot.routes.iter().enumerate() {
-            let limits: JsonRouteLimits = match route.limits_json.trim() {
-                "" => JsonRouteLimits::default(),
-                json => serde_json::from_str(json).map_err(|e| {
-                    ConfigError::invalid(
-                        format!("routes[{i}].limits_json"),
-                        format!("not a limits object ({e}); keys: rate, burst, max_body_bytes, allow, deny"),
-                    )
-                })?,
-            };
+            let limits = route.limits.clone().unwrap_or_default();
             routes.push(FileRoute {
                 host: route.host.clone(),
                 aliases: route.aliases.clone(),
@@ -1782,7 +1762,11 @@ deny = ["2001:db8::/32"]
                 aliases: vec!["www.example.com".into()],
                 origin: "home".into(),
                 port: 8001,
-                limits_json: r#"{"rate": 5, "allow": ["10.0.0.0/8"]}"#.into(),
+                limits: Some(kokoa_proto::v1::RouteLimits {
+                    rate: Some(5.0),
+                    allow: vec!["10.0.0.0/8".into()],
+                    ..Default::default()
+                }),
             }],
             tcp_routes: vec![ProtoTcpRoute {
                 listen_port: 4001,
@@ -1791,6 +1775,7 @@ deny = ["2001:db8::/32"]
                 proxy_protocol_v2: true,
                 allow: vec![],
                 deny: vec!["192.0.2.0/24".into()],
+                ..Default::default()
             }],
             ..EdgeSnapshot::default()
         };
@@ -1836,15 +1821,12 @@ deny = ["2001:db8::/32"]
             "routes[0].origin: unknown origin \"nowhere\": the snapshot has no origin peer of that name"
         );
         let mut bad = snapshot.clone();
-        bad.routes[0].limits_json = r#"{"rate": -1}"#.into();
+        bad.routes[0].limits.as_mut().unwrap().rate = Some(-1.0);
         assert!(
             reject(&bad).starts_with("routes[0].rate:"),
             "{}",
             reject(&bad)
         );
-        let mut bad = snapshot.clone();
-        bad.routes[0].limits_json = r#"{"speed": 1}"#.into();
-        assert!(reject(&bad).starts_with("routes[0].limits_json:"));
         let mut bad = snapshot.clone();
         bad.origins[0].endpoint = "nope".into();
         assert!(reject(&bad).starts_with("origins[0].endpoint:"));

@@ -194,12 +194,7 @@ fn certificate(
 ) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
     crate::acme::certified_key(&certificate.chain_pem, &certificate.key_pem)
         .map(Arc::new)
-        .map_err(|reason| {
-            format!(
-                "certificates[{i}] ({}): {reason}",
-                certificate.names.join(", ")
-            )
-        })
+        .map_err(|reason| format!("certificates[{i}] ({}): {reason}", certificate.id))
 }
 
 /// The edge's control-mode state: everything a snapshot replaces.

@@ -921,7 +921,11 @@ impl<A: Applier> ControlClient<A> {
                     status.last_nack = Some(reason.clone());
                 });
                 NodeMessage {
-                    message: Some(node_message::Message::Nack(Nack { version, reason })),
+                    message: Some(node_message::Message::Nack(Nack {
+                        version,
+                        reason,
+                        object: None,
+                    })),
                 }
             }
         }
@@ -941,6 +945,8 @@ impl<A: Applier> ControlClient<A> {
                 cpu_cores: cpu.cores(),
                 memory_bytes: resident_bytes(),
                 uptime_seconds: self.started.elapsed().as_secs(),
+                services: Vec::new(),
+                tcp_routes: Vec::new(),
             })),
         }
     }

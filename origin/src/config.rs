@@ -952,7 +952,9 @@ local = "127.0.0.1:8002"
                 port: 8001,
                 local: "127.0.0.1:8001".into(),
                 protocol: "http".into(),
+                health_path: String::new(),
             }],
+            tunnel: None,
         };
         let applied = config.with_snapshot(&snapshot, None).unwrap();
         assert_eq!(applied.address, "10.100.2.1".parse::<Ipv4Addr>().unwrap());
