@@ -361,6 +361,7 @@ struct FileLimits {
     h2_max_local_error_reset_streams: Option<usize>,
     h2_keepalive_interval: Option<u64>,
     send_timeout: Option<u64>,
+    send_min_rate: Option<u64>,
     client_body_timeout: Option<u64>,
     client_body_min_rate: Option<u64>,
 }
@@ -1173,6 +1174,7 @@ fn validate_limits(file: FileLimits, mut limits: Limits) -> Result<Limits, Confi
     };
     limits.timeouts = TransferTimeouts::new(
         file.send_timeout,
+        file.send_min_rate,
         file.client_body_timeout,
         file.client_body_min_rate,
     )
@@ -1645,11 +1647,12 @@ deny = ["2001:db8::/32"]
 
         let text = format!(
             "[edge]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\nsni_host_check = \"certificate\"\n{}",
-            base("[limits]\nsend_timeout = 5\nclient_body_timeout = 7\nclient_body_min_rate = 0\n")
+            base("[limits]\nsend_timeout = 5\nsend_min_rate = 0\nclient_body_timeout = 7\nclient_body_min_rate = 0\n")
         );
         let config = EdgeConfig::from_toml(&text, None).unwrap();
         let limits = &config.limits;
         assert_eq!(limits.timeouts.send, Duration::from_secs(5));
+        assert_eq!(limits.timeouts.send_min_rate, 0);
         assert_eq!(limits.timeouts.client_body, Duration::from_secs(7));
         assert_eq!(limits.timeouts.client_body_min_rate, 0);
         assert!(limits.trusted_proxies.contains("10.2.3.4".parse().unwrap()));
@@ -1670,6 +1673,10 @@ deny = ["2001:db8::/32"]
             (
                 "[limits]\nclient_body_min_rate = 10000000000\n",
                 "limits.client_body_min_rate:",
+            ),
+            (
+                "[limits]\nsend_min_rate = 10000000000\n",
+                "limits.send_min_rate:",
             ),
         ] {
             let message = error(&base(extra));

@@ -89,7 +89,10 @@ pub(crate) async fn serve<D: Dialer>(
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers);
     let mut stream = ClientStream {
-        tls: WriteTimeout::new(tls, limits.timeouts.send, metrics.timeout_counter("send")),
+        tls: WriteTimeout::new(
+            tls,
+            limits.timeouts.send_clock(metrics.timeout_counter("send")),
+        ),
         prefix: Bytes::new(),
         state: state.clone(),
     };

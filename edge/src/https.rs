@@ -226,8 +226,9 @@ impl<D: Dialer> HttpsServer<D> {
         });
         let io = WriteTimeout::new(
             tls,
-            self.limits.timeouts.send,
-            self.metrics.timeout_counter("send"),
+            self.limits
+                .timeouts
+                .send_clock(self.metrics.timeout_counter("send")),
         );
         let connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
         serve_until_drained(

@@ -66,7 +66,7 @@ use crate::metrics::{status_class, ByteLabels, Metrics, RequestLabels};
 use crate::pool::{dial_error, service_uri, BoxError, Pool, ProxyBody};
 use crate::route::{normalize_host, Route, RouteTable};
 use crate::sni::{CertStore, HostCheck};
-use crate::timeout::{self, BodyDeadline, TransferTimeouts};
+use crate::timeout::{self, TransferClock, TransferTimeouts};
 
 /// The route label of requests no route matched.
 const UNROUTED: &str = "unrouted";
@@ -408,7 +408,7 @@ impl<D: Dialer> Proxy<D> {
                     "The request body is larger than this site accepts.",
                 );
             }
-            Err(error) if timeout::is_body_timeout(&error) => {
+            Err(error) if timeout::is_timeout(&error) => {
                 tracing::debug!(error = %error_chain(&error), "request body timed out");
                 return closing(
                     page(
@@ -598,7 +598,7 @@ impl<D: Dialer> Proxy<D> {
         let deadline = (!body.is_end_stream()).then(|| {
             self.settings
                 .timeouts
-                .body_deadline(self.body_timeouts.clone())
+                .body_clock(self.body_timeouts.clone())
         });
         let body = ClientBody {
             inner: body,
@@ -861,7 +861,7 @@ fn has_source<E: std::error::Error + 'static>(error: &(dyn std::error::Error + '
 pin_project_lite::pin_project! {
     /// A client's request body on its way upstream: counts its bytes, fails with
     /// [`BodyTooLarge`] once more than the route's limit has passed, with a
-    /// [`timeout::BodyTimedOut`] when the client stalls or dribbles, and marks the client's own
+    /// [`timeout::TimedOut`] when the client stalls or dribbles, and marks the client's own
     /// failures as [`ClientBodyFailed`]. Each error aborts the upstream request.
     struct ClientBody<B> {
         #[pin]
@@ -869,7 +869,7 @@ pin_project_lite::pin_project! {
         counter: Counter,
         limit: Option<u64>,
         remaining: u64,
-        deadline: Option<BodyDeadline>,
+        deadline: Option<TransferClock>,
     }
 }
 

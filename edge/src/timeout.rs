@@ -7,21 +7,29 @@
 //! origin: an app that takes minutes to produce the next event of a stream, or that reads an
 //! upload slowly, costs its client nothing.
 //!
-//! - **Request bodies** ([`BodyDeadline`], driven by the proxy's request body wrapper): the
-//!   clock runs from the moment the upstream connection asks for more body and the client has
-//!   none, until bytes arrive. One wait longer than `client_body_timeout` ends the body (the
-//!   client gets 408 if the origin has not answered yet). So that a client cannot keep a body
-//!   open forever with one byte every few seconds, each `client_body_timeout` of waiting must
-//!   also bring at least `client_body_min_rate` x `client_body_timeout` bytes (Apache's
-//!   `RequestReadTimeout body=...,MinRate=...`; `0` turns this off and leaves Nginx's plain
-//!   inactivity timeout).
-//! - **Responses, the socket** ([`WriteTimeout`], around every client connection): a write or
-//!   flush to the client that stays blocked (socket not writable) for `send_timeout` fails; the
-//!   connection is reset (zero linger: the kernel drops the unsent bytes too) and everything it
-//!   held, upstream connections included, is released.
-//! - **Responses, one HTTP/2 stream** ([`StreamExecutor`]): a stream whose response data waits
-//!   behind HTTP/2 flow control (the client keeps the stream's or the connection's window at 0)
-//!   for `send_timeout` is reset (RST_STREAM) and its upstream connection closed, while the
+//! Both use one [`TransferClock`]: it runs while the edge waits on the client and stops when
+//! bytes move. One wait longer than the timeout ends the transfer (Nginx's semantics). So that a
+//! client cannot keep a transfer open forever by moving a byte every few seconds, each timeout's
+//! worth of waiting must also move at least min rate x timeout bytes (Apache's
+//! `RequestReadTimeout ...,MinRate=...`); a min rate of `0` leaves Nginx's plain inactivity
+//! timeout.
+//!
+//! - **Request bodies** (the proxy's request body wrapper, `client_body_timeout`,
+//!   `client_body_min_rate`): the clock runs from the moment the upstream connection asks for
+//!   more body and the client has none, until bytes arrive. The client gets 408 if the origin
+//!   has not answered yet.
+//! - **Responses, the socket** ([`WriteTimeout`] around every client connection,
+//!   `send_timeout`, `send_min_rate`): the clock runs while a write or flush to the client is
+//!   blocked (socket not writable). When it runs out the write fails, the connection is reset
+//!   (zero linger: the kernel drops the unsent bytes too) and everything it held, upstream
+//!   connections included, is released. The rate matters here even for a client that reads
+//!   nothing at all: Linux accepts a few more bytes from time to time into a full receive
+//!   buffer, so a blocked write does succeed now and then.
+//! - **Responses, one HTTP/2 stream** ([`StreamExecutor`], `send_timeout`): a stream whose
+//!   response data waits behind HTTP/2 flow control (the client keeps the stream's or the
+//!   connection's window at 0, or opens it a few bytes at a time: h2's send buffer stays full
+//!   and hyper is never asked for more) for `send_timeout` is reset (RST_STREAM) and its
+//!   upstream connection closed, while the
 //!   client's other streams go on. hyper spawns each HTTP/2 stream through this executor; the
 //!   response body marks, in a thread-local the executor's wrapper swaps in around each poll,
 //!   when it handed data to hyper and when hyper next asked for more. Data still waiting in h2's
@@ -49,15 +57,21 @@ pub const DEFAULT_CLIENT_BODY_TIMEOUT_SECS: u64 = 60;
 /// Bytes per second a request body must average while the edge waits for it (Apache's
 /// `MinRate` default).
 pub const DEFAULT_CLIENT_BODY_MIN_RATE: u64 = 500;
+/// Bytes per second a client must take while the edge waits to write to it.
+pub const DEFAULT_SEND_MIN_RATE: u64 = 500;
+/// Highest minimum rate accepted (1 GiB/s).
+pub const MAX_MIN_RATE: u64 = 1 << 30;
 /// Longest `send_timeout` / `client_body_timeout` accepted (one day).
 pub const MAX_TIMEOUT_SECS: u64 = 86_400;
 
-/// The send and request body timeouts (`[limits] send_timeout`, `client_body_timeout`,
-/// `client_body_min_rate`).
+/// The send and request body timeouts (`[limits] send_timeout`, `send_min_rate`,
+/// `client_body_timeout`, `client_body_min_rate`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransferTimeouts {
     /// How long a response may wait on the client without progress.
     pub send: Duration,
+    /// Bytes per second a client must take over each `send` of waiting (0: no minimum rate).
+    pub send_min_rate: u64,
     /// How long a request body may wait on the client without progress.
     pub client_body: Duration,
     /// Bytes per second a request body must average over each `client_body` of waiting (0:
@@ -69,6 +83,7 @@ impl Default for TransferTimeouts {
     fn default() -> Self {
         Self {
             send: Duration::from_secs(DEFAULT_SEND_TIMEOUT_SECS),
+            send_min_rate: DEFAULT_SEND_MIN_RATE,
             client_body: Duration::from_secs(DEFAULT_CLIENT_BODY_TIMEOUT_SECS),
             client_body_min_rate: DEFAULT_CLIENT_BODY_MIN_RATE,
         }
@@ -80,6 +95,7 @@ impl TransferTimeouts {
     /// key and say what is allowed.
     pub fn new(
         send_secs: Option<u64>,
+        send_min_rate: Option<u64>,
         client_body_secs: Option<u64>,
         client_body_min_rate: Option<u64>,
     ) -> Result<Self, (&'static str, String)> {
@@ -91,53 +107,92 @@ impl TransferTimeouts {
                 format!("{secs} is outside 1..={MAX_TIMEOUT_SECS} seconds"),
             )),
         };
-        let rate = client_body_min_rate.unwrap_or(DEFAULT_CLIENT_BODY_MIN_RATE);
-        if rate > 1 << 30 {
-            return Err((
-                "client_body_min_rate",
-                format!("{rate} bytes/s is above 1 GiB/s"),
-            ));
-        }
+        let rate = |field: &'static str, value: Option<u64>, default: u64| {
+            let rate = value.unwrap_or(default);
+            if rate > MAX_MIN_RATE {
+                return Err((field, format!("{rate} bytes/s is above 1 GiB/s")));
+            }
+            Ok(rate)
+        };
         Ok(Self {
             send: secs("send_timeout", send_secs, DEFAULT_SEND_TIMEOUT_SECS)?,
+            send_min_rate: rate("send_min_rate", send_min_rate, DEFAULT_SEND_MIN_RATE)?,
             client_body: secs(
                 "client_body_timeout",
                 client_body_secs,
                 DEFAULT_CLIENT_BODY_TIMEOUT_SECS,
             )?,
-            client_body_min_rate: rate,
+            client_body_min_rate: rate(
+                "client_body_min_rate",
+                client_body_min_rate,
+                DEFAULT_CLIENT_BODY_MIN_RATE,
+            )?,
         })
     }
 
-    /// The deadline of one request body.
-    pub fn body_deadline(&self, counter: Counter) -> BodyDeadline {
-        BodyDeadline::new(self.client_body, self.client_body_min_rate, counter)
+    /// The clock of one request body; `counter` counts the bodies it cuts off.
+    pub fn body_clock(&self, counter: Counter) -> TransferClock {
+        TransferClock::new(
+            Transfer::RequestBody,
+            self.client_body,
+            self.client_body_min_rate,
+            counter,
+        )
+    }
+
+    /// The clock of one client connection's writes; `counter` counts the connections it cuts
+    /// off.
+    pub fn send_clock(&self, counter: Counter) -> TransferClock {
+        TransferClock::new(Transfer::Send, self.send, self.send_min_rate, counter)
     }
 }
 
-/// Why a request body was cut off.
+/// Which transfer a [`TransferClock`] times (for messages naming the settings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transfer {
+    /// A request body from the client.
+    RequestBody,
+    /// Writes to the client.
+    Send,
+}
+
+impl Transfer {
+    fn settings(self) -> (&'static str, &'static str) {
+        match self {
+            Self::RequestBody => ("client_body_timeout", "client_body_min_rate"),
+            Self::Send => ("send_timeout", "send_min_rate"),
+        }
+    }
+}
+
+/// Why a transfer was cut off.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyTimedOut {
-    /// No body bytes for a whole `client_body_timeout`.
-    #[error("no request body bytes for {0:?} (client_body_timeout)")]
-    Stalled(Duration),
-    /// Too few bytes over a `client_body_timeout` of waiting.
-    #[error(
-        "request body slower than {rate} bytes/s over {window:?} of waiting (client_body_min_rate)"
-    )]
+pub enum TimedOut {
+    /// Nothing moved for a whole timeout.
+    #[error("nothing moved for {timeout:?} ({})", .transfer.settings().0)]
+    Stalled {
+        /// What was timed.
+        transfer: Transfer,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// Too few bytes over a timeout's worth of waiting.
+    #[error("slower than {rate} bytes/s over {window:?} of waiting ({})", .transfer.settings().1)]
     TooSlow {
+        /// What was timed.
+        transfer: Transfer,
         /// The minimum rate.
         rate: u64,
-        /// The window it was measured over.
+        /// The waiting time it was measured over.
         window: Duration,
     },
 }
 
-/// Whether `error` or one of its sources is a [`BodyTimedOut`].
-pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `error` or one of its sources is a [`TimedOut`].
+pub fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(error) = current {
-        if error.is::<BodyTimedOut>() {
+        if error.is::<TimedOut>() {
             return true;
         }
         current = error.source();
@@ -145,9 +200,11 @@ pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The clock of one request body: fed by the body wrapper with what the client's body returned.
+/// The clock of one transfer to or from a client: fed with what each poll of the client's side
+/// returned (bytes moved, or nothing yet).
 #[derive(Debug)]
-pub struct BodyDeadline {
+pub struct TransferClock {
+    transfer: Transfer,
     timeout: Duration,
     /// Bytes each `timeout` of waiting must bring (0: no rate check).
     floor: u64,
@@ -168,12 +225,13 @@ struct Wait {
     counted: Instant,
 }
 
-impl BodyDeadline {
-    /// A deadline of `timeout` per wait and `min_rate` bytes/s over each `timeout` of waiting;
-    /// `counter` counts the bodies it cuts off.
-    pub fn new(timeout: Duration, min_rate: u64, counter: Counter) -> Self {
+impl TransferClock {
+    /// A clock of `timeout` per wait and `min_rate` bytes/s over each `timeout` of waiting;
+    /// `counter` counts the transfers it cuts off.
+    pub fn new(transfer: Transfer, timeout: Duration, min_rate: u64, counter: Counter) -> Self {
         let floor = (u128::from(min_rate) * timeout.as_millis()).div_ceil(1000);
         Self {
+            transfer,
             timeout,
             floor: u64::try_from(floor).unwrap_or(u64::MAX),
             wait: None,
@@ -184,8 +242,8 @@ impl BodyDeadline {
         }
     }
 
-    /// `len` body bytes arrived. Fails when they end a rate window that brought too little.
-    pub fn on_data(&mut self, len: u64) -> Result<(), BodyTimedOut> {
+    /// `len` bytes moved. Fails when they end a rate window that brought too little.
+    pub fn on_data(&mut self, len: u64) -> Result<(), TimedOut> {
         if self.wait.is_none() {
             // Ready without waiting: the client is ahead of the edge.
             self.bytes = self.bytes.saturating_add(len);
@@ -194,9 +252,9 @@ impl BodyDeadline {
         self.data_at(len, Instant::now())
     }
 
-    /// The client's body has nothing for the edge, which wants more: runs the clock. Ready
-    /// with an error once the body is over its time.
-    pub fn on_pending(&mut self, cx: &mut Context<'_>) -> Poll<BodyTimedOut> {
+    /// The client has nothing for the edge, or takes nothing from it, and the edge waits: runs
+    /// the clock. Ready with an error once the transfer is over its time.
+    pub fn on_pending(&mut self, cx: &mut Context<'_>) -> Poll<TimedOut> {
         loop {
             let deadline = match self.waiting_at(Instant::now()) {
                 Ok(deadline) => deadline,
@@ -217,8 +275,13 @@ impl BodyDeadline {
         }
     }
 
-    /// Bytes arrived at `now`: ends the current wait.
-    fn data_at(&mut self, len: u64, now: Instant) -> Result<(), BodyTimedOut> {
+    /// Gives up the timer (a parked connection keeps none); the next wait arms a new one.
+    pub fn forget_timer(&mut self) {
+        self.sleep = None;
+    }
+
+    /// Bytes moved at `now`: ends the current wait.
+    fn data_at(&mut self, len: u64, now: Instant) -> Result<(), TimedOut> {
         self.bytes = self.bytes.saturating_add(len);
         let Some(wait) = self.wait.take() else {
             return Ok(());
@@ -235,7 +298,7 @@ impl BodyDeadline {
 
     /// The edge waits on the client at `now`: starts or continues the wait, closes a rate
     /// window that ended meanwhile, and returns when to look again.
-    fn waiting_at(&mut self, now: Instant) -> Result<Instant, BodyTimedOut> {
+    fn waiting_at(&mut self, now: Instant) -> Result<Instant, TimedOut> {
         let wait = self.wait.get_or_insert(Wait {
             started: now,
             counted: now,
@@ -243,7 +306,10 @@ impl BodyDeadline {
         loop {
             let stalled_at = wait.started + self.timeout;
             if now >= stalled_at {
-                return Err(BodyTimedOut::Stalled(self.timeout));
+                return Err(TimedOut::Stalled {
+                    transfer: self.transfer,
+                    timeout: self.timeout,
+                });
             }
             if self.floor == 0 {
                 return Ok(stalled_at);
@@ -265,7 +331,7 @@ impl BodyDeadline {
     }
 
     /// Checks a completed rate window and starts the next.
-    fn close_window(&mut self) -> Result<(), BodyTimedOut> {
+    fn close_window(&mut self) -> Result<(), TimedOut> {
         let enough = self.bytes >= self.floor;
         self.waited = Duration::ZERO;
         self.bytes = 0;
@@ -276,17 +342,21 @@ impl BodyDeadline {
         }
     }
 
-    fn too_slow(&self) -> BodyTimedOut {
+    fn too_slow(&self) -> TimedOut {
         let window = self.timeout;
         let rate = self.floor * 1000 / (window.as_millis().max(1) as u64);
-        BodyTimedOut::TooSlow { rate, window }
+        TimedOut::TooSlow {
+            transfer: self.transfer,
+            rate,
+            window,
+        }
     }
 
-    fn fail(&mut self, error: BodyTimedOut) -> BodyTimedOut {
+    fn fail(&mut self, error: TimedOut) -> TimedOut {
         self.counter.inc();
         self.sleep = None;
         self.wait = None;
-        tracing::debug!(%error, "request body timed out");
+        tracing::debug!(%error, "client too slow; cutting it off");
         error
     }
 }
@@ -316,27 +386,19 @@ impl<T: ResetOnClose + ?Sized> ResetOnClose for Box<T> {
     }
 }
 
-/// A client stream whose writes fail with [`io::ErrorKind::TimedOut`] once one has been blocked
-/// (the socket not writable) for the send timeout. Reads pass through.
+/// A client stream whose writes fail with [`io::ErrorKind::TimedOut`] once they have waited on
+/// the client (the socket not writable) for longer than its [`TransferClock`] allows. Reads
+/// pass through.
 #[derive(Debug)]
 pub struct WriteTimeout<T> {
     inner: T,
-    timeout: Duration,
-    blocked_since: Option<Instant>,
-    sleep: Option<Pin<Box<Sleep>>>,
-    counter: Counter,
+    clock: TransferClock,
 }
 
 impl<T> WriteTimeout<T> {
-    /// `inner` with writes bounded by `timeout`; `counter` counts the connections it cuts off.
-    pub fn new(inner: T, timeout: Duration, counter: Counter) -> Self {
-        Self {
-            inner,
-            timeout,
-            blocked_since: None,
-            sleep: None,
-            counter,
-        }
+    /// `inner` with writes timed by `clock` ([`TransferTimeouts::send_clock`]).
+    pub fn new(inner: T, clock: TransferClock) -> Self {
+        Self { inner, clock }
     }
 
     /// The wrapped stream.
@@ -344,43 +406,40 @@ impl<T> WriteTimeout<T> {
         &self.inner
     }
 
-    /// Gives up waiting on a blocked write: frees the timer (a parked connection keeps none).
+    /// Frees the timer (a parked connection keeps none).
     pub fn forget_timer(&mut self) {
-        self.sleep = None;
+        self.clock.forget_timer();
     }
 }
 
 impl<T: ResetOnClose> WriteTimeout<T> {
-    fn progressed<R>(&mut self, result: R) -> Poll<R> {
-        self.blocked_since = None;
+    fn fail<R>(&mut self, error: TimedOut) -> Poll<io::Result<R>> {
+        self.inner.reset_on_close();
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, error)))
+    }
+
+    fn written(&mut self, result: io::Result<usize>) -> Poll<io::Result<usize>> {
+        if let Ok(n) = result {
+            if let Err(error) = self.clock.on_data(n as u64) {
+                return self.fail(error);
+            }
+        }
+        Poll::Ready(result)
+    }
+
+    fn flushed(&mut self, result: io::Result<()>) -> Poll<io::Result<()>> {
+        if result.is_ok() {
+            if let Err(error) = self.clock.on_data(0) {
+                return self.fail(error);
+            }
+        }
         Poll::Ready(result)
     }
 
     fn blocked<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
-        let now = Instant::now();
-        let deadline = *self.blocked_since.get_or_insert(now) + self.timeout;
-        loop {
-            if Instant::now() >= deadline {
-                self.counter.inc();
-                self.sleep = None;
-                self.inner.reset_on_close();
-                tracing::debug!(timeout = ?self.timeout, "client stopped reading; closing (send_timeout)");
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the client read nothing for send_timeout",
-                )));
-            }
-            let sleep = self
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if sleep.deadline() > deadline {
-                sleep.as_mut().reset(deadline);
-            }
-            match sleep.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) if sleep.deadline() < deadline => sleep.as_mut().reset(deadline),
-                Poll::Ready(()) => {}
-            }
+        match self.clock.on_pending(cx) {
+            Poll::Ready(error) => self.fail(error),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -402,7 +461,7 @@ impl<T: AsyncWrite + ResetOnClose + Unpin> AsyncWrite for WriteTimeout<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Ready(result) => self.progressed(result),
+            Poll::Ready(result) => self.written(result),
             Poll::Pending => self.blocked(cx),
         }
     }
@@ -413,7 +472,7 @@ impl<T: AsyncWrite + ResetOnClose + Unpin> AsyncWrite for WriteTimeout<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(result) => self.progressed(result),
+            Poll::Ready(result) => self.written(result),
             Poll::Pending => self.blocked(cx),
         }
     }
@@ -424,14 +483,14 @@ impl<T: AsyncWrite + ResetOnClose + Unpin> AsyncWrite for WriteTimeout<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Ready(result) => self.progressed(result),
+            Poll::Ready(result) => self.flushed(result),
             Poll::Pending => self.blocked(cx),
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.inner).poll_shutdown(cx) {
-            Poll::Ready(result) => self.progressed(result),
+            Poll::Ready(result) => self.flushed(result),
             Poll::Pending => self.blocked(cx),
         }
     }
@@ -576,28 +635,37 @@ mod tests {
     #[test]
     fn settings_are_validated() {
         assert_eq!(
-            TransferTimeouts::new(None, None, None).unwrap(),
+            TransferTimeouts::new(None, None, None, None).unwrap(),
             TransferTimeouts::default()
         );
-        let custom = TransferTimeouts::new(Some(5), Some(7), Some(0)).unwrap();
+        let custom = TransferTimeouts::new(Some(5), Some(9), Some(7), Some(0)).unwrap();
         assert_eq!(custom.send, Duration::from_secs(5));
+        assert_eq!(custom.send_min_rate, 9);
         assert_eq!(custom.client_body, Duration::from_secs(7));
         assert_eq!(custom.client_body_min_rate, 0);
         assert_eq!(
-            TransferTimeouts::new(Some(0), None, None).unwrap_err().0,
+            TransferTimeouts::new(Some(0), None, None, None)
+                .unwrap_err()
+                .0,
             "send_timeout"
         );
         assert_eq!(
-            TransferTimeouts::new(None, Some(MAX_TIMEOUT_SECS + 1), None)
+            TransferTimeouts::new(None, None, Some(MAX_TIMEOUT_SECS + 1), None)
                 .unwrap_err()
                 .0,
             "client_body_timeout"
         );
         assert_eq!(
-            TransferTimeouts::new(None, None, Some(u64::MAX))
+            TransferTimeouts::new(None, None, None, Some(u64::MAX))
                 .unwrap_err()
                 .0,
             "client_body_min_rate"
+        );
+        assert_eq!(
+            TransferTimeouts::new(None, Some(u64::MAX), None, None)
+                .unwrap_err()
+                .0,
+            "send_min_rate"
         );
     }
 
@@ -608,7 +676,12 @@ mod tests {
     #[test]
     fn a_stalled_body_times_out_after_one_wait() {
         let base = Instant::now();
-        let mut deadline = BodyDeadline::new(Duration::from_secs(10), 0, Counter::default());
+        let mut deadline = TransferClock::new(
+            Transfer::RequestBody,
+            Duration::from_secs(10),
+            0,
+            Counter::default(),
+        );
         assert_eq!(deadline.waiting_at(base).unwrap(), at(base, 10));
         assert_eq!(deadline.waiting_at(at(base, 9)).unwrap(), at(base, 10));
         // Data ends the wait; the next one has a deadline of its own.
@@ -617,7 +690,7 @@ mod tests {
         assert_eq!(deadline.waiting_at(at(base, 21)).unwrap(), at(base, 22));
         assert!(matches!(
             deadline.waiting_at(at(base, 22)),
-            Err(BodyTimedOut::Stalled(_))
+            Err(TimedOut::Stalled { .. })
         ));
     }
 
@@ -625,7 +698,12 @@ mod tests {
     fn a_dribbling_body_is_cut_by_the_minimum_rate() {
         let base = Instant::now();
         // 100 bytes/s over 10 s of waiting: at least 1000 bytes per window.
-        let mut deadline = BodyDeadline::new(Duration::from_secs(10), 100, Counter::default());
+        let mut deadline = TransferClock::new(
+            Transfer::RequestBody,
+            Duration::from_secs(10),
+            100,
+            Counter::default(),
+        );
         // One byte a second: never 10 s without data, but far below the rate.
         let mut second = 0;
         let result = loop {
@@ -637,13 +715,18 @@ mod tests {
             assert!(second < 30, "never cut");
         };
         assert!(
-            matches!(result, BodyTimedOut::TooSlow { rate: 100, .. }),
+            matches!(result, TimedOut::TooSlow { rate: 100, .. }),
             "{result:?}"
         );
         assert_eq!(second, 10);
 
         // 200 bytes a second passes, window after window.
-        let mut deadline = BodyDeadline::new(Duration::from_secs(10), 100, Counter::default());
+        let mut deadline = TransferClock::new(
+            Transfer::RequestBody,
+            Duration::from_secs(10),
+            100,
+            Counter::default(),
+        );
         for second in 0..35 {
             deadline.waiting_at(at(base, second)).unwrap();
             deadline.data_at(200, at(base, second + 1)).unwrap();
@@ -653,7 +736,12 @@ mod tests {
     #[test]
     fn only_time_spent_waiting_on_the_client_counts() {
         let base = Instant::now();
-        let mut deadline = BodyDeadline::new(Duration::from_secs(10), 100, Counter::default());
+        let mut deadline = TransferClock::new(
+            Transfer::RequestBody,
+            Duration::from_secs(10),
+            100,
+            Counter::default(),
+        );
         // The edge does not ask for the body for minutes (the origin is slow to read it), and
         // whenever it does the client has data: no wait, nothing counted.
         deadline.data_at(10, at(base, 60)).unwrap();
@@ -673,7 +761,7 @@ mod tests {
         deadline.waiting_at(at(base, 134)).unwrap();
         assert!(matches!(
             deadline.waiting_at(at(base, 141)),
-            Err(BodyTimedOut::TooSlow { .. })
+            Err(TimedOut::TooSlow { .. })
         ));
     }
 }

@@ -278,7 +278,20 @@ fn source(last: u8) -> IpAddr {
 
 /// A TCP connection from `from` (a loopback address) to `to`.
 async fn connect_from(from: IpAddr, to: SocketAddr) -> anyhow::Result<TcpStream> {
+    connect_with(from, to, None).await
+}
+
+/// [`connect_from`] with the socket's receive buffer set to `recv_buffer` bytes (which turns
+/// off the kernel's autotuning: a client that stops reading fills it quickly).
+async fn connect_with(
+    from: IpAddr,
+    to: SocketAddr,
+    recv_buffer: Option<u32>,
+) -> anyhow::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
     socket.bind(SocketAddr::new(from, 0))?;
     Ok(tokio::time::timeout(DEADLINE, socket.connect(to))
         .await
@@ -291,6 +304,16 @@ async fn tls_from(
     to: SocketAddr,
     alpn: &[u8],
 ) -> anyhow::Result<TlsStream<TcpStream>> {
+    tls_with(from, to, alpn, None).await
+}
+
+/// [`tls_from`] over [`connect_with`].
+async fn tls_with(
+    from: IpAddr,
+    to: SocketAddr,
+    alpn: &[u8],
+    recv_buffer: Option<u32>,
+) -> anyhow::Result<TlsStream<TcpStream>> {
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -299,7 +322,7 @@ async fn tls_from(
     .with_custom_certificate_verifier(Arc::new(AcceptAny))
     .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = connect_from(from, to).await?;
+    let tcp = connect_with(from, to, recv_buffer).await?;
     let stream = tokio::time::timeout(
         DEADLINE,
         TlsConnector::from(Arc::new(config)).connect(ServerName::try_from("app.test")?, tcp),
@@ -1165,8 +1188,31 @@ async fn clients_that_stop_reading_are_cut_off_at_the_send_timeout() {
     let h2_started = Instant::now();
     assert_eq!(response.status(), StatusCode::OK);
     let mut h2_body = response.into_body();
-    wait_until("both responses streaming at the app", DEADLINE, || {
-        edge.app.streams_sending.load(Ordering::SeqCst) == 2
+    // HTTP/2 from 127.0.0.5: windows of 1 GiB, but once its response has begun it stops
+    // reading the socket altogether (its connection is no longer polled), so the socket fills
+    // long before any window does (a small receive buffer makes that quick). Its stream is
+    // reset when h2's send buffer has stayed full for the timeout (or its connection when the
+    // socket has stayed blocked, whichever comes first).
+    let tls = tls_with(source(5), edge.https, b"h2", Some(64 * 1024))
+        .await
+        .unwrap();
+    let (mut deaf_client, deaf_connection) = h2::client::Builder::new()
+        .initial_window_size(1 << 30)
+        .initial_connection_window_size(1 << 30)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .unwrap();
+    let mut deaf_connection = Box::pin(deaf_connection);
+    let request = Request::get("https://app.test/big").body(()).unwrap();
+    let (response, _) = deaf_client.send_request(request, true).unwrap();
+    let response = tokio::select! {
+        response = response => response.unwrap(),
+        _ = &mut deaf_connection => panic!("the connection ended first"),
+    };
+    assert_eq!(response.status(), StatusCode::OK);
+    let deaf_started = Instant::now();
+    wait_until("three responses streaming at the app", DEADLINE, || {
+        edge.app.streams_sending.load(Ordering::SeqCst) == 3
     })
     .await;
 
@@ -1199,26 +1245,47 @@ async fn clients_that_stop_reading_are_cut_off_at_the_send_timeout() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 
-    // Both responses were cut off at the app: the edge closed their upstream connections.
-    wait_until("both app responses cut", DEADLINE, || {
-        edge.app.streams_cut.load(Ordering::SeqCst) == 2
+    // All three responses were cut off at the app: the edge closed their upstream
+    // connections.
+    wait_until("three app responses cut", DEADLINE, || {
+        edge.app.streams_cut.load(Ordering::SeqCst) == 3
     })
     .await;
     assert_eq!(edge.app.streams_sending.load(Ordering::SeqCst), 0);
-    let h1_cut = h1_started.elapsed();
-    assert!(
-        h1_cut >= Duration::from_millis(1900) && h1_cut < Duration::from_secs(9),
-        "HTTP/1.1 response cut off after {h1_cut:?}"
-    );
+    for (name, started) in [("HTTP/1.1", h1_started), ("deaf HTTP/2", deaf_started)] {
+        let cut = started.elapsed();
+        assert!(
+            cut >= Duration::from_millis(1900) && cut < Duration::from_secs(9),
+            "{name} response cut off after {cut:?}"
+        );
+    }
+    // When the deaf client reads again, its endless response ends after what was already in
+    // the buffers (a stream reset, or the connection's end if its socket timer went first).
+    tokio::spawn(deaf_connection);
+    let mut deaf_body = response.into_body();
+    let mut received = 0usize;
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(Ok(chunk)) = deaf_body.data().await {
+            received += chunk.len();
+            let _ = deaf_body.flow_control().release_capacity(chunk.len());
+        }
+    })
+    .await
+    .expect("the deaf client's response never ended");
+    assert!(received < 1 << 30, "{received} bytes");
+    drop(deaf_client);
     // The HTTP/1.1 client finds its connection gone once it reads what was buffered.
     let mut sink = Vec::new();
     let read = tokio::time::timeout(DEADLINE, h1.read_to_end(&mut sink)).await;
     assert!(read.is_ok(), "the HTTP/1.1 connection is still open");
+    // One per client; the deaf one's stream may also have hit its own timer before its
+    // connection did.
     let text = edge.metrics_text();
-    assert!(
-        text.contains("kokoa_edge_timeouts_total{kind=\"send\"} 2"),
-        "{text}"
-    );
+    let sends = text
+        .lines()
+        .find_map(|line| line.strip_prefix("kokoa_edge_timeouts_total{kind=\"send\"} "))
+        .and_then(|value| value.parse::<u64>().ok());
+    assert!(matches!(sends, Some(3 | 4)), "{text}");
     edge.stop().await;
 }
 
