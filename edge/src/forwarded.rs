@@ -35,13 +35,11 @@ pub struct TrustedProxies {
 }
 
 impl TrustedProxies {
-    /// Parses the list (CIDRs or single addresses); an error names the offending entry.
-    pub fn parse(entries: &[String]) -> Result<Self, String> {
-        let networks = entries
-            .iter()
-            .map(|entry| crate::acl::parse_network(entry))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { networks })
+    /// The proxies in `networks` (the model's validated `[edge] trusted_proxies`).
+    pub fn new(networks: &[kokoa_model::Network]) -> Self {
+        Self {
+            networks: networks.iter().map(|network| network.net()).collect(),
+        }
     }
 
     /// Whether no proxy is trusted.
@@ -207,7 +205,11 @@ mod tests {
     }
 
     fn trusted(list: &[&str]) -> TrustedProxies {
-        TrustedProxies::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        let networks: Vec<kokoa_model::Network> = list
+            .iter()
+            .map(|entry| kokoa_model::Network::parse(entry).unwrap())
+            .collect();
+        TrustedProxies::new(&networks)
     }
 
     fn ip(text: &str) -> IpAddr {

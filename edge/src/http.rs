@@ -25,8 +25,8 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::acme::AcmeChallenges;
-use crate::config::{is_host_name, Limits};
 use crate::head::{self, HeadError};
+use crate::https::SharedHttpLimits;
 use crate::https::{refuse, serve_until_drained};
 use crate::limit::{Activity, ConnectionLimiter, LogSampler};
 use crate::metrics::Metrics;
@@ -45,7 +45,7 @@ pub struct HttpServer {
     /// The routes: only their names are redirected.
     pub routes: Arc<ArcSwap<RouteTable>>,
     /// Timeouts and sizes.
-    pub limits: Limits,
+    pub limits: SharedHttpLimits,
     /// Metrics.
     pub metrics: Metrics,
     /// Connection caps shared by every listener.
@@ -102,18 +102,19 @@ impl HttpServer {
                         let response = handler.answer(&request);
                         async move { Ok::<_, Infallible>(response) }
                     });
+                    let limits = server.limits.load_full();
                     let mut builder = hyper::server::conn::http1::Builder::new();
                     builder
                         .timer(TokioTimer::new())
-                        .header_read_timeout(server.limits.header_read_timeout)
-                        .max_buf_size(server.limits.max_header_bytes)
-                        .max_headers(server.limits.max_headers);
+                        .header_read_timeout(limits.header_read_timeout)
+                        .max_buf_size(limits.max_header_bytes)
+                        .max_headers(limits.max_headers);
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
                     serve_until_drained(
                         connection,
                         &info,
-                        Some(server.limits.idle_timeout),
-                        server.limits.timeouts.send,
+                        Some(limits.idle_timeout),
+                        limits.timeouts.send,
                         &server.metrics,
                     )
                     .await;
@@ -135,11 +136,13 @@ impl HttpServer {
                 }
             };
         }
-        if head::head_size(request) > self.limits.max_header_bytes {
+        if head::head_size(request) > self.limits.load().max_header_bytes {
             return head_refusal(HeadError::TooLarge, true);
         }
         let host = match head::request_host(request) {
-            Ok(host) => normalize_host(&host).filter(|host| is_host_name(host)),
+            Ok(host) => {
+                normalize_host(&host).filter(|host| kokoa_model::HostName::new(host).is_ok())
+            }
             Err(HeadError::NoHost | HeadError::MissingHost) => None,
             Err(error) => return head_refusal(error, true),
         };
@@ -213,26 +216,27 @@ fn acme_answer(method: &Method, key_authorization: String) -> Response<ProxyBody
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RouteConfig;
+    use kokoa_model::{EdgeLimits, HttpRoute};
 
     fn routes() -> Arc<ArcSwap<RouteTable>> {
-        let route = |host: &str| RouteConfig {
-            host: host.into(),
+        let route = |host: &str| HttpRoute {
+            host: host.parse().unwrap(),
             aliases: Vec::new(),
-            origin: "home".into(),
-            port: 1,
+            origin: "home".parse().unwrap(),
+            port: kokoa_model::Port::new(1).unwrap(),
+            limits: Default::default(),
         };
-        Arc::new(ArcSwap::from_pointee(RouteTable::new(&[
-            route("app.example.com"),
-            route("*.wild.example.com"),
-        ])))
+        Arc::new(ArcSwap::from_pointee(RouteTable::new(
+            &[route("app.example.com"), route("*.wild.example.com")],
+            &EdgeLimits::default(),
+        )))
     }
 
     fn answer(port: u16, method: Method, uri: &str, host: Option<&str>) -> Response<ProxyBody> {
         let server = HttpServer {
             https_port: port,
             routes: routes(),
-            limits: Limits::default(),
+            limits: Default::default(),
             metrics: Metrics::default(),
             connections: ConnectionLimiter::new(Default::default(), 0, 0),
             acme: AcmeChallenges::new(),
@@ -308,7 +312,7 @@ mod tests {
         let server = HttpServer {
             https_port: 443,
             routes: routes(),
-            limits: Limits::default(),
+            limits: Default::default(),
             metrics: Metrics::default(),
             connections: ConnectionLimiter::new(Default::default(), 0, 0),
             acme: AcmeChallenges::new(),

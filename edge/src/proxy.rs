@@ -57,16 +57,16 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument as _;
 
-use crate::config::Limits;
 use crate::dial::Dialer;
-use crate::forwarded::{self, TrustedProxies};
+use crate::forwarded;
 use crate::head::{self, HeadError};
+use crate::https::{HttpLimits, SharedHttpLimits};
 use crate::limit::{Activity, InFlight};
-use crate::metrics::{status_class, ByteLabels, Metrics, RequestLabels};
+use crate::metrics::{status_class, ByteLabels, Metrics};
 use crate::pool::{dial_error, service_uri, BoxError, Pool, ProxyBody};
 use crate::route::{normalize_host, Route, RouteTable};
-use crate::sni::{CertStore, HostCheck};
-use crate::timeout::{self, TransferClock, TransferTimeouts};
+use crate::sni::{host_permitted, CertStore, SniHostCheck};
+use crate::timeout::{self, TransferClock};
 
 /// The route label of requests no route matched.
 const UNROUTED: &str = "unrouted";
@@ -156,59 +156,26 @@ pub struct ConnectionInfo {
     pub activity: Arc<Activity>,
 }
 
-/// What the proxy checks on each request, from `[edge]` and `[limits]`.
-#[derive(Clone, Debug)]
-pub struct ProxySettings {
-    /// Most header fields per request (431 above).
-    pub max_headers: usize,
-    /// Largest HTTP/1 request head (431 above).
-    pub max_header_bytes: usize,
-    /// Request body timeouts (the send timeout is the connections').
-    pub timeouts: TransferTimeouts,
-    /// Proxies whose forwarding headers are believed.
-    pub trusted_proxies: TrustedProxies,
-    /// Whether the host must agree with the connection's SNI.
-    pub sni_host_check: HostCheck,
-}
-
-impl ProxySettings {
-    /// The settings `limits` holds.
-    pub fn from_limits(limits: &Limits) -> Self {
-        Self {
-            max_headers: limits.max_headers,
-            max_header_bytes: limits.max_header_bytes,
-            timeouts: limits.timeouts,
-            trusted_proxies: limits.trusted_proxies.clone(),
-            sni_host_check: limits.sni_host_check,
-        }
-    }
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        Self::from_limits(&Limits::default())
-    }
-}
-
 /// The proxy service shared by every HTTPS connection.
 pub struct Proxy<D: Dialer> {
     routes: Arc<ArcSwap<RouteTable>>,
     certificates: Arc<ArcSwap<CertStore>>,
     pool: Pool<D>,
     metrics: Metrics,
-    settings: ProxySettings,
+    limits: SharedHttpLimits,
     body_timeouts: Counter,
 }
 
 impl<D: Dialer> Proxy<D> {
     /// Routes with the current table in `routes` and forwards over `pool`, checking each
-    /// request as `settings` says (`certificates`: what the edge serves, for `sni_host_check`).
+    /// request against the `limits` in force (`certificates`: what the edge serves, for
+    /// `sni_host_check`).
     pub fn new(
         routes: Arc<ArcSwap<RouteTable>>,
         certificates: Arc<ArcSwap<CertStore>>,
         pool: Pool<D>,
         metrics: Metrics,
-        settings: ProxySettings,
+        limits: SharedHttpLimits,
     ) -> Self {
         Self {
             routes,
@@ -216,7 +183,7 @@ impl<D: Dialer> Proxy<D> {
             pool,
             body_timeouts: metrics.timeout_counter("client_body"),
             metrics,
-            settings,
+            limits,
         }
     }
 
@@ -230,8 +197,8 @@ impl<D: Dialer> Proxy<D> {
         let host = head::request_host(&request);
         let raw_host = host.as_deref().unwrap_or("");
         // The client the request is for: the peer, or whom a trusted proxy names.
-        let client = self
-            .settings
+        let limits = self.limits.load_full();
+        let client = limits
             .trusted_proxies
             .client(connection.client.ip(), request.headers());
         let span = tracing::info_span!(
@@ -263,10 +230,10 @@ impl<D: Dialer> Proxy<D> {
             quiet: false,
         };
         let in_flight = connection.activity.begin();
-        let response = match self.check_head(&request, host) {
+        let response = match self.check_head(&request, host, &limits) {
             Err(error) => head_refusal(error, request.version() < Version::HTTP_2),
             Ok(host) => {
-                self.forward(request, host, client, connection, &mut log)
+                self.forward(request, host, client, connection, &limits, &mut log)
                     .instrument(span)
                     .await
             }
@@ -277,12 +244,7 @@ impl<D: Dialer> Proxy<D> {
             .as_ref()
             .map_or(UNROUTED, |route| route.host.as_str());
         self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                host: route_host.to_owned(),
-                class: status_class(log.status),
-            })
-            .inc();
+            .count_request(route_host, status_class(log.status));
         let counter = self.bytes_counter(route_host, "out");
         response.map(|body| {
             Metered {
@@ -300,14 +262,14 @@ impl<D: Dialer> Proxy<D> {
         &self,
         request: &Request<B>,
         host: Result<String, HeadError>,
+        limits: &HttpLimits,
     ) -> Result<String, HeadError> {
         // hyper enforces the count for HTTP/1 heads (answering 431 itself); HTTP/2 only bounds
         // the header list's size, so the count is checked here.
-        if request.headers().len() > self.settings.max_headers {
+        if request.headers().len() > limits.max_headers {
             return Err(HeadError::TooManyFields);
         }
-        if request.version() < Version::HTTP_2
-            && head::head_size(request) > self.settings.max_header_bytes
+        if request.version() < Version::HTTP_2 && head::head_size(request) > limits.max_header_bytes
         {
             return Err(HeadError::TooLarge);
         }
@@ -332,6 +294,7 @@ impl<D: Dialer> Proxy<D> {
         raw_host: String,
         client: IpAddr,
         connection: &ConnectionInfo,
+        limits: &HttpLimits,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
         let routes = self.routes.load();
@@ -344,14 +307,10 @@ impl<D: Dialer> Proxy<D> {
         drop(routes);
         log.route = Some(route.clone());
 
-        if self.settings.sni_host_check != HostCheck::Off {
+        if limits.sni_host_check != SniHostCheck::Off {
             let host = normalize_host(&raw_host).unwrap_or_default();
             let sni = connection.sni.as_deref();
-            if !self
-                .settings
-                .sni_host_check
-                .permits(sni, &host, &self.certificates.load())
-            {
+            if !host_permitted(limits.sni_host_check, sni, &host, &self.certificates.load()) {
                 tracing::debug!(
                     sni = sni.unwrap_or(""),
                     "host and SNI disagree (sni_host_check)"
@@ -388,16 +347,17 @@ impl<D: Dialer> Proxy<D> {
         let peer = connection.client.ip();
         let origin = forwarded::Origin {
             peer,
-            trusted: self.settings.trusted_proxies.contains(peer),
+            trusted: limits.trusted_proxies.contains(peer),
             client,
         };
-        let upstream = match self.upstream_request(request, &raw_host, &route, origin, websocket) {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                tracing::debug!(%error, "cannot build the upstream request");
-                return page(StatusCode::BAD_REQUEST, "The request cannot be forwarded.");
-            }
-        };
+        let upstream =
+            match self.upstream_request(request, &raw_host, &route, origin, websocket, limits) {
+                Ok(upstream) => upstream,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot build the upstream request");
+                    return page(StatusCode::BAD_REQUEST, "The request cannot be forwarded.");
+                }
+            };
 
         let mut response = match self.pool.send(upstream).await {
             Ok(response) => response,
@@ -567,6 +527,7 @@ impl<D: Dialer> Proxy<D> {
         route: &Route,
         origin: forwarded::Origin,
         websocket: bool,
+        limits: &HttpLimits,
     ) -> Result<Request<ProxyBody>, BoxError> {
         let (mut parts, body) = request.into_parts();
         let target = if head::is_asterisk_form(&parts.uri) {
@@ -595,11 +556,8 @@ impl<D: Dialer> Proxy<D> {
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
         let limit = route.admission.policy.max_body_bytes;
-        let deadline = (!body.is_end_stream()).then(|| {
-            self.settings
-                .timeouts
-                .body_clock(self.body_timeouts.clone())
-        });
+        let deadline =
+            (!body.is_end_stream()).then(|| limits.timeouts.body_clock(self.body_timeouts.clone()));
         let body = ClientBody {
             inner: body,
             counter: self.bytes_counter(&route.host, "in"),

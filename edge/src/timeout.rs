@@ -46,23 +46,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use kokoa_model::EdgeLimits;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-
-/// Seconds a response may wait on the client without progress (Nginx's default).
-pub const DEFAULT_SEND_TIMEOUT_SECS: u64 = 60;
-/// Seconds a request body may wait on the client without progress (Nginx's default).
-pub const DEFAULT_CLIENT_BODY_TIMEOUT_SECS: u64 = 60;
-/// Bytes per second a request body must average while the edge waits for it (Apache's
-/// `MinRate` default).
-pub const DEFAULT_CLIENT_BODY_MIN_RATE: u64 = 500;
-/// Bytes per second a client must take while the edge waits to write to it.
-pub const DEFAULT_SEND_MIN_RATE: u64 = 500;
-/// Highest minimum rate accepted (1 GiB/s).
-pub const MAX_MIN_RATE: u64 = 1 << 30;
-/// Longest `send_timeout` / `client_body_timeout` accepted (one day).
-pub const MAX_TIMEOUT_SECS: u64 = 86_400;
 
 /// The send and request body timeouts (`[limits] send_timeout`, `send_min_rate`,
 /// `client_body_timeout`, `client_body_min_rate`).
@@ -81,53 +68,19 @@ pub struct TransferTimeouts {
 
 impl Default for TransferTimeouts {
     fn default() -> Self {
-        Self {
-            send: Duration::from_secs(DEFAULT_SEND_TIMEOUT_SECS),
-            send_min_rate: DEFAULT_SEND_MIN_RATE,
-            client_body: Duration::from_secs(DEFAULT_CLIENT_BODY_TIMEOUT_SECS),
-            client_body_min_rate: DEFAULT_CLIENT_BODY_MIN_RATE,
-        }
+        Self::from_limits(&EdgeLimits::default())
     }
 }
 
 impl TransferTimeouts {
-    /// The validated settings from the `[limits]` keys (unset: the defaults). Errors name the
-    /// key and say what is allowed.
-    pub fn new(
-        send_secs: Option<u64>,
-        send_min_rate: Option<u64>,
-        client_body_secs: Option<u64>,
-        client_body_min_rate: Option<u64>,
-    ) -> Result<Self, (&'static str, String)> {
-        let secs = |field: &'static str, value: Option<u64>, default: u64| match value {
-            None => Ok(Duration::from_secs(default)),
-            Some(secs) if (1..=MAX_TIMEOUT_SECS).contains(&secs) => Ok(Duration::from_secs(secs)),
-            Some(secs) => Err((
-                field,
-                format!("{secs} is outside 1..={MAX_TIMEOUT_SECS} seconds"),
-            )),
-        };
-        let rate = |field: &'static str, value: Option<u64>, default: u64| {
-            let rate = value.unwrap_or(default);
-            if rate > MAX_MIN_RATE {
-                return Err((field, format!("{rate} bytes/s is above 1 GiB/s")));
-            }
-            Ok(rate)
-        };
-        Ok(Self {
-            send: secs("send_timeout", send_secs, DEFAULT_SEND_TIMEOUT_SECS)?,
-            send_min_rate: rate("send_min_rate", send_min_rate, DEFAULT_SEND_MIN_RATE)?,
-            client_body: secs(
-                "client_body_timeout",
-                client_body_secs,
-                DEFAULT_CLIENT_BODY_TIMEOUT_SECS,
-            )?,
-            client_body_min_rate: rate(
-                "client_body_min_rate",
-                client_body_min_rate,
-                DEFAULT_CLIENT_BODY_MIN_RATE,
-            )?,
-        })
+    /// The timeouts `limits` sets (validated by the model).
+    pub fn from_limits(limits: &EdgeLimits) -> Self {
+        Self {
+            send: limits.send_timeout.as_secs(),
+            send_min_rate: limits.send_min_rate.get(),
+            client_body: limits.client_body_timeout.as_secs(),
+            client_body_min_rate: limits.client_body_min_rate.get(),
+        }
     }
 
     /// The clock of one request body; `counter` counts the bodies it cuts off.
@@ -633,40 +586,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn settings_are_validated() {
-        assert_eq!(
-            TransferTimeouts::new(None, None, None, None).unwrap(),
-            TransferTimeouts::default()
-        );
-        let custom = TransferTimeouts::new(Some(5), Some(9), Some(7), Some(0)).unwrap();
+    fn timeouts_come_from_the_model_s_limits() {
+        let defaults = TransferTimeouts::default();
+        assert_eq!(defaults.send, Duration::from_secs(60));
+        assert_eq!(defaults.client_body, Duration::from_secs(60));
+        assert_eq!(defaults.send_min_rate, 500);
+        assert_eq!(defaults.client_body_min_rate, 500);
+        let limits: EdgeLimits = kokoa_model::from_toml(
+            "send_timeout = 5\nsend_min_rate = 9\nclient_body_timeout = 7\nclient_body_min_rate = 0",
+        )
+        .unwrap();
+        let custom = TransferTimeouts::from_limits(&limits);
         assert_eq!(custom.send, Duration::from_secs(5));
         assert_eq!(custom.send_min_rate, 9);
         assert_eq!(custom.client_body, Duration::from_secs(7));
         assert_eq!(custom.client_body_min_rate, 0);
-        assert_eq!(
-            TransferTimeouts::new(Some(0), None, None, None)
-                .unwrap_err()
-                .0,
-            "send_timeout"
-        );
-        assert_eq!(
-            TransferTimeouts::new(None, None, Some(MAX_TIMEOUT_SECS + 1), None)
-                .unwrap_err()
-                .0,
-            "client_body_timeout"
-        );
-        assert_eq!(
-            TransferTimeouts::new(None, None, None, Some(u64::MAX))
-                .unwrap_err()
-                .0,
-            "client_body_min_rate"
-        );
-        assert_eq!(
-            TransferTimeouts::new(None, Some(u64::MAX), None, None)
-                .unwrap_err()
-                .0,
-            "send_min_rate"
-        );
     }
 
     fn at(base: Instant, secs: u64) -> Instant {
