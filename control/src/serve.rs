@@ -120,7 +120,9 @@ fn host_name() -> Option<String> {
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .ok()?;
     let name = name.trim().to_ascii_lowercase();
-    store::validate::hostname("hostname", &name).ok()
+    kokoa_model::HostName::new(&name)
+        .ok()
+        .map(|name| name.to_string())
 }
 
 /// The names in the gRPC certificate: the given ones, or localhost, 127.0.0.1 and the host name.

@@ -148,6 +148,7 @@ fn hello(applied_version: u64) -> pb::NodeMessage {
             applied_version,
             software_version: "test".into(),
             hostname: "test-host".into(),
+            listeners: Vec::new(),
         })),
     }
 }

@@ -138,26 +138,14 @@ impl Control {
     async fn origin_with_service(&self, name: &str, port: u32) -> Result<(Origin, Service)> {
         let origin = self
             .store
-            .create_origin(
-                &Actor::System,
-                NewOrigin {
-                    name: name.into(),
-                    public_key: None,
-                },
-            )
+            .create_origin(&Actor::System, NewOrigin::named(name.parse()?))
             .await?;
         let service = self
             .store
             .create_service(
                 &Actor::System,
                 origin.id,
-                NewService {
-                    name: "web".into(),
-                    port,
-                    protocol: store::Protocol::Http,
-                    local_address: None,
-                    health_path: None,
-                },
+                NewService::http("web".parse()?, store::Port::new(port)?),
             )
             .await?;
         Ok((origin, service))
@@ -169,10 +157,9 @@ impl Control {
             .create_edge(
                 &Actor::System,
                 NewEdge {
-                    name: name.into(),
-                    endpoint: Some(format!("{name}.example.net:51820")),
+                    endpoint: Some(format!("{name}.example.net:51820").parse()?),
                     origins,
-                    ..NewEdge::default()
+                    ..NewEdge::named(name.parse()?)
                 },
             )
             .await?;
@@ -184,10 +171,8 @@ impl Control {
             .create_route(
                 &Actor::System,
                 NewRoute {
-                    hostname: host.into(),
-                    aliases: Vec::new(),
-                    service_id: service.id,
-                    limits: Some(serde_json::json!({"rate": 50})),
+                    limits: kokoa_model::from_json_value(serde_json::json!({"rate": 50}))?,
+                    ..NewRoute::to(host.parse()?, service.id)
                 },
             )
             .await?;
@@ -232,6 +217,7 @@ impl Watch {
             applied_version,
             software_version: "test".into(),
             hostname: "test-host".into(),
+            listeners: Vec::new(),
         })))
         .await
         .map_err(|_| Status::internal("hello"))?;
@@ -752,34 +738,21 @@ async fn a_replica_on_shared_postgres_streams_changes_made_elsewhere() -> Result
     let control = Control::start_with(store::open(&url, key).await?, tempfile::tempdir()?).await?;
     let result = async {
         let origin = writer
-            .create_origin(
-                &Actor::Cli,
-                NewOrigin {
-                    name: "home".into(),
-                    public_key: None,
-                },
-            )
+            .create_origin(&Actor::Cli, NewOrigin::named("home".parse()?))
             .await?;
         let service = writer
             .create_service(
                 &Actor::Cli,
                 origin.id,
-                NewService {
-                    name: "web".into(),
-                    port: 8001,
-                    protocol: store::Protocol::Http,
-                    local_address: None,
-                    health_path: None,
-                },
+                NewService::http("web".parse()?, store::Port::new(8001)?),
             )
             .await?;
         let edge = writer
             .create_edge(
                 &Actor::Cli,
                 NewEdge {
-                    name: "e1".into(),
                     origins: vec![origin.id],
-                    ..NewEdge::default()
+                    ..NewEdge::named("e1".parse()?)
                 },
             )
             .await?;
@@ -793,12 +766,7 @@ async fn a_replica_on_shared_postgres_streams_changes_made_elsewhere() -> Result
         writer
             .create_route(
                 &Actor::Cli,
-                NewRoute {
-                    hostname: "app.example.com".into(),
-                    aliases: Vec::new(),
-                    service_id: service.id,
-                    limits: None,
-                },
+                NewRoute::to("app.example.com".parse()?, service.id),
             )
             .await?;
         let version = writer.config_version().await?;

@@ -21,6 +21,7 @@ mod origins;
 mod routes;
 mod services;
 mod status;
+mod tcp_routes;
 mod tokens;
 
 use std::future::Future;
@@ -39,6 +40,7 @@ pub use origins::{OriginView, RotateKey};
 pub use routes::{RouteCreate, RoutePatch, RouteView};
 pub use services::ServiceView;
 pub use status::{NodeStatusView, StatusSummary};
+pub use tcp_routes::{TcpRouteCreate, TcpRoutePatch, TcpRouteView};
 pub use tokens::{ApiTokenRequest, TokenRequest};
 
 use crate::bundle::BundleSettings;
@@ -167,6 +169,16 @@ pub fn router(state: ApiState) -> Router {
             get(routes::get)
                 .patch(routes::update)
                 .delete(routes::delete),
+        )
+        .route(
+            "/tcp-routes",
+            get(tcp_routes::list).post(tcp_routes::create),
+        )
+        .route(
+            "/tcp-routes/{route}",
+            get(tcp_routes::get)
+                .patch(tcp_routes::update)
+                .delete(tcp_routes::delete),
         )
         .route(
             "/certificates",
