@@ -200,12 +200,13 @@ impl Control {
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = tokio::time::timeout(
             Duration::from_secs(30),
+            // The client flags are the subcommands' (global below them), so they come last.
             tokio::process::Command::new(binary("kokoa-control")?)
+                .args(args)
                 .arg("--api-url")
                 .arg(format!("http://{}", self.api))
                 .arg("--token")
                 .arg(&self.token)
-                .args(args)
                 .kill_on_drop(true)
                 .output(),
         )
