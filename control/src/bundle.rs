@@ -41,6 +41,9 @@ pub struct BundleSettings {
 }
 
 /// The node a bundle is for.
+// One short-lived value per bundle request, never kept in a collection: an edge record being
+// larger than an origin's (its limits, tunnel settings and listeners) costs nothing here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum BundleNode {
     /// An edge.

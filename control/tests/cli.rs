@@ -350,7 +350,15 @@ fn operator_workflow_against_a_running_control() -> Result<()> {
     let row: Vec<&str> = lines.next().context("row")?.split_whitespace().collect();
     assert_eq!(
         row,
-        ["app.example.com", "www.example.com", "home", "web", "8001"],
+        // No limits of its own: `-` in the LIMITS column.
+        [
+            "app.example.com",
+            "www.example.com",
+            "home",
+            "web",
+            "8001",
+            "-"
+        ],
         "{routes}"
     );
 

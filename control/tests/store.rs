@@ -681,7 +681,7 @@ async fn tcp_routes_are_unique_per_port_and_clear_of_edge_listeners(db: &Db) -> 
     assert!(is_conflict(s.delete_service(&cli(), db_service.id).await));
     assert!(is_conflict(s.delete_origin(&cli(), home.id).await));
     let snapshot = s.snapshot().await?;
-    assert_eq!(snapshot.tcp_routes, [moved.clone()]);
+    assert_eq!(snapshot.tcp_routes, std::slice::from_ref(&moved));
     s.delete_tcp_route(&cli(), route.id).await?;
     s.delete_service(&cli(), db_service.id).await?;
     assert!(s.list_tcp_routes().await?.is_empty());

@@ -123,8 +123,11 @@ impl CertificateStore for SqlStore {
                     ));
                 }
                 check_covers(cert, &new.names)?;
-                // Listed as the edge will serve it: by the certificate's own names.
-                cert.names().iter().map(ToString::to_string).collect()
+                // Listed as the edge will serve it: by the certificate's own names (sorted,
+                // like an ACME entry's).
+                let names: BTreeSet<String> =
+                    cert.names().iter().map(ToString::to_string).collect();
+                names.into_iter().collect()
             }
             (CertificateSource::Acme, parsed) => {
                 let names = acme_names(&new.names)?;
