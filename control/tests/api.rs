@@ -185,6 +185,29 @@ async fn tokens_are_required_and_checked() -> Result<()> {
     let doc: Value = anonymous.get("/openapi.json").await?;
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/api/v1/routes"]["post"].is_object());
+    for path in ["/api/v1/tcp-routes", "/api/v1/tcp-routes/{route}"] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path} documented");
+    }
+    let schemas = &doc["components"]["schemas"];
+    // Request bodies refuse unknown fields, as the API does (422 naming the field).
+    for body in [
+        "RouteCreate",
+        "RoutePatch",
+        "TcpRouteCreate",
+        "EdgeCreate",
+        "CertificateUpload",
+    ] {
+        assert_eq!(
+            schemas[body]["additionalProperties"], false,
+            "{body} is strict in the document"
+        );
+    }
+    assert!(
+        schemas["TcpRouteCreate"]["properties"]["proxy_protocol"].is_object()
+            && schemas["EdgeCreate"]["properties"]["limits"].is_object()
+            && schemas["Nack"]["properties"]["object"].is_object(),
+        "TCP routes, edge limits and the NACK's object are described"
+    );
     let mut refs = Vec::new();
     collect_refs(&doc, &mut refs);
     assert!(refs.len() > 50, "{}", refs.len());
@@ -596,7 +619,7 @@ async fn routes_crud_and_the_issue_errors() -> Result<()> {
             Some("hostname"),
         )?;
     }
-    // Duplicate route (as host name and as alias).
+    // Duplicate route (as host name and as alias): 409 naming the field that collides.
     for dup in ["app.example.com", "www.example.com"] {
         expect_error(
             h.api
@@ -606,9 +629,20 @@ async fn routes_crud_and_the_issue_errors() -> Result<()> {
                 )
                 .await,
             StatusCode::CONFLICT,
-            None,
+            Some("hostname"),
         )?;
     }
+    expect_error(
+        h.api
+            .post::<_, RouteView>(
+                "/routes",
+                &json!({"hostname": "fresh.example.com", "origin": "home", "service": "web",
+                        "aliases": ["other.example.com", "www.example.com"]}),
+            )
+            .await,
+        StatusCode::CONFLICT,
+        Some("aliases[1]"),
+    )?;
     // Unknown origin, unknown service, no target.
     expect_error(
         h.api

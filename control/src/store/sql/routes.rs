@@ -101,32 +101,41 @@ pub(super) async fn fetch_routes(conn: &mut AnyConnection) -> Result<Vec<Route>>
     Ok(routes)
 }
 
-/// Checks none of `names` is a host name or alias of a route other than `except`.
+/// Checks neither `hostname` nor any of `aliases` is a host name or alias of a route other than
+/// `except`; a conflict names the field that collides (`hostname`, `aliases[i]`).
 async fn check_hostnames_free(
     conn: &mut AnyConnection,
-    names: &[String],
+    hostname: &str,
+    aliases: &[String],
     except: Option<Id>,
 ) -> Result<()> {
     let except = except.map(|id| id.to_string()).unwrap_or_default();
-    for name in names {
+    let names = std::iter::once(("hostname".to_owned(), hostname)).chain(
+        aliases
+            .iter()
+            .enumerate()
+            .map(|(i, alias)| (format!("aliases[{i}]"), alias.as_str())),
+    );
+    for (field, name) in names {
         let taken = exists(
             conn,
             "SELECT 1 FROM routes WHERE hostname = $1 AND id <> $2 LIMIT 1",
-            name.clone(),
+            name.to_owned(),
             Some(except.clone()),
         )
         .await?
             || exists(
                 conn,
                 "SELECT 1 FROM route_aliases WHERE hostname = $1 AND route_id <> $2 LIMIT 1",
-                name.clone(),
+                name.to_owned(),
                 Some(except.clone()),
             )
             .await?;
         if taken {
-            return Err(StoreError::conflict(format!(
-                "host name {name} is already routed"
-            )));
+            return Err(StoreError::conflict_on(
+                field,
+                format!("host name {name} is already routed"),
+            ));
         }
     }
     Ok(())
@@ -179,13 +188,13 @@ async fn route_target(conn: &mut AnyConnection, service_id: Id) -> Result<Servic
 #[async_trait]
 impl RouteStore for SqlStore {
     async fn create_route(&self, actor: &Actor, new: NewRoute) -> Result<Route> {
-        let (hostname, aliases) = route_names(new.hostname.to_string(), texts(new.aliases))?;
+        // In the request's order, so a conflict names the alias as the caller wrote it.
+        let requested = texts(new.aliases);
+        let (hostname, aliases) = route_names(new.hostname.to_string(), requested.clone())?;
         let limits = limits_text(&new.limits);
         let mut w = self.write(actor).await?;
         route_target(w.conn(), new.service_id).await?;
-        let mut all = vec![hostname.clone()];
-        all.extend(aliases.iter().cloned());
-        check_hostnames_free(w.conn(), &all, None).await?;
+        check_hostnames_free(w.conn(), &hostname, &requested, None).await?;
         let id = Uuid::new_v4();
         sqlx::query(
             "INSERT INTO routes (id, hostname, service_id, limits, created_at, updated_at) \
@@ -256,6 +265,7 @@ impl RouteStore for SqlStore {
             .hostname
             .map_or_else(|| before.hostname.clone(), |h| h.to_string());
         let aliases = update.aliases.map_or_else(|| before.aliases.clone(), texts);
+        let requested = aliases.clone();
         let (hostname, aliases) = route_names(hostname, aliases)?;
         // `None` keeps the stored limits as they are (even ones held back as a problem).
         let new_limits = update.limits.as_ref().map(limits_text);
@@ -264,9 +274,7 @@ impl RouteStore for SqlStore {
         if service_id != before.service_id {
             route_target(w.conn(), service_id).await?;
         }
-        let mut all = vec![hostname.clone()];
-        all.extend(aliases.iter().cloned());
-        check_hostnames_free(w.conn(), &all, Some(id)).await?;
+        check_hostnames_free(w.conn(), &hostname, &requested, Some(id)).await?;
         if hostname == before.hostname
             && aliases == before.aliases
             && limits == before.limits
