@@ -231,6 +231,10 @@ fn edge_limits() -> Value {
             "h2_max_pending_reset_streams": integer("default 20"),
             "h2_max_local_error_reset_streams": integer("default 1024"),
             "h2_keepalive_interval": integer("seconds between HTTP/2 PINGs, 0: off (default 30)"),
+            "send_timeout": integer("seconds a response may wait on a client that takes nothing before it is reset"),
+            "send_min_rate": integer("bytes per second a client must take over each send_timeout of waiting, 0: none"),
+            "client_body_timeout": integer("seconds a request body may wait on a client that sends nothing (408)"),
+            "client_body_min_rate": integer("bytes per second a request body must average over each client_body_timeout, 0: none"),
         },
     })
 }
