@@ -125,7 +125,9 @@ fn host_name() -> Option<String> {
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .ok()?;
     let name = name.trim().to_ascii_lowercase();
-    store::validate::hostname("hostname", &name).ok()
+    kokoa_model::HostName::new(&name)
+        .ok()
+        .map(|name| name.to_string())
 }
 
 /// The names in the gRPC certificate: the given ones, or localhost, 127.0.0.1 and the host name.
@@ -235,7 +237,7 @@ pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
     let names = grpc_names(&options.grpc_names);
     for name in &names {
         if name.parse::<IpAddr>().is_err() {
-            store::validate::hostname("--grpc-name", name).map_err(|e| bad("--grpc-name", &e))?;
+            kokoa_model::HostName::new(name).map_err(|e| bad("--grpc-name", &e))?;
         }
     }
     let control_url = public_url(options.public_url.as_deref(), options.grpc, &names);

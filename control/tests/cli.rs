@@ -148,6 +148,7 @@ fn hello(applied_version: u64) -> pb::NodeMessage {
             applied_version,
             software_version: "test".into(),
             hostname: "test-host".into(),
+            listeners: Vec::new(),
         })),
     }
 }
@@ -349,7 +350,15 @@ fn operator_workflow_against_a_running_control() -> Result<()> {
     let row: Vec<&str> = lines.next().context("row")?.split_whitespace().collect();
     assert_eq!(
         row,
-        ["app.example.com", "www.example.com", "home", "web", "8001"],
+        // No limits of its own: `-` in the LIMITS column.
+        [
+            "app.example.com",
+            "www.example.com",
+            "home",
+            "web",
+            "8001",
+            "-"
+        ],
         "{routes}"
     );
 

@@ -214,9 +214,8 @@ async fn target(
 
 fn edge(name: &str) -> NewEdge {
     NewEdge {
-        name: name.into(),
-        endpoint: Some("127.0.0.1:51820".into()),
-        ..NewEdge::default()
+        endpoint: Some(kokoa_control::store::Endpoint::parse("127.0.0.1:51820").expect("endpoint")),
+        ..NewEdge::named(kokoa_control::store::Name::new(name).expect("name"))
     }
 }
 
@@ -298,8 +297,11 @@ async fn webhook_signature_verifies_and_slack_body_has_slack_shape() -> Result<(
     store
         .record_config_nack(
             NodeId::Edge(e1.id),
-            7,
-            "route app.example.com: bad upstream",
+            &kokoa_control::store::Nack {
+                version: 7,
+                error: "route app.example.com: bad upstream".into(),
+                object: None,
+            },
         )
         .await?;
 

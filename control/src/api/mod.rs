@@ -22,6 +22,7 @@ mod origins;
 mod routes;
 mod services;
 mod status;
+mod tcp_routes;
 mod tokens;
 
 use std::future::Future;
@@ -41,6 +42,7 @@ pub use origins::{OriginView, RotateKey};
 pub use routes::{RouteCreate, RoutePatch, RouteView};
 pub use services::ServiceView;
 pub use status::{NodeStatusView, StatusSummary};
+pub use tcp_routes::{TcpRouteCreate, TcpRoutePatch, TcpRouteView};
 pub use tokens::{ApiTokenRequest, TokenRequest};
 
 use crate::bundle::BundleSettings;
@@ -169,6 +171,16 @@ pub fn router(state: ApiState) -> Router {
             get(routes::get)
                 .patch(routes::update)
                 .delete(routes::delete),
+        )
+        .route(
+            "/tcp-routes",
+            get(tcp_routes::list).post(tcp_routes::create),
+        )
+        .route(
+            "/tcp-routes/{route}",
+            get(tcp_routes::get)
+                .patch(tcp_routes::update)
+                .delete(tcp_routes::delete),
         )
         .route(
             "/certificates",

@@ -36,6 +36,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "notification targets and deliveries",
         sql: include_str!("migrations/0003_notifications.sql"),
     },
+    Migration {
+        version: 4,
+        description: "tcp routes, edge limits and tunnel settings, nack objects, edge listeners",
+        sql: include_str!("migrations/0004_parity.sql"),
+    },
 ];
 
 /// The advisory lock key serializing migrations (and writes) across PostgreSQL replicas:

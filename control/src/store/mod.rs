@@ -2,9 +2,9 @@
 //! the audit trail and the config version, behind one [`Store`] trait with two engines.
 //!
 //! [`Store`] combines one trait per kind of record ([`OriginStore`], [`ServiceStore`],
-//! [`EdgeStore`], [`RouteStore`], [`CertificateStore`], [`AcmeStore`], [`NodeTokenStore`],
-//! [`ApiTokenStore`], [`EventStore`], [`HealthStore`], [`NodeStateStore`], [`LeaderStore`],
-//! [`NotificationStore`]), each
+//! [`EdgeStore`], [`RouteStore`], [`TcpRouteStore`], [`CertificateStore`], [`AcmeStore`],
+//! [`NodeTokenStore`], [`ApiTokenStore`], [`EventStore`], [`HealthStore`], [`NodeStateStore`],
+//! [`LeaderStore`], [`NotificationStore`]), each
 //! declared in its own file here and implemented for SQL in the file of the same name under
 //! [`sql`]. The record types themselves are in [`model`].
 //!
@@ -14,7 +14,11 @@
 //! files (`store/migrations/`); see [`sql`] for the few per-engine differences.
 //!
 //! Rules every implementation keeps, so the REST, CLI and gRPC layers need not:
-//! - input is validated and normalized here ([`StoreError::Invalid`], [`StoreError::Conflict`]);
+//! - every config value arrives as a type of the shared model (`kokoa_model`), so it was
+//!   validated by the one validator the nodes use too; the store adds the rules across records
+//!   (unique names, host names and ports, references) and, before it commits a change, checks the
+//!   config of every node with the model's own cross-object rules ([`StoreError::Invalid`],
+//!   [`StoreError::Conflict`]);
 //! - every change runs in one transaction that also writes its [`Event`] (with the [`Actor`]) and,
 //!   when it alters what some node runs, bumps the config version (reported by
 //!   [`Store::config_version`] and pushed to [`Store::subscribe_config_version`]);
@@ -30,7 +34,6 @@ mod migrate;
 pub mod model;
 pub mod sql;
 mod token;
-pub mod validate;
 
 mod acme;
 mod api_tokens;
@@ -42,9 +45,12 @@ mod leadership;
 mod node_state;
 mod node_tokens;
 pub mod notifications;
+mod notify_rules;
 mod origins;
 mod routes;
 mod services;
+pub mod spec;
+mod tcp_routes;
 
 use std::sync::Arc;
 
@@ -71,6 +77,7 @@ pub use origins::OriginStore;
 pub use routes::RouteStore;
 pub use services::ServiceStore;
 pub use sql::{Engine, Leadership, SqlStore};
+pub use tcp_routes::TcpRouteStore;
 
 /// Opens the store at `url` (`sqlite://PATH`, a bare file path, or `postgres://...`), creating
 /// and migrating the database as needed.
@@ -92,6 +99,7 @@ pub trait Store:
     + EdgeStore
     + NodeStateStore
     + RouteStore
+    + TcpRouteStore
     + CertificateStore
     + AcmeStore
     + LeaderStore

@@ -18,7 +18,7 @@ use super::{list_limit, SqlStore};
 use crate::store::error::{Entity, Result, StoreError};
 use crate::store::model::{Actor, Event, Id, Secret};
 use crate::store::notifications::*;
-use crate::store::{token, validate};
+use crate::store::{notify_rules as validate, token};
 
 /// The notifier's row in `job_cursors`.
 const CURSOR_JOB: &str = "notifier";
