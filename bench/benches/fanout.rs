@@ -180,9 +180,8 @@ async fn fleet() -> Result<Fleet> {
             .create_edge(
                 &Actor::System,
                 NewEdge {
-                    name,
                     origins: vec![origin],
-                    ..NewEdge::default()
+                    ..NewEdge::named(kokoa_model::Name::new(&name)?)
                 },
             )
             .await?;
@@ -226,7 +225,14 @@ impl Fleet {
                 &Actor::System,
                 route,
                 RouteUpdate {
-                    limits: Some(serde_json::json!({ "rate": self.rate })),
+                    limits: Some(kokoa_model::RouteLimits::new(
+                        Some(kokoa_model::Rate::new(f64::from(u32::try_from(
+                            self.rate,
+                        )?))?),
+                        None,
+                        None,
+                        kokoa_model::AccessRules::default(),
+                    )?),
                     ..RouteUpdate::default()
                 },
             )
