@@ -184,8 +184,12 @@ pub struct TunnelSettings {
     pub listen: SocketAddr,
     /// Inner MTU.
     pub mtu: u16,
-    /// Per-direction TCP buffer per stream, in bytes.
-    pub tcp_buffer: usize,
+    /// Stream buffer sizes and their node-wide and per-owner bounds (`[tunnel] tcp_buffer`,
+    /// `min_tcp_buffer`, `window_budget`, `window_per_client`, `window_per_peer`).
+    pub window: kokoa_tunnel::WindowSettings,
+    /// `[tunnel] stall_timeout`: a stream none of whose data is acknowledged for this long is
+    /// reset; `None`: never.
+    pub stall_timeout: Option<std::time::Duration>,
     /// Control mode without a local key: `private_key` is a random stand-in until control
     /// sends the origin's managed key.
     pub key_from_control: bool,
@@ -248,6 +252,11 @@ struct FileTunnel {
     listen: Option<SocketAddr>,
     mtu: Option<u16>,
     tcp_buffer: Option<usize>,
+    min_tcp_buffer: Option<usize>,
+    window_budget: Option<usize>,
+    window_per_client: Option<usize>,
+    window_per_peer: Option<usize>,
+    stall_timeout: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -622,20 +631,22 @@ fn validate_tunnel(
             format!("{mtu} is below {MIN_MTU}; use 1420 (or 1280 on unknown paths)"),
         ));
     }
-    let tcp_buffer = tunnel
-        .tcp_buffer
-        .unwrap_or(kokoa_tunnel::DEFAULT_TCP_BUFFER);
-    if !(4096..=64 * 1024 * 1024).contains(&tcp_buffer) {
-        return Err(ConfigError::invalid(
-            "tunnel.tcp_buffer",
-            format!("{tcp_buffer} bytes is outside 4096..=67108864"),
-        ));
+    let (window, stall_timeout) = kokoa_tunnel::window::WindowFile {
+        tcp_buffer: tunnel.tcp_buffer,
+        min_tcp_buffer: tunnel.min_tcp_buffer,
+        window_budget: tunnel.window_budget,
+        window_per_client: tunnel.window_per_client,
+        window_per_peer: tunnel.window_per_peer,
+        stall_timeout: tunnel.stall_timeout,
     }
+    .settings()
+    .map_err(|e| ConfigError::invalid(format!("tunnel.{}", e.field), e.reason))?;
     Ok(TunnelSettings {
         private_key,
         listen: tunnel.listen.unwrap_or(DEFAULT_LISTEN),
         mtu,
-        tcp_buffer,
+        window,
+        stall_timeout,
         key_from_control,
     })
 }

@@ -86,7 +86,8 @@ async fn prepare(
     let table = ServiceTable::new(services)?;
     let mut tunnel = TunnelConfig::new(config.tunnel.private_key.clone(), config.tunnel.listen);
     tunnel.mtu = config.tunnel.mtu;
-    tunnel.tcp_buffer = config.tunnel.tcp_buffer;
+    tunnel.window = config.tunnel.window.clone();
+    tunnel.stall_timeout = config.tunnel.stall_timeout;
     tunnel.peers = peers;
     tunnel.accept_ports = table.ports();
     Ok((tunnel, table))
@@ -180,7 +181,8 @@ async fn run_control(
     }
     let mut tunnel_config = TunnelConfig::new(private_key, config.tunnel.listen);
     tunnel_config.mtu = config.tunnel.mtu;
-    tunnel_config.tcp_buffer = config.tunnel.tcp_buffer;
+    tunnel_config.window = config.tunnel.window.clone();
+    tunnel_config.stall_timeout = config.tunnel.stall_timeout;
     let listen = tunnel_config.listen;
     let (tunnel, incoming) = Tunnel::bind(tunnel_config)
         .await
@@ -247,7 +249,11 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    registry.register_collector(Box::new(TunnelCollector::new(tunnel.clone(), edge_names)));
+    registry.register_collector(Box::new(TunnelCollector::new(
+        tunnel.clone(),
+        edge_names,
+        metrics.streams_unrouted.clone(),
+    )));
     for collector in collectors {
         registry.register_collector(collector);
     }
