@@ -30,6 +30,11 @@ pub const DEFAULT_TUNNEL_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 51820);
 /// How long SIGTERM waits for in-flight connections (seconds).
 pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
+/// Where the edge keeps what must outlive a restart when `[edge] state_dir` is not set (in
+/// control mode `[control] state_dir` is used).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kokoa-edge";
+/// The file in the state directory that remembers each origin's last endpoint.
+pub const PEER_CACHE_FILE: &str = "tunnel-peers";
 /// How long a TCP connect through the tunnel may take (seconds).
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
 /// How long a client may take to complete the TLS handshake (seconds).
@@ -120,6 +125,10 @@ pub struct EdgeConfig {
     pub https_port_in_redirect: Option<u16>,
     /// How long SIGTERM waits for in-flight connections.
     pub drain_timeout: Duration,
+    /// Where state that must outlive a restart is kept: each origin's last endpoint
+    /// ([`PEER_CACHE_FILE`]), so that a restarted edge reaches origins behind NAT at once.
+    /// `[edge] state_dir` in file mode, `[control] state_dir` in control mode.
+    pub state_dir: PathBuf,
     /// Timeouts and size limits that protect the listeners.
     pub limits: Limits,
     /// The WireGuard side.
@@ -245,8 +254,12 @@ pub struct TunnelSettings {
     pub listen: SocketAddr,
     /// Inner MTU.
     pub mtu: u16,
-    /// Per-direction TCP buffer per stream, in bytes.
-    pub tcp_buffer: usize,
+    /// Stream buffer sizes and their node-wide and per-owner bounds (`[tunnel] tcp_buffer`,
+    /// `min_tcp_buffer`, `window_budget`, `window_per_client`, `window_per_peer`).
+    pub window: kokoa_tunnel::WindowSettings,
+    /// `[tunnel] stall_timeout`: a stream none of whose data is acknowledged for this long is
+    /// reset; `None`: never.
+    pub stall_timeout: Option<std::time::Duration>,
     /// Control mode without a local key: `private_key` is a random stand-in until control
     /// sends the edge's managed key.
     pub key_from_control: bool,
@@ -363,6 +376,7 @@ struct FileEdge {
     max_header_bytes: Option<usize>,
     upstream_keepalive: Option<usize>,
     upstream_idle_timeout: Option<u64>,
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -373,6 +387,11 @@ struct FileTunnel {
     listen: Option<SocketAddr>,
     mtu: Option<u16>,
     tcp_buffer: Option<usize>,
+    min_tcp_buffer: Option<usize>,
+    window_budget: Option<usize>,
+    window_per_client: Option<usize>,
+    window_per_peer: Option<usize>,
+    stall_timeout: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -730,6 +749,18 @@ impl FileConfig {
             }
             None => None,
         };
+        let state_dir =
+            match (&control, edge.state_dir) {
+                (Some(_), Some(_)) => return Err(ConfigError::invalid(
+                    "edge.state_dir",
+                    "in control mode the edge keeps its state in [control] state_dir: set it there",
+                )),
+                (Some(control), None) => control.state_dir.clone(),
+                (None, dir) => anchored(
+                    base_dir,
+                    dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+                ),
+            };
         let own_key = (!tunnel.key_from_control).then(|| tunnel.private_key.public_key());
         let origins = validate_origins(self.origins, own_key)?;
         let (routes, route_policies) =
@@ -756,6 +787,7 @@ impl FileConfig {
             admin,
             https_port_in_redirect: edge.https_port_in_redirect,
             drain_timeout,
+            state_dir,
             limits,
             tunnel,
             origins,
@@ -1253,20 +1285,22 @@ fn validate_tunnel(
             format!("{mtu} is below {MIN_MTU}; use 1420 (or 1280 on unknown paths)"),
         ));
     }
-    let tcp_buffer = tunnel
-        .tcp_buffer
-        .unwrap_or(kokoa_tunnel::DEFAULT_TCP_BUFFER);
-    if !(4096..=64 * 1024 * 1024).contains(&tcp_buffer) {
-        return Err(ConfigError::invalid(
-            "tunnel.tcp_buffer",
-            format!("{tcp_buffer} bytes is outside 4096..=67108864"),
-        ));
+    let (window, stall_timeout) = kokoa_tunnel::window::WindowFile {
+        tcp_buffer: tunnel.tcp_buffer,
+        min_tcp_buffer: tunnel.min_tcp_buffer,
+        window_budget: tunnel.window_budget,
+        window_per_client: tunnel.window_per_client,
+        window_per_peer: tunnel.window_per_peer,
+        stall_timeout: tunnel.stall_timeout,
     }
+    .settings()
+    .map_err(|e| ConfigError::invalid(format!("tunnel.{}", e.field), e.reason))?;
     Ok(TunnelSettings {
         private_key,
         listen: tunnel.listen.unwrap_or(DEFAULT_TUNNEL_LISTEN),
         mtu,
-        tcp_buffer,
+        window,
+        stall_timeout,
         key_from_control,
     })
 }

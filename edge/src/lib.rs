@@ -183,12 +183,15 @@ impl<D: Dialer> Edge<D> {
             self.config.limits.upstream_keepalive,
             self.config.limits.upstream_idle_timeout,
         );
-        let proxy = Arc::new(Proxy::new(
-            self.routes.clone(),
-            pool,
-            self.metrics.clone(),
-            self.config.limits.max_headers,
-        ));
+        let proxy = Arc::new(
+            Proxy::new(
+                self.routes.clone(),
+                pool,
+                self.metrics.clone(),
+                self.config.limits.max_headers,
+            )
+            .with_key_mask(self.config.limits.key_mask),
+        );
         let connections = self.connections.clone();
         let pruner = tokio::spawn(prune_clients(self.routes.clone()));
         let https_addr = listeners
@@ -322,7 +325,9 @@ pub async fn run_with_certificates(
     let mut tunnel_config =
         TunnelConfig::new(config.tunnel.private_key.clone(), config.tunnel.listen);
     tunnel_config.mtu = config.tunnel.mtu;
-    tunnel_config.tcp_buffer = config.tunnel.tcp_buffer;
+    tunnel_config.window = config.tunnel.window.clone();
+    tunnel_config.stall_timeout = config.tunnel.stall_timeout;
+    tunnel_config.peer_cache = Some(config.state_dir.join(config::PEER_CACHE_FILE));
     tunnel_config.peers = config
         .origins
         .iter()
@@ -424,8 +429,10 @@ async fn run_control(config: EdgeConfig, shutdown: impl Future<Output = ()>) -> 
         }
     }
     let mut tunnel_config = TunnelConfig::new(private_key, config.tunnel.listen);
+    tunnel_config.peer_cache = Some(config.state_dir.join(config::PEER_CACHE_FILE));
     tunnel_config.mtu = config.tunnel.mtu;
-    tunnel_config.tcp_buffer = config.tunnel.tcp_buffer;
+    tunnel_config.window = config.tunnel.window.clone();
+    tunnel_config.stall_timeout = config.tunnel.stall_timeout;
     let listen = tunnel_config.listen;
     let (tunnel, _incoming) = Tunnel::bind(tunnel_config).await.with_context(|| {
         format!("binding the tunnel's UDP socket on {listen} ([tunnel] listen)")

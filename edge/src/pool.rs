@@ -36,8 +36,9 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::dial::{DialError, Dialer};
+use crate::dial::{DialError, Dialer, UpstreamClient};
 use crate::metrics::{DialLabels, Metrics};
+use kokoa_tunnel::StreamHandle;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -89,8 +90,25 @@ pub fn dial_error(error: &SendError) -> Option<&DialError> {
 
 type Sender = http1::SendRequest<ProxyBody>;
 
-struct Idle {
+/// One upstream connection: hyper's handle to send on it, and (through the tunnel) the handle
+/// that charges its buffers to whichever client it serves.
+struct Conn {
     sender: Sender,
+    stream: Option<StreamHandle>,
+}
+
+impl Conn {
+    /// Charges the connection's tunnel buffers to `client` (`None`: to the origin, while the
+    /// connection waits idle in the pool).
+    fn serve(&self, client: Option<UpstreamClient>) {
+        if let Some(stream) = &self.stream {
+            stream.set_client(client.map(|c| c.0));
+        }
+    }
+}
+
+struct Idle {
+    conn: Conn,
     since: Instant,
 }
 
@@ -132,7 +150,9 @@ impl<D: Dialer> Pool<D> {
         }
     }
 
-    /// Sends `request` (its URI from [`service_uri`]) over an idle or new connection.
+    /// Sends `request` (its URI from [`service_uri`]) over an idle or new connection. An
+    /// [`UpstreamClient`] in the request's extensions is who the connection's tunnel buffers
+    /// are charged to while it serves the request.
     pub async fn send(
         &self,
         mut request: Request<ProxyBody>,
@@ -150,19 +170,23 @@ impl<D: Dialer> Pool<D> {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *request.uri_mut() = Uri::from(path);
+        let client = request.extensions().get::<UpstreamClient>().copied();
 
         let mut stale = 0;
         loop {
-            let (mut sender, reused) = match self.checkout(authority.as_str()).await {
-                Some(sender) => (sender, true),
-                None => (self.connect(&authority).await?, false),
+            let (mut conn, reused) = match self.checkout(authority.as_str()).await {
+                Some(conn) => {
+                    conn.serve(client);
+                    (conn, true)
+                }
+                None => (self.connect(&authority, client).await?, false),
             };
-            match sender.try_send_request(request).await {
+            match conn.sender.try_send_request(request).await {
                 Ok(response) => {
                     // An upgraded connection is the WebSocket's now; it never comes back.
                     let ticket =
                         (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| Ticket {
-                            sender,
+                            conn,
                             pool: Arc::downgrade(&self.shared) as Weak<dyn Return>,
                             key: authority.clone(),
                         });
@@ -181,7 +205,7 @@ impl<D: Dialer> Pool<D> {
     }
 
     /// An idle connection to `key` that is ready for a request, if there is one.
-    async fn checkout(&self, key: &str) -> Option<Sender> {
+    async fn checkout(&self, key: &str) -> Option<Conn> {
         loop {
             let mut idle = {
                 let mut lists = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -189,21 +213,25 @@ impl<D: Dialer> Pool<D> {
                 // comes and goes with every request, and its entry need not.
                 lists.get_mut(key)?.pop()?
             };
-            if idle.since.elapsed() >= self.shared.idle_timeout || idle.sender.is_closed() {
+            if idle.since.elapsed() >= self.shared.idle_timeout || idle.conn.sender.is_closed() {
                 continue;
             }
             // The previous response has been read; hyper is ready for the next request as soon
             // as the connection task has seen that, or reports the connection closed.
-            if idle.sender.ready().await.is_ok() {
-                return Some(idle.sender);
+            if idle.conn.sender.ready().await.is_ok() {
+                return Some(idle.conn);
             }
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<Sender, SendError> {
+    async fn connect(
+        &self,
+        authority: &Authority,
+        client: Option<UpstreamClient>,
+    ) -> Result<Conn, SendError> {
         let origin = authority.host();
         let port = authority.port_u16().unwrap_or(80);
-        let stream = match self.shared.dialer.dial(origin, port).await {
+        let stream = match self.shared.dialer.dial_for(origin, port, client).await {
             Ok(stream) => stream,
             Err(error) => {
                 self.shared
@@ -216,6 +244,7 @@ impl<D: Dialer> Pool<D> {
                 return Err(error.into());
             }
         };
+        let handle = D::handle(&stream);
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Request)?;
@@ -224,20 +253,25 @@ impl<D: Dialer> Pool<D> {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok(Conn {
+            sender,
+            stream: handle,
+        })
     }
 }
 
 /// Puts a connection back on its service's idle list (type-erased over the dialer).
 trait Return: Send + Sync {
-    fn put_back(&self, key: &Authority, sender: Sender);
+    fn put_back(&self, key: &Authority, conn: Conn);
 }
 
 impl<D: Dialer> Return for Shared<D> {
-    fn put_back(&self, key: &Authority, sender: Sender) {
-        if self.max_idle == 0 || sender.is_closed() {
+    fn put_back(&self, key: &Authority, conn: Conn) {
+        if self.max_idle == 0 || conn.sender.is_closed() {
             return;
         }
+        // Idle, it serves no client: its buffers count against the origin's share.
+        conn.serve(None);
         let mut lists = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = match lists.get_mut(key.as_str()) {
             Some(list) => list,
@@ -248,7 +282,7 @@ impl<D: Dialer> Return for Shared<D> {
             list.remove(0);
         }
         list.push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
@@ -276,7 +310,7 @@ async fn sweep<D: Dialer>(pool: Weak<Shared<D>>) {
                 let keep = list
                     .iter()
                     .position(|idle| {
-                        idle.since.elapsed() < shared.idle_timeout && !idle.sender.is_closed()
+                        idle.since.elapsed() < shared.idle_timeout && !idle.conn.sender.is_closed()
                     })
                     .unwrap_or(list.len());
                 expired.extend(list.drain(..keep));
@@ -291,7 +325,7 @@ async fn sweep<D: Dialer>(pool: Weak<Shared<D>>) {
 
 /// The right to put a connection back once its response has been read.
 struct Ticket {
-    sender: Sender,
+    conn: Conn,
     pool: Weak<dyn Return>,
     key: Authority,
 }
@@ -316,7 +350,7 @@ impl Pooled {
     fn release(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             if let Some(pool) = ticket.pool.upgrade() {
-                pool.put_back(&ticket.key, ticket.sender);
+                pool.put_back(&ticket.key, ticket.conn);
             }
         }
     }

@@ -46,7 +46,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument as _;
 
-use crate::dial::Dialer;
+use crate::dial::{Dialer, UpstreamClient};
 use crate::limit::{Activity, InFlight};
 use crate::metrics::{status_class, ByteLabels, Metrics, RequestLabels};
 use crate::pool::{dial_error, service_uri, BoxError, Pool, ProxyBody};
@@ -147,6 +147,7 @@ pub struct Proxy<D: Dialer> {
     pool: Pool<D>,
     metrics: Metrics,
     max_headers: usize,
+    key_mask: crate::limit::KeyMask,
 }
 
 impl<D: Dialer> Proxy<D> {
@@ -163,7 +164,15 @@ impl<D: Dialer> Proxy<D> {
             pool,
             metrics,
             max_headers,
+            key_mask: crate::limit::KeyMask::default(),
         }
+    }
+
+    /// The client keys upstream tunnel streams are charged to (see [`UpstreamClient`]):
+    /// the limiters' `[limits] ipv4_prefix` / `ipv6_prefix`.
+    pub fn with_key_mask(mut self, mask: crate::limit::KeyMask) -> Self {
+        self.key_mask = mask;
+        self
     }
 
     /// Answers one request. Never fails: every error becomes a short error page (and a log
@@ -451,6 +460,10 @@ impl<D: Dialer> Proxy<D> {
         parts.uri = service_uri(&route.origin, route.port, path_and_query)?;
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
+        // The tunnel charges the upstream stream's buffers to this client's window share.
+        parts
+            .extensions
+            .insert(UpstreamClient::new(self.key_mask, connection.client.ip()));
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
         let host = HeaderValue::from_str(raw_host)?;
