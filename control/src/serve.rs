@@ -17,9 +17,9 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::acme::AcmeArgs;
-use crate::api::{self, ApiState, LiveNode, LiveNodes};
+use crate::api::{self, ApiState, LiveNodes};
 use crate::bundle::BundleSettings;
-use crate::grpc::{GrpcOptions, GrpcServer, NodeRegistry};
+use crate::grpc::{GrpcOptions, GrpcServer};
 use crate::pki::ControlCa;
 use crate::store::{self, MasterKey};
 
@@ -162,25 +162,6 @@ pub fn public_url(given: Option<&str>, grpc: SocketAddr, names: &[String]) -> St
     }
 }
 
-/// The REST API's view of the gRPC server's connected nodes.
-struct RegistryView(NodeRegistry);
-
-impl LiveNodes for RegistryView {
-    fn connected(&self) -> Vec<LiveNode> {
-        self.0
-            .connected()
-            .into_iter()
-            .map(|info| LiveNode {
-                node: info.node,
-                applied_version: info.running_version.or(info.applied_version),
-                last_heartbeat: info.last_heartbeat,
-                nack: info.last_nack,
-                in_sync: info.in_sync,
-            })
-            .collect()
-    }
-}
-
 /// Runs control until `shutdown` resolves: the REST API on `options.api`, gRPC on
 /// `options.grpc`. Returns an error (before binding anything) for a missing master key, an
 /// unusable data directory, database or CA.
@@ -215,6 +196,10 @@ pub async fn run(
     let control_url = public_url(options.public_url.as_deref(), grpc_addr, &names);
 
     let grpc = GrpcServer::new(store.clone(), GrpcOptions::default());
+    let live: Arc<dyn LiveNodes> = Arc::new(grpc.nodes());
+    if let Some(manager) = &certificates {
+        manager.watch_connected_nodes(live.clone());
+    }
     let state = ApiState {
         store: store.clone(),
         bundle: Some(Arc::new(BundleSettings {
@@ -222,7 +207,7 @@ pub async fn run(
             ca_pem: ca.ca_pem().to_string(),
             enrollment_ttl: BUNDLE_TOKEN_TTL,
         })),
-        live: Some(Arc::new(RegistryView(grpc.nodes()))),
+        live: Some(live),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -47,8 +47,9 @@ use tokio::sync::{oneshot, watch};
 use tracing::Instrument as _;
 
 use crate::dial::{Dialer, UpstreamClient};
+use crate::https::SharedHttpLimits;
 use crate::limit::{Activity, InFlight};
-use crate::metrics::{status_class, ByteLabels, Metrics, RequestLabels};
+use crate::metrics::{status_class, ByteLabels, Metrics};
 use crate::pool::{dial_error, service_uri, BoxError, Pool, ProxyBody};
 use crate::route::{Route, RouteTable};
 
@@ -146,33 +147,24 @@ pub struct Proxy<D: Dialer> {
     routes: Arc<ArcSwap<RouteTable>>,
     pool: Pool<D>,
     metrics: Metrics,
-    max_headers: usize,
-    key_mask: crate::limit::KeyMask,
+    limits: SharedHttpLimits,
 }
 
 impl<D: Dialer> Proxy<D> {
     /// Routes with the current table in `routes` and forwards over `pool`; requests with more
-    /// than `max_headers` header fields get 431.
+    /// than `limits`' `max_headers` header fields get 431.
     pub fn new(
         routes: Arc<ArcSwap<RouteTable>>,
         pool: Pool<D>,
         metrics: Metrics,
-        max_headers: usize,
+        limits: SharedHttpLimits,
     ) -> Self {
         Self {
             routes,
             pool,
             metrics,
-            max_headers,
-            key_mask: crate::limit::KeyMask::default(),
+            limits,
         }
-    }
-
-    /// The client keys upstream tunnel streams are charged to (see [`UpstreamClient`]):
-    /// the limiters' `[limits] ipv4_prefix` / `ipv6_prefix`.
-    pub fn with_key_mask(mut self, mask: crate::limit::KeyMask) -> Self {
-        self.key_mask = mask;
-        self
     }
 
     /// Answers one request. Never fails: every error becomes a short error page (and a log
@@ -214,7 +206,7 @@ impl<D: Dialer> Proxy<D> {
         let in_flight = connection.activity.begin();
         // hyper enforces the count for HTTP/1 heads (answering 431 itself); HTTP/2 only bounds
         // the header list's size, so the count is checked here.
-        let response = if request.headers().len() > self.max_headers {
+        let response = if request.headers().len() > self.limits.load().max_headers {
             page(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "The request has too many header fields.",
@@ -230,12 +222,7 @@ impl<D: Dialer> Proxy<D> {
             .as_ref()
             .map_or(UNROUTED, |route| route.host.as_str());
         self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                host: route_host.to_owned(),
-                class: status_class(log.status),
-            })
-            .inc();
+            .count_request(route_host, status_class(log.status));
         let counter = self.bytes_counter(route_host, "out");
         response.map(|body| {
             Metered {
@@ -461,9 +448,10 @@ impl<D: Dialer> Proxy<D> {
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
         // The tunnel charges the upstream stream's buffers to this client's window share.
-        parts
-            .extensions
-            .insert(UpstreamClient::new(self.key_mask, connection.client.ip()));
+        parts.extensions.insert(UpstreamClient::new(
+            self.limits.load().key_mask,
+            connection.client.ip(),
+        ));
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
         let host = HeaderValue::from_str(raw_host)?;

@@ -31,6 +31,7 @@ pub mod core;
 mod driver;
 pub mod key;
 mod peer_cache;
+pub mod settings;
 pub mod window;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -39,14 +40,16 @@ use std::time::Duration;
 pub use crate::driver::{Incoming, IncomingStream, StreamHandle, Tunnel, TunnelStream};
 pub use crate::key::{KeyError, PrivateKey, PublicKey};
 pub use crate::peer_cache::CachedPeer;
-pub use crate::window::{SettingError, WindowSettings};
+pub use crate::window::WindowSettings;
 
-/// Default inner MTU: an outer 1500-byte path minus IPv4 (20) + UDP (8) + WireGuard (32)
-/// overhead, with headroom for IPv6 outer headers, as wg-quick uses.
-pub const DEFAULT_MTU: u16 = 1420;
+/// Default inner MTU (the model's [`kokoa_model::tunnel::DEFAULT_MTU`]): an outer 1500-byte
+/// path minus IPv4 (20) + UDP (8) + WireGuard (32) overhead, with headroom for IPv6 outer
+/// headers, as wg-quick uses.
+pub const DEFAULT_MTU: u16 = kokoa_model::tunnel::DEFAULT_MTU;
 
-/// Default largest per-direction TCP buffer per stream. It is also the TCP window (smoltcp has
-/// no autotuning), so one stream moves at most `DEFAULT_TCP_BUFFER / RTT` bytes per second. How
+/// Default largest per-direction TCP buffer per stream (the model's
+/// [`kokoa_model::tunnel::DEFAULT_TCP_BUFFER`]). It is also the TCP window (smoltcp has no
+/// autotuning), so one stream moves at most `DEFAULT_TCP_BUFFER / RTT` bytes per second. How
 /// large each stream's buffers really are is decided when it opens (see [`window`]).
 pub const DEFAULT_TCP_BUFFER: usize = window::DEFAULT_MAX_WINDOW;
 

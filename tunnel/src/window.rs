@@ -32,37 +32,34 @@
 
 use std::time::Duration;
 
-/// Default largest per-direction buffer of one stream: 256 KiB, sized for bulk transfers.
-pub const DEFAULT_MAX_WINDOW: usize = 256 * 1024;
+use kokoa_model::tunnel::{self as model, TunnelOptions, WindowLimits};
+use kokoa_model::ModelError;
+
+/// Default largest per-direction buffer of one stream: 256 KiB, sized for bulk transfers
+/// (the model's `DEFAULT_TCP_BUFFER`).
+pub const DEFAULT_MAX_WINDOW: usize = model::DEFAULT_TCP_BUFFER as usize;
 
 /// Default smallest per-direction buffer: what a stream gets once its owner's share is used.
-/// Three full segments at MTU 1420: slow, but it moves.
-pub const DEFAULT_MIN_WINDOW: usize = 4 * 1024;
+pub const DEFAULT_MIN_WINDOW: usize = model::DEFAULT_MIN_TCP_BUFFER as usize;
 
-/// Default budget for every stream's buffers on a node: 256 MiB (e.g. 256 bulk streams at full
-/// size, or 32,768 streams at the minimum).
-pub const DEFAULT_WINDOW_BUDGET: usize = 256 * 1024 * 1024;
+/// Default budget for every stream's buffers on a node (e.g. 256 bulk streams at full size,
+/// or 32,768 streams at the minimum).
+pub const DEFAULT_WINDOW_BUDGET: usize = model::DEFAULT_WINDOW_BUDGET as usize;
 
-/// Default share of one client key at the edge: 16 MiB, 32 streams at full size.
-pub const DEFAULT_WINDOW_PER_CLIENT: usize = 16 * 1024 * 1024;
+/// Default share of one client key at the edge.
+pub const DEFAULT_WINDOW_PER_CLIENT: usize = model::DEFAULT_WINDOW_PER_CLIENT as usize;
 
-/// Default share of one edge at the origin: 192 MiB, three quarters of the budget, so that one
-/// edge (a misconfigured one, or a stock WireGuard peer that announces huge windows) cannot
-/// take every buffer from the others.
-pub const DEFAULT_WINDOW_PER_PEER: usize = 192 * 1024 * 1024;
+/// Default share of one edge at the origin.
+pub const DEFAULT_WINDOW_PER_PEER: usize = model::DEFAULT_WINDOW_PER_PEER as usize;
 
 /// Default time a stream may fail to get any of its data acknowledged before it is reset
 /// (as Nginx's `send_timeout`, 60 s).
-pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(model::DEFAULT_STALL_TIMEOUT_SECS);
 
-/// Smallest buffer size accepted for `min` (and `max`): one full segment plus headroom.
-pub const MIN_WINDOW_LIMIT: usize = 4 * 1024;
-
-/// Largest buffer size accepted for `max`.
-pub const MAX_WINDOW_LIMIT: usize = 64 * 1024 * 1024;
-
-/// Bounds on stream buffer memory. Validate with [`WindowSettings::validate`]; the edge's and
-/// origin's config files, control's snapshots and [`crate::Tunnel::bind`] all use it.
+/// Bounds on stream buffer memory, in the units the tunnel works in. Built from the model's
+/// [`WindowLimits`] ([`WindowSettings::from_options`]), whose one validator
+/// ([`kokoa_model::tunnel::check_window`]) [`WindowSettings::validate`] also runs, so the
+/// config file, control's snapshots and [`crate::Tunnel::bind`] accept the same values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WindowSettings {
     /// Largest per-direction buffer (and TCP window) of one stream, in bytes: what a stream
@@ -87,85 +84,36 @@ pub struct WindowSettings {
 
 impl Default for WindowSettings {
     fn default() -> Self {
-        WindowSettings {
-            max: DEFAULT_MAX_WINDOW,
-            min: DEFAULT_MIN_WINDOW,
-            budget: DEFAULT_WINDOW_BUDGET,
-            per_client: DEFAULT_WINDOW_PER_CLIENT,
-            per_peer: DEFAULT_WINDOW_PER_PEER,
-        }
-    }
-}
-
-/// A setting that is out of range: `field` is its TOML key under `[tunnel]`.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct SettingError {
-    /// The key under `[tunnel]` (`tcp_buffer`, `window_budget`, ...).
-    pub field: &'static str,
-    /// What is wrong and what to use instead.
-    pub reason: String,
-}
-
-impl SettingError {
-    fn new(field: &'static str, reason: String) -> Self {
-        SettingError { field, reason }
+        Self::from_options(&TunnelOptions::default())
     }
 }
 
 impl WindowSettings {
-    /// Checks every bound: sizes within [`MIN_WINDOW_LIMIT`]..=[`MAX_WINDOW_LIMIT`],
-    /// `min <= max`, and room in the budget and in each share for at least one stream at full
-    /// size (both directions).
-    pub fn validate(&self) -> Result<(), SettingError> {
-        let range = MIN_WINDOW_LIMIT..=MAX_WINDOW_LIMIT;
-        if !range.contains(&self.max) {
-            return Err(SettingError::new(
-                "tcp_buffer",
-                format!(
-                    "{} bytes is outside {MIN_WINDOW_LIMIT}..={MAX_WINDOW_LIMIT}",
-                    self.max
-                ),
-            ));
+    /// The window bounds of the model's tunnel options (`tcp_buffer` and [`WindowLimits`]).
+    pub fn from_options(options: &TunnelOptions) -> Self {
+        let w = &options.window;
+        let bytes = |b: u64| usize::try_from(b).unwrap_or(usize::MAX);
+        WindowSettings {
+            max: options.tcp_buffer.bytes(),
+            min: w.min_tcp_buffer.bytes(),
+            budget: bytes(w.budget.get()),
+            per_client: bytes(w.per_client.get()),
+            per_peer: bytes(w.per_peer.get()),
         }
-        if !range.contains(&self.min) || self.min > self.max {
-            return Err(SettingError::new(
-                "min_tcp_buffer",
-                format!(
-                    "{} bytes is outside {MIN_WINDOW_LIMIT}..=tcp_buffer ({})",
-                    self.min, self.max
-                ),
-            ));
-        }
-        let stream = 2 * self.max;
-        for (field, value) in [
-            ("window_budget", self.budget),
-            ("window_per_client", self.per_client),
-            ("window_per_peer", self.per_peer),
-        ] {
-            if value < stream {
-                return Err(SettingError::new(
-                    field,
-                    format!(
-                        "{value} bytes cannot hold one stream at full size (2 x tcp_buffer = {stream}); raise it or lower tcp_buffer"
-                    ),
-                ));
-            }
-        }
-        if self.per_client > self.budget || self.per_peer > self.budget {
-            return Err(SettingError::new(
-                if self.per_client > self.budget {
-                    "window_per_client"
-                } else {
-                    "window_per_peer"
-                },
-                format!(
-                    "a share cannot exceed the node's window_budget ({} bytes)",
-                    self.budget
-                ),
-            ));
-        }
-        Ok(())
+    }
+
+    /// Checks every bound with the model's validator: sizes within the model's
+    /// `MIN_TCP_BUFFER..=MAX_TCP_BUFFER`, `min <= max`, and room in the budget and in each
+    /// share for at least one stream at full size (both directions). Errors name the
+    /// `[tunnel]` key.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        model::check_window(
+            self.max as u64,
+            self.min as u64,
+            self.budget as u64,
+            self.per_client as u64,
+            self.per_peer as u64,
+        )
     }
 
     /// The buffer sizes a stream can get, largest first: `max`, then halving while above
@@ -188,57 +136,11 @@ impl WindowSettings {
     }
 }
 
-/// The `[tunnel]` keys of [`WindowSettings`] and the stall timeout as a config file holds them
-/// (each optional), turned into settings by [`WindowFile::settings`]: the one validator the
-/// edge's and the origin's config files share.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WindowFile {
-    /// `tcp_buffer`: [`WindowSettings::max`].
-    pub tcp_buffer: Option<usize>,
-    /// `min_tcp_buffer`: [`WindowSettings::min`].
-    pub min_tcp_buffer: Option<usize>,
-    /// `window_budget`: [`WindowSettings::budget`].
-    pub window_budget: Option<usize>,
-    /// `window_per_client`: [`WindowSettings::per_client`].
-    pub window_per_client: Option<usize>,
-    /// `window_per_peer`: [`WindowSettings::per_peer`].
-    pub window_per_peer: Option<usize>,
-    /// `stall_timeout` in seconds (`0`: never); see [`crate::TunnelConfig::stall_timeout`].
-    pub stall_timeout: Option<u64>,
-}
-
-impl WindowFile {
-    /// The settings, defaults filled in, validated ([`WindowSettings::validate`]), and the
-    /// stall timeout. A share left unset is capped at the budget, so that lowering only the
-    /// budget stays valid.
-    pub fn settings(&self) -> Result<(WindowSettings, Option<Duration>), SettingError> {
-        let budget = self.window_budget.unwrap_or(DEFAULT_WINDOW_BUDGET);
-        let window = WindowSettings {
-            max: self.tcp_buffer.unwrap_or(DEFAULT_MAX_WINDOW),
-            min: self
-                .min_tcp_buffer
-                .unwrap_or(DEFAULT_MIN_WINDOW.min(self.tcp_buffer.unwrap_or(usize::MAX))),
-            budget,
-            per_client: self
-                .window_per_client
-                .unwrap_or(DEFAULT_WINDOW_PER_CLIENT.min(budget)),
-            per_peer: self
-                .window_per_peer
-                .unwrap_or(DEFAULT_WINDOW_PER_PEER.min(budget)),
-        };
-        window.validate()?;
-        let stall = match self.stall_timeout {
-            None => Some(DEFAULT_STALL_TIMEOUT),
-            Some(0) => None,
-            Some(secs) if secs <= 86_400 => Some(Duration::from_secs(secs)),
-            Some(secs) => {
-                return Err(SettingError::new(
-                    "stall_timeout",
-                    format!("{secs} s is more than a day; use 1..=86400, or 0 for never"),
-                ))
-            }
-        };
-        Ok((window, stall))
+/// The stall timeout of the model's [`WindowLimits`] (`0`: never).
+pub fn stall_timeout(limits: &WindowLimits) -> Option<Duration> {
+    match limits.stall_timeout.get() {
+        0 => None,
+        secs => Some(Duration::from_secs(secs)),
     }
 }
 
@@ -338,34 +240,24 @@ mod tests {
     }
 
     #[test]
-    fn the_file_form_fills_defaults_and_validates() {
-        let (w, stall) = WindowFile::default().settings().unwrap();
-        assert_eq!(w, WindowSettings::default());
-        assert_eq!(stall, Some(DEFAULT_STALL_TIMEOUT));
-        // A small budget caps the shares that were not set.
-        let (w, stall) = WindowFile {
-            window_budget: Some(8 << 20),
-            stall_timeout: Some(0),
-            ..WindowFile::default()
-        }
-        .settings()
-        .unwrap();
-        assert_eq!((w.per_client, w.per_peer), (8 << 20, 8 << 20));
-        assert_eq!(stall, None);
-        let err = WindowFile {
-            tcp_buffer: Some(1 << 30),
-            ..WindowFile::default()
-        }
-        .settings()
-        .unwrap_err();
-        assert_eq!(err.field, "tcp_buffer");
-        let err = WindowFile {
-            stall_timeout: Some(1 << 40),
-            ..WindowFile::default()
-        }
-        .settings()
-        .unwrap_err();
-        assert_eq!(err.field, "stall_timeout");
+    fn the_model_options_become_settings() {
+        assert_eq!(
+            WindowSettings::from_options(&TunnelOptions::default()),
+            WindowSettings {
+                max: DEFAULT_MAX_WINDOW,
+                min: DEFAULT_MIN_WINDOW,
+                budget: DEFAULT_WINDOW_BUDGET,
+                per_client: DEFAULT_WINDOW_PER_CLIENT,
+                per_peer: DEFAULT_WINDOW_PER_PEER,
+            }
+        );
+        let limits = WindowLimits::default();
+        assert_eq!(stall_timeout(&limits), Some(DEFAULT_STALL_TIMEOUT));
+        let never = WindowLimits {
+            stall_timeout: model::StallSecs::new(0).unwrap(),
+            ..limits
+        };
+        assert_eq!(stall_timeout(&never), None);
     }
 
     /// A TCP header with `flags`, `window` and the given option bytes.
