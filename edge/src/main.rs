@@ -17,6 +17,7 @@ impl kokoa_node::cli::Node for Edge {
     const ABOUT: &'static str = "Kokoa edge: terminates TLS, routes HTTP/1.1, HTTP/2 and WebSocket by host, and forwards through the userspace WireGuard tunnel to origins";
     const DEFAULT_CONFIG: &'static str = "/etc/kokoa/edge.toml";
     const CONFIG_ENV: &'static str = "KOKOA_EDGE_CONFIG";
+    const VERSION: &'static str = env!("KOKOA_LONG_VERSION");
     type Config = EdgeConfig;
 
     fn load(path: &Path) -> Result<EdgeConfig, String> {

@@ -4,13 +4,17 @@
 //!
 //! ```text
 //! kokoa-edge [-c|--config PATH] [--log-json] [run|genkey|pubkey|check-config]
+//! kokoa-edge completions SHELL | man [--dir DIR] | --version
 //! ```
 //!
 //! `-c/--config` defaults to the node's file (`/etc/kokoa/edge.toml`) or its environment
 //! variable (`KOKOA_EDGE_CONFIG`). `run` (the default) loads and validates the config before
 //! binding anything and runs until SIGTERM or SIGINT; `genkey` prints a new WireGuard private
 //! key; `pubkey` reads one on stdin and prints its public key; `check-config` validates and
-//! exits 0, or 2 naming the offending field (the same code `run` exits with on a bad config).
+//! exits 0, or 2 naming the offending field (the same code `run` exits with on a bad config);
+//! `completions` and `man` print a shell completion script or write man pages generated from
+//! these very definitions ([`crate::docs`]); `--version` names the commit, build date and
+//! target the binary was built from (`kokoa-build-info`).
 
 use std::future::Future;
 use std::io::Read as _;
@@ -33,6 +37,9 @@ pub trait Node {
     const DEFAULT_CONFIG: &'static str;
     /// The environment variable that overrides it.
     const CONFIG_ENV: &'static str;
+    /// What `--version` prints after the name: the binary's `env!("KOKOA_LONG_VERSION")`,
+    /// set by its build script through `kokoa-build-info`.
+    const VERSION: &'static str;
     /// The validated config.
     type Config: Send + 'static;
 
@@ -67,7 +74,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 enum Command {
     /// Run the node (the default).
     Run,
@@ -77,25 +84,57 @@ enum Command {
     Pubkey,
     /// Load and validate the config, then exit: 0 if valid, 2 if not.
     CheckConfig,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (one for the program and one per subcommand) into a directory.
+    Man {
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
-fn parse<N: Node>() -> Cli {
-    let command = Cli::command()
+/// The binary's clap definition: the shared flags under `N`'s name, about line, version and
+/// config default.
+fn command<N: Node>() -> clap::Command {
+    Cli::command()
         .name(N::NAME)
         .bin_name(N::NAME)
         .about(N::ABOUT)
+        .version(N::VERSION)
         .mut_arg("config", |arg| {
             arg.env(N::CONFIG_ENV).default_value(N::DEFAULT_CONFIG)
-        });
-    let matches = command.get_matches();
+        })
+}
+
+fn parse<N: Node>() -> Cli {
+    let matches = command::<N>().get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+}
+
+fn docs_exit(name: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the node binary `N`. See the module documentation.
 pub fn main<N: Node>() -> ExitCode {
     let cli = parse::<N>();
     let name = N::NAME;
-    match cli.command.unwrap_or(Command::Run) {
+    match cli.command.clone().unwrap_or(Command::Run) {
+        Command::Completions { shell } => docs_exit(
+            name,
+            crate::docs::completions(command::<N>(), shell, &mut std::io::stdout()),
+        ),
+        Command::Man { dir } => docs_exit(name, crate::docs::man_pages(command::<N>(), &dir)),
         Command::Genkey => {
             println!("{}", PrivateKey::generate().to_base64());
             ExitCode::SUCCESS

@@ -17,6 +17,7 @@ impl kokoa_node::cli::Node for Origin {
     const ABOUT: &'static str = "Kokoa origin: dials out to edges over userspace WireGuard and bridges tunnel streams to local services";
     const DEFAULT_CONFIG: &'static str = "/etc/kokoa/origin.toml";
     const CONFIG_ENV: &'static str = "KOKOA_ORIGIN_CONFIG";
+    const VERSION: &'static str = env!("KOKOA_LONG_VERSION");
     type Config = OriginConfig;
 
     fn load(path: &Path) -> Result<OriginConfig, String> {

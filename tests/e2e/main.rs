@@ -5,9 +5,13 @@
 mod acme;
 mod bulk;
 mod control;
+mod dev;
+mod dist;
 mod http;
+mod install;
 mod interop;
 mod memory;
+mod polish;
 mod protection;
 mod restart;
 mod shutdown;
