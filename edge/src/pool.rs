@@ -19,6 +19,18 @@
 //! a sweep drops expired ones even when no request comes. A connection the origin closed is
 //! dropped when it is next looked at. A request that a reused connection could not even start
 //! to send (the origin closed it meanwhile) is retried on another connection.
+//!
+//! Window memory (see `kokoa_tunnel::window`): a new connection's tunnel buffers are sized from
+//! the share of the client it is opened for, and charged to that client until the connection
+//! goes idle; an idle connection (and a pooled one while it serves a request) is charged to the
+//! origin. Two rules keep a busy client (many parallel requests from one address: an office
+//! behind NAT, a load test) at full speed while a client that stalls its streams stays bounded:
+//! - only full-size connections are pooled: one that opened smaller (its client was over its
+//!   share at that moment) is closed after its response instead of handing its small window to
+//!   every later request, so a burst cannot leave the pool with slow connections;
+//! - a client may hold at most `max_idle` pooled connections at once ([`Borrows`]); beyond that
+//!   its requests open new connections, sized from its own share. So the pool cannot launder
+//!   full-size buffers to a client that stalls every response it gets.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -95,14 +107,68 @@ type Sender = http1::SendRequest<ProxyBody>;
 struct Conn {
     sender: Sender,
     stream: Option<StreamHandle>,
+    /// Set while a pooled connection serves a client: that client's count of borrowed
+    /// connections, given back when this is dropped.
+    borrow: Option<Borrow>,
 }
 
 impl Conn {
-    /// Charges the connection's tunnel buffers to `client` (`None`: to the origin, while the
-    /// connection waits idle in the pool).
-    fn serve(&self, client: Option<UpstreamClient>) {
+    /// Charges the connection's tunnel buffers to the origin: it serves no client of its own.
+    fn to_origin(&self) {
         if let Some(stream) = &self.stream {
-            stream.set_client(client.map(|c| c.0));
+            stream.set_client(None);
+        }
+    }
+
+    /// Whether the connection may be pooled: plain TCP, or a tunnel stream with full-size
+    /// buffers.
+    fn full_size(&self) -> bool {
+        self.stream.as_ref().is_none_or(StreamHandle::is_full_size)
+    }
+}
+
+/// Pooled connections each client holds at once (see the module docs).
+#[derive(Default)]
+struct Borrows {
+    held: Mutex<HashMap<UpstreamClient, usize>>,
+}
+
+impl Borrows {
+    /// One more pooled connection for `client`, unless it holds `max` already.
+    fn take(self: &Arc<Self>, client: UpstreamClient, max: usize) -> Option<Borrow> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(client).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Borrow {
+            borrows: self.clone(),
+            client,
+        })
+    }
+
+    #[cfg(test)]
+    fn held(&self, client: UpstreamClient) -> usize {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(&client).copied().unwrap_or(0)
+    }
+}
+
+/// One pooled connection a client holds; dropping it gives it back.
+struct Borrow {
+    borrows: Arc<Borrows>,
+    client: UpstreamClient,
+}
+
+impl Drop for Borrow {
+    fn drop(&mut self) {
+        let mut held = self.borrows.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.client);
+            }
         }
     }
 }
@@ -117,6 +183,7 @@ struct Shared<D> {
     // Only this family, not all of `Metrics`.
     dial_errors: Family<DialLabels, Counter>,
     idle: Mutex<HashMap<Box<str>, Vec<Idle>>>,
+    borrows: Arc<Borrows>,
     max_idle: usize,
     idle_timeout: Duration,
     sweeping: std::sync::Once,
@@ -143,6 +210,7 @@ impl<D: Dialer> Pool<D> {
                 dialer,
                 dial_errors: metrics.dial_errors.clone(),
                 idle: Mutex::new(HashMap::new()),
+                borrows: Arc::default(),
                 max_idle,
                 idle_timeout,
                 sweeping: std::sync::Once::new(),
@@ -151,8 +219,8 @@ impl<D: Dialer> Pool<D> {
     }
 
     /// Sends `request` (its URI from [`service_uri`]) over an idle or new connection. An
-    /// [`UpstreamClient`] in the request's extensions is who the connection's tunnel buffers
-    /// are charged to while it serves the request.
+    /// [`UpstreamClient`] in the request's extensions is who a new connection's tunnel buffers
+    /// are sized for and charged to, and who borrows a pooled one (see the module docs).
     pub async fn send(
         &self,
         mut request: Request<ProxyBody>,
@@ -174,11 +242,8 @@ impl<D: Dialer> Pool<D> {
 
         let mut stale = 0;
         loop {
-            let (mut conn, reused) = match self.checkout(authority.as_str()).await {
-                Some(conn) => {
-                    conn.serve(client);
-                    (conn, true)
-                }
+            let (mut conn, reused) = match self.checkout(authority.as_str(), client).await {
+                Some(conn) => (conn, true),
                 None => (self.connect(&authority, client).await?, false),
             };
             match conn.sender.try_send_request(request).await {
@@ -204,8 +269,13 @@ impl<D: Dialer> Pool<D> {
         }
     }
 
-    /// An idle connection to `key` that is ready for a request, if there is one.
-    async fn checkout(&self, key: &str) -> Option<Conn> {
+    /// An idle connection to `key` that is ready for a request, if there is one and `client`
+    /// may borrow another.
+    async fn checkout(&self, key: &str, client: Option<UpstreamClient>) -> Option<Conn> {
+        let borrow = match client {
+            Some(client) => Some(self.shared.borrows.take(client, self.shared.max_idle)?),
+            None => None,
+        };
         loop {
             let mut idle = {
                 let mut lists = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -219,7 +289,9 @@ impl<D: Dialer> Pool<D> {
             // The previous response has been read; hyper is ready for the next request as soon
             // as the connection task has seen that, or reports the connection closed.
             if idle.conn.sender.ready().await.is_ok() {
-                return Some(idle.conn);
+                let mut conn = idle.conn;
+                conn.borrow = borrow;
+                return Some(conn);
             }
         }
     }
@@ -256,6 +328,7 @@ impl<D: Dialer> Pool<D> {
         Ok(Conn {
             sender,
             stream: handle,
+            borrow: None,
         })
     }
 }
@@ -266,12 +339,13 @@ trait Return: Send + Sync {
 }
 
 impl<D: Dialer> Return for Shared<D> {
-    fn put_back(&self, key: &Authority, conn: Conn) {
-        if self.max_idle == 0 || conn.sender.is_closed() {
+    fn put_back(&self, key: &Authority, mut conn: Conn) {
+        if self.max_idle == 0 || conn.sender.is_closed() || !conn.full_size() {
             return;
         }
         // Idle, it serves no client: its buffers count against the origin's share.
-        conn.serve(None);
+        conn.borrow = None;
+        conn.to_origin();
         let mut lists = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = match lists.get_mut(key.as_str()) {
             Some(list) => list,
@@ -399,6 +473,28 @@ mod tests {
     use std::collections::HashMap;
     use std::net::{IpAddr, Ipv4Addr};
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_client_borrows_at_most_max_pooled_connections() {
+        let borrows = Arc::new(Borrows::default());
+        let office = UpstreamClient(1);
+        let other = UpstreamClient(2);
+        let first = borrows.take(office, 2).expect("under the cap");
+        let second = borrows.take(office, 2).expect("at the cap");
+        assert!(borrows.take(office, 2).is_none(), "over the cap");
+        // Another client is not affected.
+        let theirs = borrows.take(other, 2).expect("another client");
+        assert_eq!((borrows.held(office), borrows.held(other)), (2, 1));
+        drop(first);
+        assert_eq!(borrows.held(office), 1);
+        let again = borrows.take(office, 2).expect("one was given back");
+        drop((second, again, theirs));
+        assert_eq!((borrows.held(office), borrows.held(other)), (0, 0));
+        assert!(
+            borrows.held.lock().unwrap().is_empty(),
+            "no entry is left behind"
+        );
+    }
 
     #[test]
     fn service_uri_encodes_origin_and_port() {

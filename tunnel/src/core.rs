@@ -1939,6 +1939,11 @@ impl Core {
     pub fn stream_window(&mut self, id: StreamId) -> Option<usize> {
         self.stream(id).ok().map(|s| s.sock.meta.size)
     }
+
+    /// The largest per-direction buffer a stream can get (`[tunnel] tcp_buffer`).
+    pub fn max_window(&self) -> usize {
+        self.ledger.settings().max
+    }
 }
 
 /// An owned stream's socket, borrowed with what marking it for a poll needs.

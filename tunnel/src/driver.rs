@@ -687,6 +687,14 @@ impl StreamHandle {
             .stream_window(self.id)
             .unwrap_or_default()
     }
+
+    /// Whether the stream is open with the largest buffers (`[tunnel] tcp_buffer`): a stream
+    /// that opened smaller, because its client's share was used up, stays small for its life.
+    pub fn is_full_size(&self) -> bool {
+        let mut core = self.shared.core.lock();
+        let max = core.max_window();
+        core.stream_window(self.id).is_some_and(|size| size >= max)
+    }
 }
 
 impl std::fmt::Debug for StreamHandle {
