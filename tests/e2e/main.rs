@@ -16,6 +16,7 @@ mod protection;
 mod restart;
 mod shutdown;
 mod tcp;
+mod timeouts;
 mod tunnel;
 mod websocket;
 
