@@ -22,6 +22,7 @@ pub mod cli;
 pub mod dev;
 pub mod dns;
 pub mod grpc;
+pub mod notify;
 pub mod pki;
 pub mod serve;
 pub mod store;

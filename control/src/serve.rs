@@ -2,7 +2,8 @@
 //! API and the gRPC config stream side by side until SIGTERM or SIGINT.
 //!
 //! With `--acme-directory` it also runs the certificate manager ([`crate::acme`]), which orders
-//! and renews certificates for every route name.
+//! and renews certificates for every route name. It always runs the notifier ([`crate::notify`]),
+//! which sends the audit trail to the notification targets configured through the API.
 //!
 //! Startup order is "check everything, then bind": the master key, the data directory, the
 //! database (created and migrated on first start) and the CA are loaded before any port is
@@ -20,6 +21,7 @@ use crate::acme::AcmeArgs;
 use crate::api::{self, ApiState, LiveNodes};
 use crate::bundle::BundleSettings;
 use crate::grpc::{GrpcOptions, GrpcServer};
+use crate::notify::{Notifier, NotifyArgs};
 use crate::pki::ControlCa;
 use crate::store::{self, MasterKey};
 
@@ -58,6 +60,8 @@ pub struct ServeOptions {
     pub public_url: Option<String>,
     /// Automatic certificates (ACME) and DNS-01; off without a directory URL.
     pub acme: AcmeArgs,
+    /// Notification delivery (retries, queue bound); targets are configured through the API.
+    pub notify: NotifyArgs,
 }
 
 impl ServeOptions {
@@ -77,6 +81,7 @@ impl ServeOptions {
             grpc_names: Vec::new(),
             public_url: None,
             acme: AcmeArgs::default(),
+            notify: NotifyArgs::default(),
         }
     }
 }
@@ -172,7 +177,8 @@ pub struct BadSettings(pub String);
 
 /// Checks `options` as `serve` would before binding, without binding, creating or writing
 /// anything (so it is safe on a live host): the master key, the data directory, the database
-/// URL, an existing CA, the gRPC names and URL, and the ACME flags. The summary on success.
+/// URL, an existing CA, the gRPC names and URL, the ACME and the notification flags. The summary
+/// on success.
 pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
     let bad = |what: &str, error: &dyn std::fmt::Display| BadSettings(format!("{what}: {error}"));
     let key = match MasterKey::load(options.master_key_file.as_deref()) {
@@ -246,6 +252,14 @@ pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
         Some((acme, _)) => format!("ACME from {}", acme.directory_url),
         None => "ACME off".to_owned(),
     };
+    let notify = options
+        .notify
+        .options()
+        .map_err(|e| bad("notifications", &e))?;
+    let acme = format!(
+        "{acme}; notifications: {} attempts, queue {} per target",
+        notify.max_attempts, notify.queue_limit
+    );
     Ok(format!(
         "settings ok: data {} ({engine}), {key}, {ca}; REST API {}, gRPC {} (nodes told \
          {control_url}); {acme}",
@@ -273,6 +287,11 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot open the store at {url}"))?;
     let certificates = options.acme.manager(store.clone())?;
+    let notify = options
+        .notify
+        .options()
+        .map_err(|e| BadSettings(format!("notifications: {e}")))?;
+    let notifier = Notifier::new(store.clone(), notify)?;
     let ca = ControlCa::load_or_create(&options.data_dir)?;
     let names = grpc_names(&options.grpc_names);
     let tls = ca.server_tls(&names)?;
@@ -311,7 +330,8 @@ pub async fn run(
     let api_task = tokio::spawn(api::serve(api_listener, state, stopped(stop_rx.clone())));
     let grpc_task = tokio::spawn(grpc.serve(grpc_listener, tls, stopped(stop_rx.clone())));
     // The certificate manager is not a server: it ends only on shutdown, so it is awaited then.
-    let acme_task = certificates.map(|manager| tokio::spawn(manager.run(stopped(stop_rx))));
+    let acme_task = certificates.map(|manager| tokio::spawn(manager.run(stopped(stop_rx.clone()))));
+    let notify_task = tokio::spawn(notifier.run(stopped(stop_rx)));
     tracing::info!(%api_addr, %grpc_addr, %control_url, engine = ?store.engine(), "kokoa-control serving");
     eprintln!(
         "kokoa-control: REST API http://{api_addr}/api/v1 (OpenAPI: /api/v1/openapi.json), \
@@ -340,6 +360,7 @@ pub async fn run(
     if let Some(task) = acme_task {
         task.await.context("certificate manager task panicked")?;
     }
+    notify_task.await.context("notifier task panicked")?;
     api_result.context("REST API server failed")?;
     grpc_result.context("gRPC server failed")?;
     Ok(())

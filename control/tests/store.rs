@@ -143,6 +143,8 @@ both_engines!(
     node_status_ack_nack_and_heartbeat,
     health_check_history,
     updates_validate_and_record_changes,
+    notification_targets_seal_url_and_secret,
+    notifications_fan_out_in_order_with_bounded_queue,
 );
 
 fn cli() -> Actor {
@@ -208,8 +210,8 @@ async fn migrations_are_idempotent_on_reopen(db: &Db) -> Result<()> {
         .fetch_one(db.sql.pool())
         .await?
         .try_get::<i64, _>("n")?;
-    // 0001_initial and 0002_acme.
-    assert_eq!(applied, 2);
+    // 0001_initial, 0002_acme and the notifications migration.
+    assert_eq!(applied, 3);
     if db.store.engine() == store::Engine::Sqlite {
         let mode: String = sqlx::query("PRAGMA journal_mode")
             .fetch_one(db.sql.pool())
@@ -1287,5 +1289,223 @@ async fn updates_validate_and_record_changes(db: &Db) -> Result<()> {
         serde_json::json!({"from": null, "to": "ams3"})
     );
     assert!(last[0].detail.get("name").is_none());
+    Ok(())
+}
+
+// ---- notifications ---------------------------------------------------------------------------
+
+fn webhook(name: &str, events: &[&str]) -> store::NewNotificationTarget {
+    store::NewNotificationTarget {
+        name: name.into(),
+        kind: store::NotificationKind::Webhook,
+        url: "http://127.0.0.1:9/hooks/secret-path?token=abc".into(),
+        secret: None,
+        events: events.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+const LIMITS: store::QueueLimits = store::QueueLimits {
+    events_per_pass: 100,
+    pending_per_target: 3,
+    history_per_target: 4,
+};
+
+async fn notification_targets_seal_url_and_secret(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let created = s
+        .create_notification_target(&cli(), webhook("ops", &["edge.*"]))
+        .await?;
+    let secret = created
+        .secret
+        .context("a webhook gets a generated secret")?;
+    ensure!(secret.expose().starts_with("kokoa_whsec_"));
+    ensure!(
+        created.target.url == "http://127.0.0.1:9",
+        "{}",
+        created.target.url
+    );
+    ensure!(created.target.signed);
+    // Neither the URL's path nor the secret is stored in clear.
+    for row in sqlx::query("SELECT url_sealed, secret_sealed FROM notification_targets")
+        .fetch_all(db.sql.pool())
+        .await?
+    {
+        let url: String = row.try_get("url_sealed")?;
+        let sealed: String = row.try_get("secret_sealed")?;
+        ensure!(!url.contains("secret-path") && !sealed.contains(secret.expose()));
+    }
+    let slack = s
+        .create_notification_target(
+            &cli(),
+            store::NewNotificationTarget {
+                name: "chat".into(),
+                kind: store::NotificationKind::Slack,
+                url: "https://hooks.slack.example/services/T0/B0/XYZ".into(),
+                secret: None,
+                events: vec![],
+            },
+        )
+        .await?;
+    ensure!(slack.secret.is_none() && !slack.target.signed);
+    ensure!(slack.target.url == "https://hooks.slack.example");
+    ensure!(is_conflict(
+        s.create_notification_target(&cli(), webhook("ops", &[]))
+            .await
+    ));
+    for (bad, field) in [
+        (
+            store::NewNotificationTarget {
+                url: "ftp://x".into(),
+                ..webhook("a1", &[])
+            },
+            "url",
+        ),
+        (webhook("a2", &["edge"]), "events"),
+        (webhook("a3", &["Edge.*"]), "events"),
+        (
+            store::NewNotificationTarget {
+                secret: Some("short".into()),
+                ..webhook("a4", &[])
+            },
+            "secret",
+        ),
+    ] {
+        let got = invalid_field(s.create_notification_target(&cli(), bad).await);
+        ensure!(got == Some(field), "{got:?} != {field}");
+    }
+    let names: Vec<_> = s
+        .list_notification_targets()
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    ensure!(names == ["chat", "ops"], "{names:?}");
+    let due = s.due_notification_deliveries(&[], 10).await?;
+    ensure!(due.is_empty());
+    // The full URL and secret come back only to the sender.
+    let delivery = s
+        .test_notification_target(&cli(), created.target.id)
+        .await?;
+    ensure!(delivery.kind == "notification_target.test");
+    let due = s.due_notification_deliveries(&[], 10).await?;
+    ensure!(due.len() == 1);
+    ensure!(due[0].url.expose() == "http://127.0.0.1:9/hooks/secret-path?token=abc");
+    ensure!(due[0].secret.as_ref().map(|x| x.expose()) == Some(secret.expose()));
+    // Busy targets are skipped.
+    ensure!(s
+        .due_notification_deliveries(&[created.target.id], 10)
+        .await?
+        .is_empty());
+    s.delete_notification_target(&cli(), created.target.id)
+        .await?;
+    ensure!(s
+        .list_notification_deliveries(store::DeliveryQuery::default())
+        .await?
+        .is_empty());
+    Ok(())
+}
+
+async fn notifications_fan_out_in_order_with_bounded_queue(db: &Db) -> Result<()> {
+    let s = &db.store;
+    // History before the first pass is not replayed.
+    s.create_origin(&cli(), origin("before")).await?;
+    let edges_only = s
+        .create_notification_target(&cli(), webhook("edges", &["edge.*"]))
+        .await?
+        .target;
+    let all = s
+        .create_notification_target(&cli(), webhook("all", &[]))
+        .await?
+        .target;
+    ensure!(s.fan_out_notifications(LIMITS).await? == store::FanOut::default());
+    let o = s.create_origin(&cli(), origin("o1")).await?;
+    let e = s.create_edge(&cli(), edge("e1")).await?;
+    s.record_config_nack(NodeId::Edge(e.id), 1, "bad route")
+        .await?;
+    let report = s.fan_out_notifications(LIMITS).await?;
+    ensure!(report.events == 3, "{report:?}");
+    // "all": 3 events; "edges": the edge's creation and its NACK.
+    ensure!(report.queued == 5 && report.dropped == 0, "{report:?}");
+    // A second pass finds nothing new.
+    ensure!(s.fan_out_notifications(LIMITS).await?.events == 0);
+    let edge_kinds: Vec<_> = s
+        .list_notification_deliveries(store::DeliveryQuery {
+            target_id: Some(edges_only.id),
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .map(|d| d.kind)
+        .collect();
+    ensure!(
+        edge_kinds == ["edge.config_rejected", "edge.created"],
+        "{edge_kinds:?}"
+    );
+    // One delivery at a time per target, oldest event first.
+    let due = s.due_notification_deliveries(&[], 10).await?;
+    ensure!(due.len() == 2, "{}", due.len());
+    let first_all = due
+        .iter()
+        .find(|d| d.delivery.target_id == all.id)
+        .context("all")?;
+    ensure!(first_all.event.entity_id == o.id.to_string());
+    // A retry keeps it at the head, not due before its backoff.
+    let retried = s
+        .finish_delivery_attempt(
+            first_all.delivery.id,
+            store::AttemptOutcome::Retry {
+                status: Some(500),
+                error: "HTTP 500".into(),
+                retry_in: Duration::from_secs(3600),
+            },
+        )
+        .await?;
+    ensure!(retried.attempts == 1 && retried.status == store::DeliveryStatus::Pending);
+    ensure!(retried.last_status == Some(500));
+    ensure!(s
+        .due_notification_deliveries(&[edges_only.id], 10)
+        .await?
+        .is_empty());
+    // The queue bound: "all" holds 3 pending; three more events drop the three oldest.
+    for name in ["o2", "o3", "o4"] {
+        s.create_origin(&cli(), origin(name)).await?;
+    }
+    let report = s.fan_out_notifications(LIMITS).await?;
+    ensure!(report.queued == 3 && report.dropped == 3, "{report:?}");
+    let dropped = s
+        .list_notification_deliveries(store::DeliveryQuery {
+            target_id: Some(all.id),
+            status: Some(store::DeliveryStatus::Dropped),
+            ..Default::default()
+        })
+        .await?;
+    ensure!(dropped.len() == 3);
+    ensure!(dropped.iter().all(|d| d
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("queue was full"))));
+    // Finishing a dropped delivery counts the attempt but keeps it dropped.
+    let late = s
+        .finish_delivery_attempt(
+            first_all.delivery.id,
+            store::AttemptOutcome::Delivered { status: 200 },
+        )
+        .await?;
+    ensure!(late.status == store::DeliveryStatus::Dropped && late.attempts == 2);
+    // History is pruned to its bound once finished deliveries exceed it.
+    for name in ["o5", "o6", "o7", "o8"] {
+        s.create_origin(&cli(), origin(name)).await?;
+    }
+    s.fan_out_notifications(LIMITS).await?;
+    let finished = s
+        .list_notification_deliveries(store::DeliveryQuery {
+            target_id: Some(all.id),
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .filter(|d| d.status != store::DeliveryStatus::Pending)
+        .count();
+    ensure!(finished == 4, "{finished} finished deliveries kept");
     Ok(())
 }

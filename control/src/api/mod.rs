@@ -16,6 +16,7 @@ mod edges;
 pub mod error;
 mod events;
 pub mod extract;
+mod notifications;
 pub mod openapi;
 mod origins;
 mod routes;
@@ -35,6 +36,7 @@ use uuid::Uuid;
 pub use certificates::CertificateUpload;
 pub use edges::{EdgeCreate, EdgeOrigin, EdgeView};
 pub use error::{ApiError, ErrorBody};
+pub use notifications::DeliveryFilter;
 pub use origins::{OriginView, RotateKey};
 pub use routes::{RouteCreate, RoutePatch, RouteView};
 pub use services::ServiceView;
@@ -189,6 +191,23 @@ pub fn router(state: ApiState) -> Router {
             "/api-tokens/{token}",
             axum::routing::delete(tokens::revoke_api),
         )
+        .route(
+            "/notification-targets",
+            get(notifications::list).post(notifications::create),
+        )
+        .route(
+            "/notification-targets/{target}",
+            get(notifications::get).delete(notifications::delete),
+        )
+        .route(
+            "/notification-targets/{target}/test",
+            post(notifications::test),
+        )
+        .route(
+            "/notification-targets/{target}/deliveries",
+            get(notifications::target_deliveries),
+        )
+        .route("/notification-deliveries", get(notifications::deliveries))
         .route("/events", get(events::list))
         .route("/health-checks", get(events::health_checks))
         .route("/nodes", get(status::nodes))

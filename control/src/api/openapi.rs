@@ -88,6 +88,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("get", "/api-tokens", "tokens", "List API tokens (metadata)", None, (200, "[ApiToken]")),
     ep("post", "/api-tokens", "tokens", "Create an API token (the secret is returned once)", Some("ApiTokenRequest"), (201, "IssuedApiToken")),
     ep("delete", "/api-tokens/{token}", "tokens", "Revoke an API token", None, (200, "ApiToken")),
+    ep("get", "/notification-targets", "notifications", "List notification targets (never their URL path or secret)", None, (200, "[NotificationTarget]")),
+    ep("post", "/notification-targets", "notifications", "Create a webhook or Slack target (a webhook's signing secret is returned once)", Some("NewNotificationTarget"), (201, "CreatedNotificationTarget")),
+    ep("get", "/notification-targets/{target}", "notifications", "Get a notification target", None, (200, "NotificationTarget")),
+    ep("delete", "/notification-targets/{target}", "notifications", "Delete a notification target and its deliveries", None, (204, "")),
+    ep("post", "/notification-targets/{target}/test", "notifications", "Queue a test notification for this target", None, (202, "Delivery")),
+    ep("get", "/notification-targets/{target}/deliveries", "notifications", "A target's deliveries, newest first (?status=, ?limit=)", None, (200, "[Delivery]")),
+    ep("get", "/notification-deliveries", "notifications", "Deliveries, newest first (?target=, ?status=, ?limit=)", None, (200, "[Delivery]")),
     ep("get", "/events", "events", "Audit trail (?after=, ?entity=, ?entity_id=, ?limit=)", None, (200, "[Event]")),
     ep("get", "/health-checks", "health", "Health-check results (?edge_id=, ?service_id=, ?limit=)", None, (200, "[HealthCheck]")),
     ep("get", "/nodes", "status", "Every node: applied version, last heartbeat, last NACK", None, (200, "[NodeStatus]")),
@@ -273,6 +280,23 @@ fn schemas() -> Value {
         "Event": object(&["id", "at", "actor", "entity", "entity_id", "action", "detail"], json!({
             "id": {"type": "integer"}, "at": time(), "actor": string(), "entity": string(), "entity_id": string(),
             "action": string(), "detail": {}, "config_version": nullable("integer"),
+        })),
+        "NotificationTarget": object(&["id", "name", "kind", "url", "events", "signed", "created_at"], json!({
+            "id": uuid(), "name": string(), "kind": {"type": "string", "enum": ["webhook", "slack"]},
+            "url": string(), "events": {"type": "array", "items": string()}, "signed": {"type": "boolean"}, "created_at": time(),
+        })),
+        "NewNotificationTarget": object(&["name", "kind", "url"], json!({
+            "name": string(), "kind": {"type": "string", "enum": ["webhook", "slack"]}, "url": string(),
+            "secret": nullable("string"), "events": {"type": "array", "items": string()},
+        })),
+        "CreatedNotificationTarget": object(&["target"], json!({
+            "target": {"$ref": "#/components/schemas/NotificationTarget"}, "secret": nullable("string"),
+        })),
+        "Delivery": object(&["id", "target_id", "event_id", "kind", "status", "attempts", "created_at", "updated_at"], json!({
+            "id": uuid(), "target_id": uuid(), "event_id": {"type": "integer"}, "kind": string(),
+            "status": {"type": "string", "enum": ["pending", "delivered", "failed", "dropped"]},
+            "attempts": {"type": "integer"}, "last_status": nullable("integer"), "last_error": nullable("string"),
+            "next_attempt_at": nullable("string"), "created_at": time(), "updated_at": time(),
         })),
         "HealthCheck": object(&["id", "success", "checked_at"], json!({
             "id": uuid(), "edge_id": nullable("string"), "service_id": nullable("string"), "success": {"type": "boolean"},

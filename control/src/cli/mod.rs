@@ -4,6 +4,7 @@
 //! tables, or the API's JSON with `--json`.
 
 pub mod client;
+mod notify;
 pub mod table;
 
 use std::net::SocketAddr;
@@ -189,6 +190,15 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Notifications: webhook and Slack targets fed from the audit trail, and their deliveries.
+    Notify {
+        /// How to reach control.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: notify::NotifyCommand,
+    },
 }
 
 /// `serve` flags.
@@ -219,6 +229,9 @@ pub struct ServeArgs {
     /// Automatic certificates.
     #[command(flatten)]
     pub acme: AcmeArgs,
+    /// Notification delivery.
+    #[command(flatten)]
+    pub notify: crate::notify::NotifyArgs,
 }
 
 /// `dev` flags.
@@ -552,6 +565,7 @@ impl From<ServeArgs> for ServeOptions {
             grpc_names: args.grpc_names,
             public_url: args.public_url,
             acme: args.acme,
+            notify: args.notify,
         }
     }
 }
@@ -627,6 +641,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
         }
         Command::Status { client } => client.api()?.status().await,
+        Command::Notify { client, command } => client.api()?.notify(command).await,
     }
 }
 

@@ -24,6 +24,8 @@ pub enum Entity {
     ApiToken,
     /// A health-check result.
     HealthCheck,
+    /// A notification target (webhook or Slack).
+    NotificationTarget,
 }
 
 impl Entity {
@@ -39,6 +41,7 @@ impl Entity {
             Entity::NodeToken => "node_token",
             Entity::ApiToken => "api_token",
             Entity::HealthCheck => "health_check",
+            Entity::NotificationTarget => "notification_target",
         }
     }
 
@@ -54,6 +57,7 @@ impl Entity {
             "node_token" => Entity::NodeToken,
             "api_token" => Entity::ApiToken,
             "health_check" => Entity::HealthCheck,
+            "notification_target" => Entity::NotificationTarget,
             _ => return None,
         })
     }

@@ -3,7 +3,8 @@
 //!
 //! [`Store`] combines one trait per kind of record ([`OriginStore`], [`ServiceStore`],
 //! [`EdgeStore`], [`RouteStore`], [`CertificateStore`], [`AcmeStore`], [`NodeTokenStore`],
-//! [`ApiTokenStore`], [`EventStore`], [`HealthStore`], [`NodeStateStore`], [`LeaderStore`]), each
+//! [`ApiTokenStore`], [`EventStore`], [`HealthStore`], [`NodeStateStore`], [`LeaderStore`],
+//! [`NotificationStore`]), each
 //! declared in its own file here and implemented for SQL in the file of the same name under
 //! [`sql`]. The record types themselves are in [`model`].
 //!
@@ -40,6 +41,7 @@ mod health;
 mod leadership;
 mod node_state;
 mod node_tokens;
+pub mod notifications;
 mod origins;
 mod routes;
 mod services;
@@ -60,6 +62,11 @@ pub use leadership::LeaderStore;
 pub use model::*;
 pub use node_state::NodeStateStore;
 pub use node_tokens::NodeTokenStore;
+pub use notifications::{
+    event_kind, event_matches, AttemptOutcome, CreatedNotificationTarget, Delivery, DeliveryQuery,
+    DeliveryStatus, DueDelivery, FanOut, NewNotificationTarget, NotificationKind,
+    NotificationStore, NotificationTarget, QueueLimits,
+};
 pub use origins::OriginStore;
 pub use routes::RouteStore;
 pub use services::ServiceStore;
@@ -92,6 +99,7 @@ pub trait Store:
     + ApiTokenStore
     + EventStore
     + HealthStore
+    + NotificationStore
     + Send
     + Sync
     + std::fmt::Debug

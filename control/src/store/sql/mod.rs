@@ -27,6 +27,7 @@ mod keys;
 mod leadership;
 mod node_state;
 mod node_tokens;
+mod notifications;
 mod origins;
 mod routes;
 mod services;
