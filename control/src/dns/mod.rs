@@ -1,4 +1,6 @@
-//! DNS for control: the [`DnsProvider`] interface and its three implementations.
+//! DNS for control: the [`DnsProvider`] interface, its three implementations, and the steering
+//! reconciler ([`DnsManager`]) that keeps every route name pointing at the healthy edges that
+//! serve it.
 //!
 //! Control changes DNS for two reasons: ACME DNS-01 challenges (a TXT record at
 //! `_acme-challenge.<name>`, needed for wildcard certificates) and DNS steering (the A/AAAA set
@@ -9,12 +11,15 @@
 //! - [`powerdns`]: the PowerDNS Authoritative HTTP API (`/api/v1/servers/{id}/zones/{zone}`);
 //! - [`cloudflare`]: Cloudflare's API v4 (`/zones/{zone_id}/dns_records`).
 //!
+//! [`manager`] holds the reconciler and its metrics and events.
+//!
 //! Providers decide nothing: callers say what a name should hold, providers make it so. Every
 //! provider applies a change so that a name being re-pointed never has an empty address set in
 //! between (one atomic message, one atomic PATCH, or creates before deletes).
 
 pub mod cloudflare;
 mod http;
+pub mod manager;
 pub mod powerdns;
 pub mod rfc2136;
 
@@ -24,6 +29,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use async_trait::async_trait;
 
+pub use manager::{
+    DesiredState, DnsEvent, DnsManager, DnsMetrics, DnsStatus, NameOutcome, ReconcileReport,
+    SteeringOptions,
+};
 pub use rfc2136::{Rfc2136Config, Rfc2136Provider, TsigAlgorithm};
 
 /// The data of one DNS record a provider reads or writes.
