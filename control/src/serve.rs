@@ -2,7 +2,8 @@
 //! API and the gRPC config stream side by side until SIGTERM or SIGINT.
 //!
 //! With `--acme-directory` it also runs the certificate manager ([`crate::acme`]), which orders
-//! and renews certificates for every route name.
+//! and renews certificates for every route name; DNS-01 goes through the `--dns-*` provider
+//! ([`crate::dns`]).
 //!
 //! Startup order is "check everything, then bind": the master key, the data directory, the
 //! database (created and migrated on first start) and the CA are loaded before any port is
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 use crate::acme::AcmeArgs;
 use crate::api::{self, ApiState, LiveNode, LiveNodes};
 use crate::bundle::BundleSettings;
+use crate::dns::DnsArgs;
 use crate::grpc::{GrpcOptions, GrpcServer, NodeRegistry};
 use crate::pki::ControlCa;
 use crate::store::{self, MasterKey};
@@ -56,8 +58,10 @@ pub struct ServeOptions {
     pub grpc_names: Vec<String>,
     /// The gRPC URL bundles tell nodes; default `https://<first name>:<grpc port>`.
     pub public_url: Option<String>,
-    /// Automatic certificates (ACME) and DNS-01; off without a directory URL.
+    /// Automatic certificates (ACME); off without a directory URL.
     pub acme: AcmeArgs,
+    /// The DNS provider (DNS-01, DNS steering); none without `--dns-provider`.
+    pub dns: DnsArgs,
 }
 
 impl ServeOptions {
@@ -77,6 +81,7 @@ impl ServeOptions {
             grpc_names: Vec::new(),
             public_url: None,
             acme: AcmeArgs::default(),
+            dns: DnsArgs::default(),
         }
     }
 }
@@ -198,7 +203,10 @@ pub async fn run(
     let store = store::open(&url, key)
         .await
         .with_context(|| format!("cannot open the store at {url}"))?;
-    let certificates = options.acme.manager(store.clone())?;
+    let dns = options.dns.setup()?;
+    let certificates = options
+        .acme
+        .manager(store.clone(), dns.as_ref().map(|dns| dns.provider.clone()))?;
     let ca = ControlCa::load_or_create(&options.data_dir)?;
     let names = grpc_names(&options.grpc_names);
     let tls = ca.server_tls(&names)?;

@@ -43,7 +43,8 @@ use crate::store::{
     Actor, Certificate, CertificateSource, Id, Leadership, NewCertificate, Store, StoreError,
 };
 
-pub use args::{AcmeArgs, AcmeArgsError, TSIG_SECRET_ENV};
+pub use crate::dns::args::TSIG_SECRET_ENV;
+pub use args::{AcmeArgs, AcmeArgsError};
 pub use tls_alpn::validation_certificate;
 
 /// Let's Encrypt's production directory.

@@ -20,6 +20,7 @@ use time::OffsetDateTime;
 use crate::acme::AcmeArgs;
 use crate::api::{EdgeView, NodeStatusView, OriginView, RouteView, ServiceView, StatusSummary};
 use crate::dev::{self, DevOptions};
+use crate::dns::DnsArgs;
 use crate::serve::{self, ServeOptions};
 use crate::store::{self, Actor, ApiToken, IssuedNodeToken, MasterKey};
 use client::{segment, ApiClient, DEFAULT_API_URL};
@@ -150,6 +151,9 @@ pub struct ServeArgs {
     /// Automatic certificates.
     #[command(flatten)]
     pub acme: AcmeArgs,
+    /// The DNS provider (ACME DNS-01, DNS steering).
+    #[command(flatten)]
+    pub dns: DnsArgs,
 }
 
 /// `dev` flags.
@@ -434,6 +438,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 grpc_names: args.grpc_names,
                 public_url: args.public_url,
                 acme: args.acme,
+                dns: args.dns,
             };
             serve::run(options, kokoa_node::signal::shutdown()).await
         }

@@ -11,12 +11,14 @@
 //! - [`powerdns`]: the PowerDNS Authoritative HTTP API (`/api/v1/servers/{id}/zones/{zone}`);
 //! - [`cloudflare`]: Cloudflare's API v4 (`/zones/{zone_id}/dns_records`).
 //!
+//! [`args`] holds `kokoa-control serve`'s `--dns-*` flags and turns them into a provider;
 //! [`manager`] holds the reconciler and its metrics and events.
 //!
 //! Providers decide nothing: callers say what a name should hold, providers make it so. Every
 //! provider applies a change so that a name being re-pointed never has an empty address set in
 //! between (one atomic message, one atomic PATCH, or creates before deletes).
 
+pub mod args;
 pub mod cloudflare;
 mod http;
 pub mod manager;
@@ -29,6 +31,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use async_trait::async_trait;
 
+pub use args::{DnsArgs, DnsArgsError, DnsSetup};
 pub use manager::{
     DesiredState, DnsEvent, DnsManager, DnsMetrics, DnsStatus, NameOutcome, ReconcileReport,
     SteeringOptions,
