@@ -23,8 +23,8 @@ use base64::Engine as _;
 use kokoa_control::acme::{AcmeOptions, CertificateManager, ChallengeKind, PassReport};
 use kokoa_control::dns::{DnsProvider, RecordData, Rfc2136Config, Rfc2136Provider, TsigAlgorithm};
 use kokoa_control::store::{
-    self, AcmeChallengeAnswer, Actor, CertificateSource, MasterKey, NewCertificate, NewEdge,
-    NewOrigin, NewRoute, NewService, NodeId, Protocol, Store,
+    self, AcmeChallengeAnswer, AcmeStore, Actor, CertificateSource, MasterKey, NewCertificate,
+    NewEdge, NewOrigin, NewRoute, NewService, NodeId, Protocol, Store,
 };
 use kokoa_edge::acme::{AcmeChallenges, HttpChallenge, TlsAlpnChallenge};
 use kokoa_edge::sni::CertStore;
@@ -281,9 +281,8 @@ impl World {
         let cert = self.certificate(name).await?;
         let chain = cert.chain_pem.context("issued chain")?;
         let key = self.store.certificate_key(cert.id).await?.context("key")?;
-        let certified =
-            kokoa_edge::acme::certified_key(&chain, &key).map_err(anyhow::Error::msg)?;
-        (self.edge.set_certificates)(CertStore::from_certified(vec![Arc::new(certified)], None)?);
+        let certificate = kokoa_model::Certificate::from_pem(&chain, &key)?;
+        (self.edge.set_certificates)(CertStore::from_certificates(&[certificate], None)?);
         let root = self.pebble.root().await?;
         let connector = TlsConnector::from(client_config(root, &[b"http/1.1"])?);
         let stream = TcpStream::connect(self.edge.https).await?;

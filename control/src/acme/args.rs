@@ -15,10 +15,14 @@ use crate::store::Store;
 pub struct AcmeArgs {
     /// ACME directory URL: `letsencrypt`, `letsencrypt-staging`, or any CA's directory URL.
     /// Enables automatic certificates for every route name without a manual certificate.
-    #[arg(long = "acme-directory", value_name = "URL")]
+    #[arg(
+        long = "acme-directory",
+        env = "KOKOA_ACME_DIRECTORY",
+        value_name = "URL"
+    )]
     pub directory: Option<String>,
     /// Contact e-mail for the ACME account (the CA's expiry notices).
-    #[arg(long = "acme-email", value_name = "EMAIL")]
+    #[arg(long = "acme-email", env = "KOKOA_ACME_EMAIL", value_name = "EMAIL")]
     pub email: Option<String>,
     /// PEM CA certificate to trust for the directory's HTTPS (a private or test CA).
     #[arg(long = "acme-ca-file", value_name = "PATH")]
@@ -72,6 +76,18 @@ impl AcmeArgs {
         store: Arc<dyn Store>,
         dns: Option<Arc<dyn DnsProvider>>,
     ) -> Result<Option<Arc<CertificateManager>>, AcmeArgsError> {
+        Ok(self
+            .options(dns)?
+            .map(|(options, dns)| CertificateManager::new(store, options, dns)))
+    }
+
+    /// What the flags describe, checked (`kokoa-control check-config` stops here), or `None`
+    /// without `--acme-directory`; `dns` is the `--dns-*` provider DNS-01 would use.
+    #[allow(clippy::type_complexity)]
+    pub fn options(
+        &self,
+        dns: Option<Arc<dyn DnsProvider>>,
+    ) -> Result<Option<(AcmeOptions, Option<Arc<dyn DnsProvider>>)>, AcmeArgsError> {
         let Some(directory) = &self.directory else {
             return Ok(None);
         };
@@ -101,7 +117,7 @@ impl AcmeArgs {
                 "dns-01 needs a DNS provider (--dns-provider and its flags)",
             ));
         }
-        Ok(Some(CertificateManager::new(store, options, dns)))
+        Ok(Some((options, dns)))
     }
 }
 

@@ -6,11 +6,14 @@
 //! edges: HTTP-01 and TLS-ALPN-01 answers are stored as pending challenges (which bumps the
 //! config version, so every edge's snapshot carries them), DNS-01 (always used for wildcards)
 //! goes through a [`DnsProvider`](crate::dns::DnsProvider). Issued certificates and keys land in
-//! the store ([`Store::set_certificate_material`]) and reach the edges the same way.
+//! the store ([`set_certificate_material`]) and reach the edges the same way.
 //!
-//! A failed order is recorded on the certificate ([`Store::set_certificate_error`]), retried
+//! A failed order is recorded on the certificate ([`set_certificate_error`]), retried
 //! with exponential backoff, and never touches the certificate already in place. Manual
 //! certificates are never ordered, renewed or overwritten.
+//!
+//! [`set_certificate_material`]: crate::store::CertificateStore::set_certificate_material
+//! [`set_certificate_error`]: crate::store::CertificateStore::set_certificate_error
 //!
 //! One account per directory URL, its credentials (including the private key) sealed in the
 //! store. Orders run one at a time; [`CertificateManager::run`] is the loop `kokoa-control
@@ -38,6 +41,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tracing::Instrument as _;
 
+use crate::api::LiveNodes;
 use crate::dns::{DnsError, DnsProvider};
 use crate::store::{
     Actor, Certificate, CertificateSource, Id, Leadership, NewCertificate, Store, StoreError,
@@ -275,6 +279,9 @@ pub struct CertificateManager {
     retries: Mutex<HashMap<Id, RetryState>>,
     forced: Mutex<HashSet<Id>>,
     wake: Notify,
+    /// The nodes connected to this control process (the gRPC server's registry), set by
+    /// [`CertificateManager::watch_connected_nodes`].
+    live: std::sync::OnceLock<Arc<dyn LiveNodes>>,
 }
 
 impl std::fmt::Debug for CertificateManager {
@@ -287,7 +294,8 @@ impl std::fmt::Debug for CertificateManager {
 }
 
 const ACTOR: Actor = Actor::System;
-/// The singleton job name of the certificate manager ([`Store::try_lead`]).
+/// The singleton job name of the certificate manager
+/// ([`try_lead`](crate::store::LeaderStore::try_lead)).
 pub const LEADERSHIP_JOB: &str = "acme";
 /// How often a replica that does not lead tries to take over.
 const LEADERSHIP_RETRY: Duration = Duration::from_secs(15);
@@ -308,7 +316,16 @@ impl CertificateManager {
             retries: Mutex::new(HashMap::new()),
             forced: Mutex::new(HashSet::new()),
             wake: Notify::new(),
+            live: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes orders wait for every edge connected to this control process to apply the config
+    /// carrying their challenges, not only the edges whose heartbeat the store has seen: an edge
+    /// that has just connected may not have sent one yet, and the CA's validator may pick it.
+    /// Set once (by `serve`, with the gRPC server's registry); later calls are ignored.
+    pub fn watch_connected_nodes(&self, live: Arc<dyn LiveNodes>) {
+        let _ = self.live.set(live);
     }
 
     /// The manager's metrics (register them on the admin registry).
@@ -335,10 +352,11 @@ impl CertificateManager {
     }
 
     /// Runs until `shutdown` resolves. Only the replica holding the `acme` leadership
-    /// ([`Store::try_lead`]: always on SQLite, a PostgreSQL advisory lock otherwise) orders;
-    /// the others retry every 15 s. The leader clears challenges left by an earlier run, then
-    /// passes over the certificates on start, every `check_interval`, whenever the config changes
-    /// (a new route), when a retry is due, and on [`CertificateManager::renew_now`]. An order
+    /// ([`try_lead`](crate::store::LeaderStore::try_lead): always on SQLite, a PostgreSQL
+    /// advisory lock otherwise) orders; the others retry every 15 s. The leader clears challenges
+    /// left by an earlier run, then passes over the certificates on start, every
+    /// `check_interval`, whenever the config changes (a new route), when a retry is due, and on
+    /// [`CertificateManager::renew_now`]. An order
     /// in progress when `shutdown` resolves is abandoned (its challenges expire on the edges).
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -732,6 +750,83 @@ mod tests {
         assert!(manager.due(&acme, now), "inside the 30 days");
         manager.renew_now(acme.id);
         assert!(manager.forced.lock().contains(&acme.id));
+    }
+
+    /// The ACME flake of issue 16: an edge that has connected but not yet sent a heartbeat must
+    /// still be waited for, or the CA may ask it for a challenge it does not have yet.
+    #[tokio::test]
+    async fn orders_wait_for_connected_edges_without_a_heartbeat() {
+        use crate::grpc::NodeRegistry;
+        use crate::store::{NewEdge, NodeId};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(
+            &format!("sqlite://{}", dir.path().join("c.db").display()),
+            crate::store::MasterKey::generate(),
+        )
+        .await
+        .unwrap();
+        let actor = Actor::Cli;
+        let new_edge = |name: &str| NewEdge {
+            name: name.into(),
+            ..NewEdge::default()
+        };
+        let connected = store
+            .create_edge(&actor, new_edge("connected"))
+            .await
+            .unwrap();
+        let elsewhere = store
+            .create_edge(&actor, new_edge("elsewhere"))
+            .await
+            .unwrap();
+        store
+            .create_edge(&actor, new_edge("offline"))
+            .await
+            .unwrap();
+        let version = store.config_version().await.unwrap();
+        let manager =
+            CertificateManager::new(store.clone(), AcmeOptions::new("https://ca.test/dir"), None);
+        let lagging = || async { order::lagging_edges(&manager, version).await.unwrap() };
+
+        // No edge has sent a heartbeat and none is known to be connected.
+        assert!(lagging().await.is_empty());
+
+        // One connects, running an older config: it is waited for without a heartbeat.
+        let registry = NodeRegistry::default();
+        manager.watch_connected_nodes(Arc::new(registry.clone()));
+        let node = NodeId::Edge(connected.id);
+        let hello = kokoa_proto::v1::Hello {
+            applied_version: version - 1,
+            software_version: "test".into(),
+            hostname: "h".into(),
+        };
+        let session = registry.connect(node, "connected", None, &hello);
+        assert_eq!(lagging().await, ["connected"]);
+
+        // An edge connected to another replica is known by its heartbeat.
+        let other = NodeId::Edge(elsewhere.id);
+        store
+            .record_heartbeat(other, serde_json::json!({}))
+            .await
+            .unwrap();
+        store.record_config_ack(other, version - 1).await.unwrap();
+        assert_eq!(lagging().await, ["connected", "elsewhere"]);
+
+        // Both apply the version: nothing left to wait for ("offline" never counted).
+        registry.acked(node, session, version);
+        store.record_config_ack(other, version).await.unwrap();
+        assert!(lagging().await.is_empty());
+
+        // A connected edge that fell behind again is waited for again.
+        assert_eq!(
+            order::lagging_edges(&manager, version + 1).await.unwrap(),
+            ["connected", "elsewhere"]
+        );
+        registry.disconnect(node, session);
+        assert_eq!(
+            order::lagging_edges(&manager, version + 1).await.unwrap(),
+            ["elsewhere"]
+        );
     }
 
     #[test]

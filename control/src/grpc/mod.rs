@@ -2,7 +2,8 @@
 //!
 //! Never on the request path: nodes keep serving their last applied snapshot while control is
 //! away. [`GrpcServer::serve`] runs two services over TLS (control's own CA, [`crate::pki`]):
-//! - `Enrollment.Enroll` exchanges a one-time token for a node credential ([`Store::enroll`]);
+//! - `Enrollment.Enroll` exchanges a one-time token for a node credential
+//!   ([`enroll`](crate::store::NodeTokenStore::enroll));
 //! - `Config.Watch` authenticates the node's bearer credential, then streams its snapshot
 //!   whenever its config changes and records the ACKs, NACKs and heartbeats it sends back.
 //!

@@ -171,7 +171,7 @@ pub fn subnet_network(subnet: u8) -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::new(POOL_PREFIX[0], POOL_PREFIX[1], subnet, 0), 24).unwrap_or_default()
 }
 
-/// Input of [`Store::create_origin`](super::Store::create_origin).
+/// Input of [`OriginStore::create_origin`](super::OriginStore::create_origin).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NewOrigin {
     /// Unique name (a-z, 0-9, `-`, `_`, `.`; at most 63).
@@ -181,7 +181,7 @@ pub struct NewOrigin {
     pub public_key: Option<PublicKey>,
 }
 
-/// Input of [`Store::update_origin`](super::Store::update_origin); absent fields are unchanged.
+/// Input of [`update_origin`](super::OriginStore::update_origin); absent fields are unchanged.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct OriginUpdate {
     /// New name.
@@ -240,7 +240,7 @@ pub struct Service {
     pub updated_at: OffsetDateTime,
 }
 
-/// Input of [`Store::create_service`](super::Store::create_service).
+/// Input of [`ServiceStore::create_service`](super::ServiceStore::create_service).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NewService {
     /// Name, unique per origin.
@@ -262,7 +262,7 @@ fn default_protocol() -> Protocol {
     Protocol::Http
 }
 
-/// Input of [`Store::update_service`](super::Store::update_service); absent fields are
+/// Input of [`update_service`](super::ServiceStore::update_service); absent fields are
 /// unchanged, `Some(None)` clears an optional one.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ServiceUpdate {
@@ -312,7 +312,7 @@ pub struct Edge {
     pub updated_at: OffsetDateTime,
 }
 
-/// Input of [`Store::create_edge`](super::Store::create_edge).
+/// Input of [`EdgeStore::create_edge`](super::EdgeStore::create_edge).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NewEdge {
     /// Unique name.
@@ -337,7 +337,7 @@ pub struct NewEdge {
     pub origins: Vec<Id>,
 }
 
-/// Input of [`Store::update_edge`](super::Store::update_edge); absent fields are unchanged,
+/// Input of [`EdgeStore::update_edge`](super::EdgeStore::update_edge); absent fields are unchanged,
 /// `Some(None)` clears an optional one.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EdgeUpdate {
@@ -409,7 +409,7 @@ pub struct Route {
     pub updated_at: OffsetDateTime,
 }
 
-/// Input of [`Store::create_route`](super::Store::create_route).
+/// Input of [`RouteStore::create_route`](super::RouteStore::create_route).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NewRoute {
     /// Host name (exact or `*.` wildcard).
@@ -424,7 +424,7 @@ pub struct NewRoute {
     pub limits: Option<Value>,
 }
 
-/// Input of [`Store::update_route`](super::Store::update_route); absent fields are unchanged.
+/// Input of [`update_route`](super::RouteStore::update_route); absent fields are unchanged.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RouteUpdate {
     /// New host name.
@@ -468,7 +468,7 @@ impl CertificateSource {
 }
 
 /// A TLS certificate for edges. The private key is only available through
-/// [`Store::certificate_key`](super::Store::certificate_key).
+/// [`CertificateStore::certificate_key`](super::CertificateStore::certificate_key).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Certificate {
     /// Id.
@@ -518,7 +518,7 @@ impl fmt::Debug for CertificateMaterial {
     }
 }
 
-/// Input of [`Store::create_certificate`](super::Store::create_certificate).
+/// Input of [`CertificateStore::create_certificate`](super::CertificateStore::create_certificate).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NewCertificate {
     /// DNS names.
@@ -542,7 +542,7 @@ pub enum AcmeChallengeAnswer {
         key_authorization: String,
     },
     /// TLS-ALPN-01: an `acme-tls/1` handshake for the name gets this self-signed validation
-    /// certificate (its key via [`Store::acme_challenge_key`](super::Store::acme_challenge_key)).
+    /// certificate (its key via [`acme_challenge_key`](super::AcmeStore::acme_challenge_key)).
     TlsAlpn01 {
         /// The validation certificate, PEM.
         cert_pem: String,
@@ -577,7 +577,7 @@ pub struct AcmeChallenge {
     pub expires_at: OffsetDateTime,
 }
 
-/// Input of [`Store::add_acme_challenges`](super::Store::add_acme_challenges). `Debug` does not
+/// Input of [`add_acme_challenges`](super::AcmeStore::add_acme_challenges). `Debug` does not
 /// print the key.
 #[derive(Clone)]
 pub struct NewAcmeChallenge {
@@ -662,7 +662,7 @@ pub struct IssuedNodeToken {
     pub secret: Secret,
 }
 
-/// The result of [`Store::enroll`](super::Store::enroll).
+/// The result of [`NodeTokenStore::enroll`](super::NodeTokenStore::enroll).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Enrollment {
     /// The node that enrolled.
@@ -757,7 +757,7 @@ pub struct HealthCheck {
     pub checked_at: OffsetDateTime,
 }
 
-/// Input of [`Store::record_health_check`](super::Store::record_health_check).
+/// Input of [`HealthStore::record_health_check`](super::HealthStore::record_health_check).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NewHealthCheck {
     /// The edge checked or checked through.
@@ -805,7 +805,7 @@ pub struct Snapshot {
     /// All certificates (without keys).
     pub certificates: Vec<Certificate>,
     /// Pending ACME challenges (without keys; see
-    /// [`Store::acme_challenge_key`](super::Store::acme_challenge_key)), for the edges serving
+    /// [`acme_challenge_key`](super::AcmeStore::acme_challenge_key)), for the edges serving
     /// each challenge's name.
     #[serde(default)]
     pub acme_challenges: Vec<AcmeChallenge>,

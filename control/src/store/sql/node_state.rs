@@ -1,0 +1,176 @@
+//! [`NodeStateStore`] on SQL: what nodes report (heartbeats, ACKs, NACKs) and their health status,
+//! kept in the `status` .. `nack_error` columns of `origins` and `edge_nodes`. Heartbeats and ACKs
+//! write no event (high-frequency observation); NACKs and status transitions do.
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::column::{json_of, now_ms, opt_ts, u64_of};
+use super::SqlStore;
+use crate::store::error::{Result, StoreError};
+use crate::store::model::*;
+use crate::store::NodeStateStore;
+
+pub(super) const NODE_STATE_COLS: &str =
+    "status, last_heartbeat, heartbeat, applied_version, nack_version, nack_error";
+
+pub(super) fn node_state(row: &AnyRow, table: &'static str) -> Result<NodeState> {
+    let status: String = row.try_get("status")?;
+    let heartbeat: Option<String> = row.try_get("heartbeat")?;
+    let nack_version: Option<i64> = row.try_get("nack_version")?;
+    let nack_error: Option<String> = row.try_get("nack_error")?;
+    Ok(NodeState {
+        status: NodeStatus::parse(&status)
+            .ok_or_else(|| StoreError::corrupt(table, format!("status {status:?}")))?,
+        last_heartbeat: opt_ts(table, row.try_get("last_heartbeat")?)?,
+        heartbeat: heartbeat.map(|h| json_of(table, &h)).transpose()?,
+        applied_version: row
+            .try_get::<Option<i64>, _>("applied_version")?
+            .map(|v| u64_of(table, v))
+            .transpose()?,
+        nack: match (nack_version, nack_error) {
+            (Some(version), Some(error)) => Some(Nack {
+                version: u64_of(table, version)?,
+                error,
+            }),
+            _ => None,
+        },
+    })
+}
+
+pub(super) fn node_table(node: NodeId) -> &'static str {
+    match node {
+        NodeId::Edge(_) => "edge_nodes",
+        NodeId::Origin(_) => "origins",
+    }
+}
+
+pub(super) async fn node_name(conn: &mut AnyConnection, node: NodeId) -> Result<String> {
+    let row = sqlx::query(&format!(
+        "SELECT name FROM {} WHERE id = $1",
+        node_table(node)
+    ))
+    .bind(node.id().to_string())
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| StoreError::not_found(node.entity(), node.id()))?;
+    Ok(row.try_get("name")?)
+}
+
+impl SqlStore {
+    async fn update_node_columns(
+        &self,
+        node: NodeId,
+        sql_set: &str,
+        binds: Vec<Option<i64>>,
+        text: Option<String>,
+    ) -> Result<()> {
+        let sql = format!(
+            "UPDATE {} SET {sql_set} WHERE id = ${}",
+            node_table(node),
+            binds.len() + usize::from(text.is_some()) + 1
+        );
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = q.bind(b);
+        }
+        if let Some(t) = text {
+            q = q.bind(t);
+        }
+        let done = q.bind(node.id().to_string()).execute(&self.pool).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found(node.entity(), node.id()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl NodeStateStore for SqlStore {
+    async fn record_heartbeat(&self, node: NodeId, detail: Value) -> Result<()> {
+        self.update_node_columns(
+            node,
+            "last_heartbeat = $1, heartbeat = $2",
+            vec![Some(now_ms())],
+            Some(detail.to_string()),
+        )
+        .await
+    }
+
+    async fn record_config_ack(&self, node: NodeId, version: u64) -> Result<()> {
+        let v = i64::try_from(version).map_err(|_| StoreError::invalid("version", "too large"))?;
+        self.update_node_columns(
+            node,
+            "applied_version = $1, \
+             nack_error = CASE WHEN nack_version <= $1 THEN NULL ELSE nack_error END, \
+             nack_version = CASE WHEN nack_version <= $1 THEN NULL ELSE nack_version END",
+            vec![Some(v)],
+            None,
+        )
+        .await
+    }
+
+    async fn record_config_nack(&self, node: NodeId, version: u64, error: &str) -> Result<()> {
+        let v = i64::try_from(version).map_err(|_| StoreError::invalid("version", "too large"))?;
+        let error: String = error.chars().take(4096).collect();
+        let name = node_name(&mut *self.conn().await?, node).await?;
+        let mut w = self.write(&Actor::Node(name)).await?;
+        sqlx::query(&format!(
+            "UPDATE {} SET nack_version = $1, nack_error = $2 WHERE id = $3",
+            node_table(node)
+        ))
+        .bind(v)
+        .bind(error.clone())
+        .bind(node.id().to_string())
+        .execute(w.conn())
+        .await?;
+        w.event(
+            node.entity(),
+            &node.id().to_string(),
+            "config_rejected",
+            json!({"version": version, "error": error}),
+        )
+        .await?;
+        w.commit().await
+    }
+
+    async fn set_node_status(
+        &self,
+        actor: &Actor,
+        node: NodeId,
+        status: NodeStatus,
+    ) -> Result<bool> {
+        let mut w = self.write(actor).await?;
+        let row = sqlx::query(&format!(
+            "SELECT status FROM {} WHERE id = $1",
+            node_table(node)
+        ))
+        .bind(node.id().to_string())
+        .fetch_optional(w.conn())
+        .await?
+        .ok_or_else(|| StoreError::not_found(node.entity(), node.id()))?;
+        let current: String = row.try_get("status")?;
+        if current == status.as_str() {
+            return Ok(false);
+        }
+        sqlx::query(&format!(
+            "UPDATE {} SET status = $1 WHERE id = $2",
+            node_table(node)
+        ))
+        .bind(status.as_str())
+        .bind(node.id().to_string())
+        .execute(w.conn())
+        .await?;
+        w.event(
+            node.entity(),
+            &node.id().to_string(),
+            "status_changed",
+            json!({"from": current, "to": status.as_str()}),
+        )
+        .await?;
+        w.commit().await?;
+        Ok(true)
+    }
+}
