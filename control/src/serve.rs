@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use crate::acme::AcmeArgs;
 use crate::api::{self, ApiState, LiveNodes};
 use crate::bundle::BundleSettings;
-use crate::dns::DnsArgs;
+use crate::dns::{steer, ConnectedEdges, DnsArgs, Steering};
 use crate::grpc::{GrpcOptions, GrpcServer};
 use crate::pki::ControlCa;
 use crate::store::{self, MasterKey};
@@ -311,8 +311,18 @@ pub async fn run(
     // From the bound address, so `--grpc 127.0.0.1:0` yields a URL with the real port.
     let control_url = public_url(options.public_url.as_deref(), grpc_addr, &names);
 
-    let grpc = GrpcServer::new(store.clone(), GrpcOptions::default());
+    let grpc_options = GrpcOptions::default();
+    let max_silence = grpc_options.heartbeat_interval * steer::MISSED_HEARTBEATS;
+    let grpc = GrpcServer::new(store.clone(), grpc_options);
     let live: Arc<dyn LiveNodes> = Arc::new(grpc.nodes());
+    // DNS steering: route names -> the healthy edges serving them, judged for now by their
+    // control connection and heartbeats ([`ConnectedEdges`]).
+    let steering = dns.as_ref().map(|dns| Steering {
+        manager: dns.manager(),
+        store: store.clone(),
+        health: Arc::new(ConnectedEdges::new(grpc.nodes(), max_silence)),
+        recheck: steer::DEFAULT_RECHECK,
+    });
     if let Some(manager) = &certificates {
         manager.watch_connected_nodes(live.clone());
     }
@@ -334,7 +344,8 @@ pub async fn run(
     let api_task = tokio::spawn(api::serve(api_listener, state, stopped(stop_rx.clone())));
     let grpc_task = tokio::spawn(grpc.serve(grpc_listener, tls, stopped(stop_rx.clone())));
     // The certificate manager is not a server: it ends only on shutdown, so it is awaited then.
-    let acme_task = certificates.map(|manager| tokio::spawn(manager.run(stopped(stop_rx))));
+    let acme_task = certificates.map(|manager| tokio::spawn(manager.run(stopped(stop_rx.clone()))));
+    let dns_task = steering.map(|steering| tokio::spawn(steering.run(stopped(stop_rx))));
     tracing::info!(%api_addr, %grpc_addr, %control_url, engine = ?store.engine(), "kokoa-control serving");
     eprintln!(
         "kokoa-control: REST API http://{api_addr}/api/v1 (OpenAPI: /api/v1/openapi.json), \
@@ -362,6 +373,9 @@ pub async fn run(
     let grpc_result = grpc_task.await.context("gRPC task panicked")?;
     if let Some(task) = acme_task {
         task.await.context("certificate manager task panicked")?;
+    }
+    if let Some(task) = dns_task {
+        task.await.context("DNS steering task panicked")?;
     }
     api_result.context("REST API server failed")?;
     grpc_result.context("gRPC server failed")?;

@@ -12,7 +12,8 @@
 //! - [`cloudflare`]: Cloudflare's API v4 (`/zones/{zone_id}/dns_records`).
 //!
 //! [`args`] holds `kokoa-control serve`'s `--dns-*` flags and turns them into a provider;
-//! [`manager`] holds the reconciler and its metrics and events.
+//! [`manager`] holds the reconciler and its metrics and events; [`steer`] builds its desired
+//! state from the store and edge health and runs it on one control replica.
 //!
 //! Providers decide nothing: callers say what a name should hold, providers make it so. Every
 //! provider applies a change so that a name being re-pointed never has an empty address set in
@@ -24,6 +25,7 @@ mod http;
 pub mod manager;
 pub mod powerdns;
 pub mod rfc2136;
+pub mod steer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -37,6 +39,7 @@ pub use manager::{
     SteeringOptions,
 };
 pub use rfc2136::{Rfc2136Config, Rfc2136Provider, TsigAlgorithm};
+pub use steer::{ConnectedEdges, EdgeHealth, Steering};
 
 /// The data of one DNS record a provider reads or writes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
