@@ -230,3 +230,96 @@ impl Steering {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NodeState, NodeStatus};
+    use kokoa_tunnel::key::PublicKey;
+
+    const SILENCE: Duration = Duration::from_secs(30);
+
+    fn edge(stored_heartbeat: Option<OffsetDateTime>) -> Edge {
+        let now = OffsetDateTime::now_utc();
+        Edge {
+            id: Id::new_v4(),
+            name: "e".into(),
+            public_ip: Some("192.0.2.1".parse().expect("ip")),
+            endpoint: None,
+            provider: None,
+            region: None,
+            public_key: PublicKey([7; 32]),
+            managed_key: false,
+            state: NodeState {
+                status: NodeStatus::Pending,
+                last_heartbeat: stored_heartbeat,
+                heartbeat: None,
+                applied_version: None,
+                nack: None,
+            },
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn hello() -> kokoa_proto::v1::Hello {
+        kokoa_proto::v1::Hello {
+            applied_version: 0,
+            software_version: "test".into(),
+            hostname: "h".into(),
+        }
+    }
+
+    fn secs(n: i64) -> time::Duration {
+        time::Duration::seconds(n)
+    }
+
+    #[test]
+    fn an_edge_unknown_here_is_judged_by_its_stored_heartbeat() {
+        let judge = ConnectedEdges::new(NodeRegistry::default(), SILENCE);
+        let now = OffsetDateTime::now_utc();
+        assert!(judge.healthy(&edge(Some(now - secs(5))), now));
+        assert!(!judge.healthy(&edge(Some(now - secs(31))), now));
+        assert!(!judge.healthy(&edge(None), now));
+    }
+
+    #[test]
+    fn a_connected_edge_is_healthy_until_its_heartbeats_are_late() {
+        let registry = NodeRegistry::default();
+        let judge = ConnectedEdges::new(registry.clone(), SILENCE);
+        let edge = edge(None);
+        let node = NodeId::Edge(edge.id);
+        let session = registry.connect(node, "e", None, &hello());
+        let now = OffsetDateTime::now_utc();
+        // Just connected, no heartbeat yet: the connection time counts.
+        assert!(judge.healthy(&edge, now));
+        assert!(!judge.healthy(&edge, now + secs(31)));
+        registry.heartbeat(node, session, 0, serde_json::Value::Null);
+        let now = OffsetDateTime::now_utc();
+        assert!(judge.healthy(&edge, now + secs(29)));
+        assert!(!judge.healthy(&edge, now + secs(31)));
+    }
+
+    #[test]
+    fn an_edge_that_left_counts_only_heartbeats_recorded_since() {
+        let registry = NodeRegistry::default();
+        let judge = ConnectedEdges::new(registry.clone(), SILENCE);
+        let before = OffsetDateTime::now_utc() - secs(1);
+        let left = edge(Some(before));
+        let node = NodeId::Edge(left.id);
+        let session = registry.connect(node, "e", None, &hello());
+        registry.disconnect(node, session);
+        let now = OffsetDateTime::now_utc();
+        // The store's heartbeat predates the disconnect: down at once.
+        assert!(!judge.healthy(&left, now));
+        // A heartbeat recorded after it (through another replica) counts again.
+        let elsewhere = Edge {
+            state: NodeState {
+                last_heartbeat: Some(now + secs(1)),
+                ..left.state.clone()
+            },
+            ..left.clone()
+        };
+        assert!(judge.healthy(&elsewhere, now + secs(2)));
+        assert!(!judge.healthy(&elsewhere, now + secs(40)));
+    }
+}
