@@ -2,8 +2,10 @@
 //! API and the gRPC config stream side by side until SIGTERM or SIGINT.
 //!
 //! With `--acme-directory` it also runs the certificate manager ([`crate::acme`]), which orders
-//! and renews certificates for every route name. It always runs the notifier ([`crate::notify`]),
-//! which sends the audit trail to the notification targets configured through the API.
+//! and renews certificates for every route name; DNS-01 goes through the `--dns-*` provider
+//! ([`crate::dns`]), which also steers route names to the healthy edges. It always runs the
+//! notifier ([`crate::notify`]), which sends the audit trail to the notification targets
+//! configured through the API.
 //!
 //! Startup order is "check everything, then bind": the master key, the data directory, the
 //! database (created and migrated on first start) and the CA are loaded before any port is
@@ -20,6 +22,7 @@ use tokio::net::TcpListener;
 use crate::acme::AcmeArgs;
 use crate::api::{self, ApiState, LiveNodes};
 use crate::bundle::BundleSettings;
+use crate::dns::{steer, ConnectedEdges, DnsArgs, Steering};
 use crate::grpc::{GrpcOptions, GrpcServer};
 use crate::notify::{Notifier, NotifyArgs};
 use crate::pki::ControlCa;
@@ -58,10 +61,12 @@ pub struct ServeOptions {
     pub grpc_names: Vec<String>,
     /// The gRPC URL bundles tell nodes; default `https://<first name>:<grpc port>`.
     pub public_url: Option<String>,
-    /// Automatic certificates (ACME) and DNS-01; off without a directory URL.
+    /// Automatic certificates (ACME); off without a directory URL.
     pub acme: AcmeArgs,
     /// Notification delivery (retries, queue bound); targets are configured through the API.
     pub notify: NotifyArgs,
+    /// The DNS provider (DNS-01, DNS steering); none without `--dns-provider`.
+    pub dns: DnsArgs,
 }
 
 impl ServeOptions {
@@ -82,6 +87,7 @@ impl ServeOptions {
             public_url: None,
             acme: AcmeArgs::default(),
             notify: NotifyArgs::default(),
+            dns: DnsArgs::default(),
         }
     }
 }
@@ -179,7 +185,7 @@ pub struct BadSettings(pub String);
 
 /// Checks `options` as `serve` would before binding, without binding, creating or writing
 /// anything (so it is safe on a live host): the master key, the data directory, the database
-/// URL, an existing CA, the gRPC names and URL, the ACME and the notification flags. The summary
+/// URL, an existing CA, the gRPC names and URL, the ACME, DNS and notification flags. The summary
 /// on success.
 pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
     let bad = |what: &str, error: &dyn std::fmt::Display| BadSettings(format!("{what}: {error}"));
@@ -250,7 +256,22 @@ pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
             ))
         }
     }
-    let acme = match options.acme.options().map_err(|e| bad("ACME", &e))? {
+    let dns = options.dns.setup().map_err(|e| bad("DNS", &e))?;
+    let dns_summary = match &dns {
+        Some(dns) => format!(
+            "DNS {} for {} (TTL {} s)",
+            dns.provider.kind(),
+            dns.provider.zone(),
+            dns.steering.ttl
+        ),
+        None => "DNS off".to_owned(),
+    };
+    let provider = dns.map(|dns| dns.provider);
+    let acme = match options
+        .acme
+        .options(provider)
+        .map_err(|e| bad("ACME", &e))?
+    {
         Some((acme, _)) => format!("ACME from {}", acme.directory_url),
         None => "ACME off".to_owned(),
     };
@@ -264,7 +285,7 @@ pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
     );
     Ok(format!(
         "settings ok: data {} ({engine}), {key}, {ca}; REST API {}, gRPC {} (nodes told \
-         {control_url}); {acme}",
+         {control_url}); {acme}; {dns_summary}",
         dir.display(),
         options.api,
         options.grpc,
@@ -288,12 +309,15 @@ pub async fn run(
     let store = store::open(&url, key)
         .await
         .with_context(|| format!("cannot open the store at {url}"))?;
-    let certificates = options.acme.manager(store.clone())?;
     let notify = options
         .notify
         .options()
         .map_err(|e| BadSettings(format!("notifications: {e}")))?;
     let notifier = Notifier::new(store.clone(), notify)?;
+    let dns = options.dns.setup()?;
+    let certificates = options
+        .acme
+        .manager(store.clone(), dns.as_ref().map(|dns| dns.provider.clone()))?;
     let ca = ControlCa::load_or_create(&options.data_dir)?;
     let names = grpc_names(&options.grpc_names);
     let tls = ca.server_tls(&names)?;
@@ -309,8 +333,18 @@ pub async fn run(
     // From the bound address, so `--grpc 127.0.0.1:0` yields a URL with the real port.
     let control_url = public_url(options.public_url.as_deref(), grpc_addr, &names);
 
-    let grpc = GrpcServer::new(store.clone(), GrpcOptions::default());
+    let grpc_options = GrpcOptions::default();
+    let max_silence = grpc_options.heartbeat_interval * steer::MISSED_HEARTBEATS;
+    let grpc = GrpcServer::new(store.clone(), grpc_options);
     let live: Arc<dyn LiveNodes> = Arc::new(grpc.nodes());
+    // DNS steering: route names -> the healthy edges serving them, judged for now by their
+    // control connection and heartbeats ([`ConnectedEdges`]).
+    let steering = dns.as_ref().map(|dns| Steering {
+        manager: dns.manager(),
+        store: store.clone(),
+        health: Arc::new(ConnectedEdges::new(grpc.nodes(), max_silence)),
+        recheck: steer::DEFAULT_RECHECK,
+    });
     if let Some(manager) = &certificates {
         manager.watch_connected_nodes(live.clone());
     }
@@ -333,7 +367,8 @@ pub async fn run(
     let grpc_task = tokio::spawn(grpc.serve(grpc_listener, tls, stopped(stop_rx.clone())));
     // The certificate manager is not a server: it ends only on shutdown, so it is awaited then.
     let acme_task = certificates.map(|manager| tokio::spawn(manager.run(stopped(stop_rx.clone()))));
-    let notify_task = tokio::spawn(notifier.run(stopped(stop_rx)));
+    let notify_task = tokio::spawn(notifier.run(stopped(stop_rx.clone())));
+    let dns_task = steering.map(|steering| tokio::spawn(steering.run(stopped(stop_rx))));
     tracing::info!(%api_addr, %grpc_addr, %control_url, engine = ?store.engine(), "kokoa-control serving");
     eprintln!(
         "kokoa-control: REST API http://{api_addr}/api/v1 (OpenAPI: /api/v1/openapi.json), \
@@ -363,6 +398,9 @@ pub async fn run(
         task.await.context("certificate manager task panicked")?;
     }
     notify_task.await.context("notifier task panicked")?;
+    if let Some(task) = dns_task {
+        task.await.context("DNS steering task panicked")?;
+    }
     api_result.context("REST API server failed")?;
     grpc_result.context("gRPC server failed")?;
     Ok(())

@@ -48,7 +48,8 @@ use crate::store::{
     StoreError,
 };
 
-pub use args::{AcmeArgs, AcmeArgsError, TSIG_SECRET_ENV};
+pub use crate::dns::args::TSIG_SECRET_ENV;
+pub use args::{AcmeArgs, AcmeArgsError};
 pub use tls_alpn::validation_certificate;
 
 /// Let's Encrypt's production directory.

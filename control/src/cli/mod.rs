@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use crate::acme::AcmeArgs;
 use crate::api::{EdgeView, NodeStatusView, OriginView, RouteView, ServiceView, StatusSummary};
 use crate::dev::{self, DevOptions};
+use crate::dns::DnsArgs;
 use crate::serve::{self, ServeOptions};
 use crate::store::{self, Actor, ApiToken, IssuedNodeToken, MasterKey};
 use client::{segment, ApiClient, DEFAULT_API_URL};
@@ -245,6 +246,9 @@ pub struct ServeArgs {
     /// Notification delivery.
     #[command(flatten)]
     pub notify: crate::notify::NotifyArgs,
+    /// The DNS provider (ACME DNS-01, DNS steering).
+    #[command(flatten)]
+    pub dns: DnsArgs,
 }
 
 /// `dev` flags.
@@ -626,6 +630,7 @@ impl From<ServeArgs> for ServeOptions {
             public_url: args.public_url,
             acme: args.acme,
             notify: args.notify,
+            dns: args.dns,
         }
     }
 }
