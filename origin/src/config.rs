@@ -166,12 +166,9 @@ impl FileConfig {
                 ))
             }
             (Some(address), None) => {
-                if self.edges.is_empty() {
-                    return Err(ModelError::new(
-                        "edges",
-                        "no [[edges]] entry: add at least one edge for this origin to dial",
-                    ));
-                }
+                // No [[edges]] yet is valid: the origin dials nobody until they are added (a
+                // SIGHUP applies them), like an edge without routes. The packaged config starts
+                // this way, and `check-config` says "0 edges".
                 let spec = OriginSpec {
                     address,
                     edges: self.edges,
@@ -269,6 +266,16 @@ address = "10.100.1.10"
         assert_eq!(spec.services.len(), 2);
         assert_eq!(spec.services[0].port.get(), 8001);
         assert_eq!(config.drain_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn an_origin_without_edges_yet_is_valid() {
+        let text = format!(
+            "[origin]\naddress = \"10.100.1.1\"\n[tunnel]\nprivate_key = \"{}\"\n",
+            key()
+        );
+        let config = OriginConfig::from_toml(&text, None).expect("valid without edges");
+        assert_eq!(config.spec.expect("file mode").edges.len(), 0);
     }
 
     #[test]
