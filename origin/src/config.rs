@@ -360,10 +360,6 @@ address = "10.100.1.10"
                 ),
                 "edges[0].endpoint",
             ),
-            (
-                format!("[origin]\naddress = \"10.100.1.1\"\n[tunnel]\nprivate_key = \"{}\"\n", key()),
-                "edges",
-            ),
             (minimal("").replace("[tunnel]\nprivate_key", "[tunnel]\nprivate_key_file = \"x.key\"\nprivate_key"), "tunnel.private_key_file"),
         ] {
             assert_eq!(invalid_field(OriginConfig::from_toml(&text, None)), field, "{text}");

@@ -40,7 +40,7 @@ pub struct DnsArgs {
     #[arg(long = "dns-zone", alias = "dns-rfc2136-zone", value_name = "ZONE")]
     pub zone: Option<String>,
     /// Seconds allowed for one DNS update, zone transfer or API request.
-    #[arg(long = "dns-timeout", value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT_SECONDS)]
+    #[arg(id = "dns_timeout", long = "dns-timeout", value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT_SECONDS)]
     pub timeout_seconds: u64,
     /// TTL of the A/AAAA records DNS steering publishes, seconds.
     #[arg(long = "dns-ttl", value_name = "SECONDS", default_value_t = DEFAULT_TTL)]

@@ -121,7 +121,12 @@ pub struct NotifyArgs {
     )]
     pub retry_max_seconds: u64,
     /// Time limit of one attempt, in seconds.
-    #[arg(long = "notify-timeout", value_name = "SECONDS", default_value_t = 10)]
+    #[arg(
+        id = "notify_timeout",
+        long = "notify-timeout",
+        value_name = "SECONDS",
+        default_value_t = 10
+    )]
     pub timeout_seconds: u64,
     /// Pending notifications per target; beyond it the oldest are dropped (a dead endpoint
     /// cannot grow the queue without bound).
