@@ -13,7 +13,6 @@ mod interop;
 mod polish;
 mod protection;
 mod shutdown;
-mod steering;
 mod tcp;
 mod timeouts;
 mod tunnel;
