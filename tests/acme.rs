@@ -213,35 +213,12 @@ zone "{ZONE}" {{ type primary; file "{d}/{ZONE}.zone"; allow-update {{ key "{TSI
     /// Points `name` (in [`ZONE`]) at `address` with an RFC 2136 update sent by `nsupdate`
     /// (an explicit A record, which takes precedence over the zone's wildcard).
     pub async fn point(&self, name: &str, address: Ipv4Addr) -> Result<()> {
-        let script = format!(
-            "server {} {}\nzone {ZONE}\nupdate delete {name}. A\nupdate add {name}. 5 A {address}\nsend\n",
-            self.addr.ip(),
-            self.addr.port()
-        );
-        let mut child = Command::new(which("nsupdate").context("nsupdate is not installed")?)
-            .arg("-y")
-            .arg(format!("hmac-sha256:{TSIG_KEY}:{}", self.secret))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting nsupdate")?;
-        child
-            .stdin
-            .take()
-            .context("nsupdate stdin")?
-            .write_all(script.as_bytes())
-            .await?;
-        let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
-            .await
-            .context("nsupdate did not finish")??;
-        ensure!(
-            output.status.success(),
-            "nsupdate failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
+        crate::dns::nsupdate(
+            self.addr,
+            &self.secret,
+            &format!("update delete {name}. A\nupdate add {name}. 5 A {address}"),
+        )
+        .await
     }
 }
 
