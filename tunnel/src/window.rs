@@ -13,8 +13,13 @@
 //! written), so "a large buffer that is mostly empty" still costs its full size. What is
 //! bounded is therefore the buffers' *size*, chosen when a stream opens:
 //!
-//! - [`WindowSettings::budget`]: every stream's buffers together, node-wide. Beyond it no
-//!   stream opens (the edge answers 503; the origin refuses the connection).
+//! - [`WindowSettings::budget`]: every stream's buffers together, node-wide. It is handed out
+//!   in slices of what is free: while at least half of it is free streams get full-size
+//!   buffers, below that a new stream's size halves each time the free budget halves, down to
+//!   [`WindowSettings::min`] (with the defaults: 257 streams at full size, about 2,000 before
+//!   any is refused). So a busy node (a thousand clients with a request each) serves every
+//!   stream with smaller windows instead of refusing the ones after the first 512. Beyond the
+//!   budget no stream opens (the edge answers 503; the origin refuses the connection).
 //! - A share per owner: the edge charges each stream to the client it serves
 //!   ([`WindowSettings::per_client`]), the origin to the edge that opened it
 //!   ([`WindowSettings::per_peer`]). A stream gets the largest buffer size (from

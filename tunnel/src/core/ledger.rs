@@ -71,10 +71,11 @@ impl Ledger {
     }
 
     /// Opens a stream's buffers, charged to `charge`: the largest size up to `want` that fits
-    /// in the owner's share and the node's budget, or the minimum once the share is used up.
-    /// Returns the per-direction size and a socket with buffers of that size (a spare one, or
-    /// a new one; spares of other sizes are given up when the budget needs their room).
-    /// `None` when even the minimum does not fit in the budget.
+    /// in the owner's share and in the node's free budget as [`Ledger::budget_slices`] divides
+    /// it, or the minimum once either is used up. Returns the per-direction size and a socket
+    /// with buffers of that size (a spare one, or a new one; spares of other sizes are given
+    /// up when the budget needs their room). `None` when even the minimum does not fit in the
+    /// budget.
     pub(crate) fn open(
         &mut self,
         charge: Charge,
@@ -84,12 +85,14 @@ impl Ledger {
         let share = self.share(charge);
         let budget = self.settings.budget;
         let in_use = self.total - self.spare_bytes;
+        let free = budget.saturating_sub(in_use);
+        let slices = self.budget_slices();
         let min = self.settings.min;
         let size = self
             .settings
             .sizes()
             .filter(|&s| s <= want.max(min))
-            .find(|&s| held + 2 * s <= share && in_use + 2 * s <= budget)
+            .find(|&s| held + 2 * s <= share && 2 * s * slices <= free)
             .unwrap_or(min);
         if in_use + 2 * size > budget {
             return None;
@@ -119,6 +122,22 @@ impl Ledger {
         };
         *self.held.entry(charge).or_insert(0) += 2 * size;
         Some((size, socket))
+    }
+
+    /// Into how many slices the free budget is cut: a new stream's buffers (both directions)
+    /// take at most one slice of what is free when it opens. The budget holds `budget / 2` of
+    /// full-size streams' buffers, so while at least half of it is free every stream gets
+    /// `max`; below that a new stream's size halves each time the free budget halves, down
+    /// to `min`, and streams at `min` fill the rest.
+    ///
+    /// Handing the budget out first come at full size instead (the largest size that fits)
+    /// would refuse stream `budget / (2 * max) + 1` outright: 513 concurrent streams with the
+    /// defaults, so a busy edge (a thousand clients at once, each with a small request)
+    /// answered 503 while the streams holding the budget carried a few hundred bytes each.
+    /// Sliced, the defaults admit about 2,000 concurrent streams, the first 257 at full size,
+    /// and the memory bound stays the budget.
+    fn budget_slices(&self) -> usize {
+        (self.settings.budget / (4 * self.settings.max)).max(1)
     }
 
     fn drop_spare(&mut self, size: usize) {
@@ -242,25 +261,55 @@ mod tests {
         assert_eq!(size(&mut l, Charge::Client(3), 5000), Some(4 * 1024));
     }
 
+    /// Opens streams for distinct clients until the budget refuses one; returns the sizes.
+    fn fill(l: &mut Ledger, first_client: u128) -> Vec<(u128, usize)> {
+        let mut granted = Vec::new();
+        let mut client = first_client;
+        while let Some(size) = size(l, Charge::Client(client), 64 * 1024) {
+            granted.push((client, size));
+            client += 1;
+            assert!(l.total() <= 1024 * 1024);
+        }
+        granted
+    }
+
     #[test]
     fn the_budget_is_a_hard_bound_and_release_returns_memory() {
         let mut l = Ledger::new(settings());
         let now = Instant::now();
-        let mut granted = Vec::new();
-        let mut clients = 0u128;
-        while let Some(size) = size(&mut l, Charge::Client(clients), 64 * 1024) {
-            granted.push((clients, size));
-            clients += 1;
-            assert!(l.total() <= 1024 * 1024);
-        }
-        // 1 MiB budget: eight full streams, then nothing fits, not even the minimum.
-        assert_eq!(granted.len(), 8);
-        assert_eq!(l.total(), 1024 * 1024);
+        let granted = fill(&mut l, 0);
+        let sizes: Vec<usize> = granted.iter().map(|&(_, size)| size).collect();
+        // 1 MiB budget: full size while at least half of it is free (five 2 x 64 KiB
+        // streams), then each stream's size halves as the free budget halves, then the
+        // minimum fills the rest: more than twice the eight streams that first-come full-size
+        // windows would let in, and the budget is never exceeded.
+        assert_eq!(sizes.iter().filter(|&&s| s == 64 * 1024).count(), 5);
+        assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+        assert_eq!(sizes.last(), Some(&(4 * 1024)));
+        assert!(sizes.len() >= 16, "{sizes:?}");
+        assert!(l.total() <= 1024 * 1024 && l.total() + 2 * 4 * 1024 > 1024 * 1024);
         for (client, size) in granted {
             l.release(Charge::Client(client), size, None, now);
         }
         assert_eq!(l.total(), 0);
         assert_eq!(l.held(Charge::Client(0)), 0);
+        // Freed, the budget hands out full-size windows again.
+        assert_eq!(size(&mut l, Charge::Client(0), 64 * 1024), Some(64 * 1024));
+    }
+
+    #[test]
+    fn the_default_budget_admits_two_thousand_concurrent_streams() {
+        let mut l = Ledger::new(WindowSettings::default());
+        let max = l.settings().max;
+        let mut sizes = Vec::new();
+        while let Some(size) = size(&mut l, Charge::Client(sizes.len() as u128), max) {
+            sizes.push(size);
+        }
+        // A thousand clients with a request each all get a stream; the first 257 (while at
+        // least half the budget is free) at full size.
+        assert!(sizes.len() >= 2000, "{} streams", sizes.len());
+        assert_eq!(sizes.iter().filter(|&&s| s == max).count(), 257);
+        assert!(l.total() <= l.settings().budget);
     }
 
     #[test]
@@ -288,25 +337,19 @@ mod tests {
 
     #[test]
     fn spares_give_way_to_new_streams_when_the_budget_is_full() {
-        let mut l = Ledger::new(WindowSettings {
-            budget: 512 * 1024,
-            per_peer: 512 * 1024,
-            ..settings()
-        });
+        let mut l = Ledger::new(settings());
         let now = Instant::now();
-        let (small, s) = l.open(Charge::Client(1), 4 * 1024).unwrap();
-        l.release(Charge::Client(1), small, Some(s), now);
+        let (small, s) = l.open(Charge::Peer(1), 4 * 1024).unwrap();
+        l.release(Charge::Peer(1), small, Some(s), now);
         assert_eq!(l.total(), 8 * 1024);
-        for i in 0..3 {
-            assert_eq!(
-                size(&mut l, Charge::Client(10 + i), 64 * 1024),
-                Some(64 * 1024)
-            );
-        }
-        // 3 x 128 KiB + the 8 KiB spare: the fourth full stream fits only without the spare.
-        assert_eq!(size(&mut l, Charge::Client(20), 64 * 1024), Some(64 * 1024));
-        assert_eq!(l.total(), 512 * 1024);
-        assert_eq!(size(&mut l, Charge::Client(21), 4 * 1024), None);
+        // Spares do not count as used: the same streams fit as in an empty ledger, and the
+        // spare's room is given up when the last of them needs it.
+        let with_spare: Vec<usize> = fill(&mut l, 10).into_iter().map(|(_, s)| s).collect();
+        let mut empty = Ledger::new(settings());
+        let without: Vec<usize> = fill(&mut empty, 10).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(with_spare, without);
+        assert_eq!(l.total(), empty.total());
+        assert_eq!(l.spare_bytes, 0);
     }
 
     #[test]
