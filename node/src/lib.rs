@@ -12,6 +12,7 @@ pub mod admin;
 pub mod alloc;
 pub mod backoff;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod docs;
 pub mod drain;
