@@ -33,6 +33,11 @@ pub const DEFAULT_TUNNEL_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 51820);
 /// How long SIGTERM waits for in-flight connections (seconds).
 pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
+/// Where the edge keeps what must outlive a restart when `[edge] state_dir` is not set (in
+/// control mode `[control] state_dir` is used).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kokoa-edge";
+/// The file in the state directory that remembers each origin's last endpoint.
+pub const PEER_CACHE_FILE: &str = "tunnel-peers";
 /// How long a TCP connect through the tunnel may take (seconds).
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
 /// How long a client may take to complete the TLS handshake (seconds).
@@ -64,6 +69,10 @@ pub struct EdgeConfig {
     pub https_port_in_redirect: Option<u16>,
     /// How long SIGTERM waits for in-flight connections.
     pub drain_timeout: Duration,
+    /// Where state that must outlive a restart is kept: each origin's last endpoint
+    /// ([`PEER_CACHE_FILE`]), so that a restarted edge reaches origins behind NAT at once.
+    /// `[edge] state_dir` in file mode, `[control] state_dir` in control mode.
+    pub state_dir: PathBuf,
     /// TLS handshake deadline.
     pub tls_handshake_timeout: Duration,
     /// HTTP/1 request head deadline.
@@ -120,6 +129,7 @@ struct FileEdge {
     max_header_bytes: Option<HeaderBytes>,
     upstream_keepalive: Option<Keepalive>,
     upstream_idle_timeout: Option<TimeoutSecs>,
+    state_dir: Option<PathBuf>,
     trusted_proxies: Vec<Network>,
     sni_host_check: SniHostCheck,
 }
@@ -237,6 +247,18 @@ impl FileConfig {
             }
             None => None,
         };
+        let state_dir =
+            match (&control, edge.state_dir) {
+                (Some(_), Some(_)) => return Err(ModelError::new(
+                    "edge.state_dir",
+                    "in control mode the edge keeps its state in [control] state_dir: set it there",
+                )),
+                (Some(control), None) => control.state_dir.clone(),
+                (None, dir) => anchored(
+                    base_dir,
+                    dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+                ),
+            };
         let tunnel = self.tunnel.settings(
             "kokoa-edge",
             DEFAULT_TUNNEL_LISTEN,
@@ -280,6 +302,7 @@ impl FileConfig {
                 Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS),
                 DrainSecs::as_secs,
             ),
+            state_dir,
             tls_handshake_timeout: secs(
                 edge.tls_handshake_timeout,
                 DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,

@@ -363,7 +363,9 @@ pub async fn run_with_reload(
     let admin_listener = bind(config.admin, "[edge] admin").await?;
     let (private_key, options) =
         kokoa_node::config::startup_tunnel(&config.tunnel, config.control.as_ref());
-    let tunnel_config = config.tunnel.tunnel_config(private_key, options);
+    let mut tunnel_config = config.tunnel.tunnel_config(private_key, options);
+    // Origins behind NAT are reached again at once after a restart (see `kokoa_tunnel::CachedPeer`).
+    tunnel_config.peer_cache = Some(config.state_dir.join(config::PEER_CACHE_FILE));
     let listen = tunnel_config.listen;
     // The edge accepts no inbound tunnel streams; `_incoming` is kept so the tunnel's accept
     // queue stays open for the tunnel's lifetime.

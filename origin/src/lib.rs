@@ -185,7 +185,11 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    registry.register_collector(Box::new(TunnelCollector::new(tunnel.clone(), edge_names)));
+    registry.register_collector(Box::new(TunnelCollector::new(
+        tunnel.clone(),
+        edge_names,
+        metrics.streams_unrouted.clone(),
+    )));
     for collector in collectors {
         registry.register_collector(collector);
     }
