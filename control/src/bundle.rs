@@ -273,7 +273,9 @@ mod tests {
 
     fn state() -> NodeState {
         NodeState {
-            status: NodeStatus::Pending,
+            status: NodeStatus::Enrolling,
+            reason: None,
+            since: None,
             last_heartbeat: None,
             heartbeat: None,
             applied_version: None,
@@ -320,6 +322,8 @@ mod tests {
             endpoint: Some("198.51.100.7:51999".into()),
             provider: None,
             region: None,
+            admin_address: None,
+            draining: false,
             public_key: kokoa_tunnel::key::PrivateKey::generate().public_key(),
             managed_key: true,
             state: state(),
@@ -438,6 +442,8 @@ mod tests {
             endpoint: None,
             provider: None,
             region: None,
+            admin_address: None,
+            draining: false,
             public_key: key,
             managed_key: true,
             state: state(),

@@ -1,8 +1,10 @@
 //! `kokoa-control serve`: opens the store, loads (or creates) control's CA, and runs the REST
 //! API and the gRPC config stream side by side until SIGTERM or SIGINT.
 //!
-//! With `--acme-directory` it also runs the certificate manager ([`crate::acme`]), which orders
-//! and renews certificates for every route name.
+//! It also runs the health checker ([`crate::health`]), which judges every node's state, and
+//! serves control's metrics at `/metrics` on the API listener ([`crate::metrics`]). With
+//! `--acme-directory` it runs the certificate manager ([`crate::acme`]), which orders and
+//! renews certificates for every route name.
 //!
 //! Startup order is "check everything, then bind": the master key, the data directory, the
 //! database (created and migrated on first start) and the CA are loaded before any port is
@@ -17,9 +19,11 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::acme::AcmeArgs;
-use crate::api::{self, ApiState, LiveNodes};
+use crate::api::{ApiState, LiveNodes};
 use crate::bundle::BundleSettings;
 use crate::grpc::{GrpcOptions, GrpcServer};
+use crate::health::{HealthChecker, HealthSettings};
+use crate::metrics::MetricSource;
 use crate::pki::ControlCa;
 use crate::store::{self, MasterKey};
 
@@ -58,6 +62,8 @@ pub struct ServeOptions {
     pub public_url: Option<String>,
     /// Automatic certificates (ACME) and DNS-01; off without a directory URL.
     pub acme: AcmeArgs,
+    /// How node health is judged.
+    pub health: HealthSettings,
 }
 
 impl ServeOptions {
@@ -77,6 +83,7 @@ impl ServeOptions {
             grpc_names: Vec::new(),
             public_url: None,
             acme: AcmeArgs::default(),
+            health: HealthSettings::default(),
         }
     }
 }
@@ -195,8 +202,18 @@ pub async fn run(
     // From the bound address, so `--grpc 127.0.0.1:0` yields a URL with the real port.
     let control_url = public_url(options.public_url.as_deref(), grpc_addr, &names);
 
-    let grpc = GrpcServer::new(store.clone(), GrpcOptions::default());
+    let grpc_options = GrpcOptions {
+        heartbeat_interval: options.health.heartbeat_interval,
+        ..GrpcOptions::default()
+    };
+    let grpc = GrpcServer::new(store.clone(), grpc_options);
     let live: Arc<dyn LiveNodes> = Arc::new(grpc.nodes());
+    let health = HealthChecker::new(store.clone(), options.health.clone(), Some(grpc.nodes()));
+    let mut sources: Vec<&dyn MetricSource> = vec![health.metrics()];
+    if let Some(manager) = &certificates {
+        sources.push(manager.metrics());
+    }
+    let registry = Arc::new(crate::metrics::registry(&sources));
     if let Some(manager) = &certificates {
         manager.watch_connected_nodes(live.clone());
     }
@@ -215,8 +232,17 @@ pub async fn run(
         // Err means the sender is gone, which also means stop.
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let api_task = tokio::spawn(api::serve(api_listener, state, stopped(stop_rx.clone())));
+    let app = crate::api::router(state).merge(crate::metrics::router(registry));
+    let api_task = tokio::spawn({
+        let stop = stopped(stop_rx.clone());
+        async move {
+            axum::serve(api_listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    });
     let grpc_task = tokio::spawn(grpc.serve(grpc_listener, tls, stopped(stop_rx.clone())));
+    let health_task = tokio::spawn(health.run(stopped(stop_rx.clone())));
     // The certificate manager is not a server: it ends only on shutdown, so it is awaited then.
     let acme_task = certificates.map(|manager| tokio::spawn(manager.run(stopped(stop_rx))));
     tracing::info!(%api_addr, %grpc_addr, %control_url, engine = ?store.engine(), "kokoa-control serving");
@@ -244,6 +270,7 @@ pub async fn run(
     tracing::info!("shutting down");
     let api_result = api_task.await.context("REST API task panicked")?;
     let grpc_result = grpc_task.await.context("gRPC task panicked")?;
+    health_task.await.context("health checker task panicked")?;
     if let Some(task) = acme_task {
         task.await.context("certificate manager task panicked")?;
     }

@@ -103,6 +103,7 @@ async fn start_edge(
                 endpoint: None,
                 provider: None,
                 region: None,
+                admin_address: None,
                 public_key: None,
                 origins: Vec::new(),
             },

@@ -38,7 +38,7 @@ pub use error::{ApiError, ErrorBody};
 pub use origins::{OriginView, RotateKey};
 pub use routes::{RouteCreate, RoutePatch, RouteView};
 pub use services::ServiceView;
-pub use status::{NodeStatusView, StatusSummary};
+pub use status::{NodeDetail, NodeStatusView, PeerView, StatusSummary};
 pub use tokens::{ApiTokenRequest, TokenRequest};
 
 use crate::bundle::BundleSettings;
@@ -118,6 +118,7 @@ pub fn router(state: ApiState) -> Router {
                 .delete(origins::delete),
         )
         .route("/origins/{origin}/rotate-key", post(origins::rotate_key))
+        .route("/origins/{origin}/status", get(status::origin_detail))
         .route("/origins/{origin}/edge-nodes", get(origins::edges))
         .route(
             "/origins/{origin}/services",
@@ -147,6 +148,7 @@ pub fn router(state: ApiState) -> Router {
             get(edges::get).patch(edges::update).delete(edges::delete),
         )
         .route("/edge-nodes/{edge}/rotate-key", post(edges::rotate_key))
+        .route("/edge-nodes/{edge}/status", get(status::edge_detail))
         .route("/edge-nodes/{edge}/origins", get(edges::assignments))
         .route(
             "/edge-nodes/{edge}/origins/{origin}",

@@ -4,6 +4,7 @@
 //! tables, or the API's JSON with `--json`.
 
 pub mod client;
+mod show;
 pub mod table;
 
 use std::net::SocketAddr;
@@ -18,8 +19,11 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::acme::AcmeArgs;
-use crate::api::{EdgeView, NodeStatusView, OriginView, RouteView, ServiceView, StatusSummary};
+use crate::api::{
+    EdgeView, NodeDetail, NodeStatusView, OriginView, RouteView, ServiceView, StatusSummary,
+};
 use crate::dev::{self, DevOptions};
+use crate::health::args::HealthArgs;
 use crate::serve::{self, ServeOptions};
 use crate::store::{self, Actor, ApiToken, IssuedNodeToken, MasterKey};
 use client::{segment, ApiClient, DEFAULT_API_URL};
@@ -150,6 +154,9 @@ pub struct ServeArgs {
     /// Automatic certificates.
     #[command(flatten)]
     pub acme: AcmeArgs,
+    /// Node health.
+    #[command(flatten)]
+    pub health: HealthArgs,
 }
 
 /// `dev` flags.
@@ -225,6 +232,12 @@ pub enum OriginCommand {
         /// Name or id.
         name: String,
     },
+    /// An origin's state and why, its last heartbeat (rates, CPU, memory, tunnel peers,
+    /// services) and its latest service checks.
+    Show {
+        /// Name or id.
+        name: String,
+    },
 }
 
 /// What a service speaks.
@@ -285,15 +298,45 @@ pub enum EdgeCommand {
         /// Origin it serves (repeatable).
         #[arg(long = "origin")]
         origins: Vec<String>,
-        /// Public IP address DNS should point at.
+        /// Public IP address DNS should point at (and control probes).
         #[arg(long)]
         public_ip: Option<String>,
+        /// The edge's admin listener (HOST:PORT) control probes /healthz on.
+        #[arg(long)]
+        admin_address: Option<String>,
         /// Use this WireGuard public key (you keep the private key) instead of a generated pair.
         #[arg(long)]
         public_key: Option<String>,
     },
     /// List edges.
     List,
+    /// An edge's state and why, its last heartbeat (rates, CPU, memory, tunnel peers with
+    /// their last handshake, applied version, last NACK) and its latest probes.
+    Show {
+        /// Name or id.
+        name: String,
+    },
+    /// Change an edge's public address or admin listener.
+    Set {
+        /// Name or id.
+        name: String,
+        /// Public IP address DNS should point at (`none` clears it).
+        #[arg(long)]
+        public_ip: Option<String>,
+        /// Admin listener (HOST:PORT) control probes /healthz on (`none` clears it).
+        #[arg(long)]
+        admin_address: Option<String>,
+    },
+    /// Drain an edge: it leaves DNS (state draining) and keeps running until undrained.
+    Drain {
+        /// Name or id.
+        name: String,
+    },
+    /// Undrain an edge: it returns to DNS once its checks pass.
+    Undrain {
+        /// Name or id.
+        name: String,
+    },
     /// Delete an edge.
     Rm {
         /// Name or id.
@@ -434,6 +477,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 grpc_names: args.grpc_names,
                 public_url: args.public_url,
                 acme: args.acme,
+                health: args.health.settings()?,
             };
             serve::run(options, kokoa_node::signal::shutdown()).await
         }
@@ -606,6 +650,13 @@ impl Api {
                     .await?;
                 self.print(&origin, |o| origin_table(std::slice::from_ref(o)))
             }
+            OriginCommand::Show { name } => {
+                let detail: NodeDetail = self
+                    .client
+                    .get(&format!("/origins/{}/status", segment(&name)))
+                    .await?;
+                self.print(&detail, show::render)
+            }
         }
     }
 
@@ -662,11 +713,13 @@ impl Api {
                 endpoint,
                 origins,
                 public_ip,
+                admin_address,
                 public_key,
             } => {
                 let body = json!({
                     "name": name, "endpoint": endpoint, "origins": origins,
-                    "public_ip": public_ip, "public_key": public_key,
+                    "public_ip": public_ip, "admin_address": admin_address,
+                    "public_key": public_key,
                 });
                 let edge: EdgeView = self.client.post("/edge-nodes", &body).await?;
                 self.print(&edge, |e| edge_table(std::slice::from_ref(e)))
@@ -675,6 +728,48 @@ impl Api {
                 let edges: Vec<EdgeView> = self.client.get("/edge-nodes").await?;
                 self.print(&edges, |e| edge_table(e))
             }
+            EdgeCommand::Show { name } => {
+                let detail: NodeDetail = self
+                    .client
+                    .get(&format!("/edge-nodes/{}/status", segment(&name)))
+                    .await?;
+                self.print(&detail, show::render)
+            }
+            EdgeCommand::Set {
+                name,
+                public_ip,
+                admin_address,
+            } => {
+                let mut body = serde_json::Map::new();
+                let clearable = |value: String| {
+                    if value == "none" {
+                        Value::Null
+                    } else {
+                        Value::String(value)
+                    }
+                };
+                if let Some(ip) = public_ip {
+                    body.insert("public_ip".into(), clearable(ip));
+                }
+                if let Some(admin) = admin_address {
+                    body.insert("admin_address".into(), clearable(admin));
+                }
+                anyhow::ensure!(
+                    !body.is_empty(),
+                    "nothing to change: give --public-ip or --admin-address"
+                );
+                let edge: EdgeView = self
+                    .client
+                    .json(
+                        Method::PATCH,
+                        &format!("/edge-nodes/{}", segment(&name)),
+                        &Value::Object(body),
+                    )
+                    .await?;
+                self.print(&edge, |e| edge_table(std::slice::from_ref(e)))
+            }
+            EdgeCommand::Drain { name } => self.drain(&name, true).await,
+            EdgeCommand::Undrain { name } => self.drain(&name, false).await,
             EdgeCommand::Rm { name } => {
                 self.client
                     .delete(&format!("/edge-nodes/{}", segment(&name)))
@@ -863,6 +958,23 @@ impl Api {
         Ok(())
     }
 
+    async fn drain(&self, name: &str, draining: bool) -> anyhow::Result<()> {
+        let _: EdgeView = self
+            .client
+            .json(
+                Method::PATCH,
+                &format!("/edge-nodes/{}", segment(name)),
+                &json!({ "draining": draining }),
+            )
+            .await?;
+        self.done(if draining {
+            format!("edge {name} drained: it leaves DNS and takes no new traffic; `edge undrain {name}` brings it back")
+        } else {
+            format!("edge {name} undrained: it returns to DNS once its checks pass")
+        });
+        Ok(())
+    }
+
     async fn status(&self) -> anyhow::Result<()> {
         let summary: StatusSummary = self.client.get("/status").await?;
         self.print(&summary, |s| {
@@ -884,7 +996,7 @@ fn origin_table(origins: &[OriginView]) -> String {
                 o.address.to_string(),
                 o.network.to_string(),
                 o.origin.public_key.to_base64(),
-                format!("{:?}", o.origin.state.status).to_lowercase(),
+                o.origin.state.status.as_str().to_owned(),
                 opt(o.origin.state.applied_version),
                 time_text(o.origin.state.last_heartbeat),
             ]
@@ -937,7 +1049,7 @@ fn edge_table(edges: &[EdgeView]) -> String {
                     .collect::<Vec<_>>()
                     .join(","),
                 e.edge.public_key.to_base64(),
-                format!("{:?}", e.edge.state.status).to_lowercase(),
+                e.edge.state.status.as_str().to_owned(),
                 opt(e.edge.state.applied_version),
                 time_text(e.edge.state.last_heartbeat),
             ]
@@ -1001,7 +1113,8 @@ fn status_table(nodes: &[NodeStatusView]) -> String {
             vec![
                 n.kind.clone(),
                 n.name.clone(),
-                format!("{:?}", n.status).to_lowercase(),
+                n.status.as_str().to_owned(),
+                n.since.map(since_text).unwrap_or_default(),
                 match n.connected {
                     Some(true) => "yes".into(),
                     Some(false) => "no".into(),
@@ -1014,6 +1127,7 @@ fn status_table(nodes: &[NodeStatusView]) -> String {
                     .as_ref()
                     .map(|nack| format!("v{}: {}", nack.version, nack.error))
                     .unwrap_or_default(),
+                n.reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
@@ -1022,12 +1136,25 @@ fn status_table(nodes: &[NodeStatusView]) -> String {
             "KIND",
             "NAME",
             "STATUS",
+            "SINCE",
             "CONNECTED",
             "APPLIED",
             "IN SYNC",
             "HEARTBEAT",
             "LAST NACK",
+            "REASON",
         ],
         &rows,
     )
+}
+
+/// How long ago `t` was, compactly (`42s`, `5m`, `3h`, `2d`).
+fn since_text(t: OffsetDateTime) -> String {
+    let secs = (OffsetDateTime::now_utc() - t).whole_seconds().max(0);
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
 }

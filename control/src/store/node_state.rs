@@ -1,5 +1,5 @@
-//! [`NodeStateStore`]: what nodes report (heartbeats, config ACKs and NACKs) and their health
-//! status. Telemetry writes no event, except NACKs and status changes.
+//! [`NodeStateStore`]: what nodes report (heartbeats, config ACKs and NACKs) and their state
+//! (see `crate::health`). Telemetry writes no event, except NACKs and state changes.
 
 use async_trait::async_trait;
 
@@ -20,11 +20,15 @@ pub trait NodeStateStore: Send + Sync {
     /// Records that a node rejected config `version` (writes an event, actor the node).
     async fn record_config_nack(&self, node: NodeId, version: u64, error: &str) -> Result<()>;
 
-    /// Sets a node's health status; writes an event when it changes. Returns whether it did.
-    async fn set_node_status(
+    /// Sets a node's state and its reason. A change of state writes the `state_changed` event
+    /// (detail `{"from", "to", "reason"}`, the audit trail notifiers follow) and restarts
+    /// `since`; a new reason for the same state is stored without an event. Returns whether the
+    /// state changed.
+    async fn set_node_state(
         &self,
         actor: &Actor,
         node: NodeId,
         status: NodeStatus,
+        reason: &str,
     ) -> Result<bool>;
 }

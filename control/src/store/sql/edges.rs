@@ -24,8 +24,8 @@ use crate::store::{validate, EdgeStore};
 
 pub(super) fn edge_cols() -> String {
     format!(
-        "id, name, public_ip, endpoint, provider, region, public_key, private_key_sealed, \
-         {NODE_STATE_COLS}, created_at, updated_at"
+        "id, name, public_ip, endpoint, provider, region, admin_address, draining, public_key, \
+         private_key_sealed, {NODE_STATE_COLS}, created_at, updated_at"
     )
 }
 
@@ -42,6 +42,8 @@ pub(super) fn edge_row(row: &AnyRow) -> Result<Edge> {
         endpoint: row.try_get("endpoint")?,
         provider: row.try_get("provider")?,
         region: row.try_get("region")?,
+        admin_address: row.try_get("admin_address")?,
+        draining: row.try_get::<i64, _>("draining")? != 0,
         public_key: public_key(T, &row.try_get::<String, _>("public_key")?)?,
         managed_key: sealed.is_some(),
         state: node_state(row, T)?,
@@ -227,6 +229,10 @@ impl EdgeStore for SqlStore {
             .transpose()?;
         let provider = clean_opt("provider", new.provider)?;
         let region = clean_opt("region", new.region)?;
+        let admin_address = new
+            .admin_address
+            .map(|a| validate::host_port("admin_address", &a))
+            .transpose()?;
         let mut w = self.write(actor).await?;
         if exists(
             w.conn(),
@@ -244,8 +250,9 @@ impl EdgeStore for SqlStore {
         let (public, sealed) = self.key_pair(Entity::Edge, id, new.public_key)?;
         check_key_free(w.conn(), &public, None).await?;
         sqlx::query(
-            "INSERT INTO edge_nodes (id, name, public_ip, endpoint, provider, region, public_key, \
-             private_key_sealed, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+            "INSERT INTO edge_nodes (id, name, public_ip, endpoint, provider, region, admin_address, \
+             public_key, private_key_sealed, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
         )
         .bind(id.to_string())
         .bind(name.clone())
@@ -253,6 +260,7 @@ impl EdgeStore for SqlStore {
         .bind(endpoint)
         .bind(provider)
         .bind(region)
+        .bind(admin_address)
         .bind(public.to_base64())
         .bind(sealed.clone())
         .bind(w.now)
@@ -319,6 +327,14 @@ impl EdgeStore for SqlStore {
         if let Some(region) = update.region {
             after.region = clean_opt("region", region)?;
         }
+        if let Some(admin) = update.admin_address {
+            after.admin_address = admin
+                .map(|a| validate::host_port("admin_address", &a))
+                .transpose()?;
+        }
+        if let Some(draining) = update.draining {
+            after.draining = draining;
+        }
         if after == before {
             return Ok(before);
         }
@@ -338,20 +354,26 @@ impl EdgeStore for SqlStore {
         }
         sqlx::query(
             "UPDATE edge_nodes SET name = $1, public_ip = $2, endpoint = $3, provider = $4, \
-             region = $5, updated_at = $6 WHERE id = $7",
+             region = $5, admin_address = $6, draining = $7, updated_at = $8 WHERE id = $9",
         )
         .bind(after.name.clone())
         .bind(after.public_ip.map(|ip| ip.to_string()))
         .bind(after.endpoint.clone())
         .bind(after.provider.clone())
         .bind(after.region.clone())
+        .bind(after.admin_address.clone())
+        .bind(i64::from(after.draining))
         .bind(w.now)
         .bind(id.to_string())
         .execute(w.conn())
         .await
         .map_err(db_err)?;
+        // Only the name and the endpoint travel in node snapshots (the edge's own, its
+        // origins'); addresses, provider data and drains are control's business.
+        if after.name != before.name || after.endpoint != before.endpoint {
+            w.bump().await?;
+        }
         let after = fetch_edge(w.conn(), id).await?;
-        w.bump().await?;
         w.event(
             Entity::Edge,
             &id.to_string(),

@@ -1,0 +1,255 @@
+//! The health checker over a real SQLite store, probing a real TLS listener on loopback: an
+//! edge whose public listener answers becomes online, goes offline with the reason when the
+//! listener dies (the transition is an event, the probes are history and metrics), and comes
+//! back after the healthy threshold when it returns. History is pruned by retention.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use kokoa_control::health::{HealthChecker, HealthSettings};
+use kokoa_control::store::{
+    self, Actor, CheckKind, EventQuery, HealthQuery, MasterKey, NewEdge, NewHealthCheck, NodeId,
+    NodeStatus, Store,
+};
+use tokio::net::TcpListener;
+
+async fn open() -> Result<(tempfile::TempDir, Arc<dyn Store>)> {
+    let dir = tempfile::tempdir()?;
+    let store = store::open(
+        &format!("sqlite://{}", dir.path().join("control.db").display()),
+        MasterKey::generate(),
+    )
+    .await?;
+    Ok((dir, store))
+}
+
+fn tls_acceptor() -> Result<tokio_rustls::TlsAcceptor> {
+    let cert = rcgen::generate_simple_self_signed(vec!["edge.test".into()])?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A TLS listener on `addr` completing handshakes until aborted.
+fn public_listener(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(stream).await;
+            });
+        }
+    })
+}
+
+async fn round(checker: &HealthChecker, store: &dyn Store) -> Result<(NodeStatus, String)> {
+    checker.probe_all().await?;
+    checker.judge_all().await?;
+    let edge = store.list_edges().await?.pop().context("the edge")?;
+    Ok((edge.state.status, edge.state.reason.unwrap_or_default()))
+}
+
+#[tokio::test]
+async fn probes_take_a_dead_edge_offline_and_bring_it_back() -> Result<()> {
+    let (_dir, store) = open().await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    let acceptor = tls_acceptor()?;
+    let server = public_listener(listener, acceptor.clone());
+    let edge = store
+        .create_edge(
+            &Actor::Cli,
+            NewEdge {
+                name: "vps1".into(),
+                public_ip: Some(addr.ip()),
+                ..NewEdge::default()
+            },
+        )
+        .await?;
+    let settings = HealthSettings {
+        public_port: addr.port(),
+        unhealthy_threshold: 3,
+        healthy_threshold: 2,
+        check_timeout: Duration::from_secs(2),
+        ..HealthSettings::default()
+    };
+    let checker = HealthChecker::new(store.clone(), settings, None);
+    let target = format!("https://{addr}");
+
+    // A new edge is enrolling until its probes pass the healthy threshold.
+    assert_eq!(
+        round(&checker, &*store).await?,
+        (
+            NodeStatus::Enrolling,
+            format!("1 of 2 probes of {target} passed so far")
+        )
+    );
+    assert_eq!(
+        round(&checker, &*store).await?,
+        (
+            NodeStatus::Online,
+            "no heartbeat yet; its probe passes".to_owned()
+        )
+    );
+
+    // The listener dies: still online after two failures, offline at the third.
+    server.abort();
+    let _ = server.await;
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        failures.push(round(&checker, &*store).await?);
+    }
+    assert_eq!(failures[0].0, NodeStatus::Online);
+    assert_eq!(failures[1].0, NodeStatus::Online);
+    assert_eq!(
+        failures[2],
+        (
+            NodeStatus::Offline,
+            format!("3 failed probes of {target}: connection refused")
+        )
+    );
+
+    // The transitions are events, with the reason.
+    let events = store
+        .list_events(EventQuery {
+            entity_id: Some(edge.id.to_string()),
+            ..EventQuery::default()
+        })
+        .await?;
+    let changes: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e.action == "state_changed")
+        .map(|e| {
+            (
+                e.detail["to"].as_str().unwrap_or_default().to_owned(),
+                e.detail["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        changes.contains(&(
+            "offline".into(),
+            format!("3 failed probes of {target}: connection refused")
+        )),
+        "{changes:?}"
+    );
+    assert!(changes.iter().any(|(to, _)| to == "online"), "{changes:?}");
+
+    // Every probe is history, newest first.
+    let history = store
+        .health_checks(HealthQuery {
+            edge_id: Some(edge.id),
+            ..HealthQuery::default()
+        })
+        .await?;
+    assert_eq!(history.len(), 5);
+    assert!(history[..3].iter().all(|h| !h.success
+        && h.kind == Some(CheckKind::Public)
+        && h.error.as_deref() == Some("connection refused")
+        && h.target.as_deref() == Some(target.as_str())));
+    assert!(history[3..].iter().all(|h| h.success));
+
+    // And metrics.
+    let text =
+        kokoa_control::metrics::render(&kokoa_control::metrics::registry(&[checker.metrics()]));
+    for line in [
+        "kokoa_health_checks_total{check=\"public\",result=\"fail\"} 3",
+        "kokoa_health_checks_total{check=\"public\",result=\"pass\"} 2",
+        "kokoa_nodes{kind=\"edge\",state=\"offline\"} 1",
+        "kokoa_node_state{kind=\"edge\",name=\"vps1\",state=\"offline\"} 1",
+        "kokoa_health_check_duration_seconds_count{check=\"public\"} 5",
+    ] {
+        ensure!(text.contains(line), "no {line} in\n{text}");
+    }
+
+    // It comes back on the same port: offline (recovering) until the healthy threshold.
+    let listener = TcpListener::bind(addr).await?;
+    let server = public_listener(listener, acceptor);
+    let (status, reason) = round(&checker, &*store).await?;
+    assert_eq!(status, NodeStatus::Offline);
+    assert!(
+        reason.starts_with(&format!("recovering: 1 passed probe of {target}")),
+        "{reason}"
+    );
+    assert_eq!(round(&checker, &*store).await?.0, NodeStatus::Online);
+    server.abort();
+
+    // A drained edge is draining whatever its probes say.
+    store
+        .update_edge(
+            &Actor::Cli,
+            edge.id,
+            store::model::EdgeUpdate {
+                draining: Some(true),
+                ..Default::default()
+            },
+        )
+        .await?;
+    checker.judge_all().await?;
+    let states = checker.subscribe().borrow().clone();
+    assert_eq!(
+        states.get(NodeId::Edge(edge.id)),
+        Some(NodeStatus::Draining)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn history_older_than_the_retention_is_pruned() -> Result<()> {
+    let (_dir, store) = open().await?;
+    let edge = store
+        .create_edge(
+            &Actor::Cli,
+            NewEdge {
+                name: "vps1".into(),
+                ..NewEdge::default()
+            },
+        )
+        .await?;
+    let now = time::OffsetDateTime::now_utc();
+    let row = |hours_ago: i64| NewHealthCheck {
+        kind: CheckKind::Public,
+        target: "https://127.0.0.9".into(),
+        edge_id: Some(edge.id),
+        origin_id: None,
+        service_id: None,
+        success: true,
+        response_time_ms: Some(1),
+        error: None,
+        checked_at: now - time::Duration::hours(hours_ago),
+    };
+    store
+        .record_health_checks(vec![row(0), row(2), row(30), row(50)])
+        .await?;
+    let checker = HealthChecker::new(
+        store.clone(),
+        HealthSettings {
+            history_retention: Duration::from_secs(24 * 3600),
+            ..HealthSettings::default()
+        },
+        None,
+    );
+    assert_eq!(checker.prune_history().await?, 2);
+    let left = store.health_checks(HealthQuery::default()).await?;
+    assert_eq!(left.len(), 2);
+    assert!(left
+        .iter()
+        .all(|h| now - h.checked_at < time::Duration::hours(3)));
+    let text =
+        kokoa_control::metrics::render(&kokoa_control::metrics::registry(&[checker.metrics()]));
+    assert!(
+        text.contains("kokoa_health_history_pruned_total 2"),
+        "{text}"
+    );
+    Ok(())
+}
