@@ -22,7 +22,8 @@ use crate::acme::AcmeArgs;
 use crate::api::{ApiState, LiveNodes};
 use crate::bundle::BundleSettings;
 use crate::grpc::{GrpcOptions, GrpcServer};
-use crate::health::{HealthChecker, HealthSettings};
+use crate::health::args::HealthArgs;
+use crate::health::HealthChecker;
 use crate::metrics::MetricSource;
 use crate::pki::ControlCa;
 use crate::store::{self, MasterKey};
@@ -62,8 +63,8 @@ pub struct ServeOptions {
     pub public_url: Option<String>,
     /// Automatic certificates (ACME) and DNS-01; off without a directory URL.
     pub acme: AcmeArgs,
-    /// How node health is judged.
-    pub health: HealthSettings,
+    /// How node health is judged (checked by [`check`] and before `run` binds).
+    pub health: HealthArgs,
 }
 
 impl ServeOptions {
@@ -83,7 +84,7 @@ impl ServeOptions {
             grpc_names: Vec::new(),
             public_url: None,
             acme: AcmeArgs::default(),
-            health: HealthSettings::default(),
+            health: HealthArgs::default(),
         }
     }
 }
@@ -169,6 +170,101 @@ pub fn public_url(given: Option<&str>, grpc: SocketAddr, names: &[String]) -> St
     }
 }
 
+/// Exit code of `check-config` (and of `serve`) for settings control cannot run with.
+pub const EXIT_BAD_CONFIG: u8 = 2;
+
+/// Settings `serve` cannot run with, as `check-config` reports them (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("bad settings: {0}")]
+pub struct BadSettings(pub String);
+
+/// Checks `options` as `serve` would before binding, without binding, creating or writing
+/// anything (so it is safe on a live host): the master key, the data directory, the database
+/// URL, an existing CA, the gRPC names and URL, and the ACME flags. The summary on success.
+pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
+    let bad = |what: &str, error: &dyn std::fmt::Display| BadSettings(format!("{what}: {error}"));
+    let key = match MasterKey::load(options.master_key_file.as_deref()) {
+        Ok(_) => match &options.master_key_file {
+            Some(file) => format!("master key from {}", file.display()),
+            None => format!("master key from {}", store::MASTER_KEY_ENV),
+        },
+        Err(store::CryptoError::Missing) if options.dev => format!(
+            "dev master key {} (created on first start)",
+            options.data_dir.join(DEV_MASTER_KEY_FILE).display()
+        ),
+        Err(error) => return Err(bad("master key", &error)),
+    };
+    let dir = &options.data_dir;
+    if dir.exists() {
+        if !dir.is_dir() {
+            return Err(bad(
+                "--data-dir",
+                &format!("{} is not a directory", dir.display()),
+            ));
+        }
+    } else {
+        let parent = dir
+            .ancestors()
+            .skip(1)
+            .find(|p| p.exists() && !p.as_os_str().is_empty());
+        if parent.is_some_and(|p| !p.is_dir()) {
+            return Err(bad(
+                "--data-dir",
+                &format!(
+                    "{} cannot be created (a parent is not a directory)",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    let url = database_url(dir, options.database.as_deref());
+    let engine = if url.starts_with("sqlite:") {
+        "SQLite"
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        "PostgreSQL"
+    } else {
+        return Err(bad(
+            "--database",
+            &format!("{url:?} is neither sqlite://PATH nor postgres://USER:PASS@HOST/DB"),
+        ));
+    };
+    let ca = if dir.join("ca.crt").exists() || dir.join("ca.key").exists() {
+        ControlCa::load_or_create(dir).map_err(|e| bad("CA", &e))?;
+        "existing CA"
+    } else {
+        "CA created on first start"
+    };
+    let names = grpc_names(&options.grpc_names);
+    for name in &names {
+        if name.parse::<IpAddr>().is_err() {
+            store::validate::hostname("--grpc-name", name).map_err(|e| bad("--grpc-name", &e))?;
+        }
+    }
+    let control_url = public_url(options.public_url.as_deref(), options.grpc, &names);
+    match control_url.parse::<hyper::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+        _ => {
+            return Err(bad(
+                "--public-url",
+                &format!("{control_url:?} is not an https://HOST:PORT URL"),
+            ))
+        }
+    }
+    let health = options.health.settings().map_err(|e| bad("health", &e))?;
+    let acme = match options.acme.options().map_err(|e| bad("ACME", &e))? {
+        Some((acme, _)) => format!("ACME from {}", acme.directory_url),
+        None => "ACME off".to_owned(),
+    };
+    Ok(format!(
+        "settings ok: data {} ({engine}), {key}, {ca}; REST API {}, gRPC {} (nodes told \
+         {control_url}); {acme}; edges probed every {} s",
+        dir.display(),
+        options.api,
+        options.grpc,
+        health.check_interval.as_secs(),
+    ))
+}
+
 /// Runs control until `shutdown` resolves: the REST API on `options.api`, gRPC on
 /// `options.grpc`. Returns an error (before binding anything) for a missing master key, an
 /// unusable data directory, database or CA.
@@ -176,6 +272,7 @@ pub async fn run(
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let health_settings = options.health.settings()?;
     create_data_dir(&options.data_dir)?;
     let key = master_key(
         options.master_key_file.as_deref(),
@@ -203,12 +300,12 @@ pub async fn run(
     let control_url = public_url(options.public_url.as_deref(), grpc_addr, &names);
 
     let grpc_options = GrpcOptions {
-        heartbeat_interval: options.health.heartbeat_interval,
+        heartbeat_interval: health_settings.heartbeat_interval,
         ..GrpcOptions::default()
     };
     let grpc = GrpcServer::new(store.clone(), grpc_options);
     let live: Arc<dyn LiveNodes> = Arc::new(grpc.nodes());
-    let health = HealthChecker::new(store.clone(), options.health.clone(), Some(grpc.nodes()));
+    let health = HealthChecker::new(store.clone(), health_settings, Some(grpc.nodes()));
     let mut sources: Vec<&dyn MetricSource> = vec![health.metrics()];
     if let Some(manager) = &certificates {
         sources.push(manager.metrics());

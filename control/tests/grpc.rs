@@ -836,7 +836,7 @@ impl kokoa_node::control::Applier for RecordingApplier {
     fn apply(
         &self,
         snapshot: &pb::Snapshot,
-    ) -> impl std::future::Future<Output = Result<(), String>> + Send {
+    ) -> impl std::future::Future<Output = Result<(), kokoa_model::ModelError>> + Send {
         let result = match &snapshot.node {
             Some(pb::snapshot::Node::Edge(_)) => {
                 self.applied
@@ -845,7 +845,9 @@ impl kokoa_node::control::Applier for RecordingApplier {
                     .push(snapshot.clone());
                 Ok(())
             }
-            other => Err(format!("not an edge snapshot: {other:?}")),
+            other => Err(kokoa_model::ModelError::value(format!(
+                "not an edge snapshot: {other:?}"
+            ))),
         };
         async move { result }
     }

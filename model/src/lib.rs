@@ -37,6 +37,8 @@ pub mod route;
 mod serde_util;
 pub mod service;
 pub mod spec;
+#[cfg(any(test, feature = "proptest"))]
+pub mod strategy;
 pub mod tunnel;
 
 pub use crate::cert::Certificate;

@@ -5,8 +5,12 @@
 mod acme;
 mod bulk;
 mod control;
+mod dev;
+mod dist;
 mod http;
+mod install;
 mod interop;
+mod polish;
 mod protection;
 mod shutdown;
 mod tcp;

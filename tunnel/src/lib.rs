@@ -30,6 +30,7 @@
 pub mod core;
 mod driver;
 pub mod key;
+pub mod settings;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
