@@ -383,7 +383,10 @@ pub fn judge(o: &Observation<'_>, timing: &Timing, now: OffsetDateTime) -> Judge
         .checks
         .iter()
         .any(|c| matches!(c.verdict, Verdict::Passing { .. }));
-    if !o.seen && !any_pass && !matches!(o.stream, Stream::Open { .. }) {
+    // Only a node that has never been judged anything but enrolling: an edge that served
+    // (its probes passed) and now fails them is offline, not "never connected".
+    let never_served = o.previous == NodeStatus::Enrolling;
+    if !o.seen && never_served && !any_pass && !matches!(o.stream, Stream::Open { .. }) {
         return Judgement::new(NodeStatus::Enrolling, vec![Cause::NeverConnected]);
     }
 
