@@ -26,6 +26,7 @@ pub mod dns;
 pub mod grpc;
 pub mod health;
 pub mod metrics;
+pub mod notify;
 pub mod pki;
 pub mod serve;
 pub mod store;

@@ -59,6 +59,12 @@ impl MetricSource for crate::acme::AcmeMetrics {
     }
 }
 
+impl MetricSource for crate::dns::DnsMetrics {
+    fn register_metrics(&self, registry: &mut Registry) {
+        self.register(registry);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

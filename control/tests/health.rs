@@ -70,9 +70,8 @@ async fn probes_take_a_dead_edge_offline_and_bring_it_back() -> Result<()> {
         .create_edge(
             &Actor::Cli,
             NewEdge {
-                name: "vps1".into(),
                 public_ip: Some(addr.ip()),
-                ..NewEdge::default()
+                ..NewEdge::named("vps1".parse()?)
             },
         )
         .await?;
@@ -205,13 +204,7 @@ async fn probes_take_a_dead_edge_offline_and_bring_it_back() -> Result<()> {
 async fn history_older_than_the_retention_is_pruned() -> Result<()> {
     let (_dir, store) = open().await?;
     let edge = store
-        .create_edge(
-            &Actor::Cli,
-            NewEdge {
-                name: "vps1".into(),
-                ..NewEdge::default()
-            },
-        )
+        .create_edge(&Actor::Cli, NewEdge::named("vps1".parse()?))
         .await?;
     let now = time::OffsetDateTime::now_utc();
     let row = |hours_ago: i64| NewHealthCheck {

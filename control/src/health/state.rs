@@ -769,6 +769,7 @@ mod tests {
         let nack = Nack {
             version: 6,
             error: "routes[0].host: bad".into(),
+            object: None,
         };
         let mut o = observe(NodeId::Origin(uuid::Uuid::nil()), &[], &names);
         o.heartbeat = Some(&beat);

@@ -33,8 +33,18 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
+        description: "notification targets and deliveries",
+        sql: include_str!("migrations/0003_notifications.sql"),
+    },
+    Migration {
+        version: 4,
+        description: "tcp routes, edge limits and tunnel settings, nack objects, edge listeners",
+        sql: include_str!("migrations/0004_parity.sql"),
+    },
+    Migration {
+        version: 5,
         description: "fleet health: node states, drains, health history kinds",
-        sql: include_str!("migrations/0003_health.sql"),
+        sql: include_str!("migrations/0005_health.sql"),
     },
 ];
 

@@ -2,8 +2,9 @@
 //! the audit trail and the config version, behind one [`Store`] trait with two engines.
 //!
 //! [`Store`] combines one trait per kind of record ([`OriginStore`], [`ServiceStore`],
-//! [`EdgeStore`], [`RouteStore`], [`CertificateStore`], [`AcmeStore`], [`NodeTokenStore`],
-//! [`ApiTokenStore`], [`EventStore`], [`HealthStore`], [`NodeStateStore`], [`LeaderStore`]), each
+//! [`EdgeStore`], [`RouteStore`], [`TcpRouteStore`], [`CertificateStore`], [`AcmeStore`],
+//! [`NodeTokenStore`], [`ApiTokenStore`], [`EventStore`], [`HealthStore`], [`NodeStateStore`],
+//! [`LeaderStore`], [`NotificationStore`]), each
 //! declared in its own file here and implemented for SQL in the file of the same name under
 //! [`sql`]. The record types themselves are in [`model`].
 //!
@@ -13,7 +14,11 @@
 //! files (`store/migrations/`); see [`sql`] for the few per-engine differences.
 //!
 //! Rules every implementation keeps, so the REST, CLI and gRPC layers need not:
-//! - input is validated and normalized here ([`StoreError::Invalid`], [`StoreError::Conflict`]);
+//! - every config value arrives as a type of the shared model (`kokoa_model`), so it was
+//!   validated by the one validator the nodes use too; the store adds the rules across records
+//!   (unique names, host names and ports, references) and, before it commits a change, checks the
+//!   config of every node with the model's own cross-object rules ([`StoreError::Invalid`],
+//!   [`StoreError::Conflict`]);
 //! - every change runs in one transaction that also writes its [`Event`] (with the [`Actor`]) and,
 //!   when it alters what some node runs, bumps the config version (reported by
 //!   [`Store::config_version`] and pushed to [`Store::subscribe_config_version`]);
@@ -29,7 +34,6 @@ mod migrate;
 pub mod model;
 pub mod sql;
 mod token;
-pub mod validate;
 
 mod acme;
 mod api_tokens;
@@ -40,9 +44,13 @@ mod health;
 mod leadership;
 mod node_state;
 mod node_tokens;
+pub mod notifications;
+mod notify_rules;
 mod origins;
 mod routes;
 mod services;
+pub mod spec;
+mod tcp_routes;
 
 use std::sync::Arc;
 
@@ -60,10 +68,16 @@ pub use leadership::LeaderStore;
 pub use model::*;
 pub use node_state::NodeStateStore;
 pub use node_tokens::NodeTokenStore;
+pub use notifications::{
+    event_kind, event_matches, AttemptOutcome, CreatedNotificationTarget, Delivery, DeliveryQuery,
+    DeliveryStatus, DueDelivery, FanOut, NewNotificationTarget, NotificationKind,
+    NotificationStore, NotificationTarget, QueueLimits,
+};
 pub use origins::OriginStore;
 pub use routes::RouteStore;
 pub use services::ServiceStore;
 pub use sql::{Engine, Leadership, SqlStore};
+pub use tcp_routes::TcpRouteStore;
 
 /// Opens the store at `url` (`sqlite://PATH`, a bare file path, or `postgres://...`), creating
 /// and migrating the database as needed.
@@ -85,6 +99,7 @@ pub trait Store:
     + EdgeStore
     + NodeStateStore
     + RouteStore
+    + TcpRouteStore
     + CertificateStore
     + AcmeStore
     + LeaderStore
@@ -92,6 +107,7 @@ pub trait Store:
     + ApiTokenStore
     + EventStore
     + HealthStore
+    + NotificationStore
     + Send
     + Sync
     + std::fmt::Debug

@@ -1,4 +1,4 @@
--- Kokoa control-plane schema, version 3: fleet health.
+-- Kokoa control-plane schema, version 5: fleet health.
 -- Same conventions as 0001 (TEXT ids, BIGINT milliseconds); same SQL on both engines.
 
 -- A node's state as control's health checker judges it, with the reason and since when. It
