@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use crate::acme::AcmeArgs;
 use crate::api::{ApiState, LiveNodes};
 use crate::bundle::BundleSettings;
-use crate::dns::{steer, ConnectedEdges, DnsArgs, Steering};
+use crate::dns::{steer, DnsArgs, Steering};
 use crate::grpc::{GrpcOptions, GrpcServer};
 use crate::health::args::HealthArgs;
 use crate::health::HealthChecker;
@@ -348,16 +348,15 @@ pub async fn run(
         heartbeat_interval: health_settings.heartbeat_interval,
         ..GrpcOptions::default()
     };
-    let max_silence = grpc_options.heartbeat_interval * steer::MISSED_HEARTBEATS;
     let grpc = GrpcServer::new(store.clone(), grpc_options);
     let live: Arc<dyn LiveNodes> = Arc::new(grpc.nodes());
     let health = HealthChecker::new(store.clone(), health_settings, Some(grpc.nodes()));
-    // DNS steering: route names -> the healthy edges serving them, judged for now by their
-    // control connection and heartbeats ([`ConnectedEdges`]).
+    // DNS steering: route names -> the edges serving them that the health checker judges
+    // online or degraded.
     let steering = dns.as_ref().map(|dns| Steering {
         manager: dns.manager(),
         store: store.clone(),
-        health: Arc::new(ConnectedEdges::new(grpc.nodes(), max_silence)),
+        health: health.clone(),
         recheck: steer::DEFAULT_RECHECK,
     });
     let mut sources: Vec<&dyn MetricSource> = vec![health.metrics()];

@@ -1,18 +1,26 @@
 //! The health checker over a real SQLite store, probing a real TLS listener on loopback: an
 //! edge whose public listener answers becomes online, goes offline with the reason when the
 //! listener dies (the transition is an event, the probes are history and metrics), and comes
-//! back after the healthy threshold when it returns. History is pruned by retention.
+//! back after the healthy threshold when it returns. History is pruned by retention. DNS
+//! steering, fed by the checker, follows the states against a real BIND.
 
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use kokoa_control::dns::{
+    DnsManager, Rfc2136Config, Rfc2136Provider, Steering, SteeringOptions, TsigAlgorithm,
+};
 use kokoa_control::health::{HealthChecker, HealthSettings};
 use kokoa_control::store::{
-    self, Actor, CheckKind, EventQuery, HealthQuery, MasterKey, NewEdge, NewHealthCheck, NodeId,
-    NodeStatus, Store,
+    self, Actor, CheckKind, Entity, EventQuery, HealthQuery, HostPattern, MasterKey, NewEdge,
+    NewHealthCheck, NewOrigin, NewRoute, NewService, NodeId, NodeStatus, Port, Store,
 };
+use kokoa_tests::acme::{Named, DEADLINE, TSIG_KEY, ZONE};
+use kokoa_tests::dns::dig_addresses;
+use kokoa_tests::eventually;
 use tokio::net::TcpListener;
 
 async fn open() -> Result<(tempfile::TempDir, Arc<dyn Store>)> {
@@ -124,7 +132,8 @@ async fn probes_take_a_dead_edge_offline_and_bring_it_back() -> Result<()> {
         .await?;
     let changes: Vec<(String, String)> = events
         .iter()
-        .filter(|e| e.action == "state_changed")
+        // A state change's action is the new state: kinds `edge.offline`, `edge.online`.
+        .filter(|e| e.detail["to"] == e.action.as_str() && e.detail["name"] == "vps1")
         .map(|e| {
             (
                 e.detail["to"].as_str().unwrap_or_default().to_owned(),
@@ -241,5 +250,206 @@ async fn history_older_than_the_retention_is_pruned() -> Result<()> {
         text.contains("kokoa_health_history_pruned_total 2"),
         "{text}"
     );
+    Ok(())
+}
+
+/// Runs one probe round and one judgement, as the checker's loop does.
+async fn tick(checker: &HealthChecker) -> Result<()> {
+    checker.probe_all().await?;
+    checker.judge_all().await?;
+    Ok(())
+}
+
+/// DNS steering fed by the health checker, against a real BIND: the edges whose probes pass
+/// are published; one whose listener dies goes offline (an `edge.offline` event) and leaves
+/// the answer while the other stays; when the last one dies its address is kept (fail open, a
+/// `dns.fail_open` event); an edge that comes back is published again (`dns.fail_open_ended`).
+#[tokio::test]
+async fn steering_follows_edge_states_and_keeps_the_last_edge() -> Result<()> {
+    if !kokoa_tests::dns::tools_or_skip(
+        "steering_follows_edge_states_and_keeps_the_last_edge",
+        &["named", "dig", "nsupdate"],
+    ) {
+        return Ok(());
+    }
+    let (dir, store) = open().await?;
+    let named = Named::start_with_records(dir.path(), "").await?;
+    let acceptor = tls_acceptor()?;
+    // Two edges, each with its public listener at its own loopback address, on one port.
+    let first = TcpListener::bind("127.0.0.2:0").await?;
+    let port = first.local_addr()?.port();
+    let second = TcpListener::bind(("127.0.0.3", port)).await?;
+    let (ip1, ip2): (IpAddr, IpAddr) = ("127.0.0.2".parse()?, "127.0.0.3".parse()?);
+    let mut server1 = public_listener(first, acceptor.clone());
+    let server2 = public_listener(second, acceptor.clone());
+
+    let home = store
+        .create_origin(&Actor::Cli, NewOrigin::named("home".parse()?))
+        .await?;
+    let web = store
+        .create_service(
+            &Actor::Cli,
+            home.id,
+            NewService::http("web".parse()?, Port::new(8001)?),
+        )
+        .await?;
+    let app = format!("app.{ZONE}");
+    store
+        .create_route(&Actor::Cli, NewRoute::to(HostPattern::new(&app)?, web.id))
+        .await?;
+    let mut edges = Vec::new();
+    for (name, ip) in [("e1", ip1), ("e2", ip2)] {
+        let edge = store
+            .create_edge(
+                &Actor::Cli,
+                NewEdge {
+                    public_ip: Some(ip),
+                    origins: vec![home.id],
+                    ..NewEdge::named(name.parse()?)
+                },
+            )
+            .await?;
+        edges.push(edge);
+    }
+
+    let checker = HealthChecker::new(
+        store.clone(),
+        HealthSettings {
+            public_port: port,
+            unhealthy_threshold: 2,
+            healthy_threshold: 2,
+            check_timeout: Duration::from_secs(2),
+            ..HealthSettings::default()
+        },
+        None,
+    );
+    let provider = Rfc2136Provider::new(Rfc2136Config {
+        server: named.addr,
+        zone: ZONE.into(),
+        key_name: TSIG_KEY.into(),
+        algorithm: TsigAlgorithm::HmacSha256,
+        secret_base64: named.secret.clone().into(),
+        timeout: Duration::from_secs(5),
+    })?;
+    let manager = DnsManager::new(
+        vec![Arc::new(provider)],
+        SteeringOptions {
+            ttl: 30,
+            interval: Duration::from_secs(60),
+        },
+    );
+    let steering = Steering {
+        manager,
+        store: store.clone(),
+        health: checker.clone(),
+        // Long: every change below must reach DNS through the checker's change signal.
+        recheck: Duration::from_secs(60),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(steering.run(async {
+        let _ = stop_rx.await;
+    }));
+    let answers = |want: Vec<IpAddr>, what: &'static str| {
+        let app = app.clone();
+        let want: BTreeSet<IpAddr> = want.into_iter().collect();
+        let server = named.addr;
+        async move {
+            eventually(what, DEADLINE, || {
+                let (app, want) = (app.clone(), want.clone());
+                async move {
+                    let got = dig_addresses(server, &app).await?;
+                    ensure!(got == want, "{app} answers {got:?}");
+                    Ok(())
+                }
+            })
+            .await
+        }
+    };
+    let dns_events = |action: &'static str, after: u64| {
+        let store = store.clone();
+        let app = app.clone();
+        async move {
+            eventually(&format!("a dns.{action} event"), DEADLINE, || {
+                let (store, app) = (store.clone(), app.clone());
+                async move {
+                    let events = store
+                        .list_events(EventQuery {
+                            entity: Some(Entity::Dns),
+                            entity_id: Some(app.clone()),
+                            after: Some(after),
+                            ..EventQuery::default()
+                        })
+                        .await?;
+                    events
+                        .into_iter()
+                        .find(|e| e.action == action)
+                        .with_context(|| format!("no dns.{action} for {app} yet"))
+                }
+            })
+            .await
+        }
+    };
+
+    // Both pass their probes twice: online, both published.
+    for _ in 0..2 {
+        tick(&checker).await?;
+    }
+    answers(vec![ip1, ip2], "both edges published").await?;
+
+    // The first dies: offline after two failed probes, withdrawn; the second stays.
+    server1.abort();
+    let _ = server1.await;
+    for _ in 0..2 {
+        tick(&checker).await?;
+    }
+    answers(vec![ip2], "the dead edge withdrawn").await?;
+    let offline = store
+        .list_events(EventQuery {
+            entity: Some(Entity::Edge),
+            entity_id: Some(edges[0].id.to_string()),
+            ..EventQuery::default()
+        })
+        .await?
+        .into_iter()
+        .find(|e| e.action == "offline")
+        .context("no edge.offline event")?;
+    assert_eq!(offline.detail["name"], "e1");
+    assert_eq!(offline.detail["from"], "online");
+    assert_eq!(
+        offline.detail["reason"],
+        format!("2 failed probes of https://127.0.0.2:{port}: connection refused")
+    );
+
+    // The last one dies too: offline, but its address stays (fail open), and that is an event
+    // a notification target can match (`dns.fail_open`).
+    server2.abort();
+    let _ = server2.await;
+    for _ in 0..2 {
+        tick(&checker).await?;
+    }
+    let states = checker.subscribe().borrow().clone();
+    assert_eq!(
+        states.get(NodeId::Edge(edges[1].id)),
+        Some(NodeStatus::Offline)
+    );
+    let fail_open = dns_events("fail_open", offline.id).await?;
+    assert_eq!(fail_open.actor, "system");
+    assert_eq!(fail_open.detail["kept"], serde_json::json!(["127.0.0.3"]));
+    answers(vec![ip2], "the last edge kept").await?;
+
+    // The first comes back: published once its probes pass again; the dead one is dropped.
+    server1 = public_listener(TcpListener::bind((ip1, port)).await?, acceptor);
+    for _ in 0..2 {
+        tick(&checker).await?;
+    }
+    answers(vec![ip1], "the recovered edge published").await?;
+    let ended = dns_events("fail_open_ended", fail_open.id).await?;
+    assert_eq!(ended.detail["addresses"], serde_json::json!(["127.0.0.2"]));
+
+    server1.abort();
+    let _ = stop_tx.send(());
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .context("steering did not stop")??;
     Ok(())
 }

@@ -1234,13 +1234,19 @@ async fn every_change_writes_an_event_with_its_actor(db: &Db) -> Result<()> {
         ("api:deploy-bot", Entity::Route, "updated"),
         ("cli", Entity::Route, "deleted"),
         ("cli", Entity::ApiToken, "created"),
-        ("system", Entity::Edge, "state_changed"),
+        // A state change is an event named after the new state (kind `edge.online`).
+        ("system", Entity::Edge, "online"),
     ];
     let expected: Vec<(String, Entity, String)> = expected
         .iter()
         .map(|(a, e, x)| (a.to_string(), *e, x.to_string()))
         .collect();
     assert_eq!(seen, expected);
+    let online = events.last().context("the state event")?;
+    assert_eq!(
+        online.detail,
+        serde_json::json!({"name": "e1", "from": "enrolling", "to": "online", "reason": "heartbeat 1 s ago"})
+    );
     assert_eq!(events[0].entity_id, home.id.to_string());
     assert_eq!(
         events[5].detail["aliases"]["to"],
@@ -1273,6 +1279,39 @@ async fn every_change_writes_an_event_with_its_actor(db: &Db) -> Result<()> {
         })
         .await?;
     assert_eq!(feed.len(), 2);
+    let last_id = s
+        .list_events(EventQuery::default())
+        .await?
+        .last()
+        .context("events")?
+        .id;
+    // What control observes outside a store change (DNS steering) is appended the same way.
+    let recorded = s
+        .record_event(
+            &Actor::System,
+            Entity::Dns,
+            "app.example.com",
+            "fail_open",
+            serde_json::json!({"name": "app.example.com", "kept": ["192.0.2.1"]}),
+        )
+        .await?;
+    assert!(recorded.id > last_id);
+    let dns = s
+        .list_events(EventQuery {
+            entity: Some(Entity::Dns),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(dns, std::slice::from_ref(&recorded));
+    assert_eq!(
+        (
+            recorded.actor.as_str(),
+            recorded.entity_id.as_str(),
+            recorded.action.as_str()
+        ),
+        ("system", "app.example.com", "fail_open")
+    );
+    assert_eq!(recorded.config_version, None);
     Ok(())
 }
 
@@ -1465,7 +1504,7 @@ async fn node_status_ack_nack_and_heartbeat(db: &Db) -> Result<()> {
         [
             ("cli", "created"),
             ("node:home", "config_rejected"),
-            ("system", "state_changed")
+            ("system", "online")
         ]
     );
     assert!(matches!(

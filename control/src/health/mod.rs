@@ -14,10 +14,16 @@
 //!   [`HealthSettings::history_retention`]) and a metric,
 //! - an operator's drain,
 //!
-//! and stores the state and its reason ([`set_node_state`]: a change of state is a
-//! `state_changed` event). The API, `kokoa-control status` and the metrics show the stored
-//! state, so every replica shows the same thing; [`HealthChecker::subscribe`] hands the
-//! current states to DNS steering on the same replica.
+//! and stores the state and its reason ([`set_node_state`]: a change of state is an event
+//! named after the new state, `edge.offline`, `edge.online`, ...). The API, `kokoa-control
+//! status` and the metrics show the stored state, so every replica shows the same thing.
+//!
+//! DNS steering asks the checker which edges take traffic: it is the steering's
+//! [`EdgeHealth`](crate::dns::EdgeHealth). An edge is published while its stored state
+//! [serves](NodeStatus::serves) (online or degraded) and withdrawn when it is offline,
+//! draining or still enrolling; the stored state is what every replica reads, so the replica
+//! that steers need not be the one that judges. [`HealthChecker::subscribe`] wakes steering on
+//! this replica as soon as a judgement changes a state.
 //!
 //! [`set_node_state`]: crate::store::NodeStateStore::set_node_state
 
@@ -162,6 +168,10 @@ pub struct HealthChecker {
     live: Option<NodeRegistry>,
     metrics: HealthMetrics,
     states: watch::Sender<Arc<FleetStates>>,
+    /// Bumped whenever `states` changes (what [`EdgeHealth::changes`] hands out).
+    ///
+    /// [`EdgeHealth::changes`]: crate::dns::EdgeHealth::changes
+    generation: watch::Sender<u64>,
     memory: tokio::sync::Mutex<Memory>,
 }
 
@@ -188,6 +198,7 @@ impl HealthChecker {
             live,
             metrics: HealthMetrics::default(),
             states: watch::channel(Arc::new(FleetStates::default())).0,
+            generation: watch::channel(0).0,
             memory: tokio::sync::Mutex::new(Memory::default()),
         })
     }
@@ -492,7 +503,7 @@ impl HealthChecker {
             .retain(|node, _| states.nodes.contains_key(node));
         self.metrics.set_states(&shown);
         let states = Arc::new(states);
-        self.states.send_if_modified(|current| {
+        let changed = self.states.send_if_modified(|current| {
             if **current == *states {
                 false
             } else {
@@ -500,7 +511,23 @@ impl HealthChecker {
                 true
             }
         });
+        if changed {
+            self.generation.send_modify(|n| *n = n.wrapping_add(1));
+        }
         Ok(states)
+    }
+}
+
+/// DNS steering's judge: an edge takes traffic while its stored state serves (online or
+/// degraded). Offline, draining and enrolling edges are withdrawn; the steering keeps the last
+/// addresses of a name none of whose edges serves (fail open).
+impl crate::dns::EdgeHealth for HealthChecker {
+    fn healthy(&self, edge: &Edge, _now: OffsetDateTime) -> bool {
+        edge.state.status.serves()
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 }
 

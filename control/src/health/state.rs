@@ -1,7 +1,7 @@
 //! The node-state model: one pure function, [`judge`], turns what control observed of a node
 //! (its Watch stream, its heartbeats, its active checks, its drain flag, its last NACK) into a
 //! [`NodeStatus`] and the [`Cause`]s behind it. Everything that shows a node's state (the API,
-//! `kokoa-control status`, the `state_changed` events, the metrics, DNS steering) shows what
+//! `kokoa-control status`, the state events (`edge.offline`, ...), the metrics, DNS steering) shows what
 //! this function decided, so the rules live here and nowhere else:
 //!
 //! 1. **draining** when an operator drained the node, or its admin `/healthz` answers 503

@@ -25,9 +25,9 @@ pub trait NodeStateStore: Send + Sync {
     /// Records the TCP listeners an edge reported when it connected (no event: observation).
     async fn record_edge_listeners(&self, edge_id: Id, listeners: &[Listener]) -> Result<()>;
 
-    /// Sets a node's state and its reason. A change of state writes the `state_changed` event
-    /// (detail `{"from", "to", "reason"}`, the audit trail notifiers follow) and restarts
-    /// `since`; a new reason for the same state is stored without an event. Returns whether the
+    /// Sets a node's state and its reason. A change of state writes an event whose action is the
+    /// new state (kinds `edge.offline`, `edge.online`, `origin.degraded`, ...: what notification
+    /// targets match; detail `{"name", "from", "to", "reason"}`) and restarts `since`; a new reason for the same state is stored without an event. Returns whether the
     /// state changed.
     async fn set_node_state(
         &self,

@@ -172,13 +172,14 @@ impl NodeStateStore for SqlStore {
         let reason: String = reason.chars().take(2048).collect();
         let mut w = self.write(actor).await?;
         let row = sqlx::query(&format!(
-            "SELECT state, state_reason FROM {} WHERE id = $1",
+            "SELECT name, state, state_reason FROM {} WHERE id = $1",
             node_table(node)
         ))
         .bind(node.id().to_string())
         .fetch_optional(w.conn())
         .await?
         .ok_or_else(|| StoreError::not_found(node.entity(), node.id()))?;
+        let name: String = row.try_get("name")?;
         let current: String = row.try_get("state")?;
         let current_reason: Option<String> = row.try_get("state_reason")?;
         if current == status.as_str() {
@@ -209,8 +210,8 @@ impl NodeStateStore for SqlStore {
         w.event(
             node.entity(),
             &node.id().to_string(),
-            "state_changed",
-            json!({"from": current, "to": status.as_str(), "reason": reason}),
+            status.as_str(),
+            json!({"name": name, "from": current, "to": status.as_str(), "reason": reason}),
         )
         .await?;
         w.commit().await?;
