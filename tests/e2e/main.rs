@@ -13,6 +13,7 @@ mod interop;
 mod polish;
 mod protection;
 mod shutdown;
+mod steering;
 mod tcp;
 mod timeouts;
 mod tunnel;
