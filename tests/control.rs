@@ -467,8 +467,6 @@ pub struct FleetOptions {
 /// Control with one edge serving the given origins, a certificate for `*.ctl.test` uploaded
 /// through the API, and every node started from its bundle.
 pub struct Fleet {
-    /// Holds every node's files and control's data.
-    pub dir: TempDir,
     /// Control.
     pub control: Control,
     /// The CA of the uploaded certificate.
@@ -479,6 +477,9 @@ pub struct Fleet {
     pub edge_id: String,
     /// Origins: id and node.
     pub origins: Vec<(String, Node)>,
+    /// Holds every node's files, logs and control's data. Last, so that it is removed after
+    /// the processes above are dropped and their logs read.
+    pub dir: TempDir,
 }
 
 impl Fleet {

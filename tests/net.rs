@@ -165,6 +165,43 @@ pub fn sum_metric(body: &str, prefix: &str) -> Option<f64> {
     found
 }
 
+/// A TCP connection to `addr` from the loopback address `127.0.0.x`.
+pub async fn connect_from(x: u8, addr: SocketAddr) -> anyhow::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(loopback(x), 0))?;
+    socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("connecting from 127.0.0.{x} to {addr}"))
+}
+
+/// Waits for the peer to end a connection we send nothing on: `Ok(how)` with `EOF` or the
+/// read error, or an error if it stays open for `limit` or sends data.
+pub async fn wait_closed(stream: &mut TcpStream, limit: Duration) -> anyhow::Result<String> {
+    let mut buf = [0u8; 1024];
+    match tokio::time::timeout(limit, stream.read(&mut buf)).await {
+        Err(_) => bail!("still open after {limit:?}"),
+        Ok(Ok(0)) => Ok("EOF".into()),
+        Ok(Ok(n)) => bail!("sent {n} bytes instead of closing: {:?}", &buf[..n]),
+        Ok(Err(error)) => Ok(error.to_string()),
+    }
+}
+
+/// Connects from 127.0.0.`x` to `addr` and sends nothing: `Ok(how)` if the edge ends the
+/// connection within `limit` of the connect, an error if it stays open. The edge resets refused
+/// connections (zero linger), which can be so quick that `connect` itself reports the reset.
+pub async fn refused_at_accept(x: u8, addr: SocketAddr, limit: Duration) -> anyhow::Result<String> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(loopback(x), 0))?;
+    match socket.connect(addr).await {
+        Ok(mut stream) => wait_closed(&mut stream, limit).await,
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+            Ok(format!("reset during connect: {error}"))
+        }
+        Err(error) => Err(error).with_context(|| format!("connecting from 127.0.0.{x} to {addr}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ use kokoa_model::{
     Bounded, Certificate, EdgeLimits, EdgeSpec, HostPattern, HttpRoute, ModelError, Network,
     OriginPeer, Port, SniHostCheck, TcpRoute,
 };
+pub use kokoa_node::config::{ConfigError, DrainSecs};
 use kokoa_node::control::{ControlSettings, FileControl};
 use kokoa_tunnel::settings::{TunnelFile, TunnelSettings};
 use serde::Deserialize;
@@ -45,39 +46,10 @@ pub const DEFAULT_UPSTREAM_KEEPALIVE: u64 = 64;
 /// How long an idle upstream connection is kept (seconds).
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS: u64 = 90;
 
-/// Seconds SIGTERM may wait (0: close at once).
-pub type DrainSecs = Bounded<0, 86_400>;
 /// Largest request head in bytes.
 pub type HeaderBytes = Bounded<8192, 1_048_576>;
 /// Idle upstream connections kept per service.
 pub type Keepalive = Bounded<0, 100_000>;
-
-/// A configuration that could not be loaded. Each message names the file or field to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A field is missing, unknown or has a value the model refuses.
-    #[error("{0}")]
-    Invalid(#[from] ModelError),
-}
-
-impl ConfigError {
-    /// The offending field's path, when the error is about one.
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            Self::Invalid(error) if !error.field.is_empty() => Some(&error.field),
-            _ => None,
-        }
-    }
-}
 
 /// The validated edge configuration: the node's own settings and what it serves.
 #[derive(Clone, Debug)]
@@ -172,11 +144,7 @@ impl EdgeConfig {
     /// (`private_key_file`, certificates, `cert_dir`) are taken relative to the config file's
     /// directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml(&text, path.parent())
+        Self::from_toml(&kokoa_node::config::read_file(path)?, path.parent())
     }
 
     /// Parses and validates TOML text; `base_dir` anchors relative paths.

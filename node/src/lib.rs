@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod docs;
 pub mod drain;

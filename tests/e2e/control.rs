@@ -1,7 +1,7 @@
 //! The control plane end to end: the real `kokoa-control serve`, edges and origins started from
 //! the bundles it hands out, configured only through its REST API and gRPC stream.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
@@ -11,7 +11,7 @@ use kokoa_tests::apps::{fill_pattern, hex, pattern_sha256, HttpApp, TcpEchoApp, 
 use kokoa_tests::client::{request, EdgeClient, Proto};
 use kokoa_tests::control::{id, Fleet, Node};
 use kokoa_tests::eventually;
-use kokoa_tests::net::{free_tcp, free_udp, loopback, metric};
+use kokoa_tests::net::{free_tcp, free_udp, loopback, metric, refused_at_accept};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -162,7 +162,6 @@ fn tcp_route_created_with_the_cli_carries_bytes() {
         fleet.converged(Duration::from_secs(20)).await?;
         let listen = free_tcp(IpAddr::V4(Fleet::EDGE_IP))?;
         let port = listen.port().to_string();
-        let denied_client = loopback(9);
         let added = fleet
             .control
             .cli(&[
@@ -176,7 +175,7 @@ fn tcp_route_created_with_the_cli_carries_bytes() {
                 "--allow",
                 "127.0.0.0/8",
                 "--deny",
-                &format!("{denied_client}/32"),
+                &format!("{}/32", loopback(9)),
             ])
             .await?;
         ensure!(added.contains(&port), "tcp-route add printed {added:?}");
@@ -207,20 +206,9 @@ fn tcp_route_created_with_the_cli_carries_bytes() {
         );
 
         // A client the deny list names is closed without reaching the app.
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::new(denied_client, 0))?;
-        let mut denied = socket.connect(listen).await?;
-        let _ = denied.write_all(b"should not echo").await;
-        let mut answer = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), denied.read_to_end(&mut answer))
+        refused_at_accept(9, listen, Duration::from_secs(10))
             .await
-            .context("a denied connection was not closed within 10 s")?;
-        ensure!(
-            answer.is_empty(),
-            "a denied client got {} bytes back ({read:?})",
-            answer.len()
-        );
-
+            .context("the denied client")?;
         // Removed with the CLI: the edge stops listening.
         fleet.control.cli(&["tcp-route", "rm", &port]).await?;
         eventually("the TCP route is gone", Duration::from_secs(20), || async {

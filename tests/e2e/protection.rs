@@ -7,7 +7,6 @@
 //! timers never fire early, so lower bounds are tight and upper bounds are generous.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,49 +18,11 @@ use kokoa_tests::apps::{fill_pattern, pattern_sha256, HttpApp, ProxyProtocolApp}
 use kokoa_tests::client::{read, request, EdgeClient, Proto};
 use kokoa_tests::config::{EdgeTimeouts, Limits};
 use kokoa_tests::eventually;
-use kokoa_tests::net::{http_get, loopback, metric};
+use kokoa_tests::net::{connect_from, http_get, loopback, metric, refused_at_accept, wait_closed};
 use kokoa_tests::topology::{Builder, Topology};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpSocket, TcpStream};
 
 use crate::run_bounded;
-
-/// A TCP connection to `addr` from the loopback address `127.0.0.x`.
-async fn connect_from(x: u8, addr: SocketAddr) -> anyhow::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(loopback(x), 0))?;
-    socket
-        .connect(addr)
-        .await
-        .with_context(|| format!("connecting from 127.0.0.{x} to {addr}"))
-}
-
-/// Waits for the peer to end a connection we send nothing on: `Ok(how)` with `EOF` or the
-/// read error, or an error if it stays open for `limit` or sends data.
-async fn wait_closed(stream: &mut TcpStream, limit: Duration) -> anyhow::Result<String> {
-    let mut buf = [0u8; 1024];
-    match tokio::time::timeout(limit, stream.read(&mut buf)).await {
-        Err(_) => bail!("still open after {limit:?}"),
-        Ok(Ok(0)) => Ok("EOF".into()),
-        Ok(Ok(n)) => bail!("sent {n} bytes instead of closing: {:?}", &buf[..n]),
-        Ok(Err(error)) => Ok(error.to_string()),
-    }
-}
-
-/// Connects from 127.0.0.`x` to `addr` and sends nothing: `Ok(how)` if the edge ends the
-/// connection within `limit` of the connect, an error if it stays open. The edge resets refused
-/// connections (zero linger), which can be so quick that `connect` itself reports the reset.
-async fn refused_at_accept(x: u8, addr: SocketAddr, limit: Duration) -> anyhow::Result<String> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(loopback(x), 0))?;
-    match socket.connect(addr).await {
-        Ok(mut stream) => wait_closed(&mut stream, limit).await,
-        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
-            Ok(format!("reset during connect: {error}"))
-        }
-        Err(error) => Err(error).with_context(|| format!("connecting from 127.0.0.{x} to {addr}")),
-    }
-}
 
 fn has_app_header(headers: &hyper::HeaderMap) -> bool {
     headers.contains_key("x-app")

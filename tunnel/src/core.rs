@@ -12,6 +12,12 @@
 //! boringtun reads its own monotonic clock inside `Tunn` for WireGuard's timers (rekey,
 //! handshake retry, keepalive); those are second-granular protocol timers, so that is accepted:
 //! everything this module schedules (TCP, timer ticks) runs on the time it is given.
+//!
+//! Why this file is longer than ~1,000 lines: `impl Core` is one state machine whose methods
+//! keep shared invariants together (a socket's deadline entry, its place in the 4-tuple map and
+//! its buffer accounting change in the same call), and reading them side by side is what keeps
+//! those invariants checkable. The parts that stand alone live beside it (`core/ack_seq.rs`,
+//! `core/tests.rs`); the smoltcp device glue and the socket pool are the next candidates to move.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
