@@ -303,6 +303,31 @@ impl Node {
         tunnel: SocketAddr,
         http: Option<SocketAddr>,
     ) -> anyhow::Result<Self> {
+        Self::edge_from_dir_listening(dir, ip, tunnel, http, None).await
+    }
+
+    /// [`Node::edge`] with its HTTPS listener at `https` (e.g. one port on several loopback
+    /// addresses, as control's health checker probes every edge's public address on one port).
+    pub async fn edge_with_https(
+        control: &Control,
+        id: &str,
+        dir: &Path,
+        tunnel: SocketAddr,
+        https: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        control
+            .unpack_bundle(&format!("/edge-nodes/{id}/bundle"), dir)
+            .await?;
+        Self::edge_from_dir_listening(dir, https.ip(), tunnel, None, Some(https)).await
+    }
+
+    async fn edge_from_dir_listening(
+        dir: &Path,
+        ip: IpAddr,
+        tunnel: SocketAddr,
+        http: Option<SocketAddr>,
+        https: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
         let config = dir.join("edge.toml");
         let mut table: toml::Table = std::fs::read_to_string(&config)
             .context("reading the bundle's edge.toml")?
@@ -312,7 +337,11 @@ impl Node {
             Some(http) => http,
             None => free_tcp(ip)?,
         };
-        let (https, admin) = (free_tcp(ip)?, free_tcp(loopback(1))?);
+        let https = match https {
+            Some(https) => https,
+            None => free_tcp(ip)?,
+        };
+        let admin = free_tcp(loopback(1))?;
         let edge = section(&mut table, "edge")?;
         edge.insert("https".into(), https.to_string().into());
         edge.insert("http".into(), http.to_string().into());

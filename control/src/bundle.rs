@@ -380,7 +380,9 @@ mod tests {
 
     fn state() -> NodeState {
         NodeState {
-            status: NodeStatus::Pending,
+            status: NodeStatus::Enrolling,
+            reason: None,
+            since: None,
             last_heartbeat: None,
             heartbeat: None,
             applied_version: None,
@@ -427,6 +429,8 @@ mod tests {
             endpoint: Some("198.51.100.7:51999".into()),
             provider: None,
             region: None,
+            admin_address: None,
+            draining: false,
             public_key: kokoa_tunnel::key::PrivateKey::generate().public_key(),
             managed_key: true,
             limits: None,
@@ -549,6 +553,8 @@ mod tests {
             endpoint: None,
             provider: None,
             region: None,
+            admin_address: None,
+            draining: false,
             public_key: key,
             managed_key: true,
             limits: None,

@@ -7,6 +7,8 @@
 //! - [`bundle`]: per-node install bundles (bootstrap config, CA, enrollment token, systemd unit);
 //! - [`grpc`] and [`pki`]: enrollment and config streaming to nodes over TLS with control's CA;
 //! - [`acme`] and [`dns`]: certificates for route names (ACME HTTP-01, TLS-ALPN-01, DNS-01);
+//! - [`health`]: every node's state (online, degraded, offline, enrolling, draining) and why;
+//! - [`metrics`]: control's own Prometheus metrics (`/metrics`);
 //! - [`serve`]: `kokoa-control serve`, which runs the REST API and the gRPC config stream;
 //! - [`cli`]: the operator commands (`origin add`, `route add`, `status`, ...);
 //! - [`dev`]: `kokoa-control dev`, a whole Kokoa on loopback: control in this process, the real
@@ -22,6 +24,8 @@ pub mod cli;
 pub mod dev;
 pub mod dns;
 pub mod grpc;
+pub mod health;
+pub mod metrics;
 pub mod notify;
 pub mod pki;
 pub mod serve;

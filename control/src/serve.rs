@@ -1,8 +1,10 @@
 //! `kokoa-control serve`: opens the store, loads (or creates) control's CA, and runs the REST
 //! API and the gRPC config stream side by side until SIGTERM or SIGINT.
 //!
-//! With `--acme-directory` it also runs the certificate manager ([`crate::acme`]), which orders
-//! and renews certificates for every route name; DNS-01 goes through the `--dns-*` provider
+//! It also runs the health checker ([`crate::health`]), which judges every node's state, and
+//! serves control's metrics at `/metrics` on the API listener ([`crate::metrics`]). With
+//! `--acme-directory` it runs the certificate manager ([`crate::acme`]), which orders and
+//! renews certificates for every route name; DNS-01 goes through the `--dns-*` provider
 //! ([`crate::dns`]), which also steers route names to the healthy edges. It always runs the
 //! notifier ([`crate::notify`]), which sends the audit trail to the notification targets
 //! configured through the API.
@@ -20,10 +22,13 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::acme::AcmeArgs;
-use crate::api::{self, ApiState, LiveNodes};
+use crate::api::{ApiState, LiveNodes};
 use crate::bundle::BundleSettings;
-use crate::dns::{steer, ConnectedEdges, DnsArgs, Steering};
+use crate::dns::{steer, DnsArgs, Steering};
 use crate::grpc::{GrpcOptions, GrpcServer};
+use crate::health::args::HealthArgs;
+use crate::health::HealthChecker;
+use crate::metrics::MetricSource;
 use crate::notify::{Notifier, NotifyArgs};
 use crate::pki::ControlCa;
 use crate::store::{self, MasterKey};
@@ -63,6 +68,8 @@ pub struct ServeOptions {
     pub public_url: Option<String>,
     /// Automatic certificates (ACME); off without a directory URL.
     pub acme: AcmeArgs,
+    /// How node health is judged (checked by [`check`] and before `run` binds).
+    pub health: HealthArgs,
     /// Notification delivery (retries, queue bound); targets are configured through the API.
     pub notify: NotifyArgs,
     /// The DNS provider (DNS-01, DNS steering); none without `--dns-provider`.
@@ -86,6 +93,7 @@ impl ServeOptions {
             grpc_names: Vec::new(),
             public_url: None,
             acme: AcmeArgs::default(),
+            health: HealthArgs::default(),
             notify: NotifyArgs::default(),
             dns: DnsArgs::default(),
         }
@@ -256,6 +264,7 @@ pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
             ))
         }
     }
+    let health = options.health.settings().map_err(|e| bad("health", &e))?;
     let dns = options.dns.setup().map_err(|e| bad("DNS", &e))?;
     let dns_summary = match &dns {
         Some(dns) => format!(
@@ -285,10 +294,11 @@ pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
     );
     Ok(format!(
         "settings ok: data {} ({engine}), {key}, {ca}; REST API {}, gRPC {} (nodes told \
-         {control_url}); {acme}; {dns_summary}",
+         {control_url}); {acme}; {dns_summary}; edges probed every {} s",
         dir.display(),
         options.api,
         options.grpc,
+        health.check_interval.as_secs(),
     ))
 }
 
@@ -299,6 +309,7 @@ pub async fn run(
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let health_settings = options.health.settings()?;
     create_data_dir(&options.data_dir)?;
     let key = master_key(
         options.master_key_file.as_deref(),
@@ -333,18 +344,29 @@ pub async fn run(
     // From the bound address, so `--grpc 127.0.0.1:0` yields a URL with the real port.
     let control_url = public_url(options.public_url.as_deref(), grpc_addr, &names);
 
-    let grpc_options = GrpcOptions::default();
-    let max_silence = grpc_options.heartbeat_interval * steer::MISSED_HEARTBEATS;
+    let grpc_options = GrpcOptions {
+        heartbeat_interval: health_settings.heartbeat_interval,
+        ..GrpcOptions::default()
+    };
     let grpc = GrpcServer::new(store.clone(), grpc_options);
     let live: Arc<dyn LiveNodes> = Arc::new(grpc.nodes());
-    // DNS steering: route names -> the healthy edges serving them, judged for now by their
-    // control connection and heartbeats ([`ConnectedEdges`]).
+    let health = HealthChecker::new(store.clone(), health_settings, Some(grpc.nodes()));
+    // DNS steering: route names -> the edges serving them that the health checker judges
+    // online or degraded.
     let steering = dns.as_ref().map(|dns| Steering {
         manager: dns.manager(),
         store: store.clone(),
-        health: Arc::new(ConnectedEdges::new(grpc.nodes(), max_silence)),
+        health: health.clone(),
         recheck: steer::DEFAULT_RECHECK,
     });
+    let mut sources: Vec<&dyn MetricSource> = vec![health.metrics()];
+    if let Some(manager) = &certificates {
+        sources.push(manager.metrics());
+    }
+    if let Some(steering) = &steering {
+        sources.push(steering.manager.metrics());
+    }
+    let registry = Arc::new(crate::metrics::registry(&sources));
     if let Some(manager) = &certificates {
         manager.watch_connected_nodes(live.clone());
     }
@@ -363,8 +385,17 @@ pub async fn run(
         // Err means the sender is gone, which also means stop.
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let api_task = tokio::spawn(api::serve(api_listener, state, stopped(stop_rx.clone())));
+    let app = crate::api::router(state).merge(crate::metrics::router(registry));
+    let api_task = tokio::spawn({
+        let stop = stopped(stop_rx.clone());
+        async move {
+            axum::serve(api_listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    });
     let grpc_task = tokio::spawn(grpc.serve(grpc_listener, tls, stopped(stop_rx.clone())));
+    let health_task = tokio::spawn(health.run(stopped(stop_rx.clone())));
     // The certificate manager is not a server: it ends only on shutdown, so it is awaited then.
     let acme_task = certificates.map(|manager| tokio::spawn(manager.run(stopped(stop_rx.clone()))));
     let notify_task = tokio::spawn(notifier.run(stopped(stop_rx.clone())));
@@ -394,6 +425,7 @@ pub async fn run(
     tracing::info!("shutting down");
     let api_result = api_task.await.context("REST API task panicked")?;
     let grpc_result = grpc_task.await.context("gRPC task panicked")?;
+    health_task.await.context("health checker task panicked")?;
     if let Some(task) = acme_task {
         task.await.context("certificate manager task panicked")?;
     }

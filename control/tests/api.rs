@@ -867,6 +867,128 @@ async fn status_lists_every_node() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn node_detail_names_peers_and_shows_figures_and_checks() -> Result<()> {
+    let h = Harness::start().await?;
+    let home = h.origin("home").await?;
+    let web = h.service("home", "web", 8001).await?;
+    let edge: EdgeView = h
+        .api
+        .post(
+            "/edge-nodes",
+            &json!({"name": "vps1", "origins": ["home"], "public_ip": "127.0.0.9",
+                    "admin_address": "127.0.0.1:9090"}),
+        )
+        .await?;
+    assert_eq!(edge.edge.admin_address.as_deref(), Some("127.0.0.1:9090"));
+    let heartbeat = kokoa_control::health::Heartbeat {
+        applied_version: 3,
+        requests_per_second: 7.5,
+        memory_bytes: 1 << 20,
+        peers: vec![kokoa_control::health::heartbeat::PeerHeartbeat {
+            public_key: home.origin.public_key.to_base64(),
+            up: true,
+            last_handshake_age_ms: Some(4000),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    h.store
+        .record_heartbeat(NodeId::Edge(edge.edge.id), heartbeat.to_value())
+        .await?;
+    h.store
+        .set_node_state(
+            &Actor::System,
+            NodeId::Edge(edge.edge.id),
+            store::NodeStatus::Online,
+            "heartbeat 1 s ago",
+        )
+        .await?;
+    let now = time::OffsetDateTime::now_utc();
+    h.store
+        .record_health_checks(vec![
+            store::NewHealthCheck {
+                kind: store::CheckKind::Public,
+                target: "https://127.0.0.9:443/healthz".into(),
+                edge_id: Some(edge.edge.id),
+                origin_id: None,
+                service_id: None,
+                success: true,
+                response_time_ms: Some(3),
+                error: None,
+                checked_at: now,
+            },
+            store::NewHealthCheck {
+                kind: store::CheckKind::Service,
+                target: "tcp 127.0.0.1:8001".into(),
+                edge_id: None,
+                origin_id: Some(home.origin.id),
+                service_id: Some(web.service.id),
+                success: false,
+                response_time_ms: None,
+                error: Some("connection refused".into()),
+                checked_at: now,
+            },
+        ])
+        .await?;
+    let detail: api::NodeDetail = h.api.get("/edge-nodes/vps1/status").await?;
+    assert_eq!(detail.status.status, store::NodeStatus::Online);
+    assert_eq!(detail.status.reason.as_deref(), Some("heartbeat 1 s ago"));
+    assert!(detail.status.since.is_some());
+    assert_eq!(detail.public_ip, Some("127.0.0.9".parse()?));
+    assert_eq!(detail.peers.len(), 1);
+    assert_eq!(detail.peers[0].name.as_deref(), Some("home"));
+    assert_eq!(detail.peers[0].peer.last_handshake_age_ms, Some(4000));
+    assert_eq!(
+        detail.heartbeat.as_ref().map(|h| h.requests_per_second),
+        Some(7.5)
+    );
+    assert_eq!(detail.checks.len(), 1, "only the edge's own checks");
+    assert_eq!(detail.checks[0].kind, Some(store::CheckKind::Public));
+    let origin: api::NodeDetail = h.api.get("/origins/home/status").await?;
+    assert_eq!(origin.status.status, store::NodeStatus::Enrolling);
+    assert_eq!(origin.checks.len(), 1);
+    assert_eq!(origin.checks[0].service_id, Some(web.service.id));
+    // The history endpoints serve what was recorded.
+    let history: Vec<Value> = h.api.get("/edge-nodes/vps1/health-history").await?;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["target"], "https://127.0.0.9:443/healthz");
+    let failed: Vec<Value> = h
+        .api
+        .get("/health-checks?success=false&kind=service")
+        .await?;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["error"], "connection refused");
+    expect_error(
+        h.api.get::<Value>("/health-checks?kind=bogus").await,
+        StatusCode::BAD_REQUEST,
+        None,
+    )?;
+    // An operator's drain and an admin address are edge fields (PATCH).
+    let drained: EdgeView = h
+        .api
+        .json(
+            Method::PATCH,
+            "/edge-nodes/vps1",
+            &json!({"draining": true, "admin_address": null}),
+        )
+        .await?;
+    assert!(drained.edge.draining);
+    assert_eq!(drained.edge.admin_address, None);
+    expect_error(
+        h.api
+            .json::<_, Value>(
+                Method::PATCH,
+                "/edge-nodes/vps1",
+                &json!({"admin_address": "not an address"}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("admin_address"),
+    )?;
+    Ok(())
+}
+
 /// A gRPC registry stand-in: the nodes in the mutex are "connected".
 struct FakeLive(std::sync::Mutex<Vec<LiveNode>>);
 

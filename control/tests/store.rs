@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use kokoa_control::store::{
-    self, Actor, AssignmentFilter, CertificateMaterial, CertificateSource, CryptoError, Endpoint,
-    Entity, EventQuery, HealthPath, HealthQuery, HostPattern, MasterKey, Nack, NackObject, Name,
-    NewCertificate, NewEdge, NewHealthCheck, NewOrigin, NewRoute, NewService, NewTcpRoute, NodeId,
-    NodeStatus, OriginUpdate, Port, Protocol, RouteUpdate, ServiceUpdate, SqlStore, Store,
-    StoreError,
+    self, Actor, AssignmentFilter, CertificateMaterial, CertificateSource, CheckKind, CryptoError,
+    Endpoint, Entity, EventQuery, HealthPath, HealthQuery, HostPattern, MasterKey, Nack,
+    NackObject, Name, NewCertificate, NewEdge, NewHealthCheck, NewOrigin, NewRoute, NewService,
+    NewTcpRoute, NodeId, NodeStatus, OriginUpdate, Port, Protocol, RouteUpdate, ServiceUpdate,
+    SqlStore, Store, StoreError,
 };
 use kokoa_model::key::PrivateKey;
 use sqlx::{ConnectOptions, Connection, Row};
@@ -146,6 +146,7 @@ both_engines!(
     config_version_increases_on_each_relevant_change,
     node_status_ack_nack_and_heartbeat,
     health_check_history,
+    edges_drain_and_name_their_admin_listener,
     updates_validate_and_record_changes,
     notification_targets_seal_url_and_secret,
     notifications_fan_out_in_order_with_bounded_queue,
@@ -230,8 +231,8 @@ async fn migrations_are_idempotent_on_reopen(db: &Db) -> Result<()> {
         .fetch_one(db.sql.pool())
         .await?
         .try_get::<i64, _>("n")?;
-    // 0001_initial, 0002_acme, 0003_notifications and 0004_parity.
-    assert_eq!(applied, 4);
+    // 0001_initial, 0002_acme, 0003_notifications, 0004_parity and 0005_health.
+    assert_eq!(applied, 5);
     if db.store.engine() == store::Engine::Sqlite {
         let mode: String = sqlx::query("PRAGMA journal_mode")
             .fetch_one(db.sql.pool())
@@ -1206,8 +1207,13 @@ async fn every_change_writes_an_event_with_its_actor(db: &Db) -> Result<()> {
     ));
     s.delete_route(&cli(), r.id).await?;
     s.create_api_token(&cli(), "t", None).await?;
-    s.set_node_status(&Actor::System, NodeId::Edge(e1.id), NodeStatus::Healthy)
-        .await?;
+    s.set_node_state(
+        &Actor::System,
+        NodeId::Edge(e1.id),
+        NodeStatus::Online,
+        "heartbeat 1 s ago",
+    )
+    .await?;
 
     let events = s
         .list_events(EventQuery {
@@ -1228,13 +1234,19 @@ async fn every_change_writes_an_event_with_its_actor(db: &Db) -> Result<()> {
         ("api:deploy-bot", Entity::Route, "updated"),
         ("cli", Entity::Route, "deleted"),
         ("cli", Entity::ApiToken, "created"),
-        ("system", Entity::Edge, "status_changed"),
+        // A state change is an event named after the new state (kind `edge.online`).
+        ("system", Entity::Edge, "online"),
     ];
     let expected: Vec<(String, Entity, String)> = expected
         .iter()
         .map(|(a, e, x)| (a.to_string(), *e, x.to_string()))
         .collect();
     assert_eq!(seen, expected);
+    let online = events.last().context("the state event")?;
+    assert_eq!(
+        online.detail,
+        serde_json::json!({"name": "e1", "from": "enrolling", "to": "online", "reason": "heartbeat 1 s ago"})
+    );
     assert_eq!(events[0].entity_id, home.id.to_string());
     assert_eq!(
         events[5].detail["aliases"]["to"],
@@ -1267,6 +1279,39 @@ async fn every_change_writes_an_event_with_its_actor(db: &Db) -> Result<()> {
         })
         .await?;
     assert_eq!(feed.len(), 2);
+    let last_id = s
+        .list_events(EventQuery::default())
+        .await?
+        .last()
+        .context("events")?
+        .id;
+    // What control observes outside a store change (DNS steering) is appended the same way.
+    let recorded = s
+        .record_event(
+            &Actor::System,
+            Entity::Dns,
+            "app.example.com",
+            "fail_open",
+            serde_json::json!({"name": "app.example.com", "kept": ["192.0.2.1"]}),
+        )
+        .await?;
+    assert!(recorded.id > last_id);
+    let dns = s
+        .list_events(EventQuery {
+            entity: Some(Entity::Dns),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(dns, std::slice::from_ref(&recorded));
+    assert_eq!(
+        (
+            recorded.actor.as_str(),
+            recorded.entity_id.as_str(),
+            recorded.action.as_str()
+        ),
+        ("system", "app.example.com", "fail_open")
+    );
+    assert_eq!(recorded.config_version, None);
     Ok(())
 }
 
@@ -1338,8 +1383,13 @@ async fn config_version_increases_on_each_relevant_change(db: &Db) -> Result<()>
         .await?;
     s.record_heartbeat(NodeId::Edge(e1.id), serde_json::json!({"cpu": 1}))
         .await?;
-    s.set_node_status(&Actor::System, NodeId::Edge(e1.id), NodeStatus::Unhealthy)
-        .await?;
+    s.set_node_state(
+        &Actor::System,
+        NodeId::Edge(e1.id),
+        NodeStatus::Offline,
+        "no heartbeat for 31 s",
+    )
+    .await?;
     // A no-op update is not a change.
     s.update_origin(
         &cli(),
@@ -1379,7 +1429,11 @@ async fn node_status_ack_nack_and_heartbeat(db: &Db) -> Result<()> {
     let s = &db.store;
     let home = s.create_origin(&cli(), origin("home")).await?;
     let node = NodeId::Origin(home.id);
-    assert_eq!(home.state.status, NodeStatus::Pending);
+    assert_eq!(home.state.status, NodeStatus::Enrolling);
+    assert_eq!(
+        (home.state.reason.as_deref(), home.state.since),
+        (None, None)
+    );
     s.record_heartbeat(node, serde_json::json!({"active_connections": 3}))
         .await?;
     let nack = Nack {
@@ -1410,13 +1464,31 @@ async fn node_status_ack_nack_and_heartbeat(db: &Db) -> Result<()> {
     let o = s.get_origin(home.id).await?;
     assert_eq!((o.state.applied_version, o.state.nack), (Some(6), None));
     assert!(
-        s.set_node_status(&Actor::System, node, NodeStatus::Healthy)
-            .await?
+        s.set_node_state(
+            &Actor::System,
+            node,
+            NodeStatus::Online,
+            "heartbeat 1 s ago"
+        )
+        .await?
     );
+    let online = s.get_origin(home.id).await?.state;
+    assert_eq!(online.status, NodeStatus::Online);
+    assert_eq!(online.reason.as_deref(), Some("heartbeat 1 s ago"));
+    let since = online.since.expect("since is set on a change");
+    // A new reason for the same state is stored without an event and keeps `since`.
     assert!(
-        !s.set_node_status(&Actor::System, node, NodeStatus::Healthy)
-            .await?
+        !s.set_node_state(
+            &Actor::System,
+            node,
+            NodeStatus::Online,
+            "heartbeat 2 s ago"
+        )
+        .await?
     );
+    let again = s.get_origin(home.id).await?.state;
+    assert_eq!(again.reason.as_deref(), Some("heartbeat 2 s ago"));
+    assert_eq!(again.since, Some(since));
     let events = s
         .list_events(EventQuery {
             entity: Some(Entity::Origin),
@@ -1432,7 +1504,7 @@ async fn node_status_ack_nack_and_heartbeat(db: &Db) -> Result<()> {
         [
             ("cli", "created"),
             ("node:home", "config_rejected"),
-            ("system", "status_changed")
+            ("system", "online")
         ]
     );
     assert!(matches!(
@@ -1449,17 +1521,43 @@ async fn node_status_ack_nack_and_heartbeat(db: &Db) -> Result<()> {
 async fn health_check_history(db: &Db) -> Result<()> {
     let s = &db.store;
     let e1 = s.create_edge(&cli(), edge("e1")).await?;
-    for i in 0..3u32 {
-        s.record_health_check(NewHealthCheck {
-            edge_id: Some(e1.id),
-            success: i != 1,
-            response_time_ms: Some(10 + i),
-            error: (i == 1).then(|| "timeout".into()),
-            ..Default::default()
-        })
+    let home = s.create_origin(&cli(), origin("home")).await?;
+    let web = s
+        .create_service(&cli(), home.id, service("web", 8001))
         .await?;
-        tokio::time::sleep(Duration::from_millis(3)).await;
-    }
+    let start = time::OffsetDateTime::now_utc() - time::Duration::minutes(10);
+    let at = |minutes: i64| start + time::Duration::minutes(minutes);
+    let public = |i: u32| NewHealthCheck {
+        kind: CheckKind::Public,
+        target: "https://192.0.2.10:443/healthz".into(),
+        edge_id: Some(e1.id),
+        origin_id: None,
+        service_id: None,
+        success: i != 1,
+        response_time_ms: Some(10 + i),
+        error: (i == 1).then(|| "timeout".into()),
+        checked_at: at(i64::from(i)),
+    };
+    // One round in one call: rows keep their own times.
+    let written = s
+        .record_health_checks(vec![
+            public(0),
+            public(1),
+            public(2),
+            NewHealthCheck {
+                kind: CheckKind::Service,
+                target: "GET http://127.0.0.1:8001/healthz".into(),
+                edge_id: None,
+                origin_id: Some(home.id),
+                service_id: Some(web.id),
+                success: false,
+                response_time_ms: None,
+                error: Some("connection refused".into()),
+                checked_at: at(3),
+            },
+        ])
+        .await?;
+    assert_eq!(written, 4);
     let history = s
         .health_checks(HealthQuery {
             edge_id: Some(e1.id),
@@ -1476,14 +1574,109 @@ async fn health_check_history(db: &Db) -> Result<()> {
     );
     assert_eq!(history[1].error.as_deref(), Some("timeout"));
     assert!(!history[1].success);
+    assert_eq!(history[0].kind, Some(CheckKind::Public));
     assert_eq!(
-        invalid_field(s.record_health_check(NewHealthCheck::default()).await),
+        history[0].target.as_deref(),
+        Some("https://192.0.2.10:443/healthz")
+    );
+    // Filters: by origin, kind, result.
+    let services = s
+        .health_checks(HealthQuery {
+            origin_id: Some(home.id),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].service_id, Some(web.id));
+    let failures = s
+        .health_checks(HealthQuery {
+            kind: Some(CheckKind::Public),
+            success: Some(false),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(failures.len(), 1);
+    assert_eq!(
+        invalid_field(
+            s.record_health_checks(vec![NewHealthCheck {
+                edge_id: None,
+                ..public(0)
+            }])
+            .await
+        ),
         Some("edge_id")
     );
-    let pruned = s
-        .prune_health_checks(time::OffsetDateTime::now_utc() + time::Duration::seconds(1))
+    // Retention: rows older than the cut go, newer stay.
+    let pruned = s.prune_health_checks(at(2)).await?;
+    assert_eq!(pruned, 2);
+    let left = s.health_checks(HealthQuery::default()).await?;
+    assert_eq!(left.len(), 2);
+    // Deleting the service and the edge deletes their history.
+    s.delete_service(&cli(), web.id).await?;
+    s.delete_edge(&cli(), e1.id).await?;
+    assert!(s.health_checks(HealthQuery::default()).await?.is_empty());
+    Ok(())
+}
+
+async fn edges_drain_and_name_their_admin_listener(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let e1 = s
+        .create_edge(
+            &cli(),
+            NewEdge {
+                admin_address: Some("127.0.0.1:9090".parse()?),
+                ..edge("e1")
+            },
+        )
         .await?;
-    assert_eq!(pruned, 3);
+    assert_eq!(e1.admin_address.as_deref(), Some("127.0.0.1:9090"));
+    assert!(!e1.draining);
+    let version = s.config_version().await?;
+    let drained = s
+        .update_edge(
+            &Actor::Api("deploy-bot".into()),
+            e1.id,
+            store::EdgeUpdate {
+                draining: Some(true),
+                admin_address: Some(None),
+                public_ip: Some(Some("192.0.2.99".parse()?)),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(drained.draining);
+    assert_eq!(drained.admin_address, None);
+    assert_eq!(s.get_edge(e1.id).await?, drained);
+    // Nothing a node runs changed: no new config version.
+    assert_eq!(s.config_version().await?, version);
+    let events = s
+        .list_events(EventQuery {
+            entity: Some(Entity::Edge),
+            entity_id: Some(e1.id.to_string()),
+            ..Default::default()
+        })
+        .await?;
+    let updated = events
+        .iter()
+        .find(|e| e.action == "updated")
+        .context("updated")?;
+    assert_eq!(updated.actor, "api:deploy-bot");
+    assert_eq!(
+        updated.detail["draining"],
+        serde_json::json!({"from": false, "to": true})
+    );
+    assert_eq!(updated.config_version, None);
+    // A rename reaches the edge's snapshot: a new version.
+    s.update_edge(
+        &cli(),
+        e1.id,
+        store::EdgeUpdate {
+            name: Some(n("e1b")),
+            ..Default::default()
+        },
+    )
+    .await?;
+    assert_eq!(s.config_version().await?, version + 1);
     Ok(())
 }
 

@@ -15,6 +15,7 @@ mod polish;
 mod protection;
 mod restart;
 mod shutdown;
+mod steering;
 mod tcp;
 mod timeouts;
 mod tunnel;

@@ -330,7 +330,7 @@ pub(super) async fn lagging_edges(
         .filter(|edge| {
             let live = connected.get(&edge.id);
             let reachable = live.is_some()
-                || (edge.state.status != NodeStatus::Unhealthy
+                || (edge.state.status != NodeStatus::Offline
                     && edge
                         .state
                         .last_heartbeat

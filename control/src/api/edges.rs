@@ -91,6 +91,9 @@ pub struct EdgeCreate {
     /// Provider region.
     #[serde(default)]
     pub region: Option<String>,
+    /// The admin listener (`host:port`) control probes `/healthz` on, when it can reach it.
+    #[serde(default)]
+    pub admin_address: Option<Endpoint>,
     /// The operator's own public key; absent: control generates a key pair.
     #[serde(default)]
     pub public_key: Option<PublicKey>,
@@ -143,6 +146,7 @@ pub(super) async fn create(
         endpoint: body.endpoint,
         provider: body.provider,
         region: body.region,
+        admin_address: body.admin_address,
         public_key: body.public_key,
         origins,
         limits: body.limits,

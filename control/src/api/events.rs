@@ -40,8 +40,8 @@ pub(super) async fn edge_health_history(
             .store
             .health_checks(HealthQuery {
                 edge_id: Some(edge.id),
-                service_id: None,
                 limit: limit.limit,
+                ..HealthQuery::default()
             })
             .await?,
     ))

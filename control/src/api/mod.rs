@@ -41,7 +41,7 @@ pub use notifications::DeliveryFilter;
 pub use origins::{OriginView, RotateKey};
 pub use routes::{RouteCreate, RoutePatch, RouteView};
 pub use services::ServiceView;
-pub use status::{NodeStatusView, StatusSummary};
+pub use status::{NodeDetail, NodeStatusView, PeerView, StatusSummary};
 pub use tcp_routes::{TcpRouteCreate, TcpRoutePatch, TcpRouteView};
 pub use tokens::{ApiTokenRequest, TokenRequest};
 
@@ -122,6 +122,7 @@ pub fn router(state: ApiState) -> Router {
                 .delete(origins::delete),
         )
         .route("/origins/{origin}/rotate-key", post(origins::rotate_key))
+        .route("/origins/{origin}/status", get(status::origin_detail))
         .route("/origins/{origin}/edge-nodes", get(origins::edges))
         .route(
             "/origins/{origin}/services",
@@ -151,6 +152,7 @@ pub fn router(state: ApiState) -> Router {
             get(edges::get).patch(edges::update).delete(edges::delete),
         )
         .route("/edge-nodes/{edge}/rotate-key", post(edges::rotate_key))
+        .route("/edge-nodes/{edge}/status", get(status::edge_detail))
         .route("/edge-nodes/{edge}/origins", get(edges::assignments))
         .route(
             "/edge-nodes/{edge}/origins/{origin}",

@@ -70,6 +70,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("get", "/edge-nodes/{edge}/origins", "edge-nodes", "Origins the edge serves, with its address toward each", None, (200, "[EdgeOrigin]")),
     ep("put", "/edge-nodes/{edge}/origins/{origin}", "edge-nodes", "Make the edge serve an origin (allocates its address)", None, (201, "EdgeOrigin")),
     ep("delete", "/edge-nodes/{edge}/origins/{origin}", "edge-nodes", "Stop the edge serving an origin", None, (204, "")),
+    ep("get", "/edge-nodes/{edge}/status", "status", "The edge's state and why, its last heartbeat's figures, its tunnel peers and latest checks", None, (200, "NodeDetail")),
+    ep("get", "/origins/{origin}/status", "status", "The origin's state and why, its last heartbeat's figures, its tunnel peers, services and latest checks", None, (200, "NodeDetail")),
     ep("get", "/edge-nodes/{edge}/health-history", "health", "The edge's health-check results, newest first (?limit=)", None, (200, "[HealthCheck]")),
     ep("get", "/edge-nodes/{edge}/tokens", "tokens", "The edge's node tokens (metadata)", None, (200, "[NodeToken]")),
     ep("post", "/edge-nodes/{edge}/tokens", "tokens", "Create a one-time enrollment token for the edge", Some("TokenRequest"), (201, "IssuedNodeToken")),
@@ -101,8 +103,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("get", "/notification-targets/{target}/deliveries", "notifications", "A target's deliveries, newest first (?status=, ?limit=)", None, (200, "[Delivery]")),
     ep("get", "/notification-deliveries", "notifications", "Deliveries, newest first (?target=, ?status=, ?limit=)", None, (200, "[Delivery]")),
     ep("get", "/events", "events", "Audit trail (?after=, ?entity=, ?entity_id=, ?limit=)", None, (200, "[Event]")),
-    ep("get", "/health-checks", "health", "Health-check results (?edge_id=, ?service_id=, ?limit=)", None, (200, "[HealthCheck]")),
-    ep("get", "/nodes", "status", "Every node: applied version, last heartbeat, last NACK and the object it names", None, (200, "[NodeStatus]")),
+    ep("get", "/health-checks", "health", "Health-check results, newest first (?edge_id=, ?origin_id=, ?service_id=, ?kind=public|admin|service, ?success=, ?limit=)", None, (200, "[HealthCheck]")),
+    ep("get", "/nodes", "status", "Every node: state and reason, applied version, last heartbeat, last NACK and the object it names", None, (200, "[NodeStatus]")),
     ep("get", "/status", "status", "Config version and every node's status", None, (200, "StatusSummary")),
 ];
 
@@ -262,7 +264,8 @@ fn schemas() -> Value {
     let node_state = object(
         &["status"],
         json!({
-            "status": {"type": "string", "enum": ["pending", "healthy", "unhealthy"]},
+            "status": {"type": "string", "enum": ["enrolling", "online", "degraded", "offline", "draining"]},
+            "reason": nullable("string"), "since": nullable("string"),
             "last_heartbeat": nullable("string"),
             "heartbeat": {"type": ["object", "null"]},
             "applied_version": nullable("integer"),
@@ -308,6 +311,7 @@ fn schemas() -> Value {
         "Edge": object(&["id", "name", "public_key", "managed_key", "state", "origins"], json!({
             "id": uuid(), "name": string(), "public_ip": nullable("string"), "endpoint": nullable("string"),
             "provider": nullable("string"), "region": nullable("string"), "public_key": string(),
+            "admin_address": nullable("string"), "draining": {"type": "boolean"},
             "managed_key": {"type": "boolean"}, "state": {"$ref": "#/components/schemas/NodeState"},
             "limits": edge_limits(), "tunnel": tunnel(),
             "listeners": {"type": "array", "description": "the edge's own TCP listeners, as it reported them when it connected",
@@ -318,12 +322,15 @@ fn schemas() -> Value {
         "EdgeCreate": object(&["name"], json!({
             "name": name(), "public_ip": string(), "endpoint": {"type": "string", "description": "WireGuard host:port origins dial"},
             "provider": string(), "region": string(), "public_key": string(),
+            "admin_address": {"type": "string", "description": "host:port of the admin listener control probes /healthz on"},
             "origins": {"type": "array", "items": string(), "description": "origin ids or names"},
             "limits": edge_limits(), "tunnel": tunnel(),
         })),
         "EdgeUpdate": object(&[], json!({
             "name": name(), "public_ip": nullable("string"), "endpoint": nullable("string"),
             "provider": nullable("string"), "region": nullable("string"),
+            "admin_address": nullable("string"),
+            "draining": {"type": "boolean", "description": "true: withdrawn from DNS (state draining) while it keeps running"},
             "limits": edge_limits(), "tunnel": tunnel(),
         })),
         "Route": object(&["id", "hostname", "aliases", "service_id", "origin_id", "origin", "service", "port", "limits"], json!({
@@ -412,15 +419,30 @@ fn schemas() -> Value {
             "next_attempt_at": nullable("string"), "created_at": time(), "updated_at": time(),
         })),
         "HealthCheck": object(&["id", "success", "checked_at"], json!({
-            "id": uuid(), "edge_id": nullable("string"), "service_id": nullable("string"), "success": {"type": "boolean"},
+            "id": uuid(), "kind": {"type": ["string", "null"], "enum": ["public", "admin", "service", null]},
+            "target": nullable("string"), "edge_id": nullable("string"), "origin_id": nullable("string"),
+            "service_id": nullable("string"), "success": {"type": "boolean"},
             "response_time_ms": nullable("integer"), "error": nullable("string"), "checked_at": time(),
         })),
         "NodeStatus": object(&["kind", "id", "name", "status", "in_sync"], json!({
             "kind": {"type": "string", "enum": ["edge", "origin"]}, "id": uuid(), "name": string(),
-            "status": {"type": "string", "enum": ["pending", "healthy", "unhealthy"]},
+            "status": {"type": "string", "enum": ["enrolling", "online", "degraded", "offline", "draining"]},
+            "reason": nullable("string"), "since": nullable("string"),
             "connected": nullable("boolean"), "applied_version": nullable("integer"), "in_sync": {"type": "boolean"},
             "last_heartbeat": nullable("string"),
             "nack": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Nack"}]},
+        })),
+        "NodeDetail": object(&["kind", "id", "name", "status", "in_sync", "config_version", "peers", "checks"], json!({
+            "kind": {"type": "string", "enum": ["edge", "origin"]}, "id": uuid(), "name": string(),
+            "status": {"type": "string", "enum": ["enrolling", "online", "degraded", "offline", "draining"]},
+            "reason": nullable("string"), "since": nullable("string"),
+            "connected": nullable("boolean"), "applied_version": nullable("integer"), "in_sync": {"type": "boolean"},
+            "last_heartbeat": nullable("string"),
+            "nack": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Nack"}]},
+            "config_version": {"type": "integer"}, "public_ip": nullable("string"), "draining": {"type": "boolean"},
+            "heartbeat": {"type": ["object", "null"], "description": "rates, CPU, memory, uptime, peers, an origin's services, draining"},
+            "peers": {"type": "array", "items": {"type": "object"}},
+            "checks": {"type": "array", "items": {"$ref": "#/components/schemas/HealthCheck"}},
         })),
         "StatusSummary": object(&["config_version", "nodes"], json!({
             "config_version": {"type": "integer"},

@@ -141,13 +141,13 @@ impl Api {
     pub(super) async fn edge_set(
         &self,
         name: &str,
+        mut body: Map<String, Value>,
         settings: &EdgeSettingsArgs,
         clear_limits: bool,
         clear_tunnel: bool,
     ) -> anyhow::Result<()> {
         let path = format!("/edge-nodes/{}", segment(name));
         let current: Value = self.client.get(&path).await?;
-        let mut body = Map::new();
         if clear_limits {
             body.insert("limits".into(), Value::Null);
         } else if let Some(limits) = settings.apply_limits(object(&current["limits"])) {
@@ -159,7 +159,7 @@ impl Api {
             body.insert("tunnel".into(), Value::Object(tunnel));
         }
         if body.is_empty() {
-            anyhow::bail!("nothing to change: give --limit KEY=VALUE, --mtu, --tcp-buffer, --clear-limits or --clear-tunnel");
+            anyhow::bail!("nothing to change: give --public-ip, --admin-address, --limit KEY=VALUE, --mtu, --tcp-buffer, --clear-limits or --clear-tunnel");
         }
         let edge: EdgeView = self.client.json(Method::PATCH, &path, &body).await?;
         self.print(&edge, |e| edge_table(std::slice::from_ref(e)))

@@ -6,6 +6,7 @@
 pub mod client;
 mod limits;
 mod notify;
+mod show;
 pub mod table;
 mod tcp_route;
 
@@ -21,9 +22,12 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::acme::AcmeArgs;
-use crate::api::{EdgeView, NodeStatusView, OriginView, RouteView, ServiceView, StatusSummary};
+use crate::api::{
+    EdgeView, NodeDetail, NodeStatusView, OriginView, RouteView, ServiceView, StatusSummary,
+};
 use crate::dev::{self, DevOptions};
 use crate::dns::DnsArgs;
+use crate::health::args::HealthArgs;
 use crate::serve::{self, ServeOptions};
 use crate::store::{self, Actor, ApiToken, IssuedNodeToken, MasterKey};
 use client::{segment, ApiClient, DEFAULT_API_URL};
@@ -243,6 +247,9 @@ pub struct ServeArgs {
     /// Automatic certificates.
     #[command(flatten)]
     pub acme: AcmeArgs,
+    /// Node health.
+    #[command(flatten)]
+    pub health: HealthArgs,
     /// Notification delivery.
     #[command(flatten)]
     pub notify: crate::notify::NotifyArgs,
@@ -354,6 +361,12 @@ pub enum OriginCommand {
         /// Name or id.
         name: String,
     },
+    /// An origin's state and why, its last heartbeat (rates, CPU, memory, tunnel peers,
+    /// services) and its latest service checks.
+    Show {
+        /// Name or id.
+        name: String,
+    },
 }
 
 /// What a service speaks.
@@ -414,9 +427,12 @@ pub enum EdgeCommand {
         /// Origin it serves (repeatable).
         #[arg(long = "origin")]
         origins: Vec<String>,
-        /// Public IP address DNS should point at.
+        /// Public IP address DNS should point at (and control probes).
         #[arg(long)]
         public_ip: Option<String>,
+        /// The edge's admin listener (HOST:PORT) control probes /healthz on.
+        #[arg(long)]
+        admin_address: Option<String>,
         /// Use this WireGuard public key (you keep the private key) instead of a generated pair.
         #[arg(long)]
         public_key: Option<String>,
@@ -424,11 +440,17 @@ pub enum EdgeCommand {
         #[command(flatten)]
         settings: EdgeSettingsArgs,
     },
-    /// Change an edge's `[limits]` defaults and tunnel settings (flags not given stay as they
-    /// are).
+    /// Change an edge's public address, admin listener, `[limits]` defaults and tunnel
+    /// settings (flags not given stay as they are).
     Set {
         /// Name or id.
         name: String,
+        /// Public IP address DNS should point at (`none` clears it).
+        #[arg(long)]
+        public_ip: Option<String>,
+        /// Admin listener (HOST:PORT) control probes /healthz on (`none` clears it).
+        #[arg(long)]
+        admin_address: Option<String>,
         /// What to set.
         #[command(flatten)]
         settings: EdgeSettingsArgs,
@@ -441,6 +463,22 @@ pub enum EdgeCommand {
     },
     /// List edges.
     List,
+    /// An edge's state and why, its last heartbeat (rates, CPU, memory, tunnel peers with
+    /// their last handshake, applied version, last NACK) and its latest probes.
+    Show {
+        /// Name or id.
+        name: String,
+    },
+    /// Drain an edge: it leaves DNS (state draining) and keeps running until undrained.
+    Drain {
+        /// Name or id.
+        name: String,
+    },
+    /// Undrain an edge: it returns to DNS once its checks pass.
+    Undrain {
+        /// Name or id.
+        name: String,
+    },
     /// Delete an edge.
     Rm {
         /// Name or id.
@@ -629,6 +667,7 @@ impl From<ServeArgs> for ServeOptions {
             grpc_names: args.grpc_names,
             public_url: args.public_url,
             acme: args.acme,
+            health: args.health,
             notify: args.notify,
             dns: args.dns,
         }
@@ -843,6 +882,13 @@ impl Api {
                     .await?;
                 self.print(&origin, |o| origin_table(std::slice::from_ref(o)))
             }
+            OriginCommand::Show { name } => {
+                let detail: NodeDetail = self
+                    .client
+                    .get(&format!("/origins/{}/status", segment(&name)))
+                    .await?;
+                self.print(&detail, show::render)
+            }
         }
     }
 
@@ -899,12 +945,14 @@ impl Api {
                 endpoint,
                 origins,
                 public_ip,
+                admin_address,
                 public_key,
                 settings,
             } => {
                 let body = json!({
                     "name": name, "endpoint": endpoint, "origins": origins,
-                    "public_ip": public_ip, "public_key": public_key,
+                    "public_ip": public_ip, "admin_address": admin_address,
+                    "public_key": public_key,
                     "limits": settings.apply_limits(None), "tunnel": settings.apply_tunnel(None),
                 });
                 let edge: EdgeView = self.client.post("/edge-nodes", &body).await?;
@@ -912,17 +960,42 @@ impl Api {
             }
             EdgeCommand::Set {
                 name,
+                public_ip,
+                admin_address,
                 settings,
                 clear_limits,
                 clear_tunnel,
             } => {
-                self.edge_set(&name, &settings, clear_limits, clear_tunnel)
+                let mut addresses = serde_json::Map::new();
+                let clearable = |value: String| {
+                    if value == "none" {
+                        Value::Null
+                    } else {
+                        Value::String(value)
+                    }
+                };
+                if let Some(ip) = public_ip {
+                    addresses.insert("public_ip".into(), clearable(ip));
+                }
+                if let Some(admin) = admin_address {
+                    addresses.insert("admin_address".into(), clearable(admin));
+                }
+                self.edge_set(&name, addresses, &settings, clear_limits, clear_tunnel)
                     .await
             }
             EdgeCommand::List => {
                 let edges: Vec<EdgeView> = self.client.get("/edge-nodes").await?;
                 self.print(&edges, |e| edge_table(e))
             }
+            EdgeCommand::Show { name } => {
+                let detail: NodeDetail = self
+                    .client
+                    .get(&format!("/edge-nodes/{}/status", segment(&name)))
+                    .await?;
+                self.print(&detail, show::render)
+            }
+            EdgeCommand::Drain { name } => self.drain(&name, true).await,
+            EdgeCommand::Undrain { name } => self.drain(&name, false).await,
             EdgeCommand::Rm { name } => {
                 self.client
                     .delete(&format!("/edge-nodes/{}", segment(&name)))
@@ -1172,6 +1245,23 @@ impl Api {
         Ok(())
     }
 
+    async fn drain(&self, name: &str, draining: bool) -> anyhow::Result<()> {
+        let _: EdgeView = self
+            .client
+            .json(
+                Method::PATCH,
+                &format!("/edge-nodes/{}", segment(name)),
+                &json!({ "draining": draining }),
+            )
+            .await?;
+        self.done(if draining {
+            format!("edge {name} drained: it leaves DNS and takes no new traffic; `edge undrain {name}` brings it back")
+        } else {
+            format!("edge {name} undrained: it returns to DNS once its checks pass")
+        });
+        Ok(())
+    }
+
     async fn status(&self) -> anyhow::Result<()> {
         let summary: StatusSummary = self.client.get("/status").await?;
         self.print(&summary, |s| {
@@ -1193,7 +1283,7 @@ fn origin_table(origins: &[OriginView]) -> String {
                 o.address.to_string(),
                 o.network.to_string(),
                 o.origin.public_key.to_base64(),
-                format!("{:?}", o.origin.state.status).to_lowercase(),
+                o.origin.state.status.as_str().to_owned(),
                 opt(o.origin.state.applied_version),
                 time_text(o.origin.state.last_heartbeat),
             ]
@@ -1246,7 +1336,7 @@ fn edge_table(edges: &[EdgeView]) -> String {
                     .collect::<Vec<_>>()
                     .join(","),
                 e.edge.public_key.to_base64(),
-                format!("{:?}", e.edge.state.status).to_lowercase(),
+                e.edge.state.status.as_str().to_owned(),
                 opt(e.edge.state.applied_version),
                 time_text(e.edge.state.last_heartbeat),
             ]
@@ -1334,7 +1424,8 @@ fn status_table(nodes: &[NodeStatusView]) -> String {
             vec![
                 n.kind.clone(),
                 n.name.clone(),
-                format!("{:?}", n.status).to_lowercase(),
+                n.status.as_str().to_owned(),
+                n.since.map(since_text).unwrap_or_default(),
                 match n.connected {
                     Some(true) => "yes".into(),
                     Some(false) => "no".into(),
@@ -1350,6 +1441,7 @@ fn status_table(nodes: &[NodeStatusView]) -> String {
                         None => format!("v{}: {}", nack.version, nack.error),
                     })
                     .unwrap_or_default(),
+                n.reason.clone().unwrap_or_default(),
             ]
         })
         .collect();
@@ -1358,12 +1450,25 @@ fn status_table(nodes: &[NodeStatusView]) -> String {
             "KIND",
             "NAME",
             "STATUS",
+            "SINCE",
             "CONNECTED",
             "APPLIED",
             "IN SYNC",
             "HEARTBEAT",
             "LAST NACK",
+            "REASON",
         ],
         &rows,
     )
+}
+
+/// How long ago `t` was, compactly (`42s`, `5m`, `3h`, `2d`).
+fn since_text(t: OffsetDateTime) -> String {
+    let secs = (OffsetDateTime::now_utc() - t).whole_seconds().max(0);
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
 }

@@ -39,7 +39,7 @@ pub use manager::{
     SteeringOptions,
 };
 pub use rfc2136::{Rfc2136Config, Rfc2136Provider, TsigAlgorithm};
-pub use steer::{ConnectedEdges, EdgeHealth, Steering};
+pub use steer::{EdgeHealth, Steering};
 
 /// The data of one DNS record a provider reads or writes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

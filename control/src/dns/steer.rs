@@ -5,15 +5,17 @@
 //! - A route's names (host name and aliases, wildcards included) are steered when at least one
 //!   edge serving its origin has a public address; they get the addresses of those edges that
 //!   are healthy. When none is healthy the set is empty and the manager fails open.
-//! - [`EdgeHealth`] is the seam for the health checker (issue 13): until it lands,
-//!   [`ConnectedEdges`] judges from what control already knows, the gRPC node registry
-//!   (connection and heartbeats on this replica) and the heartbeats recorded in the store (an
-//!   edge connected to another replica).
+//! - [`EdgeHealth`] judges which edges take traffic; `serve` hands it the health checker
+//!   ([`HealthChecker`](crate::health::HealthChecker)): an edge is published while its
+//!   stored state is online or degraded, withdrawn when it is offline, draining or enrolling.
 //! - One control replica steers at a time (the `dns` leadership, like ACME's): the others
 //!   would fight it with views of their own connections. SQLite grants it always.
-//! - The state is rebuilt at once when a node connects, disconnects or heartbeats, and when the
-//!   config version moves (routes, assignments, addresses), and every [`Steering::recheck`]
-//!   besides, so a heartbeat that stops arriving is noticed without any event.
+//! - The state is rebuilt at once when the judge reports a change, when the config version
+//!   moves (routes, assignments, addresses), and every [`Steering::recheck`] besides (a state
+//!   judged by another replica reaches this one through the store).
+//! - What the manager reports ([`DnsEvent`]: fail open and its end, addresses changed, names
+//!   outside the zone, provider failures) goes to the audit trail as `dns.<event>` events
+//!   (entity id: the name, or the zone), so notification targets can match `dns.fail_open`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -22,12 +24,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 
-use super::manager::{DesiredState, DnsManager};
-use crate::grpc::NodeRegistry;
+use super::manager::{DesiredState, DnsEvent, DnsManager};
 use crate::store::sql::Leadership;
-use crate::store::{self, AssignmentFilter, Edge, Id, NodeId, Store};
+use crate::store::{self, Actor, AssignmentFilter, Edge, Entity, Id, Store};
 
 /// The leadership job steering runs under.
 pub const LEADERSHIP_JOB: &str = "dns";
@@ -35,58 +36,13 @@ pub const LEADERSHIP_JOB: &str = "dns";
 const LEAD_RETRY: Duration = Duration::from_secs(15);
 /// Default [`Steering::recheck`].
 pub const DEFAULT_RECHECK: Duration = Duration::from_secs(2);
-/// Heartbeats an edge may miss before [`ConnectedEdges`] judges it down.
-pub const MISSED_HEARTBEATS: u32 = 3;
-
-/// Judges whether an edge may receive traffic. The health checker implements it when it lands;
-/// [`ConnectedEdges`] does until then.
+/// Judges whether an edge may receive traffic (the health checker implements it).
 pub trait EdgeHealth: Send + Sync + 'static {
     /// Whether `edge` (as stored) is healthy at `now`.
     fn healthy(&self, edge: &Edge, now: OffsetDateTime) -> bool;
     /// Changes whenever an answer of [`EdgeHealth::healthy`] may have changed, apart from the
     /// passing of time (which [`Steering`] covers by rechecking).
     fn changes(&self) -> watch::Receiver<u64>;
-}
-
-/// An edge is healthy while its control stream is open on this replica and it heartbeats
-/// (at most [`MISSED_HEARTBEATS`] intervals of silence), or, when this replica does not have
-/// it connected, while the store shows a heartbeat that recent (recorded after it left this
-/// replica, if it did). An edge killed outright closes its stream and is down at once; one
-/// that hangs or loses its network is down after the silence.
-#[derive(Clone, Debug)]
-pub struct ConnectedEdges {
-    registry: NodeRegistry,
-    max_silence: time::Duration,
-}
-
-impl ConnectedEdges {
-    /// Judges from `registry`, allowing `max_silence` without a heartbeat (normally
-    /// [`MISSED_HEARTBEATS`] heartbeat intervals).
-    pub fn new(registry: NodeRegistry, max_silence: Duration) -> Self {
-        Self {
-            registry,
-            max_silence: time::Duration::try_from(max_silence).unwrap_or(time::Duration::MAX),
-        }
-    }
-}
-
-impl EdgeHealth for ConnectedEdges {
-    fn healthy(&self, edge: &Edge, now: OffsetDateTime) -> bool {
-        let fresh = |at: OffsetDateTime| now - at <= self.max_silence;
-        let stored = edge.state.last_heartbeat;
-        match self.registry.get(NodeId::Edge(edge.id)) {
-            Some(info) if info.connected => fresh(info.last_heartbeat.unwrap_or(info.connected_at)),
-            // It left this replica: only a heartbeat recorded since (through another replica)
-            // counts.
-            Some(info) => stored
-                .is_some_and(|at| info.disconnected_at.is_none_or(|left| at > left) && fresh(at)),
-            None => stored.is_some_and(fresh),
-        }
-    }
-
-    fn changes(&self) -> watch::Receiver<u64> {
-        self.registry.subscribe()
-    }
 }
 
 /// The desired state at `now`: for every route name, the public addresses of the healthy edges
@@ -157,6 +113,7 @@ impl Steering {
         let (desired_tx, _) = watch::channel(DesiredState::new());
         let mut health_changes = self.health.changes();
         let mut config_changes = self.store.subscribe_config_version();
+        let recorder = tokio::spawn(record_events(self.store.clone(), self.manager.subscribe()));
         let mut leadership: Option<Leadership> = None;
         let mut running: Option<(tokio::task::JoinHandle<()>, oneshot::Sender<()>)> = None;
         loop {
@@ -201,6 +158,9 @@ impl Steering {
             let _ = stop.send(());
             let _ = task.await;
         }
+        // The manager is stopped: nothing more to record (an event it sent in its last moment
+        // may be lost with the shutdown).
+        recorder.abort();
     }
 
     /// Keeps or takes the steering leadership.
@@ -230,100 +190,76 @@ impl Steering {
     }
 }
 
+/// Writes the manager's events to the audit trail (actor `system`, entity `dns`, action the
+/// event: `fail_open`, `fail_open_ended`, `addresses_changed`, `outside_zone`,
+/// `reconcile_failed`, `reconcile_recovered`) until the manager is gone.
+async fn record_events(store: Arc<dyn Store>, mut events: broadcast::Receiver<DnsEvent>) {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "DNS steering events came faster than the audit trail took them; some are not recorded"
+                );
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let (entity_id, action, detail) = audit_entry(&event);
+        if let Err(error) = store
+            .record_event(&Actor::System, Entity::Dns, &entity_id, &action, detail)
+            .await
+        {
+            tracing::warn!(%error, %action, name = %entity_id, "cannot record a DNS steering event");
+        }
+    }
+}
+
+/// A [`DnsEvent`] as an audit entry: (entity id: the name, else the zone; action: the event's
+/// tag; detail: its other fields).
+fn audit_entry(event: &DnsEvent) -> (String, String, serde_json::Value) {
+    let mut detail = serde_json::to_value(event).unwrap_or_default();
+    let action = detail
+        .as_object_mut()
+        .and_then(|fields| fields.remove("event"))
+        .and_then(|tag| tag.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "event".to_owned());
+    let entity_id = ["name", "zone"]
+        .iter()
+        .find_map(|key| detail.get(*key).and_then(|v| v.as_str()))
+        .unwrap_or_default()
+        .to_owned();
+    (entity_id, action, detail)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NodeState, NodeStatus};
-    use kokoa_tunnel::key::PublicKey;
-
-    const SILENCE: Duration = Duration::from_secs(30);
-
-    fn edge(stored_heartbeat: Option<OffsetDateTime>) -> Edge {
-        let now = OffsetDateTime::now_utc();
-        Edge {
-            id: Id::new_v4(),
-            name: "e".into(),
-            public_ip: Some("192.0.2.1".parse().expect("ip")),
-            endpoint: None,
-            provider: None,
-            region: None,
-            public_key: PublicKey([7; 32]),
-            managed_key: false,
-            limits: None,
-            tunnel: None,
-            listeners: Vec::new(),
-            state: NodeState {
-                status: NodeStatus::Pending,
-                last_heartbeat: stored_heartbeat,
-                heartbeat: None,
-                applied_version: None,
-                nack: None,
-            },
-            created_at: now,
-            updated_at: now,
-        }
-    }
-
-    fn hello() -> kokoa_proto::v1::Hello {
-        kokoa_proto::v1::Hello {
-            applied_version: 0,
-            software_version: "test".into(),
-            hostname: "h".into(),
-            listeners: Vec::new(),
-        }
-    }
-
-    fn secs(n: i64) -> time::Duration {
-        time::Duration::seconds(n)
-    }
 
     #[test]
-    fn an_edge_unknown_here_is_judged_by_its_stored_heartbeat() {
-        let judge = ConnectedEdges::new(NodeRegistry::default(), SILENCE);
-        let now = OffsetDateTime::now_utc();
-        assert!(judge.healthy(&edge(Some(now - secs(5))), now));
-        assert!(!judge.healthy(&edge(Some(now - secs(31))), now));
-        assert!(!judge.healthy(&edge(None), now));
-    }
-
-    #[test]
-    fn a_connected_edge_is_healthy_until_its_heartbeats_are_late() {
-        let registry = NodeRegistry::default();
-        let judge = ConnectedEdges::new(registry.clone(), SILENCE);
-        let edge = edge(None);
-        let node = NodeId::Edge(edge.id);
-        let session = registry.connect(node, "e", None, &hello());
-        let now = OffsetDateTime::now_utc();
-        // Just connected, no heartbeat yet: the connection time counts.
-        assert!(judge.healthy(&edge, now));
-        assert!(!judge.healthy(&edge, now + secs(31)));
-        registry.heartbeat(node, session, 0, serde_json::Value::Null);
-        let now = OffsetDateTime::now_utc();
-        assert!(judge.healthy(&edge, now + secs(29)));
-        assert!(!judge.healthy(&edge, now + secs(31)));
-    }
-
-    #[test]
-    fn an_edge_that_left_counts_only_heartbeats_recorded_since() {
-        let registry = NodeRegistry::default();
-        let judge = ConnectedEdges::new(registry.clone(), SILENCE);
-        let before = OffsetDateTime::now_utc() - secs(1);
-        let left = edge(Some(before));
-        let node = NodeId::Edge(left.id);
-        let session = registry.connect(node, "e", None, &hello());
-        registry.disconnect(node, session);
-        let now = OffsetDateTime::now_utc();
-        // The store's heartbeat predates the disconnect: down at once.
-        assert!(!judge.healthy(&left, now));
-        // A heartbeat recorded after it (through another replica) counts again.
-        let elsewhere = Edge {
-            state: NodeState {
-                last_heartbeat: Some(now + secs(1)),
-                ..left.state.clone()
-            },
-            ..left.clone()
-        };
-        assert!(judge.healthy(&elsewhere, now + secs(2)));
-        assert!(!judge.healthy(&elsewhere, now + secs(40)));
+    fn events_become_audit_entries_named_by_their_tag() {
+        let (id, action, detail) = audit_entry(&DnsEvent::FailOpen {
+            name: "app.example.com".into(),
+            kept: vec!["192.0.2.1".parse().expect("ip")],
+        });
+        assert_eq!(
+            (id.as_str(), action.as_str()),
+            ("app.example.com", "fail_open")
+        );
+        assert_eq!(
+            detail,
+            serde_json::json!({"name": "app.example.com", "kept": ["192.0.2.1"]})
+        );
+        let (id, action, _) = audit_entry(&DnsEvent::ReconcileFailed {
+            provider: "rfc2136".into(),
+            zone: "example.com".into(),
+            name: None,
+            error: "refused".into(),
+        });
+        assert_eq!(
+            (id.as_str(), action.as_str()),
+            ("example.com", "reconcile_failed")
+        );
     }
 }

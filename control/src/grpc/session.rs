@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use kokoa_proto::v1 as pb;
 use kokoa_proto::v1::node_message::Message as NodeMsg;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 use zeroize::Zeroizing;
@@ -348,29 +347,5 @@ impl Session {
 
 /// A heartbeat as stored and shown by the API.
 fn heartbeat_json(h: &pb::Heartbeat) -> serde_json::Value {
-    let peers: Vec<serde_json::Value> = h
-        .peers
-        .iter()
-        .map(|p| {
-            json!({
-                "public_key": p.public_key,
-                "endpoint": (!p.endpoint.is_empty()).then_some(&p.endpoint),
-                "up": p.up,
-                "last_handshake_age_ms": p.last_handshake_age_ms,
-                "rx_bytes": p.rx_bytes,
-                "tx_bytes": p.tx_bytes,
-                "active_streams": p.active_streams,
-            })
-        })
-        .collect();
-    json!({
-        "applied_version": h.applied_version,
-        "peers": peers,
-        "active_connections": h.active_connections,
-        "requests_per_second": h.requests_per_second,
-        "errors_per_second": h.errors_per_second,
-        "cpu_cores": h.cpu_cores,
-        "memory_bytes": h.memory_bytes,
-        "uptime_seconds": h.uptime_seconds,
-    })
+    crate::health::Heartbeat::from_proto(h).to_value()
 }

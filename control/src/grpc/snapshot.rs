@@ -194,7 +194,9 @@ mod tests {
 
     fn state() -> NodeState {
         NodeState {
-            status: NodeStatus::Pending,
+            status: NodeStatus::Enrolling,
+            reason: None,
+            since: None,
             last_heartbeat: None,
             heartbeat: None,
             applied_version: None,
@@ -224,6 +226,8 @@ mod tests {
             endpoint: Some(format!("{name}.example.net:51820")),
             provider: None,
             region: None,
+            admin_address: None,
+            draining: false,
             public_key: PrivateKey::generate().public_key(),
             managed_key: true,
             limits: None,

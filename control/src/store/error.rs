@@ -29,6 +29,8 @@ pub enum Entity {
     HealthCheck,
     /// A notification target (webhook or Slack).
     NotificationTarget,
+    /// A DNS name control steers (events of DNS steering: fail open, addresses changed).
+    Dns,
 }
 
 impl Entity {
@@ -46,6 +48,7 @@ impl Entity {
             Entity::ApiToken => "api_token",
             Entity::HealthCheck => "health_check",
             Entity::NotificationTarget => "notification_target",
+            Entity::Dns => "dns",
         }
     }
 
@@ -63,6 +66,7 @@ impl Entity {
             "api_token" => Entity::ApiToken,
             "health_check" => Entity::HealthCheck,
             "notification_target" => Entity::NotificationTarget,
+            "dns" => Entity::Dns,
             _ => return None,
         })
     }

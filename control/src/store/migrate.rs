@@ -41,6 +41,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "tcp routes, edge limits and tunnel settings, nack objects, edge listeners",
         sql: include_str!("migrations/0004_parity.sql"),
     },
+    Migration {
+        version: 5,
+        description: "fleet health: node states, drains, health history kinds",
+        sql: include_str!("migrations/0005_health.sql"),
+    },
 ];
 
 /// The advisory lock key serializing migrations (and writes) across PostgreSQL replicas:

@@ -60,7 +60,7 @@ impl fmt::Display for Actor {
 }
 
 /// A node of the data plane: an edge or an origin.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "id")]
 pub enum NodeId {
     /// An edge node.
@@ -86,33 +86,68 @@ impl NodeId {
     }
 }
 
-/// Health of a node as judged by control.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A node's state as control's health checker judges it (see `crate::health`): one model for
+/// edges and origins, shown the same by the API, the CLI, events and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
-    /// Created, not yet judged (never connected).
-    Pending,
-    /// Passing its checks.
-    Healthy,
-    /// Failing its checks.
-    Unhealthy,
+    /// Created, has not connected yet (or has not yet passed its first checks).
+    Enrolling,
+    /// Connected, heart-beating and passing its checks.
+    Online,
+    /// Serving, but something needs attention: a failing check that does not stop traffic, a
+    /// rejected config, a tunnel peer or a service down. A degraded edge stays in DNS.
+    Degraded,
+    /// Not serving: its public listener fails its probes, or it stopped heart-beating. An
+    /// offline edge is withdrawn from DNS.
+    Offline,
+    /// Shutting down, or drained by an operator: takes no new traffic (withdrawn from DNS).
+    Draining,
 }
 
 impl NodeStatus {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// Every state, in a stable order (for metrics).
+    pub const ALL: [NodeStatus; 5] = [
+        NodeStatus::Enrolling,
+        NodeStatus::Online,
+        NodeStatus::Degraded,
+        NodeStatus::Offline,
+        NodeStatus::Draining,
+    ];
+
+    /// The name stored and shown: `enrolling`, `online`, `degraded`, `offline`, `draining`.
+    pub fn as_str(self) -> &'static str {
         match self {
-            NodeStatus::Pending => "pending",
-            NodeStatus::Healthy => "healthy",
-            NodeStatus::Unhealthy => "unhealthy",
+            NodeStatus::Enrolling => "enrolling",
+            NodeStatus::Online => "online",
+            NodeStatus::Degraded => "degraded",
+            NodeStatus::Offline => "offline",
+            NodeStatus::Draining => "draining",
         }
     }
-    pub(crate) fn parse(s: &str) -> Option<Self> {
+
+    /// Parses a name produced by [`NodeStatus::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
-            "pending" => NodeStatus::Pending,
-            "healthy" => NodeStatus::Healthy,
-            "unhealthy" => NodeStatus::Unhealthy,
+            "enrolling" => NodeStatus::Enrolling,
+            "online" => NodeStatus::Online,
+            "degraded" => NodeStatus::Degraded,
+            "offline" => NodeStatus::Offline,
+            "draining" => NodeStatus::Draining,
             _ => return None,
         })
+    }
+
+    /// Whether a node in this state takes traffic: online or degraded. DNS steering publishes
+    /// exactly these edges.
+    pub fn serves(self) -> bool {
+        matches!(self, NodeStatus::Online | NodeStatus::Degraded)
+    }
+}
+
+impl fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -160,8 +195,15 @@ impl fmt::Display for NackObject {
 /// What control knows about a node's liveness and applied config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeState {
-    /// Health judged by control.
+    /// The state judged by control's health checker.
     pub status: NodeStatus,
+    /// Why the node is in that state, in words an operator can act on ("no heartbeat for 31 s",
+    /// "3 failed probes of https://203.0.113.10/healthz: connection refused").
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// When the node entered its state (`None` before the checker first judged it).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub since: Option<OffsetDateTime>,
     /// When the node last sent a heartbeat.
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_heartbeat: Option<OffsetDateTime>,
@@ -374,6 +416,13 @@ pub struct Edge {
     pub provider: Option<String>,
     /// Provider region.
     pub region: Option<String>,
+    /// The edge's admin listener (`host:port`), where control probes `/healthz` when it can
+    /// reach it (the bootstrap config keeps it on loopback by default).
+    #[serde(default)]
+    pub admin_address: Option<String>,
+    /// Drained by an operator: withdrawn from DNS (state `draining`) while it keeps running.
+    #[serde(default)]
+    pub draining: bool,
     /// WireGuard public key.
     pub public_key: PublicKey,
     /// True when control generated the key pair and holds the (sealed) private key.
@@ -425,6 +474,9 @@ pub struct NewEdge {
     /// Provider region.
     #[serde(default)]
     pub region: Option<String>,
+    /// The admin listener (`host:port`) control probes `/healthz` on.
+    #[serde(default)]
+    pub admin_address: Option<Endpoint>,
     /// The operator's own public key; when absent control generates a key pair.
     #[serde(default)]
     pub public_key: Option<PublicKey>,
@@ -449,6 +501,7 @@ impl NewEdge {
             endpoint: None,
             provider: None,
             region: None,
+            admin_address: None,
             public_key: None,
             origins: Vec::new(),
             limits: None,
@@ -477,6 +530,12 @@ pub struct EdgeUpdate {
     /// New region.
     #[serde(default, with = "double_option")]
     pub region: Option<Option<String>>,
+    /// New admin listener address, or `Some(None)` to stop probing it.
+    #[serde(default, with = "double_option")]
+    pub admin_address: Option<Option<Endpoint>>,
+    /// Drain (`true`: withdrawn from DNS, state `draining`) or undrain the edge.
+    #[serde(default)]
+    pub draining: Option<bool>,
     /// New `[limits]` defaults (the whole table), or `null` to stop sending any.
     #[serde(default, with = "double_option")]
     pub limits: Option<Option<EdgeLimits>>,
@@ -970,14 +1029,63 @@ pub struct EventQuery {
     pub limit: Option<u32>,
 }
 
+/// What a health-check result is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// An edge's public HTTPS listener, probed by control at the edge's public address.
+    Public,
+    /// An edge's admin `/healthz`, probed by control.
+    Admin,
+    /// A service, probed by its origin (HTTP health path or TCP connect) and reported in the
+    /// origin's heartbeats.
+    Service,
+}
+
+impl CheckKind {
+    /// `public`, `admin` or `service`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Public => "public",
+            CheckKind::Admin => "admin",
+            CheckKind::Service => "service",
+        }
+    }
+
+    /// Parses a name produced by [`CheckKind::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "public" => CheckKind::Public,
+            "admin" => CheckKind::Admin,
+            "service" => CheckKind::Service,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for CheckKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One health-check result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HealthCheck {
     /// Id.
     pub id: Id,
-    /// The edge checked (its `/healthz`, or the edge a service was checked through).
+    /// What was checked (`None` for rows written before kinds were recorded).
+    #[serde(default)]
+    pub kind: Option<CheckKind>,
+    /// The probed URL or address.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// The edge checked (its public listener or admin `/healthz`).
     pub edge_id: Option<Id>,
-    /// The service checked end to end.
+    /// The origin whose service was checked.
+    #[serde(default)]
+    pub origin_id: Option<Id>,
+    /// The service checked.
     pub service_id: Option<Id>,
     /// Passed or not.
     pub success: bool,
@@ -990,19 +1098,33 @@ pub struct HealthCheck {
     pub checked_at: OffsetDateTime,
 }
 
-/// Input of [`HealthStore::record_health_check`](super::HealthStore::record_health_check).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// Input of [`HealthStore::record_health_checks`](super::HealthStore::record_health_checks).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NewHealthCheck {
-    /// The edge checked or checked through.
+    /// What was checked.
+    pub kind: CheckKind,
+    /// The probed URL or address.
+    pub target: String,
+    /// The edge checked.
+    #[serde(default)]
     pub edge_id: Option<Id>,
-    /// The service checked end to end.
+    /// The origin whose service was checked.
+    #[serde(default)]
+    pub origin_id: Option<Id>,
+    /// The service checked.
+    #[serde(default)]
     pub service_id: Option<Id>,
     /// Passed or not.
     pub success: bool,
     /// Latency.
+    #[serde(default)]
     pub response_time_ms: Option<u32>,
     /// Why it failed.
+    #[serde(default)]
     pub error: Option<String>,
+    /// When it ran.
+    #[serde(with = "time::serde::rfc3339")]
+    pub checked_at: OffsetDateTime,
 }
 
 /// Which health checks to list (newest first).
@@ -1011,9 +1133,18 @@ pub struct HealthQuery {
     /// Only for this edge.
     #[serde(default)]
     pub edge_id: Option<Id>,
+    /// Only for this origin's services.
+    #[serde(default)]
+    pub origin_id: Option<Id>,
     /// Only for this service.
     #[serde(default)]
     pub service_id: Option<Id>,
+    /// Only of this kind.
+    #[serde(default)]
+    pub kind: Option<CheckKind>,
+    /// Only failures (`false`) or only successes (`true`).
+    #[serde(default)]
+    pub success: Option<bool>,
     /// At most this many (default 100, at most 1000).
     #[serde(default)]
     pub limit: Option<u32>,

@@ -1,5 +1,5 @@
-//! [`NodeStateStore`]: what nodes report (heartbeats, config ACKs and NACKs) and their health
-//! status. Telemetry writes no event, except NACKs and status changes.
+//! [`NodeStateStore`]: what nodes report (heartbeats, config ACKs and NACKs) and their state
+//! (see `crate::health`). Telemetry writes no event, except NACKs and state changes.
 
 use async_trait::async_trait;
 
@@ -25,11 +25,15 @@ pub trait NodeStateStore: Send + Sync {
     /// Records the TCP listeners an edge reported when it connected (no event: observation).
     async fn record_edge_listeners(&self, edge_id: Id, listeners: &[Listener]) -> Result<()>;
 
-    /// Sets a node's health status; writes an event when it changes. Returns whether it did.
-    async fn set_node_status(
+    /// Sets a node's state and its reason. A change of state writes an event whose action is the
+    /// new state (kinds `edge.offline`, `edge.online`, `origin.degraded`, ...: what notification
+    /// targets match; detail `{"name", "from", "to", "reason"}`) and restarts `since`; a new reason for the same state is stored without an event. Returns whether the
+    /// state changed.
+    async fn set_node_state(
         &self,
         actor: &Actor,
         node: NodeId,
         status: NodeStatus,
+        reason: &str,
     ) -> Result<bool>;
 }

@@ -24,8 +24,8 @@ use crate::store::EdgeStore;
 
 pub(super) fn edge_cols() -> String {
     format!(
-        "id, name, public_ip, endpoint, provider, region, public_key, private_key_sealed, limits, \
-         tunnel, listeners, {NODE_STATE_COLS}, created_at, updated_at"
+        "id, name, public_ip, endpoint, provider, region, admin_address, draining, public_key, \
+         private_key_sealed, limits, tunnel, listeners, {NODE_STATE_COLS}, created_at, updated_at"
     )
 }
 
@@ -42,6 +42,8 @@ pub(super) fn edge_row(row: &AnyRow) -> Result<Edge> {
         endpoint: row.try_get("endpoint")?,
         provider: row.try_get("provider")?,
         region: row.try_get("region")?,
+        admin_address: row.try_get("admin_address")?,
+        draining: row.try_get::<i64, _>("draining")? != 0,
         public_key: public_key(T, &row.try_get::<String, _>("public_key")?)?,
         managed_key: sealed.is_some(),
         limits: opt_typed(T, row.try_get("limits")?)?,
@@ -227,6 +229,7 @@ impl EdgeStore for SqlStore {
         let endpoint = new.endpoint.map(|endpoint| endpoint.to_string());
         let provider = clean_opt("provider", new.provider)?;
         let region = clean_opt("region", new.region)?;
+        let admin_address = new.admin_address.map(|a| a.to_string());
         let mut w = self.write(actor).await?;
         if exists(
             w.conn(),
@@ -244,9 +247,9 @@ impl EdgeStore for SqlStore {
         let (public, sealed) = self.key_pair(Entity::Edge, id, new.public_key)?;
         check_key_free(w.conn(), &public, None).await?;
         sqlx::query(
-            "INSERT INTO edge_nodes (id, name, public_ip, endpoint, provider, region, public_key, \
-             private_key_sealed, limits, tunnel, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+            "INSERT INTO edge_nodes (id, name, public_ip, endpoint, provider, region, admin_address, \
+             public_key, private_key_sealed, limits, tunnel, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)",
         )
         .bind(id.to_string())
         .bind(name.clone())
@@ -254,6 +257,7 @@ impl EdgeStore for SqlStore {
         .bind(endpoint)
         .bind(provider)
         .bind(region)
+        .bind(admin_address)
         .bind(public.to_base64())
         .bind(sealed.clone())
         .bind(json_text(new.limits.as_ref()))
@@ -321,6 +325,12 @@ impl EdgeStore for SqlStore {
         if let Some(region) = update.region {
             after.region = clean_opt("region", region)?;
         }
+        if let Some(admin) = update.admin_address {
+            after.admin_address = admin.map(|a| a.to_string());
+        }
+        if let Some(draining) = update.draining {
+            after.draining = draining;
+        }
         if let Some(limits) = update.limits {
             after.limits = limits;
         }
@@ -330,6 +340,13 @@ impl EdgeStore for SqlStore {
         if after == before {
             return Ok(before);
         }
+        // Only the name, the endpoint, the limits and the tunnel settings travel in node
+        // snapshots (the edge's own, its origins'); addresses, provider data and drains are
+        // control's business (health checks, DNS steering): no new config version for them.
+        let snapshot_changed = after.name != before.name
+            || after.endpoint != before.endpoint
+            || after.limits != before.limits
+            || after.tunnel != before.tunnel;
         if after.name != before.name
             && exists(
                 w.conn(),
@@ -346,13 +363,16 @@ impl EdgeStore for SqlStore {
         }
         sqlx::query(
             "UPDATE edge_nodes SET name = $1, public_ip = $2, endpoint = $3, provider = $4, \
-             region = $5, limits = $6, tunnel = $7, updated_at = $8 WHERE id = $9",
+             region = $5, admin_address = $6, draining = $7, limits = $8, tunnel = $9, \
+             updated_at = $10 WHERE id = $11",
         )
         .bind(after.name.clone())
         .bind(after.public_ip.map(|ip| ip.to_string()))
         .bind(after.endpoint.clone())
         .bind(after.provider.clone())
         .bind(after.region.clone())
+        .bind(after.admin_address.clone())
+        .bind(i64::from(after.draining))
         .bind(json_text(after.limits.as_ref()))
         .bind(json_text(after.tunnel.as_ref()))
         .bind(w.now)
@@ -362,7 +382,9 @@ impl EdgeStore for SqlStore {
         .map_err(db_err)?;
         let after = fetch_edge(w.conn(), id).await?;
         w.check_fleet().await?;
-        w.bump().await?;
+        if snapshot_changed {
+            w.bump().await?;
+        }
         w.event(
             Entity::Edge,
             &id.to_string(),

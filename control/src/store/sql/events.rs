@@ -74,4 +74,26 @@ impl EventStore for SqlStore {
         events.sort_by_key(|e| e.id);
         Ok(events)
     }
+
+    async fn record_event(
+        &self,
+        actor: &Actor,
+        entity: Entity,
+        entity_id: &str,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<Event> {
+        let mut w = self.write(actor).await?;
+        w.event(entity, entity_id, action, detail).await?;
+        // The write gate and the transaction serialize writers: the newest row is this one.
+        let row = sqlx::query(
+            "SELECT id, at, actor, entity, entity_id, action, detail, config_version FROM events \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_one(w.conn())
+        .await?;
+        let event = event_row(&row)?;
+        w.commit().await?;
+        Ok(event)
+    }
 }

@@ -13,18 +13,20 @@ use crate::store::error::{Entity, Result, StoreError};
 use crate::store::model::*;
 use crate::store::NodeStateStore;
 
-pub(super) const NODE_STATE_COLS: &str =
-    "status, last_heartbeat, heartbeat, applied_version, nack_version, nack_error, nack_object";
+pub(super) const NODE_STATE_COLS: &str = "state, state_reason, state_since, last_heartbeat, \
+     heartbeat, applied_version, nack_version, nack_error, nack_object";
 
 pub(super) fn node_state(row: &AnyRow, table: &'static str) -> Result<NodeState> {
-    let status: String = row.try_get("status")?;
+    let status: String = row.try_get("state")?;
     let heartbeat: Option<String> = row.try_get("heartbeat")?;
     let nack_version: Option<i64> = row.try_get("nack_version")?;
     let nack_error: Option<String> = row.try_get("nack_error")?;
     let nack_object: Option<NackObject> = opt_typed(table, row.try_get("nack_object")?)?;
     Ok(NodeState {
         status: NodeStatus::parse(&status)
-            .ok_or_else(|| StoreError::corrupt(table, format!("status {status:?}")))?,
+            .ok_or_else(|| StoreError::corrupt(table, format!("state {status:?}")))?,
+        reason: row.try_get("state_reason")?,
+        since: opt_ts(table, row.try_get("state_since")?)?,
         last_heartbeat: opt_ts(table, row.try_get("last_heartbeat")?)?,
         heartbeat: heartbeat.map(|h| json_of(table, &h)).transpose()?,
         applied_version: row
@@ -160,38 +162,56 @@ impl NodeStateStore for SqlStore {
         Ok(())
     }
 
-    async fn set_node_status(
+    async fn set_node_state(
         &self,
         actor: &Actor,
         node: NodeId,
         status: NodeStatus,
+        reason: &str,
     ) -> Result<bool> {
+        let reason: String = reason.chars().take(2048).collect();
         let mut w = self.write(actor).await?;
         let row = sqlx::query(&format!(
-            "SELECT status FROM {} WHERE id = $1",
+            "SELECT name, state, state_reason FROM {} WHERE id = $1",
             node_table(node)
         ))
         .bind(node.id().to_string())
         .fetch_optional(w.conn())
         .await?
         .ok_or_else(|| StoreError::not_found(node.entity(), node.id()))?;
-        let current: String = row.try_get("status")?;
+        let name: String = row.try_get("name")?;
+        let current: String = row.try_get("state")?;
+        let current_reason: Option<String> = row.try_get("state_reason")?;
         if current == status.as_str() {
+            if current_reason.as_deref() != Some(reason.as_str()) {
+                sqlx::query(&format!(
+                    "UPDATE {} SET state_reason = $1 WHERE id = $2",
+                    node_table(node)
+                ))
+                .bind(reason)
+                .bind(node.id().to_string())
+                .execute(w.conn())
+                .await?;
+                w.commit().await?;
+            }
             return Ok(false);
         }
+        let now = w.now;
         sqlx::query(&format!(
-            "UPDATE {} SET status = $1 WHERE id = $2",
+            "UPDATE {} SET state = $1, state_reason = $2, state_since = $3 WHERE id = $4",
             node_table(node)
         ))
         .bind(status.as_str())
+        .bind(reason.clone())
+        .bind(now)
         .bind(node.id().to_string())
         .execute(w.conn())
         .await?;
         w.event(
             node.entity(),
             &node.id().to_string(),
-            "status_changed",
-            json!({"from": current, "to": status.as_str()}),
+            status.as_str(),
+            json!({"name": name, "from": current, "to": status.as_str(), "reason": reason}),
         )
         .await?;
         w.commit().await?;
