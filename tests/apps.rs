@@ -1,10 +1,11 @@
 //! The sample apps that stand behind the origins, run in the test process.
 //!
 //! - [`HttpApp`]: HTTP/1.1 (and h2c) with `/echo` (method, path and headers as JSON),
-//!   `/bytes/N` (N deterministic bytes, streamed), `/upload` (SHA-256 and length of the request
-//!   body) and `/stream` (chunks spaced in time). Every response carries `x-app: NAME`. Its
-//!   [`AppStats`] count the uploads and downloads in progress and those cut off (the
-//!   connection went away before their end).
+//!   `/bytes/N` (N deterministic bytes, streamed), `/zeros/N` (N zero bytes from one shared
+//!   chunk: a large response that costs the app nothing to produce, for the hostile-client
+//!   tests), `/upload` (SHA-256 and length of the request body) and `/stream` (chunks spaced in
+//!   time). Every response carries `x-app: NAME`. Its [`AppStats`] count the uploads and
+//!   downloads in progress and those cut off (the connection went away before their end).
 //! - [`WsEchoApp`]: a WebSocket server that echoes every message.
 //! - [`TcpEchoApp`]: echoes raw bytes and half-closes after the client does.
 //! - [`ProxyProtocolApp`]: reads the PROXY protocol v2 header the edge puts in front of a raw
@@ -184,6 +185,27 @@ async fn handle(name: String, stats: Arc<AppStats>, request: Request<Incoming>) 
         }
         return response;
     }
+    if let Some(n) = path.strip_prefix("/zeros/") {
+        let Ok(len) = n.parse::<u64>() else {
+            return full(StatusCode::BAD_REQUEST, &name, "bad length\n");
+        };
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let stream = futures_util::stream::unfold(0u64, move |offset| async move {
+            if offset >= len {
+                return None;
+            }
+            let n = (len - offset).min(ZEROS.len() as u64) as usize;
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(&ZEROS[..n]))),
+                offset + n as u64,
+            ))
+        });
+        let mut response = Response::new(http_body_util::BodyExt::boxed(StreamBody::new(stream)));
+        if let Ok(value) = len.to_string().parse() {
+            response.headers_mut().insert("content-length", value);
+        }
+        return response;
+    }
     match path.as_str() {
         "/upload" => {
             let progress = InProgress::new(&stats, true);
@@ -278,6 +300,18 @@ pub struct HttpApp {
 impl HttpApp {
     /// Starts the app on `ip`, port chosen by the system.
     pub async fn start(name: &str, ip: IpAddr) -> anyhow::Result<Self> {
+        Self::start_with_send_buffer(name, ip, None).await
+    }
+
+    /// [`HttpApp::start`] with the kernel send buffer of every connection fixed at
+    /// `send_buffer` bytes (no autotuning). With a thousand stalled responses the kernel would
+    /// otherwise buffer megabytes per connection, and the test process would spend seconds
+    /// filling those buffers instead of accepting connections.
+    pub async fn start_with_send_buffer(
+        name: &str,
+        ip: IpAddr,
+        send_buffer: Option<usize>,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind((ip, 0))
             .await
             .context("binding the HTTP app")?;
@@ -293,6 +327,9 @@ impl HttpApp {
                     accepted = listener.accept() => {
                         let Ok((stream, _)) = accepted else { continue };
                         let _ = stream.set_nodelay(true);
+                        if let Some(size) = send_buffer {
+                            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(size);
+                        }
                         let name = name.clone();
                         let stats = app_stats.clone();
                         connections.spawn(async move {

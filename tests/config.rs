@@ -8,6 +8,47 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use kokoa_tunnel::key::{PrivateKey, PublicKey};
 
+/// Optional `[tunnel]` keys beyond the key and the listen address (`None`: not written, the
+/// binary's default applies).
+#[derive(Clone, Debug, Default)]
+pub struct TunnelKeys {
+    /// Largest per-direction buffer of one stream.
+    pub tcp_buffer: Option<usize>,
+    /// Smallest per-direction buffer.
+    pub min_tcp_buffer: Option<usize>,
+    /// Node-wide bytes of stream buffers.
+    pub window_budget: Option<usize>,
+    /// One client key's share (edge).
+    pub window_per_client: Option<usize>,
+    /// One peer's share (origin: per edge).
+    pub window_per_peer: Option<usize>,
+    /// Seconds a stream may get none of its data acknowledged (`0`: never).
+    pub stall_timeout: Option<u64>,
+}
+
+impl TunnelKeys {
+    /// The `key = value` lines of what is set.
+    pub fn to_toml_lines(&self) -> String {
+        let mut out = String::new();
+        for (key, value) in [
+            ("tcp_buffer", self.tcp_buffer.map(|v| v as u64)),
+            ("min_tcp_buffer", self.min_tcp_buffer.map(|v| v as u64)),
+            ("window_budget", self.window_budget.map(|v| v as u64)),
+            (
+                "window_per_client",
+                self.window_per_client.map(|v| v as u64),
+            ),
+            ("window_per_peer", self.window_per_peer.map(|v| v as u64)),
+            ("stall_timeout", self.stall_timeout),
+        ] {
+            if let Some(value) = value {
+                let _ = writeln!(out, "{key} = {value}");
+            }
+        }
+        out
+    }
+}
+
 /// One `[[edges]]` entry of an origin.
 #[derive(Clone, Debug)]
 pub struct OriginEdge {
@@ -45,6 +86,8 @@ pub struct OriginSpec {
     pub listen: SocketAddr,
     /// Drain time on SIGTERM, seconds.
     pub drain_timeout: u64,
+    /// More `[tunnel]` keys.
+    pub tunnel: TunnelKeys,
     /// Edges.
     pub edges: Vec<OriginEdge>,
     /// Services.
@@ -62,9 +105,10 @@ impl OriginSpec {
         );
         let _ = writeln!(
             out,
-            "[tunnel]\nprivate_key = \"{}\"\nlisten = \"{}\"\n",
+            "[tunnel]\nprivate_key = \"{}\"\nlisten = \"{}\"\n{}",
             self.private_key.to_base64(),
-            self.listen
+            self.listen,
+            self.tunnel.to_toml_lines()
         );
         for edge in &self.edges {
             let _ = writeln!(
@@ -259,6 +303,10 @@ pub struct EdgeSpec {
     pub private_key: PrivateKey,
     /// Tunnel UDP listen address.
     pub listen: SocketAddr,
+    /// More `[tunnel]` keys.
+    pub tunnel: TunnelKeys,
+    /// `[edge] state_dir`: where the edge remembers its origins' endpoints across restarts.
+    pub state_dir: PathBuf,
     /// Origins.
     pub origins: Vec<EdgeOrigin>,
     /// Host routes.
@@ -279,8 +327,12 @@ impl EdgeSpec {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "[edge]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\ndrain_timeout = {}\n",
-            self.https, self.http, self.admin, self.drain_timeout
+            "[edge]\nhttps = \"{}\"\nhttp = \"{}\"\nadmin = \"{}\"\ndrain_timeout = {}\nstate_dir = \"{}\"\n",
+            self.https,
+            self.http,
+            self.admin,
+            self.drain_timeout,
+            self.state_dir.display()
         );
         let timeouts = [
             ("tls_handshake_timeout", self.timeouts.tls_handshake_timeout),
@@ -301,9 +353,10 @@ impl EdgeSpec {
         }
         let _ = writeln!(
             out,
-            "[tunnel]\nprivate_key = \"{}\"\nlisten = \"{}\"\n",
+            "[tunnel]\nprivate_key = \"{}\"\nlisten = \"{}\"\n{}",
             self.private_key.to_base64(),
-            self.listen
+            self.listen,
+            self.tunnel.to_toml_lines()
         );
         for origin in &self.origins {
             let _ = writeln!(

@@ -12,6 +12,7 @@
 //! - [`apps`]: the sample apps (HTTP echo/bytes/upload/stream, WebSocket echo, TCP echo).
 //! - [`client`]: an HTTPS client (HTTP/1.1 or HTTP/2 by ALPN) that dials the edge directly.
 //! - [`control`]: `kokoa-control serve`, its REST API, and nodes started from its bundles.
+//! - [`hostile`]: stalled-window and slow-body clients, and the RSS probe they are judged by.
 //! - [`topology`]: one edge and N origins wired together, ready to serve.
 //! - [`netns`]: network namespaces, veth pairs and wireguard-go for the interop tests.
 //! - [`prereq`]: the one rule for a missing prerequisite: skip with a reason, fail under `CI=true`.
@@ -31,6 +32,7 @@ pub mod cloudflare;
 pub mod config;
 pub mod control;
 pub mod dns;
+pub mod hostile;
 pub mod net;
 pub mod netns;
 pub mod pki;

@@ -12,16 +12,24 @@ use anyhow::{bail, Context as _};
 use tokio::process::{Child, Command};
 
 /// The path of a workspace binary built next to the running test executable
-/// (`target/<profile>/NAME`; the test itself runs from `target/<profile>/deps/`).
+/// (`target/<profile>/NAME`; the test itself runs from `target/<profile>/deps/`), or in
+/// `$KOKOA_BIN_DIR` when that is set (benchmarks built in the dev profile that measure the
+/// release binaries: `KOKOA_BIN_DIR=target/release`).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    let mut dir = exe
-        .parent()
-        .context("the test executable has no directory")?
-        .to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
+    let dir = match std::env::var_os("KOKOA_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().context("locating the test executable")?;
+            let mut dir = exe
+                .parent()
+                .context("the test executable has no directory")?
+                .to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
     let path = dir.join(name);
     if !path.is_file() {
         bail!(

@@ -17,7 +17,7 @@ use tempfile::TempDir;
 use crate::client::EdgeClient;
 use crate::config::{
     write, EdgeOrigin, EdgeRoute, EdgeSpec, EdgeTcpRoute, EdgeTimeouts, Limits, OriginEdge,
-    OriginService, OriginSpec,
+    OriginService, OriginSpec, TunnelKeys,
 };
 use crate::net::{eventually, free_tcp, free_udp, loopback, metric, wait_healthy};
 use crate::pki::TestCa;
@@ -48,6 +48,8 @@ pub struct Builder {
     limits: Limits,
     drain_timeout: u64,
     edges: usize,
+    edge_tunnel: TunnelKeys,
+    origin_tunnel: TunnelKeys,
 }
 
 /// A started origin.
@@ -70,6 +72,8 @@ pub struct Edge {
     pub spec: EdgeSpec,
     /// The process.
     pub process: Process,
+    /// How many times it was started.
+    pub starts: usize,
 }
 
 /// Everything running; dropping it kills the processes and removes the files.
@@ -188,6 +192,18 @@ impl Builder {
         self
     }
 
+    /// More `[tunnel]` keys for the edges (window bounds, stall timeout).
+    pub fn edge_tunnel(mut self, keys: TunnelKeys) -> Self {
+        self.edge_tunnel = keys;
+        self
+    }
+
+    /// More `[tunnel]` keys for the origins.
+    pub fn origin_tunnel(mut self, keys: TunnelKeys) -> Self {
+        self.origin_tunnel = keys;
+        self
+    }
+
     /// Writes the configs, starts the edges and the origins, and waits until every origin has
     /// completed a handshake with every edge.
     pub async fn start(self) -> anyhow::Result<Topology> {
@@ -239,6 +255,8 @@ impl Builder {
                 drain_timeout: self.drain_timeout,
                 private_key: edge_key.clone(),
                 listen: free_udp(edge_ip)?,
+                tunnel: self.edge_tunnel.clone(),
+                state_dir: dir.path().join(format!("{}-state", edge_name(j))),
                 origins: self
                     .origins
                     .iter()
@@ -258,21 +276,12 @@ impl Builder {
                 timeouts: self.timeouts.clone(),
                 limits: self.limits.clone(),
             };
-            let name = edge_name(j);
-            let config = write(dir.path(), &format!("{name}.toml"), &spec.to_toml())?;
-            let config_arg = config.to_string_lossy().into_owned();
-            let mut process = Process::spawn(
-                &format!("kokoa-{name}"),
-                &binary("kokoa-edge")?,
-                ["--config", config_arg.as_str(), "run"],
-                dir.path(),
-                &[],
-            )?;
-            wait_healthy(&mut process, spec.admin).await?;
+            let process = start_edge(dir.path(), &edge_name(j), &spec, 1).await?;
             edges.push(Edge {
                 key: edge_key,
                 spec,
                 process,
+                starts: 1,
             });
         }
 
@@ -297,6 +306,7 @@ impl Builder {
                 // A known port, so that test peers can dial the origin too.
                 listen: free_udp(ip)?,
                 drain_timeout: self.drain_timeout,
+                tunnel: self.origin_tunnel.clone(),
                 edges: origin_edges,
                 services: plan.services.clone(),
             };
@@ -339,6 +349,32 @@ pub fn edge_name(j: usize) -> String {
 /// The inner address of edge number `j` (from 0) toward origin number `index` (from 1).
 pub fn edge_address_n(index: usize, j: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 100, index as u8, 10 + j as u8)
+}
+
+/// Writes `spec` to `dir/NAME.toml`, starts `kokoa-edge` and waits for `/healthz`. `start`
+/// numbers the process's log files (1 for the first start of this edge).
+pub async fn start_edge(
+    dir: &std::path::Path,
+    name: &str,
+    spec: &EdgeSpec,
+    start: usize,
+) -> anyhow::Result<Process> {
+    let config = write(dir, &format!("{name}.toml"), &spec.to_toml())?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let label = if start == 1 {
+        format!("kokoa-{name}")
+    } else {
+        format!("kokoa-{name}-{start}")
+    };
+    let mut process = Process::spawn(
+        &label,
+        &binary("kokoa-edge")?,
+        ["--config", config_arg.as_str(), "run"],
+        dir,
+        &[],
+    )?;
+    wait_healthy(&mut process, spec.admin).await?;
+    Ok(process)
 }
 
 /// Writes `spec` to `dir/origin-NAME.toml`, starts `kokoa-origin` and waits for `/healthz`.
@@ -402,5 +438,18 @@ impl Topology {
     /// Where the config files and logs are.
     pub fn path(&self) -> PathBuf {
         self.dir.path().to_path_buf()
+    }
+
+    /// Stops the (first) edge with `signal` (`KILL`, or `TERM` and its drain), waits for it
+    /// to exit, and starts it again with the same config and state directory. Returns when
+    /// the new process answers `/healthz` (its readiness), and that instant.
+    pub async fn restart_edge(&mut self, signal: &str) -> anyhow::Result<std::time::Instant> {
+        let edge = &mut self.edge;
+        edge.process.signal(signal).await?;
+        let limit = Duration::from_secs(edge.spec.drain_timeout + 10);
+        edge.process.wait_exit(limit).await?;
+        edge.starts += 1;
+        edge.process = start_edge(self.dir.path(), EDGE_NAME, &edge.spec, edge.starts).await?;
+        Ok(std::time::Instant::now())
     }
 }

@@ -2,6 +2,12 @@
 //! round and each contender (rotated, so contenders interleave) starts the contender's stack,
 //! runs every load, records the samples and stops the stack. Writes the Markdown report and
 //! the SVG chart. Everything it created is removed on the way out, also on error or Ctrl-C.
+//!
+//! Why this file is longer than ~1,000 lines: it is the whole sequence of one comparison run —
+//! host setup, each contender's stack (see `report::Contender`), the loads and
+//! the teardown that must undo exactly what setup did — and the setup/teardown pairs are kept
+//! next to each other so that a change to one is seen with the other. Reports and charts live
+//! in their own modules.
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};

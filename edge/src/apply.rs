@@ -439,8 +439,9 @@ impl<D: Dialer> EdgeApplier<D> {
         if let Some(options) = spec.tunnel {
             if options.mtu != self.base.tunnel.options.mtu
                 || options.tcp_buffer != self.base.tunnel.options.tcp_buffer
+                || options.window != self.base.tunnel.options.window
             {
-                tracing::warn!(mtu = %options.mtu, tcp_buffer = %options.tcp_buffer, "new tunnel MTU or buffer: it takes effect when the edge restarts");
+                tracing::warn!(mtu = %options.mtu, tcp_buffer = %options.tcp_buffer, "new tunnel MTU, buffer or window bounds: they take effect when the edge restarts");
             }
         }
         tracing::info!(

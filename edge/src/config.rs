@@ -17,6 +17,7 @@ use kokoa_model::{
     Bounded, Certificate, EdgeLimits, EdgeSpec, HostPattern, HttpRoute, ModelError, Network,
     OriginPeer, Port, SniHostCheck, TcpRoute,
 };
+pub use kokoa_node::config::{ConfigError, DrainSecs};
 use kokoa_node::control::{ControlSettings, FileControl};
 use kokoa_tunnel::settings::{TunnelFile, TunnelSettings};
 use serde::Deserialize;
@@ -32,6 +33,11 @@ pub const DEFAULT_TUNNEL_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 51820);
 /// How long SIGTERM waits for in-flight connections (seconds).
 pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 10;
+/// Where the edge keeps what must outlive a restart when `[edge] state_dir` is not set (in
+/// control mode `[control] state_dir` is used).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/kokoa-edge";
+/// The file in the state directory that remembers each origin's last endpoint.
+pub const PEER_CACHE_FILE: &str = "tunnel-peers";
 /// How long a TCP connect through the tunnel may take (seconds).
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
 /// How long a client may take to complete the TLS handshake (seconds).
@@ -45,39 +51,10 @@ pub const DEFAULT_UPSTREAM_KEEPALIVE: u64 = 64;
 /// How long an idle upstream connection is kept (seconds).
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS: u64 = 90;
 
-/// Seconds SIGTERM may wait (0: close at once).
-pub type DrainSecs = Bounded<0, 86_400>;
 /// Largest request head in bytes.
 pub type HeaderBytes = Bounded<8192, 1_048_576>;
 /// Idle upstream connections kept per service.
 pub type Keepalive = Bounded<0, 100_000>;
-
-/// A configuration that could not be loaded. Each message names the file or field to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A field is missing, unknown or has a value the model refuses.
-    #[error("{0}")]
-    Invalid(#[from] ModelError),
-}
-
-impl ConfigError {
-    /// The offending field's path, when the error is about one.
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            Self::Invalid(error) if !error.field.is_empty() => Some(&error.field),
-            _ => None,
-        }
-    }
-}
 
 /// The validated edge configuration: the node's own settings and what it serves.
 #[derive(Clone, Debug)]
@@ -92,6 +69,10 @@ pub struct EdgeConfig {
     pub https_port_in_redirect: Option<u16>,
     /// How long SIGTERM waits for in-flight connections.
     pub drain_timeout: Duration,
+    /// Where state that must outlive a restart is kept: each origin's last endpoint
+    /// ([`PEER_CACHE_FILE`]), so that a restarted edge reaches origins behind NAT at once.
+    /// `[edge] state_dir` in file mode, `[control] state_dir` in control mode.
+    pub state_dir: PathBuf,
     /// TLS handshake deadline.
     pub tls_handshake_timeout: Duration,
     /// HTTP/1 request head deadline.
@@ -148,6 +129,7 @@ struct FileEdge {
     max_header_bytes: Option<HeaderBytes>,
     upstream_keepalive: Option<Keepalive>,
     upstream_idle_timeout: Option<TimeoutSecs>,
+    state_dir: Option<PathBuf>,
     trusted_proxies: Vec<Network>,
     sni_host_check: SniHostCheck,
 }
@@ -172,11 +154,7 @@ impl EdgeConfig {
     /// (`private_key_file`, certificates, `cert_dir`) are taken relative to the config file's
     /// directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml(&text, path.parent())
+        Self::from_toml(&kokoa_node::config::read_file(path)?, path.parent())
     }
 
     /// Parses and validates TOML text; `base_dir` anchors relative paths.
@@ -269,6 +247,18 @@ impl FileConfig {
             }
             None => None,
         };
+        let state_dir =
+            match (&control, edge.state_dir) {
+                (Some(_), Some(_)) => return Err(ModelError::new(
+                    "edge.state_dir",
+                    "in control mode the edge keeps its state in [control] state_dir: set it there",
+                )),
+                (Some(control), None) => control.state_dir.clone(),
+                (None, dir) => anchored(
+                    base_dir,
+                    dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+                ),
+            };
         let tunnel = self.tunnel.settings(
             "kokoa-edge",
             DEFAULT_TUNNEL_LISTEN,
@@ -312,6 +302,7 @@ impl FileConfig {
                 Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS),
                 DrainSecs::as_secs,
             ),
+            state_dir,
             tls_handshake_timeout: secs(
                 edge.tls_handshake_timeout,
                 DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::StatusCode;
 use kokoa_tunnel::key::PublicKey;
-use kokoa_tunnel::{Tunnel, TunnelError, TunnelStream};
+use kokoa_tunnel::{StreamHandle, Tunnel, TunnelError, TunnelStream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -95,6 +95,42 @@ pub trait Dialer: Send + Sync + 'static {
         origin: &str,
         port: u16,
     ) -> impl Future<Output = Result<Self::Stream, DialError>> + Send;
+
+    /// [`Dialer::dial`] on behalf of a client ([`UpstreamClient`]): the tunnel sizes the
+    /// stream's buffers from that client's share of the window budget. Plain TCP ignores it.
+    fn dial_for(
+        &self,
+        origin: &str,
+        port: u16,
+        client: Option<UpstreamClient>,
+    ) -> impl Future<Output = Result<Self::Stream, DialError>> + Send {
+        let _ = client;
+        self.dial(origin, port)
+    }
+
+    /// A handle that moves the stream's buffer charge to another client while a pooled
+    /// connection changes hands (tunnel streams only).
+    fn handle(stream: &Self::Stream) -> Option<StreamHandle> {
+        let _ = stream;
+        None
+    }
+}
+
+/// The client a request is forwarded for, as the tunnel's window budget knows it: the client
+/// key (address masked with `[limits] ipv4_prefix` / `ipv6_prefix`, as for the limiters). The
+/// proxy puts it in the upstream request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamClient(pub u128);
+
+impl UpstreamClient {
+    /// The key of `client` under `mask` (IPv4 keys as IPv4-mapped IPv6 addresses).
+    pub fn new(mask: crate::limit::KeyMask, client: IpAddr) -> Self {
+        let bits = match mask.key(client) {
+            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+            IpAddr::V6(v6) => u128::from(v6),
+        };
+        UpstreamClient(bits)
+    }
 }
 
 /// Where an origin is inside the tunnel.
@@ -148,6 +184,19 @@ impl Dialer for TunnelDialer {
     type Stream = TunnelStream;
 
     async fn dial(&self, origin: &str, port: u16) -> Result<TunnelStream, DialError> {
+        self.dial_for(origin, port, None).await
+    }
+
+    fn handle(stream: &TunnelStream) -> Option<StreamHandle> {
+        Some(stream.handle())
+    }
+
+    async fn dial_for(
+        &self,
+        origin: &str,
+        port: u16,
+        client: Option<UpstreamClient>,
+    ) -> Result<TunnelStream, DialError> {
         let target = self
             .origins
             .load()
@@ -156,7 +205,7 @@ impl Dialer for TunnelDialer {
             .ok_or_else(|| DialError::UnknownOrigin(origin.to_owned()))?;
         let dst = SocketAddrV4::new(target.address, port);
         self.tunnel
-            .connect(&target.public_key, dst, self.timeout)
+            .connect_for(&target.public_key, dst, self.timeout, client.map(|c| c.0))
             .await
             .map_err(|error| {
                 let origin = origin.to_owned();

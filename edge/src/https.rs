@@ -81,6 +81,9 @@ pub struct HttpLimits {
     pub h2_max_local_error_reset_streams: usize,
     /// Interval of HTTP/2 keep-alive PINGs; `None` disables them.
     pub h2_keepalive_interval: Option<Duration>,
+    /// How a client address becomes its key (`ipv4_prefix`, `ipv6_prefix`): upstream tunnel
+    /// streams are charged to that key's window share (see [`crate::dial::UpstreamClient`]).
+    pub key_mask: crate::limit::KeyMask,
     /// Send and request body timeouts (`[limits] send_timeout`, `client_body_timeout`, ...).
     pub timeouts: TransferTimeouts,
     /// Proxies whose forwarding headers are believed (`[edge] trusted_proxies`).
@@ -111,6 +114,7 @@ impl HttpLimits {
             h2_max_pending_reset_streams: limits.h2_max_pending_reset_streams.as_usize(),
             h2_max_local_error_reset_streams: limits.h2_max_local_error_reset_streams.as_usize(),
             h2_keepalive_interval: (keepalive > 0).then(|| Duration::from_secs(keepalive)),
+            key_mask: crate::limit::KeyMask::from_limits(limits),
             timeouts: TransferTimeouts::from_limits(limits),
             trusted_proxies: TrustedProxies::default(),
             sni_host_check: SniHostCheck::default(),

@@ -52,10 +52,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use kokoa_model::TunnelOptions;
 use kokoa_node::admin::Admin;
 use kokoa_node::drain::{Drain, DrainOutcome};
-use kokoa_tunnel::key::PrivateKey;
 use kokoa_tunnel::Tunnel;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -350,34 +348,6 @@ pub async fn run(config: EdgeConfig, shutdown: impl Future<Output = ()>) -> anyh
     run_with_reload(config, None, shutdown).await
 }
 
-/// The key and tunnel options the edge starts with: the file's, or in control mode (without a
-/// key of the operator's) those of the persisted snapshot, so a restart runs what control
-/// last sent even while control is away.
-fn startup_tunnel(config: &EdgeConfig) -> (PrivateKey, TunnelOptions) {
-    let mut key = config.tunnel.private_key.clone();
-    let mut options = config.tunnel.options;
-    if let Some(settings) = &config.control {
-        match kokoa_node::control::load_snapshot(&settings.state_dir) {
-            Ok(Some(snapshot)) => {
-                if let Some(kokoa_proto::v1::snapshot::Node::Edge(edge)) = snapshot.node {
-                    if config.tunnel.key_from_control {
-                        if let Ok(persisted) = PrivateKey::from_base64(&edge.private_key) {
-                            key = persisted;
-                        }
-                    }
-                    if let Some(Ok(persisted)) = edge.tunnel.as_ref().map(TunnelOptions::from_proto)
-                    {
-                        options = persisted;
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%error, "cannot read the persisted config"),
-        }
-    }
-    (key, options)
-}
-
 /// Runs the edge until `shutdown` resolves: binds its listeners (errors name the address) and
 /// tunnel, applies what it serves through one [`EdgeApplier`] (the file's spec, or control's
 /// persisted snapshot and then control's stream), serves, and on shutdown drains for up to
@@ -391,8 +361,11 @@ pub async fn run_with_reload(
 ) -> anyhow::Result<()> {
     let listeners = Listeners::bind_http(&config).await?;
     let admin_listener = bind(config.admin, "[edge] admin").await?;
-    let (private_key, options) = startup_tunnel(&config);
-    let tunnel_config = config.tunnel.tunnel_config(private_key, options);
+    let (private_key, options) =
+        kokoa_node::config::startup_tunnel(&config.tunnel, config.control.as_ref());
+    let mut tunnel_config = config.tunnel.tunnel_config(private_key, options);
+    // Origins behind NAT are reached again at once after a restart (see `kokoa_tunnel::CachedPeer`).
+    tunnel_config.peer_cache = Some(config.state_dir.join(config::PEER_CACHE_FILE));
     let listen = tunnel_config.listen;
     // The edge accepts no inbound tunnel streams; `_incoming` is kept so the tunnel's accept
     // queue stays open for the tunnel's lifetime.

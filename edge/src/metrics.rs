@@ -403,6 +403,21 @@ impl Collector for TunnelCollector {
                 "Inner packets dropped because their source is outside the peer's allowed IPs",
                 stats.dropped_source,
             ),
+            (
+                "kokoa_tunnel_streams_refused_window",
+                "Streams refused because the window budget had no room even for the smallest buffers",
+                stats.refused_window,
+            ),
+            (
+                "kokoa_tunnel_stalled_resets",
+                "Streams reset because none of their data was acknowledged for [tunnel] stall_timeout",
+                stats.stalled_resets,
+            ),
+            (
+                "kokoa_tunnel_unknown_session_handshakes",
+                "Handshakes started toward a peer that sent data on a session this node does not have",
+                stats.unknown_session_handshakes,
+            ),
         ] {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             metric.encode_counter::<NoLabelSet, _, u64>(&value, None)?;
@@ -414,6 +429,21 @@ impl Collector for TunnelCollector {
             MetricType::Gauge,
         )?;
         streams.encode_gauge(&clamp(stats.active_streams))?;
+        for (name, help, value) in [
+            (
+                "kokoa_tunnel_window_bytes",
+                "Bytes of stream buffers allocated (open streams and sockets kept for reuse)",
+                stats.window_bytes,
+            ),
+            (
+                "kokoa_tunnel_window_budget_bytes",
+                "The node's budget for stream buffers ([tunnel] window_budget)",
+                stats.window_budget,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            metric.encode_gauge(&clamp(value))?;
+        }
 
         let label = |key: &PublicKey| {
             [(

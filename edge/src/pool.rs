@@ -19,6 +19,18 @@
 //! a sweep drops expired ones even when no request comes. A connection the origin closed is
 //! dropped when it is next looked at. A request that a reused connection could not even start
 //! to send (the origin closed it meanwhile) is retried on another connection.
+//!
+//! Window memory (see `kokoa_tunnel::window`): a new connection's tunnel buffers are sized from
+//! the share of the client it is opened for, and charged to that client until the connection
+//! goes idle; an idle connection (and a pooled one while it serves a request) is charged to the
+//! origin. Two rules keep a busy client (many parallel requests from one address: an office
+//! behind NAT, a load test) at full speed while a client that stalls its streams stays bounded:
+//! - only full-size connections are pooled: one that opened smaller (its client was over its
+//!   share at that moment) is closed after its response instead of handing its small window to
+//!   every later request, so a burst cannot leave the pool with slow connections;
+//! - a client may hold at most `max_idle` pooled connections at once ([`Borrows`]); beyond that
+//!   its requests open new connections, sized from its own share. So the pool cannot launder
+//!   full-size buffers to a client that stalls every response it gets.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -36,8 +48,9 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::dial::{DialError, Dialer};
+use crate::dial::{DialError, Dialer, UpstreamClient};
 use crate::metrics::{DialLabels, Metrics};
+use kokoa_tunnel::StreamHandle;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -90,8 +103,79 @@ pub fn dial_error(error: &SendError) -> Option<&DialError> {
 
 type Sender = http1::SendRequest<ProxyBody>;
 
-struct Idle {
+/// One upstream connection: hyper's handle to send on it, and (through the tunnel) the handle
+/// that charges its buffers to whichever client it serves.
+struct Conn {
     sender: Sender,
+    stream: Option<StreamHandle>,
+    /// Set while a pooled connection serves a client: that client's count of borrowed
+    /// connections, given back when this is dropped.
+    borrow: Option<Borrow>,
+}
+
+impl Conn {
+    /// Charges the connection's tunnel buffers to the origin: it serves no client of its own.
+    fn to_origin(&self) {
+        if let Some(stream) = &self.stream {
+            stream.set_client(None);
+        }
+    }
+
+    /// Whether the connection may be pooled: plain TCP, or a tunnel stream with full-size
+    /// buffers.
+    fn full_size(&self) -> bool {
+        self.stream.as_ref().is_none_or(StreamHandle::is_full_size)
+    }
+}
+
+/// Pooled connections each client holds at once (see the module docs).
+#[derive(Default)]
+struct Borrows {
+    held: Mutex<HashMap<UpstreamClient, usize>>,
+}
+
+impl Borrows {
+    /// One more pooled connection for `client`, unless it holds `max` already.
+    fn take(self: &Arc<Self>, client: UpstreamClient, max: usize) -> Option<Borrow> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(client).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Borrow {
+            borrows: self.clone(),
+            client,
+        })
+    }
+
+    #[cfg(test)]
+    fn held(&self, client: UpstreamClient) -> usize {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(&client).copied().unwrap_or(0)
+    }
+}
+
+/// One pooled connection a client holds; dropping it gives it back.
+struct Borrow {
+    borrows: Arc<Borrows>,
+    client: UpstreamClient,
+}
+
+impl Drop for Borrow {
+    fn drop(&mut self) {
+        let mut held = self.borrows.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.client);
+            }
+        }
+    }
+}
+
+struct Idle {
+    conn: Conn,
     since: Instant,
 }
 
@@ -100,6 +184,7 @@ struct Shared<D> {
     // Only this family, not all of `Metrics`.
     dial_errors: Family<DialLabels, Counter>,
     idle: Mutex<HashMap<Box<str>, Vec<Idle>>>,
+    borrows: Arc<Borrows>,
     max_idle: usize,
     idle_timeout: Duration,
     sweeping: std::sync::Once,
@@ -126,6 +211,7 @@ impl<D: Dialer> Pool<D> {
                 dialer,
                 dial_errors: metrics.dial_errors.clone(),
                 idle: Mutex::new(HashMap::new()),
+                borrows: Arc::default(),
                 max_idle,
                 idle_timeout,
                 sweeping: std::sync::Once::new(),
@@ -133,7 +219,9 @@ impl<D: Dialer> Pool<D> {
         }
     }
 
-    /// Sends `request` (its URI from [`service_uri`]) over an idle or new connection.
+    /// Sends `request` (its URI from [`service_uri`]) over an idle or new connection. An
+    /// [`UpstreamClient`] in the request's extensions is who a new connection's tunnel buffers
+    /// are sized for and charged to, and who borrows a pooled one (see the module docs).
     pub async fn send(
         &self,
         mut request: Request<ProxyBody>,
@@ -151,19 +239,20 @@ impl<D: Dialer> Pool<D> {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *request.uri_mut() = Uri::from(path);
+        let client = request.extensions().get::<UpstreamClient>().copied();
 
         let mut stale = 0;
         loop {
-            let (mut sender, reused) = match self.checkout(authority.as_str()).await {
-                Some(sender) => (sender, true),
-                None => (self.connect(&authority).await?, false),
+            let (mut conn, reused) = match self.checkout(authority.as_str(), client).await {
+                Some(conn) => (conn, true),
+                None => (self.connect(&authority, client).await?, false),
             };
-            match sender.try_send_request(request).await {
+            match conn.sender.try_send_request(request).await {
                 Ok(response) => {
                     // An upgraded connection is the WebSocket's now; it never comes back.
                     let ticket =
                         (response.status() != StatusCode::SWITCHING_PROTOCOLS).then(|| Ticket {
-                            sender,
+                            conn,
                             pool: Arc::downgrade(&self.shared) as Weak<dyn Return>,
                             key: authority.clone(),
                         });
@@ -181,8 +270,13 @@ impl<D: Dialer> Pool<D> {
         }
     }
 
-    /// An idle connection to `key` that is ready for a request, if there is one.
-    async fn checkout(&self, key: &str) -> Option<Sender> {
+    /// An idle connection to `key` that is ready for a request, if there is one and `client`
+    /// may borrow another.
+    async fn checkout(&self, key: &str, client: Option<UpstreamClient>) -> Option<Conn> {
+        let borrow = match client {
+            Some(client) => Some(self.shared.borrows.take(client, self.shared.max_idle)?),
+            None => None,
+        };
         loop {
             let mut idle = {
                 let mut lists = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,21 +284,27 @@ impl<D: Dialer> Pool<D> {
                 // comes and goes with every request, and its entry need not.
                 lists.get_mut(key)?.pop()?
             };
-            if idle.since.elapsed() >= self.shared.idle_timeout || idle.sender.is_closed() {
+            if idle.since.elapsed() >= self.shared.idle_timeout || idle.conn.sender.is_closed() {
                 continue;
             }
             // The previous response has been read; hyper is ready for the next request as soon
             // as the connection task has seen that, or reports the connection closed.
-            if idle.sender.ready().await.is_ok() {
-                return Some(idle.sender);
+            if idle.conn.sender.ready().await.is_ok() {
+                let mut conn = idle.conn;
+                conn.borrow = borrow;
+                return Some(conn);
             }
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<Sender, SendError> {
+    async fn connect(
+        &self,
+        authority: &Authority,
+        client: Option<UpstreamClient>,
+    ) -> Result<Conn, SendError> {
         let origin = authority.host();
         let port = authority.port_u16().unwrap_or(80);
-        let stream = match self.shared.dialer.dial(origin, port).await {
+        let stream = match self.shared.dialer.dial_for(origin, port, client).await {
             Ok(stream) => stream,
             Err(error) => {
                 self.shared
@@ -217,6 +317,7 @@ impl<D: Dialer> Pool<D> {
                 return Err(error.into());
             }
         };
+        let handle = D::handle(&stream);
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(SendError::Request)?;
@@ -225,20 +326,27 @@ impl<D: Dialer> Pool<D> {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok(Conn {
+            sender,
+            stream: handle,
+            borrow: None,
+        })
     }
 }
 
 /// Puts a connection back on its service's idle list (type-erased over the dialer).
 trait Return: Send + Sync {
-    fn put_back(&self, key: &Authority, sender: Sender);
+    fn put_back(&self, key: &Authority, conn: Conn);
 }
 
 impl<D: Dialer> Return for Shared<D> {
-    fn put_back(&self, key: &Authority, sender: Sender) {
-        if self.max_idle == 0 || sender.is_closed() {
+    fn put_back(&self, key: &Authority, mut conn: Conn) {
+        if self.max_idle == 0 || conn.sender.is_closed() || !conn.full_size() {
             return;
         }
+        // Idle, it serves no client: its buffers count against the origin's share.
+        conn.borrow = None;
+        conn.to_origin();
         let mut lists = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = match lists.get_mut(key.as_str()) {
             Some(list) => list,
@@ -249,7 +357,7 @@ impl<D: Dialer> Return for Shared<D> {
             list.remove(0);
         }
         list.push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
@@ -277,7 +385,7 @@ async fn sweep<D: Dialer>(pool: Weak<Shared<D>>) {
                 let keep = list
                     .iter()
                     .position(|idle| {
-                        idle.since.elapsed() < shared.idle_timeout && !idle.sender.is_closed()
+                        idle.since.elapsed() < shared.idle_timeout && !idle.conn.sender.is_closed()
                     })
                     .unwrap_or(list.len());
                 expired.extend(list.drain(..keep));
@@ -292,7 +400,7 @@ async fn sweep<D: Dialer>(pool: Weak<Shared<D>>) {
 
 /// The right to put a connection back once its response has been read.
 struct Ticket {
-    sender: Sender,
+    conn: Conn,
     pool: Weak<dyn Return>,
     key: Authority,
 }
@@ -317,7 +425,7 @@ impl Pooled {
     fn release(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             if let Some(pool) = ticket.pool.upgrade() {
-                pool.put_back(&ticket.key, ticket.sender);
+                pool.put_back(&ticket.key, ticket.conn);
             }
         }
     }
@@ -366,6 +474,28 @@ mod tests {
     use std::collections::HashMap;
     use std::net::{IpAddr, Ipv4Addr};
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_client_borrows_at_most_max_pooled_connections() {
+        let borrows = Arc::new(Borrows::default());
+        let office = UpstreamClient(1);
+        let other = UpstreamClient(2);
+        let first = borrows.take(office, 2).expect("under the cap");
+        let second = borrows.take(office, 2).expect("at the cap");
+        assert!(borrows.take(office, 2).is_none(), "over the cap");
+        // Another client is not affected.
+        let theirs = borrows.take(other, 2).expect("another client");
+        assert_eq!((borrows.held(office), borrows.held(other)), (2, 1));
+        drop(first);
+        assert_eq!(borrows.held(office), 1);
+        let again = borrows.take(office, 2).expect("one was given back");
+        drop((second, again, theirs));
+        assert_eq!((borrows.held(office), borrows.held(other)), (0, 0));
+        assert!(
+            borrows.held.lock().unwrap().is_empty(),
+            "no entry is left behind"
+        );
+    }
 
     #[test]
     fn service_uri_encodes_origin_and_port() {

@@ -57,7 +57,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument as _;
 
-use crate::dial::Dialer;
+use crate::dial::{Dialer, UpstreamClient};
 use crate::forwarded;
 use crate::head::{self, HeadError};
 use crate::https::{HttpLimits, SharedHttpLimits};
@@ -543,6 +543,10 @@ impl<D: Dialer> Proxy<D> {
         let from_h2 = parts.version == Version::HTTP_2;
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
+        // The tunnel charges the upstream stream's buffers to this client's window share.
+        parts
+            .extensions
+            .insert(UpstreamClient::new(limits.key_mask, origin.client));
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
         let host = HeaderValue::from_str(raw_host)?;

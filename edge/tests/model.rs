@@ -127,9 +127,17 @@ fn the_toml_file_and_the_snapshot_give_the_same_model() {
                 PrivateKey::generate().to_base64()
             );
             if let Some(options) = &spec.tunnel {
+                let w = &options.window;
                 text.push_str(&format!(
-                    "mtu = {}\ntcp_buffer = {}\noverlay = \"{}\"\n",
-                    options.mtu, options.tcp_buffer, options.overlay
+                    "mtu = {}\ntcp_buffer = {}\noverlay = \"{}\"\nmin_tcp_buffer = {}\nwindow_budget = {}\nwindow_per_client = {}\nwindow_per_peer = {}\nstall_timeout = {}\n",
+                    options.mtu,
+                    options.tcp_buffer,
+                    options.overlay,
+                    w.min_tcp_buffer,
+                    w.budget,
+                    w.per_client,
+                    w.per_peer,
+                    w.stall_timeout
                 ));
             }
             text.push_str(&tables);

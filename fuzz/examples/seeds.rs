@@ -1,7 +1,7 @@
 //! Writes the tunnel seed corpus (`corpus/tunnel_datagram/`): inputs that a real boringtun
 //! peer holding the harness's fixed key would send, so the fuzzer starts past the MAC checks.
 //!
-//! `cargo run --manifest-path fuzz/Cargo.toml --example seeds` (from the repository root).
+//! `cargo run -p kokoa-fuzz --example seeds` (from the repository root).
 
 use std::path::Path;
 

@@ -53,4 +53,4 @@ pub use crate::route::{HttpRoute, ProxyProtocol, SniHostCheck, TcpRoute};
 pub use crate::serde_util::{from_json, from_json_value, from_toml};
 pub use crate::service::{HealthPath, Protocol, Service};
 pub use crate::spec::{EdgeSpec, OriginSpec};
-pub use crate::tunnel::{Mtu, TcpBuffer, TunnelOptions};
+pub use crate::tunnel::{Mtu, TcpBuffer, TunnelOptions, WindowLimits};

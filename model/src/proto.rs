@@ -16,7 +16,7 @@ use crate::peer::{EdgePeer, Keepalive, OriginPeer};
 use crate::route::{HttpRoute, ProxyProtocol, TcpRoute};
 use crate::service::{HealthPath, Protocol, Service};
 use crate::spec::{EdgeSpec, OriginSpec};
-use crate::tunnel::{Mtu, TcpBuffer, TunnelOptions};
+use crate::tunnel::{Mtu, StallSecs, TcpBuffer, TunnelOptions, WindowBytes, WindowLimits};
 
 fn public_key(text: &str) -> Result<PublicKey, ModelError> {
     PublicKey::from_base64(text).map_err(|e| {
@@ -341,7 +341,7 @@ impl EdgeLimits {
 impl TunnelOptions {
     /// Validates tunnel settings from the wire (0 or empty: the default).
     pub fn from_proto(tunnel: &pb::TunnelSettings) -> Result<Self, ModelError> {
-        Ok(Self {
+        let options = Self {
             mtu: match tunnel.mtu {
                 0 => Mtu::default(),
                 mtu => Mtu::new(mtu).at("mtu")?,
@@ -355,7 +355,22 @@ impl TunnelOptions {
             } else {
                 Overlay::parse(&tunnel.overlay).at("overlay")?
             },
-        })
+            window: WindowLimits::with(
+                match tunnel.min_tcp_buffer {
+                    0 => None,
+                    bytes => Some(TcpBuffer::new(bytes).at("min_tcp_buffer")?),
+                },
+                window_bytes(tunnel.window_budget, "window_budget")?,
+                window_bytes(tunnel.window_per_client, "window_per_client")?,
+                window_bytes(tunnel.window_per_peer, "window_per_peer")?,
+                tunnel
+                    .stall_timeout_seconds
+                    .map(|secs| StallSecs::new(secs).at("stall_timeout_seconds"))
+                    .transpose()?,
+            ),
+        };
+        options.validate()?;
+        Ok(options)
     }
 
     /// The wire form.
@@ -364,7 +379,20 @@ impl TunnelOptions {
             mtu: u32::from(self.mtu.get()),
             tcp_buffer: self.tcp_buffer.get(),
             overlay: self.overlay.to_string(),
+            min_tcp_buffer: self.window.min_tcp_buffer.get(),
+            window_budget: self.window.budget.get(),
+            window_per_client: self.window.per_client.get(),
+            window_per_peer: self.window.per_peer.get(),
+            stall_timeout_seconds: Some(self.window.stall_timeout.as_u32()),
         }
+    }
+}
+
+/// A window size from the wire: 0 is the default (`None`).
+fn window_bytes(bytes: u64, field: &'static str) -> Result<Option<WindowBytes>, ModelError> {
+    match bytes {
+        0 => Ok(None),
+        bytes => WindowBytes::new(bytes).at(field).map(Some),
     }
 }
 
@@ -585,6 +613,8 @@ mod tests {
             }),
             tunnel: Some(pb::TunnelSettings {
                 mtu: 1280,
+                window_per_client: 32 << 20,
+                stall_timeout_seconds: Some(0),
                 ..Default::default()
             }),
             ..Default::default()
@@ -595,7 +625,11 @@ mod tests {
     fn edge_snapshots_round_trip() {
         let spec = EdgeSpec::from_proto(&snapshot()).unwrap();
         spec.validate(None, Overlay::default()).unwrap();
-        assert_eq!(spec.tunnel.unwrap().mtu.get(), 1280);
+        let tunnel = spec.tunnel.unwrap();
+        assert_eq!(tunnel.mtu.get(), 1280);
+        assert_eq!(tunnel.window.per_client.get(), 32 << 20);
+        assert_eq!(tunnel.window.stall_timeout.get(), 0);
+        assert_eq!(tunnel.window.budget.get(), 256 << 20);
         let limits = spec.limits.as_ref().unwrap();
         assert_eq!(limits.rate.unwrap().burst, 10);
         assert_eq!(limits.send_timeout.get(), 15);
@@ -664,6 +698,16 @@ mod tests {
             (
                 Box::new(|s| s.tunnel.as_mut().unwrap().mtu = 70000),
                 "tunnel.mtu",
+                ObjectRef::new(ObjectKind::Tunnel, ""),
+            ),
+            (
+                Box::new(|s| s.tunnel.as_mut().unwrap().window_per_client = 1 << 40),
+                "tunnel.window_per_client",
+                ObjectRef::new(ObjectKind::Tunnel, ""),
+            ),
+            (
+                Box::new(|s| s.tunnel.as_mut().unwrap().stall_timeout_seconds = Some(100_000)),
+                "tunnel.stall_timeout_seconds",
                 ObjectRef::new(ObjectKind::Tunnel, ""),
             ),
         ];

@@ -16,7 +16,7 @@ use crate::peer::{EdgePeer, Keepalive, OriginPeer};
 use crate::route::{HttpRoute, ProxyProtocol, TcpRoute};
 use crate::service::{HealthPath, Protocol, Service};
 use crate::spec::{EdgeSpec, OriginSpec};
-use crate::tunnel::{Mtu, TcpBuffer, TunnelOptions, MAX_MTU, MIN_MTU};
+use crate::tunnel::{Mtu, StallSecs, TcpBuffer, TunnelOptions, WindowLimits, MAX_MTU, MIN_MTU};
 
 /// A node or service name.
 pub fn name() -> impl Strategy<Value = Name> {
@@ -149,11 +149,22 @@ pub fn edge_limits() -> impl Strategy<Value = EdgeLimits> {
 
 /// Tunnel settings inside the default overlay.
 pub fn tunnel_options() -> impl Strategy<Value = TunnelOptions> {
-    (MIN_MTU..=MAX_MTU, 4096u32..=1 << 20).prop_map(|(mtu, buffer)| TunnelOptions {
-        mtu: Mtu::new(mtu).expect("in range"),
-        tcp_buffer: TcpBuffer::new(buffer).expect("in range"),
-        overlay: Overlay::default(),
-    })
+    (
+        MIN_MTU..=MAX_MTU,
+        4096u32..=1 << 20,
+        4096u32..=1 << 20,
+        0u64..=86_400,
+    )
+        .prop_map(|(mtu, buffer, min, stall)| TunnelOptions {
+            mtu: Mtu::new(mtu).expect("in range"),
+            tcp_buffer: TcpBuffer::new(buffer).expect("in range"),
+            overlay: Overlay::default(),
+            window: WindowLimits {
+                min_tcp_buffer: TcpBuffer::new(min.min(buffer)).expect("in range"),
+                stall_timeout: StallSecs::new(stall).expect("in range"),
+                ..WindowLimits::default()
+            },
+        })
 }
 
 /// A WireGuard key from 32 arbitrary bytes.

@@ -171,6 +171,8 @@ pub fn main<N: Node>() -> ExitCode {
             Err(code) => code,
         },
         Command::Run => {
+            // Before anything else: this may start the program again (same PID).
+            crate::alloc::reexec_with_allocator_settings(name);
             crate::telemetry::init(cli.log_json);
             let config = match load::<N>(&cli.config) {
                 Ok(config) => config,

@@ -5,11 +5,14 @@
 //! and the control-plane client ([`control`]) that enrolls the node and applies the config
 //! `kokoa-control` streams, with what it needs on its own: state files ([`persist`]),
 //! `[control]` settings ([`settings`]), reconnect delays ([`backoff`]), `/proc` meters
-//! ([`meter`]) and endpoint resolution ([`resolve`]).
+//! ([`meter`]) and endpoint resolution ([`resolve`]), and the allocator settings both binaries
+//! start with ([`alloc`]).
 
 pub mod admin;
+pub mod alloc;
 pub mod backoff;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod docs;
 pub mod drain;

@@ -104,8 +104,9 @@ impl OriginApplier {
         if let Some(options) = spec.tunnel {
             if options.mtu != self.base.tunnel.options.mtu
                 || options.tcp_buffer != self.base.tunnel.options.tcp_buffer
+                || options.window != self.base.tunnel.options.window
             {
-                tracing::warn!(mtu = %options.mtu, tcp_buffer = %options.tcp_buffer, "new tunnel MTU or buffer: it takes effect when the origin restarts");
+                tracing::warn!(mtu = %options.mtu, tcp_buffer = %options.tcp_buffer, "new tunnel MTU, buffer or window bounds: they take effect when the origin restarts");
             }
         }
         tracing::info!(

@@ -4,14 +4,27 @@
 //! address (bounded by the connect timeout), then copies bytes both ways until both directions
 //! have ended. Half-close is preserved: when one side sends FIN, the other side's write half is
 //! shut down and the opposite direction keeps flowing until it ends too.
+//!
+//! A bridge owns no buffer of its own. It reads from one side only when the other can take the
+//! bytes right away (room in the tunnel stream's send buffer, or a writable app socket), through
+//! a scratch buffer per thread, so bytes wait in the tunnel's bounded window or in the app's
+//! kernel socket, never in the origin's heap: a stream whose edge stopped reading costs its
+//! tunnel buffers and nothing else, and thousands of idle or stalled streams cost no copy
+//! buffers. Only when the app's socket takes part of a chunk is the rest kept until it can
+//! (at most one chunk per stream).
+//!
+//! When the edge resets the stream (its client went away, or it gave up on it) the next
+//! readiness check fails, and the app connection is closed at once.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use kokoa_tunnel::IncomingStream;
+use kokoa_tunnel::{IncomingStream, TunnelStream};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -20,15 +33,19 @@ use tracing::Instrument;
 use crate::metrics::{ByteLabels, FailureLabels, Metrics, ServiceLabels};
 use crate::service::ServiceTable;
 
-/// Bytes moved per read and write from the tunnel to the app. tokio's default of 8 KiB made an
-/// upload cost the origin one write to the app per 8 KiB; with 64 KiB the benchmark's uploads
-/// ran 15-25% faster at a third less origin CPU per GB.
-const TO_LOCAL_BUFFER: usize = 64 * 1024;
+/// Largest chunk moved in one step. 64 KiB: tokio's default of 8 KiB made an upload cost the
+/// origin one write to the app per 8 KiB; with 64 KiB the benchmark's uploads ran 15-25% faster
+/// at a third less origin CPU per GB.
+const CHUNK: usize = 64 * 1024;
 
-/// Bytes moved per read and write from the app to the tunnel: tokio's default. A larger buffer
-/// did not speed up downloads, and it stays allocated as long as the edge keeps the connection
-/// in its keep-alive pool.
-const TO_TUNNEL_BUFFER: usize = 8 * 1024;
+/// Chunks a direction moves per poll before it yields, so that one busy stream cannot keep the
+/// origin's thread from its other streams.
+const CHUNKS_PER_POLL: usize = 16;
+
+thread_local! {
+    /// The one copy buffer of this thread: every bridge on it uses it within a single poll.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; CHUNK].into_boxed_slice());
+}
 
 /// Bridges `incoming` to the service its port maps to in `table`, then returns when both
 /// directions are done (or one failed).
@@ -141,23 +158,19 @@ pub async fn bridge(
                 direction: "to_tunnel",
             })
             .clone();
-        // Count bytes as they are read from each side, so an aborted stream is counted too.
-        let mut tunnel_side = Counted::new(stream, to_local);
-        let mut local_side = Counted::new(local, to_tunnel);
         tracing::debug!("bridging");
-        let copied = tokio::io::copy_bidirectional_with_sizes(
-            &mut tunnel_side,
-            &mut local_side,
-            TO_LOCAL_BUFFER,
-            TO_TUNNEL_BUFFER,
-        );
-        match copied.await {
-            Ok((up, down)) => tracing::debug!(to_local = up, to_tunnel = down, "stream closed"),
+        let mut copy = Bridge::new(stream, local, to_local, to_tunnel);
+        match (&mut copy).await {
+            Ok(()) => tracing::debug!(
+                to_local = copy.to_local.moved,
+                to_tunnel = copy.to_tunnel.moved,
+                "stream closed"
+            ),
             Err(error) => {
                 // Pass the failure on as a reset rather than a clean FIN, so the edge does not
                 // take a truncated response for a complete one.
                 tracing::debug!(%error, "stream ended with an error; resetting the tunnel side");
-                tunnel_side.inner.abort();
+                copy.tunnel.abort();
             }
         }
     }
@@ -178,84 +191,167 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
     Guard(Some(f))
 }
 
-/// An I/O object that adds every byte read from it to a counter.
-struct Counted<T> {
-    inner: T,
-    read: Counter,
+/// One direction's state: what is left of a chunk the receiving side only partly took, and
+/// whether the sending side has ended.
+#[derive(Default)]
+struct Half {
+    /// Bytes read but not yet written (only when the app's socket took part of a chunk).
+    pending: Vec<u8>,
+    /// The sending side reached its end; the receiving side's write half is to be shut down.
+    eof: bool,
+    /// The receiving side's write half is shut down: this direction is over.
+    done: bool,
+    /// Bytes moved, for the log.
+    moved: u64,
+    /// Bytes read, counted as they are read (so an aborted stream is counted too).
+    counter: Counter,
 }
 
-impl<T> Counted<T> {
-    fn new(inner: T, read: Counter) -> Self {
-        Self { inner, read }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = buf.filled().len().saturating_sub(before);
-        if read > 0 {
-            self.read.inc_by(read as u64);
+impl Half {
+    fn new(counter: Counter) -> Self {
+        Half {
+            counter,
+            ..Half::default()
         }
-        result
+    }
+
+    fn read(&mut self, n: usize) {
+        self.moved += n as u64;
+        self.counter.inc_by(n as u64);
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+/// Copies both ways between a tunnel stream and an app connection (see the module docs).
+/// Resolves when both directions have ended, or with the first error.
+struct Bridge {
+    tunnel: TunnelStream,
+    local: TcpStream,
+    to_local: Half,
+    to_tunnel: Half,
+}
+
+impl Bridge {
+    fn new(tunnel: TunnelStream, local: TcpStream, to_local: Counter, to_tunnel: Counter) -> Self {
+        Bridge {
+            tunnel,
+            local,
+            to_local: Half::new(to_local),
+            to_tunnel: Half::new(to_tunnel),
+        }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    /// Tunnel -> app. Reads only while the app's socket is writable.
+    fn poll_to_local(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let half = &mut self.to_local;
+        for _ in 0..CHUNKS_PER_POLL {
+            if half.done {
+                return Poll::Ready(Ok(()));
+            }
+            if !half.pending.is_empty() {
+                ready!(self.local.poll_write_ready(cx))?;
+                match self.local.try_write(&half.pending) {
+                    Ok(n) => {
+                        half.pending.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                continue;
+            }
+            if half.eof {
+                ready!(Pin::new(&mut self.local).poll_shutdown(cx))?;
+                half.done = true;
+                continue;
+            }
+            ready!(self.local.poll_write_ready(cx))?;
+            ready!(self.tunnel.poll_read_ready(cx))?;
+            let local = &self.local;
+            let tunnel = &mut self.tunnel;
+            let step = SCRATCH.with(|scratch| -> Poll<io::Result<()>> {
+                let mut scratch = scratch.borrow_mut();
+                let mut buf = ReadBuf::new(&mut scratch[..]);
+                ready!(Pin::new(&mut *tunnel).poll_read(cx, &mut buf))?;
+                let chunk = buf.filled();
+                if chunk.is_empty() {
+                    half.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+                half.read(chunk.len());
+                let written = match local.try_write(chunk) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                half.pending.extend_from_slice(&chunk[written..]);
+                Poll::Ready(Ok(()))
+            });
+            ready!(step)?;
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+    /// App -> tunnel. Reads only as much as the tunnel stream's send buffer can take.
+    fn poll_to_tunnel(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let half = &mut self.to_tunnel;
+        for _ in 0..CHUNKS_PER_POLL {
+            if half.done {
+                return Poll::Ready(Ok(()));
+            }
+            if !half.pending.is_empty() {
+                let n = ready!(Pin::new(&mut self.tunnel).poll_write(cx, &half.pending))?;
+                half.pending.drain(..n);
+                continue;
+            }
+            if half.eof {
+                ready!(Pin::new(&mut self.tunnel).poll_shutdown(cx))?;
+                half.done = true;
+                continue;
+            }
+            let room = ready!(self.tunnel.poll_write_ready(cx))?;
+            ready!(self.local.poll_read_ready(cx))?;
+            let local = &self.local;
+            let tunnel = &mut self.tunnel;
+            SCRATCH.with(|scratch| -> io::Result<()> {
+                let mut scratch = scratch.borrow_mut();
+                let want = room.min(scratch.len());
+                let n = match local.try_read(&mut scratch[..want]) {
+                    Ok(0) => {
+                        half.eof = true;
+                        return Ok(());
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                half.read(n);
+                // The send buffer had `room` bytes free and only the driver touched it since,
+                // which frees room: all of it is taken, but keep any rest to be safe.
+                let taken = match Pin::new(&mut *tunnel).poll_write(cx, &scratch[..n]) {
+                    Poll::Ready(Ok(taken)) => taken,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => 0,
+                };
+                half.pending.extend_from_slice(&scratch[taken..n]);
+                Ok(())
+            })?;
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+impl Future for &mut Bridge {
+    type Output = io::Result<()>;
 
-    #[tokio::test]
-    async fn counted_counts_reads_and_passes_writes() {
-        let (a, mut b) = tokio::io::duplex(64);
-        let counter = Counter::default();
-        let mut counted = Counted::new(a, counter.clone());
-        b.write_all(b"hello").await.unwrap();
-        let mut buf = [0u8; 5];
-        counted.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"hello");
-        assert_eq!(counter.get(), 5);
-        counted.write_all(b"back").await.unwrap();
-        counted.shutdown().await.unwrap();
-        let mut out = Vec::new();
-        b.read_to_end(&mut out).await.unwrap();
-        assert_eq!(out, b"back");
-        assert_eq!(counter.get(), 5);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut **self.get_mut();
+        let to_local = this.poll_to_local(cx)?;
+        let to_tunnel = this.poll_to_tunnel(cx)?;
+        if to_local.is_ready() && to_tunnel.is_ready() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
     }
 }

@@ -10,11 +10,12 @@
 //! config is applied, a service's when a stream arrives.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use kokoa_model::limits::TimeoutSecs;
 use kokoa_model::{Bounded, EdgePeer, ModelError, OriginSpec, Service, TunnelIp};
+pub use kokoa_node::config::{ConfigError, DrainSecs};
 use kokoa_node::control::{ControlSettings, FileControl};
 use kokoa_tunnel::settings::{TunnelFile, TunnelSettings};
 use serde::Deserialize;
@@ -35,37 +36,8 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
 /// it leaves the other cores to the apps it publishes.
 pub const DEFAULT_WORKERS: u64 = 1;
 
-/// Seconds SIGTERM may wait (0: close at once).
-pub type DrainSecs = Bounded<0, 86_400>;
 /// Runtime threads.
 pub type Workers = Bounded<1, 1024>;
-
-/// A configuration that could not be loaded. Each message names the file or field to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A field is missing, unknown or has a value the model refuses.
-    #[error("{0}")]
-    Invalid(#[from] ModelError),
-}
-
-impl ConfigError {
-    /// The offending field's path, when the error is about one.
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            Self::Invalid(error) if !error.field.is_empty() => Some(&error.field),
-            _ => None,
-        }
-    }
-}
 
 /// The validated origin configuration.
 #[derive(Clone, Debug)]
@@ -116,11 +88,7 @@ impl OriginConfig {
     /// Reads and validates a config file. A relative `private_key_file` is taken relative to
     /// the config file's directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml(&text, path.parent())
+        Self::from_toml(&kokoa_node::config::read_file(path)?, path.parent())
     }
 
     /// Parses and validates TOML text; `base_dir` anchors a relative `private_key_file`.

@@ -25,10 +25,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use kokoa_model::TunnelOptions;
 use kokoa_node::admin::Admin;
 use kokoa_node::drain::{Drain, DrainOutcome};
-use kokoa_tunnel::key::PrivateKey;
 use kokoa_tunnel::Tunnel;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
@@ -41,34 +39,6 @@ use crate::service::{ServiceTable, Services};
 /// Runs the origin until `shutdown` resolves. See [`run_with_reload`].
 pub async fn run(config: OriginConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     run_with_reload(config, None, shutdown).await
-}
-
-/// The key and tunnel options the origin starts with: the file's, or in control mode (without
-/// a key of the operator's) those of the persisted snapshot.
-fn startup_tunnel(config: &OriginConfig) -> (PrivateKey, TunnelOptions) {
-    let mut key = config.tunnel.private_key.clone();
-    let mut options = config.tunnel.options;
-    if let Some(settings) = &config.control {
-        match kokoa_node::control::load_snapshot(&settings.state_dir) {
-            Ok(Some(snapshot)) => {
-                if let Some(kokoa_proto::v1::snapshot::Node::Origin(origin)) = snapshot.node {
-                    if config.tunnel.key_from_control {
-                        if let Ok(persisted) = PrivateKey::from_base64(&origin.private_key) {
-                            key = persisted;
-                        }
-                    }
-                    if let Some(Ok(persisted)) =
-                        origin.tunnel.as_ref().map(TunnelOptions::from_proto)
-                    {
-                        options = persisted;
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%error, "cannot read the persisted config"),
-        }
-    }
-    (key, options)
 }
 
 /// Runs the origin until `shutdown` resolves: binds its tunnel and admin listener, applies
@@ -86,7 +56,8 @@ pub async fn run_with_reload(
     config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let (private_key, options) = startup_tunnel(&config);
+    let (private_key, options) =
+        kokoa_node::config::startup_tunnel(&config.tunnel, config.control.as_ref());
     let tunnel_config = config.tunnel.tunnel_config(private_key, options);
     let listen = tunnel_config.listen;
     let (tunnel, incoming) = Tunnel::bind(tunnel_config)
@@ -214,7 +185,11 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    registry.register_collector(Box::new(TunnelCollector::new(tunnel.clone(), edge_names)));
+    registry.register_collector(Box::new(TunnelCollector::new(
+        tunnel.clone(),
+        edge_names,
+        metrics.streams_unrouted.clone(),
+    )));
     for collector in collectors {
         registry.register_collector(collector);
     }

@@ -48,7 +48,9 @@ pub struct Metrics {
     pub streams_accepted: Family<ServiceLabels, Counter>,
     /// Streams currently bridged, by service.
     pub streams_active: Family<ServiceLabels, Gauge>,
-    /// Streams on a port with no service (a race with a table change).
+    /// Streams on a port with no service that reached a bridge (a race with a table change).
+    /// Reported together with the tunnel's refused SYNs as
+    /// `kokoa_origin_streams_unrouted_total` by [`TunnelCollector`].
     pub streams_unrouted: Counter,
     /// Failed connects to a local service.
     pub local_connect_failures: Family<FailureLabels, Counter>,
@@ -76,11 +78,6 @@ impl Metrics {
             self.streams_active.clone(),
         );
         origin.register(
-            "streams_unrouted",
-            "Tunnel streams on a port with no service (closed at once)",
-            self.streams_unrouted.clone(),
-        );
-        origin.register(
             "local_connect_failures",
             "Connects to a local service that failed (the edge answers 502)",
             self.local_connect_failures.clone(),
@@ -97,12 +94,19 @@ impl Metrics {
 pub struct TunnelCollector {
     tunnel: Tunnel,
     edge_names: HashMap<PublicKey, String>,
+    unrouted: Counter,
 }
 
 impl TunnelCollector {
     /// `edge_names` labels each peer by its configured name (the key is used otherwise).
-    pub fn new(tunnel: Tunnel, edge_names: HashMap<PublicKey, String>) -> Self {
-        Self { tunnel, edge_names }
+    /// `unrouted` is [`Metrics::streams_unrouted`]: added to the SYNs the tunnel refused for
+    /// ports without a service, it is `kokoa_origin_streams_unrouted_total`.
+    pub fn new(tunnel: Tunnel, edge_names: HashMap<PublicKey, String>, unrouted: Counter) -> Self {
+        Self {
+            tunnel,
+            edge_names,
+            unrouted,
+        }
     }
 }
 
@@ -185,6 +189,42 @@ impl Collector for TunnelCollector {
             "kokoa_tunnel_active_streams",
             "TCP streams open in the tunnel",
             clamp(stats.active_streams),
+        )?;
+        counter(
+            &mut encoder,
+            "kokoa_origin_streams_unrouted",
+            "Streams to a port with no service: SYNs the tunnel refused with RST, and streams whose service went away before they were bridged",
+            stats.refused_ports + self.unrouted.get(),
+        )?;
+        gauge(
+            &mut encoder,
+            "kokoa_tunnel_window_bytes",
+            "Bytes of stream buffers allocated (open streams and sockets kept for reuse)",
+            clamp(stats.window_bytes),
+        )?;
+        gauge(
+            &mut encoder,
+            "kokoa_tunnel_window_budget_bytes",
+            "The node's budget for stream buffers ([tunnel] window_budget)",
+            clamp(stats.window_budget),
+        )?;
+        counter(
+            &mut encoder,
+            "kokoa_tunnel_streams_refused_window",
+            "Streams refused because the window budget had no room even for the smallest buffers",
+            stats.refused_window,
+        )?;
+        counter(
+            &mut encoder,
+            "kokoa_tunnel_stalled_resets",
+            "Streams reset because none of their data was acknowledged for [tunnel] stall_timeout",
+            stats.stalled_resets,
+        )?;
+        counter(
+            &mut encoder,
+            "kokoa_tunnel_unknown_session_handshakes",
+            "Handshakes started toward a peer that sent data on a session this node does not have",
+            stats.unknown_session_handshakes,
         )?;
 
         let label = |key: &PublicKey| {

@@ -138,6 +138,7 @@ fn stock_wireguard_edge_reaches_kokoa_origin() {
             private_key: origin_key,
             listen: "0.0.0.0:0".parse()?,
             drain_timeout: 2,
+            tunnel: Default::default(),
             edges: vec![OriginEdge {
                 name: "stock".into(),
                 public_key: edge_key.public_key(),
@@ -263,6 +264,8 @@ fn kokoa_edge_reaches_stock_wireguard_origin() {
             drain_timeout: 2,
             private_key: edge_key,
             listen: "0.0.0.0:0".parse()?,
+            tunnel: Default::default(),
+            state_dir: dir.path().join("edge-state"),
             origins: vec![EdgeOrigin {
                 name: "stock".into(),
                 public_key: origin_key.public_key(),

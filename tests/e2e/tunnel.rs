@@ -43,6 +43,7 @@ fn origin_refuses_ports_it_does_not_serve_and_drops_spoofed_sources() {
             private_key: origin_key.clone(),
             listen: free_udp(loopback(11))?,
             drain_timeout: 2,
+            tunnel: Default::default(),
             edges: vec![
                 OriginEdge {
                     name: "probe".into(),
@@ -133,6 +134,18 @@ fn origin_refuses_ports_it_does_not_serve_and_drops_spoofed_sources() {
                 Ok(_) => bail!("port {port} accepted a stream through the tunnel"),
             }
         }
+
+        // Each refused SYN is counted as an unrouted stream (issue 16: it stayed 0).
+        eventually(
+            "unrouted streams counted",
+            Duration::from_secs(5),
+            || async {
+                let unrouted = metric(spec.admin, "kokoa_origin_streams_unrouted_total").await?;
+                ensure!(unrouted == Some(4.0), "streams_unrouted {unrouted:?}");
+                Ok(())
+            },
+        )
+        .await?;
 
         // A peer whose packets carry a source outside its allowed IPs gets nothing, and the
         // origin counts the drops.

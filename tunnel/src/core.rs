@@ -12,6 +12,12 @@
 //! boringtun reads its own monotonic clock inside `Tunn` for WireGuard's timers (rekey,
 //! handshake retry, keepalive); those are second-granular protocol timers, so that is accepted:
 //! everything this module schedules (TCP, timer ticks) runs on the time it is given.
+//!
+//! Why this file is longer than ~1,000 lines: `impl Core` is one state machine whose methods
+//! keep shared invariants together (a socket's deadline entry, its place in the 4-tuple map and
+//! its buffer accounting change in the same call), and reading them side by side is what keeps
+//! those invariants checkable. The parts that stand alone live beside it (`core/ack_seq.rs`,
+//! `core/tests.rs`); the smoltcp device glue and the socket pool are the next candidates to move.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
@@ -31,8 +37,11 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpCidr, IpListenEndpoint};
 
 use self::ack_seq::SendMax;
+use self::ledger::{Charge, Ledger};
+use crate::window::announced_receive_buffer;
 use crate::{
-    PeerConfig, PeerStats, PublicKey, TunnelConfig, TunnelError, TunnelStats, MAX_STREAMS_PER_PEER,
+    CachedPeer, PeerConfig, PeerStats, PublicKey, TunnelConfig, TunnelError, TunnelStats,
+    MAX_STREAMS_PER_PEER,
 };
 
 /// How often boringtun's `update_timers` runs (WireGuard timers are second-granular).
@@ -53,6 +62,10 @@ const QUICKACK_BYTES: usize = 16 * 1024;
 /// datagrams instead of four (each a WireGuard seal/open, a syscall and a netstack pass); bulk
 /// transfers still ACK every second full segment (smoltcp's immediate-ACK rule).
 const ACK_DELAY: Duration = Duration::from_millis(5);
+/// At most one handshake per peer per this interval answers data for a session we do not have
+/// (after our restart the peer still sends on its old one): enough to reconnect at once, too few
+/// to make the node a reflector for spoofed packets.
+const UNKNOWN_SESSION_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the shared handshake rate limiter is reset.
 const RATE_LIMIT_RESET: Duration = Duration::from_secs(1);
 /// Handshake messages per second before cookie replies are required. Each initiation passes
@@ -146,6 +159,38 @@ struct SockMeta {
     closing: bool,
     /// Bytes the owner has read, counted until [`QUICKACK_BYTES`] (then ACKs are delayed).
     read: usize,
+    /// Who the buffers are charged to, and their per-direction size.
+    charge: Charge,
+    size: usize,
+    /// The send queue as last seen: it shrinks only when the peer acknowledges data.
+    send_queue: usize,
+    /// Last time the peer acknowledged data, or the send queue was empty (stall timeout).
+    progress: Instant,
+}
+
+impl SockMeta {
+    fn new(
+        kind: SockKind,
+        owned: bool,
+        tuple: (u16, SocketAddrV4),
+        charge: Charge,
+        size: usize,
+        now: Instant,
+    ) -> Self {
+        SockMeta {
+            kind,
+            owned,
+            write_closed: false,
+            tuple,
+            since: now,
+            closing: false,
+            read: 0,
+            charge,
+            size,
+            send_queue: 0,
+            progress: now,
+        }
+    }
 }
 
 /// The in-memory device of one peer's netstack: inbound IP packets wait in `rx`; an outbound
@@ -160,6 +205,8 @@ struct NetDevice<'a> {
 struct Sink<'a> {
     tunn: &'a mut Tunn,
     send_max: &'a mut SendMax,
+    /// Where an outgoing RST of the socket being polled must start (see [`Sock::peer_ack`]).
+    rst_seq: Option<u32>,
     endpoint: Option<SocketAddr>,
     out: &'a mut VecDeque<Transmit>,
     pool: &'a mut Vec<Vec<u8>>,
@@ -253,7 +300,9 @@ impl phy::TxToken for TxTok<'_, '_> {
         scratch.clear();
         scratch.resize(len, 0);
         let r = f(&mut scratch[..len]);
-        self.sink.send_max.on_transmit(&mut scratch[..len]);
+        self.sink
+            .send_max
+            .on_transmit(&mut scratch[..len], self.sink.rst_seq);
         self.sink.encapsulate(len);
         r
     }
@@ -336,6 +385,10 @@ struct Counters {
     bytes_tx: u64,
     dropped_junk: u64,
     dropped_source: u64,
+    refused_window: u64,
+    refused_ports: u64,
+    stalled_resets: u64,
+    unknown_session_handshakes: u64,
 }
 
 /// One TCP socket of a peer's netstack, in a `SocketSet` of its own: smoltcp's `poll` visits
@@ -353,6 +406,10 @@ struct Sock {
     /// This socket's entry in `Peer::timers` (at most one; it may be earlier than smoltcp
     /// needs, which costs one extra poll).
     timer: Option<Instant>,
+    /// The acknowledgment number of the peer's last segment if that segment closed its
+    /// window. Our RST must then start exactly there (its RCV.NXT), or a receiver with a zero
+    /// window drops it: smoltcp would send it at the byte after its last window probe.
+    zero_window_ack: Option<u32>,
 }
 
 impl Sock {
@@ -389,6 +446,8 @@ struct Peer {
     /// When the peer last sent an authenticated message (or when it was added, or when we last
     /// started a handshake because it was silent).
     last_heard: Instant,
+    /// When we last answered data for an unknown session with a handshake.
+    last_unknown_session: Option<Instant>,
     owned: u64,
     tx_bytes: u64,
     rx_bytes: u64,
@@ -424,18 +483,20 @@ impl Peer {
                 rx: VecDeque::new(),
                 queued: false,
                 timer: None,
+                zero_window_ack: None,
             },
         );
         self.mark_sock(id);
         id
     }
 
-    /// Removes a socket, returning it (for the socket pool) and giving its queued packets back.
+    /// Removes a socket, returning its metadata and the socket itself (for reuse; the caller
+    /// releases its charge) and giving its queued packets back.
     fn remove_sock(
         &mut self,
         id: u64,
         pool: &mut Vec<Vec<u8>>,
-    ) -> Option<smoltcp::socket::Socket<'static>> {
+    ) -> Option<(SockMeta, Option<tcp::Socket<'static>>)> {
         let mut sock = self.socks.remove(&id)?;
         if let Some(t) = sock.timer {
             self.timers.remove(&(t, id));
@@ -445,7 +506,13 @@ impl Peer {
             self.send_max.remove(&sock.meta.tuple);
         }
         pool.extend(sock.rx.drain(..));
-        Some(sock.set.remove(sock.handle))
+        #[allow(irrefutable_let_patterns)] // only TCP sockets unless another crate adds more
+        let socket = match sock.set.remove(sock.handle) {
+            smoltcp::socket::Socket::Tcp(s) => Some(s),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        };
+        Some((sock.meta, socket))
     }
 }
 
@@ -456,8 +523,13 @@ pub struct Core {
     public_key: PublicKey,
     rate_limiter: Arc<RateLimiter>,
     mtu: usize,
-    sockpool: SocketPool,
+    ledger: Ledger,
+    stall_timeout: Option<Duration>,
     accept_ports: HashSet<u16>,
+    /// Peers remembered from an earlier run, by key, until the peer is added.
+    remembered: HashMap<PublicKey, CachedPeer>,
+    /// What [`Core::take_peer_cache`] last returned.
+    last_cache: Vec<CachedPeer>,
     peers: HashMap<u32, Peer>,
     by_key: HashMap<PublicKey, u32>,
     next_index: u32,
@@ -505,12 +577,10 @@ pub(crate) fn validate(config: &TunnelConfig) -> Result<(), TunnelError> {
             config.mtu
         )));
     }
-    if !(4096..=(1 << 30)).contains(&config.tcp_buffer) {
-        return Err(TunnelError::Config(format!(
-            "tcp_buffer {} is out of range: use 4096..=1073741824 bytes",
-            config.tcp_buffer
-        )));
-    }
+    config
+        .window
+        .validate()
+        .map_err(|e| TunnelError::Config(e.to_string()))?;
     validate_peers(&config.peers)
 }
 
@@ -549,11 +619,15 @@ impl Core {
             private,
             public,
             mtu: usize::from(config.mtu),
-            sockpool: SocketPool {
-                spare: Vec::new(),
-                buffer: config.tcp_buffer,
-            },
+            ledger: Ledger::new(config.window.clone()),
+            stall_timeout: config.stall_timeout,
             accept_ports: config.accept_ports.iter().copied().collect(),
+            remembered: config
+                .remembered
+                .iter()
+                .map(|p| (p.public_key, *p))
+                .collect(),
+            last_cache: Vec::new(),
             peers: HashMap::new(),
             by_key: HashMap::new(),
             next_index: rand::random::<u32>() & 0x00ff_ffff,
@@ -587,7 +661,14 @@ impl Core {
         smoltcp::time::Instant::from_micros(d.as_micros() as i64)
     }
 
-    fn alloc_index(&mut self) -> u32 {
+    /// A free 24-bit peer index: `wanted` (the one a remembered peer had) if it is free,
+    /// otherwise the next one from a random start, as WireGuard asks.
+    fn alloc_index(&mut self, wanted: Option<u32>) -> u32 {
+        if let Some(i) = wanted {
+            if i < 1 << 24 && !self.peers.contains_key(&i) {
+                return i;
+            }
+        }
         loop {
             let i = self.next_index & 0x00ff_ffff;
             self.next_index = self.next_index.wrapping_add(1);
@@ -609,7 +690,10 @@ impl Core {
     }
 
     fn add_peer(&mut self, config: PeerConfig, now: Instant) {
-        let index = self.alloc_index();
+        // A peer remembered from an earlier run keeps its index (so that packets of the
+        // session it still has name it) and, without a configured endpoint, its last one.
+        let remembered = self.remembered.remove(&config.public_key);
+        let index = self.alloc_index(remembered.map(|r| r.index));
         let tunn = self.new_tunn(&config, index);
         let mut iface_config = IfaceConfig::new(HardwareAddress::Ip);
         iface_config.random_seed = rand::random();
@@ -622,10 +706,20 @@ impl Core {
         // Everything that is not our own /32 goes to the peer: medium IP has no neighbours,
         // the gateway only has to exist.
         let _ = iface.routes_mut().add_default_ipv4_route(addr);
-        let initiate = config.persistent_keepalive.is_some() && config.endpoint.is_some();
+        let restored = remembered
+            .filter(|_| config.endpoint.is_none())
+            .map(|r| r.endpoint);
+        let endpoint = config.endpoint.or(restored);
+        // Handshake at once toward a peer we keep alive, and toward a remembered endpoint:
+        // the peer may be behind NAT, waiting on a session this process does not have.
+        let initiate =
+            endpoint.is_some() && (config.persistent_keepalive.is_some() || restored.is_some());
+        if let Some(endpoint) = restored {
+            tracing::debug!(peer = %config.public_key, %endpoint, "handshaking toward the remembered endpoint");
+        }
         let peer = Peer {
             index,
-            endpoint: config.endpoint,
+            endpoint,
             tunn,
             iface,
             socks: HashMap::new(),
@@ -639,6 +733,7 @@ impl Core {
             blocked: false,
             initiate,
             last_heard: now,
+            last_unknown_session: None,
             owned: 0,
             tx_bytes: 0,
             rx_bytes: 0,
@@ -653,12 +748,14 @@ impl Core {
         self.peers.insert(index, peer);
     }
 
-    fn remove_peer(&mut self, index: u32) {
+    fn remove_peer(&mut self, index: u32, now: Instant) {
         if let Some(mut peer) = self.peers.remove(&index) {
             self.by_key.remove(&peer.config.public_key);
             // Wakes every waiter; their next call finds the peer gone (ConnectionReset).
             for sock in peer.socks.values_mut() {
                 sock.tcp().abort();
+                self.ledger
+                    .release(sock.meta.charge, sock.meta.size, None, now);
             }
             self.dirty.retain(|i| *i != index);
         }
@@ -742,7 +839,7 @@ impl Core {
             }
         }
         for i in gone {
-            self.remove_peer(i);
+            self.remove_peer(i, now);
         }
         for config in peers {
             if let Some(index) = rekeyed.remove(&config.public_key) {
@@ -767,7 +864,7 @@ impl Core {
                 continue;
             };
             if peer.config.local_address != config.local_address {
-                self.remove_peer(index);
+                self.remove_peer(index, now);
                 self.add_peer(config, now);
                 continue;
             }
@@ -878,6 +975,44 @@ impl Core {
                     tracing::trace!(error = ?e, "dropping datagram");
                 }
                 self.counters.dropped_junk += 1;
+                // Data for a session we do not have, from a peer we have no session with: we
+                // restarted (or lost the session) and the peer still sends on its old one.
+                // Answer with a handshake toward the packet's source, as it may be behind NAT
+                // where nothing else reaches it. The endpoint moves only once the peer answers
+                // (authenticated); at most one such handshake per peer per second.
+                let lost = msg_type == 4
+                    && matches!(
+                        e,
+                        WireGuardError::NoCurrentSession | WireGuardError::WrongIndex
+                    )
+                    && peer.tunn.time_since_last_handshake().is_none()
+                    && peer.last_unknown_session.is_none_or(|t| {
+                        now.saturating_duration_since(t) >= UNKNOWN_SESSION_INTERVAL
+                    });
+                if lost {
+                    peer.last_unknown_session = Some(now);
+                    // A handshake already under way toward another address is restarted
+                    // toward this one.
+                    let force = peer.endpoint != Some(from);
+                    if let TunnResult::WriteToNetwork(p) = peer
+                        .tunn
+                        .format_handshake_initiation(&mut self.decap, force)
+                    {
+                        tracing::debug!(peer = %peer.config.public_key, %from, "data for an unknown session: handshaking toward its source");
+                        self.counters.unknown_session_handshakes += 1;
+                        let mut buf = self.pool.pop().unwrap_or_default();
+                        buf.clear();
+                        buf.extend_from_slice(p);
+                        push_datagram(
+                            &mut self.out,
+                            &mut self.pool,
+                            &mut self.counters,
+                            &mut peer.tx_bytes,
+                            Some(from),
+                            buf,
+                        );
+                    }
+                }
                 return;
             }
             TunnResult::WriteToNetwork(p) => {
@@ -930,7 +1065,8 @@ impl Core {
                         peer,
                         packet,
                         &self.accept_ports,
-                        &mut self.sockpool,
+                        &mut self.ledger,
+                        &mut self.counters,
                         &mut self.pool,
                         now,
                     );
@@ -940,6 +1076,7 @@ impl Core {
                     match inbound_flow(packet).and_then(|f| peer.tuples.get(&f).copied()) {
                         Some(id) => {
                             if let Some(sock) = peer.socks.get_mut(&id) {
+                                sock.zero_window_ack = zero_window_ack(packet);
                                 sock.rx.push_back(buf);
                             }
                             peer.mark_sock(id);
@@ -990,12 +1127,16 @@ impl Core {
     }
 
     /// Before the netstack sees a SYN for an accepted port, make a socket listen for it, so
-    /// smoltcp answers SYN-ACK instead of RST.
+    /// smoltcp answers SYN-ACK instead of RST. Its buffers are sized from the receive buffer
+    /// the SYN announces (see [`crate::window`]) and charged to the peer. A SYN to a port that
+    /// is not accepted, or one the window budget has no room for, is left to smoltcp, which
+    /// answers RST; both are counted.
     fn prepare_syn(
         peer: &mut Peer,
         packet: &[u8],
         accept_ports: &HashSet<u16>,
-        sockpool: &mut SocketPool,
+        ledger: &mut Ledger,
+        counters: &mut Counters,
         pool: &mut Vec<Vec<u8>>,
         now: Instant,
     ) {
@@ -1012,11 +1153,14 @@ impl Core {
         }
         let src_port = u16::from_be_bytes([tcp_hdr[0], tcp_hdr[1]]);
         let dst_port = u16::from_be_bytes([tcp_hdr[2], tcp_hdr[3]]);
-        if !accept_ports.contains(&dst_port) {
-            return;
-        }
         let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
         let key = (dst_port, SocketAddrV4::new(src, src_port));
+        if !accept_ports.contains(&dst_port) {
+            // Nothing listens there: smoltcp answers RST. The origin reports these as
+            // unrouted streams.
+            counters.refused_ports += 1;
+            return;
+        }
         if let Some(&old) = peer.tuples.get(&key) {
             // A new SYN on the 4-tuple of a socket that is only finishing its close (as
             // Linux does for TIME-WAIT): drop the old one, accept the new connection.
@@ -1027,14 +1171,22 @@ impl Core {
             if !finished {
                 return;
             }
-            if let Some(socket) = peer.remove_sock(old, pool) {
-                sockpool.put(socket);
+            if let Some((meta, socket)) = peer.remove_sock(old, pool) {
+                ledger.release(meta.charge, meta.size, socket, now);
             }
         }
         if peer.socks.len() >= MAX_STREAMS_PER_PEER {
             return;
         }
-        let mut socket = sockpool.take();
+        let max = ledger.settings().max;
+        let announced = announced_receive_buffer(tcp_hdr).unwrap_or(max);
+        let want = ledger.settings().size_at_most(announced.min(max));
+        let charge = Charge::Peer(peer.index);
+        let Some((size, mut socket)) = ledger.open(charge, want) else {
+            counters.refused_window += 1;
+            return;
+        };
+        configure(&mut socket);
         socket.set_timeout(Some(smoltcp::time::Duration::from_secs(
             SYN_RECEIVED_TIMEOUT.as_secs(),
         )));
@@ -1045,19 +1197,12 @@ impl Core {
             })
             .is_err()
         {
+            ledger.release(charge, size, Some(socket), now);
             return;
         }
         peer.add_sock(
             socket,
-            SockMeta {
-                kind: SockKind::Listener,
-                owned: false,
-                write_closed: false,
-                closing: false,
-                read: 0,
-                tuple: key,
-                since: now,
-            },
+            SockMeta::new(SockKind::Listener, false, key, charge, size, now),
         );
     }
 
@@ -1074,6 +1219,7 @@ impl Core {
         if now >= self.next_tick {
             self.next_tick = now + TIMER_TICK;
             self.tick_wireguard(now);
+            self.ledger.expire_spares(now);
         }
         for peer in self.peers.values_mut() {
             if peer.timers.first().is_some_and(|(t, _)| *t <= now) {
@@ -1168,6 +1314,7 @@ impl Core {
                 sink: Sink {
                     tunn: &mut peer.tunn,
                     send_max: &mut peer.send_max,
+                    rst_seq: None,
                     endpoint: peer.endpoint,
                     out: &mut self.out,
                     pool: &mut self.pool,
@@ -1179,6 +1326,7 @@ impl Core {
             };
             peer.iface.poll(ts, &mut dev, &mut self.empty_set);
         }
+
         let mut dirty = std::mem::take(&mut peer.dirty);
         for &id in &dirty {
             let Some(sock) = peer.socks.get_mut(&id) else {
@@ -1192,6 +1340,7 @@ impl Core {
                 sink: Sink {
                     tunn: &mut peer.tunn,
                     send_max: &mut peer.send_max,
+                    rst_seq: sock.zero_window_ack,
                     endpoint: peer.endpoint,
                     out: &mut self.out,
                     pool: &mut self.pool,
@@ -1207,10 +1356,20 @@ impl Core {
                 sock: id,
             };
             let key = peer.config.public_key;
-            match after_poll(sock, stream, key, now, &mut self.events, &mut peer.owned) {
+            let polled = after_poll(
+                sock,
+                stream,
+                key,
+                now,
+                self.stall_timeout,
+                &mut self.events,
+                &mut self.counters,
+                &mut peer.owned,
+            );
+            match polled {
                 AfterPoll::Reap => {
-                    if let Some(socket) = peer.remove_sock(id, &mut self.pool) {
-                        self.sockpool.put(socket);
+                    if let Some((meta, socket)) = peer.remove_sock(id, &mut self.pool) {
+                        self.ledger.release(meta.charge, meta.size, socket, now);
                     }
                     continue;
                 }
@@ -1230,6 +1389,8 @@ impl Core {
                 Some(sock.meta.since + CLOSE_LINGER)
             } else if sock.meta.kind == SockKind::Listener {
                 Some(sock.meta.since + SYN_RECEIVED_TIMEOUT)
+            } else if sock.meta.owned && sock.meta.send_queue > 0 {
+                self.stall_timeout.map(|t| sock.meta.progress + t)
             } else {
                 None
             };
@@ -1309,6 +1470,21 @@ impl Core {
         peer_key: &PublicKey,
         dst: SocketAddrV4,
     ) -> Result<(StreamId, SocketAddrV4), TunnelError> {
+        self.connect_for(now, peer_key, dst, None)
+    }
+
+    /// [`Core::connect`] for a client: the stream's buffers are charged to `client` (an opaque
+    /// key, e.g. the client's masked address) and sized from its share of the window budget;
+    /// without a client they are charged to the peer. Fails with
+    /// [`TunnelError::NoWindowMemory`] when the budget has no room even for the smallest
+    /// buffers.
+    pub fn connect_for(
+        &mut self,
+        now: Instant,
+        peer_key: &PublicKey,
+        dst: SocketAddrV4,
+        client: Option<u128>,
+    ) -> Result<(StreamId, SocketAddrV4), TunnelError> {
         if self.closed {
             return Err(TunnelError::Closed);
         }
@@ -1341,22 +1517,23 @@ impl Core {
             }
         }
         let port = port.ok_or(TunnelError::NoFreePort(dst))?;
-        let mut socket = self.sockpool.take();
+        let charge = client.map_or(Charge::Peer(index), Charge::Client);
+        let max = self.ledger.settings().max;
+        let Some((size, mut socket)) = self.ledger.open(charge, max) else {
+            self.counters.refused_window += 1;
+            return Err(TunnelError::NoWindowMemory);
+        };
+        configure(&mut socket);
         let local = SocketAddrV4::new(peer.config.local_address, port);
-        socket
-            .connect(peer.iface.context(), dst, local)
-            .map_err(|e| TunnelError::Io(io::Error::other(format!("tcp connect: {e}"))))?;
+        if let Err(e) = socket.connect(peer.iface.context(), dst, local) {
+            self.ledger.release(charge, size, Some(socket), now);
+            return Err(TunnelError::Io(io::Error::other(format!(
+                "tcp connect: {e}"
+            ))));
+        }
         let sock = peer.add_sock(
             socket,
-            SockMeta {
-                kind: SockKind::Connecting,
-                owned: true,
-                write_closed: false,
-                closing: false,
-                read: 0,
-                tuple: (port, dst),
-                since: now,
-            },
+            SockMeta::new(SockKind::Connecting, true, (port, dst), charge, size, now),
         );
         peer.owned += 1;
         Self::mark_dirty(&mut self.dirty, peer);
@@ -1515,13 +1692,16 @@ impl Core {
             Err(e) => return Poll::Ready(Err(e)),
         };
         let write_closed = stream.sock.meta.write_closed;
-        let sock = stream.sock.tcp();
         if write_closed {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "tunnel stream write half already shut down",
             )));
         }
+        let Sock {
+            set, handle, meta, ..
+        } = &mut *stream.sock;
+        let sock = set.get_mut::<tcp::Socket>(*handle);
         match sock.send_slice(data) {
             Ok(0) if !data.is_empty() => {
                 if let Some(w) = waker {
@@ -1530,6 +1710,11 @@ impl Core {
                 Poll::Pending
             }
             Ok(n) => {
+                // The stall clock compares the queue with this; a queue that was empty stays
+                // 0 here so that the next poll starts the clock afresh.
+                if meta.send_queue > 0 {
+                    meta.send_queue = sock.send_queue();
+                }
                 stream.touch();
                 Poll::Ready(Ok(n))
             }
@@ -1596,7 +1781,7 @@ impl Core {
     pub fn shutdown(&mut self) {
         let all: Vec<u32> = self.peers.keys().copied().collect();
         for i in all {
-            self.remove_peer(i);
+            self.remove_peer(i, self.base);
         }
         self.closed = true;
         self.out.clear();
@@ -1644,7 +1829,126 @@ impl Core {
             bytes_tx: c.bytes_tx,
             dropped_junk: c.dropped_junk,
             dropped_source: c.dropped_source,
+            window_bytes: self.ledger.total() as u64,
+            window_budget: self.ledger.settings().budget as u64,
+            refused_window: c.refused_window,
+            refused_ports: c.refused_ports,
+            stalled_resets: c.stalled_resets,
+            unknown_session_handshakes: c.unknown_session_handshakes,
         }
+    }
+
+    /// Every peer whose endpoint is known, with its index, if that changed since the last call
+    /// (what the peer cache file should hold; see [`CachedPeer`]).
+    pub fn take_peer_cache(&mut self) -> Option<Vec<CachedPeer>> {
+        let mut peers: Vec<CachedPeer> = self
+            .peers
+            .values()
+            .filter_map(|p| {
+                Some(CachedPeer {
+                    public_key: p.config.public_key,
+                    index: p.index,
+                    endpoint: p.endpoint?,
+                })
+            })
+            .collect();
+        peers.sort_by_key(|p| p.public_key);
+        if peers == self.last_cache {
+            return None;
+        }
+        self.last_cache = peers.clone();
+        Some(peers)
+    }
+
+    /// Makes the next [`Core::take_peer_cache`] return the list even if it did not change (the
+    /// last one could not be written).
+    pub fn forget_peer_cache(&mut self) {
+        self.last_cache.clear();
+    }
+
+    /// `Ready` when a read would not wait: bytes are queued, the peer has finished sending, or
+    /// the stream failed. `Pending` registers `waker`.
+    pub fn stream_readable(&mut self, id: StreamId, waker: Option<&Waker>) -> Poll<io::Result<()>> {
+        let stream = match self.stream(id) {
+            Ok(s) => s,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        let sock = stream.sock.tcp();
+        if sock.can_recv()
+            || !sock.may_recv()
+                && !matches!(sock.state(), tcp::State::SynSent | tcp::State::SynReceived)
+        {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(w) = waker {
+            sock.register_recv_waker(w);
+        }
+        Poll::Pending
+    }
+
+    /// How many bytes a write would take now: `Ready(Ok(n))` with `n > 0`, or an error if the
+    /// stream can no longer send. `Pending` (with `waker` registered) while the send buffer is
+    /// full or the connection is not yet established.
+    pub fn stream_writable(
+        &mut self,
+        id: StreamId,
+        waker: Option<&Waker>,
+    ) -> Poll<io::Result<usize>> {
+        let stream = match self.stream(id) {
+            Ok(s) => s,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        if stream.sock.meta.write_closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "tunnel stream write half already shut down",
+            )));
+        }
+        let sock = stream.sock.tcp();
+        match sock.state() {
+            tcp::State::SynSent | tcp::State::SynReceived => {}
+            tcp::State::Closed => return Poll::Ready(Err(reset_err())),
+            _ if !sock.may_send() => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "tunnel stream can no longer send",
+                )))
+            }
+            _ => {
+                let room = sock.send_capacity() - sock.send_queue();
+                if room > 0 {
+                    return Poll::Ready(Ok(room));
+                }
+            }
+        }
+        if let Some(w) = waker {
+            sock.register_send_waker(w);
+        }
+        Poll::Pending
+    }
+
+    /// Charges an open stream's buffers to `client` from now on (`None`: to its peer), e.g.
+    /// when the edge hands a pooled connection to another client. Its buffer size does not
+    /// change.
+    pub fn stream_set_client(&mut self, id: StreamId, client: Option<u128>) {
+        let Ok(stream) = self.stream(id) else {
+            return;
+        };
+        let meta = &mut stream.sock.meta;
+        let to = client.map_or(Charge::Peer(id.peer), Charge::Client);
+        let (from, size) = (meta.charge, meta.size);
+        meta.charge = to;
+        self.ledger.transfer(from, to, size);
+    }
+
+    /// The per-direction buffer size the stream got when it opened.
+    pub fn stream_window(&mut self, id: StreamId) -> Option<usize> {
+        self.stream(id).ok().map(|s| s.sock.meta.size)
+    }
+
+    /// The largest per-direction buffer a stream can get (`[tunnel] tcp_buffer`).
+    pub fn max_window(&self) -> usize {
+        self.ledger.settings().max
     }
 }
 
@@ -1694,18 +1998,47 @@ fn unown(meta: &mut SockMeta, owned: &mut u64, now: Instant) {
 
 /// State changes of a socket after its poll: listeners that accepted (or failed), outbound
 /// connects that completed (or were refused), and released sockets finishing their close.
+#[allow(clippy::too_many_arguments)]
 fn after_poll(
     sock: &mut Sock,
     stream: StreamId,
     peer: PublicKey,
     now: Instant,
+    stall_timeout: Option<Duration>,
     events: &mut VecDeque<Event>,
+    counters: &mut Counters,
     owned: &mut u64,
 ) -> AfterPoll {
     let Sock {
         set, handle, meta, ..
     } = sock;
     let tcp = set.get_mut::<tcp::Socket>(*handle);
+    // The stall clock: it restarts whenever the peer acknowledges data (the send queue
+    // shrank) or there is nothing to send. A stream whose owner has data queued and whose peer
+    // takes none of it (a reader that stopped reading, with its window at zero) is reset
+    // after `stall_timeout`, so neither node holds it and its buffers for ever.
+    let queued = tcp.send_queue();
+    if queued == 0 || meta.send_queue == 0 || queued < meta.send_queue {
+        meta.progress = now;
+    }
+    meta.send_queue = queued;
+    if let Some(limit) = stall_timeout {
+        if meta.owned
+            && queued > 0
+            && tcp.is_active()
+            && now.saturating_duration_since(meta.progress) >= limit
+        {
+            tracing::debug!(
+                ?stream,
+                queued,
+                "stream stalled: nothing acknowledged for the stall timeout; resetting it"
+            );
+            counters.stalled_resets += 1;
+            tcp.abort();
+            meta.send_queue = 0;
+            return AfterPoll::Again;
+        }
+    }
     match (meta.kind, tcp.state()) {
         (SockKind::Listener, tcp::State::SynReceived)
             if now.saturating_duration_since(meta.since) < SYN_RECEIVED_TIMEOUT => {}
@@ -1807,6 +2140,16 @@ fn inbound_flow(packet: &[u8]) -> Option<(u16, SocketAddrV4)> {
     Some((dst_port, SocketAddrV4::new(src, src_port)))
 }
 
+/// The acknowledgment number of an inbound TCP segment that advertises a zero window (and
+/// acknowledges something); `None` otherwise.
+fn zero_window_ack(packet: &[u8]) -> Option<u32> {
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    let t = packet.get(ihl..ihl + 20)?;
+    let ack = t[13] & 0x10 != 0;
+    let window = u16::from_be_bytes([t[14], t[15]]);
+    (ack && window == 0).then(|| u32::from_be_bytes([t[8], t[9], t[10], t[11]]))
+}
+
 fn smol_dur(d: Duration) -> smoltcp::time::Duration {
     smoltcp::time::Duration::from_micros(d.as_micros() as u64)
 }
@@ -1819,49 +2162,18 @@ fn to_v4(e: smoltcp::wire::IpEndpoint) -> Option<SocketAddrV4> {
     }
 }
 
-/// Reaped sockets kept for reuse. Allocating two zeroed `tcp_buffer`s per connection was the
-/// largest cost of short connections (glibc serves them from the heap and memsets them);
-/// a reused socket keeps its buffers and `listen`/`connect` reset its state.
-struct SocketPool {
-    spare: Vec<tcp::Socket<'static>>,
-    buffer: usize,
-}
-
-/// At most this many idle sockets are kept (2 × `tcp_buffer` bytes each).
-const SPARE_SOCKETS: usize = 32;
-
-impl SocketPool {
-    fn take(&mut self) -> tcp::Socket<'static> {
-        let mut s = self.spare.pop().unwrap_or_else(|| {
-            tcp::Socket::new(
-                tcp::SocketBuffer::new(vec![0u8; self.buffer]),
-                tcp::SocketBuffer::new(vec![0u8; self.buffer]),
-            )
-        });
-        // Request/response traffic must not wait for Nagle. ACKs go out at once until the
-        // owner has read QUICKACK_BYTES (then they are delayed, see `stream_recv_with`).
-        s.set_nagle_enabled(false);
-        s.set_ack_delay(None);
-        // Also gives a reused socket a fresh congestion controller.
-        s.set_congestion_control(tcp::CongestionControl::Cubic);
-        s.set_timeout(None);
-        s.set_keep_alive(None);
-        s
-    }
-
-    fn put(&mut self, s: smoltcp::socket::Socket<'static>) {
-        #[allow(irrefutable_let_patterns)] // only TCP sockets unless another crate adds more
-        if let smoltcp::socket::Socket::Tcp(mut s) = s {
-            let done = matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait);
-            if self.spare.len() < SPARE_SOCKETS && done {
-                // Wakes stale wakers once (harmless) and clears buffers and sequence state.
-                s.abort();
-                self.spare.push(s);
-            }
-        }
-    }
+/// Sets up a socket (new or reused) for a stream. Request/response traffic must not wait for
+/// Nagle; ACKs go out at once until the owner has read [`QUICKACK_BYTES`] (then they are
+/// delayed, see `stream_recv_with`); a reused socket also gets a fresh congestion controller.
+fn configure(s: &mut tcp::Socket<'static>) {
+    s.set_nagle_enabled(false);
+    s.set_ack_delay(None);
+    s.set_congestion_control(tcp::CongestionControl::Cubic);
+    s.set_timeout(None);
+    s.set_keep_alive(None);
 }
 
 mod ack_seq;
+mod ledger;
 #[cfg(test)]
 mod tests;

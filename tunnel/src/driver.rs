@@ -6,9 +6,10 @@
 use std::future::poll_fn;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::Instrument as _;
 
 use crate::core::{Core, Event, StreamId, Transmit};
+use crate::peer_cache;
 use crate::{PeerConfig, PrivateKey, PublicKey, TunnelConfig, TunnelError, TunnelStats};
 
 /// `recvmmsg` calls per driver iteration before the netstacks are polled.
@@ -33,6 +35,8 @@ const GSO_MAX_BYTES: usize = 64_000;
 const SOCKET_BUFFER: usize = 7 * 1024 * 1024;
 /// Accepted streams waiting for `Incoming::accept`; beyond this new ones are reset.
 const ACCEPT_BACKLOG: usize = 1024;
+/// How often the peer cache file is brought up to date (when something changed).
+const PEER_CACHE_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Shared {
     core: Mutex<Core>,
@@ -43,6 +47,42 @@ struct Shared {
     public_key: Mutex<PublicKey>,
     /// Live `Tunnel` handles; the driver stops when none is left and no stream is open.
     handles: AtomicUsize,
+    /// Where learned peer endpoints are kept (see [`crate::CachedPeer`]).
+    peer_cache: Option<PathBuf>,
+    /// A failure to write the peer cache was logged (once is enough: it repeats every second).
+    peer_cache_failed: AtomicBool,
+}
+
+impl Shared {
+    /// Writes the peer cache if it changed. Errors are logged (the file is an optimisation:
+    /// without it a restart waits for the peers to handshake again).
+    fn store_peer_cache(&self) {
+        let Some(path) = &self.peer_cache else {
+            return;
+        };
+        let peers = {
+            let mut core = self.core.lock();
+            if core.is_closed() {
+                return;
+            }
+            core.take_peer_cache()
+        };
+        if let Some(peers) = peers {
+            match peer_cache::store(path, &peers) {
+                Ok(()) => {
+                    self.peer_cache_failed.store(false, Ordering::Relaxed);
+                    tracing::debug!(path = %path.display(), peers = peers.len(), "peer endpoints saved");
+                }
+                Err(error) => {
+                    if !self.peer_cache_failed.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(path = %path.display(), %error, "cannot save peer endpoints (set a writable state_dir); a restart will wait for peers behind NAT to handshake again");
+                    }
+                    // Try again at the next change.
+                    self.core.lock().forget_peer_cache();
+                }
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -87,8 +127,23 @@ impl std::fmt::Debug for Tunnel {
 }
 
 impl Tunnel {
-    /// Binds the UDP socket, spawns the driver on the current tokio runtime.
-    pub async fn bind(config: TunnelConfig) -> Result<(Tunnel, Incoming), TunnelError> {
+    /// Binds the UDP socket, spawns the driver on the current tokio runtime. With a
+    /// `peer_cache` file, the peers it remembers are added to `remembered` first (a file that
+    /// cannot be read is logged and ignored), and the file is kept up to date from then on.
+    pub async fn bind(mut config: TunnelConfig) -> Result<(Tunnel, Incoming), TunnelError> {
+        if let Some(path) = &config.peer_cache {
+            match peer_cache::load(path) {
+                Ok(peers) => {
+                    if !peers.is_empty() {
+                        tracing::info!(path = %path.display(), peers = peers.len(), "remembered peer endpoints loaded");
+                    }
+                    config.remembered.extend(peers);
+                }
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cannot read remembered peer endpoints")
+                }
+            }
+        }
         let core = Core::new(&config, Instant::now())?;
         let socket = bind_udp(config.listen)?;
         let local_addr = socket.local_addr()?;
@@ -99,10 +154,15 @@ impl Tunnel {
             local_addr,
             public_key: Mutex::new(public_key),
             handles: AtomicUsize::new(1),
+            peer_cache: config.peer_cache.clone(),
+            peer_cache_failed: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
         let span = tracing::info_span!("tunnel", local = %local_addr, key = %public_key);
-        tokio::spawn(drive(shared.clone(), socket, tx).instrument(span));
+        tokio::spawn(drive(shared.clone(), socket, tx).instrument(span.clone()));
+        if shared.peer_cache.is_some() {
+            tokio::spawn(keep_peer_cache(Arc::downgrade(&shared)).instrument(span));
+        }
         Ok((Tunnel { shared }, Incoming { rx }))
     }
 
@@ -168,7 +228,25 @@ impl Tunnel {
         dst: SocketAddrV4,
         timeout: Duration,
     ) -> Result<TunnelStream, TunnelError> {
-        let (id, local) = self.shared.core.lock().connect(Instant::now(), peer, dst)?;
+        self.connect_for(peer, dst, timeout, None).await
+    }
+
+    /// [`Tunnel::connect`] on behalf of a client: the stream's buffers are sized from the
+    /// client's share of the window budget and charged to it (`client` is an opaque key, the
+    /// same for every stream of one client; `None` charges the peer). See [`crate::window`].
+    /// Also fails with [`TunnelError::NoWindowMemory`] when the node's budget is used up.
+    pub async fn connect_for(
+        &self,
+        peer: &PublicKey,
+        dst: SocketAddrV4,
+        timeout: Duration,
+        client: Option<u128>,
+    ) -> Result<TunnelStream, TunnelError> {
+        let (id, local) = self
+            .shared
+            .core
+            .lock()
+            .connect_for(Instant::now(), peer, dst, client)?;
         self.shared.notify.notify_one();
         let mut stream = TunnelStream {
             shared: self.shared.clone(),
@@ -209,10 +287,30 @@ impl Tunnel {
         self.shared.core.lock().socket_count()
     }
 
-    /// Stops the driver: every stream gets an error, the UDP socket is closed.
+    /// Stops the driver: every stream gets an error, the UDP socket is closed. The peer cache
+    /// (if any) is written one last time first.
     pub fn shutdown(&self) {
+        self.shared.store_peer_cache();
         self.shared.core.lock().shutdown();
         self.shared.notify.notify_one();
+    }
+}
+
+/// Keeps the peer cache file current while the tunnel lives.
+async fn keep_peer_cache(shared: Weak<Shared>) {
+    let mut ticks = tokio::time::interval(PEER_CACHE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.core.lock().is_closed() {
+            return;
+        }
+        // A few hundred bytes, at most once a second: written off the runtime's threads.
+        let writer = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || writer.store_peer_cache()).await;
     }
 }
 
@@ -523,6 +621,38 @@ impl TunnelStream {
         self.remote
     }
 
+    /// `Ready` when [`AsyncRead::poll_read`] would not wait (bytes queued, end of stream, or an
+    /// error), without reading anything: a caller can wait for data before it picks a buffer.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut core = self.shared.core.lock();
+        core.stream_readable(self.id, Some(cx.waker()))
+    }
+
+    /// `Ready(Ok(n))` once a write would take `n > 0` bytes without waiting (room in the send
+    /// buffer), without writing: a caller can read only as much as it can pass on.
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut core = self.shared.core.lock();
+        core.stream_writable(self.id, Some(cx.waker()))
+    }
+
+    /// The per-direction buffer size this stream got when it opened (see [`crate::window`]).
+    pub fn window(&self) -> usize {
+        self.shared
+            .core
+            .lock()
+            .stream_window(self.id)
+            .unwrap_or_default()
+    }
+
+    /// A handle that can recharge this stream's buffers to another client while something
+    /// else (an HTTP connection) owns the stream.
+    pub fn handle(&self) -> StreamHandle {
+        StreamHandle {
+            shared: self.shared.clone(),
+            id: self.id,
+        }
+    }
+
     /// Resets the stream (RST) instead of closing it gracefully.
     pub fn abort(&mut self) {
         if !std::mem::replace(&mut self.released, true) {
@@ -532,6 +662,46 @@ impl TunnelStream {
                 .stream_abort(self.id, Instant::now());
             self.shared.notify.notify_one();
         }
+    }
+}
+
+/// Charges an open stream's buffers to another client (see [`TunnelStream::handle`]). Does
+/// nothing once the stream is closed.
+#[derive(Clone)]
+pub struct StreamHandle {
+    shared: Arc<Shared>,
+    id: StreamId,
+}
+
+impl StreamHandle {
+    /// From now on the stream's buffers count against `client`'s share (`None`: the peer's).
+    pub fn set_client(&self, client: Option<u128>) {
+        self.shared.core.lock().stream_set_client(self.id, client);
+    }
+
+    /// The per-direction buffer size the stream got when it opened (0 once it is closed).
+    pub fn window(&self) -> usize {
+        self.shared
+            .core
+            .lock()
+            .stream_window(self.id)
+            .unwrap_or_default()
+    }
+
+    /// Whether the stream is open with the largest buffers (`[tunnel] tcp_buffer`): a stream
+    /// that opened smaller, because its client's share was used up, stays small for its life.
+    pub fn is_full_size(&self) -> bool {
+        let mut core = self.shared.core.lock();
+        let max = core.max_window();
+        core.stream_window(self.id).is_some_and(|size| size >= max)
+    }
+}
+
+impl std::fmt::Debug for StreamHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamHandle")
+            .field("id", &self.id)
+            .finish()
     }
 }
 

@@ -30,22 +30,28 @@
 pub mod core;
 mod driver;
 pub mod key;
+mod peer_cache;
 pub mod settings;
+pub mod window;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-pub use crate::driver::{Incoming, IncomingStream, Tunnel, TunnelStream};
+pub use crate::driver::{Incoming, IncomingStream, StreamHandle, Tunnel, TunnelStream};
 pub use crate::key::{KeyError, PrivateKey, PublicKey};
+pub use crate::peer_cache::CachedPeer;
+pub use crate::window::WindowSettings;
 
 /// Default inner MTU (the model's [`kokoa_model::tunnel::DEFAULT_MTU`]): an outer 1500-byte
 /// path minus IPv4 (20) + UDP (8) + WireGuard (32) overhead, with headroom for IPv6 outer
 /// headers, as wg-quick uses.
 pub const DEFAULT_MTU: u16 = kokoa_model::tunnel::DEFAULT_MTU;
 
-/// Default per-direction TCP buffer per stream. It is also the TCP window (smoltcp has no
-/// autotuning), so one stream moves at most `DEFAULT_TCP_BUFFER / RTT` bytes per second.
-pub const DEFAULT_TCP_BUFFER: usize = kokoa_model::tunnel::DEFAULT_TCP_BUFFER as usize;
+/// Default largest per-direction TCP buffer per stream (the model's
+/// [`kokoa_model::tunnel::DEFAULT_TCP_BUFFER`]). It is also the TCP window (smoltcp has no
+/// autotuning), so one stream moves at most `DEFAULT_TCP_BUFFER / RTT` bytes per second. How
+/// large each stream's buffers really are is decided when it opens (see [`window`]).
+pub const DEFAULT_TCP_BUFFER: usize = window::DEFAULT_MAX_WINDOW;
 
 /// Most streams (sockets, including ones closing) one peer's netstack holds at once.
 pub const MAX_STREAMS_PER_PEER: usize = 16384;
@@ -75,25 +81,38 @@ pub struct TunnelConfig {
     pub listen: SocketAddr,
     /// Inner MTU, default [`DEFAULT_MTU`]; the TCP MSS follows from it (MTU − 40).
     pub mtu: u16,
-    /// Per-direction TCP buffer per stream; default [`DEFAULT_TCP_BUFFER`].
-    pub tcp_buffer: usize,
+    /// How large streams' buffers are, and the node-wide and per-owner bounds on them.
+    pub window: WindowSettings,
+    /// A stream that has data to send and gets none of it acknowledged for this long is reset
+    /// (both ends learn it at once); `None` never. Default [`window::DEFAULT_STALL_TIMEOUT`].
+    pub stall_timeout: Option<Duration>,
     /// The peers this node talks to.
     pub peers: Vec<PeerConfig>,
     /// Ports on which inbound streams are accepted (origin: its service ports; edge: empty).
     /// A SYN to any other port is answered with RST.
     pub accept_ports: Vec<u16>,
+    /// Where learned peer endpoints are kept across restarts (see [`CachedPeer`]); `None`:
+    /// nowhere. [`Tunnel::bind`] reads it and keeps it current.
+    pub peer_cache: Option<std::path::PathBuf>,
+    /// Peers remembered from an earlier run (what [`Tunnel::bind`] read from `peer_cache`):
+    /// a peer without a configured endpoint gets its last one and a handshake at once.
+    pub remembered: Vec<CachedPeer>,
 }
 
 impl TunnelConfig {
-    /// A config with the defaults: MTU 1420, 256 KiB buffers, no peers, no accepted ports.
+    /// A config with the defaults: MTU 1420, [`WindowSettings::default`], a 60 s stall timeout,
+    /// no peers, no accepted ports, no peer cache.
     pub fn new(private_key: PrivateKey, listen: SocketAddr) -> Self {
         TunnelConfig {
             private_key,
             listen,
             mtu: DEFAULT_MTU,
-            tcp_buffer: DEFAULT_TCP_BUFFER,
+            window: WindowSettings::default(),
+            stall_timeout: Some(window::DEFAULT_STALL_TIMEOUT),
             peers: Vec::new(),
             accept_ports: Vec::new(),
+            peer_cache: None,
+            remembered: Vec::new(),
         }
     }
 }
@@ -119,6 +138,19 @@ pub struct TunnelStats {
     pub dropped_source: u64,
     /// Open streams, all peers together.
     pub active_streams: u64,
+    /// Bytes of stream buffers allocated (open streams and sockets kept for reuse).
+    pub window_bytes: u64,
+    /// The node's budget for them ([`WindowSettings::budget`]).
+    pub window_budget: u64,
+    /// Streams refused because the window budget had no room even for the smallest buffers.
+    pub refused_window: u64,
+    /// SYNs to ports this node does not accept (answered with RST).
+    pub refused_ports: u64,
+    /// Streams reset because none of their data was acknowledged for the stall timeout.
+    pub stalled_resets: u64,
+    /// Handshakes started toward the source of data for a session this node does not have
+    /// (the peer kept a session across our restart).
+    pub unknown_session_handshakes: u64,
 }
 
 /// State of one peer.
@@ -169,6 +201,9 @@ pub enum TunnelError {
     /// The peer already has [`MAX_STREAMS_PER_PEER`] streams.
     #[error("peer {0} already has the maximum number of streams ({MAX_STREAMS_PER_PEER}): close some streams first")]
     TooManyStreams(PublicKey),
+    /// The node's window budget has no room for another stream's buffers.
+    #[error("no window memory left for another stream (window_budget is used up by open streams)")]
+    NoWindowMemory,
     /// No free local port toward this destination.
     #[error("no free local TCP port toward {0}")]
     NoFreePort(SocketAddrV4),

@@ -1,6 +1,7 @@
 //! The `[tunnel]` table both nodes' config files share, and what it becomes: the node's key,
-//! its UDP address and the model's [`TunnelOptions`] (MTU, TCP buffer, overlay range), each
-//! validated by the model's value types.
+//! its UDP address and the model's [`TunnelOptions`] (MTU, TCP buffer, overlay range, the
+//! bounds on stream buffer memory), each validated by the model's value types and the window
+//! bounds by the model's one check of them ([`TunnelOptions::validate`]).
 //!
 //! ```toml
 //! [tunnel]
@@ -9,12 +10,17 @@
 //! mtu = 1420
 //! tcp_buffer = 262144
 //! overlay = "10.100.0.0/16"
+//! min_tcp_buffer = 4096          # a stream's buffers once its owner's share is used
+//! window_budget = 268435456      # every stream's buffers on this node together
+//! window_per_client = 16777216   # edge: one client key's share
+//! window_per_peer = 201326592    # origin: one edge's share
+//! stall_timeout = 60             # seconds without progress before a stream is reset; 0: never
 //! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use kokoa_model::tunnel::TunnelOptions;
+use kokoa_model::tunnel::{StallSecs, TunnelOptions, WindowBytes, WindowLimits};
 use kokoa_model::{ModelError, Mtu, Overlay, TcpBuffer};
 use serde::Deserialize;
 
@@ -33,10 +39,20 @@ pub struct TunnelFile {
     pub listen: Option<SocketAddr>,
     /// Inner MTU.
     pub mtu: Option<Mtu>,
-    /// Per-direction TCP buffer per stream.
+    /// Largest per-direction TCP buffer (and window) per stream.
     pub tcp_buffer: Option<TcpBuffer>,
     /// The range tunnel addresses come from.
     pub overlay: Option<Overlay>,
+    /// Smallest per-direction TCP buffer per stream.
+    pub min_tcp_buffer: Option<TcpBuffer>,
+    /// Node-wide bytes of stream buffers.
+    pub window_budget: Option<WindowBytes>,
+    /// Edge: bytes of stream buffers one client key may hold.
+    pub window_per_client: Option<WindowBytes>,
+    /// Origin: bytes of stream buffers one edge's streams may hold.
+    pub window_per_peer: Option<WindowBytes>,
+    /// Seconds a stream may get none of its data acknowledged before it is reset (0: never).
+    pub stall_timeout: Option<StallSecs>,
 }
 
 /// A node's validated tunnel settings.
@@ -72,6 +88,19 @@ impl TunnelFile {
         base_dir: Option<&Path>,
         control: bool,
     ) -> Result<TunnelSettings, ModelError> {
+        let options = TunnelOptions {
+            mtu: self.mtu.unwrap_or_default(),
+            tcp_buffer: self.tcp_buffer.unwrap_or_default(),
+            overlay: self.overlay.unwrap_or_default(),
+            window: WindowLimits::with(
+                self.min_tcp_buffer,
+                self.window_budget,
+                self.window_per_client,
+                self.window_per_peer,
+                self.stall_timeout,
+            ),
+        };
+        options.validate()?;
         let key_from_control =
             control && self.private_key.is_none() && self.private_key_file.is_none();
         let private_key = match (self.private_key, self.private_key_file) {
@@ -120,11 +149,7 @@ impl TunnelFile {
         Ok(TunnelSettings {
             private_key,
             listen: self.listen.unwrap_or(default_listen),
-            options: TunnelOptions {
-                mtu: self.mtu.unwrap_or_default(),
-                tcp_buffer: self.tcp_buffer.unwrap_or_default(),
-                overlay: self.overlay.unwrap_or_default(),
-            },
+            options,
             key_from_control,
         })
     }
@@ -136,7 +161,8 @@ impl TunnelSettings {
     pub fn tunnel_config(&self, private_key: PrivateKey, options: TunnelOptions) -> TunnelConfig {
         let mut config = TunnelConfig::new(private_key, self.listen);
         config.mtu = options.mtu.get();
-        config.tcp_buffer = options.tcp_buffer.bytes();
+        config.window = crate::WindowSettings::from_options(&options);
+        config.stall_timeout = crate::window::stall_timeout(&options.window);
         config
     }
 }
@@ -169,8 +195,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.options.mtu.get(), 1280);
+        let config = s.tunnel_config(key.clone(), s.options);
+        assert_eq!((config.mtu, config.window.max), (1280, 65536));
+        assert_eq!(
+            config.stall_timeout,
+            Some(crate::window::DEFAULT_STALL_TIMEOUT)
+        );
+        let s = settings(
+            &format!(
+                "private_key = \"{}\"\nmin_tcp_buffer = 8192\nwindow_budget = 67108864\nwindow_per_client = 1048576\nwindow_per_peer = 33554432\nstall_timeout = 0",
+                key.to_base64()
+            ),
+            false,
+        )
+        .unwrap();
         let config = s.tunnel_config(key, s.options);
-        assert_eq!((config.mtu, config.tcp_buffer), (1280, 65536));
+        assert_eq!(
+            (
+                config.window.min,
+                config.window.budget,
+                config.window.per_client,
+                config.window.per_peer
+            ),
+            (8192, 64 << 20, 1 << 20, 32 << 20)
+        );
+        assert_eq!(config.stall_timeout, None);
         assert!(settings("", true).unwrap().key_from_control);
     }
 
@@ -190,6 +239,14 @@ mod tests {
             ("mtu = 70000", "mtu"),
             ("mtu = 100", "mtu"),
             ("tcp_buffer = 1", "tcp_buffer"),
+            ("window_per_client = 8192", "window_per_client"),
+            ("min_tcp_buffer = 1048576", "min_tcp_buffer"),
+            ("window_budget = 100000", "window_budget"),
+            (
+                "window_per_peer = 1099511627776\nwindow_budget = 8388608",
+                "window_per_peer",
+            ),
+            ("stall_timeout = 100000", "stall_timeout"),
             ("overlay = \"10.0.0.0/30\"", "overlay"),
             ("bogus = 1", "bogus"),
         ] {

@@ -219,6 +219,8 @@ impl TunnelSettings {
             mtu: self.mtu.unwrap_or_default(),
             tcp_buffer: self.tcp_buffer.unwrap_or_default(),
             overlay: kokoa_model::Overlay::default(),
+            // Control does not set the stream-memory bounds yet: the nodes' defaults.
+            window: kokoa_model::WindowLimits::default(),
         }
     }
 }

@@ -44,12 +44,19 @@ impl SendMax {
     }
 
     /// Looks at one outgoing IPv4 packet: records how far its flow has sent and, for a pure
-    /// ACK whose sequence number was rewound, moves it up to `SND.MAX`.
-    pub(super) fn on_transmit(&mut self, packet: &mut [u8]) {
+    /// ACK whose sequence number was rewound, moves it up to `SND.MAX`. A RST is moved to
+    /// `rst_seq` when given: the peer's RCV.NXT while its window is closed (smoltcp would start
+    /// it one byte further, after its window probe, where a closed window drops it).
+    pub(super) fn on_transmit(&mut self, packet: &mut [u8], rst_seq: Option<u32>) {
         let Some(seg) = Segment::parse(packet) else {
             return;
         };
         if seg.flags & RST != 0 {
+            if let Some(seq) = rst_seq {
+                if seq != seg.seq {
+                    seg.rewrite_seq(packet, seq);
+                }
+            }
             self.flows.remove(&seg.key);
             return;
         }
@@ -184,6 +191,12 @@ mod tests {
         !(acc as u16)
     }
 
+    impl SendMax {
+        fn on_transmit_for_test(&mut self, packet: &mut [u8]) {
+            self.on_transmit(packet, None);
+        }
+    }
+
     fn seq_of(p: &[u8]) -> u32 {
         u32::from_be_bytes([p[24], p[25], p[26], p[27]])
     }
@@ -192,41 +205,57 @@ mod tests {
     fn rewound_pure_ack_is_moved_to_snd_max_with_a_valid_checksum() {
         let mut s = SendMax::default();
         let isn = u32::MAX - 1000; // wraps inside the test
-        s.on_transmit(&mut packet(isn, SYN, &[]));
-        s.on_transmit(&mut packet(isn + 1, 0, &[1u8; 1400]));
-        s.on_transmit(&mut packet(isn.wrapping_add(1401), 0, &[2u8; 1400]));
+        s.on_transmit_for_test(&mut packet(isn, SYN, &[]));
+        s.on_transmit_for_test(&mut packet(isn + 1, 0, &[1u8; 1400]));
+        s.on_transmit_for_test(&mut packet(isn.wrapping_add(1401), 0, &[2u8; 1400]));
         let max = isn.wrapping_add(2801);
         // In order: untouched.
         let mut ack = packet(max, 0, &[]);
         let before = ack.clone();
-        s.on_transmit(&mut ack);
+        s.on_transmit(&mut ack, None);
         assert_eq!(ack, before);
         // Rewound after an RTO: moved up, checksum still right.
         let mut ack = packet(isn + 1, 0, &[]);
-        s.on_transmit(&mut ack);
+        s.on_transmit(&mut ack, None);
         assert_eq!(seq_of(&ack), max);
         let sum = u16::from_be_bytes([ack[36], ack[37]]);
         assert_eq!(sum, tcp_checksum(&ack));
         // Retransmitted data and keep-alives are left alone.
         let mut data = packet(isn + 1, 0, &[1u8; 1400]);
         let before = data.clone();
-        s.on_transmit(&mut data);
+        s.on_transmit(&mut data, None);
         assert_eq!(data, before);
         let mut keepalive = packet(max - 1, 0, &[]);
         let before = keepalive.clone();
-        s.on_transmit(&mut keepalive);
+        s.on_transmit(&mut keepalive, None);
         assert_eq!(keepalive, before);
         // A FIN advances SND.MAX by one; a RST forgets the flow.
-        s.on_transmit(&mut packet(max, FIN, &[]));
+        s.on_transmit_for_test(&mut packet(max, FIN, &[]));
         let mut ack = packet(isn + 1, 0, &[]);
-        s.on_transmit(&mut ack);
+        s.on_transmit(&mut ack, None);
         assert_eq!(seq_of(&ack), max.wrapping_add(1));
-        s.on_transmit(&mut packet(max + 1, RST, &[]));
+        s.on_transmit_for_test(&mut packet(max + 1, RST, &[]));
         assert_eq!(s.len(), 0);
         let mut ack = packet(isn + 1, 0, &[]);
         let before = ack.clone();
-        s.on_transmit(&mut ack);
+        s.on_transmit(&mut ack, None);
         assert_eq!(ack, before, "unknown flows are not touched");
+    }
+
+    #[test]
+    fn a_rst_toward_a_closed_window_starts_at_the_peers_rcv_nxt() {
+        let mut s = SendMax::default();
+        s.on_transmit(&mut packet(1000, SYN, &[]), None);
+        let mut rst = packet(1500, RST, &[]);
+        s.on_transmit(&mut rst, Some(1499));
+        assert_eq!(seq_of(&rst), 1499);
+        let sum = u16::from_be_bytes([rst[36], rst[37]]);
+        assert_eq!(sum, tcp_checksum(&rst));
+        // Without a closed window the RST is left as smoltcp made it.
+        let mut rst = packet(1500, RST, &[]);
+        let before = rst.clone();
+        s.on_transmit(&mut rst, None);
+        assert_eq!(rst, before);
     }
 
     #[test]

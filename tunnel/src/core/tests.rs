@@ -93,6 +93,17 @@ impl Sim {
         link: LinkParams,
         seed: u64,
     ) -> Sim {
+        Sim::new_with(keys, configs, link, seed, |_, _| {})
+    }
+
+    /// [`Sim::new`] with each node's config adjusted by `tweak(node, config)` first.
+    fn new_with(
+        keys: Vec<PrivateKey>,
+        configs: Vec<(Vec<PeerConfig>, Vec<u16>)>,
+        link: LinkParams,
+        seed: u64,
+        tweak: impl Fn(usize, &mut TunnelConfig),
+    ) -> Sim {
         let now = Instant::now();
         let nodes = keys
             .into_iter()
@@ -102,6 +113,7 @@ impl Sim {
                 let mut c = TunnelConfig::new(k.clone(), udp(i));
                 c.peers = peers;
                 c.accept_ports = ports;
+                tweak(i, &mut c);
                 Node {
                     core: Core::new(&c, now).unwrap(),
                     addr: udp(i),
@@ -124,6 +136,11 @@ impl Sim {
 
     /// Two nodes: 0 is the edge (10.100.1.10), 1 the origin (10.100.1.1, accepts port 80).
     fn pair(link: LinkParams, seed: u64) -> Sim {
+        Sim::pair_with(link, seed, |_, _| {})
+    }
+
+    /// [`Sim::pair`] with each node's config adjusted by `tweak(node, config)`.
+    fn pair_with(link: LinkParams, seed: u64, tweak: impl Fn(usize, &mut TunnelConfig)) -> Sim {
         let (a, b) = (PrivateKey::generate(), PrivateKey::generate());
         let a_peers = vec![PeerConfig {
             public_key: b.public_key(),
@@ -139,11 +156,12 @@ impl Sim {
             local_address: "10.100.1.1".parse().unwrap(),
             persistent_keepalive: None,
         }];
-        Sim::new(
+        Sim::new_with(
             vec![a, b],
             vec![(a_peers, vec![]), (b_peers, vec![80])],
             link,
             seed,
+            tweak,
         )
     }
 
@@ -250,8 +268,22 @@ impl Sim {
 
     /// Connects node `from` to `dst` through its peer `to` and waits for both ends.
     fn open(&mut self, from: usize, to: usize, dst: SocketAddrV4) -> (StreamId, StreamId) {
+        self.open_for(from, to, dst, None)
+    }
+
+    /// [`Sim::open`] on behalf of `client` (its window share pays for the buffers).
+    fn open_for(
+        &mut self,
+        from: usize,
+        to: usize,
+        dst: SocketAddrV4,
+        client: Option<u128>,
+    ) -> (StreamId, StreamId) {
         let key = self.nodes[to].key;
-        let (id, _) = self.nodes[from].core.connect(self.now, &key, dst).unwrap();
+        let (id, _) = self.nodes[from]
+            .core
+            .connect_for(self.now, &key, dst, client)
+            .unwrap();
         let mut server = None;
         let ok = self.run_until(Duration::from_secs(30), |s| {
             if server.is_none() {
@@ -1061,4 +1093,303 @@ fn concurrent_streams_each_get_their_own_bytes() {
         assert_eq!(down.rx_hash.finalize()[..], Sha256::digest(&down.data)[..]);
     }
     assert_eq!(sim.nodes[1].core.stats().active_streams, 40);
+}
+
+/// The per-direction buffer size of stream `id` on node `node`.
+fn window_of(sim: &mut Sim, node: usize, id: StreamId) -> usize {
+    sim.nodes[node]
+        .core
+        .stream_window(id)
+        .expect("an open stream")
+}
+
+#[test]
+fn windows_follow_the_client_share_and_the_origin_mirrors_the_edge() {
+    // The edge: 64 KiB streams, 256 KiB per client (two full streams), 4 KiB minimum.
+    let mut sim = Sim::pair_with(CLEAN, 40, |node, c| {
+        if node == 0 {
+            c.window = crate::WindowSettings {
+                max: 64 * 1024,
+                min: 4 * 1024,
+                budget: 4 << 20,
+                per_client: 256 * 1024,
+                per_peer: 4 << 20,
+            };
+        }
+    });
+    let dst = v4("10.100.1.1:80");
+    let mut opened = Vec::new();
+    for _ in 0..4 {
+        let (c, s) = sim.open_for(0, 1, dst, Some(1));
+        opened.push((window_of(&mut sim, 0, c), window_of(&mut sim, 1, s), c));
+    }
+    let sizes: Vec<(usize, usize)> = opened.iter().map(|(e, o, _)| (*e, *o)).collect();
+    // The third and fourth streams of the client get the minimum, on both nodes: the origin
+    // sized its buffers from the window the edge's SYN announced.
+    assert_eq!(
+        sizes,
+        vec![(65536, 65536), (65536, 65536), (4096, 4096), (4096, 4096)]
+    );
+    // Another client is unaffected.
+    let (c, s) = sim.open_for(0, 1, dst, Some(2));
+    assert_eq!(
+        (window_of(&mut sim, 0, c), window_of(&mut sim, 1, s)),
+        (65536, 65536)
+    );
+    // Closing the client's streams gives its share back.
+    for (_, _, c) in opened.drain(..2) {
+        sim.nodes[0].core.stream_abort(c, sim.now);
+    }
+    // (The charge ends when the socket is reaped, after its RST went out.)
+    assert!(
+        sim.run_until(Duration::from_secs(5), |s| s.nodes[0].core.socket_count()
+            == 3)
+    );
+    let (c, _) = sim.open_for(0, 1, dst, Some(1));
+    assert_eq!(window_of(&mut sim, 0, c), 65536);
+    // Moving a stream to another client moves its charge: client 3 now holds a full stream.
+    sim.nodes[0].core.stream_set_client(c, Some(3));
+    let (c2, _) = sim.open_for(0, 1, dst, Some(1));
+    assert_eq!(window_of(&mut sim, 0, c2), 65536);
+}
+
+#[test]
+fn the_window_budget_refuses_streams_it_cannot_hold() {
+    // The edge's budget holds four 2 x 64 KiB streams; the origin's only two.
+    let windows = |budget| crate::WindowSettings {
+        max: 64 * 1024,
+        min: 64 * 1024,
+        budget,
+        per_client: 256 * 1024,
+        per_peer: 256 * 1024,
+    };
+    let mut sim = Sim::pair_with(CLEAN, 41, |node, c| {
+        c.window = windows(if node == 0 { 512 * 1024 } else { 256 * 1024 });
+    });
+    let dst = v4("10.100.1.1:80");
+    sim.open_for(0, 1, dst, Some(1));
+    sim.open_for(0, 1, dst, Some(2));
+    // The origin refuses the third (RST), which the edge reports as refused.
+    let key = sim.nodes[1].key;
+    let (id, _) = sim.nodes[0]
+        .core
+        .connect_for(sim.now, &key, dst, Some(3))
+        .unwrap();
+    assert!(sim.run_until(Duration::from_secs(10), |s| s.nodes[0]
+        .core
+        .connect_state(id, None)
+        .is_ready()));
+    assert!(matches!(
+        sim.nodes[0].core.connect_state(id, None),
+        Poll::Ready(Err(TunnelError::Refused))
+    ));
+    assert_eq!(sim.nodes[1].core.stats().refused_window, 1);
+    assert_eq!(sim.nodes[1].core.stats().window_bytes, 256 * 1024);
+    // The edge's own budget: after the refused one is released it holds three streams; a
+    // fifth does not fit.
+    let fourth = sim.nodes[0].core.connect_for(sim.now, &key, dst, Some(4));
+    assert!(fourth.is_ok());
+    assert!(matches!(
+        sim.nodes[0].core.connect_for(sim.now, &key, dst, Some(5)),
+        Err(TunnelError::NoWindowMemory)
+    ));
+    let stats = sim.nodes[0].core.stats();
+    assert_eq!(stats.refused_window, 1);
+    assert!(stats.window_bytes <= stats.window_budget);
+}
+
+#[test]
+fn a_stream_whose_reader_stalls_is_reset_after_the_stall_timeout() {
+    let mut sim = Sim::pair_with(CLEAN, 42, |node, c| {
+        if node == 1 {
+            c.stall_timeout = Some(Duration::from_secs(5));
+        }
+    });
+    let dst = v4("10.100.1.1:80");
+    let (stalled_c, stalled_s) = sim.open(0, 1, dst);
+    let (slow_c, slow_s) = sim.open(0, 1, dst);
+    // The origin answers both with 1 MiB; the edge never reads the first and reads the second
+    // slowly (4 KiB every second): that one makes progress and must survive.
+    let data = vec![7u8; 1 << 20];
+    let (mut sent_stalled, mut sent_slow) = (0, 0);
+    let started = sim.now;
+    let mut buf = vec![0u8; 4096];
+    let mut next_read = sim.now;
+    let mut reset_at = None;
+    sim.run_until(Duration::from_secs(20), |sim| {
+        let origin = &mut sim.nodes[1].core;
+        if reset_at.is_none() {
+            match origin.stream_send(stalled_s, &data[sent_stalled..], None) {
+                Poll::Ready(Ok(n)) => sent_stalled += n,
+                Poll::Ready(Err(e)) => {
+                    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+                    reset_at = Some(sim.now);
+                }
+                Poll::Pending => {}
+            }
+        }
+        if let Poll::Ready(Ok(n)) = origin.stream_send(slow_s, &data[sent_slow..], None) {
+            sent_slow += n;
+        }
+        if sim.now >= next_read {
+            if let Poll::Ready(r) = sim.nodes[0].core.stream_recv(slow_c, &mut buf, None) {
+                assert!(r.is_ok(), "the slow reader's stream failed: {r:?}");
+            }
+            next_read = sim.now + Duration::from_secs(1);
+        }
+        sim.now - started >= Duration::from_secs(15)
+    });
+    let reset_at = reset_at.expect("the stalled stream was never reset");
+    let after = reset_at - started;
+    assert!(
+        after >= Duration::from_secs(5) && after < Duration::from_secs(7),
+        "reset after {after:?}"
+    );
+    assert_eq!(sim.nodes[1].core.stats().stalled_resets, 1);
+    // The edge learns it too (the RST starts at its RCV.NXT, so its closed window takes it):
+    // what arrived is still readable, then the stream fails.
+    let mut drained = 0;
+    let ended = loop {
+        match sim.nodes[0].core.stream_recv(stalled_c, &mut buf, None) {
+            Poll::Ready(Ok(n)) if n > 0 => drained += n,
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(ended, Poll::Ready(Err(ref e)) if e.kind() == io::ErrorKind::ConnectionReset),
+        "after {drained} bytes: {ended:?}"
+    );
+    assert!(matches!(
+        sim.nodes[1].core.stream_send(slow_s, b"x", None),
+        Poll::Ready(Ok(_)) | Poll::Pending
+    ));
+}
+
+#[test]
+fn syns_to_ports_not_accepted_are_counted() {
+    let mut sim = Sim::pair(CLEAN, 43);
+    let key = sim.nodes[1].key;
+    for port in [81, 22] {
+        let (id, _) = sim.nodes[0]
+            .core
+            .connect(
+                sim.now,
+                &key,
+                SocketAddrV4::new("10.100.1.1".parse().unwrap(), port),
+            )
+            .unwrap();
+        assert!(sim.run_until(Duration::from_secs(10), |s| s.nodes[0]
+            .core
+            .connect_state(id, None)
+            .is_ready()));
+    }
+    sim.open(0, 1, v4("10.100.1.1:80"));
+    assert_eq!(sim.nodes[1].core.stats().refused_ports, 2);
+}
+
+/// An edge (node 0, no endpoint for the origin) and an origin behind NAT (node 1, keepalive
+/// `keepalive` s toward the edge), with one stream open between them.
+fn nat_pair(seed: u64, keepalive: u16) -> (Sim, PrivateKey, Vec<PeerConfig>, StreamId) {
+    let (edge_key, origin_key) = (PrivateKey::generate(), PrivateKey::generate());
+    let edge_peers = vec![PeerConfig {
+        public_key: origin_key.public_key(),
+        endpoint: None,
+        allowed_ips: vec![net("10.100.1.1/32")],
+        local_address: "10.100.1.10".parse().unwrap(),
+        persistent_keepalive: None,
+    }];
+    let origin_peers = vec![PeerConfig {
+        public_key: edge_key.public_key(),
+        endpoint: Some(udp(0)),
+        allowed_ips: vec![net("10.100.1.10/32")],
+        local_address: "10.100.1.1".parse().unwrap(),
+        persistent_keepalive: Some(keepalive),
+    }];
+    let mut sim = Sim::new(
+        vec![edge_key.clone(), origin_key],
+        vec![(edge_peers.clone(), vec![]), (origin_peers, vec![80])],
+        CLEAN,
+        seed,
+    );
+    let (_, origin_side) = sim.open(0, 1, v4("10.100.1.1:80"));
+    (sim, edge_key, edge_peers, origin_side)
+}
+
+/// Replaces node 0's core with a fresh one (a restart) that remembers `remembered`.
+fn restart_edge(
+    sim: &mut Sim,
+    key: PrivateKey,
+    peers: Vec<PeerConfig>,
+    remembered: Vec<CachedPeer>,
+) {
+    let mut config = TunnelConfig::new(key, udp(0));
+    config.peers = peers;
+    config.remembered = remembered;
+    sim.nodes[0].core = Core::new(&config, sim.now).unwrap();
+    sim.events[0].clear();
+    sim.events[1].clear();
+}
+
+/// Connects the edge to the origin and returns how long it took.
+fn reconnect(sim: &mut Sim, within: Duration) -> Duration {
+    let started = sim.now;
+    let key = sim.nodes[1].key;
+    let (id, _) = sim.nodes[0]
+        .core
+        .connect(sim.now, &key, v4("10.100.1.1:80"))
+        .unwrap();
+    assert!(
+        sim.run_until(within, |s| s.nodes[0]
+            .core
+            .connect_state(id, None)
+            .is_ready()),
+        "the edge never reached the origin after its restart"
+    );
+    assert!(matches!(
+        sim.nodes[0].core.connect_state(id, None),
+        Poll::Ready(Ok(()))
+    ));
+    sim.now - started
+}
+
+#[test]
+fn a_restarted_edge_handshakes_toward_the_remembered_endpoint_at_once() {
+    // A long keepalive: without the remembered endpoint the edge would wait for the origin's
+    // dead-peer check (2 x 25 s + 5 s).
+    let (mut sim, key, peers, _) = nat_pair(44, 25);
+    let remembered = sim.nodes[0].core.take_peer_cache().expect("a peer cache");
+    assert_eq!(remembered.len(), 1);
+    assert_eq!(remembered[0].endpoint, udp(1));
+    // Nothing changed since: no new cache to write.
+    assert!(sim.nodes[0].core.take_peer_cache().is_none());
+    restart_edge(&mut sim, key, peers, remembered);
+    let took = reconnect(&mut sim, Duration::from_secs(30));
+    assert!(
+        took < Duration::from_millis(500),
+        "reconnected after {took:?}"
+    );
+}
+
+#[test]
+fn data_for_a_lost_session_is_answered_with_a_handshake_toward_its_source() {
+    let (mut sim, key, peers, origin_side) = nat_pair(45, 25);
+    let mut remembered = sim.nodes[0].core.take_peer_cache().expect("a peer cache");
+    // The remembered endpoint is stale (the NAT mapping changed while the edge was down):
+    // only the index still names the origin.
+    remembered[0].endpoint = udp(9);
+    restart_edge(&mut sim, key, peers, remembered);
+    // The origin still sends on its old session (here: data on the stream it had).
+    let started = sim.now;
+    assert!(matches!(
+        sim.nodes[1]
+            .core
+            .stream_send(origin_side, b"late response", None),
+        Poll::Ready(Ok(_))
+    ));
+    let took = reconnect(&mut sim, Duration::from_secs(30));
+    assert!(took < Duration::from_secs(2), "reconnected after {took:?}");
+    assert!(sim.now - started < Duration::from_secs(2));
+    assert_eq!(sim.nodes[0].core.stats().unknown_session_handshakes, 1);
+    let stats = sim.nodes[0].core.stats();
+    assert_eq!(stats.peers[0].endpoint, Some(udp(1)));
 }
