@@ -177,7 +177,7 @@ async fn tokens_are_required_and_checked() -> Result<()> {
             .post::<_, IssuedApiToken>("/api-tokens", &json!({"name": "ci"}))
             .await,
         StatusCode::CONFLICT,
-        None,
+        Some("name"),
     )?;
 
     // Public: the OpenAPI document and the readiness probe.
@@ -305,7 +305,7 @@ async fn origins_crud_and_errors() -> Result<()> {
             .post::<_, OriginView>("/origins", &json!({"name": "home"}))
             .await,
         StatusCode::CONFLICT,
-        None,
+        Some("name"),
     )?;
     expect_error(
         h.api
@@ -413,7 +413,7 @@ async fn services_crud_and_port_validation() -> Result<()> {
             )
             .await,
         StatusCode::CONFLICT,
-        None,
+        Some("port"),
     )?;
     expect_error(
         h.api
@@ -516,7 +516,7 @@ async fn edges_with_origin_assignment() -> Result<()> {
             .post::<_, EdgeView>("/edge-nodes", &json!({"name": "vps1"}))
             .await,
         StatusCode::CONFLICT,
-        None,
+        Some("name"),
     )?;
 
     let assigned: Value = h
@@ -1500,5 +1500,115 @@ async fn certificates_are_checked_at_upload_and_listed_as_served() -> Result<()>
     assert_eq!(uploaded.names, ["app.example.com", "www.example.com"]);
     let list: Vec<Certificate> = h.api.get("/certificates").await?;
     assert_eq!(list.len(), 1);
+    Ok(())
+}
+
+/// A duplicate in a request body is refused naming the field that collides, like every other
+/// refusal of a body (found by tests/pipeline.rs: these 409s named no field).
+#[tokio::test]
+async fn duplicates_are_refused_naming_their_field() -> Result<()> {
+    let h = Harness::start().await?;
+    h.origin("home").await?;
+    h.origin("lab").await?;
+    h.service("home", "web", 8001).await?;
+    h.service("home", "api", 8002).await?;
+    let edge: EdgeView = h.api.post("/edge-nodes", &json!({"name": "vps1"})).await?;
+    h.api
+        .post::<_, EdgeView>("/edge-nodes", &json!({"name": "vps2"}))
+        .await?;
+    let version = h.store.config_version().await?;
+    let cases: [(Method, &str, Value, &str); 8] = [
+        (Method::POST, "/origins", json!({"name": "home"}), "name"),
+        (
+            Method::PATCH,
+            "/origins/lab",
+            json!({"name": "home"}),
+            "name",
+        ),
+        (
+            Method::POST,
+            "/origins/home/services",
+            json!({"name": "web", "port": 9000}),
+            "name",
+        ),
+        (
+            Method::POST,
+            "/origins/home/services",
+            json!({"name": "other", "port": 8001}),
+            "port",
+        ),
+        (
+            Method::PATCH,
+            "/origins/home/services/api",
+            json!({"name": "web"}),
+            "name",
+        ),
+        (
+            Method::PATCH,
+            "/origins/home/services/api",
+            json!({"port": 8001}),
+            "port",
+        ),
+        (Method::POST, "/edge-nodes", json!({"name": "vps1"}), "name"),
+        (
+            Method::POST,
+            "/edge-nodes",
+            json!({"name": "vps3", "public_key": edge.edge.public_key.to_base64()}),
+            "public_key",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let (status, error) = h.raw(method.clone(), path, &body.to_string()).await?;
+        assert_eq!(
+            status,
+            StatusCode::CONFLICT,
+            "{method} {path} {body}: {error}"
+        );
+        assert_eq!(
+            error["field"],
+            json!(field),
+            "{method} {path} {body}: {error}"
+        );
+    }
+    let renamed = h
+        .raw(
+            Method::PATCH,
+            "/edge-nodes/vps2",
+            &json!({"name": "vps1"}).to_string(),
+        )
+        .await?;
+    assert_eq!(
+        (renamed.0, &renamed.1["field"]),
+        (StatusCode::CONFLICT, &json!("name"))
+    );
+    assert_eq!(
+        h.store.config_version().await?,
+        version,
+        "nothing refused was stored"
+    );
+    // An HTTP route keeps its service http.
+    h.api
+        .post::<_, RouteView>(
+            "/routes",
+            &json!({"hostname": "app.example.com", "origin": "home", "service": "web"}),
+        )
+        .await?;
+    let version = h.store.config_version().await?;
+    let (status, error) = h
+        .raw(
+            Method::PATCH,
+            "/origins/home/services/web",
+            &json!({"protocol": "tcp"}).to_string(),
+        )
+        .await?;
+    assert_eq!(
+        (status, &error["field"]),
+        (StatusCode::CONFLICT, &json!("protocol"))
+    );
+    assert_eq!(
+        h.store.config_version().await?,
+        version,
+        "nothing refused was stored"
+    );
     Ok(())
 }

@@ -911,3 +911,267 @@ fn notify_commands_against_a_running_control() -> Result<()> {
     drop(control);
     Ok(())
 }
+
+/// GETs `/api/v1{path}` with a bearer token over a plain HTTP/1.1 connection; the status and
+/// the JSON body (`null` when empty).
+fn get_json(api: &str, token: &str, path: &str) -> Result<(u16, serde_json::Value)> {
+    use std::io::{Read as _, Write as _};
+    let addr = api.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET /api/v1{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no header end in {response:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    let body = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(body).with_context(|| format!("not JSON: {body:?}"))?
+    };
+    Ok((status, body))
+}
+
+/// Runs a command that must fail; returns its stderr.
+fn refused(api: &str, token: &str, args: &[&str]) -> Result<String> {
+    let output = cli(api, token, args)?;
+    ensure!(
+        !output.status.success(),
+        "kokoa-control {args:?} succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// `route set` (rate, burst, body limit, allow/deny), `edge set` (limits, MTU, TCP buffer) and
+/// `tcp-route add|list|set|rm` against a running control, checked by what the API then
+/// returns; a bad flag value is refused by the API naming the field.
+#[test]
+fn route_edge_and_tcp_route_settings_through_the_cli() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let output = Command::new(BIN)
+        .args(["token", "create", "--name", "ops", "--data-dir"])
+        .arg(&data)
+        .env_remove("KOKOA_MASTER_KEY")
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout)?.trim().to_string();
+    let control = serve(&data, &master_key())?;
+    let api = control.api.clone();
+    let run = |args: &[&str]| ok(&api, &token, args);
+    let get = |path: &str| get_json(&api, &token, path);
+
+    run(&["origin", "add", "home"])?;
+    run(&["service", "add", "home", "web", "--port", "8001"])?;
+    run(&[
+        "service",
+        "add",
+        "home",
+        "db",
+        "--port",
+        "5432",
+        "--protocol",
+        "tcp",
+    ])?;
+    run(&[
+        "edge",
+        "add",
+        "vps1",
+        "--endpoint",
+        "127.0.0.1:51820",
+        "--origin",
+        "home",
+    ])?;
+    run(&[
+        "route",
+        "add",
+        "app.example.com",
+        "--origin",
+        "home",
+        "--service",
+        "web",
+    ])?;
+
+    // route set: per-route limits and access lists.
+    run(&[
+        "route",
+        "set",
+        "app.example.com",
+        "--rate",
+        "10",
+        "--burst",
+        "20",
+        "--max-body-bytes",
+        "1048576",
+        "--allow",
+        "10.0.0.0/8",
+        "--deny",
+        "10.1.0.0/16",
+    ])?;
+    let (status, route) = get("/routes/app.example.com")?;
+    assert_eq!(status, 200, "{route}");
+    assert_eq!(
+        route["limits"],
+        serde_json::json!({"rate": 10.0, "burst": 20, "max_body_bytes": 1_048_576,
+                           "allow": ["10.0.0.0/8"], "deny": ["10.1.0.0/16"]})
+    );
+    // Flags not given stay; a new rate replaces the old one.
+    run(&["route", "set", "app.example.com", "--rate", "5"])?;
+    let (_, route) = get("/routes/app.example.com")?;
+    assert_eq!(route["limits"]["rate"], serde_json::json!(5.0));
+    assert_eq!(route["limits"]["deny"], serde_json::json!(["10.1.0.0/16"]));
+    let message = refused(
+        &api,
+        &token,
+        &["route", "set", "app.example.com", "--rate", "fast"],
+    )?;
+    assert!(message.contains("limits.rate"), "{message}");
+    let message = refused(
+        &api,
+        &token,
+        &["route", "set", "app.example.com", "--allow", "nope"],
+    )?;
+    assert!(message.contains("limits.allow[0]"), "{message}");
+    let (_, unchanged) = get("/routes/app.example.com")?;
+    assert_eq!(
+        unchanged["limits"], route["limits"],
+        "refused flags change nothing"
+    );
+
+    // edge set: [limits] defaults and tunnel settings.
+    run(&[
+        "edge",
+        "set",
+        "vps1",
+        "--limit",
+        "rate=10",
+        "--limit",
+        "max_connections=500",
+        "--mtu",
+        "1280",
+        "--tcp-buffer",
+        "65536",
+    ])?;
+    let (status, edge) = get("/edge-nodes/vps1")?;
+    assert_eq!(status, 200, "{edge}");
+    assert_eq!(edge["limits"]["rate"], serde_json::json!(10.0));
+    assert_eq!(edge["limits"]["max_connections"], serde_json::json!(500));
+    assert_eq!(
+        edge["tunnel"],
+        serde_json::json!({"mtu": 1280, "tcp_buffer": 65536})
+    );
+    let message = refused(&api, &token, &["edge", "set", "vps1", "--mtu", "70000"])?;
+    assert!(message.contains("tunnel.mtu"), "{message}");
+    let message = refused(
+        &api,
+        &token,
+        &["edge", "set", "vps1", "--limit", "max_conections=5"],
+    )?;
+    assert!(message.contains("limits.max_conections"), "{message}");
+    run(&["edge", "set", "vps1", "--clear-limits"])?;
+    let (_, edge) = get("/edge-nodes/vps1")?;
+    assert!(edge["limits"].is_null(), "{edge}");
+    assert_eq!(edge["tunnel"]["mtu"], serde_json::json!(1280), "untouched");
+
+    // tcp-route add | list | set | rm.
+    let added = run(&[
+        "tcp-route",
+        "add",
+        "15432",
+        "--origin",
+        "home",
+        "--service",
+        "db",
+        "--proxy-protocol",
+        "v2",
+        "--allow",
+        "10.0.0.0/8",
+    ])?;
+    assert!(added.contains("15432"), "{added}");
+    let (status, tcp) = get("/tcp-routes/15432")?;
+    assert_eq!(status, 200, "{tcp}");
+    assert_eq!(
+        (
+            &tcp["origin"],
+            &tcp["service"],
+            &tcp["proxy_protocol"],
+            &tcp["allow"]
+        ),
+        (
+            &serde_json::json!("home"),
+            &serde_json::json!("db"),
+            &serde_json::json!("v2"),
+            &serde_json::json!(["10.0.0.0/8"])
+        ),
+        "{tcp}"
+    );
+    let list = run(&["tcp-route", "list"])?;
+    assert!(
+        list.contains("15432") && list.contains("home") && list.contains("db"),
+        "{list}"
+    );
+    run(&[
+        "tcp-route",
+        "set",
+        "15432",
+        "--new-port",
+        "25432",
+        "--proxy-protocol",
+        "none",
+        "--deny",
+        "192.0.2.0/24",
+    ])?;
+    let (status, _) = get("/tcp-routes/15432")?;
+    assert_eq!(status, 404, "moved");
+    let (_, tcp) = get("/tcp-routes/25432")?;
+    assert_eq!(tcp["proxy_protocol"], serde_json::json!("none"), "{tcp}");
+    assert_eq!(tcp["deny"], serde_json::json!(["192.0.2.0/24"]), "{tcp}");
+    assert_eq!(tcp["allow"], serde_json::json!(["10.0.0.0/8"]), "untouched");
+    run(&["tcp-route", "set", "25432", "--clear-allow"])?;
+    let (_, tcp) = get("/tcp-routes/25432")?;
+    assert!(
+        tcp["allow"].as_array().is_none_or(|a| a.is_empty()),
+        "{tcp}"
+    );
+    let message = refused(
+        &api,
+        &token,
+        &[
+            "tcp-route",
+            "add",
+            "70000",
+            "--origin",
+            "home",
+            "--service",
+            "db",
+        ],
+    )?;
+    assert!(message.contains("listen_port"), "{message}");
+    let message = refused(
+        &api,
+        &token,
+        &["tcp-route", "set", "25432", "--proxy-protocol", "v1"],
+    )?;
+    assert!(message.contains("proxy_protocol"), "{message}");
+    run(&["tcp-route", "rm", "25432"])?;
+    let (status, _) = get("/tcp-routes/25432")?;
+    assert_eq!(status, 404);
+    let list = run(&["tcp-route", "list"])?;
+    assert!(!list.contains("25432"), "{list}");
+    Ok(())
+}

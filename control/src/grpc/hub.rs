@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 
 use super::snapshot::SharedSnapshot;
 use super::Inner;
-use crate::store::{AcmeChallengeAnswer, Id, NodeId, NodeTokenKind, StoreError};
+use crate::store::{AcmeChallengeAnswer, Id, NodeId, NodeTokenKind, Store, StoreError};
 
 /// The node credentials valid at some moment.
 #[derive(Debug)]
@@ -85,8 +85,14 @@ pub(crate) async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) 
         };
         if current.is_some() && current != published {
             // Credentials first: a stream checks them before it sends the new snapshot.
-            let (creds, built) =
-                tokio::join!(refresh_credentials(&inner), build(&inner, &mut keys));
+            let (creds, built) = tokio::join!(
+                refresh_credentials(&inner),
+                build(
+                    inner.store.as_ref(),
+                    inner.options.heartbeat_interval_seconds(),
+                    &mut keys
+                )
+            );
             if let Some(creds) = creds {
                 inner.hub.credentials.send_replace(Some(Arc::new(creds)));
             }
@@ -144,11 +150,24 @@ async fn refresh_credentials(inner: &Inner) -> Option<Credentials> {
     }
 }
 
-async fn build(inner: &Inner, keys: &mut KeyCache) -> Result<SharedSnapshot, StoreError> {
-    let store = &inner.store;
+/// The shared snapshot of the store's current config version, built exactly as the hub builds
+/// it for every Watch stream (keys unsealed without the hub's cache). For tools and tests that
+/// need what nodes would receive without running the gRPC server.
+pub async fn shared_snapshot(
+    store: &dyn Store,
+    heartbeat_interval_seconds: u32,
+) -> Result<SharedSnapshot, StoreError> {
+    build(store, heartbeat_interval_seconds, &mut KeyCache::default()).await
+}
+
+async fn build(
+    store: &dyn Store,
+    heartbeat_interval_seconds: u32,
+    keys: &mut KeyCache,
+) -> Result<SharedSnapshot, StoreError> {
     let started = Instant::now();
     let snapshot = store.snapshot().await?;
-    let mut shared = SharedSnapshot::new(snapshot, inner.options.heartbeat_interval_seconds());
+    let mut shared = SharedSnapshot::new(snapshot, heartbeat_interval_seconds);
 
     let managed: Vec<(NodeId, PublicKey)> = shared
         .store

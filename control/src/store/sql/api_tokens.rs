@@ -62,9 +62,10 @@ impl ApiTokenStore for SqlStore {
         )
         .await?
         {
-            return Err(StoreError::conflict(format!(
-                "an API token named {name} already exists"
-            )));
+            return Err(StoreError::conflict_on(
+                "name",
+                format!("an API token named {name} already exists"),
+            ));
         }
         let secret = token::generate("api");
         let id = Uuid::new_v4();

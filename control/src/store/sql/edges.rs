@@ -239,9 +239,10 @@ impl EdgeStore for SqlStore {
         )
         .await?
         {
-            return Err(StoreError::conflict(format!(
-                "an edge named {name} already exists"
-            )));
+            return Err(StoreError::conflict_on(
+                "name",
+                format!("an edge named {name} already exists"),
+            ));
         }
         let id = Uuid::new_v4();
         let (public, sealed) = self.key_pair(Entity::Edge, id, new.public_key)?;
@@ -356,10 +357,10 @@ impl EdgeStore for SqlStore {
             )
             .await?
         {
-            return Err(StoreError::conflict(format!(
-                "an edge named {} already exists",
-                after.name
-            )));
+            return Err(StoreError::conflict_on(
+                "name",
+                format!("an edge named {} already exists", after.name),
+            ));
         }
         sqlx::query(
             "UPDATE edge_nodes SET name = $1, public_ip = $2, endpoint = $3, provider = $4, \

@@ -24,9 +24,10 @@ pub(super) async fn check_key_free(
     for table in ["origins", "edge_nodes"] {
         let sql = format!("SELECT 1 FROM {table} WHERE public_key = $1 AND id <> $2 LIMIT 1");
         if exists(conn, &sql, key.to_base64(), Some(except.clone())).await? {
-            return Err(StoreError::conflict(format!(
-                "public key {key} is already used by another node"
-            )));
+            return Err(StoreError::conflict_on(
+                "public_key",
+                format!("public key {key} is already used by another node"),
+            ));
         }
     }
     Ok(())

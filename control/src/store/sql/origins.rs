@@ -106,9 +106,10 @@ impl OriginStore for SqlStore {
         )
         .await?
         {
-            return Err(StoreError::conflict(format!(
-                "an origin named {name} already exists"
-            )));
+            return Err(StoreError::conflict_on(
+                "name",
+                format!("an origin named {name} already exists"),
+            ));
         }
         let used: BTreeSet<i64> = sqlx::query("SELECT subnet FROM origins")
             .fetch_all(w.conn())
@@ -190,9 +191,10 @@ impl OriginStore for SqlStore {
             )
             .await?
         {
-            return Err(StoreError::conflict(format!(
-                "an origin named {name} already exists"
-            )));
+            return Err(StoreError::conflict_on(
+                "name",
+                format!("an origin named {name} already exists"),
+            ));
         }
         sqlx::query("UPDATE origins SET name = $1, tunnel = $2, updated_at = $3 WHERE id = $4")
             .bind(name)

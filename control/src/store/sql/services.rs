@@ -103,10 +103,10 @@ impl ServiceStore for SqlStore {
         )
         .await?
         {
-            return Err(StoreError::conflict(format!(
-                "origin {} already has a service named {name}",
-                origin.name
-            )));
+            return Err(StoreError::conflict_on(
+                "name",
+                format!("origin {} already has a service named {name}", origin.name),
+            ));
         }
         let taken =
             sqlx::query("SELECT name FROM origin_services WHERE origin_id = $1 AND port = $2")
@@ -116,10 +116,13 @@ impl ServiceStore for SqlStore {
                 .await?;
         if let Some(row) = taken {
             let other: String = row.try_get("name")?;
-            return Err(StoreError::conflict(format!(
-                "origin {} already has a service on port {port} ({other})",
-                origin.name
-            )));
+            return Err(StoreError::conflict_on(
+                "port",
+                format!(
+                    "origin {} already has a service on port {port} ({other})",
+                    origin.name
+                ),
+            ));
         }
         let id = Uuid::new_v4();
         sqlx::query(
@@ -208,10 +211,10 @@ impl ServiceStore for SqlStore {
             )
             .await?
         {
-            return Err(StoreError::conflict(format!(
-                "the origin already has a service named {}",
-                after.name
-            )));
+            return Err(StoreError::conflict_on(
+                "name",
+                format!("the origin already has a service named {}", after.name),
+            ));
         }
         if after.port != before.port
             && sqlx::query("SELECT 1 FROM origin_services WHERE origin_id = $1 AND port = $2")
@@ -221,10 +224,10 @@ impl ServiceStore for SqlStore {
                 .await?
                 .is_some()
         {
-            return Err(StoreError::conflict(format!(
-                "the origin already has a service on port {}",
-                after.port
-            )));
+            return Err(StoreError::conflict_on(
+                "port",
+                format!("the origin already has a service on port {}", after.port),
+            ));
         }
         if after.protocol != Protocol::Http
             && exists(
@@ -235,7 +238,8 @@ impl ServiceStore for SqlStore {
             )
             .await?
         {
-            return Err(StoreError::conflict(
+            return Err(StoreError::conflict_on(
+                "protocol",
                 "HTTP routes point at this service; it must stay http while they exist",
             ));
         }
