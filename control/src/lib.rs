@@ -4,6 +4,8 @@
 //!
 //! - [`store`]: the data, on SQLite or PostgreSQL;
 //! - [`api`]: the REST API (`/api/v1`) operators and the CLI use;
+//! - [`account`]: dashboard users, passwords, TOTP and login sessions;
+//! - [`web`]: the dashboard, server-rendered pages over the same API;
 //! - [`bundle`]: per-node install bundles (bootstrap config, CA, enrollment token, systemd unit);
 //! - [`grpc`] and [`pki`]: enrollment and config streaming to nodes over TLS with control's CA;
 //! - [`acme`] and [`dns`]: certificates for route names (ACME HTTP-01, TLS-ALPN-01, DNS-01);
@@ -14,6 +16,7 @@
 // The OpenAPI document (api/openapi.rs) is one large `serde_json::json!` literal.
 #![recursion_limit = "512"]
 
+pub mod account;
 pub mod acme;
 pub mod api;
 pub mod bundle;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+use crate::account::{Accounts, SessionPolicy};
 use crate::acme::AcmeArgs;
 use crate::api::{self, ApiState, LiveNode, LiveNodes};
 use crate::bundle::BundleSettings;
@@ -58,6 +59,8 @@ pub struct ServeOptions {
     pub public_url: Option<String>,
     /// Automatic certificates (ACME) and DNS-01; off without a directory URL.
     pub acme: AcmeArgs,
+    /// Dashboard session timeouts and login limits.
+    pub sessions: SessionPolicy,
 }
 
 impl ServeOptions {
@@ -77,6 +80,7 @@ impl ServeOptions {
             grpc_names: Vec::new(),
             public_url: None,
             acme: AcmeArgs::default(),
+            sessions: SessionPolicy::default(),
         }
     }
 }
@@ -223,6 +227,7 @@ pub async fn run(
             enrollment_ttl: BUNDLE_TOKEN_TTL,
         })),
         live: Some(Arc::new(RegistryView(grpc.nodes()))),
+        accounts: Arc::new(Accounts::new(store.clone(), options.sessions)),
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

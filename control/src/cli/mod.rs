@@ -434,6 +434,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 grpc_names: args.grpc_names,
                 public_url: args.public_url,
                 acme: args.acme,
+                sessions: Default::default(),
             };
             serve::run(options, kokoa_node::signal::shutdown()).await
         }

@@ -24,6 +24,10 @@ pub enum Entity {
     ApiToken,
     /// A health-check result.
     HealthCheck,
+    /// A dashboard account.
+    User,
+    /// A dashboard login session.
+    Session,
 }
 
 impl Entity {
@@ -39,6 +43,8 @@ impl Entity {
             Entity::NodeToken => "node_token",
             Entity::ApiToken => "api_token",
             Entity::HealthCheck => "health_check",
+            Entity::User => "user",
+            Entity::Session => "session",
         }
     }
 
@@ -54,6 +60,8 @@ impl Entity {
             "node_token" => Entity::NodeToken,
             "api_token" => Entity::ApiToken,
             "health_check" => Entity::HealthCheck,
+            "user" => Entity::User,
+            "session" => Entity::Session,
             _ => return None,
         })
     }

@@ -31,6 +31,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "acme accounts and challenges",
         sql: include_str!("migrations/0002_acme.sql"),
     },
+    Migration {
+        version: 3,
+        description: "dashboard accounts, sessions and API token roles",
+        sql: include_str!("migrations/0003_accounts.sql"),
+    },
 ];
 
 /// The advisory lock key serializing migrations (and writes) across PostgreSQL replicas:

@@ -3,7 +3,8 @@
 //!
 //! [`Store`] combines one trait per kind of record ([`OriginStore`], [`ServiceStore`],
 //! [`EdgeStore`], [`RouteStore`], [`CertificateStore`], [`AcmeStore`], [`NodeTokenStore`],
-//! [`ApiTokenStore`], [`EventStore`], [`HealthStore`], [`NodeStateStore`], [`LeaderStore`]), each
+//! [`ApiTokenStore`], [`EventStore`], [`HealthStore`], [`NodeStateStore`], [`LeaderStore`],
+//! [`UserStore`], [`SessionStore`]), each
 //! declared in its own file here and implemented for SQL in the file of the same name under
 //! [`sql`]. The record types themselves are in [`model`].
 //!
@@ -43,6 +44,8 @@ mod node_tokens;
 mod origins;
 mod routes;
 mod services;
+pub mod sessions;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -63,7 +66,11 @@ pub use node_tokens::NodeTokenStore;
 pub use origins::OriginStore;
 pub use routes::RouteStore;
 pub use services::ServiceStore;
+pub use sessions::{IssuedSession, NewSession, Session, SessionStage, SessionStore};
 pub use sql::{Engine, Leadership, SqlStore};
+pub use users::{
+    FailureOutcome, LockoutPolicy, NewUser, Role, User, UserSecrets, UserStore, UserUpdate,
+};
 
 /// Opens the store at `url` (`sqlite://PATH`, a bare file path, or `postgres://...`), creating
 /// and migrating the database as needed.
@@ -92,6 +99,8 @@ pub trait Store:
     + ApiTokenStore
     + EventStore
     + HealthStore
+    + UserStore
+    + SessionStore
     + Send
     + Sync
     + std::fmt::Debug

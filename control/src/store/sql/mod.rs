@@ -30,6 +30,8 @@ mod node_tokens;
 mod origins;
 mod routes;
 mod services;
+mod sessions;
+mod users;
 mod write;
 
 use std::str::FromStr;
