@@ -27,6 +27,7 @@ pub mod grpc;
 pub mod pki;
 pub mod serve;
 pub mod store;
+pub mod web;
 
 /// The program version, shared with `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

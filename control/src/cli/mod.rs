@@ -17,11 +17,12 @@ use hyper::Method;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use crate::account::{password, Accounts, SessionPolicy};
 use crate::acme::AcmeArgs;
 use crate::api::{EdgeView, NodeStatusView, OriginView, RouteView, ServiceView, StatusSummary};
 use crate::dev::{self, DevOptions};
 use crate::serve::{self, ServeOptions};
-use crate::store::{self, Actor, ApiToken, IssuedNodeToken, MasterKey};
+use crate::store::{self, Actor, ApiToken, IssuedNodeToken, MasterKey, Role, User};
 use client::{segment, ApiClient, DEFAULT_API_URL};
 
 /// Kokoa control plane: the source of truth for origins, services, edges and routes, streaming
@@ -70,6 +71,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Dashboard users (`add` works on the database directly, so the first needs nothing else).
+    User {
+        /// What to do.
+        #[command(subcommand)]
+        command: UserCommand,
     },
     /// Origins: private hosts running kokoa-origin.
     Origin {
@@ -189,6 +196,9 @@ pub enum TokenCommand {
         /// Expire after this many days (default: never).
         #[arg(long)]
         ttl_days: Option<u64>,
+        /// What requests with it may do: admin (everything) or viewer (read only).
+        #[arg(long, default_value = "admin")]
+        role: Role,
         /// Where the database is.
         #[command(flatten)]
         store: StoreArgs,
@@ -198,6 +208,30 @@ pub enum TokenCommand {
     /// Revoke an API token by name (through the API); requests with it get 401 at once.
     Revoke {
         /// The token's name.
+        name: String,
+    },
+}
+
+/// `user` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a dashboard user on the database directly; the password is read from the
+    /// terminal's standard input (one line), or from KOKOA_USER_PASSWORD.
+    Add {
+        /// Login name.
+        name: String,
+        /// admin (everything) or viewer (read only).
+        #[arg(long, default_value = "admin")]
+        role: Role,
+        /// Where the database is.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List dashboard users (through the API).
+    List,
+    /// Delete a dashboard user (through the API).
+    Rm {
+        /// The user's name.
         name: String,
     },
 }
@@ -444,9 +478,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 TokenCommand::Create {
                     name,
                     ttl_days,
+                    role,
                     store,
                 },
-        } => token_create(&store, &name, ttl_days, json).await,
+        } => token_create(&store, &name, ttl_days, role, json).await,
+        Command::User {
+            command: UserCommand::Add { name, role, store },
+        } => user_add(&store, &name, role, json).await,
+        Command::User {
+            command: UserCommand::List,
+        } => api()?.user_list().await,
+        Command::User {
+            command: UserCommand::Rm { name },
+        } => api()?.user_rm(&name).await,
         Command::Token {
             command: TokenCommand::List,
         } => api()?.token_list().await,
@@ -505,6 +549,7 @@ async fn token_create(
     args: &StoreArgs,
     name: &str,
     ttl_days: Option<u64>,
+    role: Role,
     json: bool,
 ) -> anyhow::Result<()> {
     if args.database.is_none() {
@@ -517,7 +562,9 @@ async fn token_create(
         .await
         .with_context(|| format!("cannot open the store at {url}"))?;
     let ttl = ttl_days.map(|days| Duration::from_secs(days.saturating_mul(86_400)));
-    let issued = store.create_api_token(&Actor::Cli, name, ttl).await?;
+    let issued = store
+        .create_api_token_with_role(&Actor::Cli, name, ttl, role)
+        .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&issued)?);
     } else {
@@ -526,6 +573,47 @@ async fn token_create(
             issued.token.name
         );
         println!("{}", issued.secret.expose());
+    }
+    Ok(())
+}
+
+/// `user add`: opens the database directly, like `token create`, so the first user needs no
+/// API token. The password comes from KOKOA_USER_PASSWORD or one line of standard input.
+async fn user_add(args: &StoreArgs, name: &str, role: Role, json: bool) -> anyhow::Result<()> {
+    let password = match std::env::var("KOKOA_USER_PASSWORD") {
+        Ok(password) if !password.is_empty() => password,
+        _ => {
+            eprint!(
+                "Password for {name} (at least {} characters): ",
+                password::MIN_LENGTH
+            );
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    if args.database.is_none() {
+        serve::create_data_dir(&args.data_dir)?;
+    }
+    let url = serve::database_url(&args.data_dir, args.database.as_deref());
+    // Users hold no sealed value until they enrol TOTP (through the running control, which has
+    // the real master key), so a throwaway key opens the database here, as for `token create`.
+    let store = store::open(&url, MasterKey::generate())
+        .await
+        .with_context(|| format!("cannot open the store at {url}"))?;
+    let accounts = Accounts::new(store, SessionPolicy::default());
+    let user = accounts
+        .create_user(&Actor::Cli, name, &password, role)
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&user)?);
+    } else {
+        println!(
+            "user {} created with role {}; log in to the dashboard and turn on TOTP under Account",
+            user.name, user.role
+        );
     }
     Ok(())
 }
@@ -836,13 +924,14 @@ impl Api {
                 .map(|t| {
                     vec![
                         t.name.clone(),
+                        t.role.to_string(),
                         t.created_at.date().to_string(),
                         opt(t.expires_at.map(|e| e.date())),
                         opt(t.revoked_at.map(|r| r.date())),
                     ]
                 })
                 .collect();
-            table::render(&["NAME", "CREATED", "EXPIRES", "REVOKED"], &rows)
+            table::render(&["NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED"], &rows)
         })
     }
 
@@ -861,6 +950,35 @@ impl Api {
             )
             .await?;
         self.done(format!("API token {name} revoked"));
+        Ok(())
+    }
+
+    async fn user_list(&self) -> anyhow::Result<()> {
+        let users: Vec<User> = self.client.get("/users").await?;
+        self.print(&users, |users| {
+            let rows: Vec<Vec<String>> = users
+                .iter()
+                .map(|user| {
+                    vec![
+                        user.name.clone(),
+                        user.role.to_string(),
+                        if user.totp_enabled { "on" } else { "off" }.into(),
+                        time_text(user.last_login_at),
+                        user.locked_until
+                            .map(|_| "yes".to_string())
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            table::render(&["NAME", "ROLE", "TOTP", "LAST LOGIN", "LOCKED"], &rows)
+        })
+    }
+
+    async fn user_rm(&self, name: &str) -> anyhow::Result<()> {
+        self.client
+            .delete(&format!("/users/{}", segment(name)))
+            .await?;
+        self.done(format!("user {name} deleted"));
         Ok(())
     }
 
