@@ -10,6 +10,7 @@
 //! - [`grpc`] and [`pki`]: enrollment and config streaming to nodes over TLS with control's CA;
 //! - [`acme`] and [`dns`]: certificates for route names (ACME HTTP-01, TLS-ALPN-01, DNS-01);
 //! - [`serve`]: `kokoa-control serve`, which runs the REST API and the gRPC config stream;
+//! - [`https`]: the API and dashboard listener (HTTPS by default, plain only on loopback);
 //! - [`cli`]: the operator commands (`origin add`, `route add`, `status`, ...);
 //! - [`dev`]: `kokoa-control dev`, a whole Kokoa on loopback from generated files.
 
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod dev;
 pub mod dns;
 pub mod grpc;
+pub mod https;
 pub mod pki;
 pub mod serve;
 pub mod store;

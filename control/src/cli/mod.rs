@@ -39,6 +39,10 @@ pub struct Cli {
     /// API bearer token (from `token create`).
     #[arg(long, global = true, env = "KOKOA_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// For an https:// API URL: trust this CA certificate (PEM; control's is DATA_DIR/ca.crt)
+    /// instead of the system's roots.
+    #[arg(long, global = true, env = "KOKOA_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -141,9 +145,45 @@ pub struct ServeArgs {
     /// Development only: without a master key, create one in DATA_DIR/master.key.
     #[arg(long)]
     pub dev: bool,
-    /// REST API listener (plain HTTP; keep it on loopback or behind a TLS proxy).
+    /// REST API and dashboard listener (HTTPS; see --api-plain).
     #[arg(long, default_value = serve::DEFAULT_API)]
     pub api: SocketAddr,
+    /// DNS name or IP in the API's certificate from control's CA (repeatable; default: the
+    /// --grpc-name names).
+    #[arg(long = "api-name")]
+    pub api_names: Vec<String>,
+    /// Serve the API and dashboard with this PEM certificate chain (with --api-tls-key)
+    /// instead of one from control's CA.
+    #[arg(long, requires = "api_tls_key", conflicts_with_all = ["api_tls_acme", "api_plain"])]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The private key of --api-tls-cert.
+    #[arg(long, requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
+    /// Serve the API and dashboard with control's ACME certificate for this name (control's
+    /// CA-signed one until it is issued).
+    #[arg(long, conflicts_with = "api_plain")]
+    pub api_tls_acme: Option<String>,
+    /// Plain HTTP instead of HTTPS: refused unless --api is a loopback address.
+    #[arg(long)]
+    pub api_plain: bool,
+    /// API connections open at once.
+    #[arg(long, default_value_t = crate::https::DEFAULT_MAX_CONNECTIONS)]
+    pub api_max_connections: usize,
+    /// A dashboard session ends after this many idle minutes.
+    #[arg(long, default_value_t = 30)]
+    pub session_idle_minutes: u64,
+    /// A dashboard session ends this many hours after login.
+    #[arg(long, default_value_t = 12)]
+    pub session_max_hours: u64,
+    /// Failed logins within 15 minutes that lock an account for 15 minutes.
+    #[arg(long, default_value_t = 5)]
+    pub login_max_failures: u32,
+    /// Failed logins from one address (IPv6: one /64) within 15 minutes that lock it out.
+    #[arg(long, default_value_t = 20)]
+    pub login_max_failures_per_address: u32,
+    /// Live event streams (dashboard) open at once.
+    #[arg(long, default_value_t = crate::web::feed::DEFAULT_MAX_STREAMS)]
+    pub ui_max_streams: usize,
     /// gRPC listener (TLS with control's CA).
     #[arg(long, default_value = serve::DEFAULT_GRPC)]
     pub grpc: SocketAddr,
@@ -445,19 +485,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli {
         api_url,
         token,
+        ca_file,
         json,
         command,
         ..
     } = cli;
     let api = || -> anyhow::Result<Api> {
+        let trust = match &ca_file {
+            Some(path) => client::Trust::CaFile(path.clone()),
+            None => client::Trust::SystemRoots,
+        };
         Ok(Api {
-            client: ApiClient::new(&api_url, token.clone())?,
+            client: ApiClient::with_trust(&api_url, token.clone(), trust)?,
             json,
         })
     };
     match command {
         Command::Serve(args) => {
             let args = *args;
+            let sessions = sessions(&args);
             let options = ServeOptions {
                 data_dir: args.store.data_dir,
                 database: args.store.database,
@@ -468,7 +514,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 grpc_names: args.grpc_names,
                 public_url: args.public_url,
                 acme: args.acme,
-                sessions: Default::default(),
+                sessions,
+                api_tls: match (
+                    args.api_plain,
+                    args.api_tls_cert,
+                    args.api_tls_key,
+                    args.api_tls_acme,
+                ) {
+                    (true, ..) => serve::ApiTls::Plain,
+                    (_, Some(cert), Some(key), _) => serve::ApiTls::Files { cert, key },
+                    (_, _, _, Some(name)) => serve::ApiTls::Acme(name),
+                    _ => serve::ApiTls::ControlCa,
+                },
+                api_names: args.api_names,
+                api_max_connections: args.api_max_connections,
+                web: crate::web::WebOptions {
+                    secure_cookies: true,
+                    max_streams: args.ui_max_streams,
+                },
             };
             serve::run(options, kokoa_node::signal::shutdown()).await
         }
@@ -512,6 +575,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => api()?.node_token(kind, &name, ttl_hours).await,
         Command::Bundle { kind, name, output } => api()?.bundle(kind, &name, &output).await,
         Command::Status => api()?.status().await,
+    }
+}
+
+/// The session and login limits `serve`'s flags ask for.
+fn sessions(args: &ServeArgs) -> SessionPolicy {
+    let defaults = SessionPolicy::default();
+    SessionPolicy {
+        idle: Duration::from_secs(args.session_idle_minutes.max(1) * 60),
+        absolute: Duration::from_secs(args.session_max_hours.max(1) * 3600),
+        account: store::LockoutPolicy {
+            max_failures: args.login_max_failures.max(1),
+            ..defaults.account
+        },
+        address: crate::account::throttle::AddressPolicy {
+            max_failures: args.login_max_failures_per_address.max(1),
+            ..defaults.address
+        },
+        ..defaults
     }
 }
 
