@@ -209,6 +209,37 @@ impl Control {
             .with_context(|| format!("{method} {path} timed out"))?
     }
 
+    /// The DER of the certificate control's API presents.
+    pub async fn server_certificate(&self) -> anyhow::Result<Vec<u8>> {
+        let tcp = TcpStream::connect(self.api).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(self.api.ip().into());
+        let stream = self.tls()?.connect(name, tcp).await?;
+        let (_, connection) = stream.get_ref();
+        let chain = connection
+            .peer_certificates()
+            .context("control presented no certificate")?;
+        Ok(chain.first().context("empty chain")?.to_vec())
+    }
+
+    /// Creates a dashboard user on control's database (`kokoa-control user add`, as an
+    /// operator does for the first one) with `role`; the password.
+    pub async fn add_user(&self, name: &str, role: &str) -> anyhow::Result<String> {
+        let password = format!("{name}-password-{}", rand::random::<u32>());
+        let output = tokio::process::Command::new(binary("kokoa-control")?)
+            .args(["user", "add", name, "--role", role, "--data-dir"])
+            .arg(&self.data_dir)
+            .env("KOKOA_USER_PASSWORD", &password)
+            .output()
+            .await
+            .context("running kokoa-control user add")?;
+        ensure!(
+            output.status.success(),
+            "user add failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(password)
+    }
+
     /// Kills control (SIGKILL: no goodbye to the nodes).
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut process) = self.process.take() {

@@ -9,10 +9,13 @@ EDGE_ENDPOINT=${EDGE_ENDPOINT:-198.51.100.7:51820}   # the edge VPS's public IP 
 # 1. A master key (seals the WireGuard keys control generates). Keep a backup.
 [ -f master.key ] || (umask 077 && head -c 32 /dev/urandom | base64 > master.key)
 
-# 2. Start control (REST API on 127.0.0.1:7080, gRPC on :7443).
+# 2. Start control (dashboard and REST API on https://127.0.0.1:7080, gRPC on :7443). Both
+#    use certificates from control's own CA, $DATA/ca.crt: the CLI trusts it through
+#    KOKOA_CA_FILE.
 kokoa-control serve --data-dir "$DATA" --master-key-file master.key \
     --public-url "https://$(hostname -f):7443" --grpc-name "$(hostname -f)" &
-until curl -fs http://127.0.0.1:7080/healthz >/dev/null; do sleep 0.2; done
+until [ -f "$DATA/ca.crt" ] && curl -fs --cacert "$DATA/ca.crt" https://127.0.0.1:7080/healthz >/dev/null; do sleep 0.2; done
+export KOKOA_CA_FILE="$DATA/ca.crt"
 
 # 3. The first API token, straight from the database.
 KOKOA_API_TOKEN=$(kokoa-control token create --name admin --data-dir "$DATA")

@@ -247,11 +247,17 @@ pub async fn run(
             options.api
         );
     }
-    let api_names = if options.api_names.is_empty() {
+    // The API listens on loopback by default, so its certificate always covers loopback too.
+    let mut api_names = if options.api_names.is_empty() {
         names.clone()
     } else {
         options.api_names.clone()
     };
+    for local in ["localhost", "127.0.0.1"] {
+        if !api_names.iter().any(|n| n == local) {
+            api_names.push(local.to_string());
+        }
+    }
     let api_certificate = match &options.api_tls {
         ApiTls::Plain => None,
         ApiTls::Files { cert, key } => {

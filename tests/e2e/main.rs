@@ -5,6 +5,7 @@
 mod acme;
 mod bulk;
 mod control;
+mod dashboard;
 mod http;
 mod interop;
 mod protection;

@@ -120,6 +120,10 @@ pub async fn render_with_error(
     error: ApiError,
 ) -> Response {
     let status = error.status;
+    if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+        // Not a value to correct: the caller may not do this at all.
+        return error_page(viewer, status, &error.to_string());
+    }
     let forms = submitted.failed(&error);
     let path = submitted
         .return_to
