@@ -60,17 +60,38 @@ impl TestCa {
 
     /// A rustls client config that trusts only this CA and offers `alpn`.
     pub fn client_config(&self, alpn: &[&[u8]]) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(self.cert.der().to_vec()))
-            .context("trusting the test CA")?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("TLS versions")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(Arc::new(config))
+        trusting(vec![CertificateDer::from(self.cert.der().to_vec())], alpn)
     }
+}
+
+/// A rustls client config that trusts only the CA certificates in `pem` (a file such as
+/// `kokoa-control dev`'s `dev-ca.pem`) and offers `alpn`.
+pub fn client_config_trusting_pem(
+    pem: &str,
+    alpn: &[&[u8]],
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the CA PEM")?;
+    anyhow::ensure!(!certificates.is_empty(), "no certificate in the CA PEM");
+    trusting(certificates, alpn)
+}
+
+fn trusting(
+    certificates: Vec<CertificateDer<'static>>,
+    alpn: &[&[u8]],
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in certificates {
+        roots.add(certificate).context("trusting the CA")?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
 }

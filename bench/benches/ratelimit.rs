@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use kokoa_edge::config::RatePolicy;
+use kokoa_edge::limit::RatePolicy;
 use kokoa_edge::limit::{ClientBudget, KeyMask, RequestLimiter};
 
 /// A policy nothing reaches, as in the comparison's `kokoa-ratelimit` contender.

@@ -4,29 +4,42 @@
 #![allow(missing_docs)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use kokoa_edge::config::RouteConfig;
 use kokoa_edge::route::RouteTable;
+use kokoa_model::{EdgeLimits, HttpRoute, Port};
+
+fn route(host: String, aliases: Vec<String>, origin: String, port: u16) -> HttpRoute {
+    HttpRoute {
+        host: host.parse().expect("a host"),
+        aliases: aliases
+            .iter()
+            .map(|a| a.parse().expect("an alias"))
+            .collect(),
+        origin: origin.parse().expect("a name"),
+        port: Port::new(port).expect("a port"),
+        limits: Default::default(),
+    }
+}
 
 /// 900 exact routes (each with an alias) and 100 wildcards.
 fn table() -> RouteTable {
     let mut routes = Vec::with_capacity(1000);
     for i in 0..900 {
-        routes.push(RouteConfig {
-            host: format!("app{i}.customer{}.example.com", i % 37),
-            aliases: vec![format!("www.app{i}.example.net")],
-            origin: format!("origin{}", i % 10),
-            port: 8000 + (i % 100) as u16,
-        });
+        routes.push(route(
+            format!("app{i}.customer{}.example.com", i % 37),
+            vec![format!("www.app{i}.example.net")],
+            format!("origin{}", i % 10),
+            8000 + (i % 100) as u16,
+        ));
     }
     for i in 0..100 {
-        routes.push(RouteConfig {
-            host: format!("*.tenant{i}.example.org"),
-            aliases: Vec::new(),
-            origin: format!("origin{}", i % 10),
-            port: 9000 + i as u16,
-        });
+        routes.push(route(
+            format!("*.tenant{i}.example.org"),
+            Vec::new(),
+            format!("origin{}", i % 10),
+            9000 + i as u16,
+        ));
     }
-    RouteTable::new(&routes)
+    RouteTable::new(&routes, &EdgeLimits::default())
 }
 
 fn lookup(c: &mut Criterion) {

@@ -9,22 +9,17 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use kokoa_edge::sni::CertStore;
-use rustls::sign::CertifiedKey;
-use rustls_pki_types::PrivateKeyDer;
+use kokoa_model::{Certificate, HostPattern};
 
-fn certified(names: Vec<String>) -> Arc<CertifiedKey> {
+fn certified(names: Vec<String>) -> Certificate {
     let generated = rcgen::generate_simple_self_signed(names).expect("rcgen makes a certificate");
-    let key = PrivateKeyDer::Pkcs8(generated.key_pair.serialize_der().into());
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key).expect("an ECDSA key");
-    Arc::new(CertifiedKey::new(
-        vec![generated.cert.der().clone()],
-        signing,
-    ))
+    Certificate::from_pem(&generated.cert.pem(), &generated.key_pair.serialize_pem())
+        .expect("a certificate")
 }
 
 fn resolve(c: &mut Criterion) {
     // 100 certificates: 90 with two exact names, 10 wildcards.
-    let mut certs: Vec<Arc<CertifiedKey>> = (0..90)
+    let mut certs: Vec<Certificate> = (0..90)
         .map(|i| {
             certified(vec![
                 format!("app{i}.example.com"),
@@ -33,9 +28,9 @@ fn resolve(c: &mut Criterion) {
         })
         .collect();
     certs.extend((0..10).map(|i| certified(vec![format!("*.tenant{i}.example.org")])));
-    let with_default =
-        CertStore::from_certified(certs.clone(), Some("app0.example.com")).expect("store");
-    let without_default = CertStore::from_certified(certs, None).expect("store");
+    let default = HostPattern::new("app0.example.com").expect("a name");
+    let with_default = CertStore::from_certificates(&certs, Some(&default)).expect("store");
+    let without_default = CertStore::from_certificates(&certs, None).expect("store");
     let with_default = Arc::new(ArcSwap::from_pointee(with_default));
     let without_default = Arc::new(ArcSwap::from_pointee(without_default));
 

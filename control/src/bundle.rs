@@ -9,6 +9,7 @@
 //! | `enroll.token` | a fresh one-time enrollment token (mode 0600) |
 //! | `kokoa-edge.service` / `kokoa-origin.service` | systemd unit running as the `kokoa` user |
 //! | `install.sh` | creates the user and directories, installs the files, enables the unit |
+//! | `kokoa-edge` / `kokoa-origin` | only with `kokoa-control bundle ... --with-binary` ([`add_binary`]): the program itself, so a bare host needs nothing else |
 //!
 //! Paths inside the config are relative to it, so the files work wherever they are unpacked;
 //! `install.sh` puts them in `/etc/kokoa/edge/` (or `/etc/kokoa/origin/`, so an edge and an
@@ -164,49 +165,152 @@ pub fn systemd_unit(node: &BundleNode) -> String {
     )
 }
 
-/// The install script: run as root from the unpacked bundle directory.
+/// The install script: run as root from the unpacked bundle directory. The program comes from
+/// `KOKOA_BIN`, else the bundle itself (`--with-binary`), else an existing install (the Debian
+/// package's `/usr/bin`, or `/usr/local/bin`). `KOKOA_ROOT=DIR` installs under `DIR` instead of
+/// `/`, without users, ownership or systemd (to stage an image, or to see what lands where).
 pub fn install_script(node: &BundleNode) -> String {
     let kind = node.kind();
     format!(
         r#"#!/bin/sh
 # Installs kokoa-{kind} "{name}" from this bundle. Run as root in the unpacked directory:
-#   sudo ./install.sh            (KOKOA_BIN=/path/to/kokoa-{kind} to install the binary too)
+#   sudo ./install.sh
+# The program is taken from $KOKOA_BIN, else ./kokoa-{kind} (bundles made with --with-binary),
+# else an existing install (/usr/bin/kokoa-{kind} from the kokoa-{kind} package, or
+# /usr/local/bin/kokoa-{kind}). KOKOA_ROOT=DIR installs under DIR instead of / and leaves users,
+# file ownership and systemd alone.
 set -eu
 cd "$(dirname "$0")"
+root=${{KOKOA_ROOT:-}}
 
-if [ "$(id -u)" -ne 0 ]; then
-    echo "install.sh: run as root (sudo ./install.sh)" >&2
+fail() {{
+    echo "install.sh: $*" >&2
     exit 1
+}}
+
+if [ -z "$root" ] && [ "$(id -u)" -ne 0 ]; then
+    fail "run as root (sudo ./install.sh), or set KOKOA_ROOT=DIR to install under DIR"
 fi
 
+source=""
 if [ -n "${{KOKOA_BIN:-}}" ]; then
-    install -m 0755 "$KOKOA_BIN" /usr/local/bin/kokoa-{kind}
+    source=$KOKOA_BIN
+elif [ -f ./kokoa-{kind} ]; then
+    source=./kokoa-{kind}
 fi
-if [ ! -x /usr/local/bin/kokoa-{kind} ]; then
-    echo "install.sh: /usr/local/bin/kokoa-{kind} is missing; copy the binary there or set KOKOA_BIN" >&2
-    exit 1
+if [ -n "$source" ]; then
+    [ -f "$source" ] || fail "$source does not exist"
+    install -d -m 0755 "$root/usr/local/bin"
+    install -m 0755 "$source" "$root/usr/local/bin/kokoa-{kind}"
+    bin=/usr/local/bin/kokoa-{kind}
+elif [ -x "$root/usr/bin/kokoa-{kind}" ]; then
+    bin=/usr/bin/kokoa-{kind}
+elif [ -x "$root/usr/local/bin/kokoa-{kind}" ]; then
+    bin=/usr/local/bin/kokoa-{kind}
+else
+    fail "no kokoa-{kind} program here: make the bundle with \`kokoa-control bundle {kind} {name} -o FILE --with-binary\`, install the kokoa-{kind} package, or set KOKOA_BIN=/path/to/kokoa-{kind}"
+fi
+"$root$bin" --version >/dev/null 2>&1 ||
+    fail "$root$bin does not run on this machine (built for another architecture?)"
+
+own() {{
+    # install(1) ownership flags, only for a real install.
+    [ -n "$root" ] || printf '%s' "-o $1 -g $2"
+}}
+if [ -z "$root" ] && ! getent passwd kokoa >/dev/null; then
+    useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin kokoa
 fi
 
-if ! getent passwd kokoa >/dev/null; then
-    useradd --system --home-dir /var/lib/kokoa-{kind} --no-create-home --shell /usr/sbin/nologin kokoa
-fi
-
-install -d -m 0755 -o root -g root {CONFIG_DIR}
-install -d -m 0750 -o root -g kokoa {CONFIG_DIR}/{kind}
-install -d -m 0700 -o kokoa -g kokoa /var/lib/kokoa-{kind}
-install -m 0640 -o root -g kokoa {kind}.toml {CONFIG_DIR}/{kind}/{kind}.toml
-install -m 0644 -o root -g root control-ca.pem {CONFIG_DIR}/{kind}/control-ca.pem
+install -d -m 0755 $(own root root) "$root{CONFIG_DIR}"
+install -d -m 0750 $(own root kokoa) "$root{CONFIG_DIR}/{kind}"
+install -d -m 0700 $(own kokoa kokoa) "$root/var/lib/kokoa-{kind}"
+install -m 0640 $(own root kokoa) {kind}.toml "$root{CONFIG_DIR}/{kind}/{kind}.toml"
+install -m 0644 $(own root root) control-ca.pem "$root{CONFIG_DIR}/{kind}/control-ca.pem"
 # Readable by the service only; used once, on the first start.
-install -m 0640 -o root -g kokoa enroll.token {CONFIG_DIR}/{kind}/enroll.token
-install -m 0644 -o root -g root kokoa-{kind}.service /etc/systemd/system/kokoa-{kind}.service
+install -m 0640 $(own root kokoa) enroll.token "$root{CONFIG_DIR}/{kind}/enroll.token"
+install -d -m 0755 "$root/etc/systemd/system"
+sed "s#^ExecStart=[^ ]*#ExecStart=$bin#" kokoa-{kind}.service >"$root/etc/systemd/system/kokoa-{kind}.service"
+chmod 0644 "$root/etc/systemd/system/kokoa-{kind}.service"
 
-systemctl daemon-reload
-systemctl enable kokoa-{kind}.service
-systemctl restart kokoa-{kind}.service
-echo "kokoa-{kind} installed and started; follow it with: journalctl -u kokoa-{kind} -f"
+if [ -n "$root" ]; then
+    echo "kokoa-{kind} staged under $root (program $bin, config {CONFIG_DIR}/{kind}/{kind}.toml)"
+elif [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+    systemctl enable kokoa-{kind}.service
+    systemctl restart kokoa-{kind}.service
+    echo "kokoa-{kind} installed and started; follow it with: journalctl -u kokoa-{kind} -f"
+else
+    echo "kokoa-{kind} installed; no systemd here, so start it yourself:"
+    echo "  su -s /bin/sh kokoa -c '$bin --config {CONFIG_DIR}/{kind}/{kind}.toml'"
+fi
 "#,
         name = node.name(),
     )
+}
+
+/// Adds the node's program to a bundle made by [`build`], as `kokoa-KIND-NAME/kokoa-KIND`
+/// (mode 0755), so `install.sh` installs it. `binary` must be a Linux ELF executable.
+pub fn add_binary(bundle: &[u8], kind: &str, binary: &[u8]) -> Result<Vec<u8>, BundleError> {
+    elf_machine(binary)?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bundle));
+    let encoder = GzEncoder::new(Vec::new(), Compression::default());
+    let mut out = tar::Builder::new(encoder);
+    let mut dir = None;
+    let mut mtime = 0;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        if dir.is_none() {
+            dir = path.parent().map(|p| p.to_path_buf());
+        }
+        mtime = entry.header().mtime().unwrap_or(0);
+        let mut header = entry.header().clone();
+        let mut contents = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut contents)?;
+        out.append_data(&mut header, &path, contents.as_slice())?;
+    }
+    let dir = dir.ok_or(BundleError::Empty)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(binary.len() as u64);
+    header.set_mode(0o755);
+    header.set_mtime(mtime);
+    header.set_entry_type(tar::EntryType::Regular);
+    out.append_data(&mut header, dir.join(format!("kokoa-{kind}")), binary)?;
+    let mut encoder = out.into_inner()?;
+    encoder.flush()?;
+    Ok(encoder.finish()?)
+}
+
+/// Why a binary could not be added to a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// Not an ELF executable for a CPU Kokoa is built for.
+    #[error("not a Linux program for x86_64 or aarch64: {0}")]
+    NotAProgram(String),
+    /// The bundle had no files.
+    #[error("the bundle is empty")]
+    Empty,
+    /// Reading or writing the archive failed.
+    #[error("rewriting the bundle: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The CPU of a Linux ELF executable (`x86_64`, `aarch64`), from its header.
+pub fn elf_machine(binary: &[u8]) -> Result<&'static str, BundleError> {
+    if binary.len() < 20 || &binary[..4] != b"\x7fELF" {
+        return Err(BundleError::NotAProgram("no ELF header".into()));
+    }
+    // e_machine: 2 bytes at offset 18, in the byte order that EI_DATA (offset 5) names.
+    let machine = match binary[5] {
+        1 => u16::from_le_bytes([binary[18], binary[19]]),
+        2 => u16::from_be_bytes([binary[18], binary[19]]),
+        other => return Err(BundleError::NotAProgram(format!("ELF byte order {other}"))),
+    };
+    match machine {
+        62 => Ok("x86_64"),
+        183 => Ok("aarch64"),
+        other => Err(BundleError::NotAProgram(format!("ELF machine {other}"))),
+    }
 }
 
 /// Builds the bundle archive (tar.gz) for `node` with the enrollment `token`.

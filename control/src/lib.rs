@@ -12,7 +12,8 @@
 //! - [`serve`]: `kokoa-control serve`, which runs the REST API and the gRPC config stream;
 //! - [`https`]: the API and dashboard listener (HTTPS by default, plain only on loopback);
 //! - [`cli`]: the operator commands (`origin add`, `route add`, `status`, ...);
-//! - [`dev`]: `kokoa-control dev`, a whole Kokoa on loopback from generated files.
+//! - [`dev`]: `kokoa-control dev`, a whole Kokoa on loopback: control in this process, the real
+//!   `kokoa-edge` and `kokoa-origin` binaries enrolled through it (this crate links neither).
 
 // The OpenAPI document (api/openapi.rs) is one large `serde_json::json!` literal.
 #![recursion_limit = "512"]
@@ -31,5 +32,7 @@ pub mod serve;
 pub mod store;
 pub mod web;
 
-/// The program version, shared with `--version`.
+/// The program version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// What `--version` prints after the name: version, git commit, build date and target.
+pub const LONG_VERSION: &str = env!("KOKOA_LONG_VERSION");

@@ -18,9 +18,9 @@ use tokio::net::TcpListener;
 
 use crate::account::{Accounts, SessionPolicy};
 use crate::acme::AcmeArgs;
-use crate::api::{self, ApiState, LiveNode, LiveNodes};
+use crate::api::{self, ApiState, LiveNodes};
 use crate::bundle::BundleSettings;
-use crate::grpc::{GrpcOptions, GrpcServer, NodeRegistry};
+use crate::grpc::{GrpcOptions, GrpcServer};
 use crate::https;
 use crate::pki::ControlCa;
 use crate::store::{self, MasterKey};
@@ -200,23 +200,97 @@ pub fn public_url(given: Option<&str>, grpc: SocketAddr, names: &[String]) -> St
     }
 }
 
-/// The REST API's view of the gRPC server's connected nodes.
-struct RegistryView(NodeRegistry);
+/// Exit code of `check-config` (and of `serve`) for settings control cannot run with.
+pub const EXIT_BAD_CONFIG: u8 = 2;
 
-impl LiveNodes for RegistryView {
-    fn connected(&self) -> Vec<LiveNode> {
-        self.0
-            .connected()
-            .into_iter()
-            .map(|info| LiveNode {
-                node: info.node,
-                applied_version: info.running_version.or(info.applied_version),
-                last_heartbeat: info.last_heartbeat,
-                nack: info.last_nack,
-                in_sync: info.in_sync,
-            })
-            .collect()
+/// Settings `serve` cannot run with, as `check-config` reports them (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("bad settings: {0}")]
+pub struct BadSettings(pub String);
+
+/// Checks `options` as `serve` would before binding, without binding, creating or writing
+/// anything (so it is safe on a live host): the master key, the data directory, the database
+/// URL, an existing CA, the gRPC names and URL, and the ACME flags. The summary on success.
+pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
+    let bad = |what: &str, error: &dyn std::fmt::Display| BadSettings(format!("{what}: {error}"));
+    let key = match MasterKey::load(options.master_key_file.as_deref()) {
+        Ok(_) => match &options.master_key_file {
+            Some(file) => format!("master key from {}", file.display()),
+            None => format!("master key from {}", store::MASTER_KEY_ENV),
+        },
+        Err(store::CryptoError::Missing) if options.dev => format!(
+            "dev master key {} (created on first start)",
+            options.data_dir.join(DEV_MASTER_KEY_FILE).display()
+        ),
+        Err(error) => return Err(bad("master key", &error)),
+    };
+    let dir = &options.data_dir;
+    if dir.exists() {
+        if !dir.is_dir() {
+            return Err(bad(
+                "--data-dir",
+                &format!("{} is not a directory", dir.display()),
+            ));
+        }
+    } else {
+        let parent = dir
+            .ancestors()
+            .skip(1)
+            .find(|p| p.exists() && !p.as_os_str().is_empty());
+        if parent.is_some_and(|p| !p.is_dir()) {
+            return Err(bad(
+                "--data-dir",
+                &format!(
+                    "{} cannot be created (a parent is not a directory)",
+                    dir.display()
+                ),
+            ));
+        }
     }
+    let url = database_url(dir, options.database.as_deref());
+    let engine = if url.starts_with("sqlite:") {
+        "SQLite"
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        "PostgreSQL"
+    } else {
+        return Err(bad(
+            "--database",
+            &format!("{url:?} is neither sqlite://PATH nor postgres://USER:PASS@HOST/DB"),
+        ));
+    };
+    let ca = if dir.join("ca.crt").exists() || dir.join("ca.key").exists() {
+        ControlCa::load_or_create(dir).map_err(|e| bad("CA", &e))?;
+        "existing CA"
+    } else {
+        "CA created on first start"
+    };
+    let names = grpc_names(&options.grpc_names);
+    for name in &names {
+        if name.parse::<IpAddr>().is_err() {
+            store::validate::hostname("--grpc-name", name).map_err(|e| bad("--grpc-name", &e))?;
+        }
+    }
+    let control_url = public_url(options.public_url.as_deref(), options.grpc, &names);
+    match control_url.parse::<hyper::Uri>() {
+        Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+        _ => {
+            return Err(bad(
+                "--public-url",
+                &format!("{control_url:?} is not an https://HOST:PORT URL"),
+            ))
+        }
+    }
+    let acme = match options.acme.options().map_err(|e| bad("ACME", &e))? {
+        Some((acme, _)) => format!("ACME from {}", acme.directory_url),
+        None => "ACME off".to_owned(),
+    };
+    Ok(format!(
+        "settings ok: data {} ({engine}), {key}, {ca}; REST API {}, gRPC {} (nodes told \
+         {control_url}); {acme}",
+        dir.display(),
+        options.api,
+        options.grpc,
+    ))
 }
 
 /// Runs control until `shutdown` resolves: the REST API on `options.api`, gRPC on
@@ -290,6 +364,10 @@ pub async fn run(
     let control_url = public_url(options.public_url.as_deref(), grpc_addr, &names);
 
     let grpc = GrpcServer::new(store.clone(), GrpcOptions::default());
+    let live: Arc<dyn LiveNodes> = Arc::new(grpc.nodes());
+    if let Some(manager) = &certificates {
+        manager.watch_connected_nodes(live.clone());
+    }
     let state = ApiState {
         store: store.clone(),
         bundle: Some(Arc::new(BundleSettings {
@@ -297,7 +375,7 @@ pub async fn run(
             ca_pem: ca.ca_pem().to_string(),
             enrollment_ttl: BUNDLE_TOKEN_TTL,
         })),
-        live: Some(Arc::new(RegistryView(grpc.nodes()))),
+        live: Some(live),
         accounts: Arc::new(Accounts::new(store.clone(), options.sessions)),
     };
     let api_router = api::router(state.clone());

@@ -281,9 +281,8 @@ impl World {
         let cert = self.certificate(name).await?;
         let chain = cert.chain_pem.context("issued chain")?;
         let key = self.store.certificate_key(cert.id).await?.context("key")?;
-        let certified =
-            kokoa_edge::acme::certified_key(&chain, &key).map_err(anyhow::Error::msg)?;
-        (self.edge.set_certificates)(CertStore::from_certified(vec![Arc::new(certified)], None)?);
+        let certificate = kokoa_model::Certificate::from_pem(&chain, &key)?;
+        (self.edge.set_certificates)(CertStore::from_certificates(&[certificate], None)?);
         let root = self.pebble.root().await?;
         let connector = TlsConnector::from(client_config(root, &[b"http/1.1"])?);
         let stream = TcpStream::connect(self.edge.https).await?;

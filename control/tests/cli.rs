@@ -356,7 +356,10 @@ fn operator_workflow_against_a_running_control() -> Result<()> {
         "{routes}"
     );
 
-    let json: serde_json::Value = serde_json::from_str(&run(&["--json", "route", "list"])?)?;
+    let json: serde_json::Value = serde_json::from_str(&run(&["route", "list", "--json"])?)?;
+    assert_eq!(json[0]["hostname"], "app.example.com");
+    // Client flags belong to the client commands: also accepted on the command group...
+    let json: serde_json::Value = serde_json::from_str(&run(&["route", "--json", "list"])?)?;
     assert_eq!(json[0]["hostname"], "app.example.com");
 
     // An uploaded certificate is listed with its names, source, issuer and expiry.

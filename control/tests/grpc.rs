@@ -366,7 +366,11 @@ async fn enroll_then_watch_gets_the_edges_snapshot_and_a_token_works_once() -> R
     assert_eq!(edge.routes.len(), 1);
     assert_eq!(edge.routes[0].host, "app.example.com");
     assert_eq!(edge.routes[0].port, 8001);
-    assert_eq!(edge.routes[0].limits_json, r#"{"rate":50}"#);
+    assert_eq!(
+        edge.routes[0].limits.as_ref().and_then(|l| l.rate),
+        Some(50.0),
+        "typed limits"
+    );
     watch.ack(version).await?;
     drop(watch);
 
@@ -536,6 +540,7 @@ async fn ack_nack_and_heartbeats_are_recorded() -> Result<()> {
         .send(pb::node_message::Message::Nack(pb::Nack {
             version: second,
             reason: "certificate for other.example.com does not parse".into(),
+            object: None,
         }))
         .await?;
     eventually("the NACK in the store and the registry", || async {
@@ -567,6 +572,7 @@ async fn ack_nack_and_heartbeats_are_recorded() -> Result<()> {
             cpu_cores: 0.25,
             memory_bytes: 1 << 20,
             uptime_seconds: 60,
+            ..Default::default()
         }))
         .await?;
     eventually("the heartbeat in the store", || async {
@@ -830,7 +836,7 @@ impl kokoa_node::control::Applier for RecordingApplier {
     fn apply(
         &self,
         snapshot: &pb::Snapshot,
-    ) -> impl std::future::Future<Output = Result<(), String>> + Send {
+    ) -> impl std::future::Future<Output = Result<(), kokoa_model::ModelError>> + Send {
         let result = match &snapshot.node {
             Some(pb::snapshot::Node::Edge(_)) => {
                 self.applied
@@ -839,7 +845,9 @@ impl kokoa_node::control::Applier for RecordingApplier {
                     .push(snapshot.clone());
                 Ok(())
             }
-            other => Err(format!("not an edge snapshot: {other:?}")),
+            other => Err(kokoa_model::ModelError::value(format!(
+                "not an edge snapshot: {other:?}"
+            ))),
         };
         async move { result }
     }

@@ -56,18 +56,10 @@ impl Acl {
     }
 }
 
-/// Parses one list entry: a CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address (taken as
-/// a single host, `/32` or `/128`).
-pub fn parse_network(text: &str) -> Result<IpNet, String> {
-    let text = text.trim();
-    if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net.trunc());
-    }
-    match text.parse::<IpAddr>() {
-        Ok(ip) => Ok(IpNet::from(ip)),
-        Err(_) => Err(format!(
-            "`{text}` is not a network: write a CIDR such as 10.0.0.0/8 or 2001:db8::/32, or a single address"
-        )),
+impl From<&kokoa_model::AccessRules> for Acl {
+    fn from(rules: &kokoa_model::AccessRules) -> Self {
+        let nets = |list: &[kokoa_model::Network]| list.iter().map(|n| n.net()).collect();
+        Self::new(nets(&rules.allow), nets(&rules.deny))
     }
 }
 
@@ -76,7 +68,9 @@ mod tests {
     use super::*;
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
-        list.iter().map(|n| parse_network(n).unwrap()).collect()
+        list.iter()
+            .map(|n| kokoa_model::Network::parse(n).unwrap().net())
+            .collect()
     }
 
     fn ip(text: &str) -> IpAddr {
@@ -125,17 +119,13 @@ mod tests {
     }
 
     #[test]
-    fn parse_accepts_cidrs_and_addresses() {
-        assert_eq!(
-            parse_network("10.1.2.3/8").unwrap().to_string(),
-            "10.0.0.0/8"
-        );
-        assert_eq!(
-            parse_network(" 10.1.2.3 ").unwrap().to_string(),
-            "10.1.2.3/32"
-        );
-        assert_eq!(parse_network("::1").unwrap().to_string(), "::1/128");
-        assert!(parse_network("10.0.0.0/33").is_err());
-        assert!(parse_network("example.com").is_err());
+    fn built_from_the_models_rules() {
+        let rules =
+            kokoa_model::AccessRules::parse(&["10.1.2.3/8".into()], &["10.9.0.0/16".into()])
+                .unwrap();
+        let acl = Acl::from(&rules);
+        assert_eq!(acl.allow()[0].to_string(), "10.0.0.0/8");
+        assert!(acl.permits(ip("10.1.1.1")));
+        assert!(!acl.permits(ip("10.9.1.1")));
     }
 }

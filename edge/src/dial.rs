@@ -19,8 +19,6 @@ use kokoa_tunnel::{Tunnel, TunnelError, TunnelStream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::config::Origin;
-
 /// Why a connection to an origin service could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
@@ -111,16 +109,16 @@ pub struct OriginTarget {
 /// Origin name -> tunnel target, swapped as a whole when origins change.
 pub type OriginMap = HashMap<String, OriginTarget>;
 
-/// Builds the origin map from the validated config.
-pub fn origin_map(origins: &[Origin]) -> OriginMap {
+/// Builds the origin map from the model's origins.
+pub fn origin_map(origins: &[kokoa_model::OriginPeer]) -> OriginMap {
     origins
         .iter()
         .map(|origin| {
             (
-                origin.name.clone(),
+                origin.name.to_string(),
                 OriginTarget {
                     public_key: origin.public_key,
-                    address: origin.origin_address,
+                    address: origin.origin_address.ip(),
                 },
             )
         })

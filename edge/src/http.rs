@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::acme::AcmeChallenges;
-use crate::config::{is_host_name, Limits};
+use crate::https::SharedHttpLimits;
 use crate::https::{refuse, serve_until_drained};
 use crate::limit::{Activity, ConnectionLimiter, LogSampler};
 use crate::metrics::Metrics;
@@ -39,7 +39,7 @@ pub struct HttpServer {
     /// Port written in `Location` (omitted when 443).
     pub https_port: u16,
     /// Timeouts and sizes.
-    pub limits: Limits,
+    pub limits: SharedHttpLimits,
     /// Metrics.
     pub metrics: Metrics,
     /// Connection caps shared by every listener.
@@ -95,17 +95,18 @@ impl HttpServer {
                         let response = handler.answer(&request);
                         async move { Ok::<_, Infallible>(response) }
                     });
+                    let limits = server.limits.load_full();
                     let mut builder = hyper::server::conn::http1::Builder::new();
                     builder
                         .timer(TokioTimer::new())
-                        .header_read_timeout(server.limits.header_read_timeout)
-                        .max_buf_size(server.limits.max_header_bytes)
-                        .max_headers(server.limits.max_headers);
+                        .header_read_timeout(limits.header_read_timeout)
+                        .max_buf_size(limits.max_header_bytes)
+                        .max_headers(limits.max_headers);
                     let connection = builder.serve_connection(TokioIo::new(stream), service);
                     serve_until_drained(
                         connection,
                         &info,
-                        Some(server.limits.idle_timeout),
+                        Some(limits.idle_timeout),
                         &server.metrics,
                     )
                     .await;
@@ -133,7 +134,7 @@ impl HttpServer {
             .and_then(|h| h.to_str().ok())
             .or_else(|| request.uri().host())
             .and_then(normalize_host)
-            .filter(|host| is_host_name(host));
+            .filter(|host| kokoa_model::HostName::new(host).is_ok());
         let Some(host) = host else {
             return page(
                 StatusCode::BAD_REQUEST,
@@ -202,7 +203,7 @@ mod tests {
     fn answer(port: u16, method: Method, uri: &str, host: Option<&str>) -> Response<ProxyBody> {
         let server = HttpServer {
             https_port: port,
-            limits: Limits::default(),
+            limits: Default::default(),
             metrics: Metrics::default(),
             connections: ConnectionLimiter::new(Default::default(), 0, 0),
             acme: AcmeChallenges::new(),
@@ -256,7 +257,7 @@ mod tests {
     fn pending_acme_tokens_get_their_key_authorization() {
         let server = HttpServer {
             https_port: 443,
-            limits: Limits::default(),
+            limits: Default::default(),
             metrics: Metrics::default(),
             connections: ConnectionLimiter::new(Default::default(), 0, 0),
             acme: AcmeChallenges::new(),

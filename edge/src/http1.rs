@@ -48,8 +48,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::Limits;
 use crate::dial::Dialer;
+use crate::https::HttpLimits as Limits;
 use crate::metrics::Metrics;
 use crate::pool::ProxyBody;
 use crate::proxy::{

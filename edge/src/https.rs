@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -26,11 +27,87 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument as _;
 
-use crate::config::Limits;
 use crate::dial::Dialer;
 use crate::limit::{Activity, ConnectionLimiter, LogSampler, Refusal};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnectionInfo, Proxy};
+
+/// What bounds one client connection, HTTP/1 and HTTP/2: the `[edge]` timeouts and sizes and
+/// the `[limits]` of the model. Read once per connection from [`SharedHttpLimits`], so a new
+/// set applies to connections accepted after it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpLimits {
+    /// TLS handshake deadline.
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/1 request head deadline.
+    pub header_read_timeout: Duration,
+    /// Largest request head, in bytes.
+    pub max_header_bytes: usize,
+    /// Most header fields per request (431 above).
+    pub max_headers: usize,
+    /// How long a client connection may have no request in flight before it is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 client resets of not-yet-accepted streams tolerated before GOAWAY.
+    pub h2_max_pending_reset_streams: usize,
+    /// HTTP/2 streams reset for client errors tolerated before GOAWAY.
+    pub h2_max_local_error_reset_streams: usize,
+    /// Interval of HTTP/2 keep-alive PINGs; `None` disables them.
+    pub h2_keepalive_interval: Option<Duration>,
+}
+
+impl HttpLimits {
+    /// The listener's own deadlines and head size (from `[edge]`) with the client bounds of
+    /// `limits` (the model's `[limits]`).
+    pub fn new(
+        tls_handshake_timeout: Duration,
+        header_read_timeout: Duration,
+        max_header_bytes: usize,
+        limits: &kokoa_model::EdgeLimits,
+    ) -> Self {
+        let keepalive = limits.h2_keepalive_interval.get();
+        Self {
+            tls_handshake_timeout,
+            header_read_timeout,
+            max_header_bytes,
+            max_headers: limits.max_headers.as_usize(),
+            idle_timeout: limits.idle_timeout.as_secs(),
+            h2_max_concurrent_streams: limits.h2_max_concurrent_streams.as_u32(),
+            h2_max_pending_reset_streams: limits.h2_max_pending_reset_streams.as_usize(),
+            h2_max_local_error_reset_streams: limits.h2_max_local_error_reset_streams.as_usize(),
+            h2_keepalive_interval: (keepalive > 0).then(|| Duration::from_secs(keepalive)),
+        }
+    }
+
+    /// These limits with the client bounds of `limits` (a new `[limits]` from control).
+    pub fn with_limits(&self, limits: &kokoa_model::EdgeLimits) -> Self {
+        Self::new(
+            self.tls_handshake_timeout,
+            self.header_read_timeout,
+            self.max_header_bytes,
+            limits,
+        )
+    }
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        use crate::config::{
+            DEFAULT_HEADER_READ_TIMEOUT_SECS, DEFAULT_MAX_HEADER_BYTES,
+            DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,
+        };
+        Self::new(
+            Duration::from_secs(DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS),
+            Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
+            DEFAULT_MAX_HEADER_BYTES as usize,
+            &kokoa_model::EdgeLimits::default(),
+        )
+    }
+}
+
+/// The connection limits in force, swapped when control sends new `[limits]`.
+pub type SharedHttpLimits = Arc<ArcSwap<HttpLimits>>;
 
 /// Everything an HTTPS connection needs.
 pub struct HttpsServer<D: Dialer> {
@@ -39,7 +116,7 @@ pub struct HttpsServer<D: Dialer> {
     /// The proxy.
     pub proxy: Arc<Proxy<D>>,
     /// Timeouts and sizes.
-    pub limits: Limits,
+    pub limits: SharedHttpLimits,
     /// Metrics.
     pub metrics: Metrics,
     /// Connection caps shared by every listener.
@@ -131,7 +208,8 @@ impl<D: Dialer> HttpsServer<D> {
         let _ = stream.set_nodelay(true);
         // Boxed, as the HTTP connections below: the task itself stays small, and a parked
         // HTTP/1.1 connection holds little more than its TLS stream.
-        let timeout = self.limits.tls_handshake_timeout;
+        let limits = self.limits.load_full();
+        let timeout = limits.tls_handshake_timeout;
         let accept = self.acceptor.accept(stream);
         let handshake = Box::pin(async move {
             Ok::<_, std::io::Error>(Box::new(tokio::time::timeout(timeout, accept).await??))
@@ -162,28 +240,29 @@ impl<D: Dialer> HttpsServer<D> {
                 tls,
                 self.proxy.clone(),
                 info,
-                &self.limits,
+                &limits,
                 &self.metrics,
             ))
             .await;
             return;
         }
-        Box::pin(self.serve_http2(tls, info)).await;
+        Box::pin(self.serve_http2(tls, info, &limits)).await;
     }
 
     async fn serve_http2(
         &self,
         tls: Box<tokio_rustls::server::TlsStream<TcpStream>>,
         info: ConnectionInfo,
+        limits: &HttpLimits,
     ) {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(self.limits.h2_max_concurrent_streams)
-            .max_pending_accept_reset_streams(self.limits.h2_max_pending_reset_streams)
-            .max_local_error_reset_streams(self.limits.h2_max_local_error_reset_streams)
-            .keep_alive_interval(self.limits.h2_keepalive_interval);
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(limits.h2_max_pending_reset_streams)
+            .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+            .keep_alive_interval(limits.h2_keepalive_interval);
         let proxy = self.proxy.clone();
         let service_info = info.clone();
         let service = service_fn(move |request| {
@@ -192,13 +271,7 @@ impl<D: Dialer> HttpsServer<D> {
             async move { Ok::<_, Infallible>(proxy.handle(request, &info).await) }
         });
         let connection = Box::pin(builder.serve_connection(TokioIo::new(tls), service));
-        serve_until_drained(
-            connection,
-            &info,
-            Some(self.limits.idle_timeout),
-            &self.metrics,
-        )
-        .await;
+        serve_until_drained(connection, &info, Some(limits.idle_timeout), &self.metrics).await;
     }
 }
 

@@ -14,19 +14,21 @@
 //! in the snapshot carries its admission policy: allow/deny list ([`acl`]), request rate
 //! limiter and body limit ([`limit`]); connection caps and timeouts protect the listeners.
 //!
-//! In control mode (a `[control]` table in the config) all of that comes from `kokoa-control`
-//! instead of the file: [`control::EdgeControl`] validates and applies each snapshot it
-//! streams, through the same `ArcSwap`s, and the node's control client
-//! (`kokoa_node::control`) persists it so a restart serves without control.
+//! What the edge serves is the shared model's [`kokoa_model::EdgeSpec`]: read from the config
+//! file, or (in control mode, a `[control]` table in the config) converted from the snapshots
+//! `kokoa-control` streams. Either way [`apply::EdgeApplier`] validates and applies it through
+//! the same `ArcSwap`s, at start, on SIGHUP (file mode) and for every snapshot; the node's
+//! control client (`kokoa_node::control`) persists snapshots so a restart serves without
+//! control.
 //!
-//! Modules: [`config`] (file form and validated model), [`control`] (snapshots from control), [`route`], [`sni`], [`dial`],
-//! [`pool`], [`proxy`], [`https`], [`http`], [`tcp`], [`limit`], [`acl`],
-//! [`proxy_protocol`], [`metrics`].
+//! Modules: [`config`] (the config file), [`apply`] (a spec onto the running edge),
+//! [`route`], [`sni`], [`dial`], [`pool`], [`proxy`], [`https`], [`http`], [`tcp`],
+//! [`limit`], [`acl`], [`proxy_protocol`], [`metrics`].
 
 pub mod acl;
 pub mod acme;
+pub mod apply;
 pub mod config;
-pub mod control;
 pub mod dial;
 pub mod http;
 pub mod http1;
@@ -42,20 +44,25 @@ pub mod tcp;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use kokoa_model::TunnelOptions;
 use kokoa_node::admin::Admin;
 use kokoa_node::drain::{Drain, DrainOutcome};
-use kokoa_tunnel::{PeerConfig, Tunnel, TunnelConfig};
+use kokoa_tunnel::key::PrivateKey;
+use kokoa_tunnel::Tunnel;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::apply::{EdgeApplier, EdgeHandles, Extras};
 pub use crate::config::EdgeConfig;
-use crate::dial::{origin_map, Dialer, TunnelDialer};
+use crate::dial::{Dialer, OriginMap, TunnelDialer};
+use crate::https::{HttpLimits, SharedHttpLimits};
 use crate::limit::{ConnectionLimiter, MIN_PRUNE_SPACING, PRUNE_INTERVAL};
 use crate::metrics::{Metrics, PlaceholderCollector, TunnelCollector};
 use crate::pool::Pool;
@@ -70,7 +77,8 @@ pub struct Listeners {
     pub https: TcpListener,
     /// The plain HTTP listener.
     pub http: TcpListener,
-    /// One listener per raw TCP route, in the order of `config.tcp_routes`.
+    /// Listeners of raw TCP routes bound up front, in the order of `config.spec.tcp_routes`
+    /// (empty when the routes are left to the applier, as a running node does).
     pub tcp: Vec<TcpListener>,
 }
 
@@ -81,15 +89,28 @@ async fn bind(addr: std::net::SocketAddr, field: &str) -> anyhow::Result<TcpList
 }
 
 impl Listeners {
-    /// Binds every listener named in `config`. Errors name the address and the field.
+    /// Binds every listener named in `config`, TCP routes included. Errors name the address
+    /// and the field.
     pub async fn bind(config: &EdgeConfig) -> anyhow::Result<Self> {
+        let mut listeners = Self::bind_http(config).await?;
+        for (i, route) in config.spec.tcp_routes.iter().enumerate() {
+            let addr = route.listen.addr(config.tcp_ip());
+            listeners
+                .tcp
+                .push(bind(addr, &format!("tcp_routes[{i}].listen")).await?);
+        }
+        Ok(listeners)
+    }
+
+    /// Binds the HTTPS and HTTP listeners only: TCP routes come and go with the applied spec.
+    pub async fn bind_http(config: &EdgeConfig) -> anyhow::Result<Self> {
         let https = bind(config.https, "[edge] https").await?;
         let http = bind(config.http, "[edge] http").await?;
-        let mut tcp = Vec::with_capacity(config.tcp_routes.len());
-        for (i, route) in config.tcp_routes.iter().enumerate() {
-            tcp.push(bind(route.listen, &format!("tcp_routes[{i}].listen")).await?);
-        }
-        Ok(Self { https, http, tcp })
+        Ok(Self {
+            https,
+            http,
+            tcp: Vec::new(),
+        })
     }
 }
 
@@ -102,28 +123,31 @@ pub struct Edge<D: Dialer> {
     dialer: Arc<D>,
     metrics: Metrics,
     connections: Arc<ConnectionLimiter>,
-    tcp_routes: Arc<control::TcpRoutes<D>>,
+    http_limits: SharedHttpLimits,
+    tcp_routes: Arc<apply::TcpRoutes<D>>,
 }
 
 impl<D: Dialer> Edge<D> {
     /// An edge serving `config`'s routes with `certificates`, reaching origins with `dialer`.
     pub fn new(config: EdgeConfig, certificates: CertStore, dialer: D, metrics: Metrics) -> Self {
         let dialer = Arc::new(dialer);
-        let connections = ConnectionLimiter::new(
-            config.limits.key_mask,
-            config.limits.connections_per_client,
-            config.limits.max_connections,
-        );
-        let tcp_routes = Arc::new(control::TcpRoutes::new(
+        let limits = config.limits();
+        let connections = ConnectionLimiter::from_limits(&limits);
+        let tcp_routes = Arc::new(apply::TcpRoutes::new(
             dialer.clone(),
             metrics.clone(),
             connections.clone(),
         ));
+        let http_limits = Arc::new(ArcSwap::from_pointee(HttpLimits::new(
+            config.tls_handshake_timeout,
+            config.header_read_timeout,
+            config.max_header_bytes,
+            &limits,
+        )));
         Self {
-            routes: Arc::new(ArcSwap::from_pointee(RouteTable::with_policies(
-                &config.routes,
-                &config.route_policies,
-                &config.limits,
+            routes: Arc::new(ArcSwap::from_pointee(RouteTable::new(
+                &config.spec.routes,
+                &limits,
             ))),
             certificates: Arc::new(ArcSwap::from_pointee(certificates)),
             acme: acme::AcmeChallenges::new(),
@@ -131,7 +155,22 @@ impl<D: Dialer> Edge<D> {
             dialer,
             metrics,
             connections,
+            http_limits,
             tcp_routes,
+        }
+    }
+
+    /// The handles an [`EdgeApplier`] swaps for this edge; `origins` is the dialer's map.
+    pub fn handles(&self, origins: Arc<ArcSwap<OriginMap>>) -> EdgeHandles<D> {
+        EdgeHandles {
+            routes: self.routes.clone(),
+            certificates: self.certificates.clone(),
+            origins,
+            acme: self.acme.clone(),
+            tcp: self.tcp_routes.clone(),
+            connections: self.connections.clone(),
+            http_limits: self.http_limits.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -153,7 +192,7 @@ impl<D: Dialer> Edge<D> {
 
     /// The raw TCP routes control adds and removes while the edge runs (those of the config
     /// file are served from [`Listeners::tcp`]).
-    pub fn tcp_routes(&self) -> &Arc<control::TcpRoutes<D>> {
+    pub fn tcp_routes(&self) -> &Arc<apply::TcpRoutes<D>> {
         &self.tcp_routes
     }
 
@@ -180,14 +219,14 @@ impl<D: Dialer> Edge<D> {
         let pool = Pool::new(
             self.dialer.clone(),
             self.metrics.clone(),
-            self.config.limits.upstream_keepalive,
-            self.config.limits.upstream_idle_timeout,
+            self.config.upstream_keepalive,
+            self.config.upstream_idle_timeout,
         );
         let proxy = Arc::new(Proxy::new(
             self.routes.clone(),
             pool,
             self.metrics.clone(),
-            self.config.limits.max_headers,
+            self.http_limits.clone(),
         ));
         let connections = self.connections.clone();
         let pruner = tokio::spawn(prune_clients(self.routes.clone()));
@@ -205,22 +244,22 @@ impl<D: Dialer> Edge<D> {
         let https = Arc::new(https::HttpsServer {
             acceptor,
             proxy,
-            limits: self.config.limits.clone(),
+            limits: self.http_limits.clone(),
             metrics: self.metrics.clone(),
             connections: connections.clone(),
         });
         tokio::spawn(https.serve(listeners.https, drain_watch.clone(), abort_rx.clone()));
         let http = Arc::new(http::HttpServer {
             https_port,
-            limits: self.config.limits.clone(),
+            limits: self.http_limits.clone(),
             metrics: self.metrics.clone(),
             connections: connections.clone(),
             acme: self.acme.clone(),
         });
         tokio::spawn(http.serve(listeners.http, drain_watch.clone(), abort_rx.clone()));
-        for (route, listener) in self.config.tcp_routes.iter().zip(listeners.tcp) {
+        for (route, listener) in self.config.spec.tcp_routes.iter().zip(listeners.tcp) {
             let forwarder = Arc::new(tcp::TcpForwarder {
-                route: route.clone(),
+                route: tcp::TcpRoute::new(route, self.config.tcp_ip()),
                 dialer: self.dialer.clone(),
                 metrics: self.metrics.clone(),
                 connections: connections.clone(),
@@ -287,53 +326,64 @@ async fn prune_clients(routes: Arc<ArcSwap<RouteTable>>) {
     }
 }
 
-/// Loads the certificates named in `config` (or makes the placeholder): what `check-config`
-/// and [`run`] do before binding anything.
-/// In control mode the certificates come from control: until then the edge serves the
-/// self-signed placeholder.
+/// The certificates `config` names (or the placeholder): what `check-config` checks before
+/// anything binds. In control mode the certificates come from control: until then the edge
+/// serves the self-signed placeholder.
 pub fn load_certificates(config: &EdgeConfig) -> Result<CertStore, sni::CertError> {
     if config.control.is_some() {
         return CertStore::placeholder();
     }
-    CertStore::load(&config.tls)
+    CertStore::from_certificates(&config.spec.certificates, config.tls_default.as_ref())
 }
 
-/// Runs the edge until `shutdown` resolves: binds every listener (errors name the address),
-/// starts the tunnel with the origins as peers, serves, and on shutdown drains for up to
-/// `config.drain_timeout` before closing the tunnel.
+/// Runs the edge until `shutdown` resolves. See [`run_with_reload`].
 pub async fn run(config: EdgeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let certificates = load_certificates(&config).context("loading TLS certificates")?;
-    run_with_certificates(config, certificates, shutdown).await
+    run_with_reload(config, None, shutdown).await
 }
 
-/// [`run`] with certificates already loaded (the binary loads them while validating the
-/// config, so that a bad certificate exits with the bad-config code before anything binds).
-pub async fn run_with_certificates(
+/// The key and tunnel options the edge starts with: the file's, or in control mode (without a
+/// key of the operator's) those of the persisted snapshot, so a restart runs what control
+/// last sent even while control is away.
+fn startup_tunnel(config: &EdgeConfig) -> (PrivateKey, TunnelOptions) {
+    let mut key = config.tunnel.private_key.clone();
+    let mut options = config.tunnel.options;
+    if let Some(settings) = &config.control {
+        match kokoa_node::control::load_snapshot(&settings.state_dir) {
+            Ok(Some(snapshot)) => {
+                if let Some(kokoa_proto::v1::snapshot::Node::Edge(edge)) = snapshot.node {
+                    if config.tunnel.key_from_control {
+                        if let Ok(persisted) = PrivateKey::from_base64(&edge.private_key) {
+                            key = persisted;
+                        }
+                    }
+                    if let Some(Ok(persisted)) = edge.tunnel.as_ref().map(TunnelOptions::from_proto)
+                    {
+                        options = persisted;
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "cannot read the persisted config"),
+        }
+    }
+    (key, options)
+}
+
+/// Runs the edge until `shutdown` resolves: binds its listeners (errors name the address) and
+/// tunnel, applies what it serves through one [`EdgeApplier`] (the file's spec, or control's
+/// persisted snapshot and then control's stream), serves, and on shutdown drains for up to
+/// `config.drain_timeout` before closing the tunnel. In file mode, with `config_path`, SIGHUP
+/// re-reads the file and applies it through the same applier; a file that does not validate
+/// is logged and the running config kept.
+pub async fn run_with_reload(
     config: EdgeConfig,
-    certificates: CertStore,
+    config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    if config.control.is_some() {
-        return run_control(config, shutdown).await;
-    }
-    let listeners = Listeners::bind(&config).await?;
+    let listeners = Listeners::bind_http(&config).await?;
     let admin_listener = bind(config.admin, "[edge] admin").await?;
-
-    let mut tunnel_config =
-        TunnelConfig::new(config.tunnel.private_key.clone(), config.tunnel.listen);
-    tunnel_config.mtu = config.tunnel.mtu;
-    tunnel_config.tcp_buffer = config.tunnel.tcp_buffer;
-    tunnel_config.peers = config
-        .origins
-        .iter()
-        .map(|origin| PeerConfig {
-            public_key: origin.public_key,
-            endpoint: origin.endpoint,
-            allowed_ips: vec![ipnet::Ipv4Net::from(origin.origin_address)],
-            local_address: origin.address,
-            persistent_keepalive: origin.keepalive,
-        })
-        .collect();
+    let (private_key, options) = startup_tunnel(&config);
+    let tunnel_config = config.tunnel.tunnel_config(private_key, options);
     let listen = tunnel_config.listen;
     // The edge accepts no inbound tunnel streams; `_incoming` is kept so the tunnel's accept
     // queue stays open for the tunnel's lifetime.
@@ -342,14 +392,63 @@ pub async fn run_with_certificates(
     })?;
 
     let metrics = Metrics::default();
+    let origins = Arc::new(ArcSwap::from_pointee(OriginMap::new()));
+    let dialer = TunnelDialer::new(tunnel.clone(), origins.clone(), config.connect_timeout);
+    let certificates = CertStore::placeholder().context("making the placeholder certificate")?;
+    let edge = Edge::new(config.clone(), certificates, dialer, metrics.clone());
+    let applier = Arc::new(EdgeApplier::new(
+        config.clone(),
+        tunnel.clone(),
+        edge.handles(origins),
+    ));
+
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let origin_names: HashMap<_, _> = config
+    let names: HashMap<_, _> = config
+        .spec
         .origins
         .iter()
-        .map(|origin| (origin.public_key, origin.name.clone()))
+        .map(|origin| (origin.public_key, origin.name.to_string()))
         .collect();
-    registry.register_collector(Box::new(TunnelCollector::new(tunnel.clone(), origin_names)));
+    registry.register_collector(Box::new(TunnelCollector::new(tunnel.clone(), names)));
+    registry.register_collector(Box::new(PlaceholderCollector::new(
+        edge.certificates().clone(),
+    )));
+
+    let mut background = Vec::new();
+    match &config.control {
+        None => {
+            applier
+                .apply(0, &config.spec, Extras::default())
+                .await
+                .context("applying the config")?;
+            if let Some(path) = config_path {
+                let applier = applier.clone();
+                let running = config.clone();
+                background.push(tokio::spawn(kokoa_node::signal::on_reload(move || {
+                    let applier = applier.clone();
+                    let path = path.clone();
+                    let running = running.clone();
+                    async move { reload(&applier, &running, &path).await }
+                })));
+            }
+        }
+        Some(settings) => {
+            let mut client =
+                kokoa_node::control::ControlClient::new(settings.clone(), applier.clone());
+            registry.register_collector(Box::new(kokoa_node::control::ControlCollector::new(
+                client.status(),
+            )));
+            if client.restore().await == 0 {
+                tracing::warn!(
+                    name = sni::PLACEHOLDER_NAME,
+                    "no config from control yet: no routes, and a self-signed placeholder certificate until control's first snapshot"
+                );
+            }
+            tracing::info!(control = %settings.url, "following control");
+            background.push(tokio::spawn(client.run(std::future::pending())));
+        }
+    }
     let admin = Admin::new(registry);
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn({
@@ -370,21 +469,17 @@ pub async fn run_with_certificates(
         https = %config.https,
         http = %config.http,
         admin = %config.admin,
-        origins = config.origins.len(),
-        routes = config.routes.len(),
-        tcp_routes = config.tcp_routes.len(),
-        certificates = ?certificates.names(),
+        control = config.control.as_ref().map(|c| c.url.as_str()),
         "edge started"
     );
-    let dialer = TunnelDialer::new(
-        tunnel.clone(),
-        Arc::new(ArcSwap::from_pointee(origin_map(&config.origins))),
-        config.limits.connect_timeout,
-    );
-    let edge = Edge::new(config, certificates, dialer, metrics);
     let result = edge
         .serve(listeners, shutdown, || admin.set_draining(true))
         .await;
+    // Stop following control and reloading before the tunnel goes.
+    for task in background {
+        task.abort();
+        let _ = task.await;
+    }
     tunnel.shutdown();
     let _ = admin_stop_tx.send(());
     let _ = admin_task.await;
@@ -392,123 +487,44 @@ pub async fn run_with_certificates(
     result
 }
 
-/// Control mode: the edge binds its listeners and tunnel from the bootstrap config, applies
-/// the persisted snapshot (so it serves while control is unreachable), then follows control.
-/// Origins, routes, TCP routes, certificates, ACME challenges and (unless the operator holds
-/// it) the tunnel key come from control's snapshots.
-async fn run_control(config: EdgeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    use kokoa_node::control::{load_snapshot, ControlClient};
-    use kokoa_proto::v1::snapshot::Node;
-
-    let settings = config
-        .control
-        .clone()
-        .context("run_control needs a [control] table")?;
-    let listeners = Listeners::bind(&config).await?;
-    let admin_listener = bind(config.admin, "[edge] admin").await?;
-
-    // Start with the key the edge will run: the operator's, or control's from the persisted
-    // snapshot, or a random stand-in that control's first snapshot replaces.
-    let mut private_key = config.tunnel.private_key.clone();
-    if config.tunnel.key_from_control {
-        match load_snapshot(&settings.state_dir) {
-            Ok(Some(snapshot)) => {
-                if let Some(Node::Edge(edge)) = snapshot.node {
-                    if let Ok(key) = kokoa_tunnel::key::PrivateKey::from_base64(&edge.private_key) {
-                        private_key = key;
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%error, "cannot read the persisted config"),
+/// SIGHUP in file mode: the file again, validated by the same model and applied by the same
+/// applier as at start. Settings the running process cannot change (listeners, the tunnel's
+/// key and socket) are reported as needing a restart.
+async fn reload<D: Dialer>(applier: &EdgeApplier<D>, running: &EdgeConfig, path: &std::path::Path) {
+    let config = match EdgeConfig::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "reload refused: the file does not validate; the running config is kept");
+            return;
+        }
+    };
+    if config.control.is_some() {
+        tracing::error!(path = %path.display(), "reload refused: the file now has [control]; restart the edge to switch to control mode");
+        return;
+    }
+    let restart: Vec<&str> = [
+        ("edge.https", config.https != running.https),
+        ("edge.http", config.http != running.http),
+        ("edge.admin", config.admin != running.admin),
+        (
+            "tunnel.private_key",
+            config.tunnel.private_key.public_key() != running.tunnel.private_key.public_key(),
+        ),
+        (
+            "tunnel.listen",
+            config.tunnel.listen != running.tunnel.listen,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(field, changed)| changed.then_some(field))
+    .collect();
+    if !restart.is_empty() {
+        tracing::warn!(fields = ?restart, "these settings changed in the file and take effect only when the edge restarts");
+    }
+    match applier.apply(0, &config.spec, Extras::default()).await {
+        Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "reload refused; the running config is kept")
         }
     }
-    let mut tunnel_config = TunnelConfig::new(private_key, config.tunnel.listen);
-    tunnel_config.mtu = config.tunnel.mtu;
-    tunnel_config.tcp_buffer = config.tunnel.tcp_buffer;
-    let listen = tunnel_config.listen;
-    let (tunnel, _incoming) = Tunnel::bind(tunnel_config).await.with_context(|| {
-        format!("binding the tunnel's UDP socket on {listen} ([tunnel] listen)")
-    })?;
-
-    let metrics = Metrics::default();
-    let origins = Arc::new(ArcSwap::from_pointee(dial::OriginMap::new()));
-    let dialer = TunnelDialer::new(
-        tunnel.clone(),
-        origins.clone(),
-        config.limits.connect_timeout,
-    );
-    let certificates = CertStore::placeholder().context("making the placeholder certificate")?;
-    let edge = Edge::new(config.clone(), certificates, dialer, metrics.clone());
-    let applier = Arc::new(control::EdgeControl::new(
-        config.clone(),
-        tunnel.clone(),
-        control::EdgeHandles {
-            routes: edge.routes().clone(),
-            certificates: edge.certificates().clone(),
-            origins,
-            acme: edge.acme().clone(),
-            tcp: edge.tcp_routes().clone(),
-            connections: edge.connections().clone(),
-            metrics: metrics.clone(),
-        },
-    ));
-    tracing::info!(
-        control = %settings.url,
-        public_key = %tunnel.public_key(),
-        udp = %tunnel.local_addr(),
-        https = %config.https,
-        http = %config.http,
-        admin = %config.admin,
-        "edge started in control mode"
-    );
-    let mut client = ControlClient::new(settings, applier);
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    // Peers change with every snapshot: they are labelled by public key.
-    registry.register_collector(Box::new(TunnelCollector::new(
-        tunnel.clone(),
-        HashMap::new(),
-    )));
-    registry.register_collector(Box::new(kokoa_node::control::ControlCollector::new(
-        client.status(),
-    )));
-    registry.register_collector(Box::new(PlaceholderCollector::new(
-        edge.certificates().clone(),
-    )));
-    let admin = Admin::new(registry);
-    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = tokio::spawn({
-        let admin = admin.clone();
-        async move {
-            let stop = async {
-                let _ = admin_stop_rx.await;
-            };
-            if let Err(error) = admin.serve(admin_listener, stop).await {
-                tracing::error!(%error, "admin listener failed");
-            }
-        }
-    });
-
-    if client.restore().await == 0 {
-        tracing::warn!(
-            name = sni::PLACEHOLDER_NAME,
-            "no config from control yet: no routes, and a self-signed placeholder certificate until control's first snapshot"
-        );
-    }
-    let (client_stop_tx, client_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let client_task = tokio::spawn(client.run(async {
-        let _ = client_stop_rx.await;
-    }));
-
-    let result = edge
-        .serve(listeners, shutdown, || admin.set_draining(true))
-        .await;
-    let _ = client_stop_tx.send(());
-    let _ = client_task.await;
-    tunnel.shutdown();
-    let _ = admin_stop_tx.send(());
-    let _ = admin_task.await;
-    tracing::info!("edge stopped");
-    result
 }

@@ -48,7 +48,7 @@ use governor::state::{InMemoryState, StateStore};
 use governor::{Quota, RateLimiter};
 use tokio::sync::Notify;
 
-use crate::config::RatePolicy;
+pub use kokoa_model::RatePolicy;
 
 /// How often the rate limiters' key tables are pruned when nothing asks for it sooner.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
@@ -66,14 +66,19 @@ pub struct KeyMask {
 
 impl Default for KeyMask {
     fn default() -> Self {
-        Self {
-            ipv4_prefix: crate::config::DEFAULT_IPV4_PREFIX,
-            ipv6_prefix: crate::config::DEFAULT_IPV6_PREFIX,
-        }
+        Self::from_limits(&kokoa_model::EdgeLimits::default())
     }
 }
 
 impl KeyMask {
+    /// The client key prefixes of the model's `[limits]`.
+    pub fn from_limits(limits: &kokoa_model::EdgeLimits) -> Self {
+        Self {
+            ipv4_prefix: limits.ipv4_prefix.as_u8(),
+            ipv6_prefix: limits.ipv6_prefix.as_u8(),
+        }
+    }
+
     /// The key for `client`: IPv4-mapped IPv6 addresses are treated as IPv4, then the address
     /// is cut to the prefix (`2001:db8:1:2:a::1` -> `2001:db8:1:2::` with /64).
     pub fn key(&self, client: IpAddr) -> IpAddr {
@@ -384,25 +389,55 @@ impl Refusal {
 }
 
 /// Concurrent client connections, per client key and in total, across every listener.
+///
+/// The caps can change while connections are open ([`ConnectionLimiter::set_caps`], when
+/// control sends new `[limits]`): connections already open keep their slots and count against
+/// the new caps; each permit remembers the key it was counted under, so a new key mask never
+/// unbalances the counts.
 #[derive(Debug)]
 pub struct ConnectionLimiter {
-    mask: KeyMask,
-    per_client: usize,
-    max: usize,
+    per_client: AtomicUsize,
+    max: AtomicUsize,
     total: AtomicUsize,
-    clients: Mutex<HashMap<IpAddr, usize>>,
+    clients: Mutex<Clients>,
+}
+
+#[derive(Debug)]
+struct Clients {
+    mask: KeyMask,
+    counts: HashMap<IpAddr, usize>,
 }
 
 impl ConnectionLimiter {
     /// At most `per_client` connections per client key and `max` in total (0: no limit).
     pub fn new(mask: KeyMask, per_client: usize, max: usize) -> Arc<Self> {
         Arc::new(Self {
-            mask,
-            per_client,
-            max,
+            per_client: AtomicUsize::new(per_client),
+            max: AtomicUsize::new(max),
             total: AtomicUsize::new(0),
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new(Clients {
+                mask,
+                counts: HashMap::new(),
+            }),
         })
+    }
+
+    /// The caps of the model's `[limits]`.
+    pub fn from_limits(limits: &kokoa_model::EdgeLimits) -> Arc<Self> {
+        Self::new(
+            KeyMask::from_limits(limits),
+            limits.connections_per_client.as_usize(),
+            limits.max_connections.as_usize(),
+        )
+    }
+
+    /// New caps for connections accepted from now on.
+    pub fn set_caps(&self, limits: &kokoa_model::EdgeLimits) {
+        self.per_client
+            .store(limits.connections_per_client.as_usize(), Ordering::Relaxed);
+        self.max
+            .store(limits.max_connections.as_usize(), Ordering::Relaxed);
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).mask = KeyMask::from_limits(limits);
     }
 
     /// Connections open now.
@@ -413,19 +448,21 @@ impl ConnectionLimiter {
     /// Takes a slot for a connection from `client`, or says why not. The permit gives the slot
     /// back when dropped.
     pub fn try_acquire(self: &Arc<Self>, client: IpAddr) -> Result<ConnectionPermit, Refusal> {
-        if self.max > 0 {
-            if self.total.fetch_add(1, Ordering::AcqRel) >= self.max {
+        let max = self.max.load(Ordering::Relaxed);
+        let per_client = self.per_client.load(Ordering::Relaxed);
+        if max > 0 {
+            if self.total.fetch_add(1, Ordering::AcqRel) >= max {
                 self.total.fetch_sub(1, Ordering::AcqRel);
                 return Err(Refusal::Global);
             }
         } else {
             self.total.fetch_add(1, Ordering::AcqRel);
         }
-        let key = if self.per_client > 0 {
-            let key = self.mask.key(client);
+        let key = if per_client > 0 {
             let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-            let count = clients.entry(key).or_insert(0);
-            if *count >= self.per_client {
+            let key = clients.mask.key(client);
+            let count = clients.counts.entry(key).or_insert(0);
+            if *count >= per_client {
                 drop(clients);
                 self.total.fetch_sub(1, Ordering::AcqRel);
                 return Err(Refusal::PerClient);
@@ -457,12 +494,12 @@ impl Drop for ConnectionPermit {
                 .clients
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if let Some(count) = clients.get_mut(&key) {
+            if let Some(count) = clients.counts.get_mut(&key) {
                 *count -= 1;
                 if *count == 0 {
                     // Only clients with open connections stay in the map: it is bounded by
                     // the number of open connections.
-                    clients.remove(&key);
+                    clients.counts.remove(&key);
                 }
             }
         }
@@ -649,7 +686,7 @@ mod tests {
         let c1 = limiter.try_acquire(c).unwrap();
         drop((a2, b1, c1));
         assert_eq!(limiter.open(), 0);
-        assert!(limiter.clients.lock().unwrap().is_empty());
+        assert!(limiter.clients.lock().unwrap().counts.is_empty());
     }
 
     #[test]

@@ -1,141 +1,62 @@
-//! The `kokoa-edge` binary: parses flags, loads and validates the config (and certificates)
-//! before binding any port, and runs [`kokoa_edge::run`] until SIGTERM or SIGINT.
+//! The `kokoa-edge` binary: the shared node entry point ([`kokoa_node::cli`]) with the edge's
+//! config and [`kokoa_edge::run_with_reload`].
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::io::Read as _;
-use std::path::PathBuf;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use kokoa_edge::sni::CertStore;
 use kokoa_edge::EdgeConfig;
-use kokoa_tunnel::key::PrivateKey;
 
-/// Exit code for a config that cannot be loaded (runtime failures exit 1).
-const EXIT_BAD_CONFIG: u8 = 2;
+struct Edge;
 
-/// Kokoa edge: terminates TLS, routes HTTP/1.1, HTTP/2 and WebSocket by host, and forwards
-/// through the userspace WireGuard tunnel to origins.
-#[derive(Parser, Debug)]
-#[command(name = "kokoa-edge", version, about, long_about = None)]
-struct Cli {
-    /// Path of the edge config file (TOML; see examples/edge.toml).
-    #[arg(
-        long,
-        short = 'c',
-        global = true,
-        env = "KOKOA_EDGE_CONFIG",
-        default_value = "/etc/kokoa/edge.toml"
-    )]
-    config: PathBuf,
-    /// Log one JSON object per line instead of human-readable lines.
-    #[arg(long, global = true)]
-    log_json: bool,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
+impl kokoa_node::cli::Node for Edge {
+    const NAME: &'static str = "kokoa-edge";
+    const ABOUT: &'static str = "Kokoa edge: terminates TLS, routes HTTP/1.1, HTTP/2 and WebSocket by host, and forwards through the userspace WireGuard tunnel to origins";
+    const DEFAULT_CONFIG: &'static str = "/etc/kokoa/edge.toml";
+    const CONFIG_ENV: &'static str = "KOKOA_EDGE_CONFIG";
+    const VERSION: &'static str = env!("KOKOA_LONG_VERSION");
+    type Config = EdgeConfig;
 
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run the edge (the default).
-    Run,
-    /// Print a new WireGuard private key (base64).
-    Genkey,
-    /// Read a private key on stdin and print its public key.
-    Pubkey,
-    /// Load and validate the config and certificates, then exit: 0 if valid, 2 if not.
-    CheckConfig,
-}
+    fn load(path: &Path) -> Result<EdgeConfig, String> {
+        let config = EdgeConfig::load(path).map_err(|e| e.to_string())?;
+        // The certificate store too (default name, placeholder), before anything binds.
+        kokoa_edge::load_certificates(&config).map_err(|e| e.to_string())?;
+        Ok(config)
+    }
 
-fn load(cli: &Cli) -> Result<(EdgeConfig, CertStore), ExitCode> {
-    let bad = |error: &dyn std::fmt::Display| {
-        eprintln!("kokoa-edge: bad config {}: {error}", cli.config.display());
-        ExitCode::from(EXIT_BAD_CONFIG)
-    };
-    let config = EdgeConfig::load(&cli.config).map_err(|error| bad(&error))?;
-    let certificates = kokoa_edge::load_certificates(&config).map_err(|error| bad(&error))?;
-    Ok((config, certificates))
+    fn summary(config: &EdgeConfig) -> String {
+        match &config.control {
+            Some(control) => format!(
+                "control mode: origins, routes and certificates come from {}",
+                control.url
+            ),
+            None => format!(
+                "{} origins, {} routes, {} tcp routes, {} certificates",
+                config.spec.origins.len(),
+                config.spec.routes.len(),
+                config.spec.tcp_routes.len(),
+                config.spec.certificates.len()
+            ),
+        }
+    }
+
+    fn workers(_: &EdgeConfig) -> Option<usize> {
+        // TLS and HTTP work scale with cores on an edge VPS of its own.
+        None
+    }
+
+    fn run(
+        config: EdgeConfig,
+        path: PathBuf,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = anyhow::Result<()>> {
+        kokoa_edge::run_with_reload(config, Some(path), shutdown)
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command.as_ref().unwrap_or(&Command::Run) {
-        Command::Genkey => {
-            println!("{}", PrivateKey::generate().to_base64());
-            ExitCode::SUCCESS
-        }
-        Command::Pubkey => {
-            let mut input = String::new();
-            if let Err(error) = std::io::stdin().read_to_string(&mut input) {
-                eprintln!("kokoa-edge: cannot read a private key on stdin: {error}");
-                return ExitCode::FAILURE;
-            }
-            match PrivateKey::from_base64(input.trim()) {
-                Ok(key) => {
-                    println!("{}", key.public_key().to_base64());
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!(
-                        "kokoa-edge: stdin is not a WireGuard private key ({error}); \
-                         pipe in the output of `kokoa-edge genkey`"
-                    );
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::CheckConfig => match load(&cli) {
-            Ok((config, _)) if config.control.is_some() => {
-                let control = config.control.as_ref().map(|c| c.url.as_str());
-                println!(
-                    "{}: ok (control mode: origins, routes and certificates come from {})",
-                    cli.config.display(),
-                    control.unwrap_or_default()
-                );
-                ExitCode::SUCCESS
-            }
-            Ok((config, _)) => {
-                println!(
-                    "{}: ok ({} origins, {} routes, {} tcp routes)",
-                    cli.config.display(),
-                    config.origins.len(),
-                    config.routes.len(),
-                    config.tcp_routes.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
-        Command::Run => {
-            kokoa_node::telemetry::init(cli.log_json);
-            let (config, certificates) = match load(&cli) {
-                Ok(loaded) => loaded,
-                Err(code) => return code,
-            };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("kokoa-edge: cannot start the async runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(kokoa_edge::run_with_certificates(
-                config,
-                certificates,
-                kokoa_node::signal::shutdown(),
-            )) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "edge failed");
-                    eprintln!("kokoa-edge: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-    }
+    kokoa_node::cli::main::<Edge>()
 }

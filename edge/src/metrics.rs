@@ -105,6 +105,11 @@ pub struct Metrics {
     pub idle_closed: Counter,
     /// HTTP/1.1 client connections parked: idle, holding no HTTP buffers (see `http1`).
     pub parked: Gauge,
+    /// Requests answered, all routes together: what heartbeats report, read from this atomic
+    /// (not registered; `requests` carries the same count by label).
+    pub requests_total: Counter,
+    /// Requests answered with a 5xx, all routes together (heartbeats).
+    pub errors_total: Counter,
 }
 
 impl Default for Metrics {
@@ -123,6 +128,8 @@ impl Default for Metrics {
             body_too_large: Family::default(),
             idle_closed: Counter::default(),
             parked: Gauge::default(),
+            requests_total: Counter::default(),
+            errors_total: Counter::default(),
         }
     }
 }
@@ -198,6 +205,21 @@ impl Metrics {
         );
     }
 
+    /// Counts an answered request of `host` (the route's host, or `unrouted`) by status
+    /// class, and in the totals heartbeats read.
+    pub fn count_request(&self, host: &str, class: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                host: host.to_owned(),
+                class,
+            })
+            .inc();
+        self.requests_total.inc();
+        if class == "5xx" {
+            self.errors_total.inc();
+        }
+    }
+
     /// Counts a connection refused at accept.
     pub fn refused(&self, listener: &str, refusal: crate::limit::Refusal) {
         self.connections_refused
@@ -252,11 +274,19 @@ pub fn status_class(status: http::StatusCode) -> &'static str {
     }
 }
 
-/// `kokoa_edge_certificate_placeholder`: 1 while the edge serves only its self-signed
-/// placeholder (no certificate configured or received from control yet), else 0. Read from the
-/// live certificate store at scrape time.
+/// Read from the live certificate store at scrape time:
+/// `kokoa_edge_certificate_placeholder` (1 while the edge serves only its self-signed
+/// placeholder: no certificate configured or received from control yet) and
+/// `kokoa_edge_certificate_expiry_timestamp_seconds{name}` (each served name's notAfter, so an
+/// expired or expiring certificate shows in monitoring rather than only in a start-up warning).
 pub struct PlaceholderCollector {
     certificates: Arc<ArcSwap<CertStore>>,
+}
+
+/// Labels of certificate gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    name: String,
 }
 
 impl PlaceholderCollector {
@@ -281,7 +311,20 @@ impl Collector for PlaceholderCollector {
             None,
             MetricType::Gauge,
         )?;
-        metric.encode_gauge(&i64::from(self.certificates.load().is_placeholder()))
+        let store = self.certificates.load();
+        metric.encode_gauge(&i64::from(store.is_placeholder()))?;
+        let mut expiry = encoder.encode_descriptor(
+            "kokoa_edge_certificate_expiry_timestamp_seconds",
+            "When each served certificate name expires (the leaf's notAfter, Unix seconds)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, not_after) in store.expiries() {
+            expiry
+                .encode_family(&CertificateLabels { name: name.clone() })?
+                .encode_gauge(not_after)?;
+        }
+        Ok(())
     }
 }
 

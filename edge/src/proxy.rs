@@ -47,8 +47,9 @@ use tokio::sync::{oneshot, watch};
 use tracing::Instrument as _;
 
 use crate::dial::Dialer;
+use crate::https::SharedHttpLimits;
 use crate::limit::{Activity, InFlight};
-use crate::metrics::{status_class, ByteLabels, Metrics, RequestLabels};
+use crate::metrics::{status_class, ByteLabels, Metrics};
 use crate::pool::{dial_error, service_uri, BoxError, Pool, ProxyBody};
 use crate::route::{Route, RouteTable};
 
@@ -146,23 +147,23 @@ pub struct Proxy<D: Dialer> {
     routes: Arc<ArcSwap<RouteTable>>,
     pool: Pool<D>,
     metrics: Metrics,
-    max_headers: usize,
+    limits: SharedHttpLimits,
 }
 
 impl<D: Dialer> Proxy<D> {
     /// Routes with the current table in `routes` and forwards over `pool`; requests with more
-    /// than `max_headers` header fields get 431.
+    /// than `limits`' `max_headers` header fields get 431.
     pub fn new(
         routes: Arc<ArcSwap<RouteTable>>,
         pool: Pool<D>,
         metrics: Metrics,
-        max_headers: usize,
+        limits: SharedHttpLimits,
     ) -> Self {
         Self {
             routes,
             pool,
             metrics,
-            max_headers,
+            limits,
         }
     }
 
@@ -205,7 +206,7 @@ impl<D: Dialer> Proxy<D> {
         let in_flight = connection.activity.begin();
         // hyper enforces the count for HTTP/1 heads (answering 431 itself); HTTP/2 only bounds
         // the header list's size, so the count is checked here.
-        let response = if request.headers().len() > self.max_headers {
+        let response = if request.headers().len() > self.limits.load().max_headers {
             page(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "The request has too many header fields.",
@@ -221,12 +222,7 @@ impl<D: Dialer> Proxy<D> {
             .as_ref()
             .map_or(UNROUTED, |route| route.host.as_str());
         self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                host: route_host.to_owned(),
-                class: status_class(log.status),
-            })
-            .inc();
+            .count_request(route_host, status_class(log.status));
         let counter = self.bytes_counter(route_host, "out");
         response.map(|body| {
             Metered {

@@ -7,9 +7,7 @@
 //! IPv6 addresses count as IPv4), TCP6 otherwise (an IPv4 address is then written mapped).
 //! No TLVs are added.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 
 /// The 12-byte signature that starts every v2 header.
 pub const SIGNATURE: [u8; 12] = [
@@ -22,38 +20,7 @@ const TCP4: u8 = 0x11;
 /// Address family INET6 (high nibble 2), transport STREAM (low nibble 1).
 const TCP6: u8 = 0x21;
 
-/// Whether a raw TCP route sends a PROXY protocol header to the origin.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ProxyProtocol {
-    /// Forward the client's bytes unchanged (the default).
-    #[default]
-    None,
-    /// Send a PROXY protocol v2 header first.
-    V2,
-}
-
-impl FromStr for ProxyProtocol {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "none" | "" => Ok(Self::None),
-            "v2" => Ok(Self::V2),
-            other => Err(format!(
-                "`{other}` is not supported: use \"v2\" or \"none\" (version 1, the text form, is not produced)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for ProxyProtocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::None => "none",
-            Self::V2 => "v2",
-        })
-    }
-}
+pub use kokoa_model::ProxyProtocol;
 
 /// The v2 header for a connection from `client` accepted on `local` (the edge's listening
 /// address as the client reached it). 28 bytes for TCP4, 52 for TCP6.
@@ -148,12 +115,5 @@ mod tests {
                 .unwrap()
                 .octets()
         );
-    }
-
-    #[test]
-    fn parse_setting() {
-        assert_eq!("v2".parse::<ProxyProtocol>(), Ok(ProxyProtocol::V2));
-        assert_eq!("none".parse::<ProxyProtocol>(), Ok(ProxyProtocol::None));
-        assert!("v1".parse::<ProxyProtocol>().is_err());
     }
 }

@@ -11,8 +11,32 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{Limits, RouteConfig, RoutePolicy};
-use crate::limit::{ClientBudget, KeyMask, LogSampler, RequestLimiter};
+use kokoa_model::{EdgeLimits, HttpRoute};
+
+use crate::acl::Acl;
+use crate::limit::{ClientBudget, KeyMask, LogSampler, RatePolicy, RequestLimiter};
+
+/// What one HTTP route admits: its limits resolved against the `[limits]` defaults
+/// ([`kokoa_model::RouteLimits::resolve`]), with the allow/deny lists ready to check.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RoutePolicy {
+    /// Request rate per client key; `None`: no rate limit.
+    pub rate: Option<RatePolicy>,
+    /// Largest request body in bytes (413 above); `None`: unlimited.
+    pub max_body_bytes: Option<u64>,
+    /// Who may use the route (403 otherwise).
+    pub acl: Acl,
+}
+
+impl From<kokoa_model::RoutePolicy> for RoutePolicy {
+    fn from(policy: kokoa_model::RoutePolicy) -> Self {
+        Self {
+            rate: policy.rate,
+            max_body_bytes: policy.max_body_bytes,
+            acl: Acl::from(&policy.access),
+        }
+    }
+}
 
 /// Where requests for a host go.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,7 +54,7 @@ pub struct Route {
 /// A route's admission policy with its live rate limiter.
 #[derive(Debug)]
 pub struct Admission {
-    /// The policy as configured.
+    /// The policy, resolved against the edge's `[limits]` defaults.
     pub policy: RoutePolicy,
     /// The request rate limiter, when the policy sets a rate.
     pub limiter: Option<RequestLimiter>,
@@ -75,48 +99,35 @@ impl Default for RouteTable {
             exact: HashMap::new(),
             wildcard: HashMap::new(),
             admissions: Vec::new(),
-            budget: ClientBudget::new(crate::config::DEFAULT_MAX_TRACKED_CLIENTS),
+            budget: ClientBudget::new(EdgeLimits::default().max_tracked_clients.as_usize()),
         }
     }
 }
 
 impl RouteTable {
-    /// Builds a table from validated routes (hosts already lowercase and unique), admitting
-    /// everyone without limits.
-    pub fn new(routes: &[RouteConfig]) -> Self {
-        Self::with_policies(routes, &[], &Limits::default())
-    }
-
-    /// Builds a table whose routes admit by `policies` (same order as `routes`; a route
-    /// without an entry gets `limits`' defaults), with rate limiters keyed and capped as
-    /// `limits` says.
-    pub fn with_policies(
-        routes: &[RouteConfig],
-        policies: &[RoutePolicy],
-        limits: &Limits,
-    ) -> Self {
+    /// Builds a table from validated routes (hosts unique, as [`kokoa_model::EdgeSpec`]
+    /// guarantees), each admitting by its limits resolved against `limits` (the `[limits]`
+    /// defaults), with rate limiters keyed and capped as `limits` says.
+    pub fn new(routes: &[HttpRoute], limits: &EdgeLimits) -> Self {
         let mut table = Self {
-            budget: ClientBudget::new(limits.max_tracked_clients),
+            budget: ClientBudget::new(limits.max_tracked_clients.as_usize()),
             ..Self::default()
         };
-        for (i, config) in routes.iter().enumerate() {
-            let policy = policies
-                .get(i)
-                .cloned()
-                .unwrap_or_else(|| limits.default_route_policy());
-            let admission = Arc::new(Admission::new(policy, limits.key_mask, &table.budget));
+        let mask = KeyMask::from_limits(limits);
+        for config in routes {
+            let policy = RoutePolicy::from(config.limits.resolve(limits));
+            let admission = Arc::new(Admission::new(policy, mask, &table.budget));
             table.admissions.push(admission.clone());
             let route = Arc::new(Route {
-                host: config.host.clone(),
-                origin: config.origin.clone(),
-                port: config.port,
+                host: config.host.to_string(),
+                origin: config.origin.to_string(),
+                port: config.port.get(),
                 admission,
             });
-            for name in std::iter::once(&config.host).chain(&config.aliases) {
-                let name = name.to_ascii_lowercase();
-                match name.strip_prefix("*.") {
+            for name in config.names() {
+                match name.wildcard_domain() {
                     Some(domain) => table.wildcard.insert(domain.to_owned(), route.clone()),
-                    None => table.exact.insert(name, route.clone()),
+                    None => table.exact.insert(name.to_string(), route.clone()),
                 };
             }
         }
@@ -190,21 +201,25 @@ pub fn normalize_host(host: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn route(host: &str, aliases: &[&str], origin: &str, port: u16) -> RouteConfig {
-        RouteConfig {
-            host: host.to_owned(),
-            aliases: aliases.iter().map(|a| a.to_string()).collect(),
-            origin: origin.to_owned(),
-            port,
+    fn route(host: &str, aliases: &[&str], origin: &str, port: u16) -> HttpRoute {
+        HttpRoute {
+            host: host.parse().unwrap(),
+            aliases: aliases.iter().map(|a| a.parse().unwrap()).collect(),
+            origin: origin.parse().unwrap(),
+            port: kokoa_model::Port::new(port).unwrap(),
+            limits: Default::default(),
         }
     }
 
     fn table() -> RouteTable {
-        RouteTable::new(&[
-            route("app.example.com", &["www.example.com"], "home", 8001),
-            route("*.example.com", &["*.example.org"], "lab", 8002),
-            route("api.example.org", &[], "home", 8003),
-        ])
+        RouteTable::new(
+            &[
+                route("app.example.com", &["www.example.com"], "home", 8001),
+                route("*.example.com", &["*.example.org"], "lab", 8002),
+                route("api.example.org", &[], "home", 8003),
+            ],
+            &EdgeLimits::default(),
+        )
     }
 
     fn port_of(table: &RouteTable, host: &str) -> Option<u16> {

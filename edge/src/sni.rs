@@ -12,18 +12,15 @@
 //! [`AcmeChallenges`], or is refused; never a regular certificate.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::BufReader;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use kokoa_model::{Certificate, HostPattern};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::PrivateKeyDer;
 
 use crate::acme::{AcmeChallenges, ACME_TLS_ALPN};
-use crate::config::TlsSettings;
 
 /// ALPN protocols offered, in order of preference.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -31,60 +28,15 @@ pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// The name in the self-signed placeholder certificate made when none is configured.
 pub const PLACEHOLDER_NAME: &str = "kokoa-edge.invalid";
 
-/// A certificate that could not be loaded. Messages name the file to fix.
+/// A certificate store that could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The certificate file holds no PEM certificate.
-    #[error("{0} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)")]
-    NoCertificate(PathBuf),
-    /// The key file holds no PEM private key.
-    #[error("{0} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
-    NoKey(PathBuf),
-    /// The key is of an unsupported type or does not match the certificate.
-    #[error("{path}: {reason}")]
-    BadKey {
-        /// The key file.
-        path: PathBuf,
-        /// What rustls said.
-        reason: String,
-    },
-    /// The leaf certificate cannot be parsed.
-    #[error("{path}: not a valid X.509 certificate: {reason}")]
-    BadCertificate {
-        /// The certificate file.
-        path: PathBuf,
-        /// What webpki said.
-        reason: String,
-    },
-    /// The certificate names no DNS host in its subjectAltName.
-    #[error(
-        "{0}: the certificate has no DNS names in its subjectAltName, so no SNI can select it"
-    )]
-    NoNames(PathBuf),
-    /// `tls.default` names a host no certificate covers.
+    /// The default name is covered by no certificate.
     #[error("tls.default: no certificate covers `{0}`; add one or remove the setting")]
     UnknownDefault(String),
     /// The self-signed placeholder could not be made.
     #[error("cannot generate the placeholder certificate: {0}")]
     Placeholder(String),
-    /// `tls.cert_dir` cannot be listed.
-    #[error("tls.cert_dir: cannot list {path}: {source}")]
-    Dir {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
     /// rustls rejected the protocol setup (should not happen with the bundled provider).
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
@@ -98,42 +50,47 @@ pub struct CertStore {
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
     placeholder: bool,
+    /// Each served name with its certificate's notAfter (Unix seconds), for metrics.
+    expiries: Vec<(String, i64)>,
 }
 
 impl CertStore {
-    /// Loads every certificate named by `tls` (explicit files, then `cert_dir`). When none is
-    /// configured at all, makes a self-signed placeholder (served for every name) and logs a
-    /// warning: browsers will refuse it until real certificates are configured.
-    pub fn load(tls: &TlsSettings) -> Result<Self, CertError> {
-        let mut pairs: Vec<(PathBuf, PathBuf)> = tls
-            .certificates
-            .iter()
-            .map(|files| (files.cert.clone(), files.key.clone()))
-            .collect();
-        if let Some(dir) = &tls.cert_dir {
-            pairs.extend(dir_pairs(dir)?);
-        }
-        if pairs.is_empty() {
-            if let Some(name) = &tls.default {
-                return Err(CertError::UnknownDefault(name.clone()));
+    /// A store serving `certificates` (each for the names of its own leaf, as the model read
+    /// them), with `default` for unknown or absent SNI. With no certificate at all, the
+    /// self-signed placeholder (served for every name), and a warning: clients will refuse it.
+    pub fn from_certificates(
+        certificates: &[Certificate],
+        default: Option<&HostPattern>,
+    ) -> Result<Self, CertError> {
+        if certificates.is_empty() {
+            if let Some(name) = default {
+                return Err(CertError::UnknownDefault(name.to_string()));
             }
-            tracing::warn!(
-                name = PLACEHOLDER_NAME,
-                "no TLS certificate is configured ([[tls.certificates]] or tls.cert_dir): \
-                 serving a self-signed placeholder that clients will not trust"
-            );
             return Self::placeholder();
         }
         let mut store = Self::default();
-        for (cert, key) in pairs {
-            let certified = load_pair(&cert, &key)?;
-            store.insert(&cert, Arc::new(certified))?;
+        for certificate in certificates {
+            let certified = certificate.certified_key();
+            let not_after = certificate.not_after().unix_timestamp();
+            for name in certificate.names() {
+                match name.wildcard_domain() {
+                    Some(domain) => {
+                        store.wildcard.insert(domain.to_owned(), certified.clone());
+                    }
+                    None => {
+                        store.exact.insert(name.to_string(), certified.clone());
+                    }
+                }
+                store.expiries.push((name.to_string(), not_after));
+            }
         }
-        if let Some(name) = &tls.default {
-            let certified = store
-                .select_named(name)
-                .ok_or_else(|| CertError::UnknownDefault(name.clone()))?;
-            store.default = Some(certified);
+        store.expiries.sort();
+        if let Some(name) = default {
+            store.default = Some(
+                store
+                    .select_named(name.as_str())
+                    .ok_or_else(|| CertError::UnknownDefault(name.to_string()))?,
+            );
         }
         Ok(store)
     }
@@ -159,55 +116,14 @@ impl CertStore {
         Ok(store)
     }
 
-    /// Builds a store from certificates already in memory (the control plane's path). Names
-    /// come from each leaf's DNS SANs; `default` must be covered by one of them.
-    pub fn from_certified(
-        certificates: Vec<Arc<CertifiedKey>>,
-        default: Option<&str>,
-    ) -> Result<Self, CertError> {
-        let mut store = Self::default();
-        for (i, certified) in certificates.into_iter().enumerate() {
-            store.insert(Path::new(&format!("certificate #{i}")), certified)?;
-        }
-        if let Some(name) = default {
-            store.default = Some(
-                store
-                    .select_named(name)
-                    .ok_or_else(|| CertError::UnknownDefault(name.to_owned()))?,
-            );
-        }
-        Ok(store)
-    }
-
-    fn insert(&mut self, origin: &Path, certified: Arc<CertifiedKey>) -> Result<(), CertError> {
-        let leaf = certified
-            .cert
-            .first()
-            .ok_or_else(|| CertError::NoCertificate(origin.to_owned()))?;
-        let names = san_names(leaf).map_err(|reason| CertError::BadCertificate {
-            path: origin.to_owned(),
-            reason,
-        })?;
-        if names.is_empty() {
-            return Err(CertError::NoNames(origin.to_owned()));
-        }
-        for name in names {
-            let name = name.to_ascii_lowercase();
-            match name.strip_prefix("*.") {
-                Some(domain) => {
-                    self.wildcard.insert(domain.to_owned(), certified.clone());
-                }
-                None => {
-                    self.exact.insert(name, certified.clone());
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Whether this store is the self-signed placeholder.
     pub fn is_placeholder(&self) -> bool {
         self.placeholder
+    }
+
+    /// Each served name with its certificate's notAfter in Unix seconds, sorted by name.
+    pub fn expiries(&self) -> &[(String, i64)] {
+        &self.expiries
     }
 
     /// Every name served (wildcards as `*.domain`), sorted.
@@ -246,85 +162,6 @@ impl CertStore {
         sni.and_then(|name| self.select_named(name))
             .or_else(|| self.default.clone())
     }
-}
-
-/// The DNS names in a certificate's subjectAltName (wildcards included).
-fn san_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
-    let parsed = webpki::EndEntityCert::try_from(leaf).map_err(|e| e.to_string())?;
-    Ok(parsed.valid_dns_names().map(str::to_owned).collect())
-}
-
-/// `NAME.crt` + `NAME.key` pairs in `dir`, sorted by name. A `.crt` without its `.key` is an
-/// error, so a half-copied certificate is noticed.
-fn dir_pairs(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>, CertError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| CertError::Dir {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let mut pairs = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| CertError::Dir {
-            path: dir.to_owned(),
-            source,
-        })?;
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("crt") {
-            continue;
-        }
-        let key = path.with_extension("key");
-        if !key.is_file() {
-            return Err(CertError::Read {
-                path: key,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "the key of this NAME.crt is missing (expected NAME.key next to it)",
-                ),
-            });
-        }
-        pairs.push((path, key));
-    }
-    pairs.sort();
-    Ok(pairs)
-}
-
-fn open(path: &Path) -> Result<BufReader<File>, CertError> {
-    File::open(path)
-        .map(BufReader::new)
-        .map_err(|source| CertError::Read {
-            path: path.to_owned(),
-            source,
-        })
-}
-
-/// Loads a PEM chain and its key and checks that they belong together.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, CertError> {
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut open(cert)?)
-        .collect::<Result<_, _>>()
-        .map_err(|source| CertError::Read {
-            path: cert.to_owned(),
-            source,
-        })?;
-    if chain.is_empty() {
-        return Err(CertError::NoCertificate(cert.to_owned()));
-    }
-    let private = rustls_pemfile::private_key(&mut open(key)?)
-        .map_err(|source| CertError::Read {
-            path: key.to_owned(),
-            source,
-        })?
-        .ok_or_else(|| CertError::NoKey(key.to_owned()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&private).map_err(|e| {
-        CertError::BadKey {
-            path: key.to_owned(),
-            reason: format!("unsupported private key: {e}"),
-        }
-    })?;
-    let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|e| CertError::BadKey {
-        path: key.to_owned(),
-        reason: format!("does not match the certificate in {}: {e}", cert.display()),
-    })?;
-    Ok(certified)
 }
 
 /// The rustls certificate resolver: reads the current [`CertStore`] on every handshake.
@@ -399,41 +236,41 @@ pub fn server_config(resolver: SniResolver) -> Result<rustls::ServerConfig, Cert
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::CertificateFiles;
 
-    /// Writes a self-signed cert for `names` into `dir` as `file.crt` + `file.key`.
-    pub(crate) fn write_cert(dir: &Path, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+    /// A self-signed certificate for `names`, through the model's parser.
+    pub(crate) fn certificate(names: &[&str]) -> Certificate {
         let generated = rcgen::generate_simple_self_signed(
             names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
         )
         .unwrap();
-        let cert = dir.join(format!("{file}.crt"));
-        let key = dir.join(format!("{file}.key"));
-        std::fs::write(&cert, generated.cert.pem()).unwrap();
-        std::fs::write(&key, generated.key_pair.serialize_pem()).unwrap();
-        (cert, key)
+        Certificate::from_pem(&generated.cert.pem(), &generated.key_pair.serialize_pem()).unwrap()
     }
 
     fn leaf_names(certified: &CertifiedKey) -> Vec<String> {
-        san_names(&certified.cert[0]).unwrap()
+        let (_, leaf) = x509_parser::parse_x509_certificate(&certified.cert[0]).unwrap();
+        let san = leaf.subject_alternative_name().unwrap().unwrap();
+        san.value
+            .general_names
+            .iter()
+            .map(|name| match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => (*dns).to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect()
     }
 
     #[test]
     fn exact_wildcard_default_and_refusal() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = write_cert(dir.path(), "app", &["app.example.com"]);
-        let certs = tempfile::tempdir().unwrap();
-        write_cert(certs.path(), "wild", &["*.example.com", "example.com"]);
-        let mut tls = TlsSettings {
-            cert_dir: Some(certs.path().to_owned()),
-            default: None,
-            certificates: vec![CertificateFiles { cert, key }],
-        };
-        let store = CertStore::load(&tls).unwrap();
+        let certs = [
+            certificate(&["app.example.com"]),
+            certificate(&["*.example.com", "example.com"]),
+        ];
+        let store = CertStore::from_certificates(&certs, None).unwrap();
         assert_eq!(
             store.names(),
             ["*.example.com", "app.example.com", "example.com"]
         );
+        assert_eq!(store.expiries().len(), 3);
         let names = |sni| store.select(sni).map(|c| leaf_names(&c));
         assert_eq!(
             names(Some("app.example.com")),
@@ -450,8 +287,8 @@ pub(crate) mod tests {
         assert_eq!(names(Some("unknown.test")), None);
         assert_eq!(names(None), None);
 
-        tls.default = Some("app.example.com".into());
-        let store = CertStore::load(&tls).unwrap();
+        let default = HostPattern::new("app.example.com").unwrap();
+        let store = CertStore::from_certificates(&certs, Some(&default)).unwrap();
         let names = |sni| store.select(sni).map(|c| leaf_names(&c));
         assert_eq!(
             names(Some("unknown.test")),
@@ -459,40 +296,18 @@ pub(crate) mod tests {
         );
         assert_eq!(names(None), Some(vec!["app.example.com".into()]));
 
-        tls.default = Some("nope.test".into());
+        let nope = HostPattern::new("nope.test").unwrap();
         assert!(matches!(
-            CertStore::load(&tls),
+            CertStore::from_certificates(&certs, Some(&nope)),
             Err(CertError::UnknownDefault(_))
         ));
     }
 
     #[test]
     fn placeholder_when_nothing_is_configured() {
-        let store = CertStore::load(&TlsSettings::default()).unwrap();
+        let store = CertStore::from_certificates(&[], None).unwrap();
         assert!(store.is_placeholder());
         assert!(store.select(Some("anything.test")).is_some());
         assert!(store.select(None).is_some());
-    }
-
-    #[test]
-    fn mismatched_key_and_bad_files_are_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, _) = write_cert(dir.path(), "a", &["a.test"]);
-        let (_, other_key) = write_cert(dir.path(), "b", &["b.test"]);
-        let error = load_pair(&cert, &other_key).unwrap_err();
-        assert!(matches!(error, CertError::BadKey { .. }), "{error}");
-        let error = load_pair(&other_key, &other_key).unwrap_err();
-        assert!(matches!(error, CertError::NoCertificate(_)), "{error}");
-        let error = load_pair(&dir.path().join("missing.crt"), &other_key).unwrap_err();
-        assert!(error.to_string().contains("missing.crt"), "{error}");
-
-        let lonely = tempfile::tempdir().unwrap();
-        std::fs::copy(&cert, lonely.path().join("x.crt")).unwrap();
-        let tls = TlsSettings {
-            cert_dir: Some(lonely.path().to_owned()),
-            ..TlsSettings::default()
-        };
-        let error = CertStore::load(&tls).unwrap_err();
-        assert!(error.to_string().contains("x.key"), "{error}");
     }
 }

@@ -7,6 +7,7 @@
 //! `proxy_protocol = "v2"` the origin stream starts with a PROXY protocol v2 header carrying the
 //! client's address and the address it connected to.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,12 +17,40 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
-use crate::config::TcpRoute;
+use crate::acl::Acl;
 use crate::dial::Dialer;
 use crate::https::refuse;
 use crate::limit::{ConnectionLimiter, LogSampler, Refusal};
 use crate::metrics::{ByteLabels, DialLabels, Metrics};
 use crate::proxy_protocol::{v2_header, ProxyProtocol};
+
+/// A raw TCP route as the edge runs it: the model's route on its listening address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpRoute {
+    /// Public listener.
+    pub listen: SocketAddr,
+    /// The origin's name.
+    pub origin: String,
+    /// The service port inside the tunnel.
+    pub port: u16,
+    /// Whether a PROXY protocol header is sent to the origin first.
+    pub proxy_protocol: ProxyProtocol,
+    /// Who may connect (others are closed at accept).
+    pub acl: Acl,
+}
+
+impl TcpRoute {
+    /// `route` listening on its own address, or on `default_ip` (the HTTPS listener's).
+    pub fn new(route: &kokoa_model::TcpRoute, default_ip: IpAddr) -> Self {
+        Self {
+            listen: route.listen.addr(default_ip),
+            origin: route.origin.to_string(),
+            port: route.port.get(),
+            proxy_protocol: route.proxy_protocol,
+            acl: Acl::from(&route.access),
+        }
+    }
+}
 
 /// One raw TCP route's listener.
 pub struct TcpForwarder<D: Dialer> {

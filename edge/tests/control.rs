@@ -133,9 +133,9 @@ fn certificate(names: &[&str]) -> (Certificate, Vec<u8>) {
     let generated = rcgen::generate_simple_self_signed(names.clone()).unwrap();
     (
         Certificate {
-            names,
             chain_pem: generated.cert.pem(),
             key_pem: generated.key_pair.serialize_pem(),
+            id: names.join(","),
         },
         generated.cert.der().to_vec(),
     )
@@ -166,7 +166,7 @@ impl Scenario {
                 aliases: vec![],
                 origin: "home".into(),
                 port: 8001,
-                limits_json: String::new(),
+                limits: None,
             }],
             certificates: vec![self.certificate.clone()],
             ..EdgeSnapshot::default()

@@ -22,7 +22,6 @@ use kokoa_edge::sni::CertStore;
 use kokoa_edge::{Edge, Listeners};
 use kokoa_tunnel::key::PrivateKey;
 use rustls::pki_types::ServerName;
-use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
@@ -64,15 +63,12 @@ async fn app() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
-fn certified(names: &[&str]) -> Arc<CertifiedKey> {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+fn certified(names: &[&str]) -> kokoa_model::Certificate {
+    let generated =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let signing = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
-    Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing))
+    kokoa_model::Certificate::from_pem(&generated.cert.pem(), &generated.key_pair.serialize_pem())
+        .unwrap()
 }
 
 struct Harness {
@@ -149,9 +145,9 @@ port = {}
         ));
     }
     let config = EdgeConfig::from_toml(&text, None).unwrap();
-    let certificates = CertStore::from_certified(
-        vec![certified(&["app.test", "open.test"])],
-        Some("app.test"),
+    let certificates = CertStore::from_certificates(
+        &[certified(&["app.test", "open.test"])],
+        Some(&kokoa_model::HostPattern::new("app.test").unwrap()),
     )
     .unwrap();
     let dialer = TcpDialer::new(

@@ -23,7 +23,6 @@ use kokoa_edge::sni::CertStore;
 use kokoa_edge::{Edge, Listeners};
 use kokoa_tunnel::key::PrivateKey;
 use rustls::pki_types::ServerName;
-use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
@@ -151,15 +150,12 @@ async fn answer(
 }
 
 /// A CA and leaf certificates signed by it.
-fn certified(names: &[&str]) -> Arc<CertifiedKey> {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+fn certified(names: &[&str]) -> kokoa_model::Certificate {
+    let generated =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let signing = rustls::crypto::ring::sign::any_supported_type(&der).unwrap();
-    Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing))
+    kokoa_model::Certificate::from_pem(&generated.cert.pem(), &generated.key_pair.serialize_pem())
+        .unwrap()
 }
 
 struct Harness {
@@ -237,13 +233,14 @@ port = {tcp_port}
         key()
     );
     let config = EdgeConfig::from_toml(&text, None).unwrap();
-    let certificates = CertStore::from_certified(
-        vec![
+    let default = kokoa_model::HostPattern::new("app.test").unwrap();
+    let certificates = CertStore::from_certificates(
+        &[
             certified(&["app.test", "www.app.test"]),
             certified(&["*.wild.test"]),
             certified(&["ghost.test"]),
         ],
-        default_cert.then_some("app.test"),
+        default_cert.then_some(&default),
     )
     .unwrap();
     let dialer = TcpDialer::new(

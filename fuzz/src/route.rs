@@ -9,7 +9,6 @@
 
 use std::sync::OnceLock;
 
-use kokoa_edge::config::RouteConfig;
 use kokoa_edge::route::{normalize_host, RouteTable};
 
 /// The routes: (host, aliases, port). Ports are unique so a match identifies its route.
@@ -28,16 +27,17 @@ pub const ROUTES: &[(&str, &[&str], u16)] = &[
 fn table() -> &'static RouteTable {
     static TABLE: OnceLock<RouteTable> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let routes: Vec<RouteConfig> = ROUTES
+        let routes: Vec<kokoa_model::HttpRoute> = ROUTES
             .iter()
-            .map(|(host, aliases, port)| RouteConfig {
-                host: (*host).to_owned(),
-                aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
-                origin: "home".to_owned(),
-                port: *port,
+            .map(|(host, aliases, port)| kokoa_model::HttpRoute {
+                host: host.parse().expect("a host"),
+                aliases: aliases.iter().map(|a| a.parse().expect("a host")).collect(),
+                origin: "home".parse().expect("a name"),
+                port: kokoa_model::Port::new(*port).expect("a port"),
+                limits: Default::default(),
             })
             .collect();
-        RouteTable::new(&routes)
+        RouteTable::new(&routes, &kokoa_model::EdgeLimits::default())
     })
 }
 

@@ -8,8 +8,8 @@
 use std::sync::{Arc, OnceLock};
 
 use kokoa_edge::sni::CertStore;
+use kokoa_model::{Certificate, HostPattern};
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::PrivateKeyDer;
 
 /// The certificates' SANs; the first one's first name is the default.
 pub const CERTS: &[&[&str]] = &[
@@ -27,26 +27,22 @@ struct Stores {
 fn stores() -> &'static Stores {
     static STORES: OnceLock<Stores> = OnceLock::new();
     STORES.get_or_init(|| {
-        let certs: Vec<Arc<CertifiedKey>> = CERTS
+        let models: Vec<Certificate> = CERTS
             .iter()
             .map(|names| {
                 let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
                 let generated = rcgen::generate_simple_self_signed(names).expect("rcgen");
-                let key = PrivateKeyDer::Pkcs8(generated.key_pair.serialize_der().into());
-                let signing =
-                    rustls::crypto::ring::sign::any_supported_type(&key).expect("signing key");
-                Arc::new(CertifiedKey::new(
-                    vec![generated.cert.der().clone()],
-                    signing,
-                ))
+                Certificate::from_pem(&generated.cert.pem(), &generated.key_pair.serialize_pem())
+                    .expect("a certificate")
             })
             .collect();
+        let default = HostPattern::new(CERTS[0][0]).expect("a host");
         Stores {
-            with_default: CertStore::from_certified(certs.clone(), Some(CERTS[0][0]))
+            with_default: CertStore::from_certificates(&models, Some(&default))
                 .expect("store with default"),
-            without_default: CertStore::from_certified(certs.clone(), None)
+            without_default: CertStore::from_certificates(&models, None)
                 .expect("store without default"),
-            certs,
+            certs: models.iter().map(|c| c.certified_key().clone()).collect(),
         }
     })
 }

@@ -8,8 +8,10 @@
 //! - **Watch**: `Config.Watch` with `authorization: Bearer <credential>`; the node says which
 //!   version it runs (`Hello`), hands every [`Snapshot`] to the node's [`Applier`] (validate,
 //!   then apply atomically), answers `Ack` or `Nack`, and persists each applied snapshot to
-//!   `state_dir/snapshot.pb` (prost-encoded; tmp file, fsync, rename; mode 0600). Heartbeats
-//!   go out every `heartbeat_interval_seconds` on the same stream.
+//!   `state_dir/snapshot.pb` ([`crate::persist`]). A NACK names the field and the object the
+//!   model refused. A heartbeat goes out as soon as the stream is open (control waits for
+//!   nodes that have sent one), then every `heartbeat_interval_seconds`; its counts are read
+//!   from the metrics' atomics ([`NodeStatus`]) and the process meters ([`crate::meter`]).
 //! - **Resilience**: on start the persisted snapshot is applied before control is contacted
 //!   ([`ControlClient::restore`]), so traffic flows while control is down; a broken stream is
 //!   retried with jittered exponential backoff (0.2 s doubling to 30 s, reset after a healthy
@@ -22,213 +24,45 @@
 //! swapped in, and a slow or dead control plane delays nothing but the next config change.
 
 use std::future::Future;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kokoa_model::ModelError;
 use kokoa_proto::v1::config_client::ConfigClient;
 use kokoa_proto::v1::enrollment_client::EnrollmentClient;
 use kokoa_proto::v1::{
     control_message, node_message, Ack, EnrollRequest, Heartbeat, Hello, Nack, NodeKind,
     NodeMessage, PeerStatus, Snapshot,
 };
+use kokoa_proto::v1::{ServiceHealth, TcpRouteStatus};
 use kokoa_tunnel::TunnelStats;
 use prost::Message as _;
-use rand::Rng as _;
-use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-/// The node's credential, inside `state_dir`.
-pub const CREDENTIAL_FILE: &str = "credential";
-/// The last applied snapshot (protobuf `Snapshot`), inside `state_dir`.
-pub const SNAPSHOT_FILE: &str = "snapshot.pb";
-/// SHA-256 (hex) of the last enrollment token sent to control, inside `state_dir`.
-pub const TOKEN_USED_FILE: &str = "token.used";
-/// First reconnect delay.
-pub const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
-/// Longest reconnect delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub use crate::backoff::{Backoff, BACKOFF_INITIAL, BACKOFF_MAX};
+use crate::meter::{hostname, resident_bytes, CpuMeter, RateMeter};
+pub use crate::persist::{
+    ensure_state_dir, load_snapshot, write_private_file, StateError, CREDENTIAL_FILE,
+    SNAPSHOT_FILE, TOKEN_USED_FILE,
+};
+pub use crate::settings::{ControlSettings, FileControl, SettingsError};
+
 /// Heartbeat interval until control says otherwise.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// Deadline for the TCP + TLS connection to control.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A stream that stayed up this long counts as healthy even before a snapshot arrived.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
-/// Linux's USER_HZ: the unit of the CPU times in `/proc/self/stat` (100 on every architecture
-/// Linux supports in practice; reading it needs `sysconf`, i.e. libc).
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
-
-/// The `[control]` table of a node's TOML config, as written.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FileControl {
-    /// `https://control.example.com:7443`.
-    pub url: Option<String>,
-    /// Control's CA (PEM), the only trust anchor for the gRPC TLS.
-    pub ca_file: Option<PathBuf>,
-    /// The one-time enrollment token.
-    pub token_file: Option<PathBuf>,
-    /// Where the credential and the last applied snapshot are kept.
-    pub state_dir: Option<PathBuf>,
-}
-
-/// A `[control]` table that cannot be used. `field` is the TOML path to fix.
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct SettingsError {
-    /// The field, such as `control.url`.
-    pub field: String,
-    /// What is wrong and what to do.
-    pub reason: String,
-}
-
-fn settings_error(field: &str, reason: impl Into<String>) -> SettingsError {
-    SettingsError {
-        field: field.to_owned(),
-        reason: reason.into(),
-    }
-}
-
-/// The validated `[control]` settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ControlSettings {
-    /// Control's gRPC URL.
-    pub url: String,
-    /// The host of `url`: the name control's certificate must carry.
-    pub host: String,
-    /// Control's CA file.
-    pub ca_file: PathBuf,
-    /// Control's CA certificate(s), PEM, read when the config was loaded.
-    pub ca_pem: Vec<u8>,
-    /// The enrollment token file (read when the node needs to enroll).
-    pub token_file: PathBuf,
-    /// The node's state directory (created with mode 0700 if missing).
-    pub state_dir: PathBuf,
-}
-
-fn anchored(base_dir: Option<&Path>, path: PathBuf) -> PathBuf {
-    match base_dir {
-        Some(dir) if path.is_relative() && !dir.as_os_str().is_empty() => dir.join(path),
-        _ => path,
-    }
-}
-
-impl ControlSettings {
-    /// Validates a `[control]` table. Relative paths are taken relative to `base_dir` (the
-    /// config file's directory). Reads `ca_file` now, so a missing CA is a config error.
-    pub fn from_file(file: FileControl, base_dir: Option<&Path>) -> Result<Self, SettingsError> {
-        let url = file.url.ok_or_else(|| {
-            settings_error(
-                "control.url",
-                "missing: control's gRPC URL, such as https://control.example.com:7443",
-            )
-        })?;
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| settings_error("control.url", format!("`{url}` is not a URL ({e})")))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(settings_error(
-                "control.url",
-                format!("`{url}` must start with https:// (control is only reached over TLS)"),
-            ));
-        }
-        let host = uri
-            .host()
-            .filter(|host| !host.is_empty())
-            .ok_or_else(|| settings_error("control.url", format!("`{url}` has no host")))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let ca_file = anchored(
-            base_dir,
-            file.ca_file.ok_or_else(|| {
-                settings_error(
-                    "control.ca_file",
-                    "missing: control's CA certificate (control-ca.pem from the node's bundle)",
-                )
-            })?,
-        );
-        let ca_pem = std::fs::read(&ca_file).map_err(|e| {
-            settings_error(
-                "control.ca_file",
-                format!("cannot read {}: {e}", ca_file.display()),
-            )
-        })?;
-        let has_certificate = rustls_pemfile::certs(&mut ca_pem.as_slice())
-            .next()
-            .is_some_and(|cert| cert.is_ok());
-        if !has_certificate {
-            return Err(settings_error(
-                "control.ca_file",
-                format!(
-                    "{} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
-                    ca_file.display()
-                ),
-            ));
-        }
-        let token_file = anchored(
-            base_dir,
-            file.token_file.ok_or_else(|| {
-                settings_error(
-                    "control.token_file",
-                    "missing: the enrollment token file (enroll.token from the node's bundle)",
-                )
-            })?,
-        );
-        let state_dir = anchored(
-            base_dir,
-            file.state_dir.ok_or_else(|| {
-                settings_error(
-                    "control.state_dir",
-                    "missing: a directory for the credential and the last applied config, such as /var/lib/kokoa-edge",
-                )
-            })?,
-        );
-        Ok(Self {
-            url,
-            host,
-            ca_file,
-            ca_pem,
-            token_file,
-            state_dir,
-        })
-    }
-
-    /// `state_dir/snapshot.pb`.
-    pub fn snapshot_path(&self) -> PathBuf {
-        self.state_dir.join(SNAPSHOT_FILE)
-    }
-
-    /// `state_dir/credential`.
-    pub fn credential_path(&self) -> PathBuf {
-        self.state_dir.join(CREDENTIAL_FILE)
-    }
-}
 
 /// Why talking to control failed. Never fatal to the node: the client logs it and retries.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    /// A state file could not be read or written.
-    #[error("{path}: {source}")]
-    State {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The persisted snapshot does not decode (a partial or foreign file).
-    #[error("{path} is not a Kokoa snapshot ({reason}); it is ignored and replaced by control's next one")]
-    BadSnapshot {
-        /// The file.
-        path: PathBuf,
-        /// What prost said.
-        reason: String,
-    },
+    /// A state file could not be read or written, or the persisted snapshot is not one.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// No credential and no unused enrollment token.
     #[error("not enrolled: {0}")]
     NotEnrolled(String),
@@ -279,6 +113,10 @@ pub struct NodeStatus {
     pub requests_total: u64,
     /// Errors (5xx, dial failures) since start.
     pub errors_total: u64,
+    /// Origin: each service's health.
+    pub services: Vec<ServiceHealth>,
+    /// Edge: each TCP route's listener.
+    pub tcp_routes: Vec<TcpRouteStatus>,
 }
 
 /// The node side of control: validates and applies snapshots, reports status.
@@ -286,10 +124,10 @@ pub trait Applier: Send + Sync + 'static {
     /// Which kind of node this is (an edge NACKs an origin snapshot and vice versa).
     fn kind(&self) -> NodeKind;
 
-    /// Validates `snapshot` completely, then applies it atomically: on `Err(reason)` nothing
-    /// of it may have been applied (the node keeps its previous config) and `reason` is sent
-    /// to control in the NACK. Must not block the runtime.
-    fn apply(&self, snapshot: &Snapshot) -> impl Future<Output = Result<(), String>> + Send;
+    /// Validates `snapshot` completely, then applies it atomically: on `Err(error)` nothing
+    /// of it may have been applied (the node keeps its previous config) and the error (its
+    /// field, object and reason) is sent to control in the NACK. Must not block the runtime.
+    fn apply(&self, snapshot: &Snapshot) -> impl Future<Output = Result<(), ModelError>> + Send;
 
     /// The node's current status for a heartbeat. Cheap; called every heartbeat interval.
     fn status(&self) -> NodeStatus;
@@ -318,30 +156,6 @@ pub fn peer_statuses(stats: &TunnelStats) -> Vec<PeerStatus> {
             active_streams: peer.active_streams,
         })
         .collect()
-}
-
-/// Sums the samples of counter `name` in `registry` (as its text exposition shows them), only
-/// those whose labels contain `label` when given. For heartbeats: a node registers the
-/// counter families it reports in a small registry of their own.
-pub fn sum_counters(
-    registry: &prometheus_client::registry::Registry,
-    name: &str,
-    label: Option<&str>,
-) -> u64 {
-    let mut text = String::new();
-    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
-        return 0;
-    }
-    let sample = format!("{name}_total");
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(&sample)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|line| label.is_none_or(|label| line.contains(label)))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|value| value as u64)
-        .sum()
 }
 
 /// What the client is doing, for tests, logs and the node's own health.
@@ -426,101 +240,6 @@ impl prometheus_client::collector::Collector for ControlCollector {
                 .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
         }
         Ok(())
-    }
-}
-
-/// Reads the persisted snapshot, if any. A file that does not decode is an error (the caller
-/// logs it and starts empty).
-pub fn load_snapshot(state_dir: &Path) -> Result<Option<Snapshot>, ControlError> {
-    let path = state_dir.join(SNAPSHOT_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(ControlError::State { path, source }),
-    };
-    Snapshot::decode(bytes.as_slice())
-        .map(Some)
-        .map_err(|e| ControlError::BadSnapshot {
-            path,
-            reason: e.to_string(),
-        })
-}
-
-/// Writes `bytes` to `path` atomically with mode 0600: a temporary file next to it, fsync,
-/// rename, fsync of the directory. A crash leaves the old file or the new one, never a mix.
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), ControlError> {
-    let state = |source| ControlError::State {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = dir.join(name);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(state)?;
-    // `mode` only applies when the file is created; a leftover tmp file may be wider.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(state)?;
-    file.write_all(bytes).map_err(state)?;
-    file.sync_all().map_err(state)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(state)?;
-    if let Ok(dir) = std::fs::File::open(dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
-}
-
-fn ensure_state_dir(dir: &Path) -> Result<(), ControlError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| ControlError::State {
-            path: dir.to_owned(),
-            source,
-        })
-}
-
-/// Jittered exponential backoff: each delay is drawn from the upper half of the current step,
-/// and the step doubles up to the maximum.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    step: Duration,
-}
-
-impl Backoff {
-    /// Starts at `initial`, doubling up to `max`.
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            step: initial,
-        }
-    }
-
-    /// The next delay.
-    pub fn next_delay(&mut self) -> Duration {
-        let step = self.step;
-        self.step = (self.step * 2).min(self.max);
-        let low = step / 2;
-        low + step.mul_f64(rand::thread_rng().gen_range(0.0..=0.5))
-    }
-
-    /// Back to the initial step (after a healthy connection).
-    pub fn reset(&mut self) {
-        self.step = self.initial;
     }
 }
 
@@ -663,7 +382,7 @@ impl<A: Applier> ControlClient<A> {
             Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
             Ok(_) => None,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(source) => return Err(ControlError::State { path, source }),
+            Err(source) => return Err(StateError::Io { path, source }.into()),
         };
         if stored.is_none() || self.refused {
             if let Some(token) = self.unused_token()? {
@@ -687,10 +406,11 @@ impl<A: Applier> ControlClient<A> {
             Ok(text) => text.trim().to_owned(),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
-                return Err(ControlError::State {
+                return Err(StateError::Io {
                     path: self.settings.token_file.clone(),
                     source,
-                })
+                }
+                .into())
             }
         };
         if token.is_empty() {
@@ -848,6 +568,11 @@ impl<A: Applier> ControlClient<A> {
             status.last_error = None;
             status.streams += 1;
         });
+        // A heartbeat at once: control (and its ACME validation) waits for nodes that have
+        // reported, and must not wait a whole interval for one that just connected.
+        if tx.send(self.heartbeat(cpu, rates)).await.is_err() {
+            return Ok(false);
+        }
         let mut healthy = false;
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -914,14 +639,16 @@ impl<A: Applier> ControlClient<A> {
                     message: Some(node_message::Message::Ack(Ack { version })),
                 }
             }
-            Err(reason) => {
-                tracing::warn!(version, %reason, "config rejected; keeping the current one");
+            Err(error) => {
+                let object = error.object.as_ref().map(ToString::to_string);
+                tracing::warn!(version, reason = %error, object, "config rejected; keeping the current one");
+                let nack: Nack = error.to_nack(version);
                 self.status.send_modify(|status| {
                     status.nacks += 1;
-                    status.last_nack = Some(reason.clone());
+                    status.last_nack = Some(nack.reason.clone());
                 });
                 NodeMessage {
-                    message: Some(node_message::Message::Nack(Nack { version, reason })),
+                    message: Some(node_message::Message::Nack(nack)),
                 }
             }
         }
@@ -941,6 +668,8 @@ impl<A: Applier> ControlClient<A> {
                 cpu_cores: cpu.cores(),
                 memory_bytes: resident_bytes(),
                 uptime_seconds: self.started.elapsed().as_secs(),
+                services: status.services,
+                tcp_routes: status.tcp_routes,
             })),
         }
     }
@@ -965,232 +694,4 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|name| name.trim().to_owned())
-        .unwrap_or_default()
-}
-
-/// Resident set size from `/proc/self/status` (`VmRSS`, in kB); 0 where unavailable.
-fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Process CPU time (user + system) in seconds from `/proc/self/stat`.
-fn cpu_seconds() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) may hold spaces; the fields after its `)` are plain.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / CLOCK_TICKS_PER_SECOND)
-}
-
-/// CPU use between two heartbeats, in cores.
-struct CpuMeter {
-    last: Option<(Instant, f64)>,
-}
-
-impl CpuMeter {
-    fn new() -> Self {
-        Self {
-            last: cpu_seconds().map(|cpu| (Instant::now(), cpu)),
-        }
-    }
-
-    fn cores(&mut self) -> f64 {
-        let Some(now_cpu) = cpu_seconds() else {
-            return 0.0;
-        };
-        let now = Instant::now();
-        let cores = match self.last {
-            Some((then, then_cpu)) => {
-                let wall = now.duration_since(then).as_secs_f64();
-                if wall > 0.0 {
-                    ((now_cpu - then_cpu) / wall).max(0.0)
-                } else {
-                    0.0
-                }
-            }
-            None => 0.0,
-        };
-        self.last = Some((now, now_cpu));
-        cores
-    }
-}
-
-/// Turns the node's running totals into per-second rates between heartbeats.
-#[derive(Default)]
-struct RateMeter {
-    last: Option<(Instant, u64, u64)>,
-}
-
-impl RateMeter {
-    fn rates(&mut self, requests: u64, errors: u64) -> (f64, f64) {
-        let now = Instant::now();
-        let rates = match self.last {
-            Some((then, then_requests, then_errors)) => {
-                let wall = now.duration_since(then).as_secs_f64();
-                if wall > 0.0 {
-                    (
-                        requests.saturating_sub(then_requests) as f64 / wall,
-                        errors.saturating_sub(then_errors) as f64 / wall,
-                    )
-                } else {
-                    (0.0, 0.0)
-                }
-            }
-            None => (0.0, 0.0),
-        };
-        self.last = Some((now, requests, errors));
-        rates
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_resets() {
-        let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
-        let first = backoff.next_delay();
-        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200));
-        let second = backoff.next_delay();
-        assert!(second >= Duration::from_millis(200) && second <= Duration::from_millis(400));
-        for _ in 0..20 {
-            assert!(backoff.next_delay() <= BACKOFF_MAX);
-        }
-        let late = backoff.next_delay();
-        assert!(late >= BACKOFF_MAX / 2, "{late:?}");
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(200));
-    }
-
-    #[test]
-    fn private_files_are_0600_and_replaced_atomically() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("snapshot.pb");
-        write_private_file(&path, b"one").unwrap();
-        write_private_file(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        assert!(!dir.path().join("snapshot.pb.tmp").exists());
-    }
-
-    #[test]
-    fn snapshots_round_trip_and_garbage_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(load_snapshot(dir.path()).unwrap().is_none());
-        let snapshot = Snapshot {
-            version: 7,
-            heartbeat_interval_seconds: 5,
-            node: None,
-        };
-        write_private_file(&dir.path().join(SNAPSHOT_FILE), &snapshot.encode_to_vec()).unwrap();
-        assert_eq!(load_snapshot(dir.path()).unwrap(), Some(snapshot));
-        std::fs::write(dir.path().join(SNAPSHOT_FILE), b"\xff\xff\xff").unwrap();
-        assert!(matches!(
-            load_snapshot(dir.path()),
-            Err(ControlError::BadSnapshot { .. })
-        ));
-    }
-
-    #[test]
-    fn settings_validate_and_anchor_paths() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = rcgen::generate_simple_self_signed(vec!["control.test".to_owned()]).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
-        let file = FileControl {
-            url: Some("https://control.test:7443".into()),
-            ca_file: Some("ca.pem".into()),
-            token_file: Some("enroll.token".into()),
-            state_dir: Some("state".into()),
-        };
-        let settings = ControlSettings::from_file(file.clone(), Some(dir.path())).unwrap();
-        assert_eq!(settings.host, "control.test");
-        assert_eq!(settings.token_file, dir.path().join("enroll.token"));
-        assert_eq!(
-            settings.snapshot_path(),
-            dir.path().join("state/snapshot.pb")
-        );
-
-        let error = |file: FileControl| {
-            ControlSettings::from_file(file, Some(dir.path()))
-                .unwrap_err()
-                .to_string()
-        };
-        let message = error(FileControl {
-            url: Some("http://control.test:7443".into()),
-            ..file.clone()
-        });
-        assert!(message.starts_with("control.url:"), "{message}");
-        let message = error(FileControl {
-            ca_file: Some("missing.pem".into()),
-            ..file.clone()
-        });
-        assert!(
-            message.starts_with("control.ca_file: cannot read"),
-            "{message}"
-        );
-        let message = error(FileControl {
-            state_dir: None,
-            ..file.clone()
-        });
-        assert!(
-            message.starts_with("control.state_dir: missing"),
-            "{message}"
-        );
-        std::fs::write(dir.path().join("bad.pem"), "nope").unwrap();
-        let message = error(FileControl {
-            ca_file: Some("bad.pem".into()),
-            ..file
-        });
-        assert!(message.contains("holds no PEM certificate"), "{message}");
-    }
-
-    #[test]
-    fn counters_are_summed_by_label() {
-        use prometheus_client::metrics::counter::Counter;
-        use prometheus_client::metrics::family::Family;
-        let family = Family::<Vec<(String, String)>, Counter>::default();
-        let mut registry = prometheus_client::registry::Registry::default();
-        registry.register("requests", "test", family.clone());
-        family
-            .get_or_create(&vec![("class".into(), "2xx".into())])
-            .inc_by(5);
-        family
-            .get_or_create(&vec![("class".into(), "5xx".into())])
-            .inc_by(2);
-        assert_eq!(sum_counters(&registry, "requests", None), 7);
-        assert_eq!(
-            sum_counters(&registry, "requests", Some("class=\"5xx\"")),
-            2
-        );
-        assert_eq!(sum_counters(&registry, "other", None), 0);
-    }
-
-    #[test]
-    fn process_meters_read_proc() {
-        assert!(resident_bytes() > 0);
-        assert!(cpu_seconds().is_some());
-        let mut rates = RateMeter::default();
-        assert_eq!(rates.rates(10, 1), (0.0, 0.0));
-        std::thread::sleep(Duration::from_millis(20));
-        let (requests, errors) = rates.rates(20, 1);
-        assert!(requests > 0.0 && errors == 0.0);
-    }
 }

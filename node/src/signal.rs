@@ -26,3 +26,24 @@ pub async fn shutdown() {
         std::future::pending::<()>().await;
     }
 }
+
+/// Calls `reload` on every SIGHUP, one reload at a time, until the task is dropped or aborted.
+/// If the handler cannot be installed, logs why and never reloads.
+pub async fn on_reload<F, Fut>(mut reload: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reloading the config needs a restart");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP received, reloading the config");
+        reload().await;
+    }
+}

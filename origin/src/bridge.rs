@@ -50,6 +50,7 @@ pub async fn bridge(
     } = incoming;
     let Some(service) = table.lookup(local_port).cloned() else {
         metrics.streams_unrouted.inc();
+        metrics.errors_total.inc();
         tracing::info!(%remote, port = local_port, edge = ?peer, "stream on a port with no service; closing");
         stream.abort();
         return;
@@ -67,13 +68,33 @@ pub async fn bridge(
             service: service.name.clone(),
         };
         metrics.streams_accepted.get_or_create(&labels).inc();
+        metrics.streams_total.inc();
         let active = metrics.streams_active.get_or_create(&labels).clone();
         active.inc();
         let _active = scopeguard(move || {
             active.dec();
         });
 
-        let connect = tokio::time::timeout(connect_timeout, TcpStream::connect(service.local));
+        let failed = |reason: &'static str| {
+            metrics
+                .local_connect_failures
+                .get_or_create(&FailureLabels {
+                    service: service.name.clone(),
+                    reason,
+                })
+                .inc();
+            metrics.errors_total.inc();
+        };
+        let address = match service.resolve().await {
+            Ok(address) => address,
+            Err(error) => {
+                failed("resolve");
+                tracing::warn!(%error, "local service address does not resolve; resetting the tunnel stream");
+                stream.abort();
+                return;
+            }
+        };
+        let connect = tokio::time::timeout(connect_timeout, TcpStream::connect(address));
         let local = match connect.await {
             Ok(Ok(local)) => local,
             Ok(Err(error)) => {
@@ -82,25 +103,17 @@ pub async fn bridge(
                 } else {
                     "error"
                 };
-                metrics
-                    .local_connect_failures
-                    .get_or_create(&FailureLabels {
-                        service: service.name.clone(),
-                        reason,
-                    })
-                    .inc();
+                failed(reason);
+                service.record_failure(format!("connecting to {address}: {error}"));
                 tracing::warn!(%error, "local service unreachable; resetting the tunnel stream");
                 stream.abort();
                 return;
             }
             Err(_) => {
-                metrics
-                    .local_connect_failures
-                    .get_or_create(&FailureLabels {
-                        service: service.name.clone(),
-                        reason: "timeout",
-                    })
-                    .inc();
+                failed("timeout");
+                service.record_failure(format!(
+                    "connecting to {address}: no answer within {connect_timeout:?}"
+                ));
                 tracing::warn!(
                     timeout = ?connect_timeout,
                     "local service did not accept in time; resetting the tunnel stream"
@@ -109,6 +122,7 @@ pub async fn bridge(
                 return;
             }
         };
+        service.record_success();
         // Request/response traffic: do not let Nagle hold back small writes.
         if let Err(error) = local.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY on the local connection");

@@ -13,164 +13,54 @@
 //! Modules: [`config`] (file form and validated model), [`control`] (snapshots from control), [`service`] (the port -> local address
 //! table), [`bridge`] (one stream to its app), [`metrics`] (Prometheus).
 
+pub mod apply;
 pub mod bridge;
 pub mod config;
-pub mod control;
 pub mod metrics;
 pub mod service;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use kokoa_model::TunnelOptions;
 use kokoa_node::admin::Admin;
 use kokoa_node::drain::{Drain, DrainOutcome};
-use kokoa_tunnel::{PeerConfig, Tunnel, TunnelConfig};
+use kokoa_tunnel::key::PrivateKey;
+use kokoa_tunnel::Tunnel;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinSet;
 
+use crate::apply::OriginApplier;
 pub use crate::config::OriginConfig;
-use crate::metrics::{Metrics, TunnelCollector};
-use crate::service::{Service, ServiceTable, Services};
+use crate::metrics::{Metrics, ServiceHealthCollector, TunnelCollector};
+use crate::service::{ServiceTable, Services};
 
-/// Resolves every host name in `config` and builds the tunnel configuration and service table.
-/// With `lenient_endpoints` (control mode) an edge endpoint that does not resolve now is left
-/// out with a warning (the origin waits for the edge's packets; the next snapshot retries)
-/// instead of failing the whole config.
-async fn prepare(
-    config: &OriginConfig,
-    lenient_endpoints: bool,
-) -> anyhow::Result<(TunnelConfig, ServiceTable)> {
-    let prefer_ipv4 = config.tunnel.listen.is_ipv4();
-    let mut peers = Vec::with_capacity(config.edges.len());
-    for edge in &config.edges {
-        let endpoint = match &edge.endpoint {
-            Some(endpoint) => match endpoint.resolve(prefer_ipv4).await {
-                Ok(addr) => Some(addr),
-                Err(error) if lenient_endpoints => {
-                    tracing::warn!(edge = %edge.name, %endpoint, %error, "cannot resolve the edge's endpoint; waiting for its packets");
-                    None
-                }
-                Err(error) => {
-                    return Err(anyhow::Error::new(error).context(format!(
-                        "resolving edge `{}` endpoint {endpoint}",
-                        edge.name
-                    )))
-                }
-            },
-            None => None,
-        };
-        peers.push(PeerConfig {
-            public_key: edge.public_key,
-            endpoint,
-            allowed_ips: vec![ipnet::Ipv4Net::from(edge.address)],
-            local_address: config.address,
-            persistent_keepalive: edge.keepalive,
-        });
-    }
-    let mut services = Vec::with_capacity(config.services.len());
-    for service in &config.services {
-        let local = service.local.resolve(true).await.with_context(|| {
-            format!(
-                "resolving service `{}` local address {}",
-                service.name, service.local
-            )
-        })?;
-        services.push(Service {
-            name: service.name.clone(),
-            port: service.port,
-            local,
-        });
-    }
-    let table = ServiceTable::new(services)?;
-    let mut tunnel = TunnelConfig::new(config.tunnel.private_key.clone(), config.tunnel.listen);
-    tunnel.mtu = config.tunnel.mtu;
-    tunnel.tcp_buffer = config.tunnel.tcp_buffer;
-    tunnel.peers = peers;
-    tunnel.accept_ports = table.ports();
-    Ok((tunnel, table))
-}
-
-/// Runs the origin until `shutdown` resolves, then stops accepting streams and drains open ones
-/// for up to `config.drain_timeout` before closing the tunnel.
-///
-/// Errors: a host name that does not resolve, or a socket (tunnel UDP, admin TCP) that cannot
-/// be bound. Errors on single streams are logged and counted, never returned.
+/// Runs the origin until `shutdown` resolves. See [`run_with_reload`].
 pub async fn run(config: OriginConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    if config.control.is_some() {
-        return run_control(config, shutdown).await;
-    }
-    let (tunnel_config, table) = prepare(&config, false).await?;
-    let listen = tunnel_config.listen;
-    let (tunnel, incoming) = Tunnel::bind(tunnel_config)
-        .await
-        .with_context(|| format!("binding the tunnel's UDP socket on {listen}"))?;
-    let admin_listener = bind_admin(&config).await?;
-    tracing::info!(
-        public_key = %tunnel.public_key(),
-        udp = %tunnel.local_addr(),
-        admin = %admin_listener.local_addr().unwrap_or(config.admin),
-        address = %config.address,
-        edges = config.edges.len(),
-        services = table.len(),
-        "origin started"
-    );
-    for service in table.iter() {
-        tracing::info!(service = %service.name, port = service.port, local = %service.local, "serving");
-    }
-    let edge_names: HashMap<_, _> = config
-        .edges
-        .iter()
-        .map(|edge| (edge.public_key, edge.name.clone()))
-        .collect();
-    let services = Arc::new(Services::new(table));
-    serve(
-        &config,
-        tunnel,
-        incoming,
-        services,
-        Metrics::default(),
-        edge_names,
-        Vec::new(),
-        admin_listener,
-        shutdown,
-    )
-    .await
+    run_with_reload(config, None, shutdown).await
 }
 
-async fn bind_admin(config: &OriginConfig) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(config.admin)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the admin listener on {} ([origin] admin)",
-                config.admin
-            )
-        })
-}
-
-/// Control mode: binds the tunnel (no peers yet) and the admin listener, applies the persisted
-/// snapshot (so the origin serves while control is unreachable), then follows control.
-async fn run_control(
-    config: OriginConfig,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    use kokoa_node::control::{load_snapshot, ControlClient};
-    use kokoa_proto::v1::snapshot::Node;
-
-    let settings = config
-        .control
-        .clone()
-        .context("run_control needs a [control] table")?;
-    let mut private_key = config.tunnel.private_key.clone();
-    if config.tunnel.key_from_control {
-        match load_snapshot(&settings.state_dir) {
+/// The key and tunnel options the origin starts with: the file's, or in control mode (without
+/// a key of the operator's) those of the persisted snapshot.
+fn startup_tunnel(config: &OriginConfig) -> (PrivateKey, TunnelOptions) {
+    let mut key = config.tunnel.private_key.clone();
+    let mut options = config.tunnel.options;
+    if let Some(settings) = &config.control {
+        match kokoa_node::control::load_snapshot(&settings.state_dir) {
             Ok(Some(snapshot)) => {
-                if let Some(Node::Origin(origin)) = snapshot.node {
-                    if let Ok(key) = kokoa_tunnel::key::PrivateKey::from_base64(&origin.private_key)
+                if let Some(kokoa_proto::v1::snapshot::Node::Origin(origin)) = snapshot.node {
+                    if config.tunnel.key_from_control {
+                        if let Ok(persisted) = PrivateKey::from_base64(&origin.private_key) {
+                            key = persisted;
+                        }
+                    }
+                    if let Some(Ok(persisted)) =
+                        origin.tunnel.as_ref().map(TunnelOptions::from_proto)
                     {
-                        private_key = key;
+                        options = persisted;
                     }
                 }
             }
@@ -178,45 +68,100 @@ async fn run_control(
             Err(error) => tracing::warn!(%error, "cannot read the persisted config"),
         }
     }
-    let mut tunnel_config = TunnelConfig::new(private_key, config.tunnel.listen);
-    tunnel_config.mtu = config.tunnel.mtu;
-    tunnel_config.tcp_buffer = config.tunnel.tcp_buffer;
+    (key, options)
+}
+
+/// Runs the origin until `shutdown` resolves: binds its tunnel and admin listener, applies
+/// what it runs through one [`OriginApplier`] (the file's spec, or control's persisted
+/// snapshot and then control's stream), bridges tunnel streams to local services, and on
+/// shutdown stops accepting and drains open streams for up to `config.drain_timeout`. In file
+/// mode, with `config_path`, SIGHUP re-reads the file and applies it through the same applier;
+/// a file that does not validate is logged and the running config kept.
+///
+/// Errors: a socket (tunnel UDP, admin TCP) that cannot be bound. Errors on single streams are
+/// logged and counted, never returned; a service whose address does not resolve is reported
+/// as unhealthy, never an error.
+pub async fn run_with_reload(
+    config: OriginConfig,
+    config_path: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (private_key, options) = startup_tunnel(&config);
+    let tunnel_config = config.tunnel.tunnel_config(private_key, options);
     let listen = tunnel_config.listen;
     let (tunnel, incoming) = Tunnel::bind(tunnel_config)
         .await
         .with_context(|| format!("binding the tunnel's UDP socket on {listen}"))?;
-    let admin_listener = bind_admin(&config).await?;
-    tracing::info!(
-        control = %settings.url,
-        public_key = %tunnel.public_key(),
-        udp = %tunnel.local_addr(),
-        admin = %admin_listener.local_addr().unwrap_or(config.admin),
-        "origin started in control mode"
-    );
+    let admin_listener = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the admin listener on {} ([origin] admin)",
+                config.admin
+            )
+        })?;
     let metrics = Metrics::default();
     let services = Arc::new(Services::new(ServiceTable::default()));
-    let applier = Arc::new(control::OriginControl::new(
+    let applier = Arc::new(OriginApplier::new(
         config.clone(),
         tunnel.clone(),
         services.clone(),
         &metrics,
     ));
-    let mut client = ControlClient::new(settings, applier);
-    let status = kokoa_node::control::ControlCollector::new(client.status());
-    if client.restore().await == 0 {
-        tracing::warn!(
-            "no config from control yet: no edges and no services until its first snapshot"
-        );
+    let mut collectors: Vec<Box<dyn prometheus_client::collector::Collector>> =
+        vec![Box::new(ServiceHealthCollector::new(services.clone()))];
+    let mut background = Vec::new();
+    let mut edge_names = HashMap::new();
+    match (&config.control, &config.spec) {
+        (Some(settings), _) => {
+            let mut client =
+                kokoa_node::control::ControlClient::new(settings.clone(), applier.clone());
+            collectors.push(Box::new(kokoa_node::control::ControlCollector::new(
+                client.status(),
+            )));
+            if client.restore().await == 0 {
+                tracing::warn!(
+                    "no config from control yet: no edges and no services until its first snapshot"
+                );
+            }
+            tracing::info!(control = %settings.url, "following control");
+            background.push(tokio::spawn(client.run(std::future::pending())));
+        }
+        (None, Some(spec)) => {
+            applier
+                .apply(0, spec, None)
+                .await
+                .context("applying the config")?;
+            edge_names = spec
+                .edges
+                .iter()
+                .map(|edge| (edge.public_key, edge.name.to_string()))
+                .collect();
+            if let Some(path) = config_path {
+                let applier = applier.clone();
+                background.push(tokio::spawn(kokoa_node::signal::on_reload(move || {
+                    let applier = applier.clone();
+                    let path = path.clone();
+                    async move { reload(&applier, &path).await }
+                })));
+            }
+        }
+        (None, None) => anyhow::bail!("the config has neither [control] nor an origin address"),
     }
-    let (client_stop_tx, client_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let client_task = tokio::spawn(client.run(async {
-        let _ = client_stop_rx.await;
-    }));
-    // Stop following control before draining, so no snapshot reopens ports meanwhile.
+    tracing::info!(
+        public_key = %tunnel.public_key(),
+        udp = %tunnel.local_addr(),
+        admin = %admin_listener.local_addr().unwrap_or(config.admin),
+        control = config.control.as_ref().map(|c| c.url.as_str()),
+        "origin started"
+    );
+    // Stop following control and reloading before draining, so no config reopens ports.
     let shutdown = async move {
         shutdown.await;
-        let _ = client_stop_tx.send(());
-        let _ = client_task.await;
+        for task in background {
+            task.abort();
+            let _ = task.await;
+        }
     };
     serve(
         &config,
@@ -224,12 +169,34 @@ async fn run_control(
         incoming,
         services,
         metrics,
-        HashMap::new(),
-        vec![Box::new(status)],
+        edge_names,
+        collectors,
         admin_listener,
         shutdown,
     )
     .await
+}
+
+/// SIGHUP in file mode: the file again, validated by the same model and applied by the same
+/// applier as at start.
+async fn reload(applier: &OriginApplier, path: &std::path::Path) {
+    let config = match OriginConfig::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "reload refused: the file does not validate; the running config is kept");
+            return;
+        }
+    };
+    let Some(spec) = config.spec else {
+        tracing::error!(path = %path.display(), "reload refused: the file now has [control]; restart the origin to switch to control mode");
+        return;
+    };
+    match applier.apply(0, &spec, None).await {
+        Ok(()) => tracing::info!(path = %path.display(), "config reloaded"),
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "reload refused; the running config is kept")
+        }
+    }
 }
 
 /// Serves tunnel streams through `services` until `shutdown`, then drains and closes.

@@ -1,141 +1,57 @@
-//! The `kokoa-origin` binary: parses flags, loads and validates the config before binding any
-//! port, and runs [`kokoa_origin::run`] until SIGTERM or SIGINT.
+//! The `kokoa-origin` binary: the shared node entry point ([`kokoa_node::cli`]) with the
+//! origin's config and [`kokoa_origin::run_with_reload`].
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::io::Read as _;
-use std::path::PathBuf;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
 use kokoa_origin::OriginConfig;
-use kokoa_tunnel::key::PrivateKey;
 
-/// Exit code for a config that cannot be loaded (distinct from runtime failures, which exit 1).
-const EXIT_BAD_CONFIG: u8 = 2;
+struct Origin;
 
-/// Kokoa origin: dials out to edges over userspace WireGuard and bridges tunnel streams to
-/// local services.
-#[derive(Parser, Debug)]
-#[command(name = "kokoa-origin", version, about, long_about = None)]
-struct Cli {
-    /// Path of the origin config file (TOML; see examples/origin.toml).
-    #[arg(
-        long,
-        short = 'c',
-        global = true,
-        env = "KOKOA_ORIGIN_CONFIG",
-        default_value = "/etc/kokoa/origin.toml"
-    )]
-    config: PathBuf,
-    /// Log one JSON object per line instead of human-readable lines.
-    #[arg(long, global = true)]
-    log_json: bool,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
+impl kokoa_node::cli::Node for Origin {
+    const NAME: &'static str = "kokoa-origin";
+    const ABOUT: &'static str = "Kokoa origin: dials out to edges over userspace WireGuard and bridges tunnel streams to local services";
+    const DEFAULT_CONFIG: &'static str = "/etc/kokoa/origin.toml";
+    const CONFIG_ENV: &'static str = "KOKOA_ORIGIN_CONFIG";
+    const VERSION: &'static str = env!("KOKOA_LONG_VERSION");
+    type Config = OriginConfig;
 
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run the origin (the default).
-    Run,
-    /// Print a new WireGuard private key (base64).
-    Genkey,
-    /// Read a private key on stdin and print its public key.
-    Pubkey,
-    /// Load and validate the config, then exit: 0 if valid, 2 if not.
-    CheckConfig,
-}
+    fn load(path: &Path) -> Result<OriginConfig, String> {
+        OriginConfig::load(path).map_err(|e| e.to_string())
+    }
 
-fn load(cli: &Cli) -> Result<OriginConfig, ExitCode> {
-    OriginConfig::load(&cli.config).map_err(|error| {
-        eprintln!("kokoa-origin: bad config {}: {error}", cli.config.display());
-        ExitCode::from(EXIT_BAD_CONFIG)
-    })
+    fn summary(config: &OriginConfig) -> String {
+        match (&config.control, &config.spec) {
+            (Some(control), _) => format!(
+                "control mode: address, edges and services come from {}",
+                control.url
+            ),
+            (None, Some(spec)) => format!(
+                "{} edges, {} services",
+                spec.edges.len(),
+                spec.services.len()
+            ),
+            (None, None) => String::new(),
+        }
+    }
+
+    fn workers(config: &OriginConfig) -> Option<usize> {
+        Some(config.workers)
+    }
+
+    fn run(
+        config: OriginConfig,
+        path: PathBuf,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = anyhow::Result<()>> {
+        kokoa_origin::run_with_reload(config, Some(path), shutdown)
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command.as_ref().unwrap_or(&Command::Run) {
-        Command::Genkey => {
-            println!("{}", PrivateKey::generate().to_base64());
-            ExitCode::SUCCESS
-        }
-        Command::Pubkey => {
-            let mut input = String::new();
-            if let Err(error) = std::io::stdin().read_to_string(&mut input) {
-                eprintln!("kokoa-origin: cannot read a private key on stdin: {error}");
-                return ExitCode::FAILURE;
-            }
-            match PrivateKey::from_base64(input.trim()) {
-                Ok(key) => {
-                    println!("{}", key.public_key().to_base64());
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!(
-                        "kokoa-origin: stdin is not a WireGuard private key ({error}); \
-                         pipe in the output of `kokoa-origin genkey`"
-                    );
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::CheckConfig => match load(&cli) {
-            Ok(config) if config.control.is_some() => {
-                println!(
-                    "{}: ok (control mode: address, edges and services come from {})",
-                    cli.config.display(),
-                    config
-                        .control
-                        .as_ref()
-                        .map(|c| c.url.as_str())
-                        .unwrap_or_default()
-                );
-                ExitCode::SUCCESS
-            }
-            Ok(config) => {
-                println!(
-                    "{}: ok ({} edges, {} services)",
-                    cli.config.display(),
-                    config.edges.len(),
-                    config.services.len()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
-        Command::Run => {
-            let config = match load(&cli) {
-                Ok(config) => config,
-                Err(code) => return code,
-            };
-            kokoa_node::telemetry::init(cli.log_json);
-            let mut builder = if config.workers == 1 {
-                tokio::runtime::Builder::new_current_thread()
-            } else {
-                let mut builder = tokio::runtime::Builder::new_multi_thread();
-                builder.worker_threads(config.workers);
-                builder
-            };
-            let runtime = match builder.enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("kokoa-origin: cannot start the async runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let result =
-                runtime.block_on(kokoa_origin::run(config, kokoa_node::signal::shutdown()));
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "origin failed");
-                    eprintln!("kokoa-origin: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-    }
+    kokoa_node::cli::main::<Origin>()
 }

@@ -37,7 +37,7 @@ pub struct ByteLabels {
 pub struct FailureLabels {
     /// The service name.
     pub service: String,
-    /// `refused`, `timeout` or `error`.
+    /// `resolve`, `refused`, `timeout` or `error`.
     pub reason: &'static str,
 }
 
@@ -54,6 +54,11 @@ pub struct Metrics {
     pub local_connect_failures: Family<FailureLabels, Counter>,
     /// Bytes bridged, by service and direction.
     pub bytes: Family<ByteLabels, Counter>,
+    /// Streams accepted, all services together: what heartbeats report, read from this atomic
+    /// (not registered; `streams_accepted` carries the same count by service).
+    pub streams_total: Counter,
+    /// Streams that failed (unrouted, or the local app unreachable), for heartbeats.
+    pub errors_total: Counter,
 }
 
 impl Metrics {
@@ -234,6 +239,46 @@ impl Collector for TunnelCollector {
             streams
                 .encode_family(&labels)?
                 .encode_gauge(&clamp(peer.active_streams))?;
+        }
+        Ok(())
+    }
+}
+
+/// `kokoa_origin_service_healthy{service}`: 1 while the service's last attempt (a stream, or
+/// the lookup after a reload) reached its app, 0 when it failed (a local address that does not
+/// resolve, an app that refuses). Read from the live service table at scrape time.
+pub struct ServiceHealthCollector {
+    services: std::sync::Arc<crate::service::Services>,
+}
+
+impl ServiceHealthCollector {
+    /// Watches `services`.
+    pub fn new(services: std::sync::Arc<crate::service::Services>) -> Self {
+        Self { services }
+    }
+}
+
+impl std::fmt::Debug for ServiceHealthCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceHealthCollector")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for ServiceHealthCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "kokoa_origin_service_healthy",
+            "1 while the service's local app was reachable at the last attempt, 0 when it was not (unresolvable address, refused, timed out)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for health in self.services.health() {
+            metric
+                .encode_family(&ServiceLabels {
+                    service: health.name,
+                })?
+                .encode_gauge(&i64::from(health.healthy))?;
         }
         Ok(())
     }

@@ -133,6 +133,7 @@ async fn origin_follows_control_and_runs_without_it() {
                 keepalive: 1,
             }],
             services,
+            tunnel: None,
         })),
     };
     let web = |port: u32| Service {
@@ -140,6 +141,7 @@ async fn origin_follows_control_and_runs_without_it() {
         port,
         local: app.to_string(),
         protocol: "tcp".into(),
+        health_path: String::new(),
     };
 
     let dir = tempfile::tempdir().unwrap();

@@ -30,6 +30,7 @@
 pub mod core;
 mod driver;
 pub mod key;
+pub mod settings;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -37,13 +38,14 @@ use std::time::Duration;
 pub use crate::driver::{Incoming, IncomingStream, Tunnel, TunnelStream};
 pub use crate::key::{KeyError, PrivateKey, PublicKey};
 
-/// Default inner MTU: an outer 1500-byte path minus IPv4 (20) + UDP (8) + WireGuard (32)
-/// overhead, with headroom for IPv6 outer headers, as wg-quick uses.
-pub const DEFAULT_MTU: u16 = 1420;
+/// Default inner MTU (the model's [`kokoa_model::tunnel::DEFAULT_MTU`]): an outer 1500-byte
+/// path minus IPv4 (20) + UDP (8) + WireGuard (32) overhead, with headroom for IPv6 outer
+/// headers, as wg-quick uses.
+pub const DEFAULT_MTU: u16 = kokoa_model::tunnel::DEFAULT_MTU;
 
 /// Default per-direction TCP buffer per stream. It is also the TCP window (smoltcp has no
 /// autotuning), so one stream moves at most `DEFAULT_TCP_BUFFER / RTT` bytes per second.
-pub const DEFAULT_TCP_BUFFER: usize = 256 * 1024;
+pub const DEFAULT_TCP_BUFFER: usize = kokoa_model::tunnel::DEFAULT_TCP_BUFFER as usize;
 
 /// Most streams (sockets, including ones closing) one peer's netstack holds at once.
 pub const MAX_STREAMS_PER_PEER: usize = 16384;

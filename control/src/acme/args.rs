@@ -20,10 +20,14 @@ pub const TSIG_SECRET_ENV: &str = "KOKOA_DNS_TSIG_SECRET";
 pub struct AcmeArgs {
     /// ACME directory URL: `letsencrypt`, `letsencrypt-staging`, or any CA's directory URL.
     /// Enables automatic certificates for every route name without a manual certificate.
-    #[arg(long = "acme-directory", value_name = "URL")]
+    #[arg(
+        long = "acme-directory",
+        env = "KOKOA_ACME_DIRECTORY",
+        value_name = "URL"
+    )]
     pub directory: Option<String>,
     /// Contact e-mail for the ACME account (the CA's expiry notices).
-    #[arg(long = "acme-email", value_name = "EMAIL")]
+    #[arg(long = "acme-email", env = "KOKOA_ACME_EMAIL", value_name = "EMAIL")]
     pub email: Option<String>,
     /// PEM CA certificate to trust for the directory's HTTPS (a private or test CA).
     #[arg(long = "acme-ca-file", value_name = "PATH")]
@@ -94,6 +98,17 @@ impl AcmeArgs {
         &self,
         store: Arc<dyn Store>,
     ) -> Result<Option<Arc<CertificateManager>>, AcmeArgsError> {
+        Ok(self
+            .options()?
+            .map(|(options, dns)| CertificateManager::new(store, options, dns)))
+    }
+
+    /// What the flags describe, checked (`kokoa-control check-config` stops here), or `None`
+    /// without `--acme-directory`.
+    #[allow(clippy::type_complexity)]
+    pub fn options(
+        &self,
+    ) -> Result<Option<(AcmeOptions, Option<Arc<dyn DnsProvider>>)>, AcmeArgsError> {
         let Some(directory) = &self.directory else {
             return Ok(None);
         };
@@ -124,7 +139,7 @@ impl AcmeArgs {
                 "dns-01 needs a DNS provider (--dns-rfc2136-server and friends)",
             ));
         }
-        Ok(Some(CertificateManager::new(store, options, dns)))
+        Ok(Some((options, dns)))
     }
 
     /// The RFC 2136 provider, when `--dns-rfc2136-server` is given.

@@ -41,6 +41,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tracing::Instrument as _;
 
+use crate::api::LiveNodes;
 use crate::dns::{DnsError, DnsProvider};
 use crate::store::{
     Actor, Certificate, CertificateSource, Id, Leadership, NewCertificate, Store, StoreError,
@@ -277,6 +278,9 @@ pub struct CertificateManager {
     retries: Mutex<HashMap<Id, RetryState>>,
     forced: Mutex<HashSet<Id>>,
     wake: Notify,
+    /// The nodes connected to this control process (the gRPC server's registry), set by
+    /// [`CertificateManager::watch_connected_nodes`].
+    live: std::sync::OnceLock<Arc<dyn LiveNodes>>,
 }
 
 impl std::fmt::Debug for CertificateManager {
@@ -311,7 +315,16 @@ impl CertificateManager {
             retries: Mutex::new(HashMap::new()),
             forced: Mutex::new(HashSet::new()),
             wake: Notify::new(),
+            live: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes orders wait for every edge connected to this control process to apply the config
+    /// carrying their challenges, not only the edges whose heartbeat the store has seen: an edge
+    /// that has just connected may not have sent one yet, and the CA's validator may pick it.
+    /// Set once (by `serve`, with the gRPC server's registry); later calls are ignored.
+    pub fn watch_connected_nodes(&self, live: Arc<dyn LiveNodes>) {
+        let _ = self.live.set(live);
     }
 
     /// The manager's metrics (register them on the admin registry).
@@ -736,6 +749,83 @@ mod tests {
         assert!(manager.due(&acme, now), "inside the 30 days");
         manager.renew_now(acme.id);
         assert!(manager.forced.lock().contains(&acme.id));
+    }
+
+    /// The ACME flake of issue 16: an edge that has connected but not yet sent a heartbeat must
+    /// still be waited for, or the CA may ask it for a challenge it does not have yet.
+    #[tokio::test]
+    async fn orders_wait_for_connected_edges_without_a_heartbeat() {
+        use crate::grpc::NodeRegistry;
+        use crate::store::{NewEdge, NodeId};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(
+            &format!("sqlite://{}", dir.path().join("c.db").display()),
+            crate::store::MasterKey::generate(),
+        )
+        .await
+        .unwrap();
+        let actor = Actor::Cli;
+        let new_edge = |name: &str| NewEdge {
+            name: name.into(),
+            ..NewEdge::default()
+        };
+        let connected = store
+            .create_edge(&actor, new_edge("connected"))
+            .await
+            .unwrap();
+        let elsewhere = store
+            .create_edge(&actor, new_edge("elsewhere"))
+            .await
+            .unwrap();
+        store
+            .create_edge(&actor, new_edge("offline"))
+            .await
+            .unwrap();
+        let version = store.config_version().await.unwrap();
+        let manager =
+            CertificateManager::new(store.clone(), AcmeOptions::new("https://ca.test/dir"), None);
+        let lagging = || async { order::lagging_edges(&manager, version).await.unwrap() };
+
+        // No edge has sent a heartbeat and none is known to be connected.
+        assert!(lagging().await.is_empty());
+
+        // One connects, running an older config: it is waited for without a heartbeat.
+        let registry = NodeRegistry::default();
+        manager.watch_connected_nodes(Arc::new(registry.clone()));
+        let node = NodeId::Edge(connected.id);
+        let hello = kokoa_proto::v1::Hello {
+            applied_version: version - 1,
+            software_version: "test".into(),
+            hostname: "h".into(),
+        };
+        let session = registry.connect(node, "connected", None, &hello);
+        assert_eq!(lagging().await, ["connected"]);
+
+        // An edge connected to another replica is known by its heartbeat.
+        let other = NodeId::Edge(elsewhere.id);
+        store
+            .record_heartbeat(other, serde_json::json!({}))
+            .await
+            .unwrap();
+        store.record_config_ack(other, version - 1).await.unwrap();
+        assert_eq!(lagging().await, ["connected", "elsewhere"]);
+
+        // Both apply the version: nothing left to wait for ("offline" never counted).
+        registry.acked(node, session, version);
+        store.record_config_ack(other, version).await.unwrap();
+        assert!(lagging().await.is_empty());
+
+        // A connected edge that fell behind again is waited for again.
+        assert_eq!(
+            order::lagging_edges(&manager, version + 1).await.unwrap(),
+            ["connected", "elsewhere"]
+        );
+        registry.disconnect(node, session);
+        assert_eq!(
+            order::lagging_edges(&manager, version + 1).await.unwrap(),
+            ["elsewhere"]
+        );
     }
 
     #[test]

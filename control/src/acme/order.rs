@@ -2,6 +2,7 @@
 //! the validator will look (edges through the store, or DNS), ready, poll, CSR, certificate.
 //! Whatever happens, the published challenges are withdrawn before returning.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use instant_acme::{
@@ -13,7 +14,7 @@ use time::OffsetDateTime;
 use super::{AcmeError, CertificateManager, ChallengeKind, ACTOR};
 use crate::dns::RecordData;
 use crate::store::{
-    AcmeChallengeAnswer, Certificate, CertificateMaterial, NewAcmeChallenge, NodeStatus,
+    AcmeChallengeAnswer, Certificate, CertificateMaterial, Id, NewAcmeChallenge, NodeId, NodeStatus,
 };
 
 /// How long edges may answer a challenge: the validation timeout plus a margin.
@@ -279,27 +280,16 @@ fn choose(
     })
 }
 
-/// Waits until every edge that is online (a heartbeat within the last minute, not unhealthy)
-/// has acknowledged the config version carrying the new challenges, or `propagation_timeout`
-/// passes: the CA's validator may reach any of them.
+/// Waits until every edge the CA's validator may reach has applied the config version carrying
+/// the new challenges, or `propagation_timeout` passes. Such an edge is one connected to this
+/// control process now, whether or not it has sent a heartbeat yet (see
+/// [`CertificateManager::watch_connected_nodes`]), or one with a heartbeat within the last
+/// minute that is not unhealthy (it may be connected to another control replica).
 async fn wait_for_edges(manager: &CertificateManager) -> Result<(), AcmeError> {
     let version = manager.store.config_version().await?;
     let deadline = Instant::now() + manager.options.propagation_timeout;
     loop {
-        let now = OffsetDateTime::now_utc();
-        let edges = manager.store.list_edges().await?;
-        let lagging: Vec<String> = edges
-            .iter()
-            .filter(|edge| {
-                edge.state.status != NodeStatus::Unhealthy
-                    && edge
-                        .state
-                        .last_heartbeat
-                        .is_some_and(|at| now - at < time::Duration::minutes(1))
-                    && edge.state.applied_version.unwrap_or(0) < version
-            })
-            .map(|edge| edge.name.clone())
-            .collect();
+        let lagging = lagging_edges(manager, version).await?;
         if lagging.is_empty() {
             return Ok(());
         }
@@ -313,6 +303,44 @@ async fn wait_for_edges(manager: &CertificateManager) -> Result<(), AcmeError> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The names of the edges that may be asked for a challenge but run a config older than
+/// `version`.
+pub(super) async fn lagging_edges(
+    manager: &CertificateManager,
+    version: u64,
+) -> Result<Vec<String>, AcmeError> {
+    let connected: HashMap<Id, Option<u64>> = manager
+        .live
+        .get()
+        .map(|live| {
+            live.connected()
+                .into_iter()
+                .filter_map(|node| match node.node {
+                    NodeId::Edge(id) => Some((id, node.applied_version)),
+                    NodeId::Origin(_) => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = OffsetDateTime::now_utc();
+    let edges = manager.store.list_edges().await?;
+    Ok(edges
+        .iter()
+        .filter(|edge| {
+            let live = connected.get(&edge.id);
+            let reachable = live.is_some()
+                || (edge.state.status != NodeStatus::Unhealthy
+                    && edge
+                        .state
+                        .last_heartbeat
+                        .is_some_and(|at| now - at < time::Duration::minutes(1)));
+            let applied = edge.state.applied_version.max(live.copied().flatten());
+            reachable && applied.unwrap_or(0) < version
+        })
+        .map(|edge| edge.name.clone())
+        .collect())
 }
 
 /// The CA's reasons for an invalid order, from its authorizations' challenges.

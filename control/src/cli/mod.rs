@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use hyper::Method;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -28,11 +28,20 @@ use client::{segment, ApiClient, DEFAULT_API_URL};
 /// Kokoa control plane: the source of truth for origins, services, edges and routes, streaming
 /// config to every edge and origin over gRPC.
 #[derive(Debug, Parser)]
-#[command(name = "kokoa-control", version = crate::VERSION)]
+#[command(name = "kokoa-control", version = crate::LONG_VERSION)]
 pub struct Cli {
     /// Log as one JSON object per line.
     #[arg(long, global = true)]
     pub log_json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How the client commands reach control: only they take these flags (server commands such as
+/// `serve` and `dev` do not).
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
     /// REST API of a running control (`serve --api`).
     #[arg(long, global = true, env = "KOKOA_API_URL", default_value = DEFAULT_API_URL)]
     pub api_url: String,
@@ -46,9 +55,19 @@ pub struct Cli {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
+}
+
+impl ClientArgs {
+    fn api(&self) -> anyhow::Result<Api> {
+        let trust = match &self.ca_file {
+            Some(path) => client::Trust::CaFile(path.clone()),
+            None => client::Trust::SystemRoots,
+        };
+        Ok(Api {
+            client: ApiClient::with_trust(&self.api_url, self.token.clone(), trust)?,
+            json: self.json,
+        })
+    }
 }
 
 /// Where the database is, for commands that open it directly.
@@ -67,53 +86,98 @@ pub struct StoreArgs {
 pub enum Command {
     /// Run control: the REST API and the gRPC config stream.
     Serve(Box<ServeArgs>),
-    /// Run an edge, an origin and a sample app on loopback with generated keys and a
-    /// self-signed certificate; prints how to reach the app. Ctrl-C stops it.
+    /// Run Kokoa end to end on loopback: control (embedded SQLite), the real kokoa-edge and
+    /// kokoa-origin enrolled through it, and a sample app; prints the app URL and the next
+    /// commands to try. Ctrl-C stops it; a later run resumes from the same directory.
     Dev(DevArgs),
+    /// Check `serve`'s settings (master key, data directory, database URL, CA, ACME flags)
+    /// without binding any port or writing anything: exit 0 if usable, 2 if not.
+    CheckConfig(Box<ServeArgs>),
+    /// Run only the sample app that `dev` publishes (for containers and demos).
+    SampleApp {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8001")]
+        listen: SocketAddr,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (kokoa-control.1 and one per subcommand) into a directory.
+    Man {
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// API tokens (`create` works on the database directly, so the first needs no API token).
     Token {
+        /// How to reach control.
+        #[command(flatten)]
+        client: ClientArgs,
         /// What to do.
         #[command(subcommand)]
         command: TokenCommand,
     },
     /// Dashboard users (`add` works on the database directly, so the first needs nothing else).
     User {
+        /// How to reach control.
+        #[command(flatten)]
+        client: ClientArgs,
         /// What to do.
         #[command(subcommand)]
         command: UserCommand,
     },
     /// Origins: private hosts running kokoa-origin.
     Origin {
+        /// How to reach control.
+        #[command(flatten)]
+        client: ClientArgs,
         /// What to do.
         #[command(subcommand)]
         command: OriginCommand,
     },
     /// Services origins publish into the tunnel.
     Service {
+        /// How to reach control.
+        #[command(flatten)]
+        client: ClientArgs,
         /// What to do.
         #[command(subcommand)]
         command: ServiceCommand,
     },
     /// Edges: public hosts running kokoa-edge.
     Edge {
+        /// How to reach control.
+        #[command(flatten)]
+        client: ClientArgs,
         /// What to do.
         #[command(subcommand)]
         command: EdgeCommand,
     },
     /// HTTP routes: host names to origin services.
     Route {
+        /// How to reach control.
+        #[command(flatten)]
+        client: ClientArgs,
         /// What to do.
         #[command(subcommand)]
         command: RouteCommand,
     },
     /// TLS certificates: ACME-issued and uploaded, with their status.
     Certificate {
+        /// How to reach control.
+        #[command(flatten)]
+        client: ClientArgs,
         /// What to do.
         #[command(subcommand)]
         command: CertificateCommand,
     },
     /// One-time node enrollment tokens.
     NodeToken {
+        /// How to reach control.
+        #[command(flatten)]
+        client: ClientArgs,
         /// What to do.
         #[command(subcommand)]
         command: NodeTokenCommand,
@@ -128,9 +192,21 @@ pub enum Command {
         /// Where to write the tar.gz.
         #[arg(short, long)]
         output: PathBuf,
+        /// Put the node's program in the bundle too, so `install.sh` needs nothing but the
+        /// bundle: the kokoa-edge / kokoa-origin next to this program, or the file given (e.g.
+        /// an aarch64 build for a Raspberry Pi origin).
+        #[arg(long, value_name = "PATH", num_args = 0..=1)]
+        with_binary: Option<Option<PathBuf>>,
+        /// How to reach control.
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Every node: applied config version, last heartbeat, last rejected config.
-    Status,
+    Status {
+        /// How to reach control.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `serve` flags.
@@ -140,13 +216,13 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// File with the base64 master key that seals private keys (else KOKOA_MASTER_KEY).
-    #[arg(long)]
+    #[arg(long, env = "KOKOA_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
     /// Development only: without a master key, create one in DATA_DIR/master.key.
     #[arg(long)]
     pub dev: bool,
     /// REST API and dashboard listener (HTTPS; see --api-plain).
-    #[arg(long, default_value = serve::DEFAULT_API)]
+    #[arg(long, env = "KOKOA_API_LISTEN", default_value = serve::DEFAULT_API)]
     pub api: SocketAddr,
     /// DNS name or IP in the API's certificate from control's CA (repeatable; default: the
     /// --grpc-name names).
@@ -185,14 +261,14 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = crate::web::feed::DEFAULT_MAX_STREAMS)]
     pub ui_max_streams: usize,
     /// gRPC listener (TLS with control's CA).
-    #[arg(long, default_value = serve::DEFAULT_GRPC)]
+    #[arg(long, env = "KOKOA_GRPC_LISTEN", default_value = serve::DEFAULT_GRPC)]
     pub grpc: SocketAddr,
     /// DNS name or IP in the gRPC server certificate (repeatable; default: localhost,
     /// 127.0.0.1 and the host name).
-    #[arg(long = "grpc-name")]
+    #[arg(long = "grpc-name", env = "KOKOA_GRPC_NAMES", value_delimiter = ',')]
     pub grpc_names: Vec<String>,
     /// The gRPC URL bundles tell nodes, e.g. https://control.example.com:7443.
-    #[arg(long)]
+    #[arg(long, env = "KOKOA_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Automatic certificates.
     #[command(flatten)]
@@ -202,12 +278,20 @@ pub struct ServeArgs {
 /// `dev` flags.
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// Directory for the generated configs, keys and certificate.
-    #[arg(long)]
+    /// Directory for control's data, the nodes' files, the API token, the dev CA and the logs
+    /// (default: $XDG_STATE_HOME/kokoa-dev or ~/.local/state/kokoa-dev).
+    #[arg(long, env = "KOKOA_DEV_DIR")]
     pub dir: Option<PathBuf>,
-    /// Host name routed to the sample app.
-    #[arg(long, default_value = "app.localhost")]
+    /// Host name routed to the sample app (names under .localhost reach 127.0.0.1 in browsers
+    /// and curl).
+    #[arg(long, default_value = "app.kokoa.localhost")]
     pub host: String,
+    /// Control's REST API port on 127.0.0.1.
+    #[arg(long, default_value_t = 7080)]
+    pub api_port: u16,
+    /// Control's gRPC port on 127.0.0.1.
+    #[arg(long, default_value_t = 7443)]
+    pub grpc_port: u16,
     /// Edge HTTPS port on 127.0.0.1.
     #[arg(long, default_value_t = 8443)]
     pub https_port: u16,
@@ -223,6 +307,28 @@ pub struct DevArgs {
     /// Sample app port on 127.0.0.1.
     #[arg(long, default_value_t = 8001)]
     pub app_port: u16,
+    /// The kokoa-edge program (default: next to this one, else in PATH).
+    #[arg(long, env = "KOKOA_EDGE_BIN")]
+    pub edge_bin: Option<PathBuf>,
+    /// The kokoa-origin program (default: next to this one, else in PATH).
+    #[arg(long, env = "KOKOA_ORIGIN_BIN")]
+    pub origin_bin: Option<PathBuf>,
+    /// Where control's REST API and gRPC listen (0.0.0.0 in a container).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen: std::net::IpAddr,
+    /// The name nodes dial control by (in their bundles and control's gRPC certificate).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub control_host: String,
+    /// The edge's WireGuard endpoint that origins dial (default 127.0.0.1:TUNNEL_PORT).
+    #[arg(long)]
+    pub edge_endpoint: Option<String>,
+    /// Where the origin reaches the sample app (default: dev runs it on 127.0.0.1:APP_PORT).
+    #[arg(long)]
+    pub app_address: Option<String>,
+    /// Do not start the edge and origin: write their unpacked bundles into DIR/edge and
+    /// DIR/origin for nodes that run elsewhere (containers: see compose.yaml).
+    #[arg(long, value_name = "DIR")]
+    pub bundles_to: Option<PathBuf>,
 }
 
 /// `token` subcommands.
@@ -437,6 +543,14 @@ pub enum NodeKind {
 }
 
 impl NodeKind {
+    /// The node's program.
+    pub fn program(self) -> &'static str {
+        match self {
+            NodeKind::Edge => "kokoa-edge",
+            NodeKind::Origin => "kokoa-origin",
+        }
+    }
+
     fn collection(self) -> &'static str {
         match self {
             NodeKind::Edge => "edge-nodes",
@@ -460,10 +574,23 @@ pub enum NodeTokenCommand {
     },
 }
 
-/// Parses the command line and runs it; the process exit code.
+/// Parses the command line and runs it; the process exit code (2 for `check-config` on
+/// unusable settings, 1 for any other failure).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    kokoa_node::telemetry::init(cli.log_json);
+    match &cli.command {
+        Command::Completions { shell } => {
+            return exit(kokoa_node::docs::completions(
+                Cli::command(),
+                *shell,
+                &mut std::io::stdout(),
+            ))
+        }
+        Command::Man { dir } => return exit(kokoa_node::docs::man_pages(Cli::command(), dir)),
+        // dev logs into its directory, so the terminal shows only what it prints.
+        Command::Dev(_) => {}
+        _ => kokoa_node::telemetry::init(cli.log_json),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -475,68 +602,84 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("kokoa-control: {error:#}");
+            if error.downcast_ref::<serve::BadSettings>().is_some() {
+                ExitCode::from(serve::EXIT_BAD_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kokoa-control: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+impl From<ServeArgs> for ServeOptions {
+    fn from(args: ServeArgs) -> Self {
+        let sessions = sessions(&args);
+        ServeOptions {
+            data_dir: args.store.data_dir,
+            database: args.store.database,
+            master_key_file: args.master_key_file,
+            dev: args.dev,
+            api: args.api,
+            grpc: args.grpc,
+            grpc_names: args.grpc_names,
+            public_url: args.public_url,
+            acme: args.acme,
+            sessions,
+            api_tls: match (
+                args.api_plain,
+                args.api_tls_cert,
+                args.api_tls_key,
+                args.api_tls_acme,
+            ) {
+                (true, ..) => serve::ApiTls::Plain,
+                (_, Some(cert), Some(key), _) => serve::ApiTls::Files { cert, key },
+                (_, _, _, Some(name)) => serve::ApiTls::Acme(name),
+                _ => serve::ApiTls::ControlCa,
+            },
+            api_names: args.api_names,
+            api_max_connections: args.api_max_connections,
+            web: crate::web::WebOptions {
+                secure_cookies: true,
+                max_streams: args.ui_max_streams,
+            },
         }
     }
 }
 
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Cli {
-        api_url,
-        token,
-        ca_file,
-        json,
-        command,
-        ..
-    } = cli;
-    let api = || -> anyhow::Result<Api> {
-        let trust = match &ca_file {
-            Some(path) => client::Trust::CaFile(path.clone()),
-            None => client::Trust::SystemRoots,
-        };
-        Ok(Api {
-            client: ApiClient::with_trust(&api_url, token.clone(), trust)?,
-            json,
-        })
-    };
-    match command {
-        Command::Serve(args) => {
-            let args = *args;
-            let sessions = sessions(&args);
-            let options = ServeOptions {
-                data_dir: args.store.data_dir,
-                database: args.store.database,
-                master_key_file: args.master_key_file,
-                dev: args.dev,
-                api: args.api,
-                grpc: args.grpc,
-                grpc_names: args.grpc_names,
-                public_url: args.public_url,
-                acme: args.acme,
-                sessions,
-                api_tls: match (
-                    args.api_plain,
-                    args.api_tls_cert,
-                    args.api_tls_key,
-                    args.api_tls_acme,
-                ) {
-                    (true, ..) => serve::ApiTls::Plain,
-                    (_, Some(cert), Some(key), _) => serve::ApiTls::Files { cert, key },
-                    (_, _, _, Some(name)) => serve::ApiTls::Acme(name),
-                    _ => serve::ApiTls::ControlCa,
-                },
-                api_names: args.api_names,
-                api_max_connections: args.api_max_connections,
-                web: crate::web::WebOptions {
-                    secure_cookies: true,
-                    max_streams: args.ui_max_streams,
-                },
-            };
-            serve::run(options, kokoa_node::signal::shutdown()).await
+    let log_json = cli.log_json;
+    match cli.command {
+        Command::Serve(args) => serve::run((*args).into(), kokoa_node::signal::shutdown()).await,
+        Command::CheckConfig(args) => {
+            let report = serve::check((*args).into())?;
+            println!("{report}");
+            Ok(())
         }
-        Command::Dev(args) => run_dev(args).await,
+        Command::Dev(args) => run_dev(args, log_json).await,
+        Command::SampleApp { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            eprintln!("kokoa-control sample-app: serving http://{listen}/");
+            tokio::select! {
+                () = dev::app::serve(listener) => Ok(()),
+                () = kokoa_node::signal::shutdown() => Ok(()),
+            }
+        }
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
         Command::Token {
+            client,
             command:
                 TokenCommand::Create {
                     name,
@@ -544,37 +687,59 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     role,
                     store,
                 },
-        } => token_create(&store, &name, ttl_days, role, json).await,
+        } => token_create(&store, &name, ttl_days, role, client.json).await,
         Command::User {
+            client,
             command: UserCommand::Add { name, role, store },
-        } => user_add(&store, &name, role, json).await,
+        } => user_add(&store, &name, role, client.json).await,
         Command::User {
+            client,
             command: UserCommand::List,
-        } => api()?.user_list().await,
+        } => client.api()?.user_list().await,
         Command::User {
+            client,
             command: UserCommand::Rm { name },
-        } => api()?.user_rm(&name).await,
+        } => client.api()?.user_rm(&name).await,
         Command::Token {
+            client,
             command: TokenCommand::List,
-        } => api()?.token_list().await,
+        } => client.api()?.token_list().await,
         Command::Token {
+            client,
             command: TokenCommand::Revoke { name },
-        } => api()?.token_revoke(&name).await,
-        Command::Origin { command } => api()?.origin(command).await,
-        Command::Service { command } => api()?.service(command).await,
-        Command::Edge { command } => api()?.edge(command).await,
-        Command::Route { command } => api()?.route(command).await,
-        Command::Certificate { command } => api()?.certificate(command).await,
+        } => client.api()?.token_revoke(&name).await,
+        Command::Origin { client, command } => client.api()?.origin(command).await,
+        Command::Service { client, command } => client.api()?.service(command).await,
+        Command::Edge { client, command } => client.api()?.edge(command).await,
+        Command::Route { client, command } => client.api()?.route(command).await,
+        Command::Certificate { client, command } => client.api()?.certificate(command).await,
         Command::NodeToken {
+            client,
             command:
                 NodeTokenCommand::Create {
                     kind,
                     name,
                     ttl_hours,
                 },
-        } => api()?.node_token(kind, &name, ttl_hours).await,
-        Command::Bundle { kind, name, output } => api()?.bundle(kind, &name, &output).await,
-        Command::Status => api()?.status().await,
+        } => client.api()?.node_token(kind, &name, ttl_hours).await,
+        Command::Bundle {
+            kind,
+            name,
+            output,
+            with_binary,
+            client,
+        } => {
+            let binary = match with_binary {
+                None => None,
+                Some(None) => Some(dev::nodes::find_binary(kind.program(), None)?),
+                Some(Some(path)) => Some(path),
+            };
+            client
+                .api()?
+                .bundle(kind, &name, &output, binary.as_deref())
+                .await
+        }
+        Command::Status { client } => client.api()?.status().await,
     }
 }
 
@@ -596,33 +761,29 @@ fn sessions(args: &ServeArgs) -> SessionPolicy {
     }
 }
 
-async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
-    let defaults = DevOptions::default();
+async fn run_dev(args: DevArgs, log_json: bool) -> anyhow::Result<()> {
     let options = DevOptions {
-        dir: args.dir.unwrap_or(defaults.dir),
+        dir: args.dir.unwrap_or_else(DevOptions::default_dir),
         host: args.host,
+        api_port: args.api_port,
+        grpc_port: args.grpc_port,
         https_port: args.https_port,
         http_port: args.http_port,
         tunnel_port: args.tunnel_port,
         admin_port: args.admin_port,
         app_port: args.app_port,
+        edge_bin: args.edge_bin,
+        origin_bin: args.origin_bin,
+        log_json,
+        listen: args.listen,
+        control_host: args.control_host,
+        edge_endpoint: args.edge_endpoint,
+        app_address: args.app_address,
+        bundles_to: args.bundles_to,
     };
-    let files = dev::write_files(&options)?;
-    eprintln!(
-        "\nKokoa dev: edge https://127.0.0.1:{https} -> tunnel -> origin -> sample app 127.0.0.1:{app}\n\
-         configs: {edge} and {origin}\n\n  \
-         curl -k --resolve {host}:{https}:127.0.0.1 https://{host}:{https}/\n  \
-         curl --cacert {cert} --resolve {host}:{https}:127.0.0.1 https://{host}:{https}/\n  \
-         curl http://127.0.0.1:{admin}/metrics\n\nCtrl-C stops it.\n",
-        https = options.https_port,
-        app = options.app_port,
-        edge = files.edge_config.display(),
-        origin = files.origin_config.display(),
-        host = options.host,
-        cert = files.certificate.display(),
-        admin = options.admin_port,
-    );
-    dev::run(&options, &files, kokoa_node::signal::shutdown()).await
+    // First, before anything in the directory changes: a second dev on it stops here.
+    let lock = dev::DevLock::acquire(&options.dir)?;
+    dev::run(&options, lock, kokoa_node::signal::shutdown()).await
 }
 
 /// `token create`: opens the database directly (so the first token needs no API token).
@@ -965,15 +1126,28 @@ impl Api {
         kind: NodeKind,
         name: &str,
         output: &std::path::Path,
+        binary: Option<&std::path::Path>,
     ) -> anyhow::Result<()> {
-        let bytes = self
+        let mut bytes = self
             .client
             .call(
                 Method::GET,
                 &format!("/{}/{}/bundle", kind.collection(), segment(name)),
                 None,
             )
-            .await?;
+            .await?
+            .to_vec();
+        let mut carried = String::new();
+        if let Some(path) = binary {
+            let program =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let arch = crate::bundle::elf_machine(&program)
+                .with_context(|| format!("--with-binary {}", path.display()))?;
+            let kind_name = kind.program().trim_start_matches("kokoa-");
+            bytes = crate::bundle::add_binary(&bytes, kind_name, &program)
+                .with_context(|| format!("adding {} to the bundle", path.display()))?;
+            carried = format!(", with {} ({arch})", path.display());
+        }
         // The bundle holds a live enrollment token: keep it private.
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
@@ -989,7 +1163,7 @@ impl Api {
             NodeKind::Origin => "origin",
         };
         self.done(format!(
-            "wrote {} ({} bytes): copy it to the {kind} host, then `tar xzf {} && cd kokoa-{kind}-{name} && sudo ./install.sh`",
+            "wrote {} ({} bytes{carried}): copy it to the {kind} host, then `tar xzf {} && cd kokoa-{kind}-{name} && sudo ./install.sh`",
             output.display(),
             bytes.len(),
             output.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),

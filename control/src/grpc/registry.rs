@@ -10,6 +10,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use crate::api::{LiveNode, LiveNodes};
 use crate::store::{Nack, NodeId};
 
 /// One node as seen by its Watch stream (the latest one when it reconnected).
@@ -238,6 +239,22 @@ impl NodeRegistry {
             info.connected = false;
             info.disconnected_at = Some(OffsetDateTime::now_utc());
         });
+    }
+}
+
+/// The REST API's and the certificate manager's view of the connected nodes.
+impl LiveNodes for NodeRegistry {
+    fn connected(&self) -> Vec<LiveNode> {
+        NodeRegistry::connected(self)
+            .into_iter()
+            .map(|info| LiveNode {
+                node: info.node,
+                applied_version: info.running_version.or(info.applied_version),
+                last_heartbeat: info.last_heartbeat,
+                nack: info.last_nack,
+                in_sync: info.in_sync,
+            })
+            .collect()
     }
 }
 

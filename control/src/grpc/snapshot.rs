@@ -127,6 +127,15 @@ pub fn edge_snapshot(shared: &SharedSnapshot, edge_id: Id) -> Option<pb::EdgeSna
         let Some(service) = services.get(&route.service_id) else {
             continue;
         };
+        let limits = match route_limits(&route.limits) {
+            Ok(limits) => limits,
+            Err(error) => {
+                // Sending the route without its limits would drop its allow/deny lists and
+                // open it to everyone: leave it out, loudly, and serve the others.
+                tracing::error!(route = %route.hostname, %error, "stored route limits do not fit the model; the route is not sent to edges until they are fixed");
+                continue;
+            }
+        };
         names.push(route.hostname.as_str());
         names.extend(route.aliases.iter().map(String::as_str));
         routes.push(pb::Route {
@@ -134,7 +143,7 @@ pub fn edge_snapshot(shared: &SharedSnapshot, edge_id: Id) -> Option<pb::EdgeSna
             aliases: route.aliases.clone(),
             origin: origin.name.clone(),
             port: u32::from(service.port),
-            limits_json: limits_json(&route.limits),
+            limits,
         });
     }
     routes.sort_by(|a, b| a.host.cmp(&b.host));
@@ -152,12 +161,12 @@ pub fn edge_snapshot(shared: &SharedSnapshot, edge_id: Id) -> Option<pb::EdgeSna
             continue;
         }
         certificates.push(pb::Certificate {
-            names: cert.names.clone(),
             chain_pem: chain.clone(),
             key_pem: key.as_str().to_owned(),
+            id: cert.id.to_string(),
         });
     }
-    certificates.sort_by(|a, b| a.names.cmp(&b.names));
+    certificates.sort_by(|a, b| a.id.cmp(&b.id));
 
     Some(pb::EdgeSnapshot {
         name: edge.name.clone(),
@@ -169,6 +178,9 @@ pub fn edge_snapshot(shared: &SharedSnapshot, edge_id: Id) -> Option<pb::EdgeSna
         certificates,
         acme_http_challenges: shared.acme_http_challenges.clone(),
         acme_tls_alpn_challenges: shared.acme_tls_alpn_challenges.clone(),
+        // The store has no per-edge limits or tunnel settings yet: the edges keep their own.
+        limits: None,
+        tunnel: None,
     })
 }
 
@@ -202,6 +214,7 @@ pub fn origin_snapshot(shared: &SharedSnapshot, origin_id: Id) -> Option<pb::Ori
             port: u32::from(v.port),
             local: v.local_address.clone(),
             protocol: v.protocol.as_str().to_owned(),
+            health_path: v.health_path.clone().unwrap_or_default(),
         })
         .collect();
     services.sort_by_key(|v| v.port);
@@ -211,16 +224,21 @@ pub fn origin_snapshot(shared: &SharedSnapshot, origin_id: Id) -> Option<pb::Ori
         address: origin.address().to_string(),
         edges: peers,
         services,
+        tunnel: None,
     })
 }
 
-/// The route's limits as the edge expects them: the JSON object as stored, or empty for none.
-fn limits_json(limits: &serde_json::Value) -> String {
-    match limits {
-        serde_json::Value::Null => String::new(),
-        serde_json::Value::Object(map) if map.is_empty() => String::new(),
-        other => other.to_string(),
+/// The route's limits as typed wire fields, read from the JSON the store keeps through the
+/// model's [`RouteLimits`](kokoa_model::RouteLimits) (the same check the edge applies); `None`
+/// when the route sets none.
+fn route_limits(
+    limits: &serde_json::Value,
+) -> Result<Option<pb::RouteLimits>, kokoa_model::ModelError> {
+    if limits.is_null() {
+        return Ok(None);
     }
+    let limits: kokoa_model::RouteLimits = kokoa_model::from_json_value(limits.clone())?;
+    Ok((!limits.is_empty()).then(|| limits.to_proto()))
 }
 
 /// Whether certificate name `cert_name` (exact or `*.suffix`) is valid for host name `host`
@@ -437,12 +455,12 @@ mod tests {
         assert_eq!(e1.routes[0].origin, "home");
         assert_eq!(e1.routes[0].port, 8001);
         assert_eq!(e1.routes[0].aliases, ["www.app.example.com"]);
-        assert_eq!(e1.routes[0].limits_json, r#"{"rate":10}"#);
+        let limits = e1.routes[0].limits.as_ref().expect("typed limits");
+        assert_eq!(limits.rate, Some(10.0));
+        assert_eq!(limits.burst, None);
         assert_eq!(e1.certificates.len(), 1);
-        assert_eq!(
-            e1.certificates[0].names,
-            ["app.example.com", "www.app.example.com"]
-        );
+        let app = w.shared.store.certificates[0].id.to_string();
+        assert_eq!(e1.certificates[0].id, app);
         assert!(e1.certificates[0].key_pem.starts_with("KEY "));
 
         let e2 = edge_of(&w, &w.e2);
@@ -450,10 +468,7 @@ mod tests {
         let names: Vec<&str> = e2.origins.iter().map(|o| o.name.as_str()).collect();
         assert_eq!(names, ["home", "lab"]);
         assert_eq!(e2.routes.len(), 2);
-        assert_eq!(
-            e2.routes[1].limits_json, "",
-            "empty limits are sent as none"
-        );
+        assert_eq!(e2.routes[1].limits, None, "empty limits are sent as none");
         assert_eq!(
             e2.certificates.len(),
             2,
@@ -491,6 +506,18 @@ mod tests {
         let names: Vec<&str> = home.edges.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["e1", "e2"]);
         assert_eq!(home.services.len(), 1);
+    }
+
+    #[test]
+    fn routes_whose_stored_limits_do_not_fit_the_model_are_left_out() {
+        let mut w = world();
+        w.shared.store.routes[0].limits = json!({"alow": ["10.0.0.0/8"]});
+        let e1 = edge_of(&w, &w.e1);
+        assert!(e1.routes.is_empty(), "{:?}", e1.routes);
+        w.shared.store.routes[0].limits = json!({"rate": -1});
+        assert!(edge_of(&w, &w.e1).routes.is_empty());
+        let e2 = edge_of(&w, &w.e2);
+        assert_eq!(e2.routes.len(), 1, "the other route is still sent");
     }
 
     #[test]
