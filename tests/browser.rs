@@ -167,6 +167,20 @@ impl Browser {
             .to_string())
     }
 
+    /// The flags of a cookie as the browser stored them: (HttpOnly, Secure, SameSite).
+    pub async fn cookie_flags(&self, name: &str) -> anyhow::Result<(bool, bool, Option<String>)> {
+        let cookie = self
+            .client
+            .get_named_cookie(name)
+            .await
+            .with_context(|| format!("no cookie {name}"))?;
+        Ok((
+            cookie.http_only().unwrap_or(false),
+            cookie.secure().unwrap_or(false),
+            cookie.same_site().map(|s| s.to_string()),
+        ))
+    }
+
     /// Saves a PNG of the window at `size` to `dir/name` when screenshots are asked for
     /// ([`screenshot_dir`]).
     pub async fn screenshot(&self, name: &str, size: (u32, u32)) -> anyhow::Result<()> {

@@ -113,6 +113,15 @@ impl App {
             .await?;
         ensure!(status == StatusCode::SEE_OTHER, "login answered {status}");
         let session = cookie(&headers, "kokoa_session").context("session cookie")?;
+        let set_cookie = headers
+            .iter()
+            .find(|(k, v)| k == "set-cookie" && v.starts_with("kokoa_session="))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default();
+        ensure!(
+            set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+            "session cookie flags: {set_cookie}"
+        );
         let cookie = format!("kokoa_session={session}");
         let (status, _, page) = self.send("GET", "/", &[("cookie", &cookie)], None).await?;
         ensure!(status == StatusCode::OK, "overview answered {status}");

@@ -385,6 +385,12 @@ fn dashboard_viewer_changes_nothing_and_csrf_is_required() {
         let b = browser_for(&control, dir.path()).await?;
         login(&b, &control, "root", &admin_password).await?;
         b.find("#live").await?;
+        // The session cookie is out of scripts' reach, HTTPS only, and never sent cross-site.
+        let flags = b.cookie_flags("kokoa_session").await?;
+        ensure!(
+            flags == (true, true, Some("Strict".to_string())),
+            "session cookie flags (HttpOnly, Secure, SameSite): {flags:?}"
+        );
         let session = b.cookie("kokoa_session").await?;
         let csrf = b
             .find("header input[name='_csrf']")
