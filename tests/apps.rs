@@ -2,7 +2,9 @@
 //!
 //! - [`HttpApp`]: HTTP/1.1 (and h2c) with `/echo` (method, path and headers as JSON),
 //!   `/bytes/N` (N deterministic bytes, streamed), `/upload` (SHA-256 and length of the request
-//!   body) and `/stream` (chunks spaced in time). Every response carries `x-app: NAME`.
+//!   body) and `/stream` (chunks spaced in time). Every response carries `x-app: NAME`. Its
+//!   [`AppStats`] count the uploads and downloads in progress and those cut off (the
+//!   connection went away before their end).
 //! - [`WsEchoApp`]: a WebSocket server that echoes every message.
 //! - [`TcpEchoApp`]: echoes raw bytes and half-closes after the client does.
 //! - [`ProxyProtocolApp`]: reads the PROXY protocol v2 header the edge puts in front of a raw
@@ -10,6 +12,8 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -79,25 +83,98 @@ fn full(status: StatusCode, name: &str, body: impl Into<Bytes>) -> Response<Body
     response
 }
 
-async fn handle(name: String, request: Request<Incoming>) -> Response<Body> {
+/// What an [`HttpApp`] is doing and what was cut off under it.
+#[derive(Debug, Default)]
+pub struct AppStats {
+    /// `/upload` bodies being read.
+    pub uploads_active: AtomicUsize,
+    /// `/upload` bodies that ended in an error (the connection went away mid-body).
+    pub uploads_cut: AtomicUsize,
+    /// `/bytes/N` responses being sent.
+    pub downloads_active: AtomicUsize,
+    /// `/bytes/N` responses dropped before their end (the connection went away).
+    pub downloads_cut: AtomicUsize,
+}
+
+impl AppStats {
+    /// `(uploads_active, uploads_cut, downloads_active, downloads_cut)`.
+    pub fn snapshot(&self) -> (usize, usize, usize, usize) {
+        (
+            self.uploads_active.load(Ordering::SeqCst),
+            self.uploads_cut.load(Ordering::SeqCst),
+            self.downloads_active.load(Ordering::SeqCst),
+            self.downloads_cut.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Keeps an upload or download counted as active while it lives; dropped before `done`, it
+/// counts as cut.
+struct InProgress {
+    stats: Arc<AppStats>,
+    upload: bool,
+    done: bool,
+}
+
+impl InProgress {
+    fn new(stats: &Arc<AppStats>, upload: bool) -> Self {
+        let active = if upload {
+            &stats.uploads_active
+        } else {
+            &stats.downloads_active
+        };
+        active.fetch_add(1, Ordering::SeqCst);
+        Self {
+            stats: stats.clone(),
+            upload,
+            done: false,
+        }
+    }
+}
+
+impl InProgress {
+    /// Ends it as complete.
+    fn finish(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        let (active, cut) = if self.upload {
+            (&self.stats.uploads_active, &self.stats.uploads_cut)
+        } else {
+            (&self.stats.downloads_active, &self.stats.downloads_cut)
+        };
+        active.fetch_sub(1, Ordering::SeqCst);
+        if !self.done {
+            cut.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn handle(name: String, stats: Arc<AppStats>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     if let Some(n) = path.strip_prefix("/bytes/") {
         let Ok(len) = n.parse::<u64>() else {
             return full(StatusCode::BAD_REQUEST, &name, "bad length\n");
         };
         const CHUNK: u64 = 64 * 1024;
-        let stream = futures_util::stream::unfold(0u64, move |offset| async move {
-            if offset >= len {
-                return None;
-            }
-            let n = (len - offset).min(CHUNK) as usize;
-            let mut buf = vec![0u8; n];
-            fill_pattern(offset, &mut buf);
-            Some((
-                Ok::<_, Infallible>(Frame::data(Bytes::from(buf))),
-                offset + n as u64,
-            ))
-        });
+        let progress = InProgress::new(&stats, false);
+        let stream =
+            futures_util::stream::unfold((0u64, progress), move |(offset, progress)| async move {
+                if offset >= len {
+                    progress.finish();
+                    return None;
+                }
+                let n = (len - offset).min(CHUNK) as usize;
+                let mut buf = vec![0u8; n];
+                fill_pattern(offset, &mut buf);
+                Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(buf))),
+                    (offset + n as u64, progress),
+                ))
+            });
         let mut response = Response::new(http_body_util::BodyExt::boxed(StreamBody::new(stream)));
         if let Ok(value) = name.parse() {
             response.headers_mut().insert("x-app", value);
@@ -109,6 +186,7 @@ async fn handle(name: String, request: Request<Incoming>) -> Response<Body> {
     }
     match path.as_str() {
         "/upload" => {
+            let progress = InProgress::new(&stats, true);
             let mut body = request.into_body();
             let mut hasher = Sha256::new();
             let mut len = 0u64;
@@ -129,6 +207,7 @@ async fn handle(name: String, request: Request<Incoming>) -> Response<Body> {
                     }
                 }
             }
+            progress.finish();
             full(
                 StatusCode::OK,
                 &name,
@@ -191,6 +270,8 @@ async fn handle(name: String, request: Request<Incoming>) -> Response<Body> {
 pub struct HttpApp {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Uploads and downloads in progress and cut off.
+    pub stats: Arc<AppStats>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -202,6 +283,8 @@ impl HttpApp {
             .context("binding the HTTP app")?;
         let addr = listener.local_addr()?;
         let name = name.to_owned();
+        let stats = Arc::new(AppStats::default());
+        let app_stats = stats.clone();
         let task = tokio::spawn(async move {
             // Owning the connections here means aborting this task cuts every one of them.
             let mut connections = JoinSet::new();
@@ -211,10 +294,12 @@ impl HttpApp {
                         let Ok((stream, _)) = accepted else { continue };
                         let _ = stream.set_nodelay(true);
                         let name = name.clone();
+                        let stats = app_stats.clone();
                         connections.spawn(async move {
                             let service = hyper::service::service_fn(move |request| {
                                 let name = name.clone();
-                                async move { Ok::<_, Infallible>(handle(name, request).await) }
+                                let stats = stats.clone();
+                                async move { Ok::<_, Infallible>(handle(name, stats, request).await) }
                             });
                             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -227,6 +312,7 @@ impl HttpApp {
         });
         Ok(Self {
             addr,
+            stats,
             task: Some(task),
         })
     }

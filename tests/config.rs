@@ -132,6 +132,12 @@ pub struct Limits {
     pub h2_max_concurrent_streams: Option<u32>,
     /// HTTP/2 reset streams pending accept before the connection is closed.
     pub h2_max_pending_reset_streams: Option<usize>,
+    /// Seconds a response may wait on a client that reads nothing (`[limits]` only).
+    pub send_timeout: Option<u64>,
+    /// Seconds a request body may go without bytes (`[limits]` only).
+    pub client_body_timeout: Option<u64>,
+    /// Bytes/s a request body must average while the edge waits (`[limits]` only).
+    pub client_body_min_rate: Option<u64>,
     /// Client CIDRs allowed (with a list, only they pass).
     pub allow: Vec<String>,
     /// Client CIDRs denied (deny wins over allow).
@@ -179,6 +185,15 @@ impl Limits {
         line(
             "h2_max_pending_reset_streams",
             self.h2_max_pending_reset_streams.map(|v| v.to_string()),
+        );
+        line("send_timeout", self.send_timeout.map(|v| v.to_string()));
+        line(
+            "client_body_timeout",
+            self.client_body_timeout.map(|v| v.to_string()),
+        );
+        line(
+            "client_body_min_rate",
+            self.client_body_min_rate.map(|v| v.to_string()),
         );
         let list = |items: &[String]| {
             (!items.is_empty()).then(|| {

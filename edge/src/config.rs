@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use kokoa_model::limits::TimeoutSecs;
 use kokoa_model::{
-    Bounded, Certificate, EdgeLimits, EdgeSpec, HostPattern, HttpRoute, ModelError, OriginPeer,
-    Port, TcpRoute,
+    Bounded, Certificate, EdgeLimits, EdgeSpec, HostPattern, HttpRoute, ModelError, Network,
+    OriginPeer, Port, SniHostCheck, TcpRoute,
 };
 use kokoa_node::control::{ControlSettings, FileControl};
 use kokoa_tunnel::settings::{TunnelFile, TunnelSettings};
@@ -104,6 +104,10 @@ pub struct EdgeConfig {
     pub upstream_keepalive: usize,
     /// How long an idle upstream connection is kept.
     pub upstream_idle_timeout: Duration,
+    /// Proxies in front of the edge whose forwarding headers are believed.
+    pub trusted_proxies: Vec<Network>,
+    /// Whether an HTTPS request's host must agree with its connection's SNI.
+    pub sni_host_check: SniHostCheck,
     /// The tunnel's key, UDP address and options.
     pub tunnel: TunnelSettings,
     /// What the edge serves. From a file: origins, routes, TCP routes, certificates (read
@@ -144,6 +148,8 @@ struct FileEdge {
     max_header_bytes: Option<HeaderBytes>,
     upstream_keepalive: Option<Keepalive>,
     upstream_idle_timeout: Option<TimeoutSecs>,
+    trusted_proxies: Vec<Network>,
+    sni_host_check: SniHostCheck,
 }
 
 #[derive(Deserialize, Default)]
@@ -322,6 +328,8 @@ impl FileConfig {
                 edge.upstream_idle_timeout,
                 DEFAULT_UPSTREAM_IDLE_TIMEOUT_SECS,
             ),
+            trusted_proxies: edge.trusted_proxies,
+            sni_host_check: edge.sni_host_check,
             tunnel,
             spec,
             tls_default,
@@ -505,6 +513,55 @@ origin_address = "10.100.1.1"
         assert_eq!(config.drain_timeout, Duration::from_secs(10));
         assert_eq!(config.tunnel.options.mtu.get(), 1420);
         assert_eq!(config.max_header_bytes, 65536);
+        assert!(config.trusted_proxies.is_empty());
+        assert_eq!(config.sni_host_check, SniHostCheck::Off);
+    }
+
+    #[test]
+    fn http_keys_parse_and_are_checked() {
+        let text = format!(
+            "[edge]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\nsni_host_check = \"certificate\"\n{}",
+            base("[limits]\nsend_timeout = 5\nsend_min_rate = 0\nclient_body_timeout = 7\nclient_body_min_rate = 0\n")
+        );
+        let config = EdgeConfig::from_toml(&text, None).unwrap();
+        let proxies: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(proxies, ["10.0.0.0/8", "2001:db8::1/128"]);
+        assert_eq!(config.sni_host_check, SniHostCheck::Certificate);
+        let limits = config.limits();
+        assert_eq!(limits.send_timeout.get(), 5);
+        assert_eq!(limits.send_min_rate.get(), 0);
+        assert_eq!(limits.client_body_timeout.get(), 7);
+        assert_eq!(limits.client_body_min_rate.get(), 0);
+
+        for (extra, expect) in [
+            ("[limits]\nsend_timeout = 0\n", "limits.send_timeout:"),
+            (
+                "[limits]\nclient_body_timeout = 100000\n",
+                "limits.client_body_timeout:",
+            ),
+            (
+                "[limits]\nclient_body_min_rate = 10000000000\n",
+                "limits.client_body_min_rate:",
+            ),
+            (
+                "[limits]\nsend_min_rate = 10000000000\n",
+                "limits.send_min_rate:",
+            ),
+        ] {
+            let message = error(&base(extra));
+            assert!(message.contains(expect), "{expect}: {message}");
+        }
+        for (edge, expect) in [
+            ("trusted_proxies = [\"nope\"]", "edge.trusted_proxies[0]:"),
+            ("sni_host_check = \"on\"", "edge.sni_host_check:"),
+        ] {
+            let message = error(&format!("[edge]\n{edge}\n{}", base("")));
+            assert!(message.contains(expect), "{expect}: {message}");
+        }
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! The plain HTTP listener: answers ACME HTTP-01 challenges pushed by control
 //! (`GET /.well-known/acme-challenge/<token>`, 404 for unknown tokens, never a redirect) and
-//! redirects every other request to HTTPS.
+//! redirects every other request for a name the edge routes to HTTPS.
 //!
 //! `GET`/`HEAD` get `301 Moved Permanently`; other methods get `308 Permanent Redirect` so that
 //! clients repeat the method and body. `Location` is `https://host[:port]/path?query`, the
-//! port omitted when it is 443.
+//! port omitted when it is 443. A host no route serves gets 404: the edge does not send
+//! clients of arbitrary names (`Host: evil.example`) to an HTTPS address of that name. A head
+//! over `max_header_bytes` gets 431 and several `Host` fields 400, as on the HTTPS port.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -22,13 +25,14 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::acme::AcmeChallenges;
+use crate::head::{self, HeadError};
 use crate::https::SharedHttpLimits;
 use crate::https::{refuse, serve_until_drained};
 use crate::limit::{Activity, ConnectionLimiter, LogSampler};
 use crate::metrics::Metrics;
 use crate::pool::ProxyBody;
-use crate::proxy::{empty, page, ConnectionInfo};
-use crate::route::normalize_host;
+use crate::proxy::{empty, head_refusal, page, ConnectionInfo};
+use crate::route::{normalize_host, RouteTable};
 
 /// Path prefix of ACME HTTP-01 challenges.
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -38,6 +42,8 @@ pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 pub struct HttpServer {
     /// Port written in `Location` (omitted when 443).
     pub https_port: u16,
+    /// The routes: only their names are redirected.
+    pub routes: Arc<ArcSwap<RouteTable>>,
     /// Timeouts and sizes.
     pub limits: SharedHttpLimits,
     /// Metrics.
@@ -79,6 +85,7 @@ impl HttpServer {
             let server = self.clone();
             let info = ConnectionInfo {
                 client,
+                sni: None,
                 drain: drain.clone(),
                 abort: abort.clone(),
                 activity: Arc::new(Activity::default()),
@@ -107,6 +114,7 @@ impl HttpServer {
                         connection,
                         &info,
                         Some(limits.idle_timeout),
+                        limits.timeouts.send,
                         &server.metrics,
                     )
                     .await;
@@ -128,19 +136,28 @@ impl HttpServer {
                 }
             };
         }
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().host())
-            .and_then(normalize_host)
-            .filter(|host| kokoa_model::HostName::new(host).is_ok());
+        if head::head_size(request) > self.limits.load().max_header_bytes {
+            return head_refusal(HeadError::TooLarge, true);
+        }
+        let host = match head::request_host(request) {
+            Ok(host) => {
+                normalize_host(&host).filter(|host| kokoa_model::HostName::new(host).is_ok())
+            }
+            Err(HeadError::NoHost | HeadError::MissingHost) => None,
+            Err(error) => return head_refusal(error, true),
+        };
         let Some(host) = host else {
             return page(
                 StatusCode::BAD_REQUEST,
                 "A valid Host header is required to redirect to HTTPS.",
             );
         };
+        if self.routes.load().lookup(&host).is_none() {
+            return page(
+                StatusCode::NOT_FOUND,
+                "No site is configured for this host name on this server.",
+            );
+        }
         let path_and_query = request
             .uri()
             .path_and_query()
@@ -199,10 +216,26 @@ fn acme_answer(method: &Method, key_authorization: String) -> Response<ProxyBody
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kokoa_model::{EdgeLimits, HttpRoute};
+
+    fn routes() -> Arc<ArcSwap<RouteTable>> {
+        let route = |host: &str| HttpRoute {
+            host: host.parse().unwrap(),
+            aliases: Vec::new(),
+            origin: "home".parse().unwrap(),
+            port: kokoa_model::Port::new(1).unwrap(),
+            limits: Default::default(),
+        };
+        Arc::new(ArcSwap::from_pointee(RouteTable::new(
+            &[route("app.example.com"), route("*.wild.example.com")],
+            &EdgeLimits::default(),
+        )))
+    }
 
     fn answer(port: u16, method: Method, uri: &str, host: Option<&str>) -> Response<ProxyBody> {
         let server = HttpServer {
             https_port: port,
+            routes: routes(),
             limits: Default::default(),
             metrics: Metrics::default(),
             connections: ConnectionLimiter::new(Default::default(), 0, 0),
@@ -232,6 +265,27 @@ mod tests {
     }
 
     #[test]
+    fn only_routed_names_are_redirected() {
+        for host in ["a.wild.example.com", "APP.example.com."] {
+            let response = answer(443, Method::GET, "/", Some(host));
+            assert_eq!(response.status(), StatusCode::MOVED_PERMANENTLY, "{host}");
+        }
+        for host in ["evil.com", "example.com", "a.b.wild.example.com"] {
+            let response = answer(443, Method::GET, "/", Some(host));
+            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{host}");
+            assert!(!response.headers().contains_key(header::LOCATION));
+        }
+        // Absolute form: the target names the host, and the Host header must agree.
+        let response = answer(
+            443,
+            Method::GET,
+            "http://evil.com/x",
+            Some("app.example.com"),
+        );
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
     fn bad_hosts_and_acme_tokens() {
         assert_eq!(
             answer(443, Method::GET, "/", None).status(),
@@ -257,6 +311,7 @@ mod tests {
     fn pending_acme_tokens_get_their_key_authorization() {
         let server = HttpServer {
             https_port: 443,
+            routes: routes(),
             limits: Default::default(),
             metrics: Metrics::default(),
             connections: ConnectionLimiter::new(Default::default(), 0, 0),

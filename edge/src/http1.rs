@@ -24,8 +24,10 @@
 //!
 //! Timeouts: hyper's `header_read_timeout` bounds each request head (counted from the first
 //! byte of a parked connection's request); a connection with no request in flight is closed
-//! after `idle_timeout`, parked or not; when draining begins, parked connections are closed
-//! (TLS `close_notify`, then FIN) and busy ones finish their request first.
+//! after `idle_timeout`, parked or not; a write to a client that stopped reading fails after
+//! `send_timeout` ([`WriteTimeout`]), which ends the connection wherever it is (serving,
+//! parking, closing); when draining begins, parked connections are closed (TLS `close_notify`,
+//! then FIN) and busy ones finish their request first.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -55,6 +57,7 @@ use crate::pool::ProxyBody;
 use crate::proxy::{
     header_has_token, is_websocket_upgrade, ClientUpgraded, ConnectionInfo, Proxy, UpgradeHandoff,
 };
+use crate::timeout::WriteTimeout;
 
 /// How long an HTTP/1.1 connection has no request in flight before it is parked.
 ///
@@ -86,7 +89,10 @@ pub(crate) async fn serve<D: Dialer>(
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers);
     let mut stream = ClientStream {
-        tls,
+        tls: WriteTimeout::new(
+            tls,
+            limits.timeouts.send_clock(metrics.timeout_counter("send")),
+        ),
         prefix: Bytes::new(),
         state: state.clone(),
     };
@@ -117,6 +123,7 @@ pub(crate) async fn serve<D: Dialer>(
         }
         if stream.prefix.is_empty() {
             // Parked: only the TLS stream and this read remain until the client speaks.
+            stream.tls.forget_timer();
             let parked = Parked::new(metrics);
             let wake = Box::pin(wait_for_request(&mut stream, &info, limits, metrics)).await;
             drop(parked);
@@ -405,7 +412,7 @@ impl Body for Tracked {
 /// The client's TLS stream, with bytes already read from it in front, recording whether what
 /// was written to it has been flushed.
 pub(crate) struct ClientStream {
-    tls: Box<TlsStream<TcpStream>>,
+    tls: WriteTimeout<Box<TlsStream<TcpStream>>>,
     prefix: Bytes,
     state: Arc<State>,
 }

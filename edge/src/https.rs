@@ -6,20 +6,35 @@
 //! (`tls_handshake_timeout`); an HTTP/1 request head must arrive within `header_read_timeout`
 //! (slowloris), counted from its first byte, or from the connection's start for the first one
 //! (idle HTTP/1.1 keep-alive connections are parked, see [`crate::http1`]); heads over
-//! `max_header_bytes` or `max_headers` fields get 431 from hyper. HTTP/2 is bounded by
+//! `max_header_bytes` or `max_headers` fields get 431 (from hyper, or from the proxy for heads
+//! hyper parsed past its buffer limit). HTTP/2 is bounded by
 //! `max_concurrent_streams`, the header list size (431), the reset-flood limits (GOAWAY when a
-//! client keeps resetting streams: CVE-2023-44487) and keep-alive PINGs. Any connection with no request in flight for
-//! `idle_timeout` is closed gracefully (HTTP/2 GOAWAY).
+//! client keeps resetting streams: CVE-2023-44487) and keep-alive PINGs. Any connection with no
+//! request in flight for `idle_timeout` is closed gracefully (HTTP/2 GOAWAY; a connection that
+//! does not finish within `send_timeout` of it is dropped). A client that stops reading is cut
+//! off after `send_timeout` ([`crate::timeout`]: the connection when its socket stays
+//! unwritable, one HTTP/2 stream when it stays stuck behind flow control).
+//!
+//! An HTTP/2 request body the edge answered without reading to its end (a 413, a 403, an app
+//! that answered early) is read and discarded for up to [`LINGER_BYTES`] and [`LINGER_TIME`]
+//! before the stream is reset with `NO_ERROR` (RFC 9113 section 8.1): a client that is still
+//! sending a small body finishes it and reads the answer instead of seeing its stream reset
+//! under its upload (curl 7.x reports that as an error and drops the response).
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use kokoa_node::drain::DrainWatch;
 use tokio::net::{TcpListener, TcpStream};
@@ -28,9 +43,20 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument as _;
 
 use crate::dial::Dialer;
+use crate::forwarded::TrustedProxies;
 use crate::limit::{Activity, ConnectionLimiter, LogSampler, Refusal};
 use crate::metrics::Metrics;
 use crate::proxy::{ConnectionInfo, Proxy};
+use crate::sni::SniHostCheck;
+use crate::timeout::TransferTimeouts;
+use crate::timeout::{StreamExecutor, WriteTimeout};
+
+/// Longest time the rest of an HTTP/2 request body is read and discarded once the edge has
+/// answered without it.
+pub const LINGER_TIME: Duration = Duration::from_secs(2);
+/// Most bytes of an HTTP/2 request body read and discarded once the edge has answered without
+/// it.
+pub const LINGER_BYTES: u64 = 1 << 20;
 
 /// What bounds one client connection, HTTP/1 and HTTP/2: the `[edge]` timeouts and sizes and
 /// the `[limits]` of the model. Read once per connection from [`SharedHttpLimits`], so a new
@@ -55,11 +81,19 @@ pub struct HttpLimits {
     pub h2_max_local_error_reset_streams: usize,
     /// Interval of HTTP/2 keep-alive PINGs; `None` disables them.
     pub h2_keepalive_interval: Option<Duration>,
+    /// Send and request body timeouts (`[limits] send_timeout`, `client_body_timeout`, ...).
+    pub timeouts: TransferTimeouts,
+    /// Proxies whose forwarding headers are believed (`[edge] trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
+    /// Whether a request's host must agree with its connection's SNI (`[edge]
+    /// sni_host_check`).
+    pub sni_host_check: SniHostCheck,
 }
 
 impl HttpLimits {
     /// The listener's own deadlines and head size (from `[edge]`) with the client bounds of
-    /// `limits` (the model's `[limits]`).
+    /// `limits` (the model's `[limits]`); no trusted proxies and no SNI check (set those
+    /// fields from `[edge]`).
     pub fn new(
         tls_handshake_timeout: Duration,
         header_read_timeout: Duration,
@@ -77,17 +111,25 @@ impl HttpLimits {
             h2_max_pending_reset_streams: limits.h2_max_pending_reset_streams.as_usize(),
             h2_max_local_error_reset_streams: limits.h2_max_local_error_reset_streams.as_usize(),
             h2_keepalive_interval: (keepalive > 0).then(|| Duration::from_secs(keepalive)),
+            timeouts: TransferTimeouts::from_limits(limits),
+            trusted_proxies: TrustedProxies::default(),
+            sni_host_check: SniHostCheck::default(),
         }
     }
 
-    /// These limits with the client bounds of `limits` (a new `[limits]` from control).
+    /// These limits with the client bounds of `limits` (a new `[limits]` from control); the
+    /// `[edge]` settings stay.
     pub fn with_limits(&self, limits: &kokoa_model::EdgeLimits) -> Self {
-        Self::new(
-            self.tls_handshake_timeout,
-            self.header_read_timeout,
-            self.max_header_bytes,
-            limits,
-        )
+        Self {
+            trusted_proxies: self.trusted_proxies.clone(),
+            sni_host_check: self.sni_host_check,
+            ..Self::new(
+                self.tls_handshake_timeout,
+                self.header_read_timeout,
+                self.max_header_bytes,
+                limits,
+            )
+        }
     }
 }
 
@@ -182,6 +224,7 @@ impl<D: Dialer> HttpsServer<D> {
             let server = self.clone();
             let connection = ConnectionInfo {
                 client,
+                sni: None,
                 drain: drain.clone(),
                 abort: abort.clone(),
                 activity: Arc::new(Activity::default()),
@@ -203,7 +246,7 @@ impl<D: Dialer> HttpsServer<D> {
         }
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, info: ConnectionInfo) {
+    async fn connection(self: Arc<Self>, stream: TcpStream, mut info: ConnectionInfo) {
         let _guard = self.metrics.connection("https");
         let _ = stream.set_nodelay(true);
         // Boxed, as the HTTP connections below: the task itself stays small, and a parked
@@ -234,6 +277,9 @@ impl<D: Dialer> HttpsServer<D> {
         let span = tracing::Span::current();
         span.record("sni", session.server_name().unwrap_or(""));
         span.record("alpn", if h2 { "h2" } else { "http/1.1" });
+        if limits.sni_host_check != SniHostCheck::Off {
+            info.sni = session.server_name().map(Arc::from);
+        }
 
         if !h2 {
             Box::pin(crate::http1::serve(
@@ -255,7 +301,9 @@ impl<D: Dialer> HttpsServer<D> {
         info: ConnectionInfo,
         limits: &HttpLimits,
     ) {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+        let executor =
+            StreamExecutor::new(limits.timeouts.send, self.metrics.timeout_counter("send"));
+        let mut builder = http2::Builder::new(executor);
         builder
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
@@ -268,20 +316,36 @@ impl<D: Dialer> HttpsServer<D> {
         let service = service_fn(move |request| {
             let proxy = proxy.clone();
             let info = service_info.clone();
+            let request = request.map(Lingering::new);
             async move { Ok::<_, Infallible>(proxy.handle(request, &info).await) }
         });
-        let connection = Box::pin(builder.serve_connection(TokioIo::new(tls), service));
-        serve_until_drained(connection, &info, Some(limits.idle_timeout), &self.metrics).await;
+        let io = WriteTimeout::new(
+            tls,
+            limits
+                .timeouts
+                .send_clock(self.metrics.timeout_counter("send")),
+        );
+        let connection = Box::pin(builder.serve_connection(TokioIo::new(io), service));
+        serve_until_drained(
+            connection,
+            &info,
+            Some(limits.idle_timeout),
+            limits.timeouts.send,
+            &self.metrics,
+        )
+        .await;
     }
 }
 
 /// Drives a hyper connection; when draining begins, or when it has had no request in flight
 /// for `idle_timeout`, asks it to finish in-flight requests and close (HTTP/2 GOAWAY, HTTP/1
-/// close after the current response), and gives up when the drain time is up.
+/// close after the current response), and gives up when the drain time is up or, for an idle
+/// connection, `idle_grace` after asking (what is left is data its client does not read).
 pub(crate) async fn serve_until_drained<C, E>(
     connection: C,
     info: &ConnectionInfo,
     idle_timeout: Option<Duration>,
+    idle_grace: Duration,
     metrics: &Metrics,
 ) where
     C: std::future::Future<Output = Result<(), E>> + GracefulShutdown,
@@ -303,24 +367,34 @@ pub(crate) async fn serve_until_drained<C, E>(
             }
         }
     };
-    let result = tokio::select! {
-        result = connection.as_mut() => Some(result),
-        _ = info.drain.signaled() => None,
+    enum Ended<R> {
+        Done(R),
+        Draining,
+        Idle,
+    }
+    let ended = tokio::select! {
+        result = connection.as_mut() => Ended::Done(result),
+        _ = info.drain.signaled() => Ended::Draining,
         _ = idle => {
             if info.activity.close_once() {
                 metrics.idle_closed.inc();
                 tracing::debug!(timeout = ?idle_timeout, "closing idle connection");
             }
-            None
+            Ended::Idle
         }
     };
-    let result = match result {
-        Some(result) => result,
-        None => {
+    let result = match ended {
+        Ended::Done(result) => result,
+        ended => {
+            let idle = matches!(ended, Ended::Idle);
             connection.as_mut().graceful_shutdown();
             tokio::select! {
                 result = connection.as_mut() => result,
                 _ = abort.wait_for(|abort| *abort) => return,
+                _ = tokio::time::sleep(idle_grace), if idle => {
+                    tracing::debug!(grace = ?idle_grace, "idle connection did not finish after GOAWAY; dropping it");
+                    return;
+                }
             }
         }
     };
@@ -378,5 +452,73 @@ where
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         hyper::server::conn::http1::Connection::graceful_shutdown(self)
+    }
+}
+
+/// An HTTP/2 request body that, dropped before its end, is read and discarded in the
+/// background for up to [`LINGER_BYTES`] and [`LINGER_TIME`] (see the module docs).
+#[derive(Debug)]
+pub struct Lingering {
+    inner: Option<Incoming>,
+}
+
+impl Lingering {
+    /// Wraps a client's request body.
+    pub fn new(inner: Incoming) -> Self {
+        Self { inner: Some(inner) }
+    }
+}
+
+impl Body for Lingering {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(mut body) = self.inner.take() else {
+            return;
+        };
+        if body.is_end_stream() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let deadline = tokio::time::Instant::now() + LINGER_TIME;
+            let mut discarded = 0u64;
+            while discarded < LINGER_BYTES {
+                match tokio::time::timeout_at(deadline, body.frame()).await {
+                    Ok(Some(Ok(frame))) => {
+                        discarded += frame.data_ref().map_or(0, |data| data.len() as u64);
+                    }
+                    _ => break,
+                }
+            }
+            tracing::trace!(discarded, "discarded the rest of an unread request body");
+            // Dropping the body now resets the stream (NO_ERROR once the response is complete)
+            // unless the client has ended it.
+        });
     }
 }

@@ -22,14 +22,16 @@
 //! control.
 //!
 //! Modules: [`config`] (the config file), [`apply`] (a spec onto the running edge),
-//! [`route`], [`sni`], [`dial`], [`pool`], [`proxy`], [`https`], [`http`], [`tcp`],
-//! [`limit`], [`acl`], [`proxy_protocol`], [`metrics`].
+//! [`route`], [`sni`], [`dial`], [`pool`], [`proxy`], [`head`], [`forwarded`], [`https`],
+//! [`http`], [`tcp`], [`limit`], [`timeout`], [`acl`], [`proxy_protocol`], [`metrics`].
 
 pub mod acl;
 pub mod acme;
 pub mod apply;
 pub mod config;
 pub mod dial;
+pub mod forwarded;
+pub mod head;
 pub mod http;
 pub mod http1;
 pub mod https;
@@ -41,6 +43,7 @@ pub mod proxy_protocol;
 pub mod route;
 pub mod sni;
 pub mod tcp;
+pub mod timeout;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -138,12 +141,16 @@ impl<D: Dialer> Edge<D> {
             metrics.clone(),
             connections.clone(),
         ));
-        let http_limits = Arc::new(ArcSwap::from_pointee(HttpLimits::new(
-            config.tls_handshake_timeout,
-            config.header_read_timeout,
-            config.max_header_bytes,
-            &limits,
-        )));
+        let http_limits = Arc::new(ArcSwap::from_pointee(HttpLimits {
+            trusted_proxies: forwarded::TrustedProxies::new(&config.trusted_proxies),
+            sni_host_check: config.sni_host_check,
+            ..HttpLimits::new(
+                config.tls_handshake_timeout,
+                config.header_read_timeout,
+                config.max_header_bytes,
+                &limits,
+            )
+        }));
         Self {
             routes: Arc::new(ArcSwap::from_pointee(RouteTable::new(
                 &config.spec.routes,
@@ -224,6 +231,7 @@ impl<D: Dialer> Edge<D> {
         );
         let proxy = Arc::new(Proxy::new(
             self.routes.clone(),
+            self.certificates.clone(),
             pool,
             self.metrics.clone(),
             self.http_limits.clone(),
@@ -251,6 +259,7 @@ impl<D: Dialer> Edge<D> {
         tokio::spawn(https.serve(listeners.https, drain_watch.clone(), abort_rx.clone()));
         let http = Arc::new(http::HttpServer {
             https_port,
+            routes: self.routes.clone(),
             limits: self.http_limits.clone(),
             metrics: self.metrics.clone(),
             connections: connections.clone(),

@@ -71,6 +71,14 @@ pub struct DialLabels {
     pub reason: &'static str,
 }
 
+/// Labels of timeout counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    /// `client_body` (a request body stalled or too slow) or `send` (a client that stopped
+    /// reading its response: connection or HTTP/2 stream reset).
+    pub kind: &'static str,
+}
+
 fn duration_histogram() -> Histogram {
     // 1 ms .. ~65 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -105,6 +113,8 @@ pub struct Metrics {
     pub idle_closed: Counter,
     /// HTTP/1.1 client connections parked: idle, holding no HTTP buffers (see `http1`).
     pub parked: Gauge,
+    /// Request bodies and responses cut off by `client_body_timeout` / `send_timeout`.
+    pub timeouts: Family<TimeoutLabels, Counter>,
     /// Requests answered, all routes together: what heartbeats report, read from this atomic
     /// (not registered; `requests` carries the same count by label).
     pub requests_total: Counter,
@@ -128,6 +138,7 @@ impl Default for Metrics {
             body_too_large: Family::default(),
             idle_closed: Counter::default(),
             parked: Gauge::default(),
+            timeouts: Family::default(),
             requests_total: Counter::default(),
             errors_total: Counter::default(),
         }
@@ -203,6 +214,16 @@ impl Metrics {
             "Idle HTTP/1.1 client connections parked without HTTP buffers until their next request",
             self.parked.clone(),
         );
+        edge.register(
+            "timeouts",
+            "Request bodies (client_body_timeout, client_body_min_rate) and responses (send_timeout) cut off because the client stalled",
+            self.timeouts.clone(),
+        );
+    }
+
+    /// The timeout counter of `kind` (`client_body` or `send`).
+    pub fn timeout_counter(&self, kind: &'static str) -> Counter {
+        self.timeouts.get_or_create(&TimeoutLabels { kind }).clone()
     }
 
     /// Counts an answered request of `host` (the route's host, or `unrouted`) by status

@@ -50,9 +50,10 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// closed before the request could be written.
 const MAX_STALE_RETRIES: usize = 3;
 
-/// The URI that addresses `port` on `origin` in the pool (path and query appended by callers).
+/// The URI that addresses `port` on `origin` in the pool (path and query appended by callers;
+/// `*` stays `*`, the target of `OPTIONS *`).
 pub fn service_uri(origin: &str, port: u16, path_and_query: &str) -> Result<Uri, http::Error> {
-    let path = if path_and_query.starts_with('/') {
+    let path = if path_and_query.starts_with('/') || path_and_query == "*" {
         path_and_query
     } else {
         "/"
@@ -372,7 +373,10 @@ mod tests {
         assert_eq!(uri.host(), Some("home_1"));
         assert_eq!(uri.port_u16(), Some(8001));
         assert_eq!(uri.path_and_query().unwrap().as_str(), "/a?b=c");
-        assert_eq!(service_uri("o", 1, "*").unwrap().path(), "/");
+        assert_eq!(service_uri("o", 1, "x").unwrap().path(), "/");
+        let star = service_uri("o", 1, "*").unwrap();
+        assert_eq!(star.authority().unwrap().as_str(), "o:1");
+        assert_eq!(Uri::from(star.path_and_query().unwrap().clone()), "*");
     }
 
     /// What a scripted origin saw: request heads, and which connections ended.

@@ -1,33 +1,44 @@
 //! The HTTP proxy: one request from a client (HTTP/1.1 or HTTP/2 over TLS) to an origin
 //! service (HTTP/1.1 through the tunnel) and back.
 //!
-//! Per request: find the host (`Host` for HTTP/1.1, `:authority` for HTTP/2), look it up in the
-//! current [`RouteTable`] snapshot, rewrite the head (strip hop-by-hop headers, add
-//! `X-Forwarded-*` and `X-Real-IP`), send it over the keep-alive [`Pool`], and stream the
+//! Per request: check the head ([`crate::head`]: one `Host` agreeing with the target, the
+//! size of the head, the target's form), find the host (the target's authority or HTTP/2's
+//! `:authority`, else `Host`), look it up in the current [`RouteTable`] snapshot, rewrite the
+//! head (strip hop-by-hop headers, join HTTP/2's split `cookie` fields, replace the forwarding
+//! headers, [`crate::forwarded`]), send it over the keep-alive [`Pool`], and stream the
 //! response back. Bodies pass through frame by frame in both directions; nothing is buffered
 //! whole. A WebSocket upgrade is forwarded and, once the origin answers 101, both upgraded
-//! connections are spliced byte for byte.
+//! connections are spliced byte for byte. `CONNECT` is not forwarded (405): the edge is a
+//! reverse proxy, not a tunnel to arbitrary ports.
 //!
 //! Admission, in this order, once the route is known and before anything goes upstream: the
-//! route's allow/deny list (403), its request rate limit (429 with `Retry-After`), its body
-//! size limit by `Content-Length` (413). A body without a length (chunked, or HTTP/2 without
+//! connection's SNI against the host (421, when `sni_host_check` asks for it), the route's
+//! allow/deny list (403), its request rate limit (429 with `Retry-After`), its body size limit
+//! by `Content-Length` (413). A body without a length (chunked, or HTTP/2 without
 //! `content-length`) is counted as it streams: going over the limit aborts the upstream request
 //! and the client gets 413 if the origin has not answered yet. If the origin already answered
 //! (it replied before reading the whole body), that answer is passed on and the upload is cut
 //! off there: the origin sees its request body end with an error, the client sees the
 //! connection close after the response.
 //!
+//! A request body that fails on the client's side is the client's error, never the origin's:
+//! broken chunked framing, a client that went away mid-body (400), a body that stalls or
+//! dribbles ([`crate::timeout`]: 408). The upstream connection is closed either way, so the
+//! origin's app sees its request end.
+//!
 //! Requests refused with 403 or 429 write no access log line: they are counted in metrics and
 //! logged at most once per second per route (with the number of lines suppressed), so a flood
 //! of refused requests costs neither disk nor much CPU.
 //!
-//! Status codes the edge makes itself: 404 (no route for the host), 400 (no usable host),
-//! 403 (allow/deny list), 413 (body too large), 429 (rate limited), 431 (too many header
-//! fields; hyper answers 431 itself for an oversized HTTP/1 head and HTTP/2 header list),
-//! 502 (the origin refused, reset or broke the connection), 503 (the origin could not be
-//! reached: unknown, down, or the tunnel timed out). See [`crate::dial::DialError::status`].
+//! Status codes the edge makes itself: 400 (no usable host, several `Host` fields, a `Host`
+//! that disagrees with the target, a malformed request body), 403 (allow/deny list), 404 (no
+//! route for the host), 405 (`CONNECT`), 408 (request body timed out), 413 (body too large),
+//! 421 (host and SNI disagree), 429 (rate limited), 431 (too many header fields or a head over
+//! `max_header_bytes`), 502 (the origin refused, reset or broke the connection), 503 (the
+//! origin could not be reached: unknown, down, or the tunnel timed out). See
+//! [`crate::dial::DialError::status`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -47,11 +58,15 @@ use tokio::sync::{oneshot, watch};
 use tracing::Instrument as _;
 
 use crate::dial::Dialer;
-use crate::https::SharedHttpLimits;
+use crate::forwarded;
+use crate::head::{self, HeadError};
+use crate::https::{HttpLimits, SharedHttpLimits};
 use crate::limit::{Activity, InFlight};
 use crate::metrics::{status_class, ByteLabels, Metrics};
 use crate::pool::{dial_error, service_uri, BoxError, Pool, ProxyBody};
-use crate::route::{Route, RouteTable};
+use crate::route::{normalize_host, Route, RouteTable};
+use crate::sni::{host_permitted, CertStore, SniHostCheck};
+use crate::timeout::{self, TransferClock};
 
 /// The route label of requests no route matched.
 const UNROUTED: &str = "unrouted";
@@ -59,10 +74,6 @@ const UNROUTED: &str = "unrouted";
 /// Target of the access log lines (one per request, at `info`).
 pub const ACCESS_LOG_TARGET: &str = "kokoa_edge::access";
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// A request body the proxy forwards: hyper's [`hyper::body::Incoming`] or a wrapper around it.
@@ -134,6 +145,9 @@ fn client_upgrade<B>(request: &mut Request<B>) -> ClientUpgrade {
 pub struct ConnectionInfo {
     /// The client's address.
     pub client: SocketAddr,
+    /// The server name the client's TLS handshake asked for (only recorded when
+    /// `sni_host_check` needs it).
+    pub sni: Option<Arc<str>>,
     /// Held by spliced WebSocket connections so that draining waits for them.
     pub drain: DrainWatch,
     /// Becomes `true` when the drain time is up: spliced connections close at once.
@@ -145,23 +159,29 @@ pub struct ConnectionInfo {
 /// The proxy service shared by every HTTPS connection.
 pub struct Proxy<D: Dialer> {
     routes: Arc<ArcSwap<RouteTable>>,
+    certificates: Arc<ArcSwap<CertStore>>,
     pool: Pool<D>,
     metrics: Metrics,
     limits: SharedHttpLimits,
+    body_timeouts: Counter,
 }
 
 impl<D: Dialer> Proxy<D> {
-    /// Routes with the current table in `routes` and forwards over `pool`; requests with more
-    /// than `limits`' `max_headers` header fields get 431.
+    /// Routes with the current table in `routes` and forwards over `pool`, checking each
+    /// request against the `limits` in force (`certificates`: what the edge serves, for
+    /// `sni_host_check`).
     pub fn new(
         routes: Arc<ArcSwap<RouteTable>>,
+        certificates: Arc<ArcSwap<CertStore>>,
         pool: Pool<D>,
         metrics: Metrics,
         limits: SharedHttpLimits,
     ) -> Self {
         Self {
             routes,
+            certificates,
             pool,
+            body_timeouts: metrics.timeout_counter("client_body"),
             metrics,
             limits,
         }
@@ -174,19 +194,25 @@ impl<D: Dialer> Proxy<D> {
         request: Request<B>,
         connection: &ConnectionInfo,
     ) -> Response<ProxyBody> {
-        let raw_host = request_host(&request);
+        let host = head::request_host(&request);
+        let raw_host = host.as_deref().unwrap_or("");
+        // The client the request is for: the peer, or whom a trusted proxy names.
+        let limits = self.limits.load_full();
+        let client = limits
+            .trusted_proxies
+            .client(connection.client.ip(), request.headers());
         let span = tracing::info_span!(
             "request",
             method = %request.method(),
-            host = raw_host.as_deref().unwrap_or(""),
+            host = raw_host,
             path = request.uri().path(),
         );
         // The line's strings are only copied when access logging is on.
         let logged = tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO);
         let mut log = AccessLog {
-            client: connection.client,
+            client,
             host: if logged {
-                raw_host.clone().unwrap_or_default()
+                raw_host.to_owned()
             } else {
                 String::new()
             },
@@ -204,17 +230,13 @@ impl<D: Dialer> Proxy<D> {
             quiet: false,
         };
         let in_flight = connection.activity.begin();
-        // hyper enforces the count for HTTP/1 heads (answering 431 itself); HTTP/2 only bounds
-        // the header list's size, so the count is checked here.
-        let response = if request.headers().len() > self.limits.load().max_headers {
-            page(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "The request has too many header fields.",
-            )
-        } else {
-            self.forward(request, raw_host, connection, &mut log)
-                .instrument(span)
-                .await
+        let response = match self.check_head(&request, host, &limits) {
+            Err(error) => head_refusal(error, request.version() < Version::HTTP_2),
+            Ok(host) => {
+                self.forward(request, host, client, connection, &limits, &mut log)
+                    .instrument(span)
+                    .await
+            }
         };
         log.status = response.status();
         let route_host = log
@@ -228,11 +250,32 @@ impl<D: Dialer> Proxy<D> {
             Metered {
                 inner: body,
                 counter,
-                log: Some(log),
-                in_flight: Some(in_flight),
+                log,
+                _in_flight: in_flight,
             }
             .boxed_unsync()
         })
+    }
+
+    /// The host of a request whose head the edge accepts, or why it is refused.
+    fn check_head<B>(
+        &self,
+        request: &Request<B>,
+        host: Result<String, HeadError>,
+        limits: &HttpLimits,
+    ) -> Result<String, HeadError> {
+        // hyper enforces the count for HTTP/1 heads (answering 431 itself); HTTP/2 only bounds
+        // the header list's size, so the count is checked here.
+        if request.headers().len() > limits.max_headers {
+            return Err(HeadError::TooManyFields);
+        }
+        if request.version() < Version::HTTP_2 && head::head_size(request) > limits.max_header_bytes
+        {
+            return Err(HeadError::TooLarge);
+        }
+        let host = host?;
+        head::check_target(request)?;
+        Ok(host)
     }
 
     fn bytes_counter(&self, route: &str, direction: &'static str) -> Counter {
@@ -248,16 +291,12 @@ impl<D: Dialer> Proxy<D> {
     async fn forward<B: RequestBody>(
         &self,
         mut request: Request<B>,
-        raw_host: Option<String>,
+        raw_host: String,
+        client: IpAddr,
         connection: &ConnectionInfo,
+        limits: &HttpLimits,
         log: &mut AccessLog,
     ) -> Response<ProxyBody> {
-        let Some(raw_host) = raw_host else {
-            return page(
-                StatusCode::BAD_REQUEST,
-                "The request names no host (Host header or :authority).",
-            );
-        };
         let routes = self.routes.load();
         let Some(route) = routes.lookup(&raw_host).cloned() else {
             return page(
@@ -268,8 +307,33 @@ impl<D: Dialer> Proxy<D> {
         drop(routes);
         log.route = Some(route.clone());
 
+        if limits.sni_host_check != SniHostCheck::Off {
+            let host = normalize_host(&raw_host).unwrap_or_default();
+            let sni = connection.sni.as_deref();
+            if !host_permitted(limits.sni_host_check, sni, &host, &self.certificates.load()) {
+                tracing::debug!(
+                    sni = sni.unwrap_or(""),
+                    "host and SNI disagree (sni_host_check)"
+                );
+                return page(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "This connection was opened for another site: retry on a new connection.",
+                );
+            }
+        }
+        if request.method() == Method::CONNECT {
+            let mut response = page(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "This server does not open tunnels (CONNECT).",
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, head::ALLOWED_METHODS);
+            return response;
+        }
+
         // Admission: the route is known and nothing has been sent upstream yet.
-        if let Some(refusal) = self.admit(&request, &route, connection) {
+        if let Some(refusal) = self.admit(&request, &route, client) {
             log.quiet = matches!(
                 refusal.status(),
                 StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
@@ -277,10 +341,17 @@ impl<D: Dialer> Proxy<D> {
             return refusal;
         }
 
+        let http1 = request.version() < Version::HTTP_2;
         let websocket = is_websocket_upgrade(&request);
         let client_upgrade = websocket.then(|| client_upgrade(&mut request));
+        let peer = connection.client.ip();
+        let origin = forwarded::Origin {
+            peer,
+            trusted: limits.trusted_proxies.contains(peer),
+            client,
+        };
         let upstream =
-            match self.upstream_request(request, &raw_host, &route, connection, websocket) {
+            match self.upstream_request(request, &raw_host, &route, origin, websocket, limits) {
                 Ok(upstream) => upstream,
                 Err(error) => {
                     tracing::debug!(%error, "cannot build the upstream request");
@@ -295,6 +366,26 @@ impl<D: Dialer> Proxy<D> {
                 return page(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "The request body is larger than this site accepts.",
+                );
+            }
+            Err(error) if timeout::is_timeout(&error) => {
+                tracing::debug!(error = %error_chain(&error), "request body timed out");
+                return closing(
+                    page(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "The request body did not arrive in time.",
+                    ),
+                    http1,
+                );
+            }
+            Err(error) if client_body_failed(&error) => {
+                tracing::debug!(error = %error_chain(&error), "the client's request body failed");
+                return closing(
+                    page(
+                        StatusCode::BAD_REQUEST,
+                        "The request body is malformed or was cut off.",
+                    ),
+                    http1,
                 );
             }
             Err(error) => {
@@ -365,15 +456,14 @@ impl<D: Dialer> Proxy<D> {
         Response::from_parts(parts, body)
     }
 
-    /// The refusal for a request the route does not admit, or `None` to go ahead.
+    /// The refusal for a request the route does not admit to `client`, or `None` to go ahead.
     fn admit<B: RequestBody>(
         &self,
         request: &Request<B>,
         route: &Route,
-        connection: &ConnectionInfo,
+        client: IpAddr,
     ) -> Option<Response<ProxyBody>> {
         let admission = &route.admission;
-        let client = connection.client.ip();
         if !admission.policy.acl.permits(client) {
             Metrics::host_counter(&self.metrics.acl_denied, &route.host).inc();
             if let Some(suppressed) = admission.acl_log.sample() {
@@ -435,62 +525,84 @@ impl<D: Dialer> Proxy<D> {
         request: Request<B>,
         raw_host: &str,
         route: &Route,
-        connection: &ConnectionInfo,
+        origin: forwarded::Origin,
         websocket: bool,
+        limits: &HttpLimits,
     ) -> Result<Request<ProxyBody>, BoxError> {
         let (mut parts, body) = request.into_parts();
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        parts.uri = service_uri(&route.origin, route.port, path_and_query)?;
+        let target = if head::is_asterisk_form(&parts.uri) {
+            "*"
+        } else {
+            parts
+                .uri
+                .path_and_query()
+                .map(|pq| pq.as_str())
+                .unwrap_or("/")
+        };
+        parts.uri = service_uri(&route.origin, route.port, target)?;
+        let from_h2 = parts.version == Version::HTTP_2;
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
         let host = HeaderValue::from_str(raw_host)?;
         headers.insert(header::HOST, host.clone());
-        add_forwarded(headers, connection.client, host);
+        forwarded::rewrite(headers, origin, &host);
+        if from_h2 {
+            join_cookies(headers);
+        }
         if websocket {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
-        let body = Metered {
+        let limit = route.admission.policy.max_body_bytes;
+        let deadline =
+            (!body.is_end_stream()).then(|| limits.timeouts.body_clock(self.body_timeouts.clone()));
+        let body = ClientBody {
             inner: body,
             counter: self.bytes_counter(&route.host, "in"),
-            log: None,
-            in_flight: None,
-        }
-        .map_err(BoxError::from);
-        let body = match route.admission.policy.max_body_bytes {
-            Some(max) => BodyLimit {
-                inner: body,
-                remaining: max,
-                limit: max,
-            }
-            .boxed_unsync(),
-            None => body.boxed_unsync(),
+            limit,
+            remaining: limit.unwrap_or(u64::MAX),
+            deadline,
         };
-        Ok(Request::from_parts(parts, body))
+        Ok(Request::from_parts(parts, body.boxed_unsync()))
     }
 }
 
-/// The host a request is for: `:authority` for HTTP/2 (hyper puts it in the URI), the `Host`
-/// header for HTTP/1.x (falling back to an absolute-form URI).
-pub fn request_host<B>(request: &Request<B>) -> Option<String> {
-    let from_uri = request.uri().authority().map(|a| a.as_str().to_owned());
-    let from_header = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned);
-    let host = if request.version() == Version::HTTP_2 {
-        from_uri.or(from_header)
-    } else {
-        from_header.or(from_uri)
-    };
-    host.filter(|h| !h.is_empty())
+/// HTTP/2 lets a client send `cookie` as several fields (RFC 9113 section 8.2.3); an HTTP/1.1
+/// app expects one, so they are joined with "; " into one.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// The answer to a refused request head; an HTTP/1 connection closes after it (its framing is
+/// in doubt).
+pub fn head_refusal(error: HeadError, http1: bool) -> Response<ProxyBody> {
+    closing(page(error.status(), &error.to_string()), http1)
+}
+
+/// `response` with `Connection: close` for an HTTP/1 client: the edge did not read its request
+/// body to the end, so the connection cannot carry another request.
+fn closing(mut response: Response<ProxyBody>, http1: bool) -> Response<ProxyBody> {
+    if http1 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 pub(crate) fn header_has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
@@ -542,30 +654,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto: https`,
-/// `X-Forwarded-Host` and `X-Real-IP`.
-pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: HeaderValue) {
-    let ip = client.ip().to_string();
-    let previous: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
-        .collect();
-    let forwarded_for = if previous.is_empty() {
-        ip.clone()
-    } else {
-        format!("{}, {ip}", previous.join(", "))
-    };
-    let ip_value = HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown"));
-    let forwarded_for = HeaderValue::from_str(&forwarded_for).unwrap_or_else(|_| ip_value.clone());
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
-    headers.insert(X_FORWARDED_HOST.clone(), host);
-    headers.insert(X_REAL_IP.clone(), ip_value);
-}
-
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -611,7 +699,7 @@ pub fn page(status: StatusCode, text: &str) -> Response<ProxyBody> {
 /// One access log line, written when the response body ends (or is dropped by a client that
 /// went away), so that it carries the bytes sent and the full duration.
 struct AccessLog {
-    client: SocketAddr,
+    client: IpAddr,
     host: String,
     method: Method,
     path: String,
@@ -635,7 +723,7 @@ impl Drop for AccessLog {
         }
         tracing::info!(
             target: ACCESS_LOG_TARGET,
-            client = %self.client.ip(),
+            client = %self.client,
             host = %self.host,
             method = %self.method,
             path = %self.path,
@@ -649,67 +737,36 @@ impl Drop for AccessLog {
 }
 
 pin_project_lite::pin_project! {
-    /// Counts body bytes as frames pass through, without buffering them. Holds the access log
-    /// line and the connection's in-flight mark until the body ends or is dropped.
+    /// A response body on its way to the client: counts its bytes as frames pass through,
+    /// without buffering them, and tells the HTTP/2 send timeout when data waits on the client
+    /// ([`timeout`]). Holds the access log line and the connection's in-flight mark until the
+    /// body ends or is dropped.
     struct Metered<B> {
         #[pin]
         inner: B,
         counter: Counter,
-        log: Option<AccessLog>,
-        in_flight: Option<InFlight>,
+        log: AccessLog,
+        _in_flight: InFlight,
     }
 }
 
-/// A request body went over its route's `max_body_bytes` while streaming.
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds the route's limit of {limit} bytes (max_body_bytes)")]
-pub struct BodyTooLarge {
-    /// The limit.
-    pub limit: u64,
-}
-
-/// Whether an upstream error was caused by [`BodyTooLarge`].
-pub fn body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if error.is::<BodyTooLarge>() {
-            return true;
-        }
-        current = error.source();
-    }
-    false
-}
-
-pin_project_lite::pin_project! {
-    /// Fails with [`BodyTooLarge`] once more than the limit has passed through; the error
-    /// aborts the upstream request.
-    struct BodyLimit<B> {
-        #[pin]
-        inner: B,
-        remaining: u64,
-        limit: u64,
-    }
-}
-
-impl<B: Body<Data = Bytes, Error = BoxError>> Body for BodyLimit<B> {
+impl<B: Body<Data = Bytes>> Body for Metered<B> {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
+        timeout::response_polled();
         let polled = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 let len = data.len() as u64;
-                if len > *this.remaining {
-                    *this.remaining = 0;
-                    let limit = *this.limit;
-                    return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit }))));
-                }
-                *this.remaining -= len;
+                this.counter.inc_by(len);
+                this.log.bytes += len;
+                timeout::response_handed();
             }
         }
         polled
@@ -724,26 +781,101 @@ impl<B: Body<Data = Bytes, Error = BoxError>> Body for BodyLimit<B> {
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for Metered<B> {
+/// A request body went over its route's `max_body_bytes` while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the route's limit of {limit} bytes (max_body_bytes)")]
+pub struct BodyTooLarge {
+    /// The limit.
+    pub limit: u64,
+}
+
+/// Whether an upstream error was caused by [`BodyTooLarge`].
+pub fn body_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    has_source::<BodyTooLarge>(error)
+}
+
+/// The client's request body failed: malformed framing (chunked sizes, an HTTP/2 length that
+/// does not add up), or the client reset the stream or closed the connection mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed")]
+pub struct ClientBodyFailed(#[source] pub BoxError);
+
+/// Whether an upstream error was caused by [`ClientBodyFailed`].
+pub fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    has_source::<ClientBodyFailed>(error)
+}
+
+fn has_source<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<E>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+pin_project_lite::pin_project! {
+    /// A client's request body on its way upstream: counts its bytes, fails with
+    /// [`BodyTooLarge`] once more than the route's limit has passed, with a
+    /// [`timeout::TimedOut`] when the client stalls or dribbles, and marks the client's own
+    /// failures as [`ClientBodyFailed`]. Each error aborts the upstream request.
+    struct ClientBody<B> {
+        #[pin]
+        inner: B,
+        counter: Counter,
+        limit: Option<u64>,
+        remaining: u64,
+        deadline: Option<TransferClock>,
+    }
+}
+
+impl<B> Body for ClientBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                let len = data.len() as u64;
-                this.counter.inc_by(len);
-                if let Some(log) = this.log.as_mut() {
-                    log.bytes += len;
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    this.counter.inc_by(len);
+                    if let Some(limit) = *this.limit {
+                        if len > *this.remaining {
+                            *this.remaining = 0;
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit }))));
+                        }
+                        *this.remaining -= len;
+                    }
+                    if let Some(deadline) = this.deadline.as_mut() {
+                        if let Err(error) = deadline.on_data(len) {
+                            return Poll::Ready(Some(Err(Box::new(error))));
+                        }
+                    }
                 }
+                Poll::Ready(Some(Ok(frame)))
             }
+            Poll::Ready(Some(Err(error))) => {
+                Poll::Ready(Some(Err(Box::new(ClientBodyFailed(error.into())))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.deadline.as_mut() {
+                Some(deadline) => match deadline.on_pending(cx) {
+                    Poll::Ready(error) => Poll::Ready(Some(Err(Box::new(error)))),
+                    Poll::Pending => Poll::Pending,
+                },
+                None => Poll::Pending,
+            },
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -787,29 +919,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_append_and_set() {
-        let mut headers = HeaderMap::new();
-        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.1"));
-        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.2"));
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        let client: SocketAddr = "203.0.113.9:5555".parse().unwrap();
-        add_forwarded(
-            &mut headers,
-            client,
-            HeaderValue::from_static("app.example.com"),
-        );
-        assert_eq!(
-            headers[&X_FORWARDED_FOR],
-            "198.51.100.1, 198.51.100.2, 203.0.113.9"
-        );
-        assert_eq!(headers.get_all(&X_FORWARDED_FOR).iter().count(), 1);
-        assert_eq!(headers[&X_FORWARDED_PROTO], "https");
-        assert_eq!(headers[&X_FORWARDED_HOST], "app.example.com");
-        assert_eq!(headers[&X_REAL_IP], "203.0.113.9");
-    }
-
-    #[test]
-    fn websocket_detection_and_host() {
+    fn websocket_detection() {
         let request = Request::builder()
             .header("connection", "keep-alive, Upgrade")
             .header("upgrade", "WebSocket")
@@ -817,17 +927,25 @@ mod tests {
             .body(())
             .unwrap();
         assert!(is_websocket_upgrade(&request));
-        assert_eq!(request_host(&request).as_deref(), Some("a.example.com:443"));
         let request = Request::builder()
             .header("upgrade", "websocket")
             .body(())
             .unwrap();
         assert!(!is_websocket_upgrade(&request));
-        let request = Request::builder()
-            .version(Version::HTTP_2)
-            .uri("https://b.example.com/x")
-            .body(())
-            .unwrap();
-        assert_eq!(request_host(&request).as_deref(), Some("b.example.com"));
+    }
+
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2; c=3"));
+        headers.append(header::COOKIE, HeaderValue::from_static("d=4"));
+        join_cookies(&mut headers);
+        assert_eq!(headers.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(headers[header::COOKIE], "a=1; b=2; c=3; d=4");
+        let mut single = HeaderMap::new();
+        single.insert(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut single);
+        assert_eq!(single[header::COOKIE], "a=1");
     }
 }

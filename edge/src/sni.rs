@@ -10,11 +10,22 @@
 //! A handshake offering the `acme-tls/1` ALPN protocol is an ACME TLS-ALPN-01 validation
 //! (RFC 8737): it gets the pending challenge's validation certificate for its SNI from
 //! [`AcmeChallenges`], or is refused; never a regular certificate.
+//!
+//! [`host_permitted`] (`[edge] sni_host_check`, [`SniHostCheck`]) optionally makes a request's host agree with the
+//! name its connection's handshake asked for: a request for another name is answered
+//! `421 Misdirected Request`, which tells the client to retry on a connection of its own.
+//! `certificate` (the mode that keeps HTTP/2 connection coalescing) accepts any host the
+//! connection's certificate is the one the edge serves for: a browser that reuses a connection
+//! for a second name the certificate covers (RFC 9113 section 9.1.1) is served, and a request
+//! for a name served with another certificate (domain fronting) is not. `exact` wants the host
+//! to be the SNI name itself (no coalescing, every name gets its own connections; a client
+//! without SNI is refused).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+pub use kokoa_model::SniHostCheck;
 use kokoa_model::{Certificate, HostPattern};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -40,6 +51,31 @@ pub enum CertError {
     /// rustls rejected the protocol setup (should not happen with the bundled provider).
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
+}
+
+/// Whether, under `check`, a request for `host` (normalized: lowercase, no port, no trailing
+/// dot) may be served on a connection whose handshake asked for `sni`, the edge serving
+/// `certificates`.
+pub fn host_permitted(
+    check: SniHostCheck,
+    sni: Option<&str>,
+    host: &str,
+    certificates: &CertStore,
+) -> bool {
+    match check {
+        SniHostCheck::Off => true,
+        SniHostCheck::Exact => sni.is_some_and(|sni| {
+            sni.strip_suffix('.')
+                .unwrap_or(sni)
+                .eq_ignore_ascii_case(host)
+        }),
+        SniHostCheck::Certificate => {
+            match (certificates.select(sni), certificates.select(Some(host))) {
+                (Some(served), Some(wanted)) => Arc::ptr_eq(&served, &wanted),
+                _ => false,
+            }
+        }
+    }
 }
 
 /// An immutable set of certificates indexed by name.
@@ -301,6 +337,57 @@ pub(crate) mod tests {
             CertStore::from_certificates(&certs, Some(&nope)),
             Err(CertError::UnknownDefault(_))
         ));
+    }
+
+    #[test]
+    fn host_check_modes() {
+        let certs = [
+            certificate(&["*.example.com", "example.com"]),
+            certificate(&["other.test"]),
+        ];
+        let default = HostPattern::new("other.test").unwrap();
+        let store = CertStore::from_certificates(&certs, Some(&default)).unwrap();
+        let check = |mode, sni, host| host_permitted(mode, sni, host, &store);
+        for (sni, host) in [
+            (Some("a.example.com"), "b.example.com"),
+            (None, "unknown.test"),
+            (Some("a.example.com"), "other.test"),
+        ] {
+            assert!(check(SniHostCheck::Off, sni, host));
+        }
+        // Coalescing onto a connection whose certificate covers the host is fine.
+        assert!(check(
+            SniHostCheck::Certificate,
+            Some("a.example.com"),
+            "b.example.com"
+        ));
+        assert!(check(
+            SniHostCheck::Certificate,
+            Some("a.example.com"),
+            "example.com"
+        ));
+        // A host served with another certificate is not, nor one without SNI that has its own.
+        assert!(!check(
+            SniHostCheck::Certificate,
+            Some("a.example.com"),
+            "other.test"
+        ));
+        assert!(!check(SniHostCheck::Certificate, None, "a.example.com"));
+        // Without SNI, the default certificate's names and names without a certificate pass.
+        assert!(check(SniHostCheck::Certificate, None, "other.test"));
+        assert!(check(SniHostCheck::Certificate, None, "unknown.test"));
+
+        assert!(check(
+            SniHostCheck::Exact,
+            Some("A.Example.com."),
+            "a.example.com"
+        ));
+        assert!(!check(
+            SniHostCheck::Exact,
+            Some("a.example.com"),
+            "b.example.com"
+        ));
+        assert!(!check(SniHostCheck::Exact, None, "other.test"));
     }
 
     #[test]

@@ -54,8 +54,18 @@ admin = "127.0.0.1:0"
 drain_timeout = 1
 [tunnel]
 private_key = "{}"
+[[origins]]
+name = "home"
+public_key = "{}"
+address = "10.100.1.10"
+origin_address = "10.100.1.1"
+[[routes]]
+host = "a.kokoa.test"
+origin = "home"
+port = 8001
 "#,
-        PrivateKey::generate().to_base64()
+        PrivateKey::generate().to_base64(),
+        PrivateKey::generate().public_key().to_base64(),
     );
     let config = EdgeConfig::from_toml(&text, None)?;
     let listeners = Listeners::bind(&config).await?;
@@ -86,10 +96,16 @@ private_key = "{}"
     })
 }
 
-/// One HTTP/1.1 request on a fresh connection; returns the status code and the body.
+/// One HTTP/1.1 request for `a.kokoa.test` on a fresh connection; returns the status code and
+/// the body.
 async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    get_for(addr, "a.kokoa.test", path).await
+}
+
+/// [`get`] for `host`.
+async fn get_for(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: a.kokoa.test\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
     tokio::time::timeout(DEADLINE, stream.read_to_end(&mut response)).await??;
@@ -149,9 +165,21 @@ async fn http01_tokens_are_answered_and_others_get_404() -> Result<()> {
         get(edge.http, &format!("{prefix}tok_1")).await?,
         (200, "tok_1.thumbprint".to_owned())
     );
-    // Unknown tokens: 404, not a redirect; other paths still redirect to HTTPS.
+    // Unknown tokens: 404, not a redirect; other paths of a routed name still redirect to
+    // HTTPS, those of other names get 404.
     assert_eq!(get(edge.http, &format!("{prefix}other")).await?.0, 404);
     assert_eq!(get(edge.http, "/app").await?.0, 301);
+    assert_eq!(get_for(edge.http, "b.kokoa.test", "/app").await?.0, 404);
+    // Challenges are answered whatever the name (the validator asks for the name being
+    // validated, which may not be routed here yet).
+    edge.acme.set_http(vec![HttpChallenge {
+        token: "tok_2".into(),
+        key_authorization: "tok_2.thumbprint".into(),
+    }])?;
+    assert_eq!(
+        get_for(edge.http, "b.kokoa.test", &format!("{prefix}tok_2")).await?,
+        (200, "tok_2.thumbprint".to_owned())
+    );
 
     // The next snapshot without the token withdraws it.
     edge.acme.set_http(Vec::new())?;

@@ -142,8 +142,13 @@ async fn answer(
             for (header, value) in request.headers() {
                 text.push_str(&format!("{header}: {}\n", value.to_str().unwrap_or("?")));
             }
-            let body = request.into_body().collect().await.unwrap().to_bytes();
-            text.push_str(&format!("body={}\n", String::from_utf8_lossy(&body)));
+            match request.into_body().collect().await {
+                Ok(body) => {
+                    let body = body.to_bytes();
+                    text.push_str(&format!("body={}\n", String::from_utf8_lossy(&body)));
+                }
+                Err(error) => text.push_str(&format!("body error: {error}\n")),
+            }
             Ok(Response::new(Full::new(Bytes::from(text)).boxed()))
         }
     }
@@ -168,6 +173,14 @@ struct Harness {
 }
 
 impl Harness {
+    fn metrics_text(&self) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        self.metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -184,6 +197,17 @@ impl Harness {
 /// `*.wild.test` -> lab:`lab_port`, `ghost.test` -> an origin the dialer does not know,
 /// a TCP route -> home:`tcp_port`.
 async fn edge(home_port: u16, lab_port: u16, tcp_port: u16, default_cert: bool) -> Harness {
+    edge_with(home_port, lab_port, tcp_port, default_cert, "").await
+}
+
+/// [`edge`] with more `[edge]` keys.
+async fn edge_with(
+    home_port: u16,
+    lab_port: u16,
+    tcp_port: u16,
+    default_cert: bool,
+    edge_extra: &str,
+) -> Harness {
     let key = || PrivateKey::generate().public_key().to_base64();
     let text = format!(
         r#"
@@ -192,6 +216,7 @@ https = "127.0.0.1:0"
 http = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 drain_timeout = 2
+{edge_extra}
 [tunnel]
 private_key = "{}"
 [[origins]]
@@ -444,8 +469,11 @@ async fn forwarded_headers_added_and_hop_by_hop_stripped() {
         .unwrap();
     let (status, _, body) = send(edge.https, "app.test", false, request).await.unwrap();
     assert_eq!(status, StatusCode::OK);
+    // The client's own forwarding headers are replaced, not passed on.
+    assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
+    assert!(!body.contains("198.51.100.7"), "{body}");
     assert!(
-        body.contains("x-forwarded-for: 198.51.100.7, 127.0.0.1\n"),
+        body.contains("forwarded: for=127.0.0.1;host=app.test;proto=https\n"),
         "{body}"
     );
     assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
@@ -603,6 +631,22 @@ async fn plain_http_redirects_to_https() {
         response.to_ascii_lowercase().contains(&location),
         "{response}"
     );
+    // Names the edge does not route are not redirected anywhere.
+    for host in ["evil.com", "a.b.wild.test"] {
+        let mut stream = TcpStream::connect(edge.http).await.unwrap();
+        let request = format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(DEADLINE, stream.read_to_string(&mut response))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(response.starts_with("HTTP/1.1 404"), "{host}: {response}");
+        assert!(
+            !response.to_ascii_lowercase().contains("location:"),
+            "{response}"
+        );
+    }
     edge.stop().await;
 }
 
@@ -934,5 +978,290 @@ async fn connection_close_is_honoured_after_the_response() {
     assert!(all.starts_with("HTTP/1.1 200"), "{all}");
     assert!(all.contains("path=/only"), "{all}");
     assert_eq!(edge.metrics.parked.get(), 0);
+    edge.stop().await;
+}
+
+/// Writes `request` over a new HTTP/1.1 TLS connection for `app.test` (reading meanwhile) and
+/// returns everything the edge sent until it closed.
+async fn raw(edge: &Harness, request: &[u8]) -> String {
+    let stream = h1(edge).await;
+    let (mut read, mut write) = tokio::io::split(stream);
+    let request = request.to_vec();
+    let writer = tokio::spawn(async move {
+        // The edge may answer and close before reading everything.
+        let _ = write.write_all(&request).await;
+        let _ = write.flush().await;
+        // Keep the write half open: the edge decides when the exchange ends.
+        std::future::pending::<()>().await;
+    });
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, read.read_to_end(&mut response)).await;
+    writer.abort();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// An HTTP/2 connection (the `h2` crate, which sends what it is given) for `app.test`.
+async fn h2_client(edge: &Harness) -> h2::client::SendRequest<Bytes> {
+    let stream = tls(edge.https, Some("app.test"), &[b"h2"]).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Sends `request` without a body on `client`; returns status, headers and body text.
+async fn h2_exchange(
+    client: &mut h2::client::SendRequest<Bytes>,
+    request: Request<()>,
+) -> (StatusCode, http::HeaderMap, String) {
+    let ready = client.clone().ready().await.unwrap();
+    *client = ready;
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(DEADLINE, response)
+        .await
+        .unwrap()
+        .unwrap();
+    let (parts, mut body) = response.into_parts();
+    let mut text = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(DEADLINE, body.data()).await.unwrap() {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&text).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn malformed_chunked_bodies_are_the_client_s_error() {
+    let home = app("home").await;
+    let edge = edge(home.addr.port(), 1, 1, false).await;
+    for size in ["-5", "0x5", "123456789abcdef012", "5\n"] {
+        let line = if size.ends_with('\n') {
+            size.to_owned()
+        } else {
+            format!("{size}\r\n")
+        };
+        let request = format!(
+            "POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n{line}hello\r\n0\r\n\r\n"
+        );
+        let response = raw(&edge, request.as_bytes()).await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{size:?}: {response}");
+        assert!(response.contains("connection: close"), "{response}");
+        assert!(response.contains("malformed"), "{response}");
+    }
+    // A coding the edge cannot decode would reach the app still encoded: 501.
+    let response = raw(
+        &edge,
+        b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 501"), "{response}");
+    // A well-formed one still passes.
+    let response = raw(
+        &edge,
+        b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("body=hello\n"), "{response}");
+    let text = edge.metrics_text();
+    assert!(
+        text.contains("kokoa_edge_requests_total{host=\"app.test\",class=\"4xx\"} 4"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("kokoa_edge_requests_total{host=\"app.test\",class=\"5xx\"}"),
+        "{text}"
+    );
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn connect_is_refused_and_options_star_is_forwarded_as_is() {
+    let home = app("home").await;
+    let edge = edge(home.addr.port(), 1, 1, false).await;
+    let response = raw(
+        &edge,
+        b"CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 405"), "{response}");
+    assert!(
+        response.contains("allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n"),
+        "{response}"
+    );
+    let mut client = h2_client(&edge).await;
+    let connect = Request::builder()
+        .method("CONNECT")
+        .uri("app.test:443")
+        .body(())
+        .unwrap();
+    let (status, headers, _) = h2_exchange(&mut client, connect).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(headers.contains_key("allow"));
+    assert_eq!(
+        home.connections.load(Ordering::SeqCst),
+        0,
+        "a CONNECT reached the app"
+    );
+
+    // OPTIONS * reaches the app as OPTIONS *, over both protocols; * with another method is
+    // refused.
+    let response = raw(
+        &edge,
+        b"OPTIONS * HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("method=OPTIONS\npath=*\n"), "{response}");
+    let star = http::Uri::from_parts({
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        parts.authority = Some("app.test".parse().unwrap());
+        parts.path_and_query = Some("*".parse().unwrap());
+        parts
+    })
+    .unwrap();
+    let options = Request::builder()
+        .method("OPTIONS")
+        .uri(star)
+        .body(())
+        .unwrap();
+    let (status, _, body) = h2_exchange(&mut client, options).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("method=OPTIONS\npath=*\n"), "{body}");
+    let response = raw(
+        &edge,
+        b"GET * HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn host_must_be_single_and_agree_with_the_target() {
+    let home = app("home").await;
+    let lab = app("lab").await;
+    let edge = edge(home.addr.port(), lab.addr.port(), 1, false).await;
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: app.test\r\nHost: x.wild.test\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: app.test\r\nHost: app.test\r\n\r\n",
+        b"GET https://x.wild.test/ HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        b"GET https://app.test:8443/ HTTP/1.1\r\nHost: app.test\r\n\r\n",
+        b"GET https://app.test/ HTTP/1.1\r\n\r\n",
+    ] {
+        let response = raw(&edge, request).await;
+        assert!(
+            response.starts_with("HTTP/1.1 400"),
+            "{}: {response}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    // An absolute-form target that agrees: routed by it, forwarded in origin form.
+    let response = raw(
+        &edge,
+        b"GET https://APP.test/abs?x=1 HTTP/1.1\r\nHost: app.test:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("app=home\n"), "{response}");
+    assert!(response.contains("path=/abs?x=1\n"), "{response}");
+
+    // HTTP/2: a host field that names another host than :authority.
+    let mut client = h2_client(&edge).await;
+    let request = Request::get("https://app.test/")
+        .header("host", "x.wild.test")
+        .body(())
+        .unwrap();
+    let (status, _, _) = h2_exchange(&mut client, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let request = Request::get("https://app.test/h2")
+        .header("host", "app.test")
+        .body(())
+        .unwrap();
+    let (status, _, body) = h2_exchange(&mut client, request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("app=home"), "{body}");
+    assert_eq!(lab.connections.load(Ordering::SeqCst), 0);
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn split_http2_cookies_reach_the_app_joined() {
+    let home = app("home").await;
+    let edge = edge(home.addr.port(), 1, 1, false).await;
+    let mut client = h2_client(&edge).await;
+    let request = Request::get("https://app.test/cookies")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2; c=3")
+        .header("cookie", "d=4")
+        .body(())
+        .unwrap();
+    let (status, _, body) = h2_exchange(&mut client, request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("cookie: a=1; b=2; c=3; d=4\n"), "{body}");
+    assert_eq!(body.matches("cookie:").count(), 1, "{body}");
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn sni_host_check_answers_421_for_misdirected_requests() {
+    let home = app("home").await;
+    let lab = app("lab").await;
+    for (mode, coalesced) in [
+        ("certificate", StatusCode::OK),
+        ("exact", StatusCode::MISDIRECTED_REQUEST),
+    ] {
+        let edge = edge_with(
+            home.addr.port(),
+            lab.addr.port(),
+            1,
+            true,
+            &format!("sni_host_check = \"{mode}\""),
+        )
+        .await;
+        for h2 in [false, true] {
+            let request = |host: &str| {
+                if h2 {
+                    h2_get(&format!("https://{host}/"))
+                } else {
+                    get("/", host)
+                }
+            };
+            // The handshake's own name.
+            let (status, _, _) = send(edge.https, "app.test", h2, request("app.test"))
+                .await
+                .unwrap();
+            assert_eq!(status, StatusCode::OK, "{mode} h2={h2}");
+            // Another name of the same certificate: HTTP/2 coalescing.
+            let (status, _, _) = send(edge.https, "app.test", h2, request("www.app.test"))
+                .await
+                .unwrap();
+            assert_eq!(status, coalesced, "{mode} h2={h2}");
+            // A name served with another certificate: domain fronting.
+            let (status, _, body) = send(edge.https, "app.test", h2, request("x.wild.test"))
+                .await
+                .unwrap();
+            assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{mode} h2={h2}");
+            assert!(body.contains("421"), "{body}");
+        }
+        edge.stop().await;
+    }
+    assert_eq!(
+        lab.connections.load(Ordering::SeqCst),
+        0,
+        "a misdirected request went through"
+    );
+    // Off (the default): any routed host on any connection.
+    let edge = edge(home.addr.port(), lab.addr.port(), 1, true).await;
+    let (status, _, body) = send(edge.https, "app.test", false, get("/", "x.wild.test"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("app=lab"), "{body}");
     edge.stop().await;
 }

@@ -49,7 +49,7 @@ pub use crate::name::{HostName, HostPattern, Name};
 pub use crate::net::{AccessRules, Endpoint, Network, Overlay, TcpListen, TunnelIp};
 pub use crate::number::{BodyLimit, Bounded, Burst, Port, Rate, RatePolicy};
 pub use crate::peer::{EdgePeer, Keepalive, OriginPeer};
-pub use crate::route::{HttpRoute, ProxyProtocol, TcpRoute};
+pub use crate::route::{HttpRoute, ProxyProtocol, SniHostCheck, TcpRoute};
 pub use crate::serde_util::{from_json, from_json_value, from_toml};
 pub use crate::service::{HealthPath, Protocol, Service};
 pub use crate::spec::{EdgeSpec, OriginSpec};

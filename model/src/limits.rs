@@ -180,6 +180,16 @@ pub const DEFAULT_H2_MAX_PENDING_RESET_STREAMS: u64 = 20;
 pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS: u64 = 1024;
 /// Seconds between HTTP/2 keep-alive PINGs (a client that does not answer is disconnected).
 pub const DEFAULT_H2_KEEPALIVE_INTERVAL_SECS: u64 = 30;
+/// Seconds a response may wait on a client that takes nothing (Nginx's `send_timeout`).
+pub const DEFAULT_SEND_TIMEOUT_SECS: u64 = 60;
+/// Bytes per second a client must take over each `send_timeout` of waiting on it.
+pub const DEFAULT_SEND_MIN_RATE: u64 = 500;
+/// Seconds a request body may wait on a client that sends nothing (Nginx's
+/// `client_body_timeout`).
+pub const DEFAULT_CLIENT_BODY_TIMEOUT_SECS: u64 = 60;
+/// Bytes per second a request body must average over each `client_body_timeout` of waiting
+/// (Apache mod_reqtimeout's `MinRate` default).
+pub const DEFAULT_CLIENT_BODY_MIN_RATE: u64 = 500;
 
 /// An IPv4 client key prefix length.
 pub type Ipv4Prefix = Bounded<0, 32>;
@@ -197,6 +207,8 @@ pub type TimeoutSecs = Bounded<1, 86_400>;
 pub type IntervalSecs = Bounded<0, 86_400>;
 /// HTTP/2 concurrent streams per connection.
 pub type StreamCount = Bounded<1, 1_000_000>;
+/// A minimum transfer rate in bytes per second, 0 = none, at most 1 GiB/s.
+pub type MinRate = Bounded<0, 1_073_741_824>;
 
 /// The edge's `[limits]`: defaults for every route and the bounds of each client connection.
 /// Values are resolved (defaults filled in), so the same limits written in TOML and sent over
@@ -230,6 +242,15 @@ pub struct EdgeLimits {
     pub h2_max_local_error_reset_streams: StreamCount,
     /// Seconds between HTTP/2 keep-alive PINGs (0: off).
     pub h2_keepalive_interval: IntervalSecs,
+    /// How long a response may wait on a client that takes nothing before it is reset.
+    pub send_timeout: TimeoutSecs,
+    /// Bytes per second a client must take over each `send_timeout` of waiting (0: none).
+    pub send_min_rate: MinRate,
+    /// How long a request body may wait on a client that sends nothing (408).
+    pub client_body_timeout: TimeoutSecs,
+    /// Bytes per second a request body must average over each `client_body_timeout` of
+    /// waiting (0: none).
+    pub client_body_min_rate: MinRate,
 }
 
 impl Default for EdgeLimits {
@@ -250,6 +271,10 @@ impl Default for EdgeLimits {
                 DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS,
             ),
             h2_keepalive_interval: Bounded::saturating(DEFAULT_H2_KEEPALIVE_INTERVAL_SECS),
+            send_timeout: Bounded::saturating(DEFAULT_SEND_TIMEOUT_SECS),
+            send_min_rate: Bounded::saturating(DEFAULT_SEND_MIN_RATE),
+            client_body_timeout: Bounded::saturating(DEFAULT_CLIENT_BODY_TIMEOUT_SECS),
+            client_body_min_rate: Bounded::saturating(DEFAULT_CLIENT_BODY_MIN_RATE),
         }
     }
 }
@@ -275,6 +300,10 @@ pub struct EdgeLimitsFields {
     pub h2_max_pending_reset_streams: Option<StreamCount>,
     pub h2_max_local_error_reset_streams: Option<StreamCount>,
     pub h2_keepalive_interval: Option<IntervalSecs>,
+    pub send_timeout: Option<TimeoutSecs>,
+    pub send_min_rate: Option<MinRate>,
+    pub client_body_timeout: Option<TimeoutSecs>,
+    pub client_body_min_rate: Option<MinRate>,
 }
 
 impl TryFrom<EdgeLimitsFields> for EdgeLimits {
@@ -307,6 +336,10 @@ impl TryFrom<EdgeLimitsFields> for EdgeLimits {
                 .h2_max_local_error_reset_streams
                 .unwrap_or(d.h2_max_local_error_reset_streams),
             h2_keepalive_interval: f.h2_keepalive_interval.unwrap_or(d.h2_keepalive_interval),
+            send_timeout: f.send_timeout.unwrap_or(d.send_timeout),
+            send_min_rate: f.send_min_rate.unwrap_or(d.send_min_rate),
+            client_body_timeout: f.client_body_timeout.unwrap_or(d.client_body_timeout),
+            client_body_min_rate: f.client_body_min_rate.unwrap_or(d.client_body_min_rate),
         })
     }
 }
@@ -328,6 +361,10 @@ impl From<EdgeLimits> for EdgeLimitsFields {
             h2_max_pending_reset_streams: Some(l.h2_max_pending_reset_streams),
             h2_max_local_error_reset_streams: Some(l.h2_max_local_error_reset_streams),
             h2_keepalive_interval: Some(l.h2_keepalive_interval),
+            send_timeout: Some(l.send_timeout),
+            send_min_rate: Some(l.send_min_rate),
+            client_body_timeout: Some(l.client_body_timeout),
+            client_body_min_rate: Some(l.client_body_min_rate),
         }
     }
 }
@@ -406,6 +443,21 @@ mod tests {
         assert_eq!(limits.max_connections.get(), 16_384);
         assert_eq!(limits.max_tracked_clients.get(), 100_000);
         assert_eq!(limits.h2_keepalive_interval.get(), 30);
+        assert_eq!(limits.send_timeout.get(), 60);
+        assert_eq!(limits.send_min_rate.get(), 500);
+        assert_eq!(limits.client_body_timeout.get(), 60);
+        assert_eq!(limits.client_body_min_rate.get(), 500);
+        let limits: EdgeLimits = from_toml(
+            "send_timeout = 5\nsend_min_rate = 0\nclient_body_timeout = 7\nclient_body_min_rate = 1024",
+        )
+        .unwrap();
+        assert_eq!(
+            limits.send_timeout.as_secs(),
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(limits.send_min_rate.get(), 0);
+        assert_eq!(limits.client_body_timeout.get(), 7);
+        assert_eq!(limits.client_body_min_rate.get(), 1024);
         let limits: EdgeLimits = from_toml("rate = 10.0\nburst = 20").unwrap();
         assert_eq!(
             limits.rate,
@@ -423,6 +475,18 @@ mod tests {
             ("ipv6_prefix = 129", "ipv6_prefix", "0..=128"),
             ("max_headers = 1", "max_headers", "8..=10000"),
             ("idle_timeout = 0", "idle_timeout", "1..=86400"),
+            ("send_timeout = 0", "send_timeout", "1..=86400"),
+            (
+                "client_body_timeout = 100000",
+                "client_body_timeout",
+                "1..=86400",
+            ),
+            ("send_min_rate = -1", "send_min_rate", ""),
+            (
+                "client_body_min_rate = 10000000000",
+                "client_body_min_rate",
+                "0..=1073741824",
+            ),
             (
                 "h2_max_concurrent_streams = 0",
                 "h2_max_concurrent_streams",

@@ -302,6 +302,13 @@ impl EdgeLimits {
                 limits.h2_keepalive_interval_seconds,
                 "h2_keepalive_interval_seconds",
             )?,
+            send_timeout: opt(limits.send_timeout_seconds, "send_timeout_seconds")?,
+            send_min_rate: opt(limits.send_min_rate, "send_min_rate")?,
+            client_body_timeout: opt(
+                limits.client_body_timeout_seconds,
+                "client_body_timeout_seconds",
+            )?,
+            client_body_min_rate: opt(limits.client_body_min_rate, "client_body_min_rate")?,
         };
         EdgeLimits::try_from(fields)
     }
@@ -323,6 +330,10 @@ impl EdgeLimits {
             h2_max_pending_reset_streams: Some(self.h2_max_pending_reset_streams.as_u32()),
             h2_max_local_error_reset_streams: Some(self.h2_max_local_error_reset_streams.as_u32()),
             h2_keepalive_interval_seconds: Some(self.h2_keepalive_interval.as_u32()),
+            send_timeout_seconds: Some(self.send_timeout.as_u32()),
+            send_min_rate: Some(self.send_min_rate.get()),
+            client_body_timeout_seconds: Some(self.client_body_timeout.as_u32()),
+            client_body_min_rate: Some(self.client_body_min_rate.get()),
         }
     }
 }
@@ -568,6 +579,8 @@ mod tests {
             }],
             limits: Some(pb::EdgeLimits {
                 rate: Some(10.0),
+                send_timeout_seconds: Some(15),
+                client_body_min_rate: Some(0),
                 ..Default::default()
             }),
             tunnel: Some(pb::TunnelSettings {
@@ -583,7 +596,11 @@ mod tests {
         let spec = EdgeSpec::from_proto(&snapshot()).unwrap();
         spec.validate(None, Overlay::default()).unwrap();
         assert_eq!(spec.tunnel.unwrap().mtu.get(), 1280);
-        assert_eq!(spec.limits.as_ref().unwrap().rate.unwrap().burst, 10);
+        let limits = spec.limits.as_ref().unwrap();
+        assert_eq!(limits.rate.unwrap().burst, 10);
+        assert_eq!(limits.send_timeout.get(), 15);
+        assert_eq!(limits.client_body_min_rate.get(), 0);
+        assert_eq!(limits.client_body_timeout.get(), 60, "absent: the default");
         let again = EdgeSpec::from_proto(&spec.to_proto()).unwrap();
         assert_eq!(again, spec);
     }
@@ -637,6 +654,11 @@ mod tests {
             (
                 Box::new(|s| s.limits.as_mut().unwrap().ipv4_prefix = Some(33)),
                 "limits.ipv4_prefix",
+                ObjectRef::new(ObjectKind::Limits, ""),
+            ),
+            (
+                Box::new(|s| s.limits.as_mut().unwrap().client_body_timeout_seconds = Some(0)),
+                "limits.client_body_timeout_seconds",
                 ObjectRef::new(ObjectKind::Limits, ""),
             ),
             (

@@ -10,6 +10,7 @@ use crate::limits::{RouteLimits, RouteLimitsFields};
 use crate::name::{HostPattern, Name};
 use crate::net::{AccessRules, Network, TcpListen};
 use crate::number::{BodyLimit, Burst, Port, Rate};
+use crate::serde_util::string_serde;
 
 /// An HTTP route: host names to an origin's service port, with the route's own limits.
 ///
@@ -136,6 +137,48 @@ impl fmt::Display for ProxyProtocol {
     }
 }
 
+/// Whether an HTTPS request's host must agree with the server name (SNI) its connection's TLS
+/// handshake asked for (`[edge] sni_host_check`); a request that does not is answered `421
+/// Misdirected Request`, which tells the client to retry on a connection of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SniHostCheck {
+    /// Any routed host may be asked for on any connection (the default).
+    #[default]
+    Off,
+    /// The host must be one the edge serves with the same certificate as the SNI name: HTTP/2
+    /// connection coalescing across the names of one certificate keeps working, domain
+    /// fronting across certificates does not.
+    Certificate,
+    /// The host must be the SNI name itself (no coalescing; a client without SNI is refused).
+    Exact,
+}
+
+impl SniHostCheck {
+    /// Parses `off`, `certificate` or `exact`.
+    pub fn parse(text: &str) -> Result<Self, ModelError> {
+        match text {
+            "off" => Ok(Self::Off),
+            "certificate" => Ok(Self::Certificate),
+            "exact" => Ok(Self::Exact),
+            other => Err(ModelError::value(format!(
+                "`{other}` is not one of \"off\", \"certificate\", \"exact\""
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for SniHostCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Off => "off",
+            Self::Certificate => "certificate",
+            Self::Exact => "exact",
+        })
+    }
+}
+
+string_serde!(SniHostCheck, SniHostCheck::parse);
+
 /// A raw TCP route: a public port on the edge forwarded to an origin's service port as a byte
 /// stream.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -208,6 +251,20 @@ impl TcpRoute {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sni_host_check_parses_its_three_modes() {
+        use super::SniHostCheck;
+        for mode in [
+            SniHostCheck::Off,
+            SniHostCheck::Certificate,
+            SniHostCheck::Exact,
+        ] {
+            assert_eq!(SniHostCheck::parse(&mode.to_string()).unwrap(), mode);
+        }
+        let error = crate::from_json::<SniHostCheck>("\"on\"").unwrap_err();
+        assert!(error.message.contains("\"exact\""), "{error}");
+    }
+
     use super::*;
     use crate::serde_util::from_toml;
 

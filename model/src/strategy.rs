@@ -112,30 +112,39 @@ pub fn edge_limits() -> impl Strategy<Value = EdgeLimits> {
             bounded(),
             bounded(),
         ),
+        (bounded(), bounded(), bounded(), bounded()),
     )
-        .prop_map(|((rate, burst, v4, v6, tracked, per_client, max), rest)| {
-            let (headers, body, idle, streams, pending, local_errors, keepalive) = rest;
-            let burst = burst
-                .filter(|_| rate.is_some_and(|r| !r.is_off()))
-                .map(|b| Burst::new(b).expect("1 or more"));
-            EdgeLimits::try_from(EdgeLimitsFields {
-                rate,
-                burst,
-                ipv4_prefix: v4,
-                ipv6_prefix: v6,
-                max_tracked_clients: tracked,
-                connections_per_client: per_client,
-                max_connections: max,
-                max_headers: headers,
-                max_body_bytes: body,
-                idle_timeout: idle,
-                h2_max_concurrent_streams: streams,
-                h2_max_pending_reset_streams: pending,
-                h2_max_local_error_reset_streams: local_errors,
-                h2_keepalive_interval: keepalive,
-            })
-            .expect("valid fields")
-        })
+        .prop_map(
+            |((rate, burst, v4, v6, tracked, per_client, max), rest, transfer)| {
+                let (headers, body, idle, streams, pending, local_errors, keepalive) = rest;
+                let (send_timeout, send_min_rate, client_body_timeout, client_body_min_rate) =
+                    transfer;
+                let burst = burst
+                    .filter(|_| rate.is_some_and(|r| !r.is_off()))
+                    .map(|b| Burst::new(b).expect("1 or more"));
+                EdgeLimits::try_from(EdgeLimitsFields {
+                    rate,
+                    burst,
+                    ipv4_prefix: v4,
+                    ipv6_prefix: v6,
+                    max_tracked_clients: tracked,
+                    connections_per_client: per_client,
+                    max_connections: max,
+                    max_headers: headers,
+                    max_body_bytes: body,
+                    idle_timeout: idle,
+                    h2_max_concurrent_streams: streams,
+                    h2_max_pending_reset_streams: pending,
+                    h2_max_local_error_reset_streams: local_errors,
+                    h2_keepalive_interval: keepalive,
+                    send_timeout,
+                    send_min_rate,
+                    client_body_timeout,
+                    client_body_min_rate,
+                })
+                .expect("valid fields")
+            },
+        )
 }
 
 /// Tunnel settings inside the default overlay.

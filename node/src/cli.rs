@@ -105,8 +105,12 @@ fn command<N: Node>() -> clap::Command {
         .bin_name(N::NAME)
         .about(N::ABOUT)
         .version(N::VERSION)
+        // With a default the flag is not required (clap's debug builds refuse a global
+        // argument that is, so every debug binary panicked at start).
         .mut_arg("config", |arg| {
-            arg.env(N::CONFIG_ENV).default_value(N::DEFAULT_CONFIG)
+            arg.env(N::CONFIG_ENV)
+                .default_value(N::DEFAULT_CONFIG)
+                .required(false)
         })
 }
 

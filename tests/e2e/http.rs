@@ -303,3 +303,129 @@ fn origin_restarting_on_a_new_udp_port_is_followed_by_the_edge() {
         Ok(())
     });
 }
+
+#[test]
+fn curl_reads_the_413_of_an_upload_over_the_limit_on_both_protocols() {
+    let test = "curl_reads_the_413_of_an_upload_over_the_limit_on_both_protocols";
+    if !kokoa_tests::prereq::tools(test, &["curl"], "apt-get install curl") {
+        return;
+    }
+    run_bounded(Duration::from_secs(60), async {
+        let app = HttpApp::start("limited", loopback(1)).await?;
+        let topology = Builder::new()
+            .origin("home", &[("web", 8001, app.addr)])
+            .route_with(
+                "up.test",
+                "home",
+                8001,
+                kokoa_tests::config::Limits {
+                    max_body_bytes: Some(1024),
+                    ..Default::default()
+                },
+            )
+            .start()
+            .await?;
+        let file = topology.path().join("upload.bin");
+        std::fs::write(&file, vec![b'x'; 100_000])?;
+        let https = topology.edge.spec.https;
+        // Declared too large: the edge answers before reading the body. Over HTTP/2 it then
+        // reads and discards what curl has in flight rather than resetting the stream under
+        // the upload, which curl 7.x reports as a framing error and no response.
+        for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+            let output = tokio::process::Command::new("curl")
+                .args([
+                    "-sS",
+                    "-k",
+                    flag,
+                    "--resolve",
+                    &format!("up.test:{}:{}", https.port(), https.ip()),
+                    "--data-binary",
+                    &format!("@{}", file.display()),
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code} %{http_version}",
+                    &format!("https://up.test:{}/upload", https.port()),
+                ])
+                .output()
+                .await?;
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            ensure!(
+                output.status.success() && stdout == format!("413 {version}"),
+                "curl {flag}: {} {stdout:?} {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let refused = metric(
+            topology.edge.spec.admin,
+            "kokoa_edge_body_too_large_total{host=\"up.test\"}",
+        )
+        .await?;
+        ensure!(refused == Some(2.0), "body_too_large: {refused:?}");
+        ensure!(
+            app.stats.snapshot() == (0, 0, 0, 0),
+            "an upload reached the app: {:?}",
+            app.stats.snapshot()
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn malformed_chunked_framing_is_a_400_through_the_tunnel() {
+    run_bounded(Duration::from_secs(60), async {
+        let app = HttpApp::start("chunks", loopback(1)).await?;
+        let topology = Builder::new()
+            .origin("home", &[("web", 8001, app.addr)])
+            .route("chunks.test", "home", 8001)
+            .start()
+            .await?;
+        let client = topology.client()?;
+        for size in ["-5", "0x5", "123456789abcdef012", "5\n"] {
+            let line = if size.ends_with('\n') {
+                size.to_owned()
+            } else {
+                format!("{size}\r\n")
+            };
+            let request = format!(
+                "POST /upload HTTP/1.1\r\nHost: chunks.test\r\nTransfer-Encoding: chunked\r\n\r\n{line}hello\r\n0\r\n\r\n"
+            );
+            let answer = client
+                .raw_http1("chunks.test", request.into_bytes(), Duration::from_secs(10))
+                .await?;
+            ensure!(
+                answer.status() == Some(400),
+                "chunk size {size:?}: {:?}",
+                String::from_utf8_lossy(&answer.bytes)
+            );
+        }
+        // Nothing is left open at the app.
+        kokoa_tests::eventually(
+            "the uploads end at the app",
+            Duration::from_secs(10),
+            || {
+                let stats = app.stats.snapshot();
+                async move {
+                    ensure!(stats.0 == 0, "uploads still open: {stats:?}");
+                    Ok(())
+                }
+            },
+        )
+        .await?;
+        let admin = topology.edge.spec.admin;
+        let client_errors = metric(
+            admin,
+            "kokoa_edge_requests_total{host=\"chunks.test\",class=\"4xx\"}",
+        )
+        .await?;
+        ensure!(client_errors == Some(4.0), "4xx: {client_errors:?}");
+        let origin_errors = metric(
+            admin,
+            "kokoa_edge_requests_total{host=\"chunks.test\",class=\"5xx\"}",
+        )
+        .await?;
+        ensure!(origin_errors.is_none(), "5xx: {origin_errors:?}");
+        Ok(())
+    });
+}

@@ -15,6 +15,7 @@ mod polish;
 mod protection;
 mod shutdown;
 mod tcp;
+mod timeouts;
 mod tunnel;
 mod websocket;
 
