@@ -24,7 +24,7 @@ COPY --chown=65532:65532 dist/docker/empty/ /bundles/
 FROM scratch AS edge
 COPY --from=files /etc/passwd /etc/group /etc/
 COPY --from=files /usr/bin/kokoa-edge /usr/bin/kokoa-edge
-COPY --from=files /var/lib/kokoa-edge /var/lib/kokoa-edge
+COPY --from=files --chown=65532:65532 /var/lib/kokoa-edge /var/lib/kokoa-edge
 USER 65532:65532
 EXPOSE 443 80 51820/udp
 ENTRYPOINT ["/usr/bin/kokoa-edge"]
@@ -33,7 +33,7 @@ CMD ["--config", "/etc/kokoa/edge/edge.toml"]
 FROM scratch AS origin
 COPY --from=files /etc/passwd /etc/group /etc/
 COPY --from=files /usr/bin/kokoa-origin /usr/bin/kokoa-origin
-COPY --from=files /var/lib/kokoa-origin /var/lib/kokoa-origin
+COPY --from=files --chown=65532:65532 /var/lib/kokoa-origin /var/lib/kokoa-origin
 USER 65532:65532
 ENTRYPOINT ["/usr/bin/kokoa-origin"]
 CMD ["--config", "/etc/kokoa/origin/origin.toml"]
@@ -42,9 +42,9 @@ FROM scratch AS control
 COPY --from=files /etc/passwd /etc/group /etc/
 COPY --from=files /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=files /usr/bin/kokoa-control /usr/bin/kokoa-control
-COPY --from=files /var/lib/kokoa-dev /var/lib/kokoa-dev
-COPY --from=files /var/lib/kokoa-control /var/lib/kokoa-control
-COPY --from=files /bundles /bundles
+COPY --from=files --chown=65532:65532 /var/lib/kokoa-dev /var/lib/kokoa-dev
+COPY --from=files --chown=65532:65532 /var/lib/kokoa-control /var/lib/kokoa-control
+COPY --from=files --chown=65532:65532 /bundles /bundles
 USER 65532:65532
 EXPOSE 7080 7443
 ENTRYPOINT ["/usr/bin/kokoa-control"]

@@ -2,9 +2,9 @@
 //! started on loopback ports over a test directory and killed when dropped.
 //!
 //! `named` serves [`ZONE`] (the apex and every name -> one loopback address) and accepts
-//! TSIG-signed RFC 2136 updates with [`TSIG_KEY`]; Pebble resolves names through it
-//! (`-dnsserver`), so its validator reaches an edge for HTTP-01 (`httpPort`) and TLS-ALPN-01
-//! (`tlsPort`) and finds the TXT records for DNS-01.
+//! TSIG-signed RFC 2136 updates and zone transfers with [`TSIG_KEY`]; Pebble resolves names
+//! through it (`-dnsserver`), so its validator reaches an edge for HTTP-01 (`httpPort`) and
+//! TLS-ALPN-01 (`tlsPort`) and finds the TXT records for DNS-01.
 //!
 //! Without `pebble` / `named` ([`tools_or_skip`]) the tests print `SKIPPED: reason` and pass,
 //! except under `CI=true`, where the missing tool is a failure.
@@ -65,7 +65,8 @@ pub fn free_port() -> Result<u16> {
     Ok(addr.port())
 }
 
-async fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) -> Result<()> {
+/// Waits until `addr` accepts TCP connections, failing early when `child` exits.
+pub(crate) async fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) -> Result<()> {
     let deadline = Instant::now() + DEADLINE;
     loop {
         if TcpStream::connect(addr).await.is_ok() {
@@ -81,6 +82,41 @@ async fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) -> Resu
     }
 }
 
+/// Waits until the DNS server at `addr` answers authoritatively for [`ZONE`]'s SOA over TCP:
+/// servers listen before their zones are loaded, and answer SERVFAIL in between.
+pub(crate) async fn wait_zone_loaded(addr: SocketAddr, what: &str) -> Result<()> {
+    let mut query = Vec::new();
+    query.extend_from_slice(&rand::random::<u16>().to_be_bytes());
+    // No flags (a plain query, no recursion), one question.
+    query.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in ZONE.split('.') {
+        query.push(u8::try_from(label.len())?);
+        query.extend_from_slice(label.as_bytes());
+    }
+    // Root label, QTYPE SOA (6), QCLASS IN (1).
+    query.extend_from_slice(&[0, 0, 6, 0, 1]);
+    let ask = || async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let mut framed = u16::try_from(query.len())?.to_be_bytes().to_vec();
+        framed.extend_from_slice(&query);
+        stream.write_all(&framed).await?;
+        let mut length = [0u8; 2];
+        stream.read_exact(&mut length).await?;
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        stream.read_exact(&mut answer).await?;
+        ensure!(answer.len() >= 12, "short answer");
+        let rcode = answer[3] & 0x0f;
+        let authoritative = answer[2] & 0x04 != 0;
+        let answers = u16::from_be_bytes([answer[6], answer[7]]);
+        ensure!(
+            rcode == 0 && authoritative && answers >= 1,
+            "{what} does not serve {ZONE} yet (rcode {rcode})"
+        );
+        Ok(())
+    };
+    crate::eventually(&format!("{what} serves {ZONE}"), DEADLINE, ask).await
+}
+
 /// `named` serving [`ZONE`] with the apex and `*` pointing at one address, and TSIG-authorized
 /// RFC 2136 updates.
 pub struct Named {
@@ -88,13 +124,31 @@ pub struct Named {
     pub addr: SocketAddr,
     /// The TSIG secret (base64) of [`TSIG_KEY`], hmac-sha256.
     pub secret: String,
+    /// Its log (`named -g` output).
+    pub log: PathBuf,
     _child: Child,
 }
 
 impl Named {
+    /// How many update messages `named` has accepted so far (one `signer ... approved` log
+    /// line each, whether or not they changed the zone: the SOA serial only moves on a change).
+    pub fn updates(&self) -> Result<usize> {
+        let needle = format!("signer \"{TSIG_KEY}\" approved");
+        Ok(std::fs::read_to_string(&self.log)?
+            .lines()
+            .filter(|line| line.contains(&needle))
+            .count())
+    }
+
     /// Starts `named` over `dir` (config, zone, journal, `named.log`), with every name in
     /// [`ZONE`] resolving to `address`.
     pub async fn start(dir: &Path, address: Ipv4Addr) -> Result<Self> {
+        Self::start_with_records(dir, &format!("@ IN A {address}\n* IN A {address}\n")).await
+    }
+
+    /// Starts `named` over `dir` serving [`ZONE`] with its SOA, NS and `records` (zone-file
+    /// lines, relative to the zone; empty for a zone with no address at all).
+    pub async fn start_with_records(dir: &Path, records: &str) -> Result<Self> {
         let secret = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
         let d = dir.display();
         // As for Pebble: the free port may be taken before named binds it; retry with another.
@@ -117,15 +171,14 @@ impl Named {
 }};
 controls {{ }};
 key "{TSIG_KEY}" {{ algorithm hmac-sha256; secret "{secret}"; }};
-zone "{ZONE}" {{ type primary; file "{d}/{ZONE}.zone"; allow-update {{ key "{TSIG_KEY}"; }}; }};
+zone "{ZONE}" {{ type primary; file "{d}/{ZONE}.zone"; allow-update {{ key "{TSIG_KEY}"; }}; allow-transfer {{ key "{TSIG_KEY}"; }}; }};
 "#
                 ),
             )?;
             std::fs::write(
                 dir.join(format!("{ZONE}.zone")),
                 format!(
-                    "$TTL 60\n@ IN SOA ns admin 1 60 60 600 60\n@ IN NS ns\nns IN A 127.0.0.1\n\
-                 @ IN A {address}\n* IN A {address}\n"
+                    "$TTL 60\n@ IN SOA ns admin 1 60 60 600 60\n@ IN NS ns\nns IN A 127.0.0.1\n{records}"
                 ),
             )?;
             let mut child = Command::new(which("named").context("named is not installed")?)
@@ -139,7 +192,10 @@ zone "{ZONE}" {{ type primary; file "{d}/{ZONE}.zone"; allow-update {{ key "{TSI
                 .context("starting named")?;
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             match wait_listening(addr, "named", &mut child).await {
-                Ok(()) => break (child, addr),
+                Ok(()) => {
+                    wait_zone_loaded(addr, "named").await?;
+                    break (child, addr);
+                }
                 Err(error) if attempt < 3 && child.try_wait()?.is_some() => {
                     eprintln!("named did not start ({error}), retrying with another port");
                 }
@@ -149,6 +205,7 @@ zone "{ZONE}" {{ type primary; file "{d}/{ZONE}.zone"; allow-update {{ key "{TSI
         Ok(Self {
             addr,
             secret,
+            log: dir.join("named.log"),
             _child: child,
         })
     }
@@ -156,35 +213,12 @@ zone "{ZONE}" {{ type primary; file "{d}/{ZONE}.zone"; allow-update {{ key "{TSI
     /// Points `name` (in [`ZONE`]) at `address` with an RFC 2136 update sent by `nsupdate`
     /// (an explicit A record, which takes precedence over the zone's wildcard).
     pub async fn point(&self, name: &str, address: Ipv4Addr) -> Result<()> {
-        let script = format!(
-            "server {} {}\nzone {ZONE}\nupdate delete {name}. A\nupdate add {name}. 5 A {address}\nsend\n",
-            self.addr.ip(),
-            self.addr.port()
-        );
-        let mut child = Command::new(which("nsupdate").context("nsupdate is not installed")?)
-            .arg("-y")
-            .arg(format!("hmac-sha256:{TSIG_KEY}:{}", self.secret))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting nsupdate")?;
-        child
-            .stdin
-            .take()
-            .context("nsupdate stdin")?
-            .write_all(script.as_bytes())
-            .await?;
-        let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
-            .await
-            .context("nsupdate did not finish")??;
-        ensure!(
-            output.status.success(),
-            "nsupdate failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
+        crate::dns::nsupdate(
+            self.addr,
+            &self.secret,
+            &format!("update delete {name}. A\nupdate add {name}. 5 A {address}"),
+        )
+        .await
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 
 use crate::net::{free_tcp, loopback};
@@ -75,8 +76,9 @@ impl Browser {
         let url = format!("http://{port}");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let client = loop {
-            match ClientBuilder::rustls()
-                .context("WebDriver client")?
+            // chromedriver listens on plain HTTP on loopback: no TLS stack for the WebDriver
+            // client (fantoccini's rustls feature would bring in a second crypto provider).
+            match ClientBuilder::new(HttpConnector::new())
                 .capabilities(caps.clone())
                 .connect(&url)
                 .await
@@ -223,43 +225,11 @@ pub fn spki_sha256(cert_der: &[u8]) -> anyhow::Result<String> {
     Ok(base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(spki)))
 }
 
-/// The DER of the SubjectPublicKeyInfo inside an X.509 certificate: Certificate ->
-/// tbsCertificate -> [version], serial, signature, issuer, validity, subject, spki.
+/// The DER of the SubjectPublicKeyInfo inside an X.509 certificate.
 fn spki_of(der: &[u8]) -> Option<&[u8]> {
-    fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8], &[u8])> {
-        let tag = *input.first()?;
-        let first = *input.get(1)?;
-        let (len, header) = if first < 0x80 {
-            (usize::from(first), 2)
-        } else {
-            let n = usize::from(first & 0x7f);
-            let mut len = 0usize;
-            for b in input.get(2..2 + n)? {
-                len = (len << 8) | usize::from(*b);
-            }
-            (len, 2 + n)
-        };
-        let whole = input.get(..header + len)?;
-        Some((
-            tag,
-            input.get(header..header + len)?,
-            whole,
-            input.get(header + len..)?,
-        ))
-    }
-    let (_, cert, _, _) = tlv(der)?;
-    let (_, tbs, _, _) = tlv(cert)?;
-    let mut rest = tbs;
-    let (tag, _, _, after) = tlv(rest)?;
-    if tag == 0xa0 {
-        rest = after;
-    }
-    for _ in 0..5 {
-        let (_, _, _, after) = tlv(rest)?;
-        rest = after;
-    }
-    let (_, _, spki, _) = tlv(rest)?;
-    Some(spki)
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.tbs_certificate.subject_pki.raw)
 }
 
 /// The current TOTP code (offset by `steps` periods) for a base32 `secret`.

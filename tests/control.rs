@@ -301,6 +301,33 @@ impl Control {
         .await
     }
 
+    /// Runs the `kokoa-control` CLI against this control's API (`--api-url`, `--token`) with
+    /// `args`; its standard output, or an error with its standard error when it fails.
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = tokio::time::timeout(
+            Duration::from_secs(30),
+            // The client flags are the subcommands' (global below them), so they come last.
+            tokio::process::Command::new(binary("kokoa-control")?)
+                .args(args)
+                .arg("--api-url")
+                .arg(format!("http://{}", self.api))
+                .arg("--token")
+                .arg(&self.token)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .with_context(|| format!("kokoa-control {} timed out", args.join(" ")))?
+        .context("running kokoa-control")?;
+        ensure!(
+            output.status.success(),
+            "kokoa-control {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
     /// Downloads a node bundle (`/origins/ID/bundle` or `/edge-nodes/ID/bundle`) and unpacks it
     /// into `dir` with tar(1) (without the bundle's top directory, `kokoa-KIND-NAME/`).
     pub async fn unpack_bundle(&self, path: &str, dir: &Path) -> anyhow::Result<()> {

@@ -7,6 +7,8 @@
 //! - [`pki`]: a test CA (rcgen) and rustls client configs that trust it.
 //! - [`config`]: edge and origin TOML files written from typed specs.
 //! - [`acme`]: Pebble and BIND `named` on loopback for the certificate tests.
+//! - [`dns`]: Knot and PowerDNS on loopback, `dig` and `nsupdate`, for the DNS provider tests.
+//! - [`cloudflare`]: a local fake of Cloudflare's API v4 enforcing its documented shapes.
 //! - [`apps`]: the sample apps (HTTP echo/bytes/upload/stream, WebSocket echo, TCP echo).
 //! - [`client`]: an HTTPS client (HTTP/1.1 or HTTP/2 by ALPN) that dials the edge directly.
 //! - [`control`]: `kokoa-control serve`, its REST API, and nodes started from its bundles.
@@ -27,8 +29,10 @@ pub mod acme;
 pub mod apps;
 pub mod browser;
 pub mod client;
+pub mod cloudflare;
 pub mod config;
 pub mod control;
+pub mod dns;
 pub mod net;
 pub mod netns;
 pub mod pki;

@@ -62,36 +62,19 @@ struct Fleet {
 
 async fn origin(store: &dyn Store, name: &str, port: u32) -> Result<(Id, Id)> {
     let origin = store
-        .create_origin(
-            &Actor::System,
-            NewOrigin {
-                name: name.into(),
-                public_key: None,
-            },
-        )
+        .create_origin(&Actor::System, NewOrigin::named(name.parse()?))
         .await?;
     let service = store
         .create_service(
             &Actor::System,
             origin.id,
-            NewService {
-                name: "web".into(),
-                port,
-                protocol: store::Protocol::Http,
-                local_address: None,
-                health_path: None,
-            },
+            NewService::http("web".parse()?, store::Port::new(port)?),
         )
         .await?;
     let route = store
         .create_route(
             &Actor::System,
-            NewRoute {
-                hostname: format!("{name}.example.com"),
-                aliases: Vec::new(),
-                service_id: service.id,
-                limits: None,
-            },
+            NewRoute::to(format!("{name}.example.com").parse()?, service.id),
         )
         .await?;
     Ok((origin.id, route.id))
@@ -135,6 +118,7 @@ async fn watcher(
         applied_version: 0,
         software_version: "bench".into(),
         hostname: "bench".into(),
+        listeners: Vec::new(),
     });
     tx.send(pb::NodeMessage {
         message: Some(hello),
@@ -196,9 +180,8 @@ async fn fleet() -> Result<Fleet> {
             .create_edge(
                 &Actor::System,
                 NewEdge {
-                    name,
                     origins: vec![origin],
-                    ..NewEdge::default()
+                    ..NewEdge::named(kokoa_model::Name::new(&name)?)
                 },
             )
             .await?;
@@ -242,7 +225,14 @@ impl Fleet {
                 &Actor::System,
                 route,
                 RouteUpdate {
-                    limits: Some(serde_json::json!({ "rate": self.rate })),
+                    limits: Some(kokoa_model::RouteLimits::new(
+                        Some(kokoa_model::Rate::new(f64::from(u32::try_from(
+                            self.rate,
+                        )?))?),
+                        None,
+                        None,
+                        kokoa_model::AccessRules::default(),
+                    )?),
                     ..RouteUpdate::default()
                 },
             )

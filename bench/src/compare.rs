@@ -12,6 +12,7 @@ use kokoa_tunnel::key::PrivateKey;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
 use crate::apps::Pki;
+use crate::files;
 use crate::load::{parse_curl_write_out, parse_h2load, parse_wrk};
 use crate::render::{self, KokoaPlan, RateLimit, TlsFiles, APP_HOST, UPLOAD_HOST};
 use crate::report::{civil_from_unix, render_markdown, Contender, Metric, Results, RunInfo};
@@ -58,6 +59,8 @@ pub async fn compare(options: Options) -> anyhow::Result<PathBuf> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let wall = Instant::now();
+    // The tree being measured, named before the build: results are filed under it.
+    let build = files::build_id(Path::new(env!("CARGO_MANIFEST_DIR")));
     let (edge_bin, origin_bin) = kokoa_binaries(&options).await?;
     let onetun = which("onetun");
     let contenders: Vec<Contender> = if options.only.is_empty() {
@@ -107,20 +110,27 @@ pub async fn compare(options: Options) -> anyhow::Result<PathBuf> {
     drop(bench);
     info.wall_secs = wall.elapsed().as_secs_f64();
 
-    std::fs::create_dir_all(&options.out_dir)
-        .with_context(|| format!("creating {}", options.out_dir.display()))?;
-    let stem = format!("{y:04}-{mo:02}-{d:02}");
-    let svg = options.out_dir.join(format!("{stem}.svg"));
-    let chart_name = match crate::chart::render(&results, &svg) {
-        Ok(()) => Some(format!("{stem}.svg")),
+    let mut out = files::create_new(
+        &options.out_dir,
+        &files::stem(&files::date_of(started), &build, None),
+        &["md", "svg"],
+    )?;
+    let chart_name = match crate::chart::render(&results) {
+        Ok(svg) => {
+            out.write("svg", svg.as_bytes())?;
+            Some(out.name("svg"))
+        }
         Err(error) => {
             results.notes.push(format!("chart not drawn: {error:#}"));
+            // The empty file was made by this run a moment ago: nothing else is lost.
+            let _ = std::fs::remove_file(options.out_dir.join(out.name("svg")));
             None
         }
     };
-    let md = options.out_dir.join(format!("{stem}.md"));
-    std::fs::write(&md, render_markdown(&info, &results, chart_name.as_deref()))
-        .with_context(|| format!("writing {}", md.display()))?;
+    let md = out.write(
+        "md",
+        render_markdown(&info, &results, chart_name.as_deref()).as_bytes(),
+    )?;
     println!("{}", results.table());
     println!("{}", results.rate_limit_summary());
     Ok(md)

@@ -12,13 +12,14 @@
 //! The load comparison (`cargo run -p kokoa-bench --release -- compare`, root) runs Kokoa
 //! against Nginx + wireguard-go, Nginx alone and Nginx + onetun in two network namespaces
 //! joined by a veth pair, with wrk, h2load and curl as load generators, and writes
-//! `bench/results/<date>.md` and `.svg` ([`compare`]). It is a benchmark, never a test: only
-//! the pure logic (medians, ratios, report and config rendering, output parsers) is unit
-//! tested.
+//! `bench/results/<date>-<build>.md` and `.svg` ([`compare`], names from [`files`], never
+//! overwriting an earlier run). It is a benchmark, never a test: only the pure logic (medians,
+//! ratios, report, chart and config rendering, file naming, output parsers) is unit tested.
 
 pub mod apps;
 pub mod chart;
 pub mod compare;
+pub mod files;
 pub mod load;
 pub mod render;
 pub mod report;

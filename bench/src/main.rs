@@ -1,4 +1,4 @@
-//! `kokoa-bench`: the load-comparison harness (`compare`) and the helpers it starts inside
+//! `kokoa-bench`: the load-comparison harness (`compare`, `chart`) and the helpers it starts inside
 //! the benchmark namespaces (`upload-sink`, `idle-clients`). See `bench/README.md`.
 
 use std::net::SocketAddr;
@@ -50,6 +50,16 @@ enum Command {
         /// Use the existing release binaries without running cargo build.
         #[arg(long)]
         no_build: bool,
+    },
+    /// Redraw the chart of a committed report from its "Every round" table into a new file
+    /// (`<report>-chart.svg`, never replacing one).
+    Chart {
+        /// The report, e.g. bench/results/2026-11-25.md.
+        #[arg(long)]
+        from: PathBuf,
+        /// Directory for the chart (default: the report's).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Start the namespaces, the app and one contender, and keep them up until Ctrl-C (for
     /// profiling it under a load run by hand).
@@ -126,6 +136,10 @@ async fn main() -> anyhow::Result<()> {
             };
             let report = until_signal(compare(options)).await??;
             println!("report: {}", report.display());
+        }
+        Command::Chart { from, out } => {
+            let path = kokoa_bench::chart::rerender(&from, out.as_deref())?;
+            println!("chart: {}", path.display());
         }
         Command::Serve {
             contender,

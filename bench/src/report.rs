@@ -571,6 +571,51 @@ pub fn render_markdown(info: &RunInfo, results: &Results, chart_file: Option<&st
     out
 }
 
+/// The samples of a committed report, read back from its "Every round" table (the medians,
+/// ratios and chart derive from them), so a chart can be redrawn without rerunning the loads.
+/// Fails when the report has no such table or a row names an unknown load or contender.
+pub fn parse_every_round(markdown: &str) -> anyhow::Result<Results> {
+    let section = markdown
+        .split_once("\n## Every round\n")
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("no \"## Every round\" section"))?;
+    let mut results = Results::default();
+    for line in section.lines() {
+        if line.starts_with("## ") {
+            break;
+        }
+        let cells: Vec<&str> = line
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        if cells.len() != 3 || cells[0] == "load" || cells[0].starts_with("---") {
+            continue;
+        }
+        let metric = Metric::ALL
+            .into_iter()
+            .find(|m| m.label().trim() == cells[0])
+            .ok_or_else(|| anyhow::anyhow!("unknown load {:?}", cells[0]))?;
+        let contender = Contender::ALL
+            .into_iter()
+            .find(|c| c.label() == cells[1])
+            .ok_or_else(|| anyhow::anyhow!("unknown contender {:?}", cells[1]))?;
+        for value in cells[2].split(',') {
+            let value: f64 = value
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{:?} in {line:?}: {e}", value.trim()))?;
+            results.add(contender, metric, value);
+        }
+    }
+    anyhow::ensure!(
+        !results.contenders().is_empty(),
+        "the \"Every round\" section has no rows"
+    );
+    Ok(results)
+}
+
 /// `(year, month, day, hour, minute)` in UTC for seconds since the Unix epoch (Howard
 /// Hinnant's civil-from-days).
 pub fn civil_from_unix(secs: u64) -> (i64, u32, u32, u32, u32) {
@@ -743,6 +788,36 @@ mod tests {
             assert_eq!(Contender::from_key(c.key()), Some(c));
         }
         assert_eq!(Contender::from_key("haproxy"), None);
+    }
+
+    #[test]
+    fn every_round_reads_back_what_the_report_wrote() {
+        let results = sample();
+        let markdown = render_markdown(&RunInfo::default(), &results, None);
+        let back = parse_every_round(&markdown).expect("parses");
+        assert_eq!(back.contenders(), results.contenders());
+        for metric in Metric::ALL {
+            for contender in Contender::ALL {
+                let written: Vec<String> = results
+                    .values(contender, metric)
+                    .iter()
+                    .map(|v| format_value(*v))
+                    .collect();
+                let read: Vec<String> = back
+                    .values(contender, metric)
+                    .iter()
+                    .map(|v| format_value(*v))
+                    .collect();
+                assert_eq!(read, written, "{contender:?} {metric:?}");
+            }
+        }
+        assert_eq!(back.table(), results.table());
+        assert!(parse_every_round("# no rounds here\n").is_err());
+        assert!(parse_every_round(
+            "x\n## Every round\n\n| load | contender | values |\n|---|---|---|\n\
+             | warp speed | 1 kokoa | 1 |\n"
+        )
+        .is_err());
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct BundleSettings {
 }
 
 /// The node a bundle is for.
+// One short-lived value per bundle request, never kept in a collection: an edge record being
+// larger than an origin's (its limits, tunnel settings and listeners) costs nothing here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum BundleNode {
     /// An edge.
@@ -426,6 +429,9 @@ mod tests {
             region: None,
             public_key: kokoa_tunnel::key::PrivateKey::generate().public_key(),
             managed_key: true,
+            limits: None,
+            tunnel: None,
+            listeners: Vec::new(),
             state: state(),
             created_at: now,
             updated_at: now,
@@ -506,6 +512,7 @@ mod tests {
             subnet: 1,
             public_key: kokoa_tunnel::key::PrivateKey::generate().public_key(),
             managed_key: false,
+            tunnel: None,
             state: state(),
             created_at: now,
             updated_at: now,
@@ -544,6 +551,9 @@ mod tests {
             region: None,
             public_key: key,
             managed_key: true,
+            limits: None,
+            tunnel: None,
+            listeners: Vec::new(),
             state: state(),
             created_at: now,
             updated_at: now,
@@ -554,6 +564,7 @@ mod tests {
             subnet: 1,
             public_key: key,
             managed_key: true,
+            tunnel: None,
             state: state(),
             created_at: now,
             updated_at: now,

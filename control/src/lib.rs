@@ -27,6 +27,7 @@ pub mod dev;
 pub mod dns;
 pub mod grpc;
 pub mod https;
+pub mod notify;
 pub mod pki;
 pub mod serve;
 pub mod store;

@@ -2,7 +2,10 @@
 //! API and the gRPC config stream side by side until SIGTERM or SIGINT.
 //!
 //! With `--acme-directory` it also runs the certificate manager ([`crate::acme`]), which orders
-//! and renews certificates for every route name.
+//! and renews certificates for every route name; DNS-01 goes through the `--dns-*` provider
+//! ([`crate::dns`]), which also steers route names to the healthy edges. It always runs the
+//! notifier ([`crate::notify`]), which sends the audit trail to the notification targets
+//! configured through the API.
 //!
 //! Startup order is "check everything, then bind": the master key, the data directory, the
 //! database (created and migrated on first start) and the CA are loaded before any port is
@@ -20,8 +23,10 @@ use crate::account::{Accounts, SessionPolicy};
 use crate::acme::AcmeArgs;
 use crate::api::{self, ApiState, LiveNodes};
 use crate::bundle::BundleSettings;
+use crate::dns::{steer, ConnectedEdges, DnsArgs, Steering};
 use crate::grpc::{GrpcOptions, GrpcServer};
 use crate::https;
+use crate::notify::{Notifier, NotifyArgs};
 use crate::pki::ControlCa;
 use crate::store::{self, MasterKey};
 use crate::web::{self, Web, WebOptions};
@@ -79,7 +84,7 @@ pub struct ServeOptions {
     pub grpc_names: Vec<String>,
     /// The gRPC URL bundles tell nodes; default `https://<first name>:<grpc port>`.
     pub public_url: Option<String>,
-    /// Automatic certificates (ACME) and DNS-01; off without a directory URL.
+    /// Automatic certificates (ACME); off without a directory URL.
     pub acme: AcmeArgs,
     /// Dashboard session timeouts and login limits.
     pub sessions: SessionPolicy,
@@ -91,6 +96,10 @@ pub struct ServeOptions {
     pub api_max_connections: usize,
     /// Dashboard settings (`secure_cookies` is set from `api_tls`).
     pub web: WebOptions,
+    /// Notification delivery (retries, queue bound); targets are configured through the API.
+    pub notify: NotifyArgs,
+    /// The DNS provider (DNS-01, DNS steering); none without `--dns-provider`.
+    pub dns: DnsArgs,
 }
 
 impl ServeOptions {
@@ -115,6 +124,8 @@ impl ServeOptions {
             api_names: Vec::new(),
             api_max_connections: https::DEFAULT_MAX_CONNECTIONS,
             web: WebOptions::default(),
+            notify: NotifyArgs::default(),
+            dns: DnsArgs::default(),
         }
     }
 }
@@ -158,7 +169,9 @@ fn host_name() -> Option<String> {
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .ok()?;
     let name = name.trim().to_ascii_lowercase();
-    store::validate::hostname("hostname", &name).ok()
+    kokoa_model::HostName::new(&name)
+        .ok()
+        .map(|name| name.to_string())
 }
 
 /// The names in the gRPC certificate: the given ones, or localhost, 127.0.0.1 and the host name.
@@ -210,7 +223,8 @@ pub struct BadSettings(pub String);
 
 /// Checks `options` as `serve` would before binding, without binding, creating or writing
 /// anything (so it is safe on a live host): the master key, the data directory, the database
-/// URL, an existing CA, the gRPC names and URL, and the ACME flags. The summary on success.
+/// URL, an existing CA, the gRPC names and URL, the ACME, DNS and notification flags. The summary
+/// on success.
 pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
     let bad = |what: &str, error: &dyn std::fmt::Display| BadSettings(format!("{what}: {error}"));
     let key = match MasterKey::load(options.master_key_file.as_deref()) {
@@ -267,7 +281,7 @@ pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
     let names = grpc_names(&options.grpc_names);
     for name in &names {
         if name.parse::<IpAddr>().is_err() {
-            store::validate::hostname("--grpc-name", name).map_err(|e| bad("--grpc-name", &e))?;
+            kokoa_model::HostName::new(name).map_err(|e| bad("--grpc-name", &e))?;
         }
     }
     let control_url = public_url(options.public_url.as_deref(), options.grpc, &names);
@@ -280,13 +294,36 @@ pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
             ))
         }
     }
-    let acme = match options.acme.options().map_err(|e| bad("ACME", &e))? {
+    let dns = options.dns.setup().map_err(|e| bad("DNS", &e))?;
+    let dns_summary = match &dns {
+        Some(dns) => format!(
+            "DNS {} for {} (TTL {} s)",
+            dns.provider.kind(),
+            dns.provider.zone(),
+            dns.steering.ttl
+        ),
+        None => "DNS off".to_owned(),
+    };
+    let provider = dns.map(|dns| dns.provider);
+    let acme = match options
+        .acme
+        .options(provider)
+        .map_err(|e| bad("ACME", &e))?
+    {
         Some((acme, _)) => format!("ACME from {}", acme.directory_url),
         None => "ACME off".to_owned(),
     };
+    let notify = options
+        .notify
+        .options()
+        .map_err(|e| bad("notifications", &e))?;
+    let acme = format!(
+        "{acme}; notifications: {} attempts, queue {} per target",
+        notify.max_attempts, notify.queue_limit
+    );
     Ok(format!(
         "settings ok: data {} ({engine}), {key}, {ca}; REST API {}, gRPC {} (nodes told \
-         {control_url}); {acme}",
+         {control_url}); {acme}; {dns_summary}",
         dir.display(),
         options.api,
         options.grpc,
@@ -310,7 +347,15 @@ pub async fn run(
     let store = store::open(&url, key)
         .await
         .with_context(|| format!("cannot open the store at {url}"))?;
-    let certificates = options.acme.manager(store.clone())?;
+    let notify = options
+        .notify
+        .options()
+        .map_err(|e| BadSettings(format!("notifications: {e}")))?;
+    let notifier = Notifier::new(store.clone(), notify)?;
+    let dns = options.dns.setup()?;
+    let certificates = options
+        .acme
+        .manager(store.clone(), dns.as_ref().map(|dns| dns.provider.clone()))?;
     let ca = ControlCa::load_or_create(&options.data_dir)?;
     let names = grpc_names(&options.grpc_names);
     let tls = ca.server_tls(&names)?;
@@ -363,8 +408,18 @@ pub async fn run(
     // From the bound address, so `--grpc 127.0.0.1:0` yields a URL with the real port.
     let control_url = public_url(options.public_url.as_deref(), grpc_addr, &names);
 
-    let grpc = GrpcServer::new(store.clone(), GrpcOptions::default());
+    let grpc_options = GrpcOptions::default();
+    let max_silence = grpc_options.heartbeat_interval * steer::MISSED_HEARTBEATS;
+    let grpc = GrpcServer::new(store.clone(), grpc_options);
     let live: Arc<dyn LiveNodes> = Arc::new(grpc.nodes());
+    // DNS steering: route names -> the healthy edges serving them, judged for now by their
+    // control connection and heartbeats ([`ConnectedEdges`]).
+    let steering = dns.as_ref().map(|dns| Steering {
+        manager: dns.manager(),
+        store: store.clone(),
+        health: Arc::new(ConnectedEdges::new(grpc.nodes(), max_silence)),
+        recheck: steer::DEFAULT_RECHECK,
+    });
     if let Some(manager) = &certificates {
         manager.watch_connected_nodes(live.clone());
     }
@@ -412,7 +467,9 @@ pub async fn run(
     }
     let grpc_task = tokio::spawn(grpc.serve(grpc_listener, tls, stopped(stop_rx.clone())));
     // The certificate manager is not a server: it ends only on shutdown, so it is awaited then.
-    let acme_task = certificates.map(|manager| tokio::spawn(manager.run(stopped(stop_rx))));
+    let acme_task = certificates.map(|manager| tokio::spawn(manager.run(stopped(stop_rx.clone()))));
+    let notify_task = tokio::spawn(notifier.run(stopped(stop_rx.clone())));
+    let dns_task = steering.map(|steering| tokio::spawn(steering.run(stopped(stop_rx))));
     let dashboard_url = https::dashboard_url(api_addr, api_certificate.is_some());
     tracing::info!(%api_addr, %grpc_addr, %control_url, %dashboard_url, engine = ?store.engine(), "kokoa-control serving");
     eprintln!(
@@ -452,6 +509,10 @@ pub async fn run(
     let grpc_result = grpc_task.await.context("gRPC task panicked")?;
     if let Some(task) = acme_task {
         task.await.context("certificate manager task panicked")?;
+    }
+    notify_task.await.context("notifier task panicked")?;
+    if let Some(task) = dns_task {
+        task.await.context("DNS steering task panicked")?;
     }
     api_result.context("REST API server failed")?;
     grpc_result.context("gRPC server failed")?;

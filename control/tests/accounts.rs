@@ -170,7 +170,7 @@ async fn users_roles_and_the_last_admin(db: &Db) -> Result<()> {
         )
         .await;
     ensure!(
-        matches!(bad, Err(StoreError::Invalid { field: "name", .. })),
+        matches!(&bad, Err(StoreError::Invalid { field, .. }) if field == "name"),
         "{bad:?}"
     );
     let plain = db
@@ -509,13 +509,7 @@ async fn login_with_password_and_totp(db: &Db) -> Result<()> {
         .create_user(&cli(), "alice", "short", Role::Admin)
         .await;
     ensure!(
-        matches!(
-            short,
-            Err(StoreError::Invalid {
-                field: "password",
-                ..
-            })
-        ),
+        matches!(&short, Err(StoreError::Invalid { field, .. }) if field == "password"),
         "{short:?}"
     );
     let alice = accounts

@@ -24,7 +24,7 @@ use kokoa_control::acme::{AcmeOptions, CertificateManager, ChallengeKind, PassRe
 use kokoa_control::dns::{DnsProvider, RecordData, Rfc2136Config, Rfc2136Provider, TsigAlgorithm};
 use kokoa_control::store::{
     self, AcmeChallengeAnswer, AcmeStore, Actor, CertificateSource, MasterKey, NewCertificate,
-    NewEdge, NewOrigin, NewRoute, NewService, NodeId, Protocol, Store,
+    NewEdge, NewOrigin, NewRoute, NewService, NodeId, Store,
 };
 use kokoa_edge::acme::{AcmeChallenges, HttpChallenge, TlsAlpnChallenge};
 use kokoa_edge::sni::CertStore;
@@ -95,18 +95,7 @@ async fn start_edge(
 
     // The store's view of this edge, so the manager waits for its ACK of each challenge.
     let node = store
-        .create_edge(
-            &actor(),
-            NewEdge {
-                name: name.into(),
-                public_ip: None,
-                endpoint: None,
-                provider: None,
-                region: None,
-                public_key: None,
-                origins: Vec::new(),
-            },
-        )
+        .create_edge(&actor(), NewEdge::named(name.parse()?))
         .await?;
     let node = NodeId::Edge(node.id);
     let deliver = Arc::new(AtomicBool::new(true));
@@ -192,24 +181,16 @@ async fn world() -> Result<World> {
     let edge = start_edge(store.clone(), "edge-1", any, any).await?;
     let pebble = Pebble::start(dir.path(), named.addr, edge.http.port(), edge.https.port()).await?;
     let origin = store
-        .create_origin(
-            &actor(),
-            NewOrigin {
-                name: "home".into(),
-                public_key: None,
-            },
-        )
+        .create_origin(&actor(), NewOrigin::named("home".parse()?))
         .await?;
     let service = store
         .create_service(
             &actor(),
             origin.id,
             NewService {
-                name: "web".into(),
-                port: 8001,
-                protocol: Protocol::Http,
-                local_address: Some("127.0.0.1:8001".into()),
-                health_path: None,
+                protocol: store::Protocol::Http,
+                local_address: Some("127.0.0.1:8001".parse()?),
+                ..NewService::http("web".parse()?, store::Port::new(8001)?)
             },
         )
         .await?;
@@ -253,15 +234,7 @@ impl World {
 
     async fn route(&self, hostname: &str) -> Result<()> {
         self.store
-            .create_route(
-                &actor(),
-                NewRoute {
-                    hostname: hostname.into(),
-                    aliases: Vec::new(),
-                    service_id: self.service,
-                    limits: None,
-                },
-            )
+            .create_route(&actor(), NewRoute::to(hostname.parse()?, self.service))
             .await?;
         Ok(())
     }
@@ -314,7 +287,7 @@ async fn store_keeps_challenges_sealed_and_versioned() -> Result<()> {
         .create_certificate(
             &actor(),
             NewCertificate {
-                names: vec!["app.kokoa.test".into()],
+                names: vec!["app.kokoa.test".parse()?],
                 source: CertificateSource::Acme,
                 material: None,
             },
@@ -429,13 +402,11 @@ async fn http01_issuance_failure_backoff_and_renewal() -> Result<()> {
         .create_certificate(
             &actor(),
             NewCertificate {
-                names: vec!["manual.kokoa.test".into()],
+                names: vec!["manual.kokoa.test".parse()?],
                 source: CertificateSource::Manual,
                 material: Some(store::CertificateMaterial {
                     chain_pem: manual.cert.pem(),
                     key_pem: manual.key_pair.serialize_pem(),
-                    issuer: None,
-                    not_after: time::OffsetDateTime::now_utc() + time::Duration::days(3),
                 }),
             },
         )
@@ -632,45 +603,31 @@ async fn http01_end_to_end_through_grpc_and_a_control_mode_edge() -> Result<()> 
     }));
 
     let origin = store
-        .create_origin(
-            &actor(),
-            NewOrigin {
-                name: "home".into(),
-                public_key: None,
-            },
-        )
+        .create_origin(&actor(), NewOrigin::named("home".parse()?))
         .await?;
     let service = store
         .create_service(
             &actor(),
             origin.id,
             NewService {
-                name: "web".into(),
-                port: 8001,
-                protocol: Protocol::Http,
-                local_address: Some("127.0.0.1:8001".into()),
-                health_path: None,
+                protocol: store::Protocol::Http,
+                local_address: Some("127.0.0.1:8001".parse()?),
+                ..NewService::http("web".parse()?, store::Port::new(8001)?)
             },
         )
         .await?;
     store
         .create_route(
             &actor(),
-            NewRoute {
-                hostname: "app.kokoa.test".into(),
-                aliases: Vec::new(),
-                service_id: service.id,
-                limits: None,
-            },
+            NewRoute::to("app.kokoa.test".parse()?, service.id),
         )
         .await?;
     let edge = store
         .create_edge(
             &actor(),
             NewEdge {
-                name: "edge-1".into(),
                 origins: vec![origin.id],
-                ..Default::default()
+                ..NewEdge::named("edge-1".parse()?)
             },
         )
         .await?;

@@ -13,6 +13,7 @@ use hyper::{Method, StatusCode};
 use kokoa_control::api::openapi::ENDPOINTS;
 use kokoa_control::api::{
     self, ApiState, EdgeView, ErrorBody, LiveNode, LiveNodes, OriginView, RouteView, ServiceView,
+    TcpRouteView,
 };
 use kokoa_control::bundle::BundleSettings;
 use kokoa_control::cli::client::{ApiClient, ClientError};
@@ -185,6 +186,29 @@ async fn tokens_are_required_and_checked() -> Result<()> {
     let doc: Value = anonymous.get("/openapi.json").await?;
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/api/v1/routes"]["post"].is_object());
+    for path in ["/api/v1/tcp-routes", "/api/v1/tcp-routes/{route}"] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path} documented");
+    }
+    let schemas = &doc["components"]["schemas"];
+    // Request bodies refuse unknown fields, as the API does (422 naming the field).
+    for body in [
+        "RouteCreate",
+        "RoutePatch",
+        "TcpRouteCreate",
+        "EdgeCreate",
+        "CertificateUpload",
+    ] {
+        assert_eq!(
+            schemas[body]["additionalProperties"], false,
+            "{body} is strict in the document"
+        );
+    }
+    assert!(
+        schemas["TcpRouteCreate"]["properties"]["proxy_protocol"].is_object()
+            && schemas["EdgeCreate"]["properties"]["limits"].is_object()
+            && schemas["Nack"]["properties"]["object"].is_object(),
+        "TCP routes, edge limits and the NACK's object are described"
+    );
     let mut refs = Vec::new();
     collect_refs(&doc, &mut refs);
     assert!(refs.len() > 50, "{}", refs.len());
@@ -265,7 +289,7 @@ async fn origins_crud_and_errors() -> Result<()> {
 
     let rotated: OriginView = h.api.post("/origins/home/rotate-key", &json!({})).await?;
     assert_ne!(rotated.origin.public_key, home.origin.public_key);
-    let own_key = kokoa_tunnel::key::PrivateKey::generate().public_key();
+    let own_key = kokoa_model::key::PrivateKey::generate().public_key();
     let rotated: OriginView = h
         .api
         .post(
@@ -296,7 +320,7 @@ async fn origins_crud_and_errors() -> Result<()> {
             .post::<_, OriginView>("/origins", &json!({"nom": "x"}))
             .await,
         StatusCode::UNPROCESSABLE_ENTITY,
-        None,
+        Some("nom"),
     )?;
     expect_error(
         h.api
@@ -596,7 +620,7 @@ async fn routes_crud_and_the_issue_errors() -> Result<()> {
             Some("hostname"),
         )?;
     }
-    // Duplicate route (as host name and as alias).
+    // Duplicate route (as host name and as alias): 409 naming the field that collides.
     for dup in ["app.example.com", "www.example.com"] {
         expect_error(
             h.api
@@ -606,9 +630,20 @@ async fn routes_crud_and_the_issue_errors() -> Result<()> {
                 )
                 .await,
             StatusCode::CONFLICT,
-            None,
+            Some("hostname"),
         )?;
     }
+    expect_error(
+        h.api
+            .post::<_, RouteView>(
+                "/routes",
+                &json!({"hostname": "fresh.example.com", "origin": "home", "service": "web",
+                        "aliases": ["other.example.com", "www.example.com"]}),
+            )
+            .await,
+        StatusCode::CONFLICT,
+        Some("aliases[1]"),
+    )?;
     // Unknown origin, unknown service, no target.
     expect_error(
         h.api
@@ -802,14 +837,29 @@ async fn status_lists_every_node() -> Result<()> {
         .record_config_ack(NodeId::Edge(edge.edge.id), h.store.config_version().await?)
         .await?;
     h.store
-        .record_config_nack(NodeId::Edge(edge.edge.id), 99, "bad route")
+        .record_config_nack(
+            NodeId::Edge(edge.edge.id),
+            &store::Nack {
+                version: 99,
+                error: "routes[0].port: bad route".into(),
+                object: Some(store::NackObject {
+                    kind: "route".into(),
+                    key: "app.example.com".into(),
+                    field: "routes[0].port".into(),
+                }),
+            },
+        )
         .await?;
     let status: Value = h.api.get("/status").await?;
     let nodes = status["nodes"].as_array().context("nodes")?;
     assert_eq!(nodes.len(), 2);
     assert_eq!(nodes[0]["kind"], "edge");
     assert_eq!(nodes[0]["in_sync"], true);
-    assert_eq!(nodes[0]["nack"]["error"], "bad route");
+    assert_eq!(nodes[0]["nack"]["error"], "routes[0].port: bad route");
+    assert_eq!(
+        nodes[0]["nack"]["object"],
+        json!({"kind": "route", "key": "app.example.com", "field": "routes[0].port"})
+    );
     assert_eq!(nodes[0]["connected"], Value::Null);
     assert_eq!(nodes[1]["name"], "home");
     assert_eq!(nodes[1]["in_sync"], false);
@@ -844,6 +894,7 @@ async fn status_overlays_the_live_connections() -> Result<()> {
             nack: Some(store::Nack {
                 version: 2,
                 error: "cannot bind 0.0.0.0:443".into(),
+                object: None,
             }),
             in_sync: true,
         });
@@ -969,5 +1020,364 @@ async fn every_documented_endpoint_is_routed_and_bodies_are_limited() -> Result<
     let big = format!("{{\"name\": \"{}\"}}", "a".repeat(api::BODY_LIMIT + 10));
     let (status, _) = h.raw(Method::POST, "/origins", &big).await?;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    Ok(())
+}
+
+/// Issue 15's list of things control used to accept and every node then refused: each is now a
+/// 422 naming the field, and nothing of it is stored.
+#[tokio::test]
+async fn the_model_refuses_what_a_node_would_naming_the_field() -> Result<()> {
+    let h = Harness::start().await?;
+    h.origin("home").await?;
+    let web = h.service("home", "web", 8001).await?;
+    let route: RouteView = h
+        .api
+        .post(
+            "/routes",
+            &json!({"hostname": "app.example.com", "service_id": web.service.id}),
+        )
+        .await?;
+    let version = h.store.config_version().await?;
+    let path = format!("/routes/{}", route.route.id);
+    // The typo of the issue, and limits no edge accepts.
+    for (limits, field) in [
+        (json!({"alow": ["10.0.0.0/8"]}), "limits.alow"),
+        (json!({"rate": "fast"}), "limits.rate"),
+        (json!({"rate": -1}), "limits.rate"),
+        (json!({"allow": ["10.0.0.0/8", "nope"]}), "limits.allow[1]"),
+        (json!({"max_body_bytes": -5}), "limits.max_body_bytes"),
+    ] {
+        let message = expect_error(
+            h.api
+                .json::<_, RouteView>(Method::PATCH, &path, &json!({ "limits": limits }))
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(field),
+        )?;
+        assert!(!message.is_empty(), "{field}");
+    }
+    let limits_without_rate = expect_error(
+        h.api
+            .json::<_, RouteView>(Method::PATCH, &path, &json!({"limits": {"burst": 3}}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("limits"),
+    )?;
+    assert!(
+        limits_without_rate.contains("without a rate"),
+        "{limits_without_rate}"
+    );
+    // A misspelt field of a service is not ignored (it used to create a service pointing at
+    // the default 127.0.0.1:8002).
+    expect_error(
+        h.api
+            .post::<_, ServiceView>(
+                "/origins/home/services",
+                &json!({"name": "api", "port": 8002, "local": "127.0.0.1:28001"}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("local"),
+    )?;
+    // Node names are identifiers (no dots); host names have no `_`.
+    expect_error(
+        h.api
+            .post::<_, OriginView>("/origins", &json!({"name": "home.lab"}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("name"),
+    )?;
+    expect_error(
+        h.api
+            .post::<_, RouteView>(
+                "/routes",
+                &json!({"hostname": "a_b.example.com", "service_id": web.service.id}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("hostname"),
+    )?;
+    expect_error(
+        h.api
+            .post::<_, RouteView>(
+                "/routes",
+                &json!({"hostname": "b.example.com", "aliases": ["ok.example.com", "x y"], "service_id": web.service.id}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("aliases[1]"),
+    )?;
+    assert_eq!(
+        h.store.config_version().await?,
+        version,
+        "nothing refused reached the store"
+    );
+    // A local address that resolves only on the origin host is accepted (the origin resolves
+    // it when a stream arrives; it is that service's problem if it does not).
+    let db: ServiceView = h
+        .api
+        .post(
+            "/origins/home/services",
+            &json!({"name": "db", "port": 5432, "protocol": "tcp", "local_address": "db.internal:5432"}),
+        )
+        .await?;
+    assert_eq!(db.service.local_address, "db.internal:5432");
+    // Valid limits are stored typed and shown back.
+    let limited: RouteView = h
+        .api
+        .json(
+            Method::PATCH,
+            &path,
+            &json!({"limits": {"rate": 10, "burst": 20, "allow": ["10.1.2.3/8"]}}),
+        )
+        .await?;
+    assert_eq!(
+        serde_json::to_value(&limited.route.limits)?,
+        json!({"rate": 10.0, "burst": 20, "allow": ["10.0.0.0/8"]})
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn tcp_routes_crud_and_conflicts() -> Result<()> {
+    let h = Harness::start().await?;
+    h.origin("home").await?;
+    h.api
+        .post::<_, ServiceView>(
+            "/origins/home/services",
+            &json!({"name": "db", "port": 5432, "protocol": "tcp"}),
+        )
+        .await?;
+    let created: TcpRouteView = h
+        .api
+        .post(
+            "/tcp-routes",
+            &json!({"listen_port": 15432, "origin": "home", "service": "db",
+                    "proxy_protocol": "v2", "allow": ["10.0.0.0/8"]}),
+        )
+        .await?;
+    assert_eq!(
+        (
+            created.route.listen_port.get(),
+            created.port,
+            created.origin.as_str()
+        ),
+        (15432, 5432, "home")
+    );
+    assert_eq!(created.route.proxy_protocol, store::ProxyProtocol::V2);
+    let by_port: TcpRouteView = h.api.get("/tcp-routes/15432").await?;
+    assert_eq!(by_port.route.id, created.route.id);
+    for (body, field) in [
+        (
+            json!({"listen_port": 0, "origin": "home", "service": "db"}),
+            "listen_port",
+        ),
+        (
+            json!({"listen_port": 70000, "origin": "home", "service": "db"}),
+            "listen_port",
+        ),
+        (
+            json!({"listen_port": 1, "origin": "home", "service": "db", "allow": ["nope"]}),
+            "allow[0]",
+        ),
+        (
+            json!({"listen_port": 1, "origin": "home", "service": "db", "proxy_protocol": "v1"}),
+            "proxy_protocol",
+        ),
+        (
+            json!({"listen_port": 1, "origin": "home", "service": "db", "alow": []}),
+            "alow",
+        ),
+        (
+            json!({"listen_port": 1, "origin": "home", "service": "nope"}),
+            "service",
+        ),
+    ] {
+        expect_error(
+            h.api.post::<_, TcpRouteView>("/tcp-routes", &body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(field),
+        )?;
+    }
+    expect_error(
+        h.api
+            .post::<_, TcpRouteView>(
+                "/tcp-routes",
+                &json!({"listen_port": 15432, "origin": "home", "service": "db"}),
+            )
+            .await,
+        StatusCode::CONFLICT,
+        Some("listen_port"),
+    )?;
+    let changed: TcpRouteView = h
+        .api
+        .json(
+            Method::PATCH,
+            "/tcp-routes/15432",
+            &json!({"listen_port": 25432, "proxy_protocol": "none", "deny": ["192.0.2.0/24"]}),
+        )
+        .await?;
+    assert_eq!(changed.route.listen_port.get(), 25432);
+    assert_eq!(changed.route.allow.len(), 1, "untouched");
+    assert_eq!(changed.route.deny[0].to_string(), "192.0.2.0/24");
+    let list: Vec<TcpRouteView> = h.api.get("/tcp-routes").await?;
+    assert_eq!(list.len(), 1);
+    // The service is in use.
+    expect_error(
+        h.api.delete("/origins/home/services/db").await,
+        StatusCode::CONFLICT,
+        None,
+    )?;
+    h.api.delete("/tcp-routes/25432").await?;
+    expect_error(
+        h.api.get::<TcpRouteView>("/tcp-routes/25432").await,
+        StatusCode::NOT_FOUND,
+        None,
+    )?;
+    let events: Vec<Event> = h.api.get("/events?entity=tcp_route").await?;
+    assert_eq!(
+        events.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["created", "updated", "deleted"]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn edges_take_limits_and_tunnel_settings() -> Result<()> {
+    let h = Harness::start().await?;
+    let edge: EdgeView = h
+        .api
+        .post(
+            "/edge-nodes",
+            &json!({"name": "vps1", "limits": {"rate": 10, "max_connections": 500},
+                    "tunnel": {"mtu": 1280}}),
+        )
+        .await?;
+    let limits = serde_json::to_value(&edge.edge.limits)?;
+    assert_eq!(limits["rate"], json!(10.0));
+    assert_eq!(limits["max_connections"], json!(500));
+    assert_eq!(
+        limits["connections_per_client"],
+        json!(256),
+        "defaults filled in"
+    );
+    assert_eq!(
+        serde_json::to_value(edge.edge.tunnel)?,
+        json!({"mtu": 1280})
+    );
+    for (body, field) in [
+        (
+            json!({"limits": {"max_conections": 5}}),
+            "limits.max_conections",
+        ),
+        (json!({"limits": {"ipv4_prefix": 33}}), "limits.ipv4_prefix"),
+        (json!({"tunnel": {"mtu": 70000}}), "tunnel.mtu"),
+        (json!({"tunnel": {"tcp_buffer": 1}}), "tunnel.tcp_buffer"),
+        (
+            json!({"tunnel": {"overlay": "10.0.0.0/8"}}),
+            "tunnel.overlay",
+        ),
+    ] {
+        expect_error(
+            h.api
+                .json::<_, EdgeView>(Method::PATCH, "/edge-nodes/vps1", &body)
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some(field),
+        )?;
+    }
+    let cleared: EdgeView = h
+        .api
+        .json(
+            Method::PATCH,
+            "/edge-nodes/vps1",
+            &json!({"limits": null, "tunnel": {"tcp_buffer": 65536}}),
+        )
+        .await?;
+    assert!(cleared.edge.limits.is_none());
+    assert_eq!(
+        serde_json::to_value(cleared.edge.tunnel)?,
+        json!({"tcp_buffer": 65536})
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn certificates_are_checked_at_upload_and_listed_as_served() -> Result<()> {
+    let h = Harness::start().await?;
+    let cert = rcgen::generate_simple_self_signed(vec![
+        "app.example.com".to_string(),
+        "www.example.com".to_string(),
+    ])?;
+    let other = rcgen::generate_simple_self_signed(vec!["app.example.com".to_string()])?;
+    // Another certificate's key.
+    expect_error(
+        h.api
+            .post::<_, Certificate>(
+                "/certificates",
+                &json!({"chain_pem": cert.cert.pem(), "key_pem": other.key_pair.serialize_pem()}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("key_pem"),
+    )?;
+    // Claimed names must be the certificate's.
+    expect_error(
+        h.api
+            .post::<_, Certificate>(
+                "/certificates",
+                &json!({"chain_pem": cert.cert.pem(), "key_pem": cert.key_pair.serialize_pem(),
+                        "names": ["app.example.com", "admin.example.com"]}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("names[1]"),
+    )?;
+    // No DNS name in the subjectAltName.
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("192.0.2.1".parse()?));
+    let ip_only = params.self_signed(&key)?;
+    expect_error(
+        h.api
+            .post::<_, Certificate>(
+                "/certificates",
+                &json!({"chain_pem": ip_only.pem(), "key_pem": key.serialize_pem(), "names": ["app.example.com"]}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("chain_pem"),
+    )?;
+    // Expired.
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec!["old.example.com".to_string()])?;
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = params.self_signed(&key)?;
+    let message = expect_error(
+        h.api
+            .post::<_, Certificate>(
+                "/certificates",
+                &json!({"chain_pem": expired.pem(), "key_pem": key.serialize_pem()}),
+            )
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("chain_pem"),
+    )?;
+    assert!(message.contains("expired"), "{message}");
+    // A good one is listed by the names it serves.
+    let uploaded: Certificate = h
+        .api
+        .post(
+            "/certificates",
+            &json!({"chain_pem": cert.cert.pem(), "key_pem": cert.key_pair.serialize_pem(),
+                    "names": ["www.example.com"]}),
+        )
+        .await?;
+    assert_eq!(uploaded.names, ["app.example.com", "www.example.com"]);
+    let list: Vec<Certificate> = h.api.get("/certificates").await?;
+    assert_eq!(list.len(), 1);
     Ok(())
 }

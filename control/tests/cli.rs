@@ -151,6 +151,7 @@ fn hello(applied_version: u64) -> pb::NodeMessage {
             applied_version,
             software_version: "test".into(),
             hostname: "test-host".into(),
+            listeners: Vec::new(),
         })),
     }
 }
@@ -352,7 +353,15 @@ fn operator_workflow_against_a_running_control() -> Result<()> {
     let row: Vec<&str> = lines.next().context("row")?.split_whitespace().collect();
     assert_eq!(
         row,
-        ["app.example.com", "www.example.com", "home", "web", "8001"],
+        // No limits of its own: `-` in the LIMITS column.
+        [
+            "app.example.com",
+            "www.example.com",
+            "home",
+            "web",
+            "8001",
+            "-"
+        ],
         "{routes}"
     );
 
@@ -598,4 +607,214 @@ fn serve_and_token_create_on_postgresql() -> Result<()> {
     let dropped = admin(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
     result?;
     dropped
+}
+
+/// Requests a [`HookReceiver`] got: (lower-cased head, body).
+type Requests = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A webhook receiver on 127.0.0.1 (a thread answering `200 ok`); the requests it got, as
+/// (head, body).
+struct HookReceiver {
+    url: String,
+    got: Requests,
+}
+
+impl HookReceiver {
+    fn start() -> Result<HookReceiver> {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("http://{}/hooks/kokoa-path-secret", listener.local_addr()?);
+        let got: Requests = Default::default();
+        let recorded = got.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut data = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Read the head, then Content-Length bytes of body.
+                let (head, body) = loop {
+                    let Ok(n) = stream.read(&mut buf) else {
+                        break (String::new(), Vec::new());
+                    };
+                    if n == 0 {
+                        break (String::new(), Vec::new());
+                    }
+                    data.extend_from_slice(&buf[..n]);
+                    let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while data.len() < end + 4 + length {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => data.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body = data[end + 4..].to_vec();
+                    break (head, body);
+                };
+                if head.is_empty() {
+                    continue;
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+                if let Ok(mut got) = recorded.lock() {
+                    got.push((head, body));
+                }
+            }
+        });
+        Ok(HookReceiver { url, got })
+    }
+
+    /// Waits (at most 30 s) for a request whose `kokoa-event` header is `kind`.
+    fn wait_for(&self, kind: &str) -> Result<(String, Vec<u8>)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let wanted = format!("kokoa-event: {kind}");
+        loop {
+            if let Some(found) = self
+                .got
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .iter()
+                .find(|(head, _)| head.lines().any(|l| l == wanted))
+            {
+                return Ok(found.clone());
+            }
+            ensure!(Instant::now() < deadline, "no {kind} notification in 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn notify_commands_against_a_running_control() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let key = master_key();
+    let output = Command::new(BIN)
+        .args(["token", "create", "--name", "ops", "--data-dir"])
+        .arg(&data)
+        .env_remove("KOKOA_MASTER_KEY")
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout)?.trim().to_string();
+    let control = serve_with(&data, &key, &["--notify-retry-base-ms", "100"])?;
+    let api = control.api.clone();
+    let run = |args: &[&str]| ok(&api, &token, args);
+    let hook = HookReceiver::start()?;
+
+    let secret = "cli-test-secret-0123456789abcdef";
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{secret}\n"))?;
+    let secret_path = secret_file.to_string_lossy().to_string();
+    let added = run(&[
+        "notify",
+        "add",
+        "hook",
+        "--kind",
+        "webhook",
+        "--url",
+        &hook.url,
+        "--secret-file",
+        &secret_path,
+        "--event",
+        "edge.*,notification_target.test",
+    ])?;
+    ensure!(
+        added.contains("hook") && added.contains("webhook"),
+        "{added}"
+    );
+    // Neither the given secret nor the URL's path is echoed back.
+    let listed = run(&["notify", "list"])?;
+    for text in [&added, &listed] {
+        ensure!(
+            !text.contains(secret) && !text.contains("kokoa-path-secret"),
+            "{text}"
+        );
+    }
+    ensure!(
+        listed.contains("edge.*,notification_target.test"),
+        "{listed}"
+    );
+    let listed_json = run(&["notify", "--json", "list"])?;
+    ensure!(!listed_json.contains(secret) && !listed_json.contains("kokoa-path-secret"));
+    // A generated secret is shown once.
+    let generated = run(&[
+        "notify", "add", "other", "--kind", "webhook", "--url", &hook.url, "--event", "route.*",
+    ])?;
+    ensure!(generated.contains("kokoa_whsec_"), "{generated}");
+    // Bad input names the field and adds nothing.
+    let bad = cli(
+        &api,
+        &token,
+        &[
+            "notify", "add", "bad", "--kind", "slack", "--url", "ftp://x",
+        ],
+    )?;
+    ensure!(!bad.status.success());
+    ensure!(String::from_utf8_lossy(&bad.stderr).contains("url"));
+
+    run(&["edge", "add", "vps1", "--endpoint", "127.0.0.1:51820"])?;
+    let (head, body) = hook.wait_for("edge.created")?;
+    let signature = head
+        .lines()
+        .find_map(|l| l.strip_prefix("kokoa-signature: "))
+        .context("signature header")?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    ensure!(kokoa_control::notify::message::verify(
+        secret, signature, &body, now, 300
+    ));
+    let event: serde_json::Value = serde_json::from_slice(&body)?;
+    ensure!(event["event"]["detail"]["name"] == "vps1", "{event}");
+
+    let tested = run(&["notify", "test", "hook"])?;
+    ensure!(tested.contains("queued"), "{tested}");
+    hook.wait_for("notification_target.test")?;
+
+    // Deliveries with attempts and status, in the table and as JSON.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let json: serde_json::Value = serde_json::from_str(&run(&[
+            "notify",
+            "--json",
+            "deliveries",
+            "--target",
+            "hook",
+        ])?)?;
+        let rows = json.as_array().context("array")?;
+        if rows.len() == 2 && rows.iter().all(|d| d["status"] == "delivered") {
+            ensure!(rows
+                .iter()
+                .all(|d| d["attempts"] == 1 && d["last_status"] == 200));
+            break;
+        }
+        ensure!(Instant::now() < deadline, "deliveries: {json}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let table = run(&["notify", "deliveries"])?;
+    ensure!(
+        table.contains("ATTEMPTS") && table.contains("delivered"),
+        "{table}"
+    );
+    ensure!(
+        table.contains("edge.created") && table.contains("hook"),
+        "{table}"
+    );
+    run(&["notify", "rm", "hook"])?;
+    let left = run(&["notify", "list"])?;
+    ensure!(left.lines().any(|l| l.starts_with("other ")), "{left}");
+    ensure!(!left.lines().any(|l| l.starts_with("hook ")), "{left}");
+    drop(control);
+    Ok(())
 }

@@ -138,26 +138,14 @@ impl Control {
     async fn origin_with_service(&self, name: &str, port: u32) -> Result<(Origin, Service)> {
         let origin = self
             .store
-            .create_origin(
-                &Actor::System,
-                NewOrigin {
-                    name: name.into(),
-                    public_key: None,
-                },
-            )
+            .create_origin(&Actor::System, NewOrigin::named(name.parse()?))
             .await?;
         let service = self
             .store
             .create_service(
                 &Actor::System,
                 origin.id,
-                NewService {
-                    name: "web".into(),
-                    port,
-                    protocol: store::Protocol::Http,
-                    local_address: None,
-                    health_path: None,
-                },
+                NewService::http("web".parse()?, store::Port::new(port)?),
             )
             .await?;
         Ok((origin, service))
@@ -169,10 +157,9 @@ impl Control {
             .create_edge(
                 &Actor::System,
                 NewEdge {
-                    name: name.into(),
-                    endpoint: Some(format!("{name}.example.net:51820")),
+                    endpoint: Some(format!("{name}.example.net:51820").parse()?),
                     origins,
-                    ..NewEdge::default()
+                    ..NewEdge::named(name.parse()?)
                 },
             )
             .await?;
@@ -184,10 +171,8 @@ impl Control {
             .create_route(
                 &Actor::System,
                 NewRoute {
-                    hostname: host.into(),
-                    aliases: Vec::new(),
-                    service_id: service.id,
-                    limits: Some(serde_json::json!({"rate": 50})),
+                    limits: kokoa_model::from_json_value(serde_json::json!({"rate": 50}))?,
+                    ..NewRoute::to(host.parse()?, service.id)
                 },
             )
             .await?;
@@ -232,6 +217,7 @@ impl Watch {
             applied_version,
             software_version: "test".into(),
             hostname: "test-host".into(),
+            listeners: Vec::new(),
         })))
         .await
         .map_err(|_| Status::internal("hello"))?;
@@ -602,6 +588,95 @@ async fn ack_nack_and_heartbeats_are_recorded() -> Result<()> {
     Ok(())
 }
 
+/// Issue 15: a NACK never freezes a node silently. Control records the object the NACK names
+/// (node state, the `config_rejected` event a notifier picks up), and once the operator removes that
+/// object the next version still reaches the node, which ACKs it and is in sync again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_names_its_object_and_the_fix_reaches_the_node() -> Result<()> {
+    let control = Control::start().await?;
+    let (home, web) = control.origin_with_service("home", 8001).await?;
+    control.route("app.example.com", &web).await?;
+    let node = control.edge("e1", vec![home.id]).await?;
+    let channel = control.channel().await?;
+    let mut watch = Watch::open(&channel, &control.enroll(&channel, node).await?, 0).await?;
+    let first = watch.snapshot().await?.version;
+    watch.ack(first).await?;
+
+    control.route("bad.example.com", &web).await?;
+    let refused = watch.snapshot().await?.version;
+    ensure!(refused > first, "versions increase");
+    watch
+        .send(pb::node_message::Message::Nack(pb::Nack {
+            version: refused,
+            reason: "routes[0].limits.rate: too high for this edge".into(),
+            object: Some(pb::ConfigObject {
+                kind: pb::ObjectKind::Route as i32,
+                key: "bad.example.com".into(),
+                field: "routes[0].limits.rate".into(),
+            }),
+        }))
+        .await?;
+    let named = store::NackObject {
+        kind: "route".into(),
+        key: "bad.example.com".into(),
+        field: "routes[0].limits.rate".into(),
+    };
+    eventually("the NACK and its object in the store", || async {
+        let state = control.store.get_edge(node.id()).await?.state;
+        Ok(state
+            .nack
+            .as_ref()
+            .is_some_and(|n| n.version == refused && n.object.as_ref() == Some(&named)))
+    })
+    .await?;
+    let live = control.nodes.get(node).context("registered")?;
+    ensure!(!live.in_sync, "a NACKed node is not in sync: {live:?}");
+    ensure!(
+        live.last_nack.as_ref().and_then(|n| n.object.as_ref()) == Some(&named),
+        "the registry names the object: {live:?}"
+    );
+    let events = control
+        .store
+        .list_events(store::EventQuery {
+            entity_id: Some(node.id().to_string()),
+            ..Default::default()
+        })
+        .await?;
+    let event = events
+        .iter()
+        .find(|e| e.action == "config_rejected")
+        .context("a config_rejected event")?;
+    assert_eq!(event.actor, "node:e1");
+    assert_eq!(event.detail["version"], refused);
+    assert_eq!(event.detail["object"]["kind"], "route");
+    assert_eq!(event.detail["object"]["key"], "bad.example.com");
+    assert_eq!(event.detail["object"]["field"], "routes[0].limits.rate");
+
+    // The operator removes the object the NACK named: the next version reaches the node
+    // (control does not stop sending to a node that refused one), and its ACK clears the NACK.
+    let bad = control.store.route_by_hostname("bad.example.com").await?;
+    control.store.delete_route(&Actor::Cli, bad.id).await?;
+    let fixed = watch.snapshot().await?;
+    ensure!(fixed.version > refused, "a newer version after the fix");
+    let hosts: Vec<&str> = edge_of(&fixed)?
+        .routes
+        .iter()
+        .map(|r| r.host.as_str())
+        .collect();
+    assert_eq!(hosts, ["app.example.com"]);
+    watch.ack(fixed.version).await?;
+    eventually(
+        "the NACK cleared by the ACK of the fixed version",
+        || async {
+            let state = control.store.get_edge(node.id()).await?.state;
+            Ok(state.nack.is_none() && state.applied_version == Some(fixed.version))
+        },
+    )
+    .await?;
+    assert!(control.nodes.get(node).context("registered")?.in_sync);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_trusting_another_ca_fails_the_handshake() -> Result<()> {
     let control = Control::start().await?;
@@ -752,34 +827,21 @@ async fn a_replica_on_shared_postgres_streams_changes_made_elsewhere() -> Result
     let control = Control::start_with(store::open(&url, key).await?, tempfile::tempdir()?).await?;
     let result = async {
         let origin = writer
-            .create_origin(
-                &Actor::Cli,
-                NewOrigin {
-                    name: "home".into(),
-                    public_key: None,
-                },
-            )
+            .create_origin(&Actor::Cli, NewOrigin::named("home".parse()?))
             .await?;
         let service = writer
             .create_service(
                 &Actor::Cli,
                 origin.id,
-                NewService {
-                    name: "web".into(),
-                    port: 8001,
-                    protocol: store::Protocol::Http,
-                    local_address: None,
-                    health_path: None,
-                },
+                NewService::http("web".parse()?, store::Port::new(8001)?),
             )
             .await?;
         let edge = writer
             .create_edge(
                 &Actor::Cli,
                 NewEdge {
-                    name: "e1".into(),
                     origins: vec![origin.id],
-                    ..NewEdge::default()
+                    ..NewEdge::named("e1".parse()?)
                 },
             )
             .await?;
@@ -793,12 +855,7 @@ async fn a_replica_on_shared_postgres_streams_changes_made_elsewhere() -> Result
         writer
             .create_route(
                 &Actor::Cli,
-                NewRoute {
-                    hostname: "app.example.com".into(),
-                    aliases: Vec::new(),
-                    service_id: service.id,
-                    limits: None,
-                },
+                NewRoute::to("app.example.com".parse()?, service.id),
             )
             .await?;
         let version = writer.config_version().await?;

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use kokoa_control::store::{
-    self, Actor, AssignmentFilter, CertificateMaterial, CertificateSource, CryptoError, Entity,
-    EventQuery, HealthQuery, MasterKey, NewCertificate, NewEdge, NewHealthCheck, NewOrigin,
-    NewRoute, NewService, NodeId, NodeStatus, OriginUpdate, Protocol, RouteUpdate, ServiceUpdate,
-    SqlStore, Store, StoreError,
+    self, Actor, AssignmentFilter, CertificateMaterial, CertificateSource, CryptoError, Endpoint,
+    Entity, EventQuery, HealthPath, HealthQuery, HostPattern, MasterKey, Nack, NackObject, Name,
+    NewCertificate, NewEdge, NewHealthCheck, NewOrigin, NewRoute, NewService, NewTcpRoute, NodeId,
+    NodeStatus, OriginUpdate, Port, Protocol, RouteUpdate, ServiceUpdate, SqlStore, Store,
+    StoreError,
 };
-use kokoa_tunnel::key::PrivateKey;
+use kokoa_model::key::PrivateKey;
 use sqlx::{ConnectOptions, Connection, Row};
 
 /// One test database and the store opened on it.
@@ -134,6 +135,9 @@ both_engines!(
     edge_addresses_are_allocated_per_origin,
     duplicates_conflict,
     bad_input_is_invalid,
+    tcp_routes_are_unique_per_port_and_clear_of_edge_listeners,
+    edge_settings_and_route_limits_are_stored_typed,
+    certificates_are_checked_and_listed_by_their_own_names,
     private_keys_are_sealed_at_rest,
     certificate_keys_are_sealed_at_rest,
     node_tokens_are_hashed_one_time_and_revocable,
@@ -143,44 +147,52 @@ both_engines!(
     node_status_ack_nack_and_heartbeat,
     health_check_history,
     updates_validate_and_record_changes,
+    notification_targets_seal_url_and_secret,
+    notifications_fan_out_in_order_with_bounded_queue,
 );
 
 fn cli() -> Actor {
     Actor::Cli
 }
 
+/// Config values as the model makes them (inputs are typed: what reaches the store was
+/// validated by the model already).
+fn n(text: &str) -> Name {
+    Name::new(text).expect("a valid name")
+}
+
+fn host(text: &str) -> HostPattern {
+    HostPattern::new(text).expect("a valid host pattern")
+}
+
+fn port(number: u16) -> Port {
+    Port::new(number).expect("a valid port")
+}
+
+fn endpoint(text: &str) -> Endpoint {
+    Endpoint::parse(text).expect("a valid endpoint")
+}
+
 fn origin(name: &str) -> NewOrigin {
-    NewOrigin {
-        name: name.into(),
-        public_key: None,
-    }
+    NewOrigin::named(n(name))
 }
 
-fn service(name: &str, port: u32) -> NewService {
+fn service(name: &str, number: u16) -> NewService {
     NewService {
-        name: name.into(),
-        port,
-        protocol: Protocol::Http,
-        local_address: None,
-        health_path: Some("/healthz".into()),
+        health_path: Some(HealthPath::new("/healthz").expect("a path")),
+        ..NewService::http(n(name), port(number))
     }
 }
 
-fn route(host: &str, service_id: uuid::Uuid) -> NewRoute {
-    NewRoute {
-        hostname: host.into(),
-        aliases: vec![],
-        service_id,
-        limits: None,
-    }
+fn route(hostname: &str, service_id: uuid::Uuid) -> NewRoute {
+    NewRoute::to(host(hostname), service_id)
 }
 
 fn edge(name: &str) -> NewEdge {
     NewEdge {
-        name: name.into(),
         public_ip: Some("192.0.2.10".parse().expect("ip")),
-        endpoint: Some("192.0.2.10:51820".into()),
-        ..NewEdge::default()
+        endpoint: Some(endpoint("192.0.2.10:51820")),
+        ..NewEdge::named(n(name))
     }
 }
 
@@ -188,10 +200,20 @@ fn is_conflict<T: std::fmt::Debug>(r: Result<T, StoreError>) -> bool {
     matches!(r, Err(StoreError::Conflict { .. }))
 }
 
-fn invalid_field<T: std::fmt::Debug>(r: Result<T, StoreError>) -> Option<&'static str> {
+/// The field an `Invalid` error names, comparable with `Some("field")`.
+#[derive(Debug)]
+struct Field(Option<String>);
+
+impl PartialEq<Option<&str>> for Field {
+    fn eq(&self, other: &Option<&str>) -> bool {
+        self.0.as_deref() == *other
+    }
+}
+
+fn invalid_field<T: std::fmt::Debug>(r: Result<T, StoreError>) -> Field {
     match r {
-        Err(StoreError::Invalid { field, .. }) => Some(field),
-        _ => None,
+        Err(StoreError::Invalid { field, .. }) => Field(Some(field.into_owned())),
+        _ => Field(None),
     }
 }
 
@@ -208,8 +230,8 @@ async fn migrations_are_idempotent_on_reopen(db: &Db) -> Result<()> {
         .fetch_one(db.sql.pool())
         .await?
         .try_get::<i64, _>("n")?;
-    // 0001_initial and 0002_acme.
-    assert_eq!(applied, 2);
+    // 0001_initial, 0002_acme, 0003_notifications and 0004_parity.
+    assert_eq!(applied, 4);
     if db.store.engine() == store::Engine::Sqlite {
         let mode: String = sqlx::query("PRAGMA journal_mode")
             .fetch_one(db.sql.pool())
@@ -267,8 +289,8 @@ async fn subnet_pool_exhausts_at_254(db: &Db) -> Result<()> {
             .create_origin(
                 &cli(),
                 NewOrigin {
-                    name: format!("o{i}"),
                     public_key: Some(key),
+                    ..origin(&format!("o{i}"))
                 },
             )
             .await?;
@@ -408,7 +430,7 @@ async fn duplicates_conflict(db: &Db) -> Result<()> {
         .create_route(
             &cli(),
             NewRoute {
-                aliases: vec!["www.example.com".into()],
+                aliases: vec![host("www.example.com")],
                 ..route("app.example.com", web.id)
             },
         )
@@ -434,7 +456,7 @@ async fn duplicates_conflict(db: &Db) -> Result<()> {
             &cli(),
             other.id,
             RouteUpdate {
-                aliases: Some(vec!["app.example.com".into()]),
+                aliases: Some(vec![host("app.example.com")]),
                 ..Default::default()
             }
         )
@@ -452,8 +474,8 @@ async fn duplicates_conflict(db: &Db) -> Result<()> {
     s.create_origin(
         &cli(),
         NewOrigin {
-            name: "k1".into(),
             public_key: Some(key),
+            ..origin("k1")
         },
     )
     .await?;
@@ -475,12 +497,6 @@ async fn duplicates_conflict(db: &Db) -> Result<()> {
 async fn bad_input_is_invalid(db: &Db) -> Result<()> {
     let s = &db.store;
     let home = s.create_origin(&cli(), origin("home")).await?;
-    for port in [0, 65536, 100_000] {
-        assert_eq!(
-            invalid_field(s.create_service(&cli(), home.id, service("x", port)).await),
-            Some("port")
-        );
-    }
     s.create_service(&cli(), home.id, service("max", 65535))
         .await?;
     s.create_service(&cli(), home.id, service("min", 1)).await?;
@@ -491,52 +507,17 @@ async fn bad_input_is_invalid(db: &Db) -> Result<()> {
         ),
         Some("origin_id")
     );
-    let bad_local = NewService {
-        local_address: Some("nowhere".into()),
-        ..service("x", 81)
-    };
-    assert_eq!(
-        invalid_field(s.create_service(&cli(), home.id, bad_local).await),
-        Some("local_address")
-    );
-    let bad_path = NewService {
-        health_path: Some("healthz".into()),
-        ..service("x", 82)
-    };
-    assert_eq!(
-        invalid_field(s.create_service(&cli(), home.id, bad_path).await),
-        Some("health_path")
-    );
-    assert_eq!(
-        invalid_field(s.create_origin(&cli(), origin("Bad Name")).await),
-        Some("name")
-    );
-
     let web = s
         .create_service(&cli(), home.id, service("web", 8001))
         .await?;
-    for host in [
-        "",
-        "a..example.com",
-        "-x.example.com",
-        "*.com",
-        "a.*.example.com",
-        "x_y.example.com",
-        "app.example.com/x",
-    ] {
-        assert_eq!(
-            invalid_field(s.create_route(&cli(), route(host, web.id)).await),
-            Some("hostname"),
-            "{host:?}"
-        );
-    }
-    let bad_alias = NewRoute {
-        aliases: vec!["bad host".into()],
+    // An alias that is the route's own name is refused, naming the alias.
+    let twice = NewRoute {
+        aliases: vec![host("www.example.com"), host("ok.example.com")],
         ..route("ok.example.com", web.id)
     };
     assert_eq!(
-        invalid_field(s.create_route(&cli(), bad_alias).await),
-        Some("aliases")
+        invalid_field(s.create_route(&cli(), twice).await),
+        Some("aliases[1]")
     );
     assert_eq!(
         invalid_field(
@@ -562,14 +543,6 @@ async fn bad_input_is_invalid(db: &Db) -> Result<()> {
         ),
         Some("service_id")
     );
-    let bad_limits = NewRoute {
-        limits: Some(serde_json::json!([1, 2])),
-        ..route("ok.example.com", web.id)
-    };
-    assert_eq!(
-        invalid_field(s.create_route(&cli(), bad_limits).await),
-        Some("limits")
-    );
     assert!(matches!(
         s.get_route(uuid::Uuid::new_v4()).await,
         Err(StoreError::NotFound {
@@ -581,8 +554,331 @@ async fn bad_input_is_invalid(db: &Db) -> Result<()> {
         s.origin_by_name("nope").await,
         Err(StoreError::NotFound { .. })
     ));
+    assert!(matches!(
+        s.route_by_hostname("not a host").await,
+        Err(StoreError::NotFound { .. })
+    ));
     // Nothing of the refused input reached the database.
     assert!(s.list_routes().await?.is_empty());
+    Ok(())
+}
+
+async fn tcp_routes_are_unique_per_port_and_clear_of_edge_listeners(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let home = s.create_origin(&cli(), origin("home")).await?;
+    let lab = s.create_origin(&cli(), origin("lab")).await?;
+    let db_service = s
+        .create_service(
+            &cli(),
+            home.id,
+            NewService {
+                protocol: Protocol::Tcp,
+                ..service("db", 5432)
+            },
+        )
+        .await?;
+    let web = s
+        .create_service(&cli(), lab.id, service("web", 8001))
+        .await?;
+    let e1 = s
+        .create_edge(
+            &cli(),
+            NewEdge {
+                origins: vec![home.id],
+                ..edge("e1")
+            },
+        )
+        .await?;
+    let before = s.config_version().await?;
+    let route = s
+        .create_tcp_route(
+            &cli(),
+            NewTcpRoute {
+                proxy_protocol: store::ProxyProtocol::V2,
+                allow: vec![store::Network::parse("10.0.0.0/8").expect("network")],
+                ..NewTcpRoute::to(port(15432), db_service.id)
+            },
+        )
+        .await?;
+    assert!(
+        s.config_version().await? > before,
+        "a TCP route is node config"
+    );
+    assert_eq!((route.origin_id, route.listen_port.get()), (home.id, 15432));
+    assert_eq!(s.tcp_route_by_port(15432).await?.id, route.id);
+    // Any service may be forwarded, HTTP ones too; one port is one route's.
+    let conflict = s
+        .create_tcp_route(&cli(), NewTcpRoute::to(port(15432), web.id))
+        .await;
+    assert!(
+        matches!(&conflict, Err(StoreError::Conflict { field: Some(f), .. }) if f == "listen_port"),
+        "{conflict:?}"
+    );
+    assert_eq!(
+        invalid_field(
+            s.create_tcp_route(&cli(), NewTcpRoute::to(port(1), uuid::Uuid::new_v4()))
+                .await
+        ),
+        Some("service_id")
+    );
+
+    // e1 reports its listeners: a port one of them uses is refused for the origins it serves,
+    // and assigning it to an origin with such a route is refused too.
+    s.record_edge_listeners(
+        e1.id,
+        &[
+            store::Listener {
+                name: "https".into(),
+                address: "0.0.0.0:8443".parse()?,
+            },
+            store::Listener {
+                name: "admin".into(),
+                address: "127.0.0.1:9090".parse()?,
+            },
+        ],
+    )
+    .await?;
+    assert_eq!(s.get_edge(e1.id).await?.listeners.len(), 2);
+    let clash = s
+        .create_tcp_route(&cli(), NewTcpRoute::to(port(9090), db_service.id))
+        .await;
+    assert!(
+        matches!(&clash, Err(StoreError::Conflict { field: Some(f), what }) if f == "listen_port" && what.contains("admin")),
+        "{clash:?}"
+    );
+    // Not served by e1: the same port is fine for lab's service...
+    let lab_route = s
+        .create_tcp_route(&cli(), NewTcpRoute::to(port(9090), web.id))
+        .await?;
+    // ...until e1 would serve lab.
+    assert!(is_conflict(s.assign_edge(&cli(), e1.id, lab.id).await));
+    s.delete_tcp_route(&cli(), lab_route.id).await?;
+    s.assign_edge(&cli(), e1.id, lab.id).await?;
+
+    // Updates go through the same checks; deleting the service is refused while routed.
+    let moved = s
+        .update_tcp_route(
+            &cli(),
+            route.id,
+            store::TcpRouteUpdate {
+                listen_port: Some(port(25432)),
+                deny: Some(vec![store::Network::parse("10.9.0.0/16").expect("network")]),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert_eq!(moved.listen_port.get(), 25432);
+    assert_eq!(moved.allow.len(), 1, "untouched fields stay");
+    assert!(is_conflict(
+        s.update_tcp_route(
+            &cli(),
+            route.id,
+            store::TcpRouteUpdate {
+                listen_port: Some(port(8443)),
+                ..Default::default()
+            },
+        )
+        .await
+    ));
+    assert!(is_conflict(s.delete_service(&cli(), db_service.id).await));
+    assert!(is_conflict(s.delete_origin(&cli(), home.id).await));
+    let snapshot = s.snapshot().await?;
+    assert_eq!(snapshot.tcp_routes, std::slice::from_ref(&moved));
+    s.delete_tcp_route(&cli(), route.id).await?;
+    s.delete_service(&cli(), db_service.id).await?;
+    assert!(s.list_tcp_routes().await?.is_empty());
+    Ok(())
+}
+
+async fn edge_settings_and_route_limits_are_stored_typed(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let home = s.create_origin(&cli(), origin("home")).await?;
+    let web = s
+        .create_service(&cli(), home.id, service("web", 8001))
+        .await?;
+    let limits: store::RouteLimits =
+        kokoa_model::from_json(r#"{"rate": 10, "burst": 20, "allow": ["10.0.0.0/8"]}"#)?;
+    let r = s
+        .create_route(
+            &cli(),
+            NewRoute {
+                limits: limits.clone(),
+                ..route("app.example.com", web.id)
+            },
+        )
+        .await?;
+    assert_eq!(s.get_route(r.id).await?.limits, limits);
+    let edge_limits: store::EdgeLimits =
+        kokoa_model::from_json(r#"{"rate": 5, "max_connections": 100}"#)?;
+    let e1 = s
+        .create_edge(
+            &cli(),
+            NewEdge {
+                limits: Some(edge_limits.clone()),
+                tunnel: Some(store::TunnelSettings {
+                    mtu: Some(store::Mtu::new(1280).expect("mtu")),
+                    tcp_buffer: None,
+                }),
+                ..edge("e1")
+            },
+        )
+        .await?;
+    let read = s.get_edge(e1.id).await?;
+    assert_eq!(read.limits.as_ref(), Some(&edge_limits));
+    assert_eq!(read.tunnel.and_then(|t| t.mtu).map(|m| m.get()), Some(1280));
+    let cleared = s
+        .update_edge(
+            &cli(),
+            e1.id,
+            store::EdgeUpdate {
+                limits: Some(None),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(cleared.limits.is_none() && cleared.tunnel.is_some());
+
+    // Limits an older control stored unchecked: the route stays readable, says what is wrong,
+    // is held back from the edges, and replacing its limits fixes it.
+    sqlx::query("UPDATE routes SET limits = $1 WHERE id = $2")
+        .bind(r#"{"alow": ["10.0.0.0/8"]}"#)
+        .bind(r.id.to_string())
+        .execute(db.sql.pool())
+        .await?;
+    let legacy = s.get_route(r.id).await?;
+    let problem = legacy.problem.clone().context("a problem")?;
+    assert!(problem.contains("alow"), "{problem}");
+    let snapshot = s.snapshot().await?;
+    let e1_spec = store::spec::edge_spec(&snapshot, e1.id).context("e1")?;
+    assert!(e1_spec.spec.routes.is_empty());
+    // An unrelated change keeps the stored value as it is.
+    let renamed = s
+        .update_route(
+            &cli(),
+            r.id,
+            RouteUpdate {
+                aliases: Some(vec![host("www.example.com")]),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(
+        renamed.problem.is_some(),
+        "the legacy limits were kept, not opened up"
+    );
+    let fixed = s
+        .update_route(
+            &cli(),
+            r.id,
+            RouteUpdate {
+                limits: Some(limits.clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert_eq!((fixed.problem, fixed.limits), (None, limits));
+    Ok(())
+}
+
+async fn certificates_are_checked_and_listed_by_their_own_names(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let issue = |names: &[&str]| -> Result<CertificateMaterial> {
+        let certified = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )?;
+        Ok(CertificateMaterial {
+            chain_pem: certified.cert.pem(),
+            key_pem: certified.key_pair.serialize_pem(),
+        })
+    };
+    let manual = |names: Vec<HostPattern>, material| NewCertificate {
+        names,
+        source: CertificateSource::Manual,
+        material: Some(material),
+    };
+    // Listed by the names the certificate carries, whatever was claimed.
+    let cert = s
+        .create_certificate(
+            &cli(),
+            manual(vec![], issue(&["b.example.com", "a.example.com"])?),
+        )
+        .await?;
+    assert_eq!(cert.names, ["a.example.com", "b.example.com"]);
+    assert!(cert.not_after.is_some() && cert.issuer.is_some());
+    // A claimed name the certificate does not cover.
+    assert_eq!(
+        invalid_field(
+            s.create_certificate(
+                &cli(),
+                manual(
+                    vec![host("a.example.com"), host("c.example.com")],
+                    issue(&["a.example.com"])?
+                )
+            )
+            .await
+        ),
+        Some("names[1]")
+    );
+    // A wildcard covers one label.
+    s.create_certificate(
+        &cli(),
+        manual(vec![host("x.example.org")], issue(&["*.example.org"])?),
+    )
+    .await?;
+    // The key of another certificate.
+    let mut mismatched = issue(&["a.example.com"])?;
+    mismatched.key_pem = issue(&["a.example.com"])?.key_pem;
+    assert_eq!(
+        invalid_field(
+            s.create_certificate(&cli(), manual(vec![], mismatched))
+                .await
+        ),
+        Some("key_pem")
+    );
+    // No DNS name at all.
+    let ip_only = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = ip_only;
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("192.0.2.1".parse()?));
+    let ip_cert = params.self_signed(&key)?;
+    assert_eq!(
+        invalid_field(
+            s.create_certificate(
+                &cli(),
+                manual(
+                    vec![],
+                    CertificateMaterial {
+                        chain_pem: ip_cert.pem(),
+                        key_pem: key.serialize_pem(),
+                    }
+                )
+            )
+            .await
+        ),
+        Some("chain_pem")
+    );
+    // Expired.
+    let mut params = rcgen::CertificateParams::new(vec!["old.example.com".to_string()])?;
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate()?;
+    let old = params.self_signed(&key)?;
+    let expired = s
+        .create_certificate(
+            &cli(),
+            manual(
+                vec![],
+                CertificateMaterial {
+                    chain_pem: old.pem(),
+                    key_pem: key.serialize_pem(),
+                },
+            ),
+        )
+        .await;
+    assert_eq!(invalid_field(expired), Some("chain_pem"));
+    assert_eq!(s.list_certificates().await?.len(), 2);
     Ok(())
 }
 
@@ -654,8 +950,8 @@ async fn private_keys_are_sealed_at_rest(db: &Db) -> Result<()> {
         .create_origin(
             &cli(),
             NewOrigin {
-                name: "byo".into(),
                 public_key: Some(own),
+                ..origin("byo")
             },
         )
         .await?;
@@ -671,14 +967,12 @@ async fn certificate_keys_are_sealed_at_rest(db: &Db) -> Result<()> {
     let material = CertificateMaterial {
         chain_pem: certified.cert.pem(),
         key_pem: key_pem.clone(),
-        issuer: Some("self".into()),
-        not_after: time::OffsetDateTime::now_utc() + time::Duration::days(90),
     };
     let cert = s
         .create_certificate(
             &cli(),
             NewCertificate {
-                names: vec!["App.example.com".into()],
+                names: vec![host("App.example.com")],
                 source: CertificateSource::Manual,
                 material: Some(material.clone()),
             },
@@ -709,7 +1003,7 @@ async fn certificate_keys_are_sealed_at_rest(db: &Db) -> Result<()> {
             s.create_certificate(
                 &cli(),
                 NewCertificate {
-                    names: vec!["a.example.com".into()],
+                    names: vec![host("a.example.com")],
                     source: CertificateSource::Manual,
                     material: Some(bad)
                 }
@@ -723,7 +1017,7 @@ async fn certificate_keys_are_sealed_at_rest(db: &Db) -> Result<()> {
         .create_certificate(
             &cli(),
             NewCertificate {
-                names: vec!["*.example.com".into()],
+                names: vec![host("*.example.com")],
                 source: CertificateSource::Acme,
                 material: None,
             },
@@ -901,7 +1195,7 @@ async fn every_change_writes_an_event_with_its_actor(db: &Db) -> Result<()> {
         &api,
         r.id,
         RouteUpdate {
-            aliases: Some(vec!["www.example.com".into()]),
+            aliases: Some(vec![host("www.example.com")]),
             ..Default::default()
         },
     )
@@ -1015,7 +1309,7 @@ async fn config_version_increases_on_each_relevant_change(db: &Db) -> Result<()>
         &cli(),
         r.id,
         RouteUpdate {
-            hostname: Some("app2.example.com".into()),
+            hostname: Some(host("app2.example.com")),
             ..Default::default()
         },
     )
@@ -1027,7 +1321,7 @@ async fn config_version_increases_on_each_relevant_change(db: &Db) -> Result<()>
         &cli(),
         web.id,
         ServiceUpdate {
-            port: Some(8002),
+            port: Some(port(8002)),
             ..Default::default()
         },
     )
@@ -1051,7 +1345,8 @@ async fn config_version_increases_on_each_relevant_change(db: &Db) -> Result<()>
         &cli(),
         home.id,
         OriginUpdate {
-            name: Some("home".into()),
+            name: Some(n("home")),
+            ..Default::default()
         },
     )
     .await?;
@@ -1087,7 +1382,16 @@ async fn node_status_ack_nack_and_heartbeat(db: &Db) -> Result<()> {
     assert_eq!(home.state.status, NodeStatus::Pending);
     s.record_heartbeat(node, serde_json::json!({"active_connections": 3}))
         .await?;
-    s.record_config_nack(node, 5, "bad route table").await?;
+    let nack = Nack {
+        version: 5,
+        error: "routes[0].limits.allow[0]: `x` is not a network".into(),
+        object: Some(NackObject {
+            kind: "route".into(),
+            key: "app.example.com".into(),
+            field: "routes[0].limits.allow[0]".into(),
+        }),
+    };
+    s.record_config_nack(node, &nack).await?;
     let o = s.get_origin(home.id).await?;
     assert!(o.state.last_heartbeat.is_some());
     assert_eq!(
@@ -1095,8 +1399,9 @@ async fn node_status_ack_nack_and_heartbeat(db: &Db) -> Result<()> {
         Some(serde_json::json!({"active_connections": 3}))
     );
     assert_eq!(
-        o.state.nack.as_ref().map(|n| (n.version, n.error.as_str())),
-        Some((5, "bad route table"))
+        o.state.nack.as_ref(),
+        Some(&nack),
+        "the NACK and its object"
     );
     // An ACK of an older version keeps the NACK; a newer one clears it.
     s.record_config_ack(node, 4).await?;
@@ -1191,7 +1496,8 @@ async fn updates_validate_and_record_changes(db: &Db) -> Result<()> {
             &cli(),
             home.id,
             OriginUpdate {
-                name: Some("lab".into())
+                name: Some(n("lab")),
+                ..Default::default()
             }
         )
         .await
@@ -1201,7 +1507,8 @@ async fn updates_validate_and_record_changes(db: &Db) -> Result<()> {
             &cli(),
             home.id,
             OriginUpdate {
-                name: Some("house".into()),
+                name: Some(n("house")),
+                ..Default::default()
             },
         )
         .await?;
@@ -1217,34 +1524,20 @@ async fn updates_validate_and_record_changes(db: &Db) -> Result<()> {
             &cli(),
             web.id,
             ServiceUpdate {
-                port: Some(8002),
+                port: Some(port(8002)),
                 ..Default::default()
             }
         )
         .await
     ));
-    assert_eq!(
-        invalid_field(
-            s.update_service(
-                &cli(),
-                web.id,
-                ServiceUpdate {
-                    port: Some(0),
-                    ..Default::default()
-                }
-            )
-            .await
-        ),
-        Some("port")
-    );
     let moved = s
         .update_service(
             &cli(),
             web.id,
             ServiceUpdate {
-                port: Some(9000),
+                port: Some(port(9000)),
                 health_path: Some(None),
-                local_address: Some("127.0.0.1:9000".into()),
+                local_address: Some(endpoint("127.0.0.1:9000")),
                 ..Default::default()
             },
         )
@@ -1269,7 +1562,7 @@ async fn updates_validate_and_record_changes(db: &Db) -> Result<()> {
             &cli(),
             e1.id,
             store::EdgeUpdate {
-                endpoint: Some(Some("edge1.example.net:51820".into())),
+                endpoint: Some(Some(endpoint("edge1.example.net:51820"))),
                 region: Some(Some("ams3".into())),
                 ..Default::default()
             },
@@ -1287,5 +1580,230 @@ async fn updates_validate_and_record_changes(db: &Db) -> Result<()> {
         serde_json::json!({"from": null, "to": "ams3"})
     );
     assert!(last[0].detail.get("name").is_none());
+    Ok(())
+}
+
+// ---- notifications ---------------------------------------------------------------------------
+
+fn webhook(name: &str, events: &[&str]) -> store::NewNotificationTarget {
+    store::NewNotificationTarget {
+        name: name.into(),
+        kind: store::NotificationKind::Webhook,
+        url: "http://127.0.0.1:9/hooks/secret-path?token=abc".into(),
+        secret: None,
+        events: events.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+const LIMITS: store::QueueLimits = store::QueueLimits {
+    events_per_pass: 100,
+    pending_per_target: 3,
+    history_per_target: 4,
+};
+
+async fn notification_targets_seal_url_and_secret(db: &Db) -> Result<()> {
+    let s = &db.store;
+    let created = s
+        .create_notification_target(&cli(), webhook("ops", &["edge.*"]))
+        .await?;
+    let secret = created
+        .secret
+        .context("a webhook gets a generated secret")?;
+    ensure!(secret.expose().starts_with("kokoa_whsec_"));
+    ensure!(
+        created.target.url == "http://127.0.0.1:9",
+        "{}",
+        created.target.url
+    );
+    ensure!(created.target.signed);
+    // Neither the URL's path nor the secret is stored in clear.
+    for row in sqlx::query("SELECT url_sealed, secret_sealed FROM notification_targets")
+        .fetch_all(db.sql.pool())
+        .await?
+    {
+        let url: String = row.try_get("url_sealed")?;
+        let sealed: String = row.try_get("secret_sealed")?;
+        ensure!(!url.contains("secret-path") && !sealed.contains(secret.expose()));
+    }
+    let slack = s
+        .create_notification_target(
+            &cli(),
+            store::NewNotificationTarget {
+                name: "chat".into(),
+                kind: store::NotificationKind::Slack,
+                url: "https://hooks.slack.example/services/T0/B0/XYZ".into(),
+                secret: None,
+                events: vec![],
+            },
+        )
+        .await?;
+    ensure!(slack.secret.is_none() && !slack.target.signed);
+    ensure!(slack.target.url == "https://hooks.slack.example");
+    ensure!(is_conflict(
+        s.create_notification_target(&cli(), webhook("ops", &[]))
+            .await
+    ));
+    for (bad, field) in [
+        (
+            store::NewNotificationTarget {
+                url: "ftp://x".into(),
+                ..webhook("a1", &[])
+            },
+            "url",
+        ),
+        (webhook("a2", &["edge"]), "events"),
+        (webhook("a3", &["Edge.*"]), "events"),
+        (
+            store::NewNotificationTarget {
+                secret: Some("short".into()),
+                ..webhook("a4", &[])
+            },
+            "secret",
+        ),
+    ] {
+        let got = invalid_field(s.create_notification_target(&cli(), bad).await);
+        ensure!(got == Some(field), "{got:?} != {field}");
+    }
+    let names: Vec<_> = s
+        .list_notification_targets()
+        .await?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    ensure!(names == ["chat", "ops"], "{names:?}");
+    let due = s.due_notification_deliveries(&[], 10).await?;
+    ensure!(due.is_empty());
+    // The full URL and secret come back only to the sender.
+    let delivery = s
+        .test_notification_target(&cli(), created.target.id)
+        .await?;
+    ensure!(delivery.kind == "notification_target.test");
+    let due = s.due_notification_deliveries(&[], 10).await?;
+    ensure!(due.len() == 1);
+    ensure!(due[0].url.expose() == "http://127.0.0.1:9/hooks/secret-path?token=abc");
+    ensure!(due[0].secret.as_ref().map(|x| x.expose()) == Some(secret.expose()));
+    // Busy targets are skipped.
+    ensure!(s
+        .due_notification_deliveries(&[created.target.id], 10)
+        .await?
+        .is_empty());
+    s.delete_notification_target(&cli(), created.target.id)
+        .await?;
+    ensure!(s
+        .list_notification_deliveries(store::DeliveryQuery::default())
+        .await?
+        .is_empty());
+    Ok(())
+}
+
+async fn notifications_fan_out_in_order_with_bounded_queue(db: &Db) -> Result<()> {
+    let s = &db.store;
+    // History before the first pass is not replayed.
+    s.create_origin(&cli(), origin("before")).await?;
+    let edges_only = s
+        .create_notification_target(&cli(), webhook("edges", &["edge.*"]))
+        .await?
+        .target;
+    let all = s
+        .create_notification_target(&cli(), webhook("all", &[]))
+        .await?
+        .target;
+    ensure!(s.fan_out_notifications(LIMITS).await? == store::FanOut::default());
+    let o = s.create_origin(&cli(), origin("o1")).await?;
+    let e = s.create_edge(&cli(), edge("e1")).await?;
+    s.record_config_nack(
+        NodeId::Edge(e.id),
+        &store::Nack {
+            version: 1,
+            error: "bad route".into(),
+            object: None,
+        },
+    )
+    .await?;
+    let report = s.fan_out_notifications(LIMITS).await?;
+    ensure!(report.events == 3, "{report:?}");
+    // "all": 3 events; "edges": the edge's creation and its NACK.
+    ensure!(report.queued == 5 && report.dropped == 0, "{report:?}");
+    // A second pass finds nothing new.
+    ensure!(s.fan_out_notifications(LIMITS).await?.events == 0);
+    let edge_kinds: Vec<_> = s
+        .list_notification_deliveries(store::DeliveryQuery {
+            target_id: Some(edges_only.id),
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .map(|d| d.kind)
+        .collect();
+    ensure!(
+        edge_kinds == ["edge.config_rejected", "edge.created"],
+        "{edge_kinds:?}"
+    );
+    // One delivery at a time per target, oldest event first.
+    let due = s.due_notification_deliveries(&[], 10).await?;
+    ensure!(due.len() == 2, "{}", due.len());
+    let first_all = due
+        .iter()
+        .find(|d| d.delivery.target_id == all.id)
+        .context("all")?;
+    ensure!(first_all.event.entity_id == o.id.to_string());
+    // A retry keeps it at the head, not due before its backoff.
+    let retried = s
+        .finish_delivery_attempt(
+            first_all.delivery.id,
+            store::AttemptOutcome::Retry {
+                status: Some(500),
+                error: "HTTP 500".into(),
+                retry_in: Duration::from_secs(3600),
+            },
+        )
+        .await?;
+    ensure!(retried.attempts == 1 && retried.status == store::DeliveryStatus::Pending);
+    ensure!(retried.last_status == Some(500));
+    ensure!(s
+        .due_notification_deliveries(&[edges_only.id], 10)
+        .await?
+        .is_empty());
+    // The queue bound: "all" holds 3 pending; three more events drop the three oldest.
+    for name in ["o2", "o3", "o4"] {
+        s.create_origin(&cli(), origin(name)).await?;
+    }
+    let report = s.fan_out_notifications(LIMITS).await?;
+    ensure!(report.queued == 3 && report.dropped == 3, "{report:?}");
+    let dropped = s
+        .list_notification_deliveries(store::DeliveryQuery {
+            target_id: Some(all.id),
+            status: Some(store::DeliveryStatus::Dropped),
+            ..Default::default()
+        })
+        .await?;
+    ensure!(dropped.len() == 3);
+    ensure!(dropped.iter().all(|d| d
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("queue was full"))));
+    // Finishing a dropped delivery counts the attempt but keeps it dropped.
+    let late = s
+        .finish_delivery_attempt(
+            first_all.delivery.id,
+            store::AttemptOutcome::Delivered { status: 200 },
+        )
+        .await?;
+    ensure!(late.status == store::DeliveryStatus::Dropped && late.attempts == 2);
+    // History is pruned to its bound once finished deliveries exceed it.
+    for name in ["o5", "o6", "o7", "o8"] {
+        s.create_origin(&cli(), origin(name)).await?;
+    }
+    s.fan_out_notifications(LIMITS).await?;
+    let finished = s
+        .list_notification_deliveries(store::DeliveryQuery {
+            target_id: Some(all.id),
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .filter(|d| d.status != store::DeliveryStatus::Pending)
+        .count();
+    ensure!(finished == 4, "{finished} finished deliveries kept");
     Ok(())
 }

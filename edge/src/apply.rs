@@ -537,6 +537,20 @@ impl<D: Dialer> Applier for EdgeApplier<D> {
         }
     }
 
+    fn listeners(&self) -> Vec<kokoa_proto::v1::Listener> {
+        [
+            ("https", self.base.https),
+            ("http", self.base.http),
+            ("admin", self.base.admin),
+        ]
+        .into_iter()
+        .map(|(name, address)| kokoa_proto::v1::Listener {
+            name: name.to_owned(),
+            address: address.to_string(),
+        })
+        .collect()
+    }
+
     fn status(&self) -> NodeStatus {
         NodeStatus {
             peers: peer_statuses(&self.tunnel.stats()),

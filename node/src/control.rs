@@ -32,7 +32,7 @@ use kokoa_model::ModelError;
 use kokoa_proto::v1::config_client::ConfigClient;
 use kokoa_proto::v1::enrollment_client::EnrollmentClient;
 use kokoa_proto::v1::{
-    control_message, node_message, Ack, EnrollRequest, Heartbeat, Hello, Nack, NodeKind,
+    control_message, node_message, Ack, EnrollRequest, Heartbeat, Hello, Listener, Nack, NodeKind,
     NodeMessage, PeerStatus, Snapshot,
 };
 use kokoa_proto::v1::{ServiceHealth, TcpRouteStatus};
@@ -131,6 +131,12 @@ pub trait Applier: Send + Sync + 'static {
 
     /// The node's current status for a heartbeat. Cheap; called every heartbeat interval.
     fn status(&self) -> NodeStatus;
+
+    /// The node's own TCP listeners, reported to control in `Hello` (so control can refuse a
+    /// TCP route that would collide with one). None by default.
+    fn listeners(&self) -> Vec<Listener> {
+        Vec::new()
+    }
 }
 
 /// Peer states for a heartbeat from the tunnel's counters. A peer is `up` when a handshake
@@ -541,6 +547,7 @@ impl<A: Applier> ControlClient<A> {
                 applied_version,
                 software_version: env!("CARGO_PKG_VERSION").to_owned(),
                 hostname: hostname(),
+                listeners: self.applier.listeners(),
             })),
         };
         // The receiver is alive: it is moved into the request below.

@@ -1,18 +1,20 @@
 //! The control plane end to end: the real `kokoa-control serve`, edges and origins started from
 //! the bundles it hands out, configured only through its REST API and gRPC stream.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
 use futures_util::{SinkExt as _, StreamExt as _};
 use http_body_util::BodyExt as _;
-use kokoa_tests::apps::{hex, pattern_sha256, HttpApp, WsEchoApp};
+use kokoa_tests::apps::{fill_pattern, hex, pattern_sha256, HttpApp, TcpEchoApp, WsEchoApp};
 use kokoa_tests::client::{request, EdgeClient, Proto};
 use kokoa_tests::control::{id, Fleet, Node};
 use kokoa_tests::eventually;
-use kokoa_tests::net::{free_udp, loopback, metric};
+use kokoa_tests::net::{free_tcp, free_udp, loopback, metric};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::run_bounded;
@@ -148,6 +150,89 @@ where
         .context("WebSocket closed")??;
     ensure!(echoed == Message::text(text.to_owned()), "echo: {echoed:?}");
     Ok(())
+}
+
+/// Issue 15's parity: a raw TCP route made with the CLI (no file edited on the edge) carries
+/// bytes through the running edge and origin, with its allow list enforced.
+#[test]
+fn tcp_route_created_with_the_cli_carries_bytes() {
+    run_bounded(Duration::from_secs(120), async {
+        let echo_app = TcpEchoApp::start(loopback(1)).await?;
+        let fleet = Fleet::start(&["home"], &[("home", "echo", 4001, echo_app.addr)], &[]).await?;
+        fleet.converged(Duration::from_secs(20)).await?;
+        let listen = free_tcp(IpAddr::V4(Fleet::EDGE_IP))?;
+        let port = listen.port().to_string();
+        let denied_client = loopback(9);
+        let added = fleet
+            .control
+            .cli(&[
+                "tcp-route",
+                "add",
+                &port,
+                "--origin",
+                "home",
+                "--service",
+                "echo",
+                "--allow",
+                "127.0.0.0/8",
+                "--deny",
+                &format!("{denied_client}/32"),
+            ])
+            .await?;
+        ensure!(added.contains(&port), "tcp-route add printed {added:?}");
+        let listed = fleet.control.cli(&["tcp-route", "list"]).await?;
+        ensure!(
+            listed.contains(&port) && listed.contains("echo") && listed.contains("127.0.0.0/8"),
+            "tcp-route list: {listed:?}"
+        );
+
+        let stream = eventually("the TCP route accepts", Duration::from_secs(20), || async {
+            Ok(tokio::net::TcpStream::connect(listen).await?)
+        })
+        .await?;
+        let (mut read, mut write) = stream.into_split();
+        let mut payload = vec![0u8; 256 * 1024 + 3];
+        fill_pattern(11, &mut payload);
+        write.write_all(&payload).await?;
+        write.shutdown().await?;
+        let mut echoed = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), read.read_to_end(&mut echoed))
+            .await
+            .context("echo did not end within 30 s")??;
+        ensure!(
+            echoed == payload,
+            "echoed {} of {} bytes (or different bytes)",
+            echoed.len(),
+            payload.len()
+        );
+
+        // A client the deny list names is closed without reaching the app.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(denied_client, 0))?;
+        let mut denied = socket.connect(listen).await?;
+        let _ = denied.write_all(b"should not echo").await;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), denied.read_to_end(&mut answer))
+            .await
+            .context("a denied connection was not closed within 10 s")?;
+        ensure!(
+            answer.is_empty(),
+            "a denied client got {} bytes back ({read:?})",
+            answer.len()
+        );
+
+        // Removed with the CLI: the edge stops listening.
+        fleet.control.cli(&["tcp-route", "rm", &port]).await?;
+        eventually("the TCP route is gone", Duration::from_secs(20), || async {
+            ensure!(
+                tokio::net::TcpStream::connect(listen).await.is_err(),
+                "{listen} still accepts"
+            );
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    });
 }
 
 #[test]

@@ -21,13 +21,13 @@ pub fn check(field: &'static str, password: &str) -> Result<(), StoreError> {
     let chars = password.chars().count();
     if chars < MIN_LENGTH {
         return Err(StoreError::Invalid {
-            field,
+            field: field.into(),
             reason: format!("must be at least {MIN_LENGTH} characters"),
         });
     }
     if password.len() > MAX_LENGTH {
         return Err(StoreError::Invalid {
-            field,
+            field: field.into(),
             reason: format!("must be at most {MAX_LENGTH} bytes"),
         });
     }
@@ -41,7 +41,7 @@ pub fn hash(password: &str) -> Result<String, StoreError> {
         .hash_password(password.as_bytes(), &salt)
         .map(|hash| hash.to_string())
         .map_err(|e| StoreError::Invalid {
-            field: "password",
+            field: "password".into(),
             reason: format!("cannot hash it: {e}"),
         })
 }

@@ -1,21 +1,16 @@
 //! The certificate manager's command-line flags, for `kokoa-control serve` to flatten into its
 //! own (`#[command(flatten)] acme: AcmeArgs`), and how they become a [`CertificateManager`].
+//! DNS-01 uses the provider of the `--dns-*` flags ([`crate::dns::DnsArgs`]).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use zeroize::Zeroizing;
-
 use super::{AcmeOptions, CertificateManager, ChallengeKind};
-use crate::dns::{rfc2136, DnsProvider, Rfc2136Config, Rfc2136Provider, TsigAlgorithm};
+use crate::dns::DnsProvider;
 use crate::store::Store;
 
-/// Environment variable holding the RFC 2136 TSIG secret (base64), instead of a file.
-pub const TSIG_SECRET_ENV: &str = "KOKOA_DNS_TSIG_SECRET";
-
-/// ACME and DNS-01 flags. Without `--acme-directory` no certificates are ordered.
+/// ACME flags. Without `--acme-directory` no certificates are ordered.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct AcmeArgs {
     /// ACME directory URL: `letsencrypt`, `letsencrypt-staging`, or any CA's directory URL.
@@ -54,25 +49,6 @@ pub struct AcmeArgs {
         default_value = "http-01"
     )]
     pub challenge: String,
-    /// RFC 2136 server (the zone's primary, `ip:port`) for DNS-01.
-    #[arg(long = "dns-rfc2136-server", value_name = "IP:PORT")]
-    pub rfc2136_server: Option<SocketAddr>,
-    /// The zone RFC 2136 updates go to (e.g. `example.com`).
-    #[arg(long = "dns-rfc2136-zone", value_name = "ZONE")]
-    pub rfc2136_zone: Option<String>,
-    /// The TSIG key's name.
-    #[arg(long = "dns-tsig-key-name", value_name = "NAME")]
-    pub tsig_key_name: Option<String>,
-    /// The TSIG algorithm: hmac-sha256, hmac-sha384 or hmac-sha512.
-    #[arg(
-        long = "dns-tsig-algorithm",
-        value_name = "ALG",
-        default_value = "hmac-sha256"
-    )]
-    pub tsig_algorithm: String,
-    /// File holding the TSIG secret (base64); else `KOKOA_DNS_TSIG_SECRET`.
-    #[arg(long = "dns-tsig-secret-file", value_name = "PATH")]
-    pub tsig_secret_file: Option<PathBuf>,
 }
 
 /// A flag combination that cannot work. The message names the flag.
@@ -93,21 +69,24 @@ fn bad(flag: &'static str, reason: impl Into<String>) -> AcmeArgsError {
 }
 
 impl AcmeArgs {
-    /// The manager these flags describe, or `None` without `--acme-directory`.
+    /// The manager these flags describe, or `None` without `--acme-directory`; `dns` (from the
+    /// `--dns-*` flags) answers DNS-01 challenges.
     pub fn manager(
         &self,
         store: Arc<dyn Store>,
+        dns: Option<Arc<dyn DnsProvider>>,
     ) -> Result<Option<Arc<CertificateManager>>, AcmeArgsError> {
         Ok(self
-            .options()?
+            .options(dns)?
             .map(|(options, dns)| CertificateManager::new(store, options, dns)))
     }
 
     /// What the flags describe, checked (`kokoa-control check-config` stops here), or `None`
-    /// without `--acme-directory`.
+    /// without `--acme-directory`; `dns` is the `--dns-*` provider DNS-01 would use.
     #[allow(clippy::type_complexity)]
     pub fn options(
         &self,
+        dns: Option<Arc<dyn DnsProvider>>,
     ) -> Result<Option<(AcmeOptions, Option<Arc<dyn DnsProvider>>)>, AcmeArgsError> {
         let Some(directory) = &self.directory else {
             return Ok(None);
@@ -132,57 +111,13 @@ impl AcmeArgs {
             .challenge
             .parse::<ChallengeKind>()
             .map_err(|reason| bad("--acme-challenge", reason))?;
-        let dns = self.dns_provider()?;
         if options.preferred_challenge == ChallengeKind::Dns01 && dns.is_none() {
             return Err(bad(
                 "--acme-challenge",
-                "dns-01 needs a DNS provider (--dns-rfc2136-server and friends)",
+                "dns-01 needs a DNS provider (--dns-provider and its flags)",
             ));
         }
         Ok(Some((options, dns)))
-    }
-
-    /// The RFC 2136 provider, when `--dns-rfc2136-server` is given.
-    pub fn dns_provider(&self) -> Result<Option<Arc<dyn DnsProvider>>, AcmeArgsError> {
-        let Some(server) = self.rfc2136_server else {
-            return Ok(None);
-        };
-        let zone = self
-            .rfc2136_zone
-            .clone()
-            .ok_or_else(|| bad("--dns-rfc2136-zone", "required with --dns-rfc2136-server"))?;
-        let key_name = self
-            .tsig_key_name
-            .clone()
-            .ok_or_else(|| bad("--dns-tsig-key-name", "required with --dns-rfc2136-server"))?;
-        let algorithm = self
-            .tsig_algorithm
-            .parse::<TsigAlgorithm>()
-            .map_err(|e| bad("--dns-tsig-algorithm", e.to_string()))?;
-        let secret = match &self.tsig_secret_file {
-            Some(path) => Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| bad("--dns-tsig-secret-file", format!("{}: {e}", path.display())))?
-                    .trim()
-                    .to_owned(),
-            ),
-            None => Zeroizing::new(std::env::var(TSIG_SECRET_ENV).map_err(|_| {
-                bad(
-                    "--dns-tsig-secret-file",
-                    format!("required with --dns-rfc2136-server (or set {TSIG_SECRET_ENV})"),
-                )
-            })?),
-        };
-        let provider = Rfc2136Provider::new(Rfc2136Config {
-            server,
-            zone,
-            key_name,
-            algorithm,
-            secret_base64: secret,
-            timeout: rfc2136::DEFAULT_TIMEOUT,
-        })
-        .map_err(|e| bad("--dns-tsig-secret-file", e.to_string()))?;
-        Ok(Some(Arc::new(provider)))
     }
 }
 
@@ -210,7 +145,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(args(&[]).manager(store.clone()).unwrap().is_none());
+        assert!(args(&[]).manager(store.clone(), None).unwrap().is_none());
         let manager = args(&[
             "--acme-directory",
             "letsencrypt-staging",
@@ -219,7 +154,7 @@ mod tests {
             "--acme-renew-before-days",
             "20",
         ])
-        .manager(store.clone())
+        .manager(store.clone(), None)
         .unwrap()
         .unwrap();
         assert_eq!(
@@ -235,7 +170,7 @@ mod tests {
             Duration::from_secs(20 * 24 * 3600)
         );
 
-        let flag = |flags: &[&str]| args(flags).manager(store.clone()).err().unwrap().flag;
+        let flag = |flags: &[&str]| args(flags).manager(store.clone(), None).err().unwrap().flag;
         assert_eq!(flag(&["--acme-directory", "ftp://ca"]), "--acme-directory");
         assert_eq!(
             flag(&[
@@ -255,29 +190,27 @@ mod tests {
             ]),
             "--acme-challenge"
         );
-        assert_eq!(
-            flag(&[
-                "--acme-directory",
-                "letsencrypt",
-                "--dns-rfc2136-server",
-                "127.0.0.1:53"
-            ]),
-            "--dns-rfc2136-zone"
+        // With a DNS provider (from the --dns-* flags), dns-01 is accepted.
+        let dns: Arc<dyn DnsProvider> = Arc::new(
+            crate::dns::Rfc2136Provider::new(crate::dns::Rfc2136Config {
+                server: "127.0.0.1:53".parse().unwrap(),
+                zone: "example.com".into(),
+                key_name: "kokoa".into(),
+                algorithm: Default::default(),
+                secret_base64: "c2VjcmV0".to_owned().into(),
+                timeout: Duration::from_secs(1),
+            })
+            .unwrap(),
         );
-        let secret = dir.path().join("tsig.key");
-        std::fs::write(&secret, "c2VjcmV0\n").unwrap();
-        let dns = args(&[
-            "--dns-rfc2136-server",
-            "127.0.0.1:53",
-            "--dns-rfc2136-zone",
-            "example.com",
-            "--dns-tsig-key-name",
-            "kokoa",
-            "--dns-tsig-secret-file",
-            secret.to_str().unwrap(),
+        let manager = args(&[
+            "--acme-directory",
+            "letsencrypt",
+            "--acme-challenge",
+            "dns-01",
         ])
-        .dns_provider()
+        .manager(store.clone(), Some(dns))
+        .unwrap()
         .unwrap();
-        assert!(dns.is_some());
+        assert_eq!(manager.options().preferred_challenge, ChallengeKind::Dns01);
     }
 }

@@ -227,12 +227,11 @@ async fn run(
         .map_err(|e| AcmeError::Certificate(format!("CSR: {e}")))?;
     order.finalize_csr(csr.der()).await?;
     let chain_pem = order.poll_certificate(&retries).await?;
-    let (not_after, issuer) = leaf_facts(&chain_pem)?;
+    // The store reads names, issuer and expiry with the model's parser (the edge's) and
+    // refuses a chain that does not match the key or the ordered names.
     Ok(CertificateMaterial {
         chain_pem,
         key_pem: key.serialize_pem(),
-        issuer: Some(issuer),
-        not_after,
     })
 }
 
@@ -373,17 +372,4 @@ async fn validation_failure(order: &mut instant_acme::Order) -> AcmeError {
         name,
         detail: reasons.join("; "),
     }
-}
-
-/// The leaf's expiry and issuer.
-fn leaf_facts(chain_pem: &str) -> Result<(OffsetDateTime, String), AcmeError> {
-    let der = rustls_pemfile::certs(&mut chain_pem.as_bytes())
-        .next()
-        .ok_or_else(|| AcmeError::Certificate("the CA returned no certificate".into()))?
-        .map_err(|e| AcmeError::Certificate(format!("the CA's chain is not PEM: {e}")))?;
-    let (_, leaf) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| AcmeError::Certificate(format!("the CA's certificate: {e}")))?;
-    let not_after = OffsetDateTime::from_unix_timestamp(leaf.validity().not_after.timestamp())
-        .map_err(|e| AcmeError::Certificate(format!("expiry out of range: {e}")))?;
-    Ok((not_after, leaf.issuer().to_string()))
 }

@@ -5,13 +5,15 @@ use std::net::{IpAddr, Ipv4Addr};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use kokoa_tunnel::key::PublicKey;
 use serde::{Deserialize, Serialize};
 
 use super::extract::{ApiJson, Caller};
 use super::origins::RotateKey;
 use super::{find_edge, find_origin, ApiError, ApiState};
-use crate::store::{Assignment, AssignmentFilter, Edge, EdgeUpdate, Id, NewEdge, Origin, Store};
+use crate::store::{
+    Assignment, AssignmentFilter, Edge, EdgeLimits, EdgeUpdate, Endpoint, Id, Name, NewEdge,
+    Origin, PublicKey, Store, TunnelSettings,
+};
 
 /// One origin an edge serves, with the edge's address toward it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -72,16 +74,17 @@ async fn view(store: &dyn Store, edge: Edge) -> Result<EdgeView, ApiError> {
 }
 
 /// Body of `POST /edge-nodes`: [`NewEdge`] with origins by id or name.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct EdgeCreate {
     /// Unique name.
-    pub name: String,
+    pub name: Name,
     /// Public address (what DNS points at).
     #[serde(default)]
     pub public_ip: Option<IpAddr>,
     /// WireGuard endpoint origins dial (`host:port`).
     #[serde(default)]
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Endpoint>,
     /// VPS provider.
     #[serde(default)]
     pub provider: Option<String>,
@@ -94,6 +97,13 @@ pub struct EdgeCreate {
     /// Origins (ids or names) the edge serves from the start.
     #[serde(default)]
     pub origins: Vec<String>,
+    /// `[limits]` defaults to send the edge (the keys of its file's `[limits]` table; unset
+    /// keys take the model's defaults); absent: the edge keeps its file's.
+    #[serde(default)]
+    pub limits: Option<EdgeLimits>,
+    /// Tunnel settings (`mtu`, `tcp_buffer`) to send the edge; absent: it keeps its file's.
+    #[serde(default)]
+    pub tunnel: Option<TunnelSettings>,
 }
 
 pub(super) async fn list(State(state): State<ApiState>) -> Result<Json<Vec<EdgeView>>, ApiError> {
@@ -135,6 +145,8 @@ pub(super) async fn create(
         region: body.region,
         public_key: body.public_key,
         origins,
+        limits: body.limits,
+        tunnel: body.tunnel,
     };
     let edge = state.store.create_edge(&actor, new).await?;
     Ok((StatusCode::CREATED, Json(view(&*state.store, edge).await?)))

@@ -95,10 +95,19 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound { .. } => ApiError::not_found(error.to_string()),
-            StoreError::Conflict { .. } | StoreError::PoolExhausted { .. } => {
+            StoreError::Conflict { ref field, .. } => {
+                let field = field.as_ref().map(|f| f.to_string());
+                let mut api = ApiError::new(StatusCode::CONFLICT, error.to_string());
+                api.field = field;
+                api
+            }
+            StoreError::PoolExhausted { .. } => {
                 ApiError::new(StatusCode::CONFLICT, error.to_string())
             }
-            StoreError::Invalid { field, ref reason } => ApiError::invalid(field, reason.clone()),
+            StoreError::Invalid { field, reason } if field.is_empty() => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, reason)
+            }
+            StoreError::Invalid { field, reason } => ApiError::invalid(field, reason),
             StoreError::Unauthenticated { reason } => {
                 tracing::info!(reason, "credential refused");
                 ApiError::unauthenticated("invalid or expired credential")
@@ -134,13 +143,18 @@ mod tests {
     #[test]
     fn store_errors_map_to_statuses() {
         let invalid: ApiError = StoreError::Invalid {
-            field: "hostname",
+            field: "hostname".into(),
             reason: "bad".into(),
         }
         .into();
         assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(invalid.field.as_deref(), Some("hostname"));
-        let conflict: ApiError = StoreError::Conflict { what: "dup".into() }.into();
+        let conflict: ApiError = StoreError::Conflict {
+            what: "dup".into(),
+            field: Some("listen_port".into()),
+        }
+        .into();
+        assert_eq!(conflict.field.as_deref(), Some("listen_port"));
         assert_eq!(conflict.status, StatusCode::CONFLICT);
         let unauth: ApiError = StoreError::Unauthenticated { reason: "revoked" }.into();
         assert_eq!(unauth.status, StatusCode::UNAUTHORIZED);

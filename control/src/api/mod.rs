@@ -17,11 +17,13 @@ mod edges;
 pub mod error;
 mod events;
 pub mod extract;
+mod notifications;
 pub mod openapi;
 mod origins;
 mod routes;
 mod services;
 mod status;
+mod tcp_routes;
 mod tokens;
 mod users;
 
@@ -37,10 +39,12 @@ use uuid::Uuid;
 pub use certificates::CertificateUpload;
 pub use edges::{EdgeCreate, EdgeOrigin, EdgeView};
 pub use error::{ApiError, ErrorBody};
+pub use notifications::DeliveryFilter;
 pub use origins::{OriginView, RotateKey};
 pub use routes::{RouteCreate, RoutePatch, RouteView};
 pub use services::ServiceView;
 pub use status::{NodeStatusView, StatusSummary};
+pub use tcp_routes::{TcpRouteCreate, TcpRoutePatch, TcpRouteView};
 pub use tokens::{ApiTokenRequest, TokenRequest};
 pub use users::{
     MeView, PasswordChange, RecoveryCodes, TotpConfirm, TotpDisable, UserCreate, UserPatch,
@@ -179,6 +183,16 @@ pub fn router(state: ApiState) -> Router {
                 .delete(routes::delete),
         )
         .route(
+            "/tcp-routes",
+            get(tcp_routes::list).post(tcp_routes::create),
+        )
+        .route(
+            "/tcp-routes/{route}",
+            get(tcp_routes::get)
+                .patch(tcp_routes::update)
+                .delete(tcp_routes::delete),
+        )
+        .route(
             "/certificates",
             get(certificates::list).post(certificates::upload),
         )
@@ -209,6 +223,23 @@ pub fn router(state: ApiState) -> Router {
         .route("/me/totp", get(users::pending_totp).post(users::begin_totp))
         .route("/me/totp/confirm", post(users::confirm_totp))
         .route("/me/totp/disable", post(users::disable_totp))
+        .route(
+            "/notification-targets",
+            get(notifications::list).post(notifications::create),
+        )
+        .route(
+            "/notification-targets/{target}",
+            get(notifications::get).delete(notifications::delete),
+        )
+        .route(
+            "/notification-targets/{target}/test",
+            post(notifications::test),
+        )
+        .route(
+            "/notification-targets/{target}/deliveries",
+            get(notifications::target_deliveries),
+        )
+        .route("/notification-deliveries", get(notifications::deliveries))
         .route("/events", get(events::list))
         .route("/health-checks", get(events::health_checks))
         .route("/nodes", get(status::nodes))

@@ -79,8 +79,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("get", "/routes/{route}", "routes", "Get a route (id or host name)", None, (200, "Route")),
     ep("patch", "/routes/{route}", "routes", "Change a route", Some("RoutePatch"), (200, "Route")),
     ep("delete", "/routes/{route}", "routes", "Delete a route", None, (204, "")),
+    ep("get", "/tcp-routes", "tcp-routes", "List raw TCP routes", None, (200, "[TcpRoute]")),
+    ep("post", "/tcp-routes", "tcp-routes", "Create a raw TCP route: a public port on every edge serving the origin, forwarded to the service (409 when the port is taken or collides with an edge's listener)", Some("TcpRouteCreate"), (201, "TcpRoute")),
+    ep("get", "/tcp-routes/{route}", "tcp-routes", "Get a TCP route (id or public port)", None, (200, "TcpRoute")),
+    ep("patch", "/tcp-routes/{route}", "tcp-routes", "Change a TCP route", Some("TcpRoutePatch"), (200, "TcpRoute")),
+    ep("delete", "/tcp-routes/{route}", "tcp-routes", "Delete a TCP route", None, (204, "")),
     ep("get", "/certificates", "certificates", "List certificates (never keys)", None, (200, "[Certificate]")),
-    ep("post", "/certificates", "certificates", "Upload a certificate chain and key", Some("CertificateUpload"), (201, "Certificate")),
+    ep("post", "/certificates", "certificates", "Upload a certificate chain and key (422 when the key does not match, the leaf has no DNS name, it expired, or `names` claims a name it does not cover)", Some("CertificateUpload"), (201, "Certificate")),
     ep("get", "/certificates/{certificate}", "certificates", "Get a certificate (never its key)", None, (200, "Certificate")),
     ep("delete", "/certificates/{certificate}", "certificates", "Delete a certificate", None, (204, "")),
     ep("get", "/node-tokens", "tokens", "All node tokens (metadata), newest first", None, (200, "[NodeToken]")),
@@ -99,9 +104,16 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("post", "/me/totp", "users", "Start TOTP enrolment: a new secret, its otpauth URI and QR code (SVG)", None, (201, "TotpEnrolment")),
     ep("post", "/me/totp/confirm", "users", "Confirm enrolment with a current code; returns the recovery codes once", Some("TotpConfirm"), (200, "RecoveryCodes")),
     ep("post", "/me/totp/disable", "users", "Turn TOTP off (password required)", Some("TotpDisable"), (200, "User")),
+    ep("get", "/notification-targets", "notifications", "List notification targets (never their URL path or secret)", None, (200, "[NotificationTarget]")),
+    ep("post", "/notification-targets", "notifications", "Create a webhook or Slack target (a webhook's signing secret is returned once)", Some("NewNotificationTarget"), (201, "CreatedNotificationTarget")),
+    ep("get", "/notification-targets/{target}", "notifications", "Get a notification target", None, (200, "NotificationTarget")),
+    ep("delete", "/notification-targets/{target}", "notifications", "Delete a notification target and its deliveries", None, (204, "")),
+    ep("post", "/notification-targets/{target}/test", "notifications", "Queue a test notification for this target", None, (202, "Delivery")),
+    ep("get", "/notification-targets/{target}/deliveries", "notifications", "A target's deliveries, newest first (?status=, ?limit=)", None, (200, "[Delivery]")),
+    ep("get", "/notification-deliveries", "notifications", "Deliveries, newest first (?target=, ?status=, ?limit=)", None, (200, "[Delivery]")),
     ep("get", "/events", "events", "Audit trail (?after=, ?entity=, ?entity_id=, ?limit=)", None, (200, "[Event]")),
     ep("get", "/health-checks", "health", "Health-check results (?edge_id=, ?service_id=, ?limit=)", None, (200, "[HealthCheck]")),
-    ep("get", "/nodes", "status", "Every node: applied version, last heartbeat, last NACK", None, (200, "[NodeStatus]")),
+    ep("get", "/nodes", "status", "Every node: applied version, last heartbeat, last NACK and the object it names", None, (200, "[NodeStatus]")),
     ep("get", "/status", "status", "Config version and every node's status", None, (200, "StatusSummary")),
 ];
 
@@ -155,12 +167,16 @@ fn operation(endpoint: &Endpoint) -> Value {
         responses.insert(
             "409".into(),
             error_response(
-                "conflicts with existing data (duplicate name, host name or port; still in use)",
+                "conflicts with existing data (duplicate name, host name or port; a port an edge \
+                 listens on; still in use); `field` names the colliding field when one does",
             ),
         );
         responses.insert(
             "422".into(),
-            error_response("a field is not acceptable; `field` names it"),
+            error_response(
+                "a field is not acceptable, or unknown (a misspelt field is refused, never \
+                 ignored); `field` names it as a JSON path such as `limits.allow[0]`",
+            ),
         );
     }
     let mut op = json!({
@@ -191,6 +207,73 @@ fn uuid() -> Value {
 fn object(required: &[&str], properties: Value) -> Value {
     json!({"type": "object", "required": required, "properties": properties})
 }
+fn name() -> Value {
+    json!({"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$", "description": "a-z, 0-9, `-` and `_`; at most 63"})
+}
+fn port() -> Value {
+    json!({"type": "integer", "minimum": 1, "maximum": 65535})
+}
+
+/// A route's own limits (the model's `RouteLimits`): the keys of a `[[routes]]` table.
+fn route_limits() -> Value {
+    json!({
+        "type": "object", "additionalProperties": false,
+        "description": "A route's own limits; unset keys take the edge's [limits] defaults. Unknown keys are refused (422 naming them).",
+        "properties": {
+            "rate": {"type": "number", "minimum": 0, "description": "requests per second per client; 0: no rate limit on this route"},
+            "burst": {"type": "integer", "minimum": 1, "description": "requests a client may send at once; needs rate"},
+            "max_body_bytes": {"type": "integer", "minimum": 0, "description": "largest request body; 0: unlimited on this route"},
+            "allow": networks("only clients in these networks may use the route"),
+            "deny": networks("clients in these networks get 403 (deny wins over allow)"),
+        },
+    })
+}
+
+fn networks(description: &str) -> Value {
+    json!({"type": "array", "items": {"type": "string", "description": "CIDR or single address"}, "description": description})
+}
+
+/// An edge's `[limits]` (the model's `EdgeLimits`): the keys of the file's `[limits]` table.
+fn edge_limits() -> Value {
+    let integer =
+        |description: &str| json!({"type": "integer", "minimum": 0, "description": description});
+    json!({
+        "type": ["object", "null"], "additionalProperties": false,
+        "description": "The edge's [limits] defaults, sent instead of its file's; null: the edge keeps its file's. Unset keys take the model's defaults; unknown keys are refused.",
+        "properties": {
+            "rate": {"type": "number", "minimum": 0, "description": "default requests per second per client (0: none)"},
+            "burst": {"type": "integer", "minimum": 1},
+            "ipv4_prefix": integer("client keys: IPv4 addresses masked to this prefix (default 32)"),
+            "ipv6_prefix": integer("client keys: IPv6 addresses masked to this prefix (default 64)"),
+            "max_tracked_clients": integer("client keys the rate limiters track (default 100000)"),
+            "connections_per_client": integer("concurrent connections per client key, 0: no cap (default 256)"),
+            "max_connections": integer("concurrent connections in total, 0: no cap (default 16384)"),
+            "max_headers": integer("header fields per request (default 100)"),
+            "max_body_bytes": integer("default request body limit, 0: unlimited"),
+            "idle_timeout": integer("seconds a connection may idle between requests (default 60)"),
+            "h2_max_concurrent_streams": integer("HTTP/2 streams per connection (default 100)"),
+            "h2_max_pending_reset_streams": integer("default 20"),
+            "h2_max_local_error_reset_streams": integer("default 1024"),
+            "h2_keepalive_interval": integer("seconds between HTTP/2 PINGs, 0: off (default 30)"),
+            "send_timeout": integer("seconds a response may wait on a client that takes nothing before it is reset"),
+            "send_min_rate": integer("bytes per second a client must take over each send_timeout of waiting, 0: none"),
+            "client_body_timeout": integer("seconds a request body may wait on a client that sends nothing (408)"),
+            "client_body_min_rate": integer("bytes per second a request body must average over each client_body_timeout, 0: none"),
+        },
+    })
+}
+
+/// A node's tunnel settings as control sends them.
+fn tunnel() -> Value {
+    json!({
+        "type": ["object", "null"], "additionalProperties": false,
+        "description": "Tunnel settings sent instead of the node file's [tunnel] mtu and tcp_buffer (unset keys take the defaults); null: the node keeps its file's.",
+        "properties": {
+            "mtu": {"type": "integer", "minimum": 576, "maximum": 65475, "description": "inner MTU (default 1420)"},
+            "tcp_buffer": {"type": "integer", "minimum": 4096, "maximum": 67108864, "description": "per-direction TCP buffer of each tunnel stream in bytes (default 262144)"},
+        },
+    })
+}
 
 fn schemas() -> Value {
     let node_state = object(
@@ -204,23 +287,29 @@ fn schemas() -> Value {
         }),
     );
     let service_props = json!({
-        "name": string(), "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "name": name(), "port": port(),
         "protocol": {"type": "string", "enum": ["http", "tcp"]},
-        "local_address": {"type": "string", "description": "host:port where the app listens on the origin host; default 127.0.0.1:<port>"},
+        "local_address": {"type": "string", "description": "ip:port or host:port where the app listens on the origin host (a host name is resolved by the origin when a stream arrives); default 127.0.0.1:<port>"},
         "health_path": nullable("string"),
     });
     json!({
         "Error": object(&["error"], json!({"error": string(), "field": string()})),
-        "Nack": object(&["version", "error"], json!({"version": {"type": "integer"}, "error": string()})),
+        "Nack": object(&["version", "error"], json!({
+            "version": {"type": "integer"}, "error": string(),
+            "object": {"type": "object", "description": "the config object the node named: fix or remove it and the next change reaches the node",
+                "properties": {"kind": {"type": "string", "enum": ["route", "tcp_route", "origin", "edge", "service", "certificate", "limits", "tunnel", "node", ""]},
+                               "key": string(), "field": {"type": "string", "description": "path in the node's snapshot, such as routes[2].limits.allow[0]"}}},
+        })),
         "NodeState": node_state,
         "Origin": object(&["id", "name", "subnet", "public_key", "managed_key", "state", "address", "network"], json!({
             "id": uuid(), "name": string(), "subnet": {"type": "integer", "minimum": 1, "maximum": 254},
             "public_key": {"type": "string", "description": "WireGuard public key, base64"},
             "managed_key": {"type": "boolean"}, "state": {"$ref": "#/components/schemas/NodeState"},
+            "tunnel": tunnel(),
             "address": string(), "network": string(), "created_at": time(), "updated_at": time(),
         })),
-        "NewOrigin": object(&["name"], json!({"name": string(), "public_key": string()})),
-        "OriginUpdate": object(&[], json!({"name": string()})),
+        "NewOrigin": object(&["name"], json!({"name": name(), "public_key": string(), "tunnel": tunnel()})),
+        "OriginUpdate": object(&[], json!({"name": name(), "tunnel": tunnel()})),
         "RotateKey": object(&[], json!({"public_key": {"type": "string", "description": "absent: control generates a new pair"}})),
         "Service": object(&["id", "origin_id", "origin", "name", "port", "protocol", "local_address"], {
             let mut p = service_props.clone();
@@ -237,33 +326,64 @@ fn schemas() -> Value {
             "id": uuid(), "name": string(), "public_ip": nullable("string"), "endpoint": nullable("string"),
             "provider": nullable("string"), "region": nullable("string"), "public_key": string(),
             "managed_key": {"type": "boolean"}, "state": {"$ref": "#/components/schemas/NodeState"},
+            "limits": edge_limits(), "tunnel": tunnel(),
+            "listeners": {"type": "array", "description": "the edge's own TCP listeners, as it reported them when it connected",
+                "items": object(&["name", "address"], json!({"name": string(), "address": string()}))},
             "origins": {"type": "array", "items": {"$ref": "#/components/schemas/EdgeOrigin"}},
             "created_at": time(), "updated_at": time(),
         })),
         "EdgeCreate": object(&["name"], json!({
-            "name": string(), "public_ip": string(), "endpoint": {"type": "string", "description": "WireGuard host:port origins dial"},
+            "name": name(), "public_ip": string(), "endpoint": {"type": "string", "description": "WireGuard host:port origins dial"},
             "provider": string(), "region": string(), "public_key": string(),
             "origins": {"type": "array", "items": string(), "description": "origin ids or names"},
+            "limits": edge_limits(), "tunnel": tunnel(),
         })),
         "EdgeUpdate": object(&[], json!({
-            "name": string(), "public_ip": nullable("string"), "endpoint": nullable("string"),
+            "name": name(), "public_ip": nullable("string"), "endpoint": nullable("string"),
             "provider": nullable("string"), "region": nullable("string"),
+            "limits": edge_limits(), "tunnel": tunnel(),
         })),
         "Route": object(&["id", "hostname", "aliases", "service_id", "origin_id", "origin", "service", "port", "limits"], json!({
             "id": uuid(), "hostname": string(), "aliases": {"type": "array", "items": string()},
             "service_id": uuid(), "origin_id": uuid(), "origin": string(), "service": string(),
-            "port": {"type": "integer"}, "limits": {"type": "object"}, "created_at": time(), "updated_at": time(),
+            "port": {"type": "integer"}, "limits": route_limits(),
+            "problem": {"type": "string", "description": "set when stored limits (from an older control) do not fit the model: the route is not sent to edges until its limits are replaced"},
+            "created_at": time(), "updated_at": time(),
         })),
         "RouteCreate": object(&["hostname"], json!({
             "hostname": {"type": "string", "description": "exact or *.wildcard"},
             "aliases": {"type": "array", "items": string()},
             "service_id": uuid(), "origin": {"type": "string", "description": "with service: origin id or name"},
             "service": {"type": "string", "description": "service id or name within origin"},
-            "limits": {"type": "object"},
+            "limits": route_limits(),
         })),
         "RoutePatch": object(&[], json!({
             "hostname": string(), "aliases": {"type": "array", "items": string()},
-            "service_id": uuid(), "origin": string(), "service": string(), "limits": {"type": "object"},
+            "service_id": uuid(), "origin": string(), "service": string(),
+            "limits": {"allOf": [route_limits()], "description": "replaces the whole limits object"},
+        })),
+        "TcpRoute": object(&["id", "listen_port", "service_id", "origin_id", "origin", "service", "port", "proxy_protocol", "allow", "deny"], json!({
+            "id": uuid(), "listen_port": port(), "listen_ip": {"type": ["string", "null"], "description": "null: each edge's HTTPS listener address"},
+            "service_id": uuid(), "origin_id": uuid(), "origin": string(), "service": string(),
+            "port": {"type": "integer", "description": "the service's tunnel port"},
+            "proxy_protocol": {"type": "string", "enum": ["none", "v2"]},
+            "allow": networks("only clients in these networks may connect"),
+            "deny": networks("clients in these networks are refused (deny wins)"),
+            "created_at": time(), "updated_at": time(),
+        })),
+        "TcpRouteCreate": object(&["listen_port"], json!({
+            "listen_port": port(), "listen_ip": {"type": "string", "description": "absent: each edge's HTTPS listener address"},
+            "service_id": uuid(), "origin": {"type": "string", "description": "with service: origin id or name"},
+            "service": {"type": "string", "description": "service id or name within origin"},
+            "proxy_protocol": {"type": "string", "enum": ["none", "v2"], "description": "v2: the app first gets a PROXY protocol v2 header with the client's address"},
+            "allow": networks("only clients in these networks may connect"),
+            "deny": networks("clients in these networks are refused (deny wins)"),
+        })),
+        "TcpRoutePatch": object(&[], json!({
+            "listen_port": port(), "listen_ip": nullable("string"), "service_id": uuid(),
+            "origin": string(), "service": string(),
+            "proxy_protocol": {"type": "string", "enum": ["none", "v2"]},
+            "allow": networks("replaces the allowed networks"), "deny": networks("replaces the refused networks"),
         })),
         "Certificate": object(&["id", "names", "source"], json!({
             "id": uuid(), "names": {"type": "array", "items": string()},
@@ -272,8 +392,8 @@ fn schemas() -> Value {
             "created_at": time(), "updated_at": time(),
         })),
         "CertificateUpload": object(&["chain_pem", "key_pem"], json!({
-            "chain_pem": string(), "key_pem": string(),
-            "names": {"type": "array", "items": string(), "description": "absent: the leaf's DNS SANs"},
+            "chain_pem": string(), "key_pem": {"type": "string", "description": "the private key of the leaf (PKCS#8, PKCS#1 or SEC1)"},
+            "names": {"type": "array", "items": string(), "description": "names it is expected to serve: each must be covered by the leaf's DNS subjectAltNames; the certificate is listed by its own names either way"},
         })),
         "NodeToken": object(&["id", "kind", "node", "created_at"], json!({
             "id": uuid(), "kind": {"type": "string", "enum": ["enrollment", "credential"]},
@@ -315,6 +435,23 @@ fn schemas() -> Value {
             "id": {"type": "integer"}, "at": time(), "actor": string(), "entity": string(), "entity_id": string(),
             "action": string(), "detail": {}, "config_version": nullable("integer"),
         })),
+        "NotificationTarget": object(&["id", "name", "kind", "url", "events", "signed", "created_at"], json!({
+            "id": uuid(), "name": string(), "kind": {"type": "string", "enum": ["webhook", "slack"]},
+            "url": string(), "events": {"type": "array", "items": string()}, "signed": {"type": "boolean"}, "created_at": time(),
+        })),
+        "NewNotificationTarget": object(&["name", "kind", "url"], json!({
+            "name": string(), "kind": {"type": "string", "enum": ["webhook", "slack"]}, "url": string(),
+            "secret": nullable("string"), "events": {"type": "array", "items": string()},
+        })),
+        "CreatedNotificationTarget": object(&["target"], json!({
+            "target": {"$ref": "#/components/schemas/NotificationTarget"}, "secret": nullable("string"),
+        })),
+        "Delivery": object(&["id", "target_id", "event_id", "kind", "status", "attempts", "created_at", "updated_at"], json!({
+            "id": uuid(), "target_id": uuid(), "event_id": {"type": "integer"}, "kind": string(),
+            "status": {"type": "string", "enum": ["pending", "delivered", "failed", "dropped"]},
+            "attempts": {"type": "integer"}, "last_status": nullable("integer"), "last_error": nullable("string"),
+            "next_attempt_at": nullable("string"), "created_at": time(), "updated_at": time(),
+        })),
         "HealthCheck": object(&["id", "success", "checked_at"], json!({
             "id": uuid(), "edge_id": nullable("string"), "service_id": nullable("string"), "success": {"type": "boolean"},
             "response_time_ms": nullable("integer"), "error": nullable("string"), "checked_at": time(),
@@ -331,6 +468,17 @@ fn schemas() -> Value {
             "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/NodeStatus"}},
         })),
     })
+}
+
+/// Marks every request body schema `additionalProperties: false`: the API refuses an unknown
+/// field (422 naming it) rather than ignoring it.
+fn request_bodies_strict(mut schemas: Value) -> Value {
+    for body in ENDPOINTS.iter().filter_map(|e| e.body) {
+        if let Some(schema) = schemas.get_mut(body) {
+            schema["additionalProperties"] = Value::Bool(false);
+        }
+    }
+    schemas
 }
 
 /// The OpenAPI 3.1 document.
@@ -351,7 +499,7 @@ pub fn document_value() -> Value {
         },
         "paths": paths,
         "components": {
-            "schemas": schemas(),
+            "schemas": request_bodies_strict(schemas()),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],

@@ -80,6 +80,7 @@ pub(super) async fn delete(
 
 /// Body of `rotate-key`: the operator's new public key, or nothing for a generated pair.
 #[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct RotateKey {
     /// The operator's own new public key; absent: control generates a new pair.
     #[serde(default)]

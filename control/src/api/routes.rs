@@ -4,11 +4,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::extract::{ApiJson, Caller};
 use super::{find_origin, find_route, find_service_in, ApiError, ApiState};
-use crate::store::{Id, NewRoute, Origin, Route, RouteUpdate, Service, Store};
+use crate::store::{
+    HostPattern, Id, NewRoute, Origin, Route, RouteLimits, RouteUpdate, Service, Store,
+};
 
 /// A route as the API shows it, with its target's names.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -51,13 +52,14 @@ async fn view_one(store: &dyn Store, route: Route) -> Result<RouteView, ApiError
 
 /// Body of `POST /routes`: the target is `service_id`, or `origin` (id or name) and `service`
 /// (id or name within the origin).
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct RouteCreate {
     /// Host name, exact or `*.` wildcard.
-    pub hostname: String,
+    pub hostname: HostPattern,
     /// Further host names.
     #[serde(default)]
-    pub aliases: Vec<String>,
+    pub aliases: Vec<HostPattern>,
     /// Target service id.
     #[serde(default)]
     pub service_id: Option<Id>,
@@ -67,21 +69,23 @@ pub struct RouteCreate {
     /// Target service (id or name within `origin`).
     #[serde(default)]
     pub service: Option<String>,
-    /// Per-route limits (a JSON object).
+    /// Per-route limits (`rate`, `burst`, `max_body_bytes`, `allow`, `deny`); unset ones take
+    /// the edge's `[limits]` defaults.
     #[serde(default)]
-    pub limits: Option<Value>,
+    pub limits: RouteLimits,
 }
 
 /// Body of `PATCH /routes/{route}`; absent fields are unchanged. A new target is `service_id`,
 /// or `service` (with `origin`, or within the route's current origin).
 #[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct RoutePatch {
     /// New host name.
     #[serde(default)]
-    pub hostname: Option<String>,
+    pub hostname: Option<HostPattern>,
     /// Replaces the aliases.
     #[serde(default)]
-    pub aliases: Option<Vec<String>>,
+    pub aliases: Option<Vec<HostPattern>>,
     /// New target service id.
     #[serde(default)]
     pub service_id: Option<Id>,
@@ -91,13 +95,13 @@ pub struct RoutePatch {
     /// New target service (id or name).
     #[serde(default)]
     pub service: Option<String>,
-    /// Replaces the limits.
+    /// Replaces the limits (the whole object).
     #[serde(default)]
-    pub limits: Option<Value>,
+    pub limits: Option<RouteLimits>,
 }
 
 /// Resolves `origin` + `service` names to a service id; unknown ones are 422 naming the field.
-async fn target(
+pub(super) async fn target(
     store: &dyn Store,
     origin: Option<&str>,
     current_origin: Option<Id>,

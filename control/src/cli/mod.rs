@@ -4,7 +4,10 @@
 //! tables, or the API's JSON with `--json`.
 
 pub mod client;
+mod limits;
+mod notify;
 pub mod table;
+mod tcp_route;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,9 +24,12 @@ use crate::account::{password, Accounts, SessionPolicy};
 use crate::acme::AcmeArgs;
 use crate::api::{EdgeView, NodeStatusView, OriginView, RouteView, ServiceView, StatusSummary};
 use crate::dev::{self, DevOptions};
+use crate::dns::DnsArgs;
 use crate::serve::{self, ServeOptions};
 use crate::store::{self, Actor, ApiToken, IssuedNodeToken, MasterKey, Role, User};
 use client::{segment, ApiClient, DEFAULT_API_URL};
+use limits::{EdgeSettingsArgs, RouteLimitArgs};
+pub use tcp_route::TcpRouteCommand;
 
 /// Kokoa control plane: the source of truth for origins, services, edges and routes, streaming
 /// config to every edge and origin over gRPC.
@@ -164,6 +170,15 @@ pub enum Command {
         #[command(subcommand)]
         command: RouteCommand,
     },
+    /// Raw TCP routes: public ports on the edges to origin services.
+    TcpRoute {
+        /// How to reach control.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: TcpRouteCommand,
+    },
     /// TLS certificates: ACME-issued and uploaded, with their status.
     Certificate {
         /// How to reach control.
@@ -206,6 +221,15 @@ pub enum Command {
         /// How to reach control.
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Notifications: webhook and Slack targets fed from the audit trail, and their deliveries.
+    Notify {
+        /// How to reach control.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: notify::NotifyCommand,
     },
 }
 
@@ -273,6 +297,12 @@ pub struct ServeArgs {
     /// Automatic certificates.
     #[command(flatten)]
     pub acme: AcmeArgs,
+    /// Notification delivery.
+    #[command(flatten)]
+    pub notify: crate::notify::NotifyArgs,
+    /// The DNS provider (ACME DNS-01, DNS steering).
+    #[command(flatten)]
+    pub dns: DnsArgs,
 }
 
 /// `dev` flags.
@@ -471,6 +501,24 @@ pub enum EdgeCommand {
         /// Use this WireGuard public key (you keep the private key) instead of a generated pair.
         #[arg(long)]
         public_key: Option<String>,
+        /// `[limits]` defaults and tunnel settings control sends the edge.
+        #[command(flatten)]
+        settings: EdgeSettingsArgs,
+    },
+    /// Change an edge's `[limits]` defaults and tunnel settings (flags not given stay as they
+    /// are).
+    Set {
+        /// Name or id.
+        name: String,
+        /// What to set.
+        #[command(flatten)]
+        settings: EdgeSettingsArgs,
+        /// Stop sending `[limits]`: the edge goes back to its file's.
+        #[arg(long, conflicts_with = "limits")]
+        clear_limits: bool,
+        /// Stop sending tunnel settings: the edge goes back to its file's.
+        #[arg(long, conflicts_with_all = ["mtu", "tcp_buffer"])]
+        clear_tunnel: bool,
     },
     /// List edges.
     List,
@@ -523,6 +571,35 @@ pub enum RouteCommand {
         /// Further host names (repeatable).
         #[arg(long = "alias")]
         aliases: Vec<String>,
+        /// The route's own limits.
+        #[command(flatten)]
+        limits: RouteLimitArgs,
+    },
+    /// Change a route (flags not given stay as they are).
+    Set {
+        /// Host name or id.
+        host: String,
+        /// A new target origin (with --service).
+        #[arg(long)]
+        origin: Option<String>,
+        /// A new target service (of --origin, or of the route's origin).
+        #[arg(long)]
+        service: Option<String>,
+        /// Replaces the further host names (repeatable).
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        /// The route's own limits; given ones replace the current ones.
+        #[command(flatten)]
+        limits: RouteLimitArgs,
+        /// Remove every allowed network.
+        #[arg(long, conflicts_with = "allow")]
+        clear_allow: bool,
+        /// Remove every denied network.
+        #[arg(long, conflicts_with = "deny")]
+        clear_deny: bool,
+        /// Remove all of the route's own limits (the edge's defaults apply).
+        #[arg(long)]
+        clear_limits: bool,
     },
     /// List routes.
     List,
@@ -652,6 +729,8 @@ impl From<ServeArgs> for ServeOptions {
                 secure_cookies: true,
                 max_streams: args.ui_max_streams,
             },
+            notify: args.notify,
+            dns: args.dns,
         }
     }
 }
@@ -712,6 +791,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service { client, command } => client.api()?.service(command).await,
         Command::Edge { client, command } => client.api()?.edge(command).await,
         Command::Route { client, command } => client.api()?.route(command).await,
+        Command::TcpRoute { client, command } => client.api()?.tcp_route(command).await,
         Command::Certificate { client, command } => client.api()?.certificate(command).await,
         Command::NodeToken {
             client,
@@ -740,6 +820,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
         }
         Command::Status { client } => client.api()?.status().await,
+        Command::Notify { client, command } => client.api()?.notify(command).await,
     }
 }
 
@@ -994,13 +1075,24 @@ impl Api {
                 origins,
                 public_ip,
                 public_key,
+                settings,
             } => {
                 let body = json!({
                     "name": name, "endpoint": endpoint, "origins": origins,
                     "public_ip": public_ip, "public_key": public_key,
+                    "limits": settings.apply_limits(None), "tunnel": settings.apply_tunnel(None),
                 });
                 let edge: EdgeView = self.client.post("/edge-nodes", &body).await?;
                 self.print(&edge, |e| edge_table(std::slice::from_ref(e)))
+            }
+            EdgeCommand::Set {
+                name,
+                settings,
+                clear_limits,
+                clear_tunnel,
+            } => {
+                self.edge_set(&name, &settings, clear_limits, clear_tunnel)
+                    .await
             }
             EdgeCommand::List => {
                 let edges: Vec<EdgeView> = self.client.get("/edge-nodes").await?;
@@ -1064,11 +1156,59 @@ impl Api {
                 origin,
                 service,
                 aliases,
+                limits,
             } => {
+                let mut own = serde_json::Map::new();
+                limits.apply(&mut own);
                 let body = json!({
                     "hostname": host, "origin": origin, "service": service, "aliases": aliases,
+                    "limits": own,
                 });
                 let route: RouteView = self.client.post("/routes", &body).await?;
+                self.print(&route, |r| route_table(std::slice::from_ref(r)))
+            }
+            RouteCommand::Set {
+                host,
+                origin,
+                service,
+                aliases,
+                limits,
+                clear_allow,
+                clear_deny,
+                clear_limits,
+            } => {
+                let path = format!("/routes/{}", segment(&host));
+                let mut body = serde_json::Map::new();
+                if let Some(origin) = origin {
+                    body.insert("origin".into(), origin.into());
+                }
+                if let Some(service) = service {
+                    body.insert("service".into(), service.into());
+                }
+                if !aliases.is_empty() {
+                    body.insert("aliases".into(), aliases.into());
+                }
+                if clear_limits || clear_allow || clear_deny || !limits.is_empty() {
+                    // The API replaces the whole limits object: start from the current one.
+                    let mut own = if clear_limits {
+                        serde_json::Map::new()
+                    } else {
+                        let current: RouteView = self.client.get(&path).await?;
+                        match serde_json::to_value(&current.route.limits)? {
+                            Value::Object(map) => map,
+                            _ => serde_json::Map::new(),
+                        }
+                    };
+                    if clear_allow {
+                        own.remove("allow");
+                    }
+                    if clear_deny {
+                        own.remove("deny");
+                    }
+                    limits.apply(&mut own);
+                    body.insert("limits".into(), Value::Object(own));
+                }
+                let route: RouteView = self.client.json(Method::PATCH, &path, &body).await?;
                 self.print(&route, |r| route_table(std::slice::from_ref(r)))
             }
             RouteCommand::List => {
@@ -1335,16 +1475,40 @@ fn route_table(routes: &[RouteView]) -> String {
     let rows: Vec<Vec<String>> = routes
         .iter()
         .map(|r| {
+            let limits = match serde_json::to_value(&r.route.limits) {
+                Ok(Value::Object(map)) => map
+                    .iter()
+                    .map(|(key, value)| match value {
+                        Value::Array(list) => format!(
+                            "{key}={}",
+                            list.iter()
+                                .map(|v| v.as_str().unwrap_or_default().to_owned())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
+                        other => format!("{key}={other}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            };
             vec![
                 r.route.hostname.clone(),
                 r.route.aliases.join(","),
                 r.origin.clone(),
                 r.service.clone(),
                 r.port.to_string(),
+                match &r.route.problem {
+                    Some(_) => "HELD BACK: limits do not fit the model (see --json)".into(),
+                    None => limits,
+                },
             ]
         })
         .collect();
-    table::render(&["HOST", "ALIASES", "ORIGIN", "SERVICE", "PORT"], &rows)
+    table::render(
+        &["HOST", "ALIASES", "ORIGIN", "SERVICE", "PORT", "LIMITS"],
+        &rows,
+    )
 }
 
 fn certificate_table(certificates: &[store::Certificate]) -> String {
@@ -1386,7 +1550,10 @@ fn status_table(nodes: &[NodeStatusView]) -> String {
                 time_text(n.last_heartbeat),
                 n.nack
                     .as_ref()
-                    .map(|nack| format!("v{}: {}", nack.version, nack.error))
+                    .map(|nack| match &nack.object {
+                        Some(object) => format!("v{} {object}: {}", nack.version, nack.error),
+                        None => format!("v{}: {}", nack.version, nack.error),
+                    })
                     .unwrap_or_default(),
             ]
         })

@@ -267,6 +267,7 @@ mod tests {
             applied_version: version,
             software_version: "test".into(),
             hostname: "h".into(),
+            listeners: Vec::new(),
         }
     }
 
@@ -292,6 +293,7 @@ mod tests {
             Nack {
                 version: 5,
                 error: "bad".into(),
+                object: None,
             },
         );
         registry.acked(node, new, 5);

@@ -16,7 +16,7 @@ use super::hub::Credentials;
 use super::snapshot::{self, SharedSnapshot};
 use super::telemetry::Report;
 use super::Inner;
-use crate::store::{Id, Nack, NodeId, StoreError};
+use crate::store::{Id, Listener, Nack, NackObject, NodeId, StoreError};
 
 /// How long a closing status may wait for room in a slow node's stream.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
@@ -83,6 +83,9 @@ impl Session {
             software_version = %hello.software_version,
             "node connected"
         );
+        if let NodeId::Edge(edge) = self.node {
+            self.record_listeners(edge, &hello.listeners).await;
+        }
         let end = self.serve(&mut inbound, &hello, session).await;
         registry.disconnect(self.node, session);
         match end {
@@ -248,6 +251,34 @@ impl Session {
         Ok(())
     }
 
+    /// Stores the listeners an edge reported (before any snapshot, so a TCP route made right
+    /// after the edge connected is checked against them). One that does not parse is logged
+    /// and left out: it is the edge's own business, not a reason to drop its stream.
+    async fn record_listeners(&self, edge: Id, reported: &[pb::Listener]) {
+        let mut listeners = Vec::with_capacity(reported.len());
+        for listener in reported {
+            match listener.address.parse() {
+                Ok(address) => listeners.push(Listener {
+                    name: listener.name.chars().take(64).collect(),
+                    address,
+                }),
+                Err(_) => tracing::warn!(
+                    name = %listener.name,
+                    address = %listener.address,
+                    "the edge reported a listener that is not ip:port; ignored"
+                ),
+            }
+        }
+        if let Err(e) = self
+            .inner
+            .store
+            .record_edge_listeners(edge, &listeners)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the edge's listeners");
+        }
+    }
+
     /// Queues an ACK or heartbeat for the store (see [`super::telemetry`]).
     fn report(&self, report: Report) {
         // Fails only once the server has stopped; the registry already has it.
@@ -264,19 +295,26 @@ impl Session {
                 self.report(Report::Ack(ack.version));
             }
             Some(NodeMsg::Nack(nack)) => {
-                tracing::warn!(version = nack.version, reason = %nack.reason, "node rejected its config");
-                registry.nacked(
-                    self.node,
-                    session,
-                    Nack {
-                        version: nack.version,
-                        error: nack.reason.clone(),
-                    },
+                let object = nack.object.as_ref().map(|object| NackObject {
+                    kind: kokoa_model::ObjectKind::from_proto(object.kind)
+                        .map(|kind| kind.as_str().to_owned())
+                        .unwrap_or_default(),
+                    key: object.key.clone(),
+                    field: object.field.clone(),
+                });
+                tracing::warn!(
+                    version = nack.version,
+                    reason = %nack.reason,
+                    object = %object.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    "node rejected its config"
                 );
-                if let Err(e) = store
-                    .record_config_nack(self.node, nack.version, &nack.reason)
-                    .await
-                {
+                let nack = Nack {
+                    version: nack.version,
+                    error: nack.reason,
+                    object,
+                };
+                registry.nacked(self.node, session, nack.clone());
+                if let Err(e) = store.record_config_nack(self.node, &nack).await {
                     tracing::warn!(error = %e, version = nack.version, "cannot record a NACK");
                 }
             }

@@ -4,9 +4,14 @@
 //! keys and certificate keys the nodes need) and shared by every Watch stream; [`for_node`]
 //! filters it for one node without touching the database. The filters are pure functions so the
 //! isolation rules are unit-tested here:
-//! - an edge gets its own private key, one peer per origin it is assigned to, the routes whose
-//!   service belongs to one of those origins, and the certificates covering those routes' names;
-//! - an origin gets its own private key, its services and one peer per edge assigned to it.
+//! - an edge gets its own private key, one peer per origin it is assigned to, the routes and
+//!   TCP routes whose service belongs to one of those origins, the certificates covering those
+//!   routes' names, and its `[limits]` and tunnel settings when control sets them;
+//! - an origin gets its own private key, its services, one peer per edge assigned to it, and
+//!   its tunnel settings when control sets them.
+//!
+//! What goes into them is built by [`store::spec`] as values of the shared model, the same
+//! values the store checked before it committed them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,10 +20,6 @@ use kokoa_proto::v1 as pb;
 use zeroize::Zeroizing;
 
 use crate::store::{self, Id, NodeId};
-
-/// Persistent keepalive an origin uses toward its edges: keeps the NAT mapping of an origin
-/// behind NAT open so edges can reach it (WireGuard's customary 25 s).
-pub const ORIGIN_KEEPALIVE_SECONDS: u32 = 25;
 
 /// Everything node snapshots of one config version are built from, shared by all streams.
 pub struct SharedSnapshot {
@@ -89,65 +90,22 @@ fn key_of(shared: &SharedSnapshot, node: NodeId) -> String {
         .unwrap_or_default()
 }
 
-/// What edge `edge_id` runs.
+/// What edge `edge_id` runs: its config as the store's [`spec`](store::spec) builds it (the
+/// same values the store checked with the model before committing them), its private key, the
+/// certificates covering its routes' names and the pending ACME challenges.
 pub fn edge_snapshot(shared: &SharedSnapshot, edge_id: Id) -> Option<pb::EdgeSnapshot> {
     let s = &shared.store;
     let edge = s.edges.iter().find(|e| e.id == edge_id)?;
-    let origins: HashMap<Id, &store::Origin> = s.origins.iter().map(|o| (o.id, o)).collect();
-
-    let mut served: HashMap<Id, &store::Origin> = HashMap::new();
-    let mut peers = Vec::new();
-    for assignment in s.assignments.iter().filter(|a| a.edge_id == edge_id) {
-        let Some(origin) = origins.get(&assignment.origin_id) else {
-            continue;
-        };
-        served.insert(origin.id, origin);
-        peers.push(pb::EdgePeer {
-            name: origin.name.clone(),
-            public_key: origin.public_key.to_base64(),
-            // Origins sit behind NAT and dial in; the edge learns their endpoint from their
-            // packets (WireGuard roaming).
-            endpoint: String::new(),
-            address: assignment.address.to_string(),
-            origin_address: assignment.origin_address.to_string(),
-            // The origin keeps the path open; the edge has nowhere to send keepalives to
-            // before the origin is heard from.
-            keepalive: 0,
-        });
+    let config = store::spec::edge_spec(s, edge_id)?;
+    for held in &config.held_back {
+        tracing::warn!(edge = %edge.name, object = %held.object, reason = %held.reason, "not sent to the edge until fixed");
     }
-    peers.sort_by(|a, b| a.name.cmp(&b.name));
-
-    let services: HashMap<Id, &store::Service> = s.services.iter().map(|v| (v.id, v)).collect();
-    let mut routes = Vec::new();
-    let mut names = Vec::new();
-    for route in &s.routes {
-        let Some(origin) = served.get(&route.origin_id) else {
-            continue;
-        };
-        let Some(service) = services.get(&route.service_id) else {
-            continue;
-        };
-        let limits = match route_limits(&route.limits) {
-            Ok(limits) => limits,
-            Err(error) => {
-                // Sending the route without its limits would drop its allow/deny lists and
-                // open it to everyone: leave it out, loudly, and serve the others.
-                tracing::error!(route = %route.hostname, %error, "stored route limits do not fit the model; the route is not sent to edges until they are fixed");
-                continue;
-            }
-        };
-        names.push(route.hostname.as_str());
-        names.extend(route.aliases.iter().map(String::as_str));
-        routes.push(pb::Route {
-            host: route.hostname.clone(),
-            aliases: route.aliases.clone(),
-            origin: origin.name.clone(),
-            port: u32::from(service.port),
-            limits,
-        });
-    }
-    routes.sort_by(|a, b| a.host.cmp(&b.host));
-
+    let names: Vec<&str> = config
+        .spec
+        .routes
+        .iter()
+        .flat_map(|route| route.names().map(|name| name.as_str()))
+        .collect();
     let mut certificates = Vec::new();
     for cert in &s.certificates {
         let (Some(chain), Some(key)) = (&cert.chain_pem, shared.certificate_keys.get(&cert.id))
@@ -168,77 +126,28 @@ pub fn edge_snapshot(shared: &SharedSnapshot, edge_id: Id) -> Option<pb::EdgeSna
     }
     certificates.sort_by(|a, b| a.id.cmp(&b.id));
 
-    Some(pb::EdgeSnapshot {
-        name: edge.name.clone(),
-        private_key: key_of(shared, NodeId::Edge(edge_id)),
-        origins: peers,
-        routes,
-        // The store has no raw TCP routes yet.
-        tcp_routes: Vec::new(),
-        certificates,
-        acme_http_challenges: shared.acme_http_challenges.clone(),
-        acme_tls_alpn_challenges: shared.acme_tls_alpn_challenges.clone(),
-        // The store has no per-edge limits or tunnel settings yet: the edges keep their own.
-        limits: None,
-        tunnel: None,
-    })
+    let mut snapshot = config.spec.to_proto();
+    snapshot.name = edge.name.clone();
+    snapshot.private_key = key_of(shared, NodeId::Edge(edge_id));
+    snapshot.certificates = certificates;
+    snapshot.acme_http_challenges = shared.acme_http_challenges.clone();
+    snapshot.acme_tls_alpn_challenges = shared.acme_tls_alpn_challenges.clone();
+    Some(snapshot)
 }
 
-/// What origin `origin_id` runs.
+/// What origin `origin_id` runs: its config as the store's [`spec`](store::spec) builds it and
+/// its private key.
 pub fn origin_snapshot(shared: &SharedSnapshot, origin_id: Id) -> Option<pb::OriginSnapshot> {
     let s = &shared.store;
     let origin = s.origins.iter().find(|o| o.id == origin_id)?;
-    let edges: HashMap<Id, &store::Edge> = s.edges.iter().map(|e| (e.id, e)).collect();
-    let mut peers = Vec::new();
-    for assignment in s.assignments.iter().filter(|a| a.origin_id == origin_id) {
-        let Some(edge) = edges.get(&assignment.edge_id) else {
-            continue;
-        };
-        peers.push(pb::OriginPeer {
-            name: edge.name.clone(),
-            public_key: edge.public_key.to_base64(),
-            // Empty while the edge's endpoint is unknown (a VPS being provisioned); the origin
-            // then waits for the edge's packets.
-            endpoint: edge.endpoint.clone().unwrap_or_default(),
-            address: assignment.address.to_string(),
-            keepalive: ORIGIN_KEEPALIVE_SECONDS,
-        });
+    let config = store::spec::origin_spec(s, origin_id)?;
+    for held in &config.held_back {
+        tracing::warn!(origin = %origin.name, object = %held.object, reason = %held.reason, "not sent to the origin until fixed");
     }
-    peers.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut services: Vec<pb::Service> = s
-        .services
-        .iter()
-        .filter(|v| v.origin_id == origin_id)
-        .map(|v| pb::Service {
-            name: v.name.clone(),
-            port: u32::from(v.port),
-            local: v.local_address.clone(),
-            protocol: v.protocol.as_str().to_owned(),
-            health_path: v.health_path.clone().unwrap_or_default(),
-        })
-        .collect();
-    services.sort_by_key(|v| v.port);
-    Some(pb::OriginSnapshot {
-        name: origin.name.clone(),
-        private_key: key_of(shared, NodeId::Origin(origin_id)),
-        address: origin.address().to_string(),
-        edges: peers,
-        services,
-        tunnel: None,
-    })
-}
-
-/// The route's limits as typed wire fields, read from the JSON the store keeps through the
-/// model's [`RouteLimits`](kokoa_model::RouteLimits) (the same check the edge applies); `None`
-/// when the route sets none.
-fn route_limits(
-    limits: &serde_json::Value,
-) -> Result<Option<pb::RouteLimits>, kokoa_model::ModelError> {
-    if limits.is_null() {
-        return Ok(None);
-    }
-    let limits: kokoa_model::RouteLimits = kokoa_model::from_json_value(limits.clone())?;
-    Ok((!limits.is_empty()).then(|| limits.to_proto()))
+    let mut snapshot = config.spec.to_proto();
+    snapshot.name = origin.name.clone();
+    snapshot.private_key = key_of(shared, NodeId::Origin(origin_id));
+    Some(snapshot)
 }
 
 /// Whether certificate name `cert_name` (exact or `*.suffix`) is valid for host name `host`
@@ -273,7 +182,7 @@ pub fn nodes(shared: &SharedSnapshot) -> HashSet<NodeId> {
 mod tests {
     use std::net::Ipv4Addr;
 
-    use kokoa_tunnel::key::PrivateKey;
+    use kokoa_model::key::PrivateKey;
     use serde_json::json;
     use time::OffsetDateTime;
 
@@ -300,6 +209,7 @@ mod tests {
             subnet,
             public_key: PrivateKey::generate().public_key(),
             managed_key: true,
+            tunnel: None,
             state: state(),
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,
@@ -316,6 +226,9 @@ mod tests {
             region: None,
             public_key: PrivateKey::generate().public_key(),
             managed_key: true,
+            limits: None,
+            tunnel: None,
+            listeners: Vec::new(),
             state: state(),
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,
@@ -346,14 +259,15 @@ mod tests {
         }
     }
 
-    fn route(host: &str, service: &Service, limits: serde_json::Value) -> Route {
+    fn route(host: &str, service: &Service, limits: &str) -> Route {
         Route {
             id: Id::new_v4(),
             hostname: host.into(),
             aliases: vec![format!("www.{host}")],
             service_id: service.id,
             origin_id: service.origin_id,
-            limits,
+            limits: kokoa_model::from_json(limits).expect("limits"),
+            problem: None,
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,
         }
@@ -406,8 +320,8 @@ mod tests {
                 assign(&e2, &lab, 10),
             ],
             "routes": [
-                route("app.example.com", &web, json!({"rate": 10})),
-                route("x.lab.example.com", &api, json!({})),
+                route("app.example.com", &web, r#"{"rate": 10}"#),
+                route("x.lab.example.com", &api, "{}"),
             ],
             "certificates": certs,
         }))
@@ -493,7 +407,7 @@ mod tests {
         assert_eq!(lab.edges[0].public_key, w.e2.public_key.to_base64());
         assert_eq!(lab.edges[0].endpoint, "e2.example.net:51820");
         assert_eq!(lab.edges[0].address, "10.100.2.10");
-        assert_eq!(lab.edges[0].keepalive, ORIGIN_KEEPALIVE_SECONDS);
+        assert_eq!(lab.edges[0].keepalive, 25);
         assert_eq!(lab.services.len(), 1);
         assert_eq!(lab.services[0].name, "api");
         assert_eq!(lab.services[0].local, "127.0.0.1:9001");
@@ -511,13 +425,58 @@ mod tests {
     #[test]
     fn routes_whose_stored_limits_do_not_fit_the_model_are_left_out() {
         let mut w = world();
-        w.shared.store.routes[0].limits = json!({"alow": ["10.0.0.0/8"]});
+        // What the store reads back from limits an older control stored unchecked.
+        w.shared.store.routes[0].problem = Some("the stored limits {\"alow\": ...}".into());
         let e1 = edge_of(&w, &w.e1);
         assert!(e1.routes.is_empty(), "{:?}", e1.routes);
-        w.shared.store.routes[0].limits = json!({"rate": -1});
-        assert!(edge_of(&w, &w.e1).routes.is_empty());
         let e2 = edge_of(&w, &w.e2);
         assert_eq!(e2.routes.len(), 1, "the other route is still sent");
+        assert_eq!(e2.routes[0].host, "x.lab.example.com");
+    }
+
+    #[test]
+    fn tcp_routes_limits_and_tunnel_settings_reach_the_edges_that_serve_them() {
+        let mut w = world();
+        let api = w.shared.store.services[1].clone();
+        let tcp: store::TcpRoute = serde_json::from_value(json!({
+            "id": Id::new_v4(), "listen_port": 5432, "listen_ip": null,
+            "service_id": api.id, "origin_id": api.origin_id, "proxy_protocol": "v2",
+            "allow": ["10.0.0.0/8"], "deny": ["10.9.0.0/16"],
+            "created_at": "1970-01-01T00:00:00Z", "updated_at": "1970-01-01T00:00:00Z",
+        }))
+        .expect("a TCP route");
+        w.shared.store.tcp_routes.push(tcp);
+        w.shared.store.edges[1].limits =
+            Some(kokoa_model::from_json(r#"{"rate": 5, "max_connections": 100}"#).expect("limits"));
+        w.shared.store.edges[1].tunnel = Some(store::TunnelSettings {
+            mtu: Some(kokoa_model::Mtu::new(1280).expect("mtu")),
+            tcp_buffer: None,
+        });
+        let e2 = edge_of(&w, &w.e2);
+        assert_eq!(e2.tcp_routes.len(), 1);
+        let route = &e2.tcp_routes[0];
+        assert_eq!((route.listen_port, route.port), (5432, 9001));
+        assert_eq!(route.origin, "lab");
+        assert!(route.proxy_protocol_v2);
+        assert_eq!(
+            (route.allow.as_slice(), route.deny.as_slice()),
+            (
+                &["10.0.0.0/8".to_string()][..],
+                &["10.9.0.0/16".to_string()][..]
+            )
+        );
+        let limits = e2.limits.as_ref().expect("limits");
+        assert_eq!(
+            (limits.rate, limits.max_connections),
+            (Some(5.0), Some(100))
+        );
+        assert_eq!(e2.tunnel.as_ref().map(|t| t.mtu), Some(1280));
+        // e1 does not serve lab: no TCP route; its own settings stay the file's.
+        let e1 = edge_of(&w, &w.e1);
+        assert!(e1.tcp_routes.is_empty());
+        assert!(e1.limits.is_none() && e1.tunnel.is_none());
+        // And every edge would accept what it gets.
+        store::spec::check(&w.shared.store).expect("the model's rules hold");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The store's error type: precise variants the REST and gRPC layers map to status codes.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// The kind of entity an error or event is about.
@@ -16,6 +17,8 @@ pub enum Entity {
     Assignment,
     /// An HTTP route.
     Route,
+    /// A raw TCP route.
+    TcpRoute,
     /// A TLS certificate.
     Certificate,
     /// A node enrollment token or node credential.
@@ -28,6 +31,8 @@ pub enum Entity {
     User,
     /// A dashboard login session.
     Session,
+    /// A notification target (webhook or Slack).
+    NotificationTarget,
 }
 
 impl Entity {
@@ -39,12 +44,14 @@ impl Entity {
             Entity::Edge => "edge",
             Entity::Assignment => "assignment",
             Entity::Route => "route",
+            Entity::TcpRoute => "tcp_route",
             Entity::Certificate => "certificate",
             Entity::NodeToken => "node_token",
             Entity::ApiToken => "api_token",
             Entity::HealthCheck => "health_check",
             Entity::User => "user",
             Entity::Session => "session",
+            Entity::NotificationTarget => "notification_target",
         }
     }
 
@@ -56,12 +63,14 @@ impl Entity {
             "edge" => Entity::Edge,
             "assignment" => Entity::Assignment,
             "route" => Entity::Route,
+            "tcp_route" => Entity::TcpRoute,
             "certificate" => Entity::Certificate,
             "node_token" => Entity::NodeToken,
             "api_token" => Entity::ApiToken,
             "health_check" => Entity::HealthCheck,
             "user" => Entity::User,
             "session" => Entity::Session,
+            "notification_target" => Entity::NotificationTarget,
             _ => return None,
         })
     }
@@ -94,12 +103,14 @@ pub enum StoreError {
     Conflict {
         /// What collides, in words an operator can act on.
         what: String,
+        /// The input field whose value collides, when one does (as named in the API).
+        field: Option<Cow<'static, str>>,
     },
     /// An input value is not acceptable.
     #[error("invalid {field}: {reason}")]
     Invalid {
-        /// The input field, as named in the API.
-        field: &'static str,
+        /// The input field, as named in the API (a path such as `limits.allow[0]`).
+        field: Cow<'static, str>,
         /// Why it was refused.
         reason: String,
     },
@@ -141,13 +152,36 @@ impl StoreError {
     }
 
     pub(crate) fn conflict(what: impl Into<String>) -> Self {
-        StoreError::Conflict { what: what.into() }
+        StoreError::Conflict {
+            what: what.into(),
+            field: None,
+        }
     }
 
-    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+    /// A conflict caused by the value of input `field`.
+    pub(crate) fn conflict_on(
+        field: impl Into<Cow<'static, str>>,
+        what: impl Into<String>,
+    ) -> Self {
+        StoreError::Conflict {
+            what: what.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    pub(crate) fn invalid(field: impl Into<Cow<'static, str>>, reason: impl Into<String>) -> Self {
         StoreError::Invalid {
-            field,
+            field: field.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// A value the shared model refused, as an `Invalid` naming `field` (joined with the
+    /// model's own path, so `limits` + `allow[0]` names `limits.allow[0]`).
+    pub(crate) fn model(field: &str, error: kokoa_model::ModelError) -> Self {
+        StoreError::Invalid {
+            field: kokoa_model::error::join(field, &error.field).into(),
+            reason: error.message,
         }
     }
 

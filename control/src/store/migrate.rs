@@ -33,8 +33,19 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
+        description: "notification targets and deliveries",
+        sql: include_str!("migrations/0003_notifications.sql"),
+    },
+    Migration {
+        version: 4,
+        description: "tcp routes, edge limits and tunnel settings, nack objects, edge listeners",
+        sql: include_str!("migrations/0004_parity.sql"),
+    },
+    // Version 5 is taken by the health branch's migration.
+    Migration {
+        version: 6,
         description: "dashboard accounts, sessions and API token roles",
-        sql: include_str!("migrations/0003_accounts.sql"),
+        sql: include_str!("migrations/0006_accounts.sql"),
     },
 ];
 

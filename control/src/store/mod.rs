@@ -2,9 +2,9 @@
 //! the audit trail and the config version, behind one [`Store`] trait with two engines.
 //!
 //! [`Store`] combines one trait per kind of record ([`OriginStore`], [`ServiceStore`],
-//! [`EdgeStore`], [`RouteStore`], [`CertificateStore`], [`AcmeStore`], [`NodeTokenStore`],
-//! [`ApiTokenStore`], [`EventStore`], [`HealthStore`], [`NodeStateStore`], [`LeaderStore`],
-//! [`UserStore`], [`SessionStore`]), each
+//! [`EdgeStore`], [`RouteStore`], [`TcpRouteStore`], [`CertificateStore`], [`AcmeStore`],
+//! [`NodeTokenStore`], [`ApiTokenStore`], [`EventStore`], [`HealthStore`], [`NodeStateStore`],
+//! [`LeaderStore`], [`NotificationStore`], [`UserStore`], [`SessionStore`]), each
 //! declared in its own file here and implemented for SQL in the file of the same name under
 //! [`sql`]. The record types themselves are in [`model`].
 //!
@@ -14,7 +14,11 @@
 //! files (`store/migrations/`); see [`sql`] for the few per-engine differences.
 //!
 //! Rules every implementation keeps, so the REST, CLI and gRPC layers need not:
-//! - input is validated and normalized here ([`StoreError::Invalid`], [`StoreError::Conflict`]);
+//! - every config value arrives as a type of the shared model (`kokoa_model`), so it was
+//!   validated by the one validator the nodes use too; the store adds the rules across records
+//!   (unique names, host names and ports, references) and, before it commits a change, checks the
+//!   config of every node with the model's own cross-object rules ([`StoreError::Invalid`],
+//!   [`StoreError::Conflict`]);
 //! - every change runs in one transaction that also writes its [`Event`] (with the [`Actor`]) and,
 //!   when it alters what some node runs, bumps the config version (reported by
 //!   [`Store::config_version`] and pushed to [`Store::subscribe_config_version`]);
@@ -30,7 +34,6 @@ mod migrate;
 pub mod model;
 pub mod sql;
 mod token;
-pub mod validate;
 
 mod acme;
 mod api_tokens;
@@ -41,10 +44,14 @@ mod health;
 mod leadership;
 mod node_state;
 mod node_tokens;
+pub mod notifications;
+mod notify_rules;
 mod origins;
 mod routes;
 mod services;
 pub mod sessions;
+pub mod spec;
+mod tcp_routes;
 pub mod users;
 
 use std::sync::Arc;
@@ -63,11 +70,17 @@ pub use leadership::LeaderStore;
 pub use model::*;
 pub use node_state::NodeStateStore;
 pub use node_tokens::NodeTokenStore;
+pub use notifications::{
+    event_kind, event_matches, AttemptOutcome, CreatedNotificationTarget, Delivery, DeliveryQuery,
+    DeliveryStatus, DueDelivery, FanOut, NewNotificationTarget, NotificationKind,
+    NotificationStore, NotificationTarget, QueueLimits,
+};
 pub use origins::OriginStore;
 pub use routes::RouteStore;
 pub use services::ServiceStore;
 pub use sessions::{IssuedSession, NewSession, Session, SessionStage, SessionStore};
 pub use sql::{Engine, Leadership, SqlStore};
+pub use tcp_routes::TcpRouteStore;
 pub use users::{
     FailureOutcome, LockoutPolicy, NewUser, Role, User, UserSecrets, UserStore, UserUpdate,
 };
@@ -92,6 +105,7 @@ pub trait Store:
     + EdgeStore
     + NodeStateStore
     + RouteStore
+    + TcpRouteStore
     + CertificateStore
     + AcmeStore
     + LeaderStore
@@ -99,6 +113,7 @@ pub trait Store:
     + ApiTokenStore
     + EventStore
     + HealthStore
+    + NotificationStore
     + UserStore
     + SessionStore
     + Send

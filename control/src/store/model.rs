@@ -1,12 +1,22 @@
 //! The store's data types: what the REST API returns and accepts, what gRPC snapshots are built
 //! from. Output types are `Serialize + Deserialize` (REST writes them, the CLI reads them back);
 //! input types (`New*`, `*Update`) deserialize from REST request bodies.
+//!
+//! Every config value a node receives is a type of the shared model (`kokoa_model`): input types
+//! hold [`Name`], [`HostPattern`], [`Port`], [`Endpoint`], [`RouteLimits`]... so a body that
+//! deserializes carries only values every node accepts, and an unknown field is refused
+//! (`deny_unknown_fields`) rather than ignored. Records read back keep the stored text of names
+//! and addresses (written only after the model validated them).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
-use kokoa_tunnel::key::PublicKey;
+pub use kokoa_model::key::PublicKey;
+pub use kokoa_model::{
+    AccessRules, EdgeLimits, Endpoint, HealthPath, HostPattern, Mtu, Name, Network, Port, Protocol,
+    ProxyProtocol, RouteLimits, TcpBuffer,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -116,6 +126,38 @@ pub struct Nack {
     pub version: u64,
     /// The node's reason.
     pub error: String,
+    /// The config object the node named, when it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<NackObject>,
+}
+
+/// The config object a NACK names: what a node refused, so an operator can fix or remove it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NackObject {
+    /// `route`, `tcp_route`, `origin`, `edge`, `service`, `certificate`, `limits`, `tunnel`,
+    /// `node`; empty when the node did not say.
+    pub kind: String,
+    /// Which one: a route's host, a TCP route's port, a peer's or service's name, a
+    /// certificate's id; empty for singletons.
+    pub key: String,
+    /// The offending field inside the node's snapshot, such as `routes[2].limits.allow[0]`.
+    pub field: String,
+}
+
+impl fmt::Display for NackObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.kind.is_empty() {
+            "object"
+        } else {
+            &self.kind
+        };
+        match (self.key.is_empty(), self.field.is_empty()) {
+            (true, true) => f.write_str(kind),
+            (false, true) => write!(f, "{kind} {}", self.key),
+            (true, false) => write!(f, "{kind} ({})", self.field),
+            (false, false) => write!(f, "{kind} {} ({})", self.key, self.field),
+        }
+    }
 }
 
 /// What control knows about a node's liveness and applied config.
@@ -147,6 +189,9 @@ pub struct Origin {
     pub public_key: PublicKey,
     /// True when control generated the key pair and holds the (sealed) private key.
     pub managed_key: bool,
+    /// Tunnel settings control sends; `None`: the origin keeps its file's.
+    #[serde(default)]
+    pub tunnel: Option<TunnelSettings>,
     /// Liveness and applied config.
     pub state: NodeState,
     /// Creation time.
@@ -155,6 +200,30 @@ pub struct Origin {
     /// Last change.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// A node's tunnel settings as control sets them. Setting them replaces the node file's
+/// `[tunnel]` MTU and TCP buffer; a key left out takes the model's default (MTU 1420, 256 KiB).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelSettings {
+    /// Inner MTU of the tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<Mtu>,
+    /// Per-direction TCP buffer of each tunnel stream, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_buffer: Option<TcpBuffer>,
+}
+
+impl TunnelSettings {
+    /// The model's tunnel options these settings stand for, in control's overlay range.
+    pub fn options(&self) -> kokoa_model::TunnelOptions {
+        kokoa_model::TunnelOptions {
+            mtu: self.mtu.unwrap_or_default(),
+            tcp_buffer: self.tcp_buffer.unwrap_or_default(),
+            overlay: kokoa_model::Overlay::default(),
+        }
+    }
 }
 
 impl Origin {
@@ -175,47 +244,40 @@ pub fn subnet_network(subnet: u8) -> Ipv4Net {
 }
 
 /// Input of [`OriginStore::create_origin`](super::OriginStore::create_origin).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewOrigin {
-    /// Unique name (a-z, 0-9, `-`, `_`, `.`; at most 63).
-    pub name: String,
+    /// Unique name (the model's [`Name`]: a-z, 0-9, `-`, `_`; at most 63).
+    pub name: Name,
     /// The operator's own public key; when absent control generates a key pair.
     #[serde(default)]
     pub public_key: Option<PublicKey>,
+    /// Tunnel settings to send the origin; absent: it keeps its file's.
+    #[serde(default)]
+    pub tunnel: Option<TunnelSettings>,
+}
+
+impl NewOrigin {
+    /// An origin named `name` with a generated key and no tunnel settings.
+    pub fn named(name: Name) -> Self {
+        NewOrigin {
+            name,
+            public_key: None,
+            tunnel: None,
+        }
+    }
 }
 
 /// Input of [`update_origin`](super::OriginStore::update_origin); absent fields are unchanged.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OriginUpdate {
     /// New name.
     #[serde(default)]
-    pub name: Option<String>,
-}
-
-/// What a service speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    /// HTTP/1.1 or HTTP/2: reachable through HTTP routes.
-    Http,
-    /// Raw TCP.
-    Tcp,
-}
-
-impl Protocol {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Http => "http",
-            Protocol::Tcp => "tcp",
-        }
-    }
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        match s {
-            "http" => Some(Protocol::Http),
-            "tcp" => Some(Protocol::Tcp),
-            _ => None,
-        }
-    }
+    pub name: Option<Name>,
+    /// New tunnel settings, or `null` to stop sending any (the origin keeps its file's).
+    #[serde(default, with = "double_option")]
+    pub tunnel: Option<Option<TunnelSettings>>,
 }
 
 /// A service an origin publishes into the tunnel.
@@ -245,45 +307,57 @@ pub struct Service {
 
 /// Input of [`ServiceStore::create_service`](super::ServiceStore::create_service).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewService {
     /// Name, unique per origin.
-    pub name: String,
-    /// Port inside the tunnel, 1..=65535 (u32 so out-of-range input reaches validation).
-    pub port: u32,
+    pub name: Name,
+    /// Port inside the tunnel, unique per origin.
+    pub port: Port,
     /// Protocol; HTTP when absent.
-    #[serde(default = "default_protocol")]
-    pub protocol: Protocol,
-    /// Where the app listens on the origin host; `127.0.0.1:<port>` when absent.
     #[serde(default)]
-    pub local_address: Option<String>,
+    pub protocol: Protocol,
+    /// Where the app listens on the origin host (`ip:port` or `host:port`, a host name being
+    /// resolved by the origin when a stream arrives); `127.0.0.1:<port>` when absent.
+    #[serde(default)]
+    pub local_address: Option<Endpoint>,
     /// HTTP health-check path (must start with `/`).
     #[serde(default)]
-    pub health_path: Option<String>,
+    pub health_path: Option<HealthPath>,
 }
 
-fn default_protocol() -> Protocol {
-    Protocol::Http
+impl NewService {
+    /// An HTTP service `name` on `port`, at `127.0.0.1:<port>`.
+    pub fn http(name: Name, port: Port) -> Self {
+        NewService {
+            name,
+            port,
+            protocol: Protocol::Http,
+            local_address: None,
+            health_path: None,
+        }
+    }
 }
 
 /// Input of [`update_service`](super::ServiceStore::update_service); absent fields are
 /// unchanged, `Some(None)` clears an optional one.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServiceUpdate {
     /// New name.
     #[serde(default)]
-    pub name: Option<String>,
+    pub name: Option<Name>,
     /// New tunnel port.
     #[serde(default)]
-    pub port: Option<u32>,
+    pub port: Option<Port>,
     /// New protocol.
     #[serde(default)]
     pub protocol: Option<Protocol>,
     /// New local address.
     #[serde(default)]
-    pub local_address: Option<String>,
+    pub local_address: Option<Endpoint>,
     /// New health path, or `Some(None)` to clear it.
     #[serde(default, with = "double_option")]
-    pub health_path: Option<Option<String>>,
+    pub health_path: Option<Option<HealthPath>>,
 }
 
 /// A public VPS running `kokoa-edge`.
@@ -305,6 +379,16 @@ pub struct Edge {
     pub public_key: PublicKey,
     /// True when control generated the key pair and holds the (sealed) private key.
     pub managed_key: bool,
+    /// The `[limits]` defaults control sends; `None`: the edge keeps its file's.
+    #[serde(default)]
+    pub limits: Option<EdgeLimits>,
+    /// Tunnel settings control sends; `None`: the edge keeps its file's.
+    #[serde(default)]
+    pub tunnel: Option<TunnelSettings>,
+    /// The edge's own TCP listeners as it reported them when it last connected (empty before
+    /// that); TCP routes may not collide with them.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
     /// Liveness and applied config.
     pub state: NodeState,
     /// Creation time.
@@ -315,17 +399,27 @@ pub struct Edge {
     pub updated_at: OffsetDateTime,
 }
 
+/// A node's own TCP listener, as it reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listener {
+    /// What it serves (`https`, `http`, `admin`).
+    pub name: String,
+    /// Where.
+    pub address: std::net::SocketAddr,
+}
+
 /// Input of [`EdgeStore::create_edge`](super::EdgeStore::create_edge).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewEdge {
     /// Unique name.
-    pub name: String,
+    pub name: Name,
     /// Public address.
     #[serde(default)]
     pub public_ip: Option<IpAddr>,
-    /// WireGuard endpoint (`host:port`).
+    /// WireGuard endpoint origins dial (`host:port`).
     #[serde(default)]
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Endpoint>,
     /// VPS provider.
     #[serde(default)]
     pub provider: Option<String>,
@@ -338,27 +432,58 @@ pub struct NewEdge {
     /// Origins this edge serves from the start (each gets an address allocated).
     #[serde(default)]
     pub origins: Vec<Id>,
+    /// `[limits]` defaults to send the edge; absent: it keeps its file's.
+    #[serde(default)]
+    pub limits: Option<EdgeLimits>,
+    /// Tunnel settings to send the edge; absent: it keeps its file's.
+    #[serde(default)]
+    pub tunnel: Option<TunnelSettings>,
+}
+
+impl NewEdge {
+    /// An edge named `name` with a generated key, serving nothing yet, with its file's limits
+    /// and tunnel settings.
+    pub fn named(name: Name) -> Self {
+        NewEdge {
+            name,
+            public_ip: None,
+            endpoint: None,
+            provider: None,
+            region: None,
+            public_key: None,
+            origins: Vec::new(),
+            limits: None,
+            tunnel: None,
+        }
+    }
 }
 
 /// Input of [`EdgeStore::update_edge`](super::EdgeStore::update_edge); absent fields are unchanged,
 /// `Some(None)` clears an optional one.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EdgeUpdate {
     /// New name.
     #[serde(default)]
-    pub name: Option<String>,
+    pub name: Option<Name>,
     /// New public address.
     #[serde(default, with = "double_option")]
     pub public_ip: Option<Option<IpAddr>>,
     /// New endpoint.
     #[serde(default, with = "double_option")]
-    pub endpoint: Option<Option<String>>,
+    pub endpoint: Option<Option<Endpoint>>,
     /// New provider.
     #[serde(default, with = "double_option")]
     pub provider: Option<Option<String>>,
     /// New region.
     #[serde(default, with = "double_option")]
     pub region: Option<Option<String>>,
+    /// New `[limits]` defaults (the whole table), or `null` to stop sending any.
+    #[serde(default, with = "double_option")]
+    pub limits: Option<Option<EdgeLimits>>,
+    /// New tunnel settings, or `null` to stop sending any.
+    #[serde(default, with = "double_option")]
+    pub tunnel: Option<Option<TunnelSettings>>,
 }
 
 /// An edge serving an origin: the edge is a separate WireGuard peer with its own netstack
@@ -402,8 +527,13 @@ pub struct Route {
     pub service_id: Id,
     /// The service's origin.
     pub origin_id: Id,
-    /// Per-route limits, a JSON object (interpreted by the edge).
-    pub limits: Value,
+    /// Per-route limits (rate, burst, body limit, allow and deny lists); unset ones take the
+    /// edge's `[limits]` defaults.
+    pub limits: RouteLimits,
+    /// Set when the stored limits no longer fit the model (written by an older control): the
+    /// route is not sent to edges until its limits are replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -414,34 +544,138 @@ pub struct Route {
 
 /// Input of [`RouteStore::create_route`](super::RouteStore::create_route).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewRoute {
     /// Host name (exact or `*.` wildcard).
-    pub hostname: String,
+    pub hostname: HostPattern,
     /// Further host names.
     #[serde(default)]
-    pub aliases: Vec<String>,
+    pub aliases: Vec<HostPattern>,
     /// Target service (must be an HTTP service).
     pub service_id: Id,
-    /// Per-route limits (a JSON object); `{}` when absent.
+    /// Per-route limits; none when absent.
     #[serde(default)]
-    pub limits: Option<Value>,
+    pub limits: RouteLimits,
+}
+
+impl NewRoute {
+    /// A route from `hostname` to `service_id` without aliases or limits.
+    pub fn to(hostname: HostPattern, service_id: Id) -> Self {
+        NewRoute {
+            hostname,
+            aliases: Vec::new(),
+            service_id,
+            limits: RouteLimits::default(),
+        }
+    }
 }
 
 /// Input of [`update_route`](super::RouteStore::update_route); absent fields are unchanged.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RouteUpdate {
     /// New host name.
     #[serde(default)]
-    pub hostname: Option<String>,
+    pub hostname: Option<HostPattern>,
     /// Replaces the aliases.
     #[serde(default)]
-    pub aliases: Option<Vec<String>>,
+    pub aliases: Option<Vec<HostPattern>>,
     /// New target service.
     #[serde(default)]
     pub service_id: Option<Id>,
-    /// Replaces the limits.
+    /// Replaces the limits (the whole object).
     #[serde(default)]
-    pub limits: Option<Value>,
+    pub limits: Option<RouteLimits>,
+}
+
+/// A raw TCP route: public port `listen_port` on every edge serving the service's origin,
+/// forwarded to the service as a byte stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TcpRoute {
+    /// Id.
+    pub id: Id,
+    /// The public port, unique across the fleet.
+    pub listen_port: Port,
+    /// The address the edges listen on; `None`: each edge's HTTPS listener address.
+    pub listen_ip: Option<IpAddr>,
+    /// The target service.
+    pub service_id: Id,
+    /// The service's origin.
+    pub origin_id: Id,
+    /// Whether the app first gets a PROXY protocol v2 header with the client's address.
+    pub proxy_protocol: ProxyProtocol,
+    /// Client networks allowed (empty: everyone not denied).
+    pub allow: Vec<Network>,
+    /// Client networks refused (deny wins).
+    pub deny: Vec<Network>,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// Input of [`TcpRouteStore::create_tcp_route`](super::TcpRouteStore::create_tcp_route).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTcpRoute {
+    /// The public port.
+    pub listen_port: Port,
+    /// The address the edges listen on; absent: each edge's HTTPS listener address.
+    #[serde(default)]
+    pub listen_ip: Option<IpAddr>,
+    /// Target service.
+    pub service_id: Id,
+    /// PROXY protocol header toward the app (`none` when absent).
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    /// Client networks allowed.
+    #[serde(default)]
+    pub allow: Vec<Network>,
+    /// Client networks refused.
+    #[serde(default)]
+    pub deny: Vec<Network>,
+}
+
+impl NewTcpRoute {
+    /// A route from public port `listen_port` to `service_id`, open to everyone, without a
+    /// PROXY header.
+    pub fn to(listen_port: Port, service_id: Id) -> Self {
+        NewTcpRoute {
+            listen_port,
+            listen_ip: None,
+            service_id,
+            proxy_protocol: ProxyProtocol::None,
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
+}
+
+/// Input of [`update_tcp_route`](super::TcpRouteStore::update_tcp_route); absent fields are
+/// unchanged.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpRouteUpdate {
+    /// New public port.
+    #[serde(default)]
+    pub listen_port: Option<Port>,
+    /// New listen address, or `null` for each edge's HTTPS listener address.
+    #[serde(default, with = "double_option")]
+    pub listen_ip: Option<Option<IpAddr>>,
+    /// New target service.
+    #[serde(default)]
+    pub service_id: Option<Id>,
+    /// New PROXY protocol setting.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Replaces the allowed networks.
+    #[serde(default)]
+    pub allow: Option<Vec<Network>>,
+    /// Replaces the refused networks.
+    #[serde(default)]
+    pub deny: Option<Vec<Network>>,
 }
 
 /// Where a certificate comes from.
@@ -497,26 +731,21 @@ pub struct Certificate {
     pub updated_at: OffsetDateTime,
 }
 
-/// An issued certificate and its key. `Debug` does not print the key.
+/// An issued certificate and its key, as PEM. The store reads its names, issuer and expiry
+/// with the model's certificate parser (the one the edge uses) and refuses a key that does not
+/// match the leaf. `Debug` does not print the key.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct CertificateMaterial {
     /// PEM chain, leaf first.
     pub chain_pem: String,
     /// PEM private key (sealed before it is stored).
     pub key_pem: String,
-    /// Issuer, for display.
-    #[serde(default)]
-    pub issuer: Option<String>,
-    /// Expiry of the leaf.
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_after: OffsetDateTime,
 }
 
 impl fmt::Debug for CertificateMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertificateMaterial")
-            .field("issuer", &self.issuer)
-            .field("not_after", &self.not_after)
+            .field("chain_pem_bytes", &self.chain_pem.len())
             .finish_non_exhaustive()
     }
 }
@@ -524,8 +753,10 @@ impl fmt::Debug for CertificateMaterial {
 /// Input of [`CertificateStore::create_certificate`](super::CertificateStore::create_certificate).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NewCertificate {
-    /// DNS names.
-    pub names: Vec<String>,
+    /// An ACME certificate: the names to order. A manual one: names the uploader expects it to
+    /// serve, each of which the certificate must cover (empty: no expectation); the stored
+    /// names are always the certificate's own.
+    pub names: Vec<HostPattern>,
     /// Manual or ACME.
     pub source: CertificateSource,
     /// The certificate itself; may be absent for an ACME certificate not yet issued.
@@ -808,6 +1039,9 @@ pub struct Snapshot {
     pub assignments: Vec<Assignment>,
     /// All routes.
     pub routes: Vec<Route>,
+    /// All raw TCP routes.
+    #[serde(default)]
+    pub tcp_routes: Vec<TcpRoute>,
     /// All certificates (without keys).
     pub certificates: Vec<Certificate>,
     /// Pending ACME challenges (without keys; see
@@ -819,7 +1053,7 @@ pub struct Snapshot {
 
 /// serde helper: `Option<Option<T>>` where an absent field is `None` and `null` is
 /// `Some(None)`.
-mod double_option {
+pub(crate) mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<T: Serialize, S: Serializer>(

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use super::error::Result;
-use super::model::{Actor, NodeId, NodeStatus};
+use super::model::{Actor, Id, Listener, Nack, NodeId, NodeStatus};
 
 /// The node state part of [`Store`](super::Store).
 ///
@@ -17,8 +17,13 @@ pub trait NodeStateStore: Send + Sync {
     /// Records that a node applied config `version`; clears an older NACK.
     async fn record_config_ack(&self, node: NodeId, version: u64) -> Result<()>;
 
-    /// Records that a node rejected config `version` (writes an event, actor the node).
-    async fn record_config_nack(&self, node: NodeId, version: u64, error: &str) -> Result<()>;
+    /// Records that a node rejected a config version, with the object its NACK names (writes a
+    /// `config_rejected` event, actor the node). The next ACK of that version or a newer one clears
+    /// it.
+    async fn record_config_nack(&self, node: NodeId, nack: &Nack) -> Result<()>;
+
+    /// Records the TCP listeners an edge reported when it connected (no event: observation).
+    async fn record_edge_listeners(&self, edge_id: Id, listeners: &[Listener]) -> Result<()>;
 
     /// Sets a node's health status; writes an event when it changes. Returns whether it did.
     async fn set_node_status(

@@ -14,7 +14,7 @@ use super::write::db_err;
 use super::SqlStore;
 use crate::store::error::{Entity, Result, StoreError};
 use crate::store::model::*;
-use crate::store::{validate, AcmeStore};
+use crate::store::AcmeStore;
 
 const ACME_CHALLENGE_COLS: &str =
     "id, certificate_id, kind, name, token, key_authorization, cert_pem, created_at, expires_at";
@@ -165,8 +165,9 @@ impl AcmeStore for SqlStore {
         }
         let mut rows = Vec::with_capacity(challenges.len());
         for challenge in &challenges {
-            let name = challenge.name.trim_end_matches('.').to_ascii_lowercase();
-            validate::hostname("name", &name)?;
+            let name = HostPattern::new(&challenge.name)
+                .map_err(|e| StoreError::model("name", e))?
+                .to_string();
             let id = Uuid::new_v4();
             let (token, key_authorization, cert_pem, key_sealed) = match &challenge.answer {
                 AcmeChallengeAnswer::Http01 {

@@ -13,7 +13,7 @@ use super::write::{db_err, exists};
 use super::SqlStore;
 use crate::store::error::{Entity, Result, StoreError};
 use crate::store::model::*;
-use crate::store::{token, validate, ApiTokenStore, Role};
+use crate::store::{token, ApiTokenStore, Role};
 
 const API_TOKEN_COLS: &str = "id, name, role, created_at, expires_at, revoked_at";
 
@@ -50,7 +50,9 @@ impl ApiTokenStore for SqlStore {
         ttl: Option<Duration>,
         role: Role,
     ) -> Result<IssuedApiToken> {
-        let name = validate::name("name", name)?;
+        let name = Name::new(name)
+            .map_err(|e| StoreError::model("name", e))?
+            .to_string();
         if ttl.is_some_and(|t| t.is_zero()) {
             return Err(StoreError::invalid("ttl", "must be positive"));
         }

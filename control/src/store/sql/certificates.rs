@@ -15,7 +15,7 @@ use super::write::db_err;
 use super::SqlStore;
 use crate::store::error::{Entity, Result, StoreError};
 use crate::store::model::*;
-use crate::store::{validate, CertificateStore};
+use crate::store::CertificateStore;
 
 const CERT_COLS: &str =
     "id, names, source, chain_pem, issuer, not_after, last_error, created_at, updated_at";
@@ -61,49 +61,82 @@ pub(super) async fn fetch_certificates(conn: &mut AnyConnection) -> Result<Vec<C
     .collect()
 }
 
-fn validate_pem(material: &CertificateMaterial) -> Result<()> {
-    let certs = rustls_pemfile::certs(&mut material.chain_pem.as_bytes())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| StoreError::invalid("chain_pem", format!("bad PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(StoreError::invalid(
-            "chain_pem",
-            "no CERTIFICATE block found",
-        ));
-    }
-    match rustls_pemfile::private_key(&mut material.key_pem.as_bytes()) {
-        Ok(Some(_)) => Ok(()),
-        Ok(None) => Err(StoreError::invalid("key_pem", "no PRIVATE KEY block found")),
-        Err(e) => Err(StoreError::invalid("key_pem", format!("bad PEM: {e}"))),
-    }
+/// Parses `material` with the model's certificate parser, the one the edge applies it with: the
+/// chain and key are PEM, the key belongs to the leaf, the leaf has DNS names. Errors name
+/// `chain_pem` or `key_pem`.
+fn parse_material(material: &CertificateMaterial) -> Result<kokoa_model::Certificate> {
+    kokoa_model::Certificate::from_pem(&material.chain_pem, &material.key_pem)
+        .map_err(|e| StoreError::model("", e))
 }
 
-fn cert_names(names: &[String]) -> Result<Vec<String>> {
+/// Checks the certificate covers each of `names` (the ones expected of it); errors name
+/// `names[i]`.
+fn check_covers(cert: &kokoa_model::Certificate, names: &[HostPattern]) -> Result<()> {
+    for (i, name) in names.iter().enumerate() {
+        if !cert.covers(name) {
+            let serves: Vec<&str> = cert.names().iter().map(HostPattern::as_str).collect();
+            return Err(StoreError::invalid(
+                format!("names[{i}]"),
+                format!(
+                    "the certificate does not cover {name}: it serves {} (the names come from \
+                     its subjectAltName)",
+                    serves.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The names of an ACME entry: at least one, sorted, without duplicates.
+fn acme_names(names: &[HostPattern]) -> Result<Vec<String>> {
     if names.is_empty() {
         return Err(StoreError::invalid(
             "names",
             "at least one DNS name is needed",
         ));
     }
-    let mut set = BTreeSet::new();
-    for name in names {
-        set.insert(validate::hostname("names", name)?);
-    }
+    let set: BTreeSet<String> = names.iter().map(ToString::to_string).collect();
     Ok(set.into_iter().collect())
 }
 
 #[async_trait]
 impl CertificateStore for SqlStore {
     async fn create_certificate(&self, actor: &Actor, new: NewCertificate) -> Result<Certificate> {
-        let names = cert_names(&new.names)?;
-        if let Some(material) = &new.material {
-            validate_pem(material)?;
-        } else if new.source == CertificateSource::Manual {
-            return Err(StoreError::invalid(
-                "material",
-                "a manual certificate needs its PEM chain and key",
-            ));
-        }
+        let parsed = new.material.as_ref().map(parse_material).transpose()?;
+        let names = match (new.source, &parsed) {
+            (CertificateSource::Manual, None) => {
+                return Err(StoreError::invalid(
+                    "material",
+                    "a manual certificate needs its PEM chain and key",
+                ))
+            }
+            (CertificateSource::Manual, Some(cert)) => {
+                let now = time::OffsetDateTime::now_utc();
+                if cert.not_after() <= now {
+                    return Err(StoreError::invalid(
+                        "chain_pem",
+                        format!(
+                            "the certificate expired at {}; upload a current one",
+                            cert.not_after()
+                        ),
+                    ));
+                }
+                check_covers(cert, &new.names)?;
+                // Listed as the edge will serve it: by the certificate's own names (sorted,
+                // like an ACME entry's).
+                let names: BTreeSet<String> =
+                    cert.names().iter().map(ToString::to_string).collect();
+                names.into_iter().collect()
+            }
+            (CertificateSource::Acme, parsed) => {
+                let names = acme_names(&new.names)?;
+                if let Some(cert) = parsed {
+                    check_covers(cert, &new.names)?;
+                }
+                names
+            }
+        };
         let id = Uuid::new_v4();
         let sealed = new
             .material
@@ -123,8 +156,8 @@ impl CertificateStore for SqlStore {
         .bind(new.source.as_str())
         .bind(new.material.as_ref().map(|m| m.chain_pem.clone()))
         .bind(sealed)
-        .bind(new.material.as_ref().and_then(|m| m.issuer.clone()))
-        .bind(new.material.as_ref().map(|m| ms_of(m.not_after)))
+        .bind(parsed.as_ref().map(|c| c.issuer().to_owned()))
+        .bind(parsed.as_ref().map(|c| ms_of(c.not_after())))
         .bind(w.now)
         .execute(w.conn())
         .await
@@ -176,35 +209,41 @@ impl CertificateStore for SqlStore {
         id: Id,
         material: CertificateMaterial,
     ) -> Result<Certificate> {
-        validate_pem(&material)?;
+        let parsed = parse_material(&material)?;
         let sealed = self.key.seal(
             material.key_pem.as_bytes(),
             &Self::aad(Entity::Certificate, id),
         )?;
         let mut w = self.write(actor).await?;
-        fetch_certificate(w.conn(), id).await?;
+        let entry = fetch_certificate(w.conn(), id).await?;
+        let expected: Vec<HostPattern> = entry
+            .names
+            .iter()
+            .filter_map(|name| HostPattern::new(name).ok())
+            .collect();
+        check_covers(&parsed, &expected)?;
         sqlx::query(
             "UPDATE certificates SET chain_pem = $1, key_sealed = $2, issuer = $3, not_after = $4, \
              last_error = NULL, updated_at = $5 WHERE id = $6",
         )
         .bind(material.chain_pem.clone())
         .bind(sealed)
-        .bind(material.issuer.clone())
-        .bind(ms_of(material.not_after))
+        .bind(parsed.issuer().to_owned())
+        .bind(ms_of(parsed.not_after()))
         .bind(w.now)
         .bind(id.to_string())
         .execute(w.conn())
         .await?;
         w.bump().await?;
-        let not_after = material
-            .not_after
+        let not_after = parsed
+            .not_after()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         w.event(
             Entity::Certificate,
             &id.to_string(),
             "issued",
-            json!({"issuer": material.issuer, "not_after": not_after}),
+            json!({"issuer": parsed.issuer(), "not_after": not_after}),
         )
         .await?;
         let cert = fetch_certificate(w.conn(), id).await?;

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use kokoa_tunnel::key::PublicKey;
+use kokoa_model::key::PublicKey;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -52,4 +53,23 @@ pub(super) fn json_of(what: &'static str, s: &str) -> Result<Value> {
 
 pub(super) fn public_key(what: &'static str, s: &str) -> Result<PublicKey> {
     PublicKey::from_base64(s).map_err(|e| StoreError::corrupt(what, e))
+}
+
+/// A JSON column holding a typed value, read back through its `Deserialize` (for model types,
+/// the model's validation).
+pub(super) fn typed<T: DeserializeOwned>(what: &'static str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::corrupt(what, e))
+}
+
+/// A nullable JSON column holding a typed value.
+pub(super) fn opt_typed<T: DeserializeOwned>(
+    what: &'static str,
+    text: Option<String>,
+) -> Result<Option<T>> {
+    text.map(|text| typed(what, &text)).transpose()
+}
+
+/// The JSON text of a value to store (`NULL` for `None`).
+pub(super) fn json_text<T: serde::Serialize>(value: Option<&T>) -> Option<String> {
+    value.map(|value| serde_json::to_string(value).unwrap_or_default())
 }

@@ -6,13 +6,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use kokoa_tunnel::key::{PrivateKey, PublicKey};
+use kokoa_model::key::{PrivateKey, PublicKey};
 use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use super::column::{public_key, ts, uuid};
+use super::column::{json_text, opt_typed, public_key, ts, uuid};
 use super::keys::check_key_free;
 use super::node_state::{node_state, NODE_STATE_COLS};
 use super::origins::fetch_origin;
@@ -20,12 +20,12 @@ use super::write::{changes, db_err, exists, lowest_free, Write};
 use super::SqlStore;
 use crate::store::error::{Entity, Result, StoreError};
 use crate::store::model::*;
-use crate::store::{validate, EdgeStore};
+use crate::store::EdgeStore;
 
 pub(super) fn edge_cols() -> String {
     format!(
-        "id, name, public_ip, endpoint, provider, region, public_key, private_key_sealed, \
-         {NODE_STATE_COLS}, created_at, updated_at"
+        "id, name, public_ip, endpoint, provider, region, public_key, private_key_sealed, limits, \
+         tunnel, listeners, {NODE_STATE_COLS}, created_at, updated_at"
     )
 }
 
@@ -44,6 +44,9 @@ pub(super) fn edge_row(row: &AnyRow) -> Result<Edge> {
         region: row.try_get("region")?,
         public_key: public_key(T, &row.try_get::<String, _>("public_key")?)?,
         managed_key: sealed.is_some(),
+        limits: opt_typed(T, row.try_get("limits")?)?,
+        tunnel: opt_typed(T, row.try_get("tunnel")?)?,
+        listeners: opt_typed(T, row.try_get("listeners")?)?.unwrap_or_default(),
         state: node_state(row, T)?,
         created_at: ts(T, row.try_get("created_at")?)?,
         updated_at: ts(T, row.try_get("updated_at")?)?,
@@ -220,11 +223,8 @@ impl SqlStore {
 #[async_trait]
 impl EdgeStore for SqlStore {
     async fn create_edge(&self, actor: &Actor, new: NewEdge) -> Result<Edge> {
-        let name = validate::name("name", &new.name)?;
-        let endpoint = new
-            .endpoint
-            .map(|e| validate::host_port("endpoint", &e))
-            .transpose()?;
+        let name = new.name.to_string();
+        let endpoint = new.endpoint.map(|endpoint| endpoint.to_string());
         let provider = clean_opt("provider", new.provider)?;
         let region = clean_opt("region", new.region)?;
         let mut w = self.write(actor).await?;
@@ -245,7 +245,8 @@ impl EdgeStore for SqlStore {
         check_key_free(w.conn(), &public, None).await?;
         sqlx::query(
             "INSERT INTO edge_nodes (id, name, public_ip, endpoint, provider, region, public_key, \
-             private_key_sealed, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+             private_key_sealed, limits, tunnel, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
         )
         .bind(id.to_string())
         .bind(name.clone())
@@ -255,6 +256,8 @@ impl EdgeStore for SqlStore {
         .bind(region)
         .bind(public.to_base64())
         .bind(sealed.clone())
+        .bind(json_text(new.limits.as_ref()))
+        .bind(json_text(new.tunnel.as_ref()))
         .bind(w.now)
         .execute(w.conn())
         .await
@@ -274,6 +277,7 @@ impl EdgeStore for SqlStore {
         for origin in origins {
             Self::assign(&mut w, id, origin).await?;
         }
+        w.check_fleet().await?;
         w.commit().await?;
         Ok(edge)
     }
@@ -303,21 +307,25 @@ impl EdgeStore for SqlStore {
         let before = fetch_edge(w.conn(), id).await?;
         let mut after = before.clone();
         if let Some(name) = update.name {
-            after.name = validate::name("name", &name)?;
+            after.name = name.to_string();
         }
         if let Some(ip) = update.public_ip {
             after.public_ip = ip;
         }
         if let Some(endpoint) = update.endpoint {
-            after.endpoint = endpoint
-                .map(|e| validate::host_port("endpoint", &e))
-                .transpose()?;
+            after.endpoint = endpoint.map(|endpoint| endpoint.to_string());
         }
         if let Some(provider) = update.provider {
             after.provider = clean_opt("provider", provider)?;
         }
         if let Some(region) = update.region {
             after.region = clean_opt("region", region)?;
+        }
+        if let Some(limits) = update.limits {
+            after.limits = limits;
+        }
+        if let Some(tunnel) = update.tunnel {
+            after.tunnel = tunnel;
         }
         if after == before {
             return Ok(before);
@@ -338,19 +346,22 @@ impl EdgeStore for SqlStore {
         }
         sqlx::query(
             "UPDATE edge_nodes SET name = $1, public_ip = $2, endpoint = $3, provider = $4, \
-             region = $5, updated_at = $6 WHERE id = $7",
+             region = $5, limits = $6, tunnel = $7, updated_at = $8 WHERE id = $9",
         )
         .bind(after.name.clone())
         .bind(after.public_ip.map(|ip| ip.to_string()))
         .bind(after.endpoint.clone())
         .bind(after.provider.clone())
         .bind(after.region.clone())
+        .bind(json_text(after.limits.as_ref()))
+        .bind(json_text(after.tunnel.as_ref()))
         .bind(w.now)
         .bind(id.to_string())
         .execute(w.conn())
         .await
         .map_err(db_err)?;
         let after = fetch_edge(w.conn(), id).await?;
+        w.check_fleet().await?;
         w.bump().await?;
         w.event(
             Entity::Edge,
@@ -400,6 +411,7 @@ impl EdgeStore for SqlStore {
         let mut w = self.write(actor).await?;
         fetch_edge(w.conn(), edge_id).await?;
         let assignment = Self::assign(&mut w, edge_id, origin_id).await?;
+        w.check_fleet().await?;
         w.commit().await?;
         Ok(assignment)
     }

@@ -11,7 +11,7 @@ use crate::store::error::{Entity, Result, StoreError};
 use crate::store::model::*;
 use crate::store::EventStore;
 
-fn event_row(row: &AnyRow) -> Result<Event> {
+pub(super) fn event_row(row: &AnyRow) -> Result<Event> {
     const T: &str = "events";
     let entity: String = row.try_get("entity")?;
     Ok(Event {

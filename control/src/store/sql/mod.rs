@@ -27,10 +27,12 @@ mod keys;
 mod leadership;
 mod node_state;
 mod node_tokens;
+mod notifications;
 mod origins;
 mod routes;
 mod services;
 mod sessions;
+mod tcp_routes;
 mod users;
 mod write;
 
@@ -56,6 +58,7 @@ use edges::{fetch_assignments, fetch_edges};
 use origins::fetch_origins;
 use routes::fetch_routes;
 use services::fetch_services;
+use tcp_routes::fetch_tcp_routes;
 
 pub(crate) use column::now_ms;
 pub use leadership::Leadership;
@@ -98,6 +101,22 @@ impl std::fmt::Debug for SqlStore {
 /// A list request's row limit: [`DEFAULT_LIMIT`] when absent, within 1..=[`MAX_LIMIT`].
 fn list_limit(limit: Option<u32>) -> i64 {
     i64::from(limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT))
+}
+
+/// Everything node config is built from, read on `conn` (a transaction, for a consistent view);
+/// ACME challenges that have not expired at `now` (ms).
+async fn read_snapshot(conn: &mut AnyConnection, now: i64) -> Result<Snapshot> {
+    Ok(Snapshot {
+        version: read_version(conn).await?,
+        origins: fetch_origins(conn).await?,
+        services: fetch_services(conn, None).await?,
+        edges: fetch_edges(conn).await?,
+        assignments: fetch_assignments(conn, AssignmentFilter::default()).await?,
+        routes: fetch_routes(conn).await?,
+        tcp_routes: fetch_tcp_routes(conn).await?,
+        certificates: fetch_certificates(conn).await?,
+        acme_challenges: fetch_acme_challenges(conn, now).await?,
+    })
 }
 
 async fn read_version(conn: &mut AnyConnection) -> Result<u64> {
@@ -220,17 +239,7 @@ impl Store for SqlStore {
                     .await?
             }
         };
-        let conn: &mut AnyConnection = &mut tx;
-        let snapshot = Snapshot {
-            version: read_version(conn).await?,
-            origins: fetch_origins(conn).await?,
-            services: fetch_services(conn, None).await?,
-            edges: fetch_edges(conn).await?,
-            assignments: fetch_assignments(conn, AssignmentFilter::default()).await?,
-            routes: fetch_routes(conn).await?,
-            certificates: fetch_certificates(conn).await?,
-            acme_challenges: fetch_acme_challenges(conn, now_ms()).await?,
-        };
+        let snapshot = read_snapshot(&mut tx, now_ms()).await?;
         tx.rollback().await?;
         Ok(snapshot)
     }

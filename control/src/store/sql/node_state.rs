@@ -7,20 +7,21 @@ use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::column::{json_of, now_ms, opt_ts, u64_of};
+use super::column::{json_of, json_text, now_ms, opt_ts, opt_typed, u64_of};
 use super::SqlStore;
-use crate::store::error::{Result, StoreError};
+use crate::store::error::{Entity, Result, StoreError};
 use crate::store::model::*;
 use crate::store::NodeStateStore;
 
 pub(super) const NODE_STATE_COLS: &str =
-    "status, last_heartbeat, heartbeat, applied_version, nack_version, nack_error";
+    "status, last_heartbeat, heartbeat, applied_version, nack_version, nack_error, nack_object";
 
 pub(super) fn node_state(row: &AnyRow, table: &'static str) -> Result<NodeState> {
     let status: String = row.try_get("status")?;
     let heartbeat: Option<String> = row.try_get("heartbeat")?;
     let nack_version: Option<i64> = row.try_get("nack_version")?;
     let nack_error: Option<String> = row.try_get("nack_error")?;
+    let nack_object: Option<NackObject> = opt_typed(table, row.try_get("nack_object")?)?;
     Ok(NodeState {
         status: NodeStatus::parse(&status)
             .ok_or_else(|| StoreError::corrupt(table, format!("status {status:?}")))?,
@@ -34,6 +35,7 @@ pub(super) fn node_state(row: &AnyRow, table: &'static str) -> Result<NodeState>
             (Some(version), Some(error)) => Some(Nack {
                 version: u64_of(table, version)?,
                 error,
+                object: nack_object,
             }),
             _ => None,
         },
@@ -105,6 +107,7 @@ impl NodeStateStore for SqlStore {
             node,
             "applied_version = $1, \
              nack_error = CASE WHEN nack_version <= $1 THEN NULL ELSE nack_error END, \
+             nack_object = CASE WHEN nack_version <= $1 THEN NULL ELSE nack_object END, \
              nack_version = CASE WHEN nack_version <= $1 THEN NULL ELSE nack_version END",
             vec![Some(v)],
             None,
@@ -112,28 +115,49 @@ impl NodeStateStore for SqlStore {
         .await
     }
 
-    async fn record_config_nack(&self, node: NodeId, version: u64, error: &str) -> Result<()> {
-        let v = i64::try_from(version).map_err(|_| StoreError::invalid("version", "too large"))?;
-        let error: String = error.chars().take(4096).collect();
+    async fn record_config_nack(&self, node: NodeId, nack: &Nack) -> Result<()> {
+        let v =
+            i64::try_from(nack.version).map_err(|_| StoreError::invalid("version", "too large"))?;
+        let bounded = |text: &str| text.chars().take(4096).collect::<String>();
+        let error = bounded(&nack.error);
+        let object = nack.object.as_ref().map(|object| NackObject {
+            kind: bounded(&object.kind),
+            key: bounded(&object.key),
+            field: bounded(&object.field),
+        });
         let name = node_name(&mut *self.conn().await?, node).await?;
         let mut w = self.write(&Actor::Node(name)).await?;
         sqlx::query(&format!(
-            "UPDATE {} SET nack_version = $1, nack_error = $2 WHERE id = $3",
+            "UPDATE {} SET nack_version = $1, nack_error = $2, nack_object = $3 WHERE id = $4",
             node_table(node)
         ))
         .bind(v)
         .bind(error.clone())
+        .bind(json_text(object.as_ref()))
         .bind(node.id().to_string())
         .execute(w.conn())
         .await?;
+        // What a notifier picks up: which node refused which version, and the object to fix.
         w.event(
             node.entity(),
             &node.id().to_string(),
             "config_rejected",
-            json!({"version": version, "error": error}),
+            json!({"version": nack.version, "error": error, "object": object}),
         )
         .await?;
         w.commit().await
+    }
+
+    async fn record_edge_listeners(&self, edge_id: Id, listeners: &[Listener]) -> Result<()> {
+        let done = sqlx::query("UPDATE edge_nodes SET listeners = $1 WHERE id = $2")
+            .bind(json_text(Some(&listeners)))
+            .bind(edge_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::not_found(Entity::Edge, edge_id));
+        }
+        Ok(())
     }
 
     async fn set_node_status(

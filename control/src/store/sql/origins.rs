@@ -3,23 +3,26 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use kokoa_tunnel::key::{PrivateKey, PublicKey};
+use kokoa_model::key::{PrivateKey, PublicKey};
 use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
-use super::column::{public_key, ts, uuid};
+use super::column::{json_text, opt_typed, public_key, ts, uuid};
 use super::keys::check_key_free;
 use super::node_state::{node_state, NODE_STATE_COLS};
 use super::write::{changes, db_err, exists, lowest_free};
 use super::SqlStore;
 use crate::store::error::{Entity, Result, StoreError};
 use crate::store::model::*;
-use crate::store::{validate, OriginStore};
+use crate::store::OriginStore;
 
 pub(super) fn origin_cols() -> String {
-    format!("id, name, subnet, public_key, private_key_sealed, {NODE_STATE_COLS}, created_at, updated_at")
+    format!(
+        "id, name, subnet, public_key, private_key_sealed, tunnel, {NODE_STATE_COLS}, created_at, \
+         updated_at"
+    )
 }
 
 pub(super) fn origin_row(row: &AnyRow) -> Result<Origin> {
@@ -32,6 +35,7 @@ pub(super) fn origin_row(row: &AnyRow) -> Result<Origin> {
         subnet: u8::try_from(subnet).map_err(|e| StoreError::corrupt(T, e))?,
         public_key: public_key(T, &row.try_get::<String, _>("public_key")?)?,
         managed_key: sealed.is_some(),
+        tunnel: opt_typed(T, row.try_get("tunnel")?)?,
         state: node_state(row, T)?,
         created_at: ts(T, row.try_get("created_at")?)?,
         updated_at: ts(T, row.try_get("updated_at")?)?,
@@ -66,7 +70,10 @@ impl SqlStore {
     async fn check_origin_unrouted(conn: &mut AnyConnection, origin: &Origin) -> Result<()> {
         let rows = sqlx::query(
             "SELECT r.hostname FROM routes r JOIN origin_services s ON s.id = r.service_id \
-             WHERE s.origin_id = $1 ORDER BY r.hostname",
+             WHERE s.origin_id = $1 \
+             UNION ALL SELECT CAST(t.listen_port AS TEXT) AS hostname FROM tcp_routes t \
+             JOIN origin_services s ON s.id = t.service_id WHERE s.origin_id = $1 \
+             ORDER BY hostname",
         )
         .bind(origin.id.to_string())
         .fetch_all(&mut *conn)
@@ -89,7 +96,7 @@ impl SqlStore {
 #[async_trait]
 impl OriginStore for SqlStore {
     async fn create_origin(&self, actor: &Actor, new: NewOrigin) -> Result<Origin> {
-        let name = validate::name("name", &new.name)?;
+        let name = new.name.to_string();
         let mut w = self.write(actor).await?;
         if exists(
             w.conn(),
@@ -116,14 +123,15 @@ impl OriginStore for SqlStore {
         let (public, sealed) = self.key_pair(Entity::Origin, id, new.public_key)?;
         check_key_free(w.conn(), &public, None).await?;
         sqlx::query(
-            "INSERT INTO origins (id, name, subnet, public_key, private_key_sealed, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+            "INSERT INTO origins (id, name, subnet, public_key, private_key_sealed, tunnel, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
         )
         .bind(id.to_string())
         .bind(name.clone())
         .bind(i64::from(subnet))
         .bind(public.to_base64())
         .bind(sealed.clone())
+        .bind(json_text(new.tunnel.as_ref()))
         .bind(w.now)
         .execute(w.conn())
         .await
@@ -134,7 +142,8 @@ impl OriginStore for SqlStore {
             &id.to_string(),
             "created",
             json!({"name": name, "subnet": subnet, "network": subnet_network(subnet).to_string(),
-                   "public_key": public.to_base64(), "managed_key": sealed.is_some()}),
+                   "public_key": public.to_base64(), "managed_key": sealed.is_some(),
+                   "tunnel": new.tunnel}),
         )
         .await?;
         let origin = fetch_origin(w.conn(), id).await?;
@@ -165,33 +174,36 @@ impl OriginStore for SqlStore {
     async fn update_origin(&self, actor: &Actor, id: Id, update: OriginUpdate) -> Result<Origin> {
         let mut w = self.write(actor).await?;
         let before = fetch_origin(w.conn(), id).await?;
-        let Some(name) = update.name else {
-            return Ok(before);
-        };
-        let name = validate::name("name", &name)?;
-        if name == before.name {
+        let name = update
+            .name
+            .map_or_else(|| before.name.clone(), |name| name.to_string());
+        let tunnel = update.tunnel.unwrap_or(before.tunnel);
+        if name == before.name && tunnel == before.tunnel {
             return Ok(before);
         }
-        if exists(
-            w.conn(),
-            "SELECT 1 FROM origins WHERE name = $1",
-            name.clone(),
-            None,
-        )
-        .await?
+        if name != before.name
+            && exists(
+                w.conn(),
+                "SELECT 1 FROM origins WHERE name = $1",
+                name.clone(),
+                None,
+            )
+            .await?
         {
             return Err(StoreError::conflict(format!(
                 "an origin named {name} already exists"
             )));
         }
-        sqlx::query("UPDATE origins SET name = $1, updated_at = $2 WHERE id = $3")
+        sqlx::query("UPDATE origins SET name = $1, tunnel = $2, updated_at = $3 WHERE id = $4")
             .bind(name)
+            .bind(json_text(tunnel.as_ref()))
             .bind(w.now)
             .bind(id.to_string())
             .execute(w.conn())
             .await
             .map_err(db_err)?;
         let after = fetch_origin(w.conn(), id).await?;
+        w.check_fleet().await?;
         w.bump().await?;
         w.event(
             Entity::Origin,

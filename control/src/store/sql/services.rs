@@ -12,7 +12,7 @@ use super::write::{changes, db_err, exists};
 use super::SqlStore;
 use crate::store::error::{Entity, Result, StoreError};
 use crate::store::model::*;
-use crate::store::{validate, ServiceStore};
+use crate::store::ServiceStore;
 
 pub(super) const SERVICE_COLS: &str =
     "id, origin_id, name, port, protocol, local_address, health_path, created_at, updated_at";
@@ -27,7 +27,7 @@ pub(super) fn service_row(row: &AnyRow) -> Result<Service> {
         name: row.try_get("name")?,
         port: u16::try_from(port).map_err(|e| StoreError::corrupt(T, e))?,
         protocol: Protocol::parse(&protocol)
-            .ok_or_else(|| StoreError::corrupt(T, format!("protocol {protocol:?}")))?,
+            .map_err(|_| StoreError::corrupt(T, format!("protocol {protocol:?}")))?,
         local_address: row.try_get("local_address")?,
         health_path: row.try_get("health_path")?,
         created_at: ts(T, row.try_get("created_at")?)?,
@@ -78,16 +78,13 @@ impl ServiceStore for SqlStore {
         origin_id: Id,
         new: NewService,
     ) -> Result<Service> {
-        let name = validate::name("name", &new.name)?;
-        let port = validate::port("port", new.port)?;
+        let name = new.name.to_string();
+        let port = new.port.get();
         let local_address = match new.local_address {
-            Some(a) => validate::host_port("local_address", &a)?,
+            Some(address) => address.to_string(),
             None => format!("127.0.0.1:{port}"),
         };
-        let health_path = new
-            .health_path
-            .map(|p| validate::health_path("health_path", &p))
-            .transpose()?;
+        let health_path = new.health_path.map(|path| path.to_string());
         let mut w = self.write(actor).await?;
         let origin = match fetch_origin(w.conn(), origin_id).await {
             Err(StoreError::NotFound { .. }) => {
@@ -141,6 +138,7 @@ impl ServiceStore for SqlStore {
         .await
         .map_err(db_err)?;
         let service = fetch_service(w.conn(), id).await?;
+        w.check_fleet().await?;
         w.bump().await?;
         w.event(
             Entity::Service,
@@ -183,21 +181,19 @@ impl ServiceStore for SqlStore {
         let before = fetch_service(w.conn(), id).await?;
         let mut after = before.clone();
         if let Some(name) = update.name {
-            after.name = validate::name("name", &name)?;
+            after.name = name.to_string();
         }
         if let Some(port) = update.port {
-            after.port = validate::port("port", port)?;
+            after.port = port.get();
         }
         if let Some(protocol) = update.protocol {
             after.protocol = protocol;
         }
-        if let Some(addr) = update.local_address {
-            after.local_address = validate::host_port("local_address", &addr)?;
+        if let Some(address) = update.local_address {
+            after.local_address = address.to_string();
         }
         if let Some(path) = update.health_path {
-            after.health_path = path
-                .map(|p| validate::health_path("health_path", &p))
-                .transpose()?;
+            after.health_path = path.map(|path| path.to_string());
         }
         if after == before {
             return Ok(before);
@@ -258,6 +254,7 @@ impl ServiceStore for SqlStore {
         .await
         .map_err(db_err)?;
         let after = fetch_service(w.conn(), id).await?;
+        w.check_fleet().await?;
         w.bump().await?;
         w.event(
             Entity::Service,
@@ -273,11 +270,14 @@ impl ServiceStore for SqlStore {
     async fn delete_service(&self, actor: &Actor, id: Id) -> Result<()> {
         let mut w = self.write(actor).await?;
         let service = fetch_service(w.conn(), id).await?;
-        let routes =
-            sqlx::query("SELECT hostname FROM routes WHERE service_id = $1 ORDER BY hostname")
-                .bind(id.to_string())
-                .fetch_all(w.conn())
-                .await?;
+        let routes = sqlx::query(
+            "SELECT hostname FROM routes WHERE service_id = $1 \
+             UNION ALL SELECT CAST(listen_port AS TEXT) AS hostname FROM tcp_routes \
+             WHERE service_id = $1 ORDER BY hostname",
+        )
+        .bind(id.to_string())
+        .fetch_all(w.conn())
+        .await?;
         if !routes.is_empty() {
             let names: Vec<String> = routes
                 .iter()

@@ -12,11 +12,11 @@ use super::column::{add_ms, opt_ts, ts, u64_of, uuid};
 use super::write::{db_err, exists};
 use super::SqlStore;
 use crate::store::error::{Entity, Result, StoreError};
-use crate::store::model::{Actor, Id};
+use crate::store::model::{Actor, Id, Name};
 use crate::store::users::{
     FailureOutcome, LockoutPolicy, NewUser, Role, User, UserSecrets, UserUpdate,
 };
-use crate::store::{validate, UserStore};
+use crate::store::UserStore;
 
 const T: &str = "users";
 
@@ -81,7 +81,9 @@ impl SqlStore {
 #[async_trait]
 impl UserStore for SqlStore {
     async fn create_user(&self, actor: &Actor, new: NewUser) -> Result<User> {
-        let name = validate::name("name", &new.name)?;
+        let name = Name::new(&new.name)
+            .map_err(|e| StoreError::model("name", e))?
+            .to_string();
         if !new.password_hash.starts_with("$argon2id$") {
             return Err(StoreError::invalid(
                 "password",

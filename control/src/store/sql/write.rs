@@ -138,6 +138,15 @@ impl Write<'_> {
         Ok(())
     }
 
+    /// Checks the config of every node as it is inside this transaction with the model's rules
+    /// across objects ([`spec::check`](crate::store::spec::check)), so a change no node would
+    /// accept is refused before it is committed.
+    pub(super) async fn check_fleet(&mut self) -> Result<()> {
+        let now = self.now;
+        let snapshot = super::read_snapshot(self.conn(), now).await?;
+        crate::store::spec::check(&snapshot)
+    }
+
     pub(super) async fn commit(self) -> Result<()> {
         self.tx.commit().await?;
         if let Some(v) = self.version {

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::{failed, render, seg, Layout};
 use crate::api::{ApiError, RouteView, ServiceView};
+use crate::store::RouteLimits;
 use crate::web::form::FormState;
 use crate::web::session::{viewer, Viewer};
 use crate::web::Web;
@@ -41,7 +42,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    fn of(limits: &Value) -> Limits {
+    /// The limits in the API's JSON shape: what the form shows is what the API would return.
+    fn json(limits: &RouteLimits) -> Value {
+        serde_json::to_value(limits).unwrap_or(Value::Null)
+    }
+
+    fn of(limits: &RouteLimits) -> Limits {
+        let limits = &Self::json(limits);
         let text = |key: &str| match &limits[key] {
             Value::Null => String::new(),
             Value::String(s) => s.clone(),
@@ -68,7 +75,8 @@ impl Limits {
         }
     }
 
-    fn summary(limits: &Value) -> String {
+    fn summary(limits: &RouteLimits) -> String {
+        let limits = &Self::json(limits);
         let mut parts = Vec::new();
         if let Some(rate) = limits["rate"].as_f64() {
             let burst = limits["burst"]

@@ -1,4 +1,4 @@
--- Kokoa control-plane schema, version 3: dashboard accounts, login sessions, API token roles.
+-- Kokoa control-plane schema, version 6: dashboard accounts, login sessions, API token roles.
 -- Same conventions as 0001 (TEXT ids, BIGINT milliseconds, sealed secrets); same SQL on both engines.
 
 -- People who log in to control's web UI.
