@@ -473,7 +473,7 @@ async fn api_tokens_carry_a_role_and_old_ones_are_admin(db: &Db) -> Result<()> {
     ensure!(authed.role == Role::Viewer);
     let admin = db.store.create_api_token(&cli(), "ops", None).await?;
     ensure!(admin.token.role == Role::Admin);
-    // A row written without a role (as before migration 3) reads as admin.
+    // A row written without a role (as before migration 6) reads as admin.
     sqlx::query(
         "INSERT INTO api_tokens (id, name, token_hash, created_at) VALUES ($1, 'old', 'h', 0)",
     )

@@ -349,7 +349,10 @@ async fn form_errors_show_the_apis_message_next_to_the_field() -> Result<()> {
         page.contains("id=\"origin-create-name-error\""),
         "no field error"
     );
-    ensure!(page.contains("lower-case"), "not the API's message");
+    ensure!(
+        page.contains("a name is a-z, 0-9"),
+        "not the model's message, as the API gives it"
+    );
     Ok(())
 }
 
@@ -403,5 +406,103 @@ async fn live_event_streams_are_bounded_and_carry_events() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let again = app.router.clone().oneshot(request()?).await?;
     ensure!(again.status() == StatusCode::OK, "{}", again.status());
+    Ok(())
+}
+
+#[tokio::test]
+async fn pages_show_route_limits_and_the_object_a_nack_names() -> Result<()> {
+    let app = App::start(4).await?;
+    let (cookie, csrf) = app.login("root", "root password!").await?;
+    let headers = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    let post = |path: &'static str, body: serde_json::Value| {
+        let headers = headers;
+        let app = &app;
+        async move {
+            let (status, _, answer) = app
+                .send(
+                    "POST",
+                    path,
+                    &headers,
+                    Some(("application/json", body.to_string())),
+                )
+                .await?;
+            ensure!(status == StatusCode::CREATED, "{path}: {status} {answer}");
+            Ok::<serde_json::Value, anyhow::Error>(serde_json::from_str(&answer)?)
+        }
+    };
+    post("/api/v1/origins", serde_json::json!({"name": "home"})).await?;
+    let service = post(
+        "/api/v1/origins/home/services",
+        serde_json::json!({"name": "web", "port": 8001}),
+    )
+    .await?;
+    let edge = post(
+        "/api/v1/edge-nodes",
+        serde_json::json!({"name": "vps1", "origins": ["home"]}),
+    )
+    .await?;
+    post(
+        "/api/v1/routes",
+        serde_json::json!({
+            "hostname": "app.example.com",
+            "service_id": service["id"],
+            "limits": {"rate": 10, "burst": 20, "max_body_bytes": 1048576,
+                       "allow": ["10.0.0.0/8"], "deny": ["10.9.0.0/16"]},
+        }),
+    )
+    .await?;
+
+    // The routes list summarises the limits; the edit form holds each value.
+    let (status, _, page) = app
+        .send("GET", "/routes", &[("cookie", &cookie)], None)
+        .await?;
+    ensure!(status == StatusCode::OK, "{status}");
+    let row = page
+        .split("data-route=\"app.example.com\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</tr>").next())
+        .context("the route's row")?;
+    for part in ["10/s, burst 20", "body ≤ 1.0 MiB", "allow 1", "deny 1"] {
+        ensure!(row.contains(part), "{part} missing from {row}");
+    }
+    let (status, _, page) = app
+        .send(
+            "GET",
+            "/routes/app.example.com",
+            &[("cookie", &cookie)],
+            None,
+        )
+        .await?;
+    ensure!(status == StatusCode::OK, "{status}");
+    for value in ["10.0.0.0/8", "10.9.0.0/16", "1048576", "value=\"20\""] {
+        ensure!(page.contains(value), "{value} missing from the edit form");
+    }
+
+    // A node's NACK, as the gRPC service records it: the edge page and the overview name the
+    // version, the node's reason and the object to fix.
+    let edge_id: kokoa_control::store::Id = serde_json::from_value(edge["id"].clone())?;
+    app.store
+        .record_config_nack(
+            kokoa_control::store::NodeId::Edge(edge_id),
+            &kokoa_control::store::Nack {
+                version: 7,
+                error: "invalid network".into(),
+                object: Some(kokoa_control::store::NackObject {
+                    kind: "route".into(),
+                    key: "app.example.com".into(),
+                    field: "routes[0].limits.allow[0]".into(),
+                }),
+            },
+        )
+        .await?;
+    let shown = "v7: invalid network in route app.example.com (routes[0].limits.allow[0])";
+    for path in ["/edges/vps1", "/"] {
+        let (status, _, page) = app.send("GET", path, &[("cookie", &cookie)], None).await?;
+        ensure!(status == StatusCode::OK, "{path}: {status}");
+        ensure!(
+            page.contains(shown),
+            "{path} does not show the NACK: {page}"
+        );
+    }
     Ok(())
 }

@@ -164,7 +164,7 @@ fn dashboard_builds_a_route_that_a_running_edge_serves_and_shows_the_edge_go_off
         b.fill("#origin-create-name", "Home Lab").await?;
         b.click("#origin-create button[type=submit]").await?;
         let error = b.text(".field.invalid .field-error").await?;
-        ensure!(error.contains("lower-case"), "field error: {error}");
+        ensure!(error.contains("a name is a-z, 0-9"), "field error: {error}");
         ensure!(
             b.find("#origin-create-name")
                 .await?

@@ -263,9 +263,7 @@ pub async fn render_detail(
             Some(v) => format!("v{v} (behind)"),
             None => "none yet".into(),
         },
-        nack: node
-            .and_then(|n| n.nack.as_ref())
-            .map(|n| format!("v{}: {}", n.version, n.error)),
+        nack: node.and_then(|n| n.nack.as_ref()).map(super::nack),
         served,
         unserved,
         checks: history.len(),

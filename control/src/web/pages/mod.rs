@@ -23,6 +23,7 @@ use super::form::Submitted;
 use super::session::{clear_flash, Viewer};
 use super::Web;
 use crate::api::ApiError;
+use crate::store::Nack;
 
 /// What every page's frame shows.
 #[derive(Clone, Debug)]
@@ -146,6 +147,15 @@ pub async fn render_with_error(
         _ => return error_page(viewer, status, &error.to_string()),
     };
     result.unwrap_or_else(|e| failed(viewer, e))
+}
+
+/// A node's last NACK: the version, the node's reason and the object it named (`v7: ... in
+/// route app.example.com (routes[0].limits.allow[0])`), so the page says what to fix.
+pub fn nack(nack: &Nack) -> String {
+    match &nack.object {
+        Some(object) => format!("v{}: {} in {object}", nack.version, nack.error),
+        None => format!("v{}: {}", nack.version, nack.error),
+    }
 }
 
 /// "3m ago"-style age of `t`.

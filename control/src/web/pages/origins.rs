@@ -179,9 +179,7 @@ pub async fn render_detail(
             .and_then(|n| n.applied_version)
             .map(|v| format!("v{v}"))
             .unwrap_or_else(|| "none".into()),
-        nack: node
-            .and_then(|n| n.nack.as_ref())
-            .map(|n| format!("v{}: {}", n.version, n.error)),
+        nack: node.and_then(|n| n.nack.as_ref()).map(super::nack),
         services,
         edges: edges.iter().map(|e| e.edge.name.clone()).collect(),
     };

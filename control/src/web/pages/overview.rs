@@ -193,9 +193,7 @@ async fn collect(web: &Web, viewer: &Viewer) -> Result<Live, ApiError> {
                     Some(v) => format!("v{v} (behind)"),
                     None => "none".into(),
                 },
-                nack: n
-                    .and_then(|n| n.nack.as_ref())
-                    .map(|nack| format!("v{}: {}", nack.version, nack.error)),
+                nack: n.and_then(|n| n.nack.as_ref()).map(super::nack),
             }
         })
         .collect();
