@@ -415,7 +415,6 @@ async fn pages_show_route_limits_and_the_object_a_nack_names() -> Result<()> {
     let (cookie, csrf) = app.login("root", "root password!").await?;
     let headers = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
     let post = |path: &'static str, body: serde_json::Value| {
-        let headers = headers;
         let app = &app;
         async move {
             let (status, _, answer) = app
