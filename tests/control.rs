@@ -112,9 +112,132 @@ impl Control {
             &self.log_dir,
             &[],
         )?;
-        wait_healthy(&mut process, self.api).await?;
+        self.wait_ready(&mut process).await?;
         self.process = Some(process);
         Ok(())
+    }
+
+    /// The CA control's API certificate is signed by (`DATA_DIR/ca.crt`, written at start).
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("ca.crt")
+    }
+
+    /// The dashboard's URL.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.api)
+    }
+
+    fn tls(&self) -> anyhow::Result<tokio_rustls::TlsConnector> {
+        let pem = std::fs::read(self.ca_file()).context("reading control's ca.crt")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile_certs(&pem)? {
+            roots.add(cert)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+            config,
+        )))
+    }
+
+    /// Polls `GET /healthz` over TLS until control answers 200.
+    async fn wait_ready(&self, process: &mut Process) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            process.check_running()?;
+            if self.ca_file().exists() {
+                if let Ok((200, _)) = self.request("GET", "/healthz", None, &[]).await {
+                    return Ok(());
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "kokoa-control never answered /healthz on https://{}\n{}",
+                    self.api,
+                    process.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One HTTPS request to control (any path, e.g. a dashboard page) with `headers`; the
+    /// status and body.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let attempt = async {
+            let tcp = TcpStream::connect(self.api)
+                .await
+                .with_context(|| format!("connecting to the API at {}", self.api))?;
+            let name = rustls::pki_types::ServerName::IpAddress(self.api.ip().into());
+            let stream = self.tls()?.connect(name, tcp).await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let mut request = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", self.api.to_string());
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let payload = match body {
+                Some((kind, bytes)) => {
+                    request = request.header("content-type", kind);
+                    bytes
+                }
+                None => Bytes::new(),
+            };
+            let response = sender
+                .send_request(request.body(Full::new(payload))?)
+                .await?;
+            let status = response.status().as_u16();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, bytes))
+        };
+        tokio::time::timeout(Duration::from_secs(10), attempt)
+            .await
+            .with_context(|| format!("{method} {path} timed out"))?
+    }
+
+    /// The DER of the certificate control's API presents.
+    pub async fn server_certificate(&self) -> anyhow::Result<Vec<u8>> {
+        let tcp = TcpStream::connect(self.api).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(self.api.ip().into());
+        let stream = self.tls()?.connect(name, tcp).await?;
+        let (_, connection) = stream.get_ref();
+        let chain = connection
+            .peer_certificates()
+            .context("control presented no certificate")?;
+        Ok(chain.first().context("empty chain")?.to_vec())
+    }
+
+    /// Creates a dashboard user on control's database (`kokoa-control user add`, as an
+    /// operator does for the first one) with `role`; the password.
+    pub async fn add_user(&self, name: &str, role: &str) -> anyhow::Result<String> {
+        let password = format!("{name}-password-{}", rand::random::<u32>());
+        let output = tokio::process::Command::new(binary("kokoa-control")?)
+            .args(["user", "add", name, "--role", role, "--data-dir"])
+            .arg(&self.data_dir)
+            .env("KOKOA_USER_PASSWORD", &password)
+            .output()
+            .await
+            .context("running kokoa-control user add")?;
+        ensure!(
+            output.status.success(),
+            "user add failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(password)
     }
 
     /// Kills control (SIGKILL: no goodbye to the nodes).
@@ -164,35 +287,18 @@ impl Control {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<(u16, Bytes)> {
-        let attempt = async {
-            let stream = TcpStream::connect(self.api)
-                .await
-                .with_context(|| format!("connecting to the API at {}", self.api))?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
-            let mut request = hyper::Request::builder()
-                .method(method)
-                .uri(format!("/api/v1{path}"))
-                .header("host", self.api.to_string())
-                .header("authorization", format!("Bearer {}", self.token));
-            let payload = match body {
-                Some(value) => {
-                    request = request.header("content-type", "application/json");
-                    Bytes::from(serde_json::to_vec(&value)?)
-                }
-                None => Bytes::new(),
-            };
-            let response = sender
-                .send_request(request.body(Full::new(payload))?)
-                .await?;
-            let status = response.status().as_u16();
-            let bytes = response.into_body().collect().await?.to_bytes();
-            anyhow::Ok((status, bytes))
+        let body = match body {
+            Some(value) => Some(("application/json", Bytes::from(serde_json::to_vec(&value)?))),
+            None => None,
         };
-        tokio::time::timeout(Duration::from_secs(10), attempt)
-            .await
-            .with_context(|| format!("{method} {path} timed out"))?
+        let auth = format!("Bearer {}", self.token);
+        self.request(
+            method,
+            &format!("/api/v1{path}"),
+            body,
+            &[("authorization", auth.as_str())],
+        )
+        .await
     }
 
     /// Runs the `kokoa-control` CLI against this control's API (`--api-url`, `--token`) with
@@ -246,6 +352,28 @@ impl Control {
         ensure!(status.success(), "tar -xzf {} failed", archive.display());
         Ok(())
     }
+}
+
+/// The certificates of a PEM file.
+fn rustls_pemfile_certs(
+    pem: &[u8],
+) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    let text = std::str::from_utf8(pem)?;
+    let mut certs = Vec::new();
+    let mut body: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        match (line, body.as_mut()) {
+            ("-----BEGIN CERTIFICATE-----", _) => body = Some(String::new()),
+            ("-----END CERTIFICATE-----", Some(b64)) => {
+                let der = base64::engine::general_purpose::STANDARD.decode(b64.as_bytes())?;
+                certs.push(rustls::pki_types::CertificateDer::from(der));
+                body = None;
+            }
+            (line, Some(b64)) => b64.push_str(line),
+            _ => {}
+        }
+    }
+    Ok(certs)
 }
 
 /// The id in a created object's JSON.

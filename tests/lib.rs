@@ -16,6 +16,7 @@
 //! - [`topology`]: one edge and N origins wired together, ready to serve.
 //! - [`netns`]: network namespaces, veth pairs and wireguard-go for the interop tests.
 //! - [`prereq`]: the one rule for a missing prerequisite: skip with a reason, fail under `CI=true`.
+//! - [`browser`]: headless Chromium driven over WebDriver (chromedriver) for the dashboard.
 //!
 //! The tests start `target/<profile>/kokoa-edge` and `kokoa-origin` as built: run them with
 //! `cargo test --workspace` (which builds both, since their crates have integration tests), or
@@ -27,6 +28,7 @@
 
 pub mod acme;
 pub mod apps;
+pub mod browser;
 pub mod client;
 pub mod cloudflare;
 pub mod config;

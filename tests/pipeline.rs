@@ -612,6 +612,10 @@ impl Control {
             store: store.clone(),
             bundle: None,
             live: None,
+            accounts: std::sync::Arc::new(kokoa_control::account::Accounts::new(
+                store.clone(),
+                kokoa_control::account::SessionPolicy::default(),
+            )),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);

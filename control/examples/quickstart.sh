@@ -78,12 +78,15 @@ step "1. A master key (seals the WireGuard keys control generates) and control i
     --api "127.0.0.1:$api_port" --grpc "127.0.0.1:$grpc_port" --grpc-name 127.0.0.1 \
     --public-url "https://127.0.0.1:$grpc_port" >"$work/control.log" 2>&1 &
 started $!
-wait_for control "http://127.0.0.1:$api_port/healthz"
+# The dashboard and REST API speak HTTPS with a certificate from control's own CA
+# ($work/control/ca.crt, written at start); curl and the CLI (KOKOA_CA_FILE) trust that CA.
+wait_for control "https://127.0.0.1:$api_port/healthz" --cacert "$work/control/ca.crt"
 
 step "2. The first API token, made on the database directly"
 KOKOA_API_TOKEN=$("${bin}kokoa-control" token create --name admin --data-dir "$work/control" 2>/dev/null)
-KOKOA_API_URL=http://127.0.0.1:$api_port
-export KOKOA_API_TOKEN KOKOA_API_URL
+KOKOA_API_URL=https://127.0.0.1:$api_port
+KOKOA_CA_FILE=$work/control/ca.crt
+export KOKOA_API_TOKEN KOKOA_API_URL KOKOA_CA_FILE
 
 step "3. An origin, its service (the app on 127.0.0.1:$app_port), an edge, a route"
 "${bin}kokoa-control" origin add home
@@ -127,7 +130,8 @@ echo "quickstart: served https://$host:$https_port/ through edge vps1 and origin
 
 if [ -t 0 ]; then
     echo "Try, in another terminal (this control and its token live until you press Enter):"
-    echo "  export KOKOA_API_URL=$KOKOA_API_URL KOKOA_API_TOKEN=$KOKOA_API_TOKEN"
+    echo "  export KOKOA_API_URL=$KOKOA_API_URL KOKOA_CA_FILE=$KOKOA_CA_FILE KOKOA_API_TOKEN=$KOKOA_API_TOKEN"
+    echo "  (the dashboard: $KOKOA_API_URL/ after \`${bin}kokoa-control user add NAME --data-dir $work/control\`)"
     echo "  ${bin}kokoa-control route add hello.quickstart.localhost --origin home --service web"
     echo "  curl -k --resolve hello.quickstart.localhost:$https_port:127.0.0.1 https://hello.quickstart.localhost:$https_port/"
     echo "Press Enter to stop everything."

@@ -4,12 +4,15 @@
 //!
 //! - [`store`]: the data, on SQLite or PostgreSQL;
 //! - [`api`]: the REST API (`/api/v1`) operators and the CLI use;
+//! - [`account`]: dashboard users, passwords, TOTP and login sessions;
+//! - [`web`]: the dashboard, server-rendered pages over the same API;
 //! - [`bundle`]: per-node install bundles (bootstrap config, CA, enrollment token, systemd unit);
 //! - [`grpc`] and [`pki`]: enrollment and config streaming to nodes over TLS with control's CA;
 //! - [`acme`] and [`dns`]: certificates for route names (ACME HTTP-01, TLS-ALPN-01, DNS-01);
 //! - [`health`]: every node's state (online, degraded, offline, enrolling, draining) and why;
 //! - [`metrics`]: control's own Prometheus metrics (`/metrics`);
 //! - [`serve`]: `kokoa-control serve`, which runs the REST API and the gRPC config stream;
+//! - [`https`]: the API and dashboard listener (HTTPS by default, plain only on loopback);
 //! - [`cli`]: the operator commands (`origin add`, `route add`, `status`, ...);
 //! - [`dev`]: `kokoa-control dev`, a whole Kokoa on loopback: control in this process, the real
 //!   `kokoa-edge` and `kokoa-origin` binaries enrolled through it (this crate links neither).
@@ -17,6 +20,7 @@
 // The OpenAPI document (api/openapi.rs) is one large `serde_json::json!` literal.
 #![recursion_limit = "512"]
 
+pub mod account;
 pub mod acme;
 pub mod api;
 pub mod bundle;
@@ -25,11 +29,13 @@ pub mod dev;
 pub mod dns;
 pub mod grpc;
 pub mod health;
+pub mod https;
 pub mod metrics;
 pub mod notify;
 pub mod pki;
 pub mod serve;
 pub mod store;
+pub mod web;
 
 /// The program version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

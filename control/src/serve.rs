@@ -21,17 +21,40 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
+use crate::account::{Accounts, SessionPolicy};
 use crate::acme::AcmeArgs;
-use crate::api::{ApiState, LiveNodes};
+use crate::api::{self, ApiState, LiveNodes};
 use crate::bundle::BundleSettings;
 use crate::dns::{steer, DnsArgs, Steering};
 use crate::grpc::{GrpcOptions, GrpcServer};
 use crate::health::args::HealthArgs;
 use crate::health::HealthChecker;
+use crate::https;
 use crate::metrics::MetricSource;
 use crate::notify::{Notifier, NotifyArgs};
 use crate::pki::ControlCa;
 use crate::store::{self, MasterKey};
+use crate::web::{self, Web, WebOptions};
+
+/// How the REST API and dashboard listener speaks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ApiTls {
+    /// HTTPS with a certificate signed by control's CA for the API names (the default).
+    #[default]
+    ControlCa,
+    /// HTTPS with this PEM certificate chain and key.
+    Files {
+        /// Chain, leaf first.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// HTTPS with control's ACME certificate for this name (control's CA-signed one until it
+    /// is issued).
+    Acme(String),
+    /// Plain HTTP: only on a loopback address.
+    Plain,
+}
 
 /// Default REST API listener.
 pub const DEFAULT_API: &str = "127.0.0.1:7080";
@@ -70,6 +93,16 @@ pub struct ServeOptions {
     pub acme: AcmeArgs,
     /// How node health is judged (checked by [`check`] and before `run` binds).
     pub health: HealthArgs,
+    /// Dashboard session timeouts and login limits.
+    pub sessions: SessionPolicy,
+    /// How the REST API and dashboard listener speaks.
+    pub api_tls: ApiTls,
+    /// Names in the API's CA-signed certificate; empty: the gRPC names.
+    pub api_names: Vec<String>,
+    /// Connections to the API listener at once.
+    pub api_max_connections: usize,
+    /// Dashboard settings (`secure_cookies` is set from `api_tls`).
+    pub web: WebOptions,
     /// Notification delivery (retries, queue bound); targets are configured through the API.
     pub notify: NotifyArgs,
     /// The DNS provider (DNS-01, DNS steering); none without `--dns-provider`.
@@ -94,6 +127,11 @@ impl ServeOptions {
             public_url: None,
             acme: AcmeArgs::default(),
             health: HealthArgs::default(),
+            sessions: SessionPolicy::default(),
+            api_tls: ApiTls::default(),
+            api_names: Vec::new(),
+            api_max_connections: https::DEFAULT_MAX_CONNECTIONS,
+            web: WebOptions::default(),
             notify: NotifyArgs::default(),
             dns: DnsArgs::default(),
         }
@@ -332,6 +370,43 @@ pub async fn run(
     let ca = ControlCa::load_or_create(&options.data_dir)?;
     let names = grpc_names(&options.grpc_names);
     let tls = ca.server_tls(&names)?;
+    if options.api_tls == ApiTls::Plain && !options.api.ip().is_loopback() {
+        anyhow::bail!(
+            "--api-plain serves the dashboard and API without TLS, so only on a loopback address; \
+             {} is not one (drop --api-plain to serve HTTPS with control's CA)",
+            options.api
+        );
+    }
+    // The API listens on loopback by default, so its certificate always covers loopback too.
+    let mut api_names = if options.api_names.is_empty() {
+        names.clone()
+    } else {
+        options.api_names.clone()
+    };
+    for local in ["localhost", "127.0.0.1"] {
+        if !api_names.iter().any(|n| n == local) {
+            api_names.push(local.to_string());
+        }
+    }
+    let api_certificate = match &options.api_tls {
+        ApiTls::Plain => None,
+        ApiTls::Files { cert, key } => {
+            let read = |path: &Path| {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))
+            };
+            let key = https::certified_key(&read(cert)?, &read(key)?)
+                .context("--api-tls-cert / --api-tls-key")?;
+            Some(https::ApiCertificate::new(key))
+        }
+        ApiTls::ControlCa | ApiTls::Acme(_) => {
+            let signed = ca.server_tls(&api_names)?;
+            Some(https::ApiCertificate::new(https::certified_key(
+                &signed.chain_pem(),
+                signed.key_pem(),
+            )?))
+        }
+    };
 
     let api_listener = TcpListener::bind(options.api)
         .await
@@ -378,34 +453,66 @@ pub async fn run(
             enrollment_ttl: BUNDLE_TOKEN_TTL,
         })),
         live: Some(live),
+        accounts: Arc::new(Accounts::new(store.clone(), options.sessions)),
     };
+    let api_router = api::router(state.clone());
+    let dashboard = Web::new(
+        api_router.clone(),
+        store.clone(),
+        state.accounts.clone(),
+        WebOptions {
+            secure_cookies: api_certificate.is_some(),
+            ..options.web
+        },
+    );
+    let app = api_router
+        .merge(web::router(dashboard))
+        .merge(crate::metrics::router(registry));
+    let acceptor = api_certificate.clone().map(https::acceptor).transpose()?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         // Err means the sender is gone, which also means stop.
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let app = crate::api::router(state).merge(crate::metrics::router(registry));
-    let api_task = tokio::spawn({
-        let stop = stopped(stop_rx.clone());
-        async move {
-            axum::serve(api_listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        }
-    });
+    let api_task = tokio::spawn(https::serve(
+        api_listener,
+        app,
+        acceptor,
+        options.api_max_connections,
+        stopped(stop_rx.clone()),
+    ));
+    if let (ApiTls::Acme(name), Some(certificate)) = (&options.api_tls, &api_certificate) {
+        tokio::spawn(
+            certificate
+                .clone()
+                .follow_acme(store.clone(), name.clone(), stop_rx.clone()),
+        );
+    }
     let grpc_task = tokio::spawn(grpc.serve(grpc_listener, tls, stopped(stop_rx.clone())));
     let health_task = tokio::spawn(health.run(stopped(stop_rx.clone())));
     // The certificate manager is not a server: it ends only on shutdown, so it is awaited then.
     let acme_task = certificates.map(|manager| tokio::spawn(manager.run(stopped(stop_rx.clone()))));
     let notify_task = tokio::spawn(notifier.run(stopped(stop_rx.clone())));
     let dns_task = steering.map(|steering| tokio::spawn(steering.run(stopped(stop_rx))));
-    tracing::info!(%api_addr, %grpc_addr, %control_url, engine = ?store.engine(), "kokoa-control serving");
+    let dashboard_url = https::dashboard_url(api_addr, api_certificate.is_some());
+    tracing::info!(%api_addr, %grpc_addr, %control_url, %dashboard_url, engine = ?store.engine(), "kokoa-control serving");
     eprintln!(
-        "kokoa-control: REST API http://{api_addr}/api/v1 (OpenAPI: /api/v1/openapi.json), \
-         gRPC {grpc_addr} (nodes are told {control_url}), data {}",
+        "kokoa-control: dashboard {dashboard_url}{}, REST API {dashboard_url}api/v1 (OpenAPI: \
+         /api/v1/openapi.json), gRPC {grpc_addr} (nodes are told {control_url}), data {}",
+        match options.api_tls {
+            ApiTls::ControlCa | ApiTls::Acme(_) => format!(" (trust {})", ca.cert_path().display()),
+            _ => String::new(),
+        },
         options.data_dir.display()
     );
+    if store.count_users().await.unwrap_or(0) == 0 {
+        eprintln!(
+            "kokoa-control: no dashboard user yet; create the first with \
+             `kokoa-control user add NAME --data-dir {}`",
+            options.data_dir.display()
+        );
+    }
 
     let mut api_task = api_task;
     let mut grpc_task = grpc_task;

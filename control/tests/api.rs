@@ -55,6 +55,7 @@ impl Harness {
                 enrollment_ttl: Duration::from_secs(600),
             })),
             live,
+            ..ApiState::new(store.clone())
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);

@@ -124,9 +124,12 @@ fn serve(data_dir: &Path, key: &str) -> Result<Control> {
 }
 
 fn serve_with(data_dir: &Path, key: &str, extra: &[&str]) -> Result<Control> {
+    // Plain HTTP on loopback keeps these workflow tests about the CLI; the TLS default is
+    // tested by `cli_speaks_https_trusting_controls_ca`.
     let mut child = Command::new(BIN)
         .args([
             "serve",
+            "--api-plain",
             "--api",
             "127.0.0.1:0",
             "--grpc",

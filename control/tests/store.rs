@@ -231,8 +231,8 @@ async fn migrations_are_idempotent_on_reopen(db: &Db) -> Result<()> {
         .fetch_one(db.sql.pool())
         .await?
         .try_get::<i64, _>("n")?;
-    // 0001_initial, 0002_acme, 0003_notifications, 0004_parity and 0005_health.
-    assert_eq!(applied, 5);
+    // 0001_initial, 0002_acme, 0003_notifications, 0004_parity, 0005_health, 0006_accounts.
+    assert_eq!(applied, 6);
     if db.store.engine() == store::Engine::Sqlite {
         let mode: String = sqlx::query("PRAGMA journal_mode")
             .fetch_one(db.sql.pool())

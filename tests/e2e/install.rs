@@ -18,7 +18,8 @@ use crate::run_bounded;
 async fn cli(control: &Control, args: &[&str]) -> anyhow::Result<Output> {
     tokio::process::Command::new(binary("kokoa-control")?)
         .args(args)
-        .env("KOKOA_API_URL", format!("http://{}", control.api))
+        .env("KOKOA_API_URL", control.url())
+        .env("KOKOA_CA_FILE", control.data_dir.join("ca.crt"))
         .env("KOKOA_API_TOKEN", &control.token)
         .output()
         .await

@@ -5,6 +5,7 @@
 mod acme;
 mod bulk;
 mod control;
+mod dashboard;
 mod dev;
 mod dist;
 mod http;

@@ -2,8 +2,9 @@
 //!
 //! [`router`] builds the whole API as an axum [`Router`] over an [`ApiState`]; [`serve`] runs it
 //! on a listener until shutdown. Every endpoint except `/api/v1/openapi.json` and `/healthz`
-//! needs `Authorization: Bearer <API token>`; the token's name becomes the [`Actor`] of the
-//! change's audit event. Input is validated by the store (one place for the rules); errors are
+//! needs `Authorization: Bearer <API token>` or the dashboard's session cookie (plus its CSRF
+//! token for changes); the token's or user's name becomes the [`Actor`] of the change's audit
+//! event, and a `viewer` role may only read (403 otherwise; see [`extract::authenticate`]). Input is validated by the store (one place for the rules); errors are
 //! JSON `{"error": "...", "field": "..."}` with statuses chosen in [`ApiError`].
 //!
 //! Path parameters that name an origin or an edge accept its id or its name (names can never
@@ -24,6 +25,7 @@ mod services;
 mod status;
 mod tcp_routes;
 mod tokens;
+mod users;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -44,7 +46,11 @@ pub use services::ServiceView;
 pub use status::{NodeDetail, NodeStatusView, PeerView, StatusSummary};
 pub use tcp_routes::{TcpRouteCreate, TcpRoutePatch, TcpRouteView};
 pub use tokens::{ApiTokenRequest, TokenRequest};
+pub use users::{
+    MeView, PasswordChange, RecoveryCodes, TotpConfirm, TotpDisable, UserCreate, UserPatch,
+};
 
+use crate::account::{Accounts, SessionPolicy};
 use crate::bundle::BundleSettings;
 use crate::store::{Edge, Nack, NodeId, Origin, Route, Service, Store};
 
@@ -65,6 +71,8 @@ pub struct ApiState {
     /// Live view of connected nodes (the gRPC server's registry); the status endpoints fall
     /// back to what the store recorded without it.
     pub live: Option<Arc<dyn LiveNodes>>,
+    /// Dashboard users and sessions (the session cookie is checked here).
+    pub accounts: Arc<Accounts>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -78,9 +86,11 @@ impl std::fmt::Debug for ApiState {
 }
 
 impl ApiState {
-    /// State over `store` without bundles or a live node view.
+    /// State over `store` without bundles or a live node view, with the default session
+    /// policy.
     pub fn new(store: Arc<dyn Store>) -> Self {
         ApiState {
+            accounts: Arc::new(Accounts::new(store.clone(), SessionPolicy::default())),
             store,
             bundle: None,
             live: None,
@@ -205,6 +215,16 @@ pub fn router(state: ApiState) -> Router {
             "/api-tokens/{token}",
             axum::routing::delete(tokens::revoke_api),
         )
+        .route("/users", get(users::list).post(users::create))
+        .route(
+            "/users/{user}",
+            get(users::get).patch(users::update).delete(users::delete),
+        )
+        .route("/me", get(users::me))
+        .route("/me/password", post(users::change_password))
+        .route("/me/totp", get(users::pending_totp).post(users::begin_totp))
+        .route("/me/totp/confirm", post(users::confirm_totp))
+        .route("/me/totp/disable", post(users::disable_totp))
         .route(
             "/notification-targets",
             get(notifications::list).post(notifications::create),

@@ -95,6 +95,17 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("get", "/api-tokens", "tokens", "List API tokens (metadata)", None, (200, "[ApiToken]")),
     ep("post", "/api-tokens", "tokens", "Create an API token (the secret is returned once)", Some("ApiTokenRequest"), (201, "IssuedApiToken")),
     ep("delete", "/api-tokens/{token}", "tokens", "Revoke an API token", None, (200, "ApiToken")),
+    ep("get", "/users", "users", "List dashboard users", None, (200, "[User]")),
+    ep("post", "/users", "users", "Create a dashboard user (password hashed with Argon2id; role viewer unless given)", Some("UserCreate"), (201, "User")),
+    ep("get", "/users/{user}", "users", "Get a user (id or name)", None, (200, "User")),
+    ep("patch", "/users/{user}", "users", "Change a user's role or password (a new password ends their sessions)", Some("UserPatch"), (200, "User")),
+    ep("delete", "/users/{user}", "users", "Delete a user (409 for the last admin)", None, (204, "")),
+    ep("get", "/me", "users", "The caller: actor, role, and the account of a logged-in user", None, (200, "Me")),
+    ep("post", "/me/password", "users", "Change the logged-in user's password", Some("PasswordChange"), (200, "User")),
+    ep("get", "/me/totp", "users", "The TOTP enrolment in progress (404 without one)", None, (200, "TotpEnrolment")),
+    ep("post", "/me/totp", "users", "Start TOTP enrolment: a new secret, its otpauth URI and QR code (SVG)", None, (201, "TotpEnrolment")),
+    ep("post", "/me/totp/confirm", "users", "Confirm enrolment with a current code; returns the recovery codes once", Some("TotpConfirm"), (200, "RecoveryCodes")),
+    ep("post", "/me/totp/disable", "users", "Turn TOTP off (password required)", Some("TotpDisable"), (200, "User")),
     ep("get", "/notification-targets", "notifications", "List notification targets (never their URL path or secret)", None, (200, "[NotificationTarget]")),
     ep("post", "/notification-targets", "notifications", "Create a webhook or Slack target (a webhook's signing secret is returned once)", Some("NewNotificationTarget"), (201, "CreatedNotificationTarget")),
     ep("get", "/notification-targets/{target}", "notifications", "Get a notification target", None, (200, "NotificationTarget")),
@@ -142,8 +153,14 @@ fn operation(endpoint: &Endpoint) -> Value {
     responses.insert(status.to_string(), success);
     responses.insert(
         "401".into(),
-        error_response("missing, unknown, expired or revoked bearer token"),
+        error_response("missing, unknown, expired or revoked bearer token or session"),
     );
+    if endpoint.method != "get" || endpoint.response.1 == "gzip" {
+        responses.insert(
+            "403".into(),
+            error_response("the caller's role is viewer, or a cookie request lacks its CSRF token"),
+        );
+    }
     if endpoint.path.contains('{') {
         responses.insert("404".into(), error_response("unknown id or name"));
     }
@@ -392,11 +409,35 @@ fn schemas() -> Value {
         })),
         "IssuedNodeToken": object(&["token", "secret"], json!({"token": {"$ref": "#/components/schemas/NodeToken"}, "secret": string()})),
         "TokenRequest": object(&[], json!({"ttl_seconds": {"type": "integer", "minimum": 1}})),
-        "ApiToken": object(&["id", "name", "created_at"], json!({
-            "id": uuid(), "name": string(), "created_at": time(), "expires_at": nullable("string"), "revoked_at": nullable("string"),
+        "ApiToken": object(&["id", "name", "role", "created_at"], json!({
+            "id": uuid(), "name": string(), "role": {"$ref": "#/components/schemas/Role"}, "created_at": time(), "expires_at": nullable("string"), "revoked_at": nullable("string"),
         })),
+        "Role": {"type": "string", "enum": ["admin", "viewer"], "description": "viewer: read only"},
+        "User": object(&["id", "name", "role", "totp_enabled", "recovery_codes_left"], json!({
+            "id": uuid(), "name": string(), "role": {"$ref": "#/components/schemas/Role"},
+            "totp_enabled": {"type": "boolean"}, "recovery_codes_left": {"type": "integer"},
+            "locked_until": nullable("string"), "last_login_at": nullable("string"),
+            "created_at": time(), "updated_at": time(),
+        })),
+        "UserCreate": object(&["name", "password"], json!({
+            "name": string(), "password": {"type": "string", "minLength": 10},
+            "role": {"$ref": "#/components/schemas/Role"},
+        })),
+        "UserPatch": object(&[], json!({
+            "role": {"$ref": "#/components/schemas/Role"}, "password": {"type": "string", "minLength": 10},
+        })),
+        "Me": object(&["actor", "role", "via"], json!({
+            "actor": string(), "role": {"$ref": "#/components/schemas/Role"},
+            "via": {"type": "string", "enum": ["session", "token"]},
+            "user": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/User"}]},
+        })),
+        "PasswordChange": object(&["current_password", "new_password"], json!({"current_password": string(), "new_password": string()})),
+        "TotpEnrolment": object(&["secret", "otpauth_url", "qr_svg"], json!({"secret": string(), "otpauth_url": string(), "qr_svg": string()})),
+        "TotpConfirm": object(&["code"], json!({"code": string()})),
+        "TotpDisable": object(&["password"], json!({"password": string()})),
+        "RecoveryCodes": object(&["recovery_codes"], json!({"recovery_codes": {"type": "array", "items": string()}})),
         "IssuedApiToken": object(&["token", "secret"], json!({"token": {"$ref": "#/components/schemas/ApiToken"}, "secret": string()})),
-        "ApiTokenRequest": object(&["name"], json!({"name": string(), "ttl_seconds": {"type": "integer", "minimum": 1}})),
+        "ApiTokenRequest": object(&["name"], json!({"name": string(), "ttl_seconds": {"type": "integer", "minimum": 1}, "role": {"$ref": "#/components/schemas/Role"}})),
         "Event": object(&["id", "at", "actor", "entity", "entity_id", "action", "detail"], json!({
             "id": {"type": "integer"}, "at": time(), "actor": string(), "entity": string(), "entity_id": string(),
             "action": string(), "detail": {}, "config_version": nullable("integer"),
@@ -476,7 +517,7 @@ pub fn document_value() -> Value {
         "info": {
             "title": "Kokoa control API",
             "version": crate::VERSION,
-            "description": "Origins, services, edges, routes, certificates and tokens of a Kokoa deployment. Every endpoint needs `Authorization: Bearer <API token>` (create the first with `kokoa-control token create --name NAME`). Errors are JSON `{\"error\": \"...\", \"field\": \"...\"}`. Origins and edges are addressed by id or name, routes by id or host name.",
+            "description": "Origins, services, edges, routes, certificates and tokens of a Kokoa deployment. Every endpoint needs `Authorization: Bearer <API token>` (create the first with `kokoa-control token create --name NAME`) or the dashboard's session cookie, whose state-changing requests must also send the session's CSRF token in `X-CSRF-Token`. Tokens and users have a role: `viewer` may only read (403). Errors are JSON `{\"error\": \"...\", \"field\": \"...\"}`. Origins and edges are addressed by id or name, routes by id or host name.",
         },
         "paths": paths,
         "components": {

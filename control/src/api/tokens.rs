@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::extract::{ApiJson, Caller};
 use super::{find_edge, find_origin, parse_id, ApiError, ApiState};
 use crate::bundle::{self, BundleNode};
-use crate::store::{Actor, ApiToken, IssuedApiToken, IssuedNodeToken, NodeId, NodeToken, Store};
+use crate::store::{
+    Actor, ApiToken, IssuedApiToken, IssuedNodeToken, NodeId, NodeToken, Role, Store,
+};
 
 /// How long an enrollment token is valid unless the request says otherwise.
 pub const DEFAULT_ENROLLMENT_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -118,6 +120,9 @@ pub struct ApiTokenRequest {
     /// Lifetime in seconds; absent: never expires.
     #[serde(default)]
     pub ttl_seconds: Option<u64>,
+    /// What requests with it may do; absent: `admin`.
+    #[serde(default)]
+    pub role: Option<Role>,
 }
 
 pub(super) async fn list_api(
@@ -137,7 +142,7 @@ pub(super) async fn create_api(
     let ttl = request.ttl_seconds.map(Duration::from_secs);
     let issued = state
         .store
-        .create_api_token(&actor, &request.name, ttl)
+        .create_api_token_with_role(&actor, &request.name, ttl, request.role.unwrap_or_default())
         .await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }

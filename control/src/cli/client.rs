@@ -1,10 +1,12 @@
 //! [`ApiClient`]: the CLI's (and the tests') HTTP client for the REST API: JSON in and out,
-//! bearer token, API errors surfaced with their status, message and field.
+//! bearer token, API errors surfaced with their status, message and field. `https://` URLs are
+//! verified against control's CA file (`--ca-file`) or the system's roots ([`Trust`]).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -14,7 +16,7 @@ use serde::Serialize;
 use crate::api::ErrorBody;
 
 /// Default API URL (what `serve` listens on by default).
-pub const DEFAULT_API_URL: &str = "http://127.0.0.1:7080";
+pub const DEFAULT_API_URL: &str = "https://127.0.0.1:7080";
 
 /// Why an API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,14 @@ pub enum ClientError {
         /// The field at fault.
         field: Option<String>,
     },
+    /// The CA to trust could not be loaded.
+    #[error("cannot use {what} to verify kokoa-control's certificate: {reason}")]
+    Trust {
+        /// The CA file, or "the system roots".
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// The response was not the expected JSON.
     #[error("unexpected response from {url}: {reason}")]
     Decode {
@@ -74,12 +84,65 @@ impl ClientError {
     }
 }
 
+/// What an `https://` API URL's certificate is verified against.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Trust {
+    /// The operating system's root certificates (a public CA, e.g. an ACME certificate).
+    #[default]
+    SystemRoots,
+    /// This PEM file of CA certificates (control's own CA: `DATA_DIR/ca.crt`).
+    CaFile(std::path::PathBuf),
+}
+
+impl Trust {
+    fn client_config(&self) -> Result<rustls::ClientConfig, ClientError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match self {
+            Trust::SystemRoots => {
+                let loaded = rustls_native_certs::load_native_certs();
+                for cert in loaded.certs {
+                    let _ = roots.add(cert);
+                }
+                if roots.is_empty() {
+                    return Err(ClientError::Trust {
+                        what: "the system roots".into(),
+                        reason: "none found; give control's CA with --ca-file".into(),
+                    });
+                }
+            }
+            Trust::CaFile(path) => {
+                let error = |reason: String| ClientError::Trust {
+                    what: path.display().to_string(),
+                    reason,
+                };
+                let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                    let cert = cert.map_err(|e| error(e.to_string()))?;
+                    roots.add(cert).map_err(|e| error(e.to_string()))?;
+                }
+                if roots.is_empty() {
+                    return Err(error("no CERTIFICATE in it".into()));
+                }
+            }
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Trust {
+                what: "TLS".into(),
+                reason: e.to_string(),
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
+}
+
 /// A REST API client. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ApiClient {
     base: String,
     token: Option<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 /// Percent-encodes one path segment (names and host names are plain, but be safe).
@@ -96,10 +159,18 @@ pub fn segment(s: &str) -> String {
 }
 
 impl ApiClient {
-    /// A client for the API at `url` (`http://host:port`, with or without `/api/v1`).
-    /// The API speaks plain HTTP; reach a remote control through a TLS reverse proxy or an SSH
-    /// tunnel to its loopback listener.
+    /// A client for the API at `url` (`https://host:port` or, for a loopback `--api-plain`
+    /// control, `http://`; with or without `/api/v1`), trusting the system roots.
     pub fn new(url: &str, token: Option<String>) -> Result<ApiClient, ClientError> {
+        Self::with_trust(url, token, Trust::SystemRoots)
+    }
+
+    /// A client for the API at `url` verifying its certificate against `trust`.
+    pub fn with_trust(
+        url: &str,
+        token: Option<String>,
+        trust: Trust,
+    ) -> Result<ApiClient, ClientError> {
         let trimmed = url.trim().trim_end_matches('/');
         let base = trimmed
             .strip_suffix("/api/v1")
@@ -110,20 +181,36 @@ impl ApiClient {
             reason: reason.to_string(),
         };
         let uri: Uri = base.parse().map_err(|_| bad("not a URL"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
                 return Err(bad(
-                    "https is not supported by the CLI; the API listens on plain HTTP (loopback by \
-                     default): use an SSH tunnel to it, e.g. `ssh -L 7080:127.0.0.1:7080 control-host`",
+                    "expected https://HOST:PORT (or http:// for --api-plain)",
                 ))
             }
-            _ => return Err(bad("expected http://HOST:PORT")),
-        }
+        };
         if uri.host().is_none() {
             return Err(bad("no host"));
         }
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        // Only an https URL needs the roots (system roots may be absent in a container).
+        let config = if https {
+            trust.client_config()?
+        } else {
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&e.to_string()))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(ApiClient {
             base,
             token,

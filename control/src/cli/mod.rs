@@ -21,6 +21,7 @@ use hyper::Method;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use crate::account::{password, Accounts, SessionPolicy};
 use crate::acme::AcmeArgs;
 use crate::api::{
     EdgeView, NodeDetail, NodeStatusView, OriginView, RouteView, ServiceView, StatusSummary,
@@ -29,7 +30,7 @@ use crate::dev::{self, DevOptions};
 use crate::dns::DnsArgs;
 use crate::health::args::HealthArgs;
 use crate::serve::{self, ServeOptions};
-use crate::store::{self, Actor, ApiToken, IssuedNodeToken, MasterKey};
+use crate::store::{self, Actor, ApiToken, IssuedNodeToken, MasterKey, Role, User};
 use client::{segment, ApiClient, DEFAULT_API_URL};
 use limits::{EdgeSettingsArgs, RouteLimitArgs};
 pub use tcp_route::TcpRouteCommand;
@@ -57,6 +58,10 @@ pub struct ClientArgs {
     /// API bearer token (from `token create`).
     #[arg(long, global = true, env = "KOKOA_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// For an https:// API URL: trust this CA certificate (PEM; control's is DATA_DIR/ca.crt)
+    /// instead of the system's roots.
+    #[arg(long, global = true, env = "KOKOA_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -64,8 +69,12 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     fn api(&self) -> anyhow::Result<Api> {
+        let trust = match &self.ca_file {
+            Some(path) => client::Trust::CaFile(path.clone()),
+            None => client::Trust::SystemRoots,
+        };
         Ok(Api {
-            client: ApiClient::new(&self.api_url, self.token.clone())?,
+            client: ApiClient::with_trust(&self.api_url, self.token.clone(), trust)?,
             json: self.json,
         })
     }
@@ -119,6 +128,15 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Dashboard users (`add` works on the database directly, so the first needs nothing else).
+    User {
+        /// How to reach control.
+        #[command(flatten)]
+        client: ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: UserCommand,
     },
     /// Origins: private hosts running kokoa-origin.
     Origin {
@@ -231,9 +249,45 @@ pub struct ServeArgs {
     /// Development only: without a master key, create one in DATA_DIR/master.key.
     #[arg(long)]
     pub dev: bool,
-    /// REST API listener (plain HTTP; keep it on loopback or behind a TLS proxy).
+    /// REST API and dashboard listener (HTTPS; see --api-plain).
     #[arg(long, env = "KOKOA_API_LISTEN", default_value = serve::DEFAULT_API)]
     pub api: SocketAddr,
+    /// DNS name or IP in the API's certificate from control's CA (repeatable; default: the
+    /// --grpc-name names).
+    #[arg(long = "api-name")]
+    pub api_names: Vec<String>,
+    /// Serve the API and dashboard with this PEM certificate chain (with --api-tls-key)
+    /// instead of one from control's CA.
+    #[arg(long, requires = "api_tls_key", conflicts_with_all = ["api_tls_acme", "api_plain"])]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The private key of --api-tls-cert.
+    #[arg(long, requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
+    /// Serve the API and dashboard with control's ACME certificate for this name (control's
+    /// CA-signed one until it is issued).
+    #[arg(long, conflicts_with = "api_plain")]
+    pub api_tls_acme: Option<String>,
+    /// Plain HTTP instead of HTTPS: refused unless --api is a loopback address.
+    #[arg(long)]
+    pub api_plain: bool,
+    /// API connections open at once.
+    #[arg(long, default_value_t = crate::https::DEFAULT_MAX_CONNECTIONS)]
+    pub api_max_connections: usize,
+    /// A dashboard session ends after this many idle minutes.
+    #[arg(long, default_value_t = 30)]
+    pub session_idle_minutes: u64,
+    /// A dashboard session ends this many hours after login.
+    #[arg(long, default_value_t = 12)]
+    pub session_max_hours: u64,
+    /// Failed logins within 15 minutes that lock an account for 15 minutes.
+    #[arg(long, default_value_t = 5)]
+    pub login_max_failures: u32,
+    /// Failed logins from one address (IPv6: one /64) within 15 minutes that lock it out.
+    #[arg(long, default_value_t = 20)]
+    pub login_max_failures_per_address: u32,
+    /// Live event streams (dashboard) open at once.
+    #[arg(long, default_value_t = crate::web::feed::DEFAULT_MAX_STREAMS)]
+    pub ui_max_streams: usize,
     /// gRPC listener (TLS with control's CA).
     #[arg(long, env = "KOKOA_GRPC_LISTEN", default_value = serve::DEFAULT_GRPC)]
     pub grpc: SocketAddr,
@@ -325,6 +379,9 @@ pub enum TokenCommand {
         /// Expire after this many days (default: never).
         #[arg(long)]
         ttl_days: Option<u64>,
+        /// What requests with it may do: admin (everything) or viewer (read only).
+        #[arg(long, default_value = "admin")]
+        role: Role,
         /// Where the database is.
         #[command(flatten)]
         store: StoreArgs,
@@ -334,6 +391,30 @@ pub enum TokenCommand {
     /// Revoke an API token by name (through the API); requests with it get 401 at once.
     Revoke {
         /// The token's name.
+        name: String,
+    },
+}
+
+/// `user` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a dashboard user on the database directly; the password is read from the
+    /// terminal's standard input (one line), or from KOKOA_USER_PASSWORD.
+    Add {
+        /// Login name.
+        name: String,
+        /// admin (everything) or viewer (read only).
+        #[arg(long, default_value = "admin")]
+        role: Role,
+        /// Where the database is.
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List dashboard users (through the API).
+    List,
+    /// Delete a dashboard user (through the API).
+    Rm {
+        /// The user's name.
         name: String,
     },
 }
@@ -657,6 +738,7 @@ fn exit(result: anyhow::Result<()>) -> ExitCode {
 
 impl From<ServeArgs> for ServeOptions {
     fn from(args: ServeArgs) -> Self {
+        let sessions = sessions(&args);
         ServeOptions {
             data_dir: args.store.data_dir,
             database: args.store.database,
@@ -668,6 +750,24 @@ impl From<ServeArgs> for ServeOptions {
             public_url: args.public_url,
             acme: args.acme,
             health: args.health,
+            sessions,
+            api_tls: match (
+                args.api_plain,
+                args.api_tls_cert,
+                args.api_tls_key,
+                args.api_tls_acme,
+            ) {
+                (true, ..) => serve::ApiTls::Plain,
+                (_, Some(cert), Some(key), _) => serve::ApiTls::Files { cert, key },
+                (_, _, _, Some(name)) => serve::ApiTls::Acme(name),
+                _ => serve::ApiTls::ControlCa,
+            },
+            api_names: args.api_names,
+            api_max_connections: args.api_max_connections,
+            web: crate::web::WebOptions {
+                secure_cookies: true,
+                max_streams: args.ui_max_streams,
+            },
             notify: args.notify,
             dns: args.dns,
         }
@@ -702,9 +802,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 TokenCommand::Create {
                     name,
                     ttl_days,
+                    role,
                     store,
                 },
-        } => token_create(&store, &name, ttl_days, client.json).await,
+        } => token_create(&store, &name, ttl_days, role, client.json).await,
+        Command::User {
+            client,
+            command: UserCommand::Add { name, role, store },
+        } => user_add(&store, &name, role, client.json).await,
+        Command::User {
+            client,
+            command: UserCommand::List,
+        } => client.api()?.user_list().await,
+        Command::User {
+            client,
+            command: UserCommand::Rm { name },
+        } => client.api()?.user_rm(&name).await,
         Command::Token {
             client,
             command: TokenCommand::List,
@@ -750,6 +863,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The session and login limits `serve`'s flags ask for.
+fn sessions(args: &ServeArgs) -> SessionPolicy {
+    let defaults = SessionPolicy::default();
+    SessionPolicy {
+        idle: Duration::from_secs(args.session_idle_minutes.max(1) * 60),
+        absolute: Duration::from_secs(args.session_max_hours.max(1) * 3600),
+        account: store::LockoutPolicy {
+            max_failures: args.login_max_failures.max(1),
+            ..defaults.account
+        },
+        address: crate::account::throttle::AddressPolicy {
+            max_failures: args.login_max_failures_per_address.max(1),
+            ..defaults.address
+        },
+        ..defaults
+    }
+}
+
 async fn run_dev(args: DevArgs, log_json: bool) -> anyhow::Result<()> {
     let options = DevOptions {
         dir: args.dir.unwrap_or_else(DevOptions::default_dir),
@@ -780,6 +911,7 @@ async fn token_create(
     args: &StoreArgs,
     name: &str,
     ttl_days: Option<u64>,
+    role: Role,
     json: bool,
 ) -> anyhow::Result<()> {
     if args.database.is_none() {
@@ -792,7 +924,9 @@ async fn token_create(
         .await
         .with_context(|| format!("cannot open the store at {url}"))?;
     let ttl = ttl_days.map(|days| Duration::from_secs(days.saturating_mul(86_400)));
-    let issued = store.create_api_token(&Actor::Cli, name, ttl).await?;
+    let issued = store
+        .create_api_token_with_role(&Actor::Cli, name, ttl, role)
+        .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&issued)?);
     } else {
@@ -801,6 +935,47 @@ async fn token_create(
             issued.token.name
         );
         println!("{}", issued.secret.expose());
+    }
+    Ok(())
+}
+
+/// `user add`: opens the database directly, like `token create`, so the first user needs no
+/// API token. The password comes from KOKOA_USER_PASSWORD or one line of standard input.
+async fn user_add(args: &StoreArgs, name: &str, role: Role, json: bool) -> anyhow::Result<()> {
+    let password = match std::env::var("KOKOA_USER_PASSWORD") {
+        Ok(password) if !password.is_empty() => password,
+        _ => {
+            eprint!(
+                "Password for {name} (at least {} characters): ",
+                password::MIN_LENGTH
+            );
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    if args.database.is_none() {
+        serve::create_data_dir(&args.data_dir)?;
+    }
+    let url = serve::database_url(&args.data_dir, args.database.as_deref());
+    // Users hold no sealed value until they enrol TOTP (through the running control, which has
+    // the real master key), so a throwaway key opens the database here, as for `token create`.
+    let store = store::open(&url, MasterKey::generate())
+        .await
+        .with_context(|| format!("cannot open the store at {url}"))?;
+    let accounts = Accounts::new(store, SessionPolicy::default());
+    let user = accounts
+        .create_user(&Actor::Cli, name, &password, role)
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&user)?);
+    } else {
+        println!(
+            "user {} created with role {}; log in to the dashboard and turn on TOTP under Account",
+            user.name, user.role
+        );
     }
     Ok(())
 }
@@ -1217,13 +1392,14 @@ impl Api {
                 .map(|t| {
                     vec![
                         t.name.clone(),
+                        t.role.to_string(),
                         t.created_at.date().to_string(),
                         opt(t.expires_at.map(|e| e.date())),
                         opt(t.revoked_at.map(|r| r.date())),
                     ]
                 })
                 .collect();
-            table::render(&["NAME", "CREATED", "EXPIRES", "REVOKED"], &rows)
+            table::render(&["NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED"], &rows)
         })
     }
 
@@ -1259,6 +1435,35 @@ impl Api {
         } else {
             format!("edge {name} undrained: it returns to DNS once its checks pass")
         });
+        Ok(())
+    }
+
+    async fn user_list(&self) -> anyhow::Result<()> {
+        let users: Vec<User> = self.client.get("/users").await?;
+        self.print(&users, |users| {
+            let rows: Vec<Vec<String>> = users
+                .iter()
+                .map(|user| {
+                    vec![
+                        user.name.clone(),
+                        user.role.to_string(),
+                        if user.totp_enabled { "on" } else { "off" }.into(),
+                        time_text(user.last_login_at),
+                        user.locked_until
+                            .map(|_| "yes".to_string())
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            table::render(&["NAME", "ROLE", "TOTP", "LAST LOGIN", "LOCKED"], &rows)
+        })
+    }
+
+    async fn user_rm(&self, name: &str) -> anyhow::Result<()> {
+        self.client
+            .delete(&format!("/users/{}", segment(name)))
+            .await?;
+        self.done(format!("user {name} deleted"));
         Ok(())
     }
 

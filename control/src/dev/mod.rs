@@ -21,13 +21,13 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use tokio::net::TcpListener;
 
-use crate::cli::client::ApiClient;
+use crate::cli::client::{ApiClient, Trust};
 use crate::serve::{self, ServeOptions};
 use nodes::NodeProcess;
 
-/// Where the web UI will be served, relative to the control API's base URL, once it exists.
-/// `None` today: `dev` then prints the REST API instead. The web UI sets this.
-pub const DASHBOARD_PATH: Option<&str> = None;
+/// Where the dashboard is served, relative to the control API's base URL (`None` would print the
+/// REST API instead).
+pub const DASHBOARD_PATH: Option<&str> = Some("/");
 
 /// How long `dev` waits for control, the nodes and the first config to be applied.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -127,7 +127,29 @@ impl DevOptions {
         } else {
             self.listen
         };
-        format!("http://{}", SocketAddr::new(ip, self.api_port))
+        let scheme = if self.api_tls() { "https" } else { "http" };
+        format!("{scheme}://{}", SocketAddr::new(ip, self.api_port))
+    }
+
+    /// Whether control's API and dashboard speak HTTPS: plain HTTP is only allowed on
+    /// loopback, so a dev control listening elsewhere (containers) uses its CA's certificate.
+    pub fn api_tls(&self) -> bool {
+        !self.listen.is_loopback()
+    }
+
+    /// Control's own CA, which signs the API's certificate when [`Self::api_tls`].
+    pub fn control_ca_file(&self) -> PathBuf {
+        self.dir.join("control").join("ca.crt")
+    }
+
+    /// A client of this control's API.
+    fn api_client(&self, token: String) -> anyhow::Result<ApiClient> {
+        let trust = if self.api_tls() {
+            Trust::CaFile(self.control_ca_file())
+        } else {
+            Trust::SystemRoots
+        };
+        Ok(ApiClient::with_trust(&self.api_url(), Some(token), trust)?)
     }
 
     /// The edge endpoint control gives origins.
@@ -304,6 +326,9 @@ pub async fn run(
     let mut serve_options = ServeOptions::new(&data_dir);
     serve_options.dev = true;
     serve_options.api = SocketAddr::new(options.listen, options.api_port);
+    if !options.api_tls() {
+        serve_options.api_tls = serve::ApiTls::Plain;
+    }
     serve_options.grpc = SocketAddr::new(options.listen, options.grpc_port);
     serve_options.grpc_names = vec![options.control_host.clone()];
     for name in ["127.0.0.1", "localhost"] {
@@ -330,7 +355,7 @@ pub async fn run(
 
     let mut control_ended = false;
     let result = async {
-        let api = ApiClient::new(&options.api_url(), Some(token.clone()))?;
+        let api = options.api_client(token.clone())?;
         tokio::select! {
             ready = setup::wait_for_api(&api, READY_TIMEOUT) => ready?,
             finished = &mut control => {
@@ -475,7 +500,10 @@ pub fn banner(options: &DevOptions, plan: &setup::Plan) -> String {
     };
     let api = options.api_url();
     let dashboard = match DASHBOARD_PATH {
-        Some(path) => format!("{api}{path}"),
+        Some(path) => format!(
+            "{api}{path}   (first user: {me} user add NAME --data-dir {})",
+            shell_word(&options.dir.join("control"))
+        ),
         None => format!(
             "not built yet; the control API is {api}/api/v1 (OpenAPI: {api}/api/v1/openapi.json)"
         ),
@@ -492,7 +520,7 @@ dashboard  {dashboard}\n  \
 state      {dir}   (logs in {logs})\n\
 \n  {curl_app}\n\
 \nNext, in another terminal:\n\
-\n  export KOKOA_API_URL={api} KOKOA_API_TOKEN=$(cat {token})\n\
+\n  export KOKOA_API_URL={api}{ca_env} KOKOA_API_TOKEN=$(cat {token})\n\
 \n  # 1. add a route\n  \
 {me} route add {new_host} --origin {origin} --service {service}\n\
 \n  # 2. watch it go live: every node applied the new config version, and the edge serves it\n  \
@@ -507,6 +535,11 @@ state      {dir}   (logs in {logs})\n\
         curl_app = curl(&options.host),
         curl_new = curl(&new_host),
         token = shell_word(&options.token_file()),
+        ca_env = if options.api_tls() {
+            format!(" KOKOA_CA_FILE={}", shell_word(&options.control_ca_file()))
+        } else {
+            String::new()
+        },
         origin = setup::ORIGIN,
         service = setup::SERVICE,
     )

@@ -5,18 +5,31 @@ use std::time::Duration;
 
 use super::error::Result;
 use super::model::{Actor, ApiToken, Id, IssuedApiToken};
+use super::users::Role;
 
 /// The API tokens part of [`Store`](super::Store).
 ///
 /// Mutating methods take the [`Actor`] recorded in the change's event.
 #[async_trait]
 pub trait ApiTokenStore: Send + Sync {
-    /// Creates a REST API token; `ttl` `None` never expires.
+    /// Creates an admin REST API token; `ttl` `None` never expires.
     async fn create_api_token(
         &self,
         actor: &Actor,
         name: &str,
         ttl: Option<Duration>,
+    ) -> Result<IssuedApiToken> {
+        self.create_api_token_with_role(actor, name, ttl, Role::Admin)
+            .await
+    }
+
+    /// Creates a REST API token with `role`; `ttl` `None` never expires.
+    async fn create_api_token_with_role(
+        &self,
+        actor: &Actor,
+        name: &str,
+        ttl: Option<Duration>,
+        role: Role,
     ) -> Result<IssuedApiToken>;
 
     /// The API token a bearer secret belongs to. `Unauthenticated` when unknown, expired or

@@ -27,6 +27,10 @@ pub enum Entity {
     ApiToken,
     /// A health-check result.
     HealthCheck,
+    /// A dashboard account.
+    User,
+    /// A dashboard login session.
+    Session,
     /// A notification target (webhook or Slack).
     NotificationTarget,
     /// A DNS name control steers (events of DNS steering: fail open, addresses changed).
@@ -47,6 +51,8 @@ impl Entity {
             Entity::NodeToken => "node_token",
             Entity::ApiToken => "api_token",
             Entity::HealthCheck => "health_check",
+            Entity::User => "user",
+            Entity::Session => "session",
             Entity::NotificationTarget => "notification_target",
             Entity::Dns => "dns",
         }
@@ -65,6 +71,8 @@ impl Entity {
             "node_token" => Entity::NodeToken,
             "api_token" => Entity::ApiToken,
             "health_check" => Entity::HealthCheck,
+            "user" => Entity::User,
+            "session" => Entity::Session,
             "notification_target" => Entity::NotificationTarget,
             "dns" => Entity::Dns,
             _ => return None,

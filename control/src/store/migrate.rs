@@ -46,6 +46,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "fleet health: node states, drains, health history kinds",
         sql: include_str!("migrations/0005_health.sql"),
     },
+    Migration {
+        version: 6,
+        description: "dashboard accounts, sessions and API token roles",
+        sql: include_str!("migrations/0006_accounts.sql"),
+    },
 ];
 
 /// The advisory lock key serializing migrations (and writes) across PostgreSQL replicas:

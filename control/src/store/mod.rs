@@ -4,7 +4,7 @@
 //! [`Store`] combines one trait per kind of record ([`OriginStore`], [`ServiceStore`],
 //! [`EdgeStore`], [`RouteStore`], [`TcpRouteStore`], [`CertificateStore`], [`AcmeStore`],
 //! [`NodeTokenStore`], [`ApiTokenStore`], [`EventStore`], [`HealthStore`], [`NodeStateStore`],
-//! [`LeaderStore`], [`NotificationStore`]), each
+//! [`LeaderStore`], [`NotificationStore`], [`UserStore`], [`SessionStore`]), each
 //! declared in its own file here and implemented for SQL in the file of the same name under
 //! [`sql`]. The record types themselves are in [`model`].
 //!
@@ -49,8 +49,10 @@ mod notify_rules;
 mod origins;
 mod routes;
 mod services;
+pub mod sessions;
 pub mod spec;
 mod tcp_routes;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -76,8 +78,12 @@ pub use notifications::{
 pub use origins::OriginStore;
 pub use routes::RouteStore;
 pub use services::ServiceStore;
+pub use sessions::{IssuedSession, NewSession, Session, SessionStage, SessionStore};
 pub use sql::{Engine, Leadership, SqlStore};
 pub use tcp_routes::TcpRouteStore;
+pub use users::{
+    FailureOutcome, LockoutPolicy, NewUser, Role, User, UserSecrets, UserStore, UserUpdate,
+};
 
 /// Opens the store at `url` (`sqlite://PATH`, a bare file path, or `postgres://...`), creating
 /// and migrating the database as needed.
@@ -108,6 +114,8 @@ pub trait Store:
     + EventStore
     + HealthStore
     + NotificationStore
+    + UserStore
+    + SessionStore
     + Send
     + Sync
     + std::fmt::Debug

@@ -46,6 +46,8 @@ pub enum Actor {
     System,
     /// A node acting on its own behalf (enrollment, NACK), by node name.
     Node(String),
+    /// A person logged in to the dashboard, by user name.
+    User(String),
 }
 
 impl fmt::Display for Actor {
@@ -55,6 +57,7 @@ impl fmt::Display for Actor {
             Actor::Cli => f.write_str("cli"),
             Actor::System => f.write_str("system"),
             Actor::Node(name) => write!(f, "node:{name}"),
+            Actor::User(name) => write!(f, "user:{name}"),
         }
     }
 }
@@ -970,6 +973,9 @@ pub struct ApiToken {
     pub id: Id,
     /// Unique name; events made with it have actor `api:<name>`.
     pub name: String,
+    /// What requests with it may do (tokens made before roles existed are admin).
+    #[serde(default)]
+    pub role: super::users::Role,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,

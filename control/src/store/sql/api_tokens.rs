@@ -13,15 +13,17 @@ use super::write::{db_err, exists};
 use super::SqlStore;
 use crate::store::error::{Entity, Result, StoreError};
 use crate::store::model::*;
-use crate::store::{token, ApiTokenStore};
+use crate::store::{token, ApiTokenStore, Role};
 
-const API_TOKEN_COLS: &str = "id, name, created_at, expires_at, revoked_at";
+const API_TOKEN_COLS: &str = "id, name, role, created_at, expires_at, revoked_at";
 
 fn api_token_row(row: &AnyRow) -> Result<ApiToken> {
     const T: &str = "api_tokens";
+    let role: String = row.try_get("role")?;
     Ok(ApiToken {
         id: uuid(T, &row.try_get::<String, _>("id")?)?,
         name: row.try_get("name")?,
+        role: Role::parse(&role).ok_or_else(|| StoreError::corrupt(T, format!("role {role:?}")))?,
         created_at: ts(T, row.try_get("created_at")?)?,
         expires_at: opt_ts(T, row.try_get("expires_at")?)?,
         revoked_at: opt_ts(T, row.try_get("revoked_at")?)?,
@@ -41,11 +43,12 @@ async fn fetch_api_token(conn: &mut AnyConnection, id: Id) -> Result<ApiToken> {
 
 #[async_trait]
 impl ApiTokenStore for SqlStore {
-    async fn create_api_token(
+    async fn create_api_token_with_role(
         &self,
         actor: &Actor,
         name: &str,
         ttl: Option<Duration>,
+        role: Role,
     ) -> Result<IssuedApiToken> {
         let name = Name::new(name)
             .map_err(|e| StoreError::model("name", e))?
@@ -70,14 +73,15 @@ impl ApiTokenStore for SqlStore {
         let secret = token::generate("api");
         let id = Uuid::new_v4();
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, token_hash, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_tokens (id, name, token_hash, created_at, expires_at, role) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id.to_string())
         .bind(name.clone())
         .bind(token::hash(secret.expose()))
         .bind(w.now)
         .bind(ttl.map(|t| add_ms(w.now, t)))
+        .bind(role.as_str())
         .execute(w.conn())
         .await
         .map_err(db_err)?;
@@ -85,7 +89,7 @@ impl ApiTokenStore for SqlStore {
             Entity::ApiToken,
             &id.to_string(),
             "created",
-            json!({"name": name, "ttl_seconds": ttl.map(|t| t.as_secs())}),
+            json!({"name": name, "role": role, "ttl_seconds": ttl.map(|t| t.as_secs())}),
         )
         .await?;
         let token = fetch_api_token(w.conn(), id).await?;

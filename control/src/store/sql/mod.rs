@@ -31,7 +31,9 @@ mod notifications;
 mod origins;
 mod routes;
 mod services;
+mod sessions;
 mod tcp_routes;
+mod users;
 mod write;
 
 use std::str::FromStr;
