@@ -250,7 +250,12 @@ fn dashboard_builds_a_route_that_a_running_edge_serves_and_shows_the_edge_go_off
         // The overview shows the edge online with its heartbeat, then offline once killed,
         // without a reload (the page refreshes its panels itself).
         b.open(&format!("{url}/")).await?;
-        until_present(&b, "tr[data-edge='edge1'] [data-state='healthy'], tr[data-edge='edge1'] [data-state='pending']", Duration::from_secs(30)).await?;
+        until_present(
+            &b,
+            "tr[data-edge='edge1'] [data-state='online'], tr[data-edge='edge1'] [data-state='degraded']",
+            Duration::from_secs(30),
+        )
+        .await?;
         eventually("edge1 heartbeats", Duration::from_secs(30), || async {
             let status = control.ok("GET", "/status", None).await?;
             let node = status["nodes"]

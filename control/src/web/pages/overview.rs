@@ -144,12 +144,14 @@ fn number(value: Option<&Value>, decimals: usize) -> String {
     }
 }
 
-/// The state word of a node: its judged status, or `offline` when control has a live view and
-/// the node is not connected.
+/// The state word of a node: the health model's state (`enrolling`, `online`, `degraded`,
+/// `offline`, `draining`), the same word the API, `kokoa-control status` and control's metrics
+/// show. `connected` is the live view of the gRPC stream; the health model already judges it,
+/// so it only fills in a state for a record that has none.
 pub fn state_word(status: &str, connected: Option<bool>) -> String {
     match (status, connected) {
-        ("pending", _) => "pending".into(),
-        (_, Some(false)) => "offline".into(),
+        ("", Some(false)) => "offline".into(),
+        ("", _) => "enrolling".into(),
         (status, _) => status.into(),
     }
 }
