@@ -55,6 +55,9 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+# Absolute, since the strip step runs from inside the stage directory.
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 [ -n "$version" ] || die "no version in Cargo.toml"
