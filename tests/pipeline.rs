@@ -491,8 +491,8 @@ impl Pems {
 // ---------------------------------------------------------------------------------------------
 
 enum Applying {
-    Edge(EdgeApplier<TunnelDialer>),
-    Origin(OriginApplier),
+    Edge(Box<EdgeApplier<TunnelDialer>>),
+    Origin(Box<OriginApplier>),
 }
 
 /// One node's real applier with its own runtime and tunnel (bound on loopback).
@@ -532,7 +532,7 @@ impl Node {
         });
         Node {
             runtime,
-            applier: Applying::Edge(applier),
+            applier: Applying::Edge(Box::new(applier)),
             applied: 0,
             _tunnel: tunnel,
             _incoming: incoming,
@@ -564,7 +564,7 @@ impl Node {
         });
         Node {
             runtime,
-            applier: Applying::Origin(applier),
+            applier: Applying::Origin(Box::new(applier)),
             applied: 0,
             _tunnel: tunnel,
             _incoming: incoming,
@@ -574,8 +574,8 @@ impl Node {
     fn apply(&self, snapshot: &pb::Snapshot) -> Result<(), kokoa_model::ModelError> {
         self.runtime.block_on(async {
             match &self.applier {
-                Applying::Edge(a) => Applier::apply(a, snapshot).await,
-                Applying::Origin(a) => Applier::apply(a, snapshot).await,
+                Applying::Edge(a) => Applier::apply(a.as_ref(), snapshot).await,
+                Applying::Origin(a) => Applier::apply(a.as_ref(), snapshot).await,
             }
         })
     }
@@ -820,7 +820,7 @@ fn any_change_the_api_accepts_every_node_accepts() {
     // PROPTEST_RNG_SEED to explore other sequences.
     let defaults = Config::default();
     let rng_seed = match defaults.rng_seed {
-        RngSeed::Random => RngSeed::Fixed(0x6b6f_6b6f_6131_35),
+        RngSeed::Random => RngSeed::Fixed(0x006b_6f6b_6f61_3135),
         seed => seed,
     };
     let mut runner = TestRunner::new(Config {
