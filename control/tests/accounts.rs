@@ -5,102 +5,20 @@
 //! SQLite always; PostgreSQL when `KOKOA_TEST_POSTGRES` is set (skipped with a reason otherwise,
 //! failing under `CI=true`), each test in a fresh database.
 
+#[macro_use]
+mod engines;
+
+use engines::Db;
 use std::net::IpAddr;
-use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use kokoa_control::account::throttle::AddressPolicy;
 use kokoa_control::account::{totp, Accounts, Client, LoginError, LoginStep, SessionPolicy};
 use kokoa_control::store::{
-    Actor, Entity, EventQuery, FailureOutcome, LockoutPolicy, MasterKey, NewSession, NewUser, Role,
-    SessionStage, SqlStore, Store, StoreError, UserUpdate,
+    Actor, Entity, EventQuery, FailureOutcome, LockoutPolicy, NewSession, NewUser, Role,
+    SessionStage, StoreError, UserUpdate,
 };
-use sqlx::{ConnectOptions, Connection};
-
-struct Db {
-    sql: Arc<SqlStore>,
-    store: Arc<dyn Store>,
-    pg: Option<(String, String)>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Db {
-    async fn sqlite() -> Result<Db> {
-        let dir = tempfile::tempdir()?;
-        let url = dir.path().join("control.db").to_string_lossy().into_owned();
-        let sql = Arc::new(SqlStore::open(&url, MasterKey::generate()).await?);
-        Ok(Db {
-            store: sql.clone(),
-            sql,
-            pg: None,
-            _dir: Some(dir),
-        })
-    }
-
-    async fn postgres() -> Result<Option<Db>> {
-        let Some(base) = kokoa_tests::prereq::postgres("PostgreSQL account tests") else {
-            return Ok(None);
-        };
-        let name = format!("kokoa_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&base)
-            .await
-            .with_context(|| format!("connecting to KOKOA_TEST_POSTGRES={base}"))?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await?;
-        admin.close().await?;
-        let url = sqlx::postgres::PgConnectOptions::from_str(&base)?
-            .database(&name)
-            .to_url_lossy()
-            .to_string();
-        let sql = Arc::new(SqlStore::open(&url, MasterKey::generate()).await?);
-        Ok(Some(Db {
-            store: sql.clone(),
-            sql,
-            pg: Some((base, name)),
-            _dir: None,
-        }))
-    }
-
-    async fn finish(self) -> Result<()> {
-        self.sql.close().await;
-        if let Some((base, name)) = self.pg {
-            let mut admin = sqlx::PgConnection::connect(&base).await?;
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut admin)
-                .await?;
-            admin.close().await?;
-        }
-        Ok(())
-    }
-}
-
-macro_rules! both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    let db = super::Db::sqlite().await?;
-                    super::$name(&db).await?;
-                    db.finish().await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    let Some(db) = super::Db::postgres().await? else { return Ok(()) };
-                    super::$name(&db).await?;
-                    db.finish().await
-                }
-            )*
-        }
-    };
-}
 
 both_engines!(
     users_roles_and_the_last_admin,

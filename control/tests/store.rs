@@ -3,9 +3,11 @@
 //! parallel). Without it the PostgreSQL tests print `SKIPPED` and pass, unless `CI=true`, where
 //! they fail: CI must exercise both engines.
 
+#[macro_use]
+mod engines;
+
+use engines::Db;
 use std::collections::BTreeSet;
-use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -14,118 +16,10 @@ use kokoa_control::store::{
     Endpoint, Entity, EventQuery, HealthPath, HealthQuery, HostPattern, MasterKey, Nack,
     NackObject, Name, NewCertificate, NewEdge, NewHealthCheck, NewOrigin, NewRoute, NewService,
     NewTcpRoute, NodeId, NodeStatus, OriginUpdate, Port, Protocol, RouteUpdate, ServiceUpdate,
-    SqlStore, Store, StoreError,
+    StoreError,
 };
 use kokoa_model::key::PrivateKey;
-use sqlx::{ConnectOptions, Connection, Row};
-
-/// One test database and the store opened on it.
-struct Db {
-    url: String,
-    key: MasterKey,
-    sql: Arc<SqlStore>,
-    store: Arc<dyn Store>,
-    /// PostgreSQL: (admin URL, database name) to drop at the end.
-    pg: Option<(String, String)>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Db {
-    async fn sqlite() -> Result<Db> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("control.db");
-        // A bare path: the default form of --database.
-        Db::open(path.to_string_lossy().into_owned(), None, Some(dir)).await
-    }
-
-    async fn postgres() -> Result<Option<Db>> {
-        let Some(base) = kokoa_tests::prereq::postgres("PostgreSQL store tests") else {
-            return Ok(None);
-        };
-        let name = format!("kokoa_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&base)
-            .await
-            .with_context(|| format!("connecting to KOKOA_TEST_POSTGRES={base}"))?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await?;
-        admin.close().await?;
-        let url = sqlx::postgres::PgConnectOptions::from_str(&base)?
-            .database(&name)
-            .to_url_lossy()
-            .to_string();
-        Db::open(url, Some((base, name)), None).await.map(Some)
-    }
-
-    async fn open(
-        url: String,
-        pg: Option<(String, String)>,
-        dir: Option<tempfile::TempDir>,
-    ) -> Result<Db> {
-        let key = MasterKey::generate();
-        let sql = Arc::new(SqlStore::open(&url, key.clone()).await?);
-        Ok(Db {
-            url,
-            key,
-            store: sql.clone(),
-            sql,
-            pg,
-            _dir: dir,
-        })
-    }
-
-    /// Opens a second store on the same database.
-    async fn reopen(&self, key: MasterKey) -> Result<Arc<dyn Store>> {
-        Ok(store::open(&self.url, key).await?)
-    }
-
-    async fn finish(self) -> Result<()> {
-        self.sql.close().await;
-        if let Some((base, name)) = self.pg {
-            let mut admin = sqlx::PgConnection::connect(&base).await?;
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut admin)
-                .await?;
-            admin.close().await?;
-        }
-        Ok(())
-    }
-
-    /// All text values of one column (for checking what is stored raw).
-    async fn column(&self, table: &str, column: &str) -> Result<Vec<Option<String>>> {
-        let rows = sqlx::query(&format!("SELECT {column} AS v FROM {table}"))
-            .fetch_all(self.sql.pool())
-            .await?;
-        rows.iter()
-            .map(|r| r.try_get::<Option<String>, _>("v").map_err(Into::into))
-            .collect()
-    }
-}
-
-macro_rules! both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    let db = super::Db::sqlite().await?;
-                    super::$name(&db).await?;
-                    db.finish().await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    let Some(db) = super::Db::postgres().await? else { return Ok(()) };
-                    super::$name(&db).await?;
-                    db.finish().await
-                }
-            )*
-        }
-    };
-}
+use sqlx::Row;
 
 both_engines!(
     migrations_are_idempotent_on_reopen,
