@@ -200,7 +200,8 @@ impl CloudFake {
 fn answer(status: u16, body: Option<Value>) -> Response<Full<Bytes>> {
     let bytes = body.map(|b| b.to_string()).unwrap_or_default();
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if status != 204 {
         response.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
@@ -283,15 +284,72 @@ fn check_create(cloud: Cloud, body: &Value) -> std::result::Result<String, (u16,
     };
     let (known, required): (&[&str], &[&str]) = match cloud {
         Cloud::DigitalOcean => (
-            &["name", "names", "region", "size", "image", "ssh_keys", "backups", "ipv6", "monitoring", "tags", "user_data", "private_networking", "vpc_uuid", "with_droplet_agent", "volumes"],
+            &[
+                "name",
+                "names",
+                "region",
+                "size",
+                "image",
+                "ssh_keys",
+                "backups",
+                "ipv6",
+                "monitoring",
+                "tags",
+                "user_data",
+                "private_networking",
+                "vpc_uuid",
+                "with_droplet_agent",
+                "volumes",
+            ],
             &["name", "region", "size", "image"],
         ),
         Cloud::Vultr => (
-            &["region", "plan", "os_id", "iso_id", "snapshot_id", "app_id", "image_id", "ipxe_chain_url", "script_id", "enable_ipv6", "disable_public_ipv4", "attach_vpc", "sshkey_id", "backups", "ddos_protection", "user_data", "reserved_ipv4", "activation_email", "hostname", "label", "tags", "firewall_group_id", "enable_vpc", "user_scheme"],
+            &[
+                "region",
+                "plan",
+                "os_id",
+                "iso_id",
+                "snapshot_id",
+                "app_id",
+                "image_id",
+                "ipxe_chain_url",
+                "script_id",
+                "enable_ipv6",
+                "disable_public_ipv4",
+                "attach_vpc",
+                "sshkey_id",
+                "backups",
+                "ddos_protection",
+                "user_data",
+                "reserved_ipv4",
+                "activation_email",
+                "hostname",
+                "label",
+                "tags",
+                "firewall_group_id",
+                "enable_vpc",
+                "user_scheme",
+            ],
             &["region", "plan"],
         ),
         Cloud::Hetzner => (
-            &["name", "server_type", "image", "location", "datacenter", "start_after_create", "ssh_keys", "volumes", "networks", "firewalls", "user_data", "labels", "automount", "public_net", "placement_group"],
+            &[
+                "name",
+                "server_type",
+                "image",
+                "location",
+                "datacenter",
+                "start_after_create",
+                "ssh_keys",
+                "volumes",
+                "networks",
+                "firewalls",
+                "user_data",
+                "labels",
+                "automount",
+                "public_net",
+                "placement_group",
+            ],
             &["name", "server_type", "image"],
         ),
     };
@@ -307,17 +365,23 @@ fn check_create(cloud: Cloud, body: &Value) -> std::result::Result<String, (u16,
                 .iter()
                 .any(|k| object.contains_key(*k))
             {
-                return invalid("one of os_id, iso_id, snapshot_id, app_id or image_id is required".into());
+                return invalid(
+                    "one of os_id, iso_id, snapshot_id, app_id or image_id is required".into(),
+                );
             }
             if let Some(data) = object.get("user_data") {
-                let ok = data.as_str().is_some_and(|d| {
-                    base64::engine::general_purpose::STANDARD.decode(d).is_ok()
-                });
+                let ok = data
+                    .as_str()
+                    .is_some_and(|d| base64::engine::general_purpose::STANDARD.decode(d).is_ok());
                 if !ok {
                     return invalid("user_data must be base64-encoded".into());
                 }
             }
-            object.get("label").and_then(Value::as_str).unwrap_or_default().to_owned()
+            object
+                .get("label")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
         }
         _ => object["name"].as_str().unwrap_or_default().to_owned(),
     };
@@ -331,7 +395,10 @@ fn check_create(cloud: Cloud, body: &Value) -> std::result::Result<String, (u16,
     }
     if cloud == Cloud::DigitalOcean || cloud == Cloud::Hetzner {
         if let Some(data) = object.get("user_data") {
-            if !data.as_str().is_some_and(|d| d.starts_with("#cloud-config") || d.starts_with("#!")) {
+            if !data
+                .as_str()
+                .is_some_and(|d| d.starts_with("#cloud-config") || d.starts_with("#!"))
+            {
                 return invalid("user_data is not a cloud-config or script".into());
             }
         }
@@ -343,7 +410,11 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<By
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
-    let full = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
+    let full = if query.is_empty() {
+        path.clone()
+    } else {
+        format!("{path}?{query}")
+    };
     let response = route(shared, request, &method, &path, &query).await;
     let status = response.status().as_u16();
     shared
@@ -404,7 +475,14 @@ async fn route(
     match (method, rest) {
         ("POST", "") => {
             if !json_body {
-                return answer(415, Some(cloud.error(415, "unsupported_media_type", "Content-Type must be application/json")));
+                return answer(
+                    415,
+                    Some(cloud.error(
+                        415,
+                        "unsupported_media_type",
+                        "Content-Type must be application/json",
+                    )),
+                );
             }
             if !state.fail_next.is_empty() {
                 let (status, body) = state.fail_next.remove(0);
@@ -418,7 +496,10 @@ async fn route(
                 Err((status, body)) => return answer(status, Some(body)),
             };
             if cloud == Cloud::Hetzner && state.machines.values().any(|m| m.name == name) {
-                return answer(409, Some(cloud.error(409, "uniqueness_error", "server name is already used")));
+                return answer(
+                    409,
+                    Some(cloud.error(409, "uniqueness_error", "server name is already used")),
+                );
             }
             state.next += 1;
             let n = state.next;
@@ -437,9 +518,19 @@ async fn route(
             let rendered = render(cloud, &machine);
             state.machines.insert(id.clone(), machine);
             match cloud {
-                Cloud::DigitalOcean => answer(202, Some(json!({singular: rendered, "links": {"actions": [{"id": n, "rel": "create", "href": format!("https://api.digitalocean.com/v2/actions/{n}")}]}}))),
+                Cloud::DigitalOcean => answer(
+                    202,
+                    Some(
+                        json!({singular: rendered, "links": {"actions": [{"id": n, "rel": "create", "href": format!("https://api.digitalocean.com/v2/actions/{n}")}]}}),
+                    ),
+                ),
                 Cloud::Vultr => answer(202, Some(json!({singular: rendered}))),
-                Cloud::Hetzner => answer(201, Some(json!({singular: rendered, "action": {"id": n, "command": "create_server", "status": "running"}, "next_actions": [], "root_password": null}))),
+                Cloud::Hetzner => answer(
+                    201,
+                    Some(
+                        json!({singular: rendered, "action": {"id": n, "command": "create_server", "status": "running"}, "next_actions": [], "root_password": null}),
+                    ),
+                ),
             }
         }
         ("GET", "") => {
@@ -449,10 +540,24 @@ async fn route(
                 let allowed: &[&str] = match cloud {
                     Cloud::DigitalOcean => &["name", "tag_name", "page", "per_page", "type"],
                     Cloud::Vultr => &["label", "per_page", "cursor", "tag", "main_ip", "region"],
-                    Cloud::Hetzner => &["name", "label_selector", "status", "sort", "page", "per_page"],
+                    Cloud::Hetzner => &[
+                        "name",
+                        "label_selector",
+                        "status",
+                        "sort",
+                        "page",
+                        "per_page",
+                    ],
                 };
                 if !allowed.contains(&key) {
-                    return answer(400, Some(cloud.error(400, "invalid_input", &format!("unknown query parameter {key:?}"))));
+                    return answer(
+                        400,
+                        Some(cloud.error(
+                            400,
+                            "invalid_input",
+                            &format!("unknown query parameter {key:?}"),
+                        )),
+                    );
                 }
                 if key == "name" || key == "label" {
                     filter = Some(value.to_owned());
@@ -468,17 +573,23 @@ async fn route(
             let meta = match cloud {
                 Cloud::DigitalOcean => json!({"total": total}),
                 Cloud::Vultr => json!({"total": total, "links": {"next": "", "prev": ""}}),
-                Cloud::Hetzner => json!({"pagination": {"page": 1, "per_page": 25, "previous_page": null, "next_page": null, "last_page": 1, "total_entries": total}}),
+                Cloud::Hetzner => {
+                    json!({"pagination": {"page": 1, "per_page": 25, "previous_page": null, "next_page": null, "last_page": 1, "total_entries": total}})
+                }
             };
             match cloud {
-                Cloud::DigitalOcean => answer(200, Some(json!({plural: list, "links": {}, "meta": meta}))),
+                Cloud::DigitalOcean => {
+                    answer(200, Some(json!({plural: list, "links": {}, "meta": meta})))
+                }
                 _ => answer(200, Some(json!({plural: list, "meta": meta}))),
             }
         }
         (method, id) => {
             let id = id.trim_start_matches('/');
             let valid = match cloud {
-                Cloud::Vultr => !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
+                Cloud::Vultr => {
+                    !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+                }
                 _ => !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()),
             };
             if !valid {
@@ -502,11 +613,19 @@ async fn route(
                         return not_found();
                     }
                     match cloud {
-                        Cloud::Hetzner => answer(200, Some(json!({"action": {"id": 1, "command": "delete_server", "status": "running"}}))),
+                        Cloud::Hetzner => answer(
+                            200,
+                            Some(
+                                json!({"action": {"id": 1, "command": "delete_server", "status": "running"}}),
+                            ),
+                        ),
                         _ => answer(204, None),
                     }
                 }
-                _ => answer(405, Some(cloud.error(405, "method_not_allowed", "method not allowed"))),
+                _ => answer(
+                    405,
+                    Some(cloud.error(405, "method_not_allowed", "method not allowed")),
+                ),
             }
         }
     }

@@ -43,8 +43,8 @@ pub mod net;
 pub mod netns;
 pub mod pki;
 pub mod prereq;
-pub mod provision;
 pub mod process;
+pub mod provision;
 pub mod topology;
 
 pub use net::eventually;

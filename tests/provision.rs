@@ -82,26 +82,30 @@ impl Webhook {
                 };
                 let sink = sink.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                        let sink = sink.clone();
-                        async move {
-                            let body = request
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            if let Ok(value) = serde_json::from_slice::<Value>(&body) {
-                                let delivered = Delivered {
-                                    event_id: value["event"]["id"].as_u64().unwrap_or(0),
-                                    kind: value["kind"].as_str().unwrap_or_default().to_owned(),
-                                    detail: value["event"]["detail"].clone(),
-                                };
-                                sink.lock().unwrap_or_else(|e| e.into_inner()).push(delivered);
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let sink = sink.clone();
+                            async move {
+                                let body = request
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+                                    let delivered = Delivered {
+                                        event_id: value["event"]["id"].as_u64().unwrap_or(0),
+                                        kind: value["kind"].as_str().unwrap_or_default().to_owned(),
+                                        detail: value["event"]["detail"].clone(),
+                                    };
+                                    sink.lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .push(delivered);
+                                }
+                                Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
                             }
-                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
-                        }
-                    });
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -373,11 +377,15 @@ impl SelfHealing {
 
     /// Waits until BIND answers exactly `expected` for the route.
     pub async fn dns_is(&self, expected: &BTreeSet<IpAddr>, within: Duration) -> Result<()> {
-        eventually(&format!("{} answers {expected:?}", host()), within, || async {
-            let got = self.answer().await?;
-            ensure!(got == *expected, "{} answers {got:?}", host());
-            Ok(())
-        })
+        eventually(
+            &format!("{} answers {expected:?}", host()),
+            within,
+            || async {
+                let got = self.answer().await?;
+                ensure!(got == *expected, "{} answers {got:?}", host());
+                Ok(())
+            },
+        )
         .await
     }
 
@@ -468,7 +476,11 @@ impl SelfHealing {
     pub async fn destroy_all(&self) -> Result<()> {
         for (name, _) in self.edges().await? {
             self.control
-                .ok("POST", &format!("/edge-nodes/{name}/destroy"), Some(json!({})))
+                .ok(
+                    "POST",
+                    &format!("/edge-nodes/{name}/destroy"),
+                    Some(json!({})),
+                )
                 .await?;
         }
         Ok(())

@@ -339,10 +339,7 @@ pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
             "; provisioner {}{}",
             provisioner.kind(),
             if replace.auto {
-                format!(
-                    ", auto-replace after {} s offline",
-                    replace.after.as_secs()
-                )
+                format!(", auto-replace after {} s offline", replace.after.as_secs())
             } else {
                 String::new()
             }

@@ -87,8 +87,11 @@ async fn provider_lifecycle(cloud: Cloud) -> Result<()> {
         Cloud::Vultr => {
             use base64::Engine as _;
             String::from_utf8(
-                base64::engine::general_purpose::STANDARD
-                    .decode(machines[0].request["user_data"].as_str().context("user_data")?)?,
+                base64::engine::general_purpose::STANDARD.decode(
+                    machines[0].request["user_data"]
+                        .as_str()
+                        .context("user_data")?,
+                )?,
             )?
         }
         _ => machines[0].request["user_data"]
@@ -99,7 +102,10 @@ async fn provider_lifecycle(cloud: Cloud) -> Result<()> {
     ensure!(data.starts_with("#cloud-config\n"), "{data}");
     ensure!(data.contains("/install.sh"), "{data}");
     if cloud != Cloud::Hetzner {
-        ensure!(made.public_ip.is_none() && made.status == InstanceStatus::Starting, "{made:?}");
+        ensure!(
+            made.public_ip.is_none() && made.status == InstanceStatus::Starting,
+            "{made:?}"
+        );
     }
 
     // The address comes while it boots.
@@ -112,11 +118,17 @@ async fn provider_lifecycle(cloud: Cloud) -> Result<()> {
     );
     let found = p.find("edge_1").await?.context("find by name")?;
     ensure!(found.id == made.id, "{found:?}");
-    ensure!(p.find("other").await?.is_none(), "found a machine never made");
+    ensure!(
+        p.find("other").await?.is_none(),
+        "found a machine never made"
+    );
 
     p.destroy(&made.id).await?;
     ensure!(fake.machines().is_empty(), "not destroyed");
-    ensure!(p.status(&made.id).await?.status == InstanceStatus::Gone, "still there");
+    ensure!(
+        p.status(&made.id).await?.status == InstanceStatus::Gone,
+        "still there"
+    );
     // Destroying again succeeds: the provider answers 404 and that means gone.
     p.destroy(&made.id).await?;
 
@@ -140,7 +152,10 @@ async fn provider_lifecycle(cloud: Cloud) -> Result<()> {
         .filter(|(m, _, _)| m == "POST")
         .map(|(_, _, s)| *s)
         .collect::<Vec<_>>();
-    ensure!(posts.ends_with(&[429, 201]) || posts.ends_with(&[429, 202]), "{posts:?}");
+    ensure!(
+        posts.ends_with(&[429, 201]) || posts.ends_with(&[429, 202]),
+        "{posts:?}"
+    );
     p.destroy(&made.id).await?;
     // ... until the attempts run out.
     for _ in 0..ATTEMPTS {
@@ -224,7 +239,32 @@ async fn mark_serving(store: &Arc<dyn Store>, name: &str) -> Result<()> {
         .record_config_ack(NodeId::Edge(edge.id), version)
         .await?;
     store
-        .set_node_state(&Actor::System, NodeId::Edge(edge.id), NodeStatus::Online, "ok")
+        .set_node_state(
+            &Actor::System,
+            NodeId::Edge(edge.id),
+            NodeStatus::Online,
+            "ok",
+        )
+        .await?;
+    let checks = (0..3)
+        .map(|_| kokoa_control::store::NewHealthCheck {
+            kind: kokoa_control::store::CheckKind::Public,
+            target: "https://192.0.2.1:443".into(),
+            edge_id: Some(edge.id),
+            origin_id: None,
+            service_id: None,
+            success: true,
+            response_time_ms: Some(1),
+            error: None,
+            checked_at: time::OffsetDateTime::now_utc(),
+        })
+        .collect();
+    store.record_health_checks(checks).await?;
+    store
+        .record_heartbeat(
+            NodeId::Edge(edge.id),
+            serde_json::json!({"applied_version": version, "peers": [{"public_key": "k", "up": true}]}),
+        )
         .await?;
     Ok(())
 }
@@ -277,11 +317,19 @@ async fn an_offline_edge_is_replaced(db: &Db) -> Result<()> {
     // Online edges are left alone.
     mark_serving(&store, "edge1").await?;
     r.pass().await?;
-    ensure!(store.list_replacements(false, 10).await?.is_empty(), "replaced a healthy edge");
+    ensure!(
+        store.list_replacements(false, 10).await?.is_empty(),
+        "replaced a healthy edge"
+    );
 
     // Offline for --replace-after (0 here): replaced.
     store
-        .set_node_state(&Actor::System, NodeId::Edge(old.id), NodeStatus::Offline, "3 failed probes")
+        .set_node_state(
+            &Actor::System,
+            NodeId::Edge(old.id),
+            NodeStatus::Offline,
+            "3 failed probes",
+        )
         .await?;
     r.pass().await?;
     let list = store.list_replacements(true, 10).await?;
@@ -311,7 +359,10 @@ async fn an_offline_edge_is_replaced(db: &Db) -> Result<()> {
         new.endpoint.as_deref() == Some(format!("{ip}:51820").as_str()),
         "{new:?}"
     );
-    ensure!(store.get_edge(old.id).await.is_ok(), "the old edge went before the new one served");
+    ensure!(
+        store.get_edge(old.id).await.is_ok(),
+        "the old edge went before the new one served"
+    );
     ensure!(fake.machines().len() == 2, "a machine went early");
 
     // Serving: the old machine is destroyed and the old edge deleted.
@@ -320,7 +371,10 @@ async fn an_offline_edge_is_replaced(db: &Db) -> Result<()> {
     let done = store.list_replacements(false, 10).await?;
     ensure!(done[0].stage == ReplacementStage::Done, "{done:?}");
     ensure!(
-        matches!(store.get_edge(old.id).await, Err(StoreError::NotFound { .. })),
+        matches!(
+            store.get_edge(old.id).await,
+            Err(StoreError::NotFound { .. })
+        ),
         "the old edge is still in the store"
     );
     let machines = fake.machines();
@@ -328,7 +382,10 @@ async fn an_offline_edge_is_replaced(db: &Db) -> Result<()> {
         machines.len() == 1 && machines[0].name == "edge1-r2",
         "{machines:?}"
     );
-    ensure!(store.get_instance(old.id).await?.is_none(), "old instance on record");
+    ensure!(
+        store.get_instance(old.id).await?.is_none(),
+        "old instance on record"
+    );
     let kinds = kinds(&store).await?;
     let steps: Vec<&str> = kinds
         .iter()
@@ -366,15 +423,24 @@ async fn an_offline_edge_is_replaced(db: &Db) -> Result<()> {
     let last = &store.list_replacements(false, 10).await?[0];
     ensure!(
         last.stage == ReplacementStage::Failed
-            && last.error.as_deref().is_some_and(|e| e.contains("droplet limit reached")),
+            && last
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("droplet limit reached")),
         "{last:?}"
     );
-    let names: Vec<String> = store.list_edges().await?.into_iter().map(|e| e.name).collect();
+    let names: Vec<String> = store
+        .list_edges()
+        .await?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     ensure!(names == ["edge1-r2"], "{names:?}");
     ensure!(fake.machines().len() == 1, "{:?}", fake.machines());
     let kinds = kinds_after(&store).await?;
     ensure!(
-        kinds.iter().any(|k| k == "provision.failed") && kinds.iter().any(|k| k == "edge.replace_failed"),
+        kinds.iter().any(|k| k == "provision.failed")
+            && kinds.iter().any(|k| k == "edge.replace_failed"),
         "{kinds:?}"
     );
     Ok(())
@@ -438,7 +504,10 @@ async fn a_restarted_control_resumes_and_bounds_hold(db: &Db) -> Result<()> {
     store.delete_edge(&Actor::Cli, new.id).await?;
     ensure!(restarted.sweep().await? == 1, "nothing swept");
     ensure!(fake.machines().is_empty(), "{:?}", fake.machines());
-    ensure!(store.list_instances().await?.is_empty(), "instance still on record");
+    ensure!(
+        store.list_instances().await?.is_empty(),
+        "instance still on record"
+    );
     Ok(())
 }
 

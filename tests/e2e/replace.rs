@@ -75,7 +75,9 @@ fn a_killed_edge_is_replaced_by_a_provisioned_one() {
         let second = fleet.provision("edge2").await?;
         fleet.serves(first, SETTLE).await?;
         fleet.serves(second, SETTLE).await?;
-        fleet.dns_is(&BTreeSet::from([first, second]), SETTLE).await?;
+        fleet
+            .dns_is(&BTreeSet::from([first, second]), SETTLE)
+            .await?;
 
         let killed_dir = fleet.local_dir.join("edge1");
         fleet.kill("edge1").await?;
@@ -84,7 +86,10 @@ fn a_killed_edge_is_replaced_by_a_provisioned_one() {
         ensure!(new == replacement, "{new} vs {replacement}");
         eprintln!("replace: edge1 replaced by {new}");
         let third = fleet.public_ip(&new).await?;
-        ensure!(third != first && third != second, "the new edge reuses {third}");
+        ensure!(
+            third != first && third != second,
+            "the new edge reuses {third}"
+        );
 
         // The new edge serves the route through the tunnel, and DNS has it, not the dead one.
         fleet.serves(third, Duration::from_secs(10)).await?;
@@ -100,16 +105,21 @@ fn a_killed_edge_is_replaced_by_a_provisioned_one() {
             names == ["edge2".to_owned(), new.clone()],
             "edges after the replacement: {names:?}"
         );
-        let instances = fleet.control.ok("GET", "/provision/instances", None).await?;
+        let instances = fleet
+            .control
+            .ok("GET", "/provision/instances", None)
+            .await?;
         ensure!(
             instances.as_array().map(Vec::len) == Some(2),
             "machines on record: {instances}"
         );
 
         // The webhook got the steps, in order.
-        eventually("the webhook got edge.replaced", Duration::from_secs(10), || async {
-            in_order(&fleet.webhook.received(), "edge1", &new)
-        })
+        eventually(
+            "the webhook got edge.replaced",
+            Duration::from_secs(10),
+            || async { in_order(&fleet.webhook.received(), "edge1", &new) },
+        )
         .await?;
 
         fleet.destroy_all().await?;
@@ -138,11 +148,15 @@ fn a_replacement_survives_a_control_restart() {
         // being brought up (it has a machine, it does not serve yet).
         fleet.control.cli(&["edge", "replace", "edge1"]).await?;
         let new = fleet.successor("edge1", Duration::from_secs(30)).await?;
-        eventually("the new edge's machine", Duration::from_secs(30), || async {
-            local_edge_pid(&fleet.local_dir.join(&new))
-                .map(drop)
-                .with_context(|| format!("{new} does not run yet"))
-        })
+        eventually(
+            "the new edge's machine",
+            Duration::from_secs(30),
+            || async {
+                local_edge_pid(&fleet.local_dir.join(&new))
+                    .map(drop)
+                    .with_context(|| format!("{new} does not run yet"))
+            },
+        )
         .await?;
         fleet.control.kill().await?;
         fleet.control.restart().await?;

@@ -142,5 +142,7 @@ pub(super) async fn instance(
         .get_instance(edge.id)
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("edge {:?} has no provisioned machine", edge.name)))
+        .ok_or_else(|| {
+            ApiError::not_found(format!("edge {:?} has no provisioned machine", edge.name))
+        })
 }

@@ -54,10 +54,18 @@ pub struct ProvisionArgs {
     pub ssh_keys: Vec<String>,
     /// Cloud: https:// URL of the kokoa-edge binary new VPSes download (with
     /// --provision-release-sha256); without it the image must already have kokoa-edge.
-    #[arg(long = "provision-release-url", value_name = "URL", requires = "release_sha256")]
+    #[arg(
+        long = "provision-release-url",
+        value_name = "URL",
+        requires = "release_sha256"
+    )]
     pub release_url: Option<String>,
     /// Cloud: SHA-256 (hex) of the --provision-release-url binary, checked on the VPS.
-    #[arg(long = "provision-release-sha256", value_name = "HEX", requires = "release_url")]
+    #[arg(
+        long = "provision-release-sha256",
+        value_name = "HEX",
+        requires = "release_url"
+    )]
     pub release_sha256: Option<String>,
     /// Cloud: seconds allowed for one provider API request.
     #[arg(long = "provision-timeout", value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT.as_secs())]
@@ -201,10 +209,12 @@ impl ProvisionArgs {
         };
         let provisioner: Arc<dyn Provisioner> = match kind {
             "local" => {
-                let range: ipnet::Ipv4Net = self
-                    .local_range
-                    .parse()
-                    .map_err(|e| bad("--provision-local-range", format!("{:?}: {e}", self.local_range)))?;
+                let range: ipnet::Ipv4Net = self.local_range.parse().map_err(|e| {
+                    bad(
+                        "--provision-local-range",
+                        format!("{:?}: {e}", self.local_range),
+                    )
+                })?;
                 if range.hosts().next().is_none() {
                     return Err(bad("--provision-local-range", "has no host addresses"));
                 }
@@ -222,10 +232,14 @@ impl ProvisionArgs {
                     }
                 }
                 if self.local_tunnel_port == 0 {
-                    return Err(bad("--provision-local-tunnel-port", "a local edge needs a fixed port"));
+                    return Err(bad(
+                        "--provision-local-tunnel-port",
+                        "a local edge needs a fixed port",
+                    ));
                 }
-                let program = crate::dev::nodes::find_binary("kokoa-edge", self.edge_bin.as_deref())
-                    .map_err(|e| bad("--edge-bin", format!("{e:#}")))?;
+                let program =
+                    crate::dev::nodes::find_binary("kokoa-edge", self.edge_bin.as_deref())
+                        .map_err(|e| bad("--edge-bin", format!("{e:#}")))?;
                 Arc::new(LocalProvisioner::new(LocalSettings {
                     dir: self
                         .local_dir

@@ -210,7 +210,9 @@ mod tests {
             "Unable to authenticate you"
         );
         assert_eq!(
-            error_message(br#"{"error":{"code":"unauthorized","message":"unable to authenticate"}}"#),
+            error_message(
+                br#"{"error":{"code":"unauthorized","message":"unable to authenticate"}}"#
+            ),
             "unable to authenticate"
         );
         assert_eq!(

@@ -72,7 +72,10 @@ mod tests {
         let encoded = base64::engine::general_purpose::STANDARD.encode(b"bundle bytes");
         assert!(data.contains(&format!("content: {encoded}\n")));
         assert!(data.contains("curl -fsSL --retry 5 --retry-delay 2 -o /root/kokoa-edge.download 'https://example.com/kokoa-edge'"));
-        assert!(data.contains(&format!("echo '{}  /root/kokoa-edge.download' | sha256sum -c -", "ab".repeat(32))));
+        assert!(data.contains(&format!(
+            "echo '{}  /root/kokoa-edge.download' | sha256sum -c -",
+            "ab".repeat(32)
+        )));
         assert!(data.contains("'/root/kokoa-edge-edge1'/install.sh"));
         // Without a release, the image's own kokoa-edge is used: nothing is downloaded.
         let data = user_data("edge1", b"x", None);
@@ -93,6 +96,10 @@ mod tests {
             .arg(&path)
             .output()
             .expect("sh");
-        assert!(syntax.status.success(), "{}", String::from_utf8_lossy(&syntax.stderr));
+        assert!(
+            syntax.status.success(),
+            "{}",
+            String::from_utf8_lossy(&syntax.stderr)
+        );
     }
 }

@@ -52,7 +52,11 @@ impl DigitalOcean {
     fn instance(&self, droplet: &Value) -> Result<Instance, ProvisionError> {
         let id = match &droplet["id"] {
             Value::Number(n) => n.to_string(),
-            other => return Err(self.api.unexpected(format!("a droplet without a numeric id: {other}"))),
+            other => {
+                return Err(self
+                    .api
+                    .unexpected(format!("a droplet without a numeric id: {other}")))
+            }
         };
         let public_ip = droplet["networks"]["v4"]
             .as_array()
@@ -118,7 +122,10 @@ impl Provisioner for DigitalOcean {
             "ipv6": false,
             "monitoring": false,
         });
-        let (status, answer) = self.api.call(Method::POST, "/droplets", Some(&body)).await?;
+        let (status, answer) = self
+            .api
+            .call(Method::POST, "/droplets", Some(&body))
+            .await?;
         if status == 404 {
             return Err(self.api.unexpected("POST /droplets answered 404"));
         }
@@ -161,9 +168,10 @@ impl Provisioner for DigitalOcean {
                 None,
             )
             .await?;
-        let droplets = answer["droplets"]
-            .as_array()
-            .ok_or_else(|| self.api.unexpected("the droplet list has no \"droplets\" array"))?;
+        let droplets = answer["droplets"].as_array().ok_or_else(|| {
+            self.api
+                .unexpected("the droplet list has no \"droplets\" array")
+        })?;
         droplets
             .iter()
             .find(|d| d["name"] == name.as_str())

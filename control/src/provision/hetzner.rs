@@ -161,9 +161,10 @@ impl Provisioner for Hetzner {
                 None,
             )
             .await?;
-        let servers = answer["servers"]
-            .as_array()
-            .ok_or_else(|| self.api.unexpected("the server list has no \"servers\" array"))?;
+        let servers = answer["servers"].as_array().ok_or_else(|| {
+            self.api
+                .unexpected("the server list has no \"servers\" array")
+        })?;
         servers
             .iter()
             .find(|s| s["name"] == name.as_str())

@@ -205,13 +205,14 @@ impl LocalProvisioner {
             .map_err(|e| local(format!("the bundle's edge.toml: {e}")))?;
         let s = &self.settings;
         let at = |port: u16| toml::Value::String(SocketAddr::from((address, port)).to_string());
-        let section = |table: &mut toml::Table, name: &str| -> Result<toml::Table, ProvisionError> {
-            match table.remove(name) {
-                Some(toml::Value::Table(t)) => Ok(t),
-                None => Ok(toml::Table::new()),
-                Some(_) => Err(local(format!("[{name}] of edge.toml is not a table"))),
-            }
-        };
+        let section =
+            |table: &mut toml::Table, name: &str| -> Result<toml::Table, ProvisionError> {
+                match table.remove(name) {
+                    Some(toml::Value::Table(t)) => Ok(t),
+                    None => Ok(toml::Table::new()),
+                    Some(_) => Err(local(format!("[{name}] of edge.toml is not a table"))),
+                }
+            };
         let mut edge = section(&mut table, "edge")?;
         edge.insert("https".into(), at(s.https_port));
         edge.insert("http".into(), at(s.http_port));
@@ -350,7 +351,11 @@ impl Provisioner for LocalProvisioner {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if Self::is_our_edge(pid, &config) {
-                tracing::warn!(name = id, pid, "local edge did not stop after SIGTERM; killing it");
+                tracing::warn!(
+                    name = id,
+                    pid,
+                    "local edge did not stop after SIGTERM; killing it"
+                );
                 let _ = kill(target, Signal::SIGKILL);
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while Self::is_our_edge(pid, &config) && Instant::now() < deadline {

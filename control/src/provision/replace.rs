@@ -37,9 +37,11 @@ use time::OffsetDateTime;
 use super::{Instance, InstanceSpec, InstanceStatus, ProvisionError, Provisioner};
 use crate::api::LiveNodes;
 use crate::bundle::{self, BundleNode, BundleSettings};
+use crate::health::Heartbeat;
 use crate::store::{
-    Actor, AssignmentFilter, Edge, EdgeInstance, EdgeUpdate, Endpoint, Entity, Id, InstanceState,
-    NewEdge, NodeId, NodeStatus, ReplaceCause, Replacement, ReplacementStage, Store, StoreError,
+    Actor, AssignmentFilter, CheckKind, Edge, EdgeInstance, EdgeUpdate, Endpoint, Entity,
+    HealthQuery, Id, InstanceState, NewEdge, NodeId, NodeStatus, ReplaceCause, Replacement,
+    ReplacementStage, Store, StoreError,
 };
 
 /// The singleton job name of the replacer.
@@ -54,6 +56,9 @@ pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(300);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default time a drained old edge that still served keeps running before it is destroyed.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
+/// Passing probes of its public listener in a row a new edge needs to count as serving (the
+/// health checker's default healthy threshold).
+pub const PROBES_TO_SERVE: u32 = 3;
 /// How often the replacer looks.
 const TICK: Duration = Duration::from_secs(1);
 /// How often machines whose edge is gone are looked for.
@@ -138,7 +143,9 @@ fn since(t: OffsetDateTime) -> Duration {
 /// `BASE-rN`: the old name without its own `-rN`, with the next N.
 fn successor_base(name: &str) -> &str {
     match name.rsplit_once("-r") {
-        Some((base, n)) if !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+        Some((base, n))
+            if !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) =>
+        {
             base
         }
         _ => name,
@@ -504,6 +511,43 @@ impl Replacer {
             && in_sync
     }
 
+    /// Whether the new edge has shown it serves: its last [`PROBES_TO_SERVE`] probes of its
+    /// public listener passed (the health checker judges an edge it has not probed yet by its
+    /// stream alone), and its latest heartbeat has a WireGuard peer up for every origin it is
+    /// assigned (so requests reach the apps through the tunnel, not only its TLS).
+    async fn proven(&self, edge: &Edge) -> Result<bool, ReplaceError> {
+        let probes = self
+            .store
+            .health_checks(HealthQuery {
+                edge_id: Some(edge.id),
+                kind: Some(CheckKind::Public),
+                limit: Some(PROBES_TO_SERVE),
+                ..HealthQuery::default()
+            })
+            .await?;
+        if probes.len() < PROBES_TO_SERVE as usize || probes.iter().any(|p| !p.success) {
+            return Ok(false);
+        }
+        let assigned = self
+            .store
+            .list_assignments(AssignmentFilter {
+                edge_id: Some(edge.id),
+                origin_id: None,
+            })
+            .await?
+            .len();
+        let Some(heartbeat) = edge
+            .state
+            .heartbeat
+            .as_ref()
+            .and_then(Heartbeat::from_value)
+        else {
+            return Ok(false);
+        };
+        let up = heartbeat.peers.iter().filter(|p| p.up).count();
+        Ok(up >= assigned)
+    }
+
     /// Advances one replacement as far as it can go now. Errors are retried on the next pass
     /// (a provider that refuses fails the replacement at once).
     async fn advance(&self, r: &mut Replacement) -> Result<(), ReplaceError> {
@@ -593,7 +637,7 @@ impl Replacer {
             }
             Err(error) => return Err(error.into()),
         };
-        if self.serves(&new) {
+        if self.serves(&new) && self.proven(&new).await? {
             self.event(
                 Entity::Edge,
                 &new.id.to_string(),
@@ -628,9 +672,7 @@ impl Replacer {
                 if let Some(id) = &instance.instance_id {
                     let status = self.provisioner.status(id).await?;
                     if status.status == InstanceStatus::Gone {
-                        return self
-                            .fail(r, &format!("the new machine {id} is gone"))
-                            .await;
+                        return self.fail(r, &format!("the new machine {id} is gone")).await;
                     }
                     if status.public_ip.is_some() {
                         let mut instance = instance.clone();
@@ -774,8 +816,7 @@ impl Replacer {
             return Ok(());
         }
         if let Some(last) = self.store.list_replacements(false, 1).await?.first() {
-            if last.cause == ReplaceCause::Auto && since(last.started_at) < self.settings.cooldown
-            {
+            if last.cause == ReplaceCause::Auto && since(last.started_at) < self.settings.cooldown {
                 return Ok(());
             }
         }

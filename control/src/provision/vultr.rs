@@ -56,7 +56,10 @@ impl Vultr {
         let id = instance["id"]
             .as_str()
             .filter(|id| !id.is_empty())
-            .ok_or_else(|| self.api.unexpected(format!("an instance without an id: {instance}")))?
+            .ok_or_else(|| {
+                self.api
+                    .unexpected(format!("an instance without an id: {instance}"))
+            })?
             .to_owned();
         let public_ip = instance["main_ip"]
             .as_str()
@@ -127,7 +130,10 @@ impl Provisioner for Vultr {
             Ok(os_id) => body["os_id"] = json!(os_id),
             Err(_) => body["image_id"] = json!(image),
         }
-        let (status, answer) = self.api.call(Method::POST, "/instances", Some(&body)).await?;
+        let (status, answer) = self
+            .api
+            .call(Method::POST, "/instances", Some(&body))
+            .await?;
         if status == 404 {
             return Err(self.api.unexpected("POST /instances answered 404"));
         }
@@ -170,9 +176,10 @@ impl Provisioner for Vultr {
                 None,
             )
             .await?;
-        let instances = answer["instances"]
-            .as_array()
-            .ok_or_else(|| self.api.unexpected("the instance list has no \"instances\" array"))?;
+        let instances = answer["instances"].as_array().ok_or_else(|| {
+            self.api
+                .unexpected("the instance list has no \"instances\" array")
+        })?;
         instances
             .iter()
             .find(|i| i["label"] == name.as_str())
