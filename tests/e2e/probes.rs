@@ -100,6 +100,15 @@ fn a_stopped_app_is_answered_503_service_down_at_once_and_served_again_when_back
 
         alpha.stop().await;
         wait_service_down(&client, "alpha.test").await?;
+        // The origin has judged it down (a request that raced the judgement may have been
+        // reset after its connect: 502); from now on its port refuses every stream.
+        eventually("the origin judges web down", Duration::from_secs(15), || async {
+            let healthy =
+                metric(origin_admin, "kokoa_origin_service_healthy{service=\"web\"}").await?;
+            ensure!(healthy == Some(0.0), "web healthy = {healthy:?}");
+            Ok(())
+        })
+        .await?;
         // Every further request is the edge's own answer, on both protocols, counted as such.
         let before = metric(
             edge_admin,
@@ -123,8 +132,7 @@ fn a_stopped_app_is_answered_503_service_down_at_once_and_served_again_when_back
         .await?
         .unwrap_or(0.0);
         ensure!(after >= before + 4.0, "service_down {before} -> {after}");
-        // The origin refused them in the tunnel: its app saw no connection attempt from them,
-        // and it says why in its metrics.
+        // The origin refused them in the tunnel, and says why in its metrics.
         let healthy = metric(
             origin_admin,
             "kokoa_origin_service_healthy{service=\"web\"}",
@@ -137,7 +145,14 @@ fn a_stopped_app_is_answered_503_service_down_at_once_and_served_again_when_back
         )
         .await?
         .unwrap_or(0.0);
-        ensure!(fails >= 2.0, "web failed probes: {fails}");
+        // Streams whose app refused count like failed probes (only web fails here).
+        let refused = metric(origin_admin, "kokoa_origin_local_connect_failures_total{")
+            .await?
+            .unwrap_or(0.0);
+        ensure!(
+            fails + refused >= 2.0,
+            "web: {fails} failed probes, {refused} refused streams"
+        );
         // The other service of the same origin is untouched.
         for proto in [Proto::Http1, Proto::Http2] {
             let answer = client.get("beta.test", "/", proto).await?;
