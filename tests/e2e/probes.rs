@@ -102,12 +102,19 @@ fn a_stopped_app_is_answered_503_service_down_at_once_and_served_again_when_back
         wait_service_down(&client, "alpha.test").await?;
         // The origin has judged it down (a request that raced the judgement may have been
         // reset after its connect: 502); from now on its port refuses every stream.
-        eventually("the origin judges web down", Duration::from_secs(15), || async {
-            let healthy =
-                metric(origin_admin, "kokoa_origin_service_healthy{service=\"web\"}").await?;
-            ensure!(healthy == Some(0.0), "web healthy = {healthy:?}");
-            Ok(())
-        })
+        eventually(
+            "the origin judges web down",
+            Duration::from_secs(15),
+            || async {
+                let healthy = metric(
+                    origin_admin,
+                    "kokoa_origin_service_healthy{service=\"web\"}",
+                )
+                .await?;
+                ensure!(healthy == Some(0.0), "web healthy = {healthy:?}");
+                Ok(())
+            },
+        )
         .await?;
         // Every further request is the edge's own answer, on both protocols, counted as such.
         let before = metric(
@@ -247,12 +254,21 @@ fn control_shows_a_service_down_then_up_with_events_history_and_metrics() {
                     && line.ends_with(value)
             })
         };
-        let (status, body) = control.request("GET", "/metrics", None, &[]).await?;
-        let body = String::from_utf8_lossy(&body).into_owned();
-        ensure!(
-            status == 200 && metrics(&body, " 0"),
-            "control /metrics:\n{body}"
-        );
+        // The health checker records the change on its next judgement (each second).
+        eventually(
+            "control's metrics show web down",
+            Duration::from_secs(10),
+            || async {
+                let (status, body) = control.request("GET", "/metrics", None, &[]).await?;
+                let body = String::from_utf8_lossy(&body).into_owned();
+                ensure!(
+                    status == 200 && metrics(&body, " 0"),
+                    "control /metrics:\n{body}"
+                );
+                Ok(())
+            },
+        )
+        .await?;
 
         let _web = HttpApp::start_on("web", web_addr).await?;
         wait_served(&client, "web.ctl.test").await?;
@@ -268,6 +284,18 @@ fn control_shows_a_service_down_then_up_with_events_history_and_metrics() {
         .await?;
 
         // The audit trail has service.down, then service.up, naming the origin and service.
+        eventually(
+            "control recorded web up",
+            Duration::from_secs(10),
+            || async {
+                let checks = control
+                    .ok("GET", "/health-checks?kind=service&success=true", None)
+                    .await?;
+                ensure!(checks.as_array().is_some_and(|c| c.len() >= 3), "{checks}");
+                Ok(())
+            },
+        )
+        .await?;
         let events = control.ok("GET", "/events?entity=service", None).await?;
         let actions: Vec<String> = events
             .as_array()
@@ -300,13 +328,21 @@ fn control_shows_a_service_down_then_up_with_events_history_and_metrics() {
             web_checks.contains(&false) && web_checks.first() == Some(&true),
             "service history of web (newest first): {web_checks:?}: {checks}"
         );
-        let (_, body) = control.request("GET", "/metrics", None, &[]).await?;
-        let body = String::from_utf8_lossy(&body).into_owned();
-        ensure!(metrics(&body, " 1"), "control /metrics:\n{body}");
-        ensure!(
-            body.contains("kokoa_health_checks_total{check=\"service\",result=\"fail\"}"),
-            "{body}"
-        );
+        eventually(
+            "control's metrics show web up",
+            Duration::from_secs(10),
+            || async {
+                let (_, body) = control.request("GET", "/metrics", None, &[]).await?;
+                let body = String::from_utf8_lossy(&body).into_owned();
+                ensure!(metrics(&body, " 1"), "control /metrics:\n{body}");
+                ensure!(
+                    body.contains("kokoa_health_checks_total{check=\"service\",result=\"fail\"} 1"),
+                    "{body}"
+                );
+                Ok(())
+            },
+        )
+        .await?;
         Ok(())
     });
 }
