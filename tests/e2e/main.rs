@@ -13,6 +13,7 @@ mod install;
 mod interop;
 mod memory;
 mod polish;
+mod probes;
 mod protection;
 mod replace;
 mod restart;

@@ -7,10 +7,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::overview::state_word;
-use super::{ago, failed, render, seg, Layout};
-use crate::api::{ApiError, EdgeView, OriginView, RouteView, ServiceView, StatusSummary};
+use super::{ago, render, seg, Layout};
+use crate::api::{
+    ApiError, EdgeView, NodeDetail, OriginView, RouteView, ServiceView, StatusSummary,
+};
 use crate::web::form::FormState;
-use crate::web::session::{viewer, Viewer};
+use crate::web::session::Viewer;
 use crate::web::Web;
 
 /// An origin in the list.
@@ -39,6 +41,8 @@ pub struct ServiceRow {
     protocol: String,
     local_address: String,
     health_path: String,
+    /// `up`, `down: why`, or empty when the origin has not reported it (its probes).
+    health: String,
     routes: String,
     api: String,
     form: String,
@@ -113,13 +117,10 @@ pub async fn render_list(
 
 /// `GET /origins`.
 pub async fn list(State(web): State<Web>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&web, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
-    render_list(&web, &viewer, FormState::default(), StatusCode::OK)
-        .await
-        .unwrap_or_else(|e| failed(&viewer, e))
+    super::show(&web, &headers, async |viewer| {
+        render_list(&web, viewer, FormState::default(), StatusCode::OK).await
+    })
+    .await
 }
 
 /// Renders one origin's page with `forms`.
@@ -137,6 +138,19 @@ pub async fn render_detail(
     let edges: Vec<EdgeView> = web.get(p, &format!("{path}/edge-nodes")).await?;
     let routes: Vec<RouteView> = web.get(p, "/routes").await?;
     let summary: StatusSummary = web.get(p, "/status").await?;
+    let detail: NodeDetail = web.get(p, &format!("{path}/status")).await?;
+    let reported = detail.heartbeat.map(|h| h.services).unwrap_or_default();
+    let health = |name: &str| {
+        reported
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| match (&s.error, s.healthy) {
+                (_, true) => "up".to_owned(),
+                (Some(error), false) => format!("down: {error}"),
+                (None, false) => "down".to_owned(),
+            })
+            .unwrap_or_default()
+    };
     let node = summary.nodes.iter().find(|n| n.id == origin.origin.id);
     let path = format!("/origins/{}", seg(&origin.origin.name));
     let services = services
@@ -147,6 +161,7 @@ pub async fn render_detail(
             protocol: s.service.protocol.as_str().to_string(),
             local_address: s.service.local_address.clone(),
             health_path: s.service.health_path.clone().unwrap_or_default(),
+            health: health(&s.service.name),
             routes: routes
                 .iter()
                 .filter(|r| r.route.service_id == s.service.id)
@@ -192,11 +207,8 @@ pub async fn detail(
     headers: HeaderMap,
     Path(key): Path<String>,
 ) -> Response {
-    let viewer = match viewer(&web, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
-    render_detail(&web, &viewer, &key, FormState::default(), StatusCode::OK)
-        .await
-        .unwrap_or_else(|e| failed(&viewer, e))
+    super::show(&web, &headers, async |viewer| {
+        render_detail(&web, viewer, &key, FormState::default(), StatusCode::OK).await
+    })
+    .await
 }
