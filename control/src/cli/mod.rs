@@ -5,6 +5,7 @@
 
 pub mod client;
 mod commands;
+mod direct;
 mod limits;
 mod notify;
 mod show;
@@ -835,11 +836,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     role,
                     store,
                 },
-        } => token_create(&store, &name, ttl_days, role, client.json).await,
+        } => direct::token_create(&store, &name, ttl_days, role, client.json).await,
         Command::User {
             client,
             command: UserCommand::Add { name, role, store },
-        } => user_add(&store, &name, role, client.json).await,
+        } => direct::user_add(&store, &name, role, client.json).await,
         Command::User {
             client,
             command: UserCommand::List,
@@ -934,80 +935,6 @@ async fn run_dev(args: DevArgs, log_json: bool) -> anyhow::Result<()> {
     // First, before anything in the directory changes: a second dev on it stops here.
     let lock = dev::DevLock::acquire(&options.dir)?;
     dev::run(&options, lock, kokoa_node::signal::shutdown()).await
-}
-
-/// `token create`: opens the database directly (so the first token needs no API token).
-async fn token_create(
-    args: &StoreArgs,
-    name: &str,
-    ttl_days: Option<u64>,
-    role: Role,
-    json: bool,
-) -> anyhow::Result<()> {
-    if args.database.is_none() {
-        serve::create_data_dir(&args.data_dir)?;
-    }
-    let url = serve::database_url(&args.data_dir, args.database.as_deref());
-    // API tokens are stored as hashes, never sealed, so creating one needs no master key: a
-    // throwaway key opens the database without touching any sealed value.
-    let store = store::open(&url, MasterKey::generate())
-        .await
-        .with_context(|| format!("cannot open the store at {url}"))?;
-    let ttl = ttl_days.map(|days| Duration::from_secs(days.saturating_mul(86_400)));
-    let issued = store
-        .create_api_token_with_role(&Actor::Cli, name, ttl, role)
-        .await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&issued)?);
-    } else {
-        eprintln!(
-            "API token {:?} created; it is shown only once. Use it with:\n  export KOKOA_API_TOKEN=<the line below>",
-            issued.token.name
-        );
-        println!("{}", issued.secret.expose());
-    }
-    Ok(())
-}
-
-/// `user add`: opens the database directly, like `token create`, so the first user needs no
-/// API token. The password comes from KOKOA_USER_PASSWORD or one line of standard input.
-async fn user_add(args: &StoreArgs, name: &str, role: Role, json: bool) -> anyhow::Result<()> {
-    let password = match std::env::var("KOKOA_USER_PASSWORD") {
-        Ok(password) if !password.is_empty() => password,
-        _ => {
-            eprint!(
-                "Password for {name} (at least {} characters): ",
-                password::MIN_LENGTH
-            );
-            let mut line = String::new();
-            std::io::stdin()
-                .read_line(&mut line)
-                .context("reading the password from standard input")?;
-            line.trim_end_matches(['\r', '\n']).to_string()
-        }
-    };
-    if args.database.is_none() {
-        serve::create_data_dir(&args.data_dir)?;
-    }
-    let url = serve::database_url(&args.data_dir, args.database.as_deref());
-    // Users hold no sealed value until they enrol TOTP (through the running control, which has
-    // the real master key), so a throwaway key opens the database here, as for `token create`.
-    let store = store::open(&url, MasterKey::generate())
-        .await
-        .with_context(|| format!("cannot open the store at {url}"))?;
-    let accounts = Accounts::new(store, SessionPolicy::default());
-    let user = accounts
-        .create_user(&Actor::Cli, name, &password, role)
-        .await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&user)?);
-    } else {
-        println!(
-            "user {} created with role {}; log in to the dashboard and turn on TOTP under Account",
-            user.name, user.role
-        );
-    }
-    Ok(())
 }
 
 fn time_text(t: Option<OffsetDateTime>) -> String {
