@@ -8,8 +8,8 @@
 //!   (HTTP and WebSocket echo) run in this process.
 //! - Load, all the time: HTTP/1.1 keep-alive requests (two connections), HTTP/2 (one
 //!   connection, four streams at a time), a WebSocket echo every 200 ms, and bulk transfers
-//!   (8 MiB download and 8 MiB upload, alternately, each checked by SHA-256) on fresh
-//!   connections. Every answer is checked (status, `x-app`, body); a failed request is counted
+//!   (8 MiB download and 8 MiB upload, alternately, each checked by SHA-256, a second apart)
+//!   on fresh connections. Every answer is checked (status, `x-app`, body); a failed request is counted
 //!   by its load, its cause and the last disruption before it.
 //! - Disruptions, one every `KOKOA_SOAK_PERIOD` seconds (default 60) in turn: control restart
 //!   (SIGKILL), origin restart, edge restart (alternately SIGTERM with drain and SIGKILL),
@@ -22,7 +22,8 @@
 //! KOKOA_SOAK_SECS=300 bench/soak.sh   # a shorter run (labelled as such in its file)
 //! ```
 //!
-//! Writes `bench/results/<UTC date>-<build>-soak.md` (build: `git describe --always --dirty`
+//! `KOKOA_SOAK_NOTE` adds a sentence to the results file (e.g. which profile each binary was
+//! built in). Writes `bench/results/<UTC date>-<build>-soak.md` (build: `git describe --always --dirty`
 //! or `$KOKOA_BUILD`), refusing to overwrite an existing file.
 
 use std::collections::BTreeMap;
@@ -46,6 +47,7 @@ use tokio_tungstenite::tungstenite::Message;
 const WEB: &str = "web.ctl.test";
 const WS: &str = "ws.ctl.test";
 const BULK_BYTES: u64 = 8 * 1024 * 1024;
+const BULK_PAUSE: Duration = Duration::from_secs(1);
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// A request that gets no answer within this long counts as failed ("timed out").
 const REQUEST_LIMIT: Duration = Duration::from_secs(30);
@@ -390,8 +392,12 @@ async fn keepalive(
             },
         };
         let mut broken = false;
-        let outcomes = match conn {
-            Connection::H2(sender) => {
+        let h2 = match conn {
+            Connection::H2(sender) => Some(sender.clone()),
+            Connection::H1(_) => None,
+        };
+        let outcomes = match h2 {
+            Some(sender) => {
                 let mut batch = tokio::task::JoinSet::new();
                 for i in 0..streams {
                     let mut c = Connection::H2(sender.clone());
@@ -403,7 +409,7 @@ async fn keepalive(
                 }
                 out
             }
-            Connection::H1(_) => vec![echo_once(conn, 0).await],
+            None => vec![echo_once(conn, 0).await],
         };
         for outcome in outcomes {
             match outcome {
@@ -522,11 +528,11 @@ async fn bulk(client: EdgeClient, book: Arc<Book>) {
                 book.ok(load);
                 book.inner.lock().unwrap_or_else(|e| e.into_inner()).bulk_bytes += BULK_BYTES;
             }
-            Err(error) => {
-                book.failed(load, &error);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            Err(error) => book.failed(load, &error),
         }
+        // A pause between transfers: the machine is shared, and a soak is about hours of
+        // mixed traffic, not about saturating a core.
+        tokio::time::sleep(BULK_PAUSE).await;
     }
 }
 
@@ -561,7 +567,7 @@ async fn send_upload(client: &EdgeClient, body: Bytes, digest: &str) -> anyhow::
             WEB,
             "/upload",
             "POST",
-            Full::new(body).map_err(|never| match never {}).boxed(),
+            Full::new(body).boxed(),
         )?;
         let answer = read(connection.send(request).await?).await?;
         if answer.status != 200 {
@@ -599,7 +605,7 @@ fn report(
          kokoa-control, one kokoa-edge and one kokoa-origin on loopback, configured through \
          control's API (defaults otherwise). Load all the time: HTTP/1.1 keep-alive `GET /echo` \
          (2 connections), HTTP/2 (1 connection, 4 streams at a time), a WebSocket echo every \
-         200 ms, bulk 8 MiB download / 8 MiB upload alternately on fresh connections (SHA-256 \
+         200 ms, bulk 8 MiB download / 8 MiB upload alternately on fresh connections, 1 s apart (SHA-256 \
          checked). One disruption every {} s in turn: control restart (SIGKILL), origin \
          restart, edge restart (SIGTERM with drain in even rounds, SIGKILL in odd ones), origin \
          key rotation, edge key rotation. Machine: {} cores, 1-minute load average {} at the end \
@@ -613,6 +619,9 @@ fn report(
         kokoa_bench::load_average(),
     ));
 
+    if let Ok(note) = std::env::var("KOKOA_SOAK_NOTE") {
+        out.push_str(&format!("Note: {note}\n\n"));
+    }
     out.push_str("## Requests\n\n| load | good | failed |\n|---|---:|---:|\n");
     for (load, (good, failed)) in &t.counts {
         out.push_str(&format!("| {load} | {good} | {failed} |\n"));
