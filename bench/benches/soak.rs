@@ -62,10 +62,7 @@ fn main() -> anyhow::Result<()> {
     let build = kokoa_bench::build_name();
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("results")
-        .join(format!(
-            "{}-{build}-soak.md",
-            &kokoa_bench::utc_now()[..10]
-        ));
+        .join(format!("{}-{build}-soak.md", &kokoa_bench::utc_now()[..10]));
     ensure!(
         !path.exists(),
         "{} exists: results files are never overwritten",
@@ -75,10 +72,7 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let report = runtime.block_on(run(
-        Duration::from_secs(secs),
-        Duration::from_secs(period),
-    ))?;
+    let report = runtime.block_on(run(Duration::from_secs(secs), Duration::from_secs(period)))?;
     std::fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
     println!("{}", path.display());
     Ok(())
@@ -86,7 +80,9 @@ fn main() -> anyhow::Result<()> {
 
 fn env_secs(name: &str, default: u64) -> anyhow::Result<u64> {
     match std::env::var(name) {
-        Ok(v) => v.parse().with_context(|| format!("{name}={v:?} is not seconds")),
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not seconds")),
         Err(_) => Ok(default),
     }
 }
@@ -144,9 +140,7 @@ impl Book {
             None => "none yet".to_owned(),
             Some((label, at)) => format!("{label} (+{} s)", bucket(at.elapsed())),
         };
-        *t.failures
-            .entry((load, cause(error), during))
-            .or_default() += 1;
+        *t.failures.entry((load, cause(error), during)).or_default() += 1;
     }
 
     fn disrupted(&self, label: String) {
@@ -206,7 +200,10 @@ async fn run(total: Duration, period: Duration) -> anyhow::Result<String> {
     let ws = WsEchoApp::start(loopback(1)).await?;
     let mut fleet = Fleet::start(
         &["home"],
-        &[("home", "web", 8001, web.addr), ("home", "ws", 8003, ws.addr)],
+        &[
+            ("home", "web", 8001, web.addr),
+            ("home", "ws", 8003, ws.addr),
+        ],
         &[(WEB, "home", "web"), (WS, "home", "ws")],
     )
     .await
@@ -218,9 +215,21 @@ async fn run(total: Duration, period: Duration) -> anyhow::Result<String> {
     let started = Instant::now();
     let mut loads = tokio::task::JoinSet::new();
     for _ in 0..2 {
-        loads.spawn(keepalive(client.clone(), Proto::Http1, "HTTP/1.1", 1, book.clone()));
+        loads.spawn(keepalive(
+            client.clone(),
+            Proto::Http1,
+            "HTTP/1.1",
+            1,
+            book.clone(),
+        ));
     }
-    loads.spawn(keepalive(client.clone(), Proto::Http2, "HTTP/2", 4, book.clone()));
+    loads.spawn(keepalive(
+        client.clone(),
+        Proto::Http2,
+        "HTTP/2",
+        4,
+        book.clone(),
+    ));
     loads.spawn(websocket(client.clone(), book.clone()));
     loads.spawn(bulk(client.clone(), book.clone()));
 
@@ -235,8 +244,18 @@ async fn run(total: Duration, period: Duration) -> anyhow::Result<String> {
         if now >= next_sample {
             samples.push(Sample {
                 at: started.elapsed(),
-                control: fleet.control.process().ok().and_then(|p| p.id()).and_then(rss_mib),
-                edge: fleet.edge.process.as_ref().and_then(|p| p.id()).and_then(rss_mib),
+                control: fleet
+                    .control
+                    .process()
+                    .ok()
+                    .and_then(|p| p.id())
+                    .and_then(rss_mib),
+                edge: fleet
+                    .edge
+                    .process
+                    .as_ref()
+                    .and_then(|p| p.id())
+                    .and_then(rss_mib),
                 origin: fleet.origins[0]
                     .1
                     .process
@@ -276,7 +295,11 @@ async fn run(total: Duration, period: Duration) -> anyhow::Result<String> {
                 Ok(()) => label,
                 Err(error) => format!("{label}: FAILED: {error:#}"),
             };
-            eprintln!("{:>5} s: {label} (took {:.1} s)", at.as_secs(), took.as_secs_f64());
+            eprintln!(
+                "{:>5} s: {label} (took {:.1} s)",
+                at.as_secs(),
+                took.as_secs_f64()
+            );
             if let Some(last) = samples.last_mut() {
                 last.event.get_or_insert_with(String::new).push_str(&label);
             }
@@ -295,9 +318,7 @@ async fn run(total: Duration, period: Duration) -> anyhow::Result<String> {
         joined.context("a load task")?;
     }
     let ran = started.elapsed();
-    Ok(report(
-        total, period, ran, &samples, &events, &book,
-    ))
+    Ok(report(total, period, ran, &samples, &events, &book))
 }
 
 struct Sample {
@@ -521,12 +542,18 @@ async fn bulk(client: EdgeClient, book: Arc<Book>) {
         let (load, outcome) = if turn % 2 == 1 {
             ("bulk download", download(&client, &digest).await)
         } else {
-            ("bulk upload", send_upload(&client, upload.clone(), &digest).await)
+            (
+                "bulk upload",
+                send_upload(&client, upload.clone(), &digest).await,
+            )
         };
         match outcome {
             Ok(()) => {
                 book.ok(load);
-                book.inner.lock().unwrap_or_else(|e| e.into_inner()).bulk_bytes += BULK_BYTES;
+                book.inner
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .bulk_bytes += BULK_BYTES;
             }
             Err(error) => book.failed(load, &error),
         }
@@ -539,7 +566,12 @@ async fn bulk(client: EdgeClient, book: Arc<Book>) {
 async fn download(client: &EdgeClient, digest: &str) -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(120), async {
         let mut connection = client.connect(WEB, Proto::Http1).await.context("connect")?;
-        let request = request(WEB, &format!("/bytes/{BULK_BYTES}"), "GET", Empty::new().boxed())?;
+        let request = request(
+            WEB,
+            &format!("/bytes/{BULK_BYTES}"),
+            "GET",
+            Empty::new().boxed(),
+        )?;
         let response = connection.send(request).await?;
         if response.status() != 200 {
             return Err(Status(response.status().as_u16()).into());
@@ -563,12 +595,7 @@ async fn download(client: &EdgeClient, digest: &str) -> anyhow::Result<()> {
 async fn send_upload(client: &EdgeClient, body: Bytes, digest: &str) -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(120), async {
         let mut connection = client.connect(WEB, Proto::Http1).await.context("connect")?;
-        let request = request(
-            WEB,
-            "/upload",
-            "POST",
-            Full::new(body).boxed(),
-        )?;
+        let request = request(WEB, "/upload", "POST", Full::new(body).boxed())?;
         let answer = read(connection.send(request).await?).await?;
         if answer.status != 200 {
             return Err(Status(answer.status.as_u16()).into());
@@ -596,7 +623,11 @@ fn report(
     let full = total >= Duration::from_secs(1800);
     let mut out = format!(
         "# Soak{}: {} minutes of mixed load with restarts and key rotations, {}\n\n",
-        if full { "" } else { " (SHORTER RUN, not the 30-minute soak)" },
+        if full {
+            ""
+        } else {
+            " (SHORTER RUN, not the 30-minute soak)"
+        },
         ran.as_secs() / 60,
         kokoa_bench::utc_now()
     );
@@ -646,9 +677,7 @@ fn report(
         out.push('\n');
     }
 
-    out.push_str(
-        "## Disruptions\n\n| at (s) | what | until served again (s) |\n|---:|---|---:|\n",
-    );
+    out.push_str("## Disruptions\n\n| at (s) | what | until served again (s) |\n|---:|---|---:|\n");
     for (at, label, took) in events {
         out.push_str(&format!(
             "| {} | {label} | {:.1} |\n",
@@ -703,9 +732,10 @@ fn summary(samples: &[Sample]) -> String {
         ("kokoa-origin", |s| s.origin),
     ];
     for (name, f) in rows {
-        let peak = samples.iter().filter_map(f).fold(None, |m: Option<f64>, v| {
-            Some(m.map_or(v, |m| m.max(v)))
-        });
+        let peak = samples
+            .iter()
+            .filter_map(f)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
         out.push_str(&format!(
             "| {name} | {} | {} | {} |\n",
             fmt(peak),

@@ -176,7 +176,9 @@ async fn run() -> anyhow::Result<String> {
         ));
     }
     if !causes.is_empty() {
-        out.push_str("\nStreams not answered, by how they ended:\n\n| how | streams |\n|---|---:|\n");
+        out.push_str(
+            "\nStreams not answered, by how they ended:\n\n| how | streams |\n|---|---:|\n",
+        );
         for (cause, count) in &causes {
             out.push_str(&format!("| {} | {count} |\n", cause.replace('|', "\\|")));
         }

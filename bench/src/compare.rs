@@ -887,7 +887,11 @@ impl Bench {
                 Metric::IdleOriginKib,
                 (origin_after as f64 - origin_before as f64) / added,
             );
-            results.add(contender, Metric::IdleOriginMib, origin_after as f64 / 1024.0);
+            results.add(
+                contender,
+                Metric::IdleOriginMib,
+                origin_after as f64 / 1024.0,
+            );
         }
         // Let the servers close the idle connections before the next load.
         tokio::time::sleep(Duration::from_secs(2)).await;
