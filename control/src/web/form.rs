@@ -51,6 +51,17 @@ pub struct FormState {
 }
 
 impl FormState {
+    /// Form `form` refused by the API with `error` (the message next to the field it names),
+    /// with no typed values to show again.
+    pub fn refused(form: &str, error: &crate::api::ApiError) -> FormState {
+        FormState {
+            form: form.to_string(),
+            error: error.message.clone(),
+            field: error.field.clone(),
+            values: BTreeMap::new(),
+        }
+    }
+
     /// The typed value of `name` in `form`, if that form failed.
     pub fn value(&self, form: &str, name: &str) -> Option<&str> {
         (self.form == form)
@@ -184,9 +195,6 @@ impl Submitted {
     /// The state to show the form again with `error`.
     pub fn failed(&self, error: &crate::api::ApiError) -> FormState {
         FormState {
-            form: self.form.clone(),
-            error: error.message.clone(),
-            field: error.field.clone(),
             values: self
                 .fields
                 .iter()
@@ -195,6 +203,7 @@ impl Submitted {
                     (name.to_string(), value.clone())
                 })
                 .collect(),
+            ..FormState::refused(&self.form, error)
         }
     }
 }

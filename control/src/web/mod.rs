@@ -254,11 +254,7 @@ async fn action(
         Err(message) => return pages::error_page(&viewer, StatusCode::BAD_REQUEST, &message),
     };
     if !viewer.csrf_ok(&submitted.csrf) {
-        return pages::error_page(
-            &viewer,
-            StatusCode::FORBIDDEN,
-            "The form's CSRF token is missing or stale; reload the page and try again.",
-        );
+        return pages::error_page(&viewer, StatusCode::FORBIDDEN, pages::CSRF_REFUSED);
     }
     let body = submitted.body();
     let result = web

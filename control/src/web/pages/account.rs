@@ -8,11 +8,11 @@ use axum::response::Response;
 use axum::Form;
 use serde_json::json;
 
-use super::{failed, Layout};
+use super::Layout;
 use crate::account::TotpEnrolment;
 use crate::api::{ApiError, MeView, RecoveryCodes};
 use crate::web::form::FormState;
-use crate::web::session::{viewer, Viewer};
+use crate::web::session::Viewer;
 use crate::web::Web;
 
 /// What the page shows besides the forms.
@@ -75,19 +75,17 @@ pub async fn render(
 
 /// `GET /account`.
 pub async fn page(State(web): State<Web>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&web, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
-    render(
-        &web,
-        &viewer,
-        FormState::default(),
-        Extra::None,
-        StatusCode::OK,
-    )
+    super::show(&web, &headers, async |viewer| {
+        render(
+            &web,
+            viewer,
+            FormState::default(),
+            Extra::None,
+            StatusCode::OK,
+        )
+        .await
+    })
     .await
-    .unwrap_or_else(|e| failed(&viewer, e))
 }
 
 fn field(fields: &[(String, String)], name: &str) -> String {
@@ -104,35 +102,17 @@ pub async fn begin_totp(
     headers: HeaderMap,
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
-    let viewer = match viewer(&web, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
-    if !viewer.csrf_ok(&field(&fields, "_csrf")) {
-        return super::error_page(
-            &viewer,
-            StatusCode::FORBIDDEN,
-            "Missing or stale CSRF token.",
-        );
-    }
-    let result: Result<TotpEnrolment, ApiError> = web
-        .call(&viewer.principal, Method::POST, "/me/totp", None)
-        .await;
-    let (forms, status) = match result {
-        Ok(_) => (FormState::default(), StatusCode::OK),
-        Err(error) => (
-            FormState {
-                form: "totp-begin".into(),
-                error: error.message.clone(),
-                field: error.field.clone(),
-                ..FormState::default()
-            },
-            error.status,
-        ),
-    };
-    render(&web, &viewer, forms, Extra::None, status)
-        .await
-        .unwrap_or_else(|e| failed(&viewer, e))
+    super::submit(&web, &headers, &fields, async |viewer| {
+        let result: Result<TotpEnrolment, ApiError> = web
+            .call(&viewer.principal, Method::POST, "/me/totp", None)
+            .await;
+        let (forms, status) = match result {
+            Ok(_) => (FormState::default(), StatusCode::OK),
+            Err(error) => (FormState::refused("totp-begin", &error), error.status),
+        };
+        render(&web, viewer, forms, Extra::None, status).await
+    })
+    .await
 }
 
 /// `POST /account/totp/confirm`: confirms enrolment and shows the recovery codes once.
@@ -141,46 +121,26 @@ pub async fn confirm_totp(
     headers: HeaderMap,
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
-    let viewer = match viewer(&web, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
-    if !viewer.csrf_ok(&field(&fields, "_csrf")) {
-        return super::error_page(
-            &viewer,
-            StatusCode::FORBIDDEN,
-            "Missing or stale CSRF token.",
-        );
-    }
-    let body = json!({"code": field(&fields, "code")});
-    let result: Result<RecoveryCodes, ApiError> = web
-        .call(
-            &viewer.principal,
-            Method::POST,
-            "/me/totp/confirm",
-            Some(&body),
-        )
-        .await;
-    match result {
-        Ok(codes) => render(
-            &web,
-            &viewer,
-            FormState::default(),
-            Extra::Codes(codes.recovery_codes),
-            StatusCode::OK,
-        )
-        .await
-        .unwrap_or_else(|e| failed(&viewer, e)),
-        Err(error) => {
-            let forms = FormState {
-                form: "totp-confirm".into(),
-                error: error.message.clone(),
-                field: error.field.clone(),
-                ..FormState::default()
-            };
-            render(&web, &viewer, forms, Extra::None, error.status)
-                .await
-                .unwrap_or_else(|e| failed(&viewer, e))
+    super::submit(&web, &headers, &fields, async |viewer| {
+        let body = json!({"code": field(&fields, "code")});
+        let result: Result<RecoveryCodes, ApiError> = web
+            .call(
+                &viewer.principal,
+                Method::POST,
+                "/me/totp/confirm",
+                Some(&body),
+            )
+            .await;
+        match result {
+            Ok(codes) => {
+                let codes = Extra::Codes(codes.recovery_codes);
+                render(&web, viewer, FormState::default(), codes, StatusCode::OK).await
+            }
+            Err(error) => {
+                let forms = FormState::refused("totp-confirm", &error);
+                render(&web, viewer, forms, Extra::None, error.status).await
+            }
         }
-    }
+    })
+    .await
 }

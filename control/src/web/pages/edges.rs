@@ -9,12 +9,12 @@ use axum::response::Response;
 use serde_json::Value;
 
 use super::overview::state_word;
-use super::{ago, bytes, failed, render, seg, Layout};
+use super::{ago, bytes, render, seg, Layout};
 use crate::api::{ApiError, EdgeView, OriginView, StatusSummary};
 use crate::store::HealthCheck;
 use crate::web::chart;
 use crate::web::form::FormState;
-use crate::web::session::{viewer, Viewer};
+use crate::web::session::Viewer;
 use crate::web::Web;
 
 /// An edge in the list.
@@ -129,13 +129,10 @@ pub async fn render_list(
 
 /// `GET /edges`.
 pub async fn list(State(web): State<Web>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&web, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
-    render_list(&web, &viewer, FormState::default(), StatusCode::OK)
-        .await
-        .unwrap_or_else(|e| failed(&viewer, e))
+    super::show(&web, &headers, async |viewer| {
+        render_list(&web, viewer, FormState::default(), StatusCode::OK).await
+    })
+    .await
 }
 
 fn figure(hb: &Value, key: &str) -> Option<f64> {
@@ -279,11 +276,8 @@ pub async fn detail(
     headers: HeaderMap,
     Path(key): Path<String>,
 ) -> Response {
-    let viewer = match viewer(&web, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
-    render_detail(&web, &viewer, &key, FormState::default(), StatusCode::OK)
-        .await
-        .unwrap_or_else(|e| failed(&viewer, e))
+    super::show(&web, &headers, async |viewer| {
+        render_detail(&web, viewer, &key, FormState::default(), StatusCode::OK).await
+    })
+    .await
 }

@@ -15,12 +15,12 @@ pub mod tokens;
 pub mod users;
 
 use askama::Template;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use time::OffsetDateTime;
 
 use super::form::Submitted;
-use super::session::{clear_flash, Viewer};
+use super::session::{clear_flash, viewer, Viewer};
 use super::Web;
 use crate::api::ApiError;
 use crate::store::Nack;
@@ -111,6 +111,47 @@ pub fn error_page(viewer: &Viewer, status: StatusCode, message: &str) -> Respons
 pub fn failed(viewer: &Viewer, error: ApiError) -> Response {
     let status = error.status;
     error_page(viewer, status, &error.to_string())
+}
+
+/// A `GET` of a page: the viewer of `headers` (or the way to the login page when there is none)
+/// and what `page` renders for them, with a failed API read shown as an error page. Every
+/// page's handler is this, so a page differs from another only in what it renders.
+pub async fn show(
+    web: &Web,
+    headers: &HeaderMap,
+    page: impl AsyncFnOnce(&Viewer) -> Result<Response, ApiError>,
+) -> Response {
+    let viewer = match viewer(web, headers).await {
+        Ok(viewer) => viewer,
+        Err(response) => return response,
+    };
+    page(&viewer).await.unwrap_or_else(|e| failed(&viewer, e))
+}
+
+/// What a change with a missing or stale CSRF token is told (403; nothing was done).
+pub const CSRF_REFUSED: &str =
+    "The form's CSRF token is missing or stale; reload the page and try again.";
+
+/// A form's `POST`: like [`show`], once the form's CSRF token (`_csrf` in `fields`) is the
+/// session's; otherwise a 403 page and `page` never runs.
+pub async fn submit(
+    web: &Web,
+    headers: &HeaderMap,
+    fields: &[(String, String)],
+    page: impl AsyncFnOnce(&Viewer) -> Result<Response, ApiError>,
+) -> Response {
+    let csrf = fields
+        .iter()
+        .find(|(name, _)| name == "_csrf")
+        .map(|(_, value)| value.trim())
+        .unwrap_or("");
+    show(web, headers, async |viewer| {
+        if !viewer.csrf_ok(csrf) {
+            return Ok(error_page(viewer, StatusCode::FORBIDDEN, CSRF_REFUSED));
+        }
+        page(viewer).await
+    })
+    .await
 }
 
 /// Shows the page `submitted` came from again with `error` on its form.

@@ -7,10 +7,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::overview::state_word;
-use super::{ago, failed, render, seg, Layout};
+use super::{ago, render, seg, Layout};
 use crate::api::{ApiError, EdgeView, OriginView, RouteView, ServiceView, StatusSummary};
 use crate::web::form::FormState;
-use crate::web::session::{viewer, Viewer};
+use crate::web::session::Viewer;
 use crate::web::Web;
 
 /// An origin in the list.
@@ -113,13 +113,10 @@ pub async fn render_list(
 
 /// `GET /origins`.
 pub async fn list(State(web): State<Web>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&web, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
-    render_list(&web, &viewer, FormState::default(), StatusCode::OK)
-        .await
-        .unwrap_or_else(|e| failed(&viewer, e))
+    super::show(&web, &headers, async |viewer| {
+        render_list(&web, viewer, FormState::default(), StatusCode::OK).await
+    })
+    .await
 }
 
 /// Renders one origin's page with `forms`.
@@ -192,11 +189,8 @@ pub async fn detail(
     headers: HeaderMap,
     Path(key): Path<String>,
 ) -> Response {
-    let viewer = match viewer(&web, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
-    render_detail(&web, &viewer, &key, FormState::default(), StatusCode::OK)
-        .await
-        .unwrap_or_else(|e| failed(&viewer, e))
+    super::show(&web, &headers, async |viewer| {
+        render_detail(&web, viewer, &key, FormState::default(), StatusCode::OK).await
+    })
+    .await
 }

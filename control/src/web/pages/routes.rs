@@ -7,11 +7,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::Value;
 
-use super::{failed, render, seg, Layout};
+use super::{render, seg, Layout};
 use crate::api::{ApiError, RouteView, ServiceView};
 use crate::store::RouteLimits;
 use crate::web::form::FormState;
-use crate::web::session::{viewer, Viewer};
+use crate::web::session::Viewer;
 use crate::web::Web;
 
 /// A route in the list.
@@ -169,13 +169,10 @@ pub async fn render_list(
 
 /// `GET /routes`.
 pub async fn list(State(web): State<Web>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&web, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
-    render_list(&web, &viewer, FormState::default(), StatusCode::OK)
-        .await
-        .unwrap_or_else(|e| failed(&viewer, e))
+    super::show(&web, &headers, async |viewer| {
+        render_list(&web, viewer, FormState::default(), StatusCode::OK).await
+    })
+    .await
 }
 
 /// Renders one route's edit page with `forms`.
@@ -204,11 +201,8 @@ pub async fn render_edit(
 
 /// `GET /routes/{route}`.
 pub async fn edit(State(web): State<Web>, headers: HeaderMap, Path(key): Path<String>) -> Response {
-    let viewer = match viewer(&web, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
-    render_edit(&web, &viewer, &key, FormState::default(), StatusCode::OK)
-        .await
-        .unwrap_or_else(|e| failed(&viewer, e))
+    super::show(&web, &headers, async |viewer| {
+        render_edit(&web, viewer, &key, FormState::default(), StatusCode::OK).await
+    })
+    .await
 }

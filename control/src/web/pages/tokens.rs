@@ -7,11 +7,11 @@ use axum::response::Response;
 use axum::Form;
 use serde_json::json;
 
-use super::{failed, when, Layout};
+use super::{when, Layout};
 use crate::api::{ApiError, EdgeView, OriginView};
 use crate::store::{ApiToken, IssuedApiToken, NodeId, NodeToken, NodeTokenKind};
 use crate::web::form::FormState;
-use crate::web::session::{viewer, Viewer};
+use crate::web::session::Viewer;
 use crate::web::Web;
 
 /// An API token row.
@@ -120,13 +120,10 @@ pub async fn render(
 
 /// `GET /tokens`.
 pub async fn list(State(web): State<Web>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&web, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
-    render(&web, &viewer, FormState::default(), None, StatusCode::OK)
-        .await
-        .unwrap_or_else(|e| failed(&viewer, e))
+    super::show(&web, &headers, async |viewer| {
+        render(&web, viewer, FormState::default(), None, StatusCode::OK).await
+    })
+    .await
 }
 
 /// `POST /tokens`: creates an API token through the API and shows its secret once.
@@ -135,10 +132,6 @@ pub async fn create(
     headers: HeaderMap,
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
-    let viewer = match viewer(&web, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
     let field = |name: &str| {
         fields
             .iter()
@@ -146,51 +139,39 @@ pub async fn create(
             .map(|(_, v)| v.trim().to_string())
             .unwrap_or_default()
     };
-    if !viewer.csrf_ok(&field("_csrf")) {
-        return super::error_page(
-            &viewer,
-            StatusCode::FORBIDDEN,
-            "The form's CSRF token is missing or stale; reload the page and try again.",
-        );
-    }
-    let mut body = json!({"name": field("name"), "role": field("role")});
-    let days = field("ttl_days");
-    if !days.is_empty() {
-        body["ttl_seconds"] = match days.parse::<u64>() {
-            Ok(d) => json!(d.saturating_mul(86_400)),
-            Err(_) => json!(days),
-        };
-    }
-    let result: Result<IssuedApiToken, ApiError> = web
-        .call(&viewer.principal, Method::POST, "/api-tokens", Some(&body))
-        .await;
-    let (forms, issued, status) = match result {
-        Ok(issued) => (
-            FormState::default(),
-            Some((issued.token.name, issued.secret.expose().to_string())),
-            StatusCode::CREATED,
-        ),
-        Err(error) => {
-            let forms = FormState {
-                form: "token-create".into(),
-                error: error.message.clone(),
-                field: error.field.clone().map(|f| {
-                    if f == "ttl_seconds" {
-                        "ttl_days".into()
-                    } else {
-                        f
-                    }
-                }),
-                values: fields
+    super::submit(&web, &headers, &fields, async |viewer| {
+        let mut body = json!({"name": field("name"), "role": field("role")});
+        let days = field("ttl_days");
+        if !days.is_empty() {
+            body["ttl_seconds"] = match days.parse::<u64>() {
+                Ok(d) => json!(d.saturating_mul(86_400)),
+                Err(_) => json!(days),
+            };
+        }
+        let result: Result<IssuedApiToken, ApiError> = web
+            .call(&viewer.principal, Method::POST, "/api-tokens", Some(&body))
+            .await;
+        let (forms, issued, status) = match result {
+            Ok(issued) => (
+                FormState::default(),
+                Some((issued.token.name, issued.secret.expose().to_string())),
+                StatusCode::CREATED,
+            ),
+            Err(error) => {
+                let mut forms = FormState::refused("token-create", &error);
+                // The form asks for days; the API's field is seconds.
+                if forms.field.as_deref() == Some("ttl_seconds") {
+                    forms.field = Some("ttl_days".into());
+                }
+                forms.values = fields
                     .iter()
                     .filter(|(n, _)| !n.starts_with('_'))
                     .cloned()
-                    .collect(),
-            };
-            (forms, None, error.status)
-        }
-    };
-    render(&web, &viewer, forms, issued, status)
-        .await
-        .unwrap_or_else(|e| failed(&viewer, e))
+                    .collect();
+                (forms, None, error.status)
+            }
+        };
+        render(&web, viewer, forms, issued, status).await
+    })
+    .await
 }

@@ -6,11 +6,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
-use super::{ago, failed, seg, Layout};
+use super::{ago, seg, Layout};
 use crate::api::ApiError;
 use crate::store::User;
 use crate::web::form::FormState;
-use crate::web::session::{viewer, Viewer};
+use crate::web::session::Viewer;
 use crate::web::Web;
 
 /// A user row.
@@ -65,11 +65,8 @@ pub async fn render(
 
 /// `GET /users`.
 pub async fn list(State(web): State<Web>, headers: HeaderMap) -> Response {
-    let viewer = match viewer(&web, &headers).await {
-        Ok(viewer) => viewer,
-        Err(response) => return response,
-    };
-    render(&web, &viewer, FormState::default(), StatusCode::OK)
-        .await
-        .unwrap_or_else(|e| failed(&viewer, e))
+    super::show(&web, &headers, async |viewer| {
+        render(&web, viewer, FormState::default(), StatusCode::OK).await
+    })
+    .await
 }
