@@ -321,6 +321,9 @@ async fn run(total: Duration, period: Duration) -> anyhow::Result<String> {
     Ok(report(total, period, ran, &samples, &events, &book))
 }
 
+/// One process's reading out of a [`Sample`].
+type Pick = fn(&Sample) -> Option<f64>;
+
 struct Sample {
     at: Duration,
     control: Option<f64>,
@@ -722,11 +725,11 @@ fn summary(samples: &[Sample]) -> String {
         v.sort_by(f64::total_cmp);
         Some(v[v.len() / 2])
     };
-    let pick = |f: fn(&Sample) -> Option<f64>, range: std::ops::Range<usize>| {
+    let pick = |f: Pick, range: std::ops::Range<usize>| {
         median(samples[range].iter().filter_map(f).collect())
     };
     let fmt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
-    let rows: [(&str, fn(&Sample) -> Option<f64>); 3] = [
+    let rows: [(&str, Pick); 3] = [
         ("kokoa-control", |s| s.control),
         ("kokoa-edge", |s| s.edge),
         ("kokoa-origin", |s| s.origin),
