@@ -315,6 +315,22 @@ impl HttpApp {
         let listener = TcpListener::bind((ip, 0))
             .await
             .context("binding the HTTP app")?;
+        Self::serve(name, listener, send_buffer)
+    }
+
+    /// [`HttpApp::start`] on exactly `addr` (an app restarted where it ran before).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the HTTP app on {addr}"))?;
+        Self::serve(name, listener, None)
+    }
+
+    fn serve(
+        name: &str,
+        listener: TcpListener,
+        send_buffer: Option<usize>,
+    ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let name = name.to_owned();
         let stats = Arc::new(AppStats::default());
@@ -554,7 +570,8 @@ pub fn parse_proxy_v2(buf: &[u8]) -> Result<Option<ProxyHeader>, String> {
 }
 
 /// A raw TCP app behind a `proxy_protocol = "v2"` route: every connection must start with a
-/// PROXY v2 header, which is reported (or what was there instead), then the rest is echoed.
+/// PROXY v2 header, which is reported (or what was there instead), then the rest is echoed. A
+/// connection closed without a byte (the origin's TCP probe) is not reported.
 pub struct ProxyProtocolApp {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -592,6 +609,9 @@ impl ProxyProtocolApp {
                         }
                         let mut chunk = [0u8; 512];
                         match stream.read(&mut chunk).await {
+                            // A connect that sends nothing is the origin's TCP probe of the
+                            // service (as load balancers' health checks): not a client.
+                            Ok(0) if buf.is_empty() => return,
                             Ok(0) | Err(_) => {
                                 let _ = report.send(Err(format!(
                                     "the connection ended after {} bytes, before a whole PROXY v2 header",

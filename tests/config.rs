@@ -71,6 +71,8 @@ pub struct OriginService {
     pub port: u16,
     /// The app's local address.
     pub local: SocketAddr,
+    /// The path the origin's probe requests; `None`: a TCP connect.
+    pub health_path: Option<String>,
 }
 
 /// An origin config file.
@@ -92,6 +94,8 @@ pub struct OriginSpec {
     pub edges: Vec<OriginEdge>,
     /// Services.
     pub services: Vec<OriginService>,
+    /// The `[checks]` table's lines (`interval = 1`, ...); empty: the defaults.
+    pub checks: String,
 }
 
 impl OriginSpec {
@@ -124,9 +128,16 @@ impl OriginSpec {
         for service in &self.services {
             let _ = writeln!(
                 out,
-                "[[services]]\nname = \"{}\"\nport = {}\nlocal = \"{}\"\n",
+                "[[services]]\nname = \"{}\"\nport = {}\nlocal = \"{}\"",
                 service.name, service.port, service.local
             );
+            if let Some(path) = &service.health_path {
+                let _ = writeln!(out, "health_path = \"{path}\"");
+            }
+            out.push('\n');
+        }
+        if !self.checks.is_empty() {
+            let _ = writeln!(out, "[checks]\n{}", self.checks);
         }
         out
     }

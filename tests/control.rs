@@ -500,6 +500,16 @@ impl Node {
 
     /// Starts an origin from `/origins/{id}/bundle`, unpacked in `dir`.
     pub async fn origin(control: &Control, id: &str, dir: &Path) -> anyhow::Result<Self> {
+        Self::origin_with_checks(control, id, dir, "").await
+    }
+
+    /// [`Node::origin`] with `checks` as the `[checks]` table's lines (empty: the defaults).
+    pub async fn origin_with_checks(
+        control: &Control,
+        id: &str,
+        dir: &Path,
+        checks: &str,
+    ) -> anyhow::Result<Self> {
         control
             .unpack_bundle(&format!("/origins/{id}/bundle"), dir)
             .await?;
@@ -514,6 +524,10 @@ impl Node {
         origin.insert("drain_timeout".into(), 2.into());
         section(&mut table, "tunnel")?.insert("listen".into(), "127.0.0.1:0".into());
         local_state(&mut table, dir)?;
+        if !checks.is_empty() {
+            let checks: toml::Table = checks.parse().context("parsing the [checks] lines")?;
+            table.insert("checks".into(), checks.into());
+        }
         std::fs::write(&config, toml::to_string(&table)?)?;
         let mut node = Self {
             process: None,
@@ -592,6 +606,8 @@ pub struct FleetOptions {
     pub control_args: Vec<String>,
     /// The edge's plain HTTP listener (on [`Fleet::EDGE_IP`]); default: a free port.
     pub edge_http: Option<SocketAddr>,
+    /// The origins' `[checks]` lines (empty: the defaults).
+    pub origin_checks: String,
 }
 
 /// Control with one edge serving the given origins, a certificate for `*.ctl.test` uploaded
@@ -676,7 +692,13 @@ impl Fleet {
             .await?;
         let mut fleet_origins = Vec::new();
         for (name, origin_id) in &origin_ids {
-            let node = Node::origin(&control, origin_id, &dir.path().join(name)).await?;
+            let node = Node::origin_with_checks(
+                &control,
+                origin_id,
+                &dir.path().join(name),
+                &options.origin_checks,
+            )
+            .await?;
             fleet_origins.push((origin_id.clone(), node));
         }
         let edge_dir = dir.path().join("edge1");

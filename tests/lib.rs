@@ -9,12 +9,15 @@
 //! - [`acme`]: Pebble and BIND `named` on loopback for the certificate tests.
 //! - [`dns`]: Knot and PowerDNS on loopback, `dig` and `nsupdate`, for the DNS provider tests.
 //! - [`cloudflare`]: a local fake of Cloudflare's API v4 enforcing its documented shapes.
+//! - [`clouds`]: local fakes of the DigitalOcean, Vultr and Hetzner VPS APIs (documented shapes).
 //! - [`apps`]: the sample apps (HTTP echo/bytes/upload/stream, WebSocket echo, TCP echo).
 //! - [`client`]: an HTTPS client (HTTP/1.1 or HTTP/2 by ALPN) that dials the edge directly.
 //! - [`control`]: `kokoa-control serve`, its REST API, and nodes started from its bundles.
 //! - [`hostile`]: stalled-window and slow-body clients, and the RSS probe they are judged by.
 //! - [`topology`]: one edge and N origins wired together, ready to serve.
 //! - [`netns`]: network namespaces, veth pairs and wireguard-go for the interop tests.
+//! - [`provision`]: a self-healing fleet: control with the local provisioner and auto-replace,
+//!   BIND, an origin and a webhook receiver (replacement test, failover benchmark).
 //! - [`prereq`]: the one rule for a missing prerequisite: skip with a reason, fail under `CI=true`.
 //! - [`browser`]: headless Chromium driven over WebDriver (chromedriver) for the dashboard.
 //!
@@ -31,6 +34,7 @@ pub mod apps;
 pub mod browser;
 pub mod client;
 pub mod cloudflare;
+pub mod clouds;
 pub mod config;
 pub mod control;
 pub mod dns;
@@ -40,6 +44,7 @@ pub mod netns;
 pub mod pki;
 pub mod prereq;
 pub mod process;
+pub mod provision;
 pub mod topology;
 
 pub use net::eventually;

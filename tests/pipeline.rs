@@ -616,6 +616,7 @@ impl Control {
                 store.clone(),
                 kokoa_control::account::SessionPolicy::default(),
             )),
+            replacer: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);

@@ -50,6 +50,7 @@ pub struct Builder {
     edges: usize,
     edge_tunnel: TunnelKeys,
     origin_tunnel: TunnelKeys,
+    origin_checks: String,
 }
 
 /// A started origin.
@@ -117,10 +118,27 @@ impl Builder {
                     name: (*name).to_owned(),
                     port: *port,
                     local: *local,
+                    health_path: None,
                 })
                 .collect(),
             extra_edges: Vec::new(),
         });
+        self
+    }
+
+    /// Sets the `health_path` of the last origin's service on `port`.
+    pub fn health_path(mut self, port: u16, path: &str) -> Self {
+        if let Some(origin) = self.origins.last_mut() {
+            for service in origin.services.iter_mut().filter(|s| s.port == port) {
+                service.health_path = Some(path.to_owned());
+            }
+        }
+        self
+    }
+
+    /// The `[checks]` lines of every origin (`interval = 1\nunhealthy_threshold = 2`).
+    pub fn origin_checks(mut self, lines: &str) -> Self {
+        self.origin_checks = lines.to_owned();
         self
     }
 
@@ -309,6 +327,7 @@ impl Builder {
                 tunnel: self.origin_tunnel.clone(),
                 edges: origin_edges,
                 services: plan.services.clone(),
+                checks: self.origin_checks.clone(),
             };
             let process = start_origin(dir.path(), &plan.name, &spec).await?;
             origins.push(Origin {

@@ -10,6 +10,8 @@
 //! - [`grpc`] and [`pki`]: enrollment and config streaming to nodes over TLS with control's CA;
 //! - [`acme`] and [`dns`]: certificates for route names (ACME HTTP-01, TLS-ALPN-01, DNS-01);
 //! - [`health`]: every node's state (online, degraded, offline, enrolling, draining) and why;
+//! - [`provision`]: edge provisioners (local, DigitalOcean, Vultr, Hetzner) and the replacement
+//!   of dead edges;
 //! - [`metrics`]: control's own Prometheus metrics (`/metrics`);
 //! - [`serve`]: `kokoa-control serve`, which runs the REST API and the gRPC config stream;
 //! - [`https`]: the API and dashboard listener (HTTPS by default, plain only on loopback);
@@ -33,6 +35,7 @@ pub mod https;
 pub mod metrics;
 pub mod notify;
 pub mod pki;
+pub mod provision;
 pub mod serve;
 pub mod store;
 pub mod web;

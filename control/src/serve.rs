@@ -33,6 +33,7 @@ use crate::https;
 use crate::metrics::MetricSource;
 use crate::notify::{Notifier, NotifyArgs};
 use crate::pki::ControlCa;
+use crate::provision::{ProvisionArgs, Replacer};
 use crate::store::{self, MasterKey};
 use crate::web::{self, Web, WebOptions};
 
@@ -107,6 +108,8 @@ pub struct ServeOptions {
     pub notify: NotifyArgs,
     /// The DNS provider (DNS-01, DNS steering); none without `--dns-provider`.
     pub dns: DnsArgs,
+    /// The edge provisioner and replacement settings; none without `--provisioner`.
+    pub provision: ProvisionArgs,
 }
 
 impl ServeOptions {
@@ -134,6 +137,7 @@ impl ServeOptions {
             web: WebOptions::default(),
             notify: NotifyArgs::default(),
             dns: DnsArgs::default(),
+            provision: ProvisionArgs::default(),
         }
     }
 }
@@ -326,8 +330,24 @@ pub fn check(options: ServeOptions) -> Result<String, BadSettings> {
         .notify
         .options()
         .map_err(|e| bad("notifications", &e))?;
+    let provision = match options
+        .provision
+        .setup(dir, health.public_port)
+        .map_err(|e| bad("provisioner", &e))?
+    {
+        Some((provisioner, replace)) => format!(
+            "; provisioner {}{}",
+            provisioner.kind(),
+            if replace.auto {
+                format!(", auto-replace after {} s offline", replace.after.as_secs())
+            } else {
+                String::new()
+            }
+        ),
+        None => String::new(),
+    };
     let acme = format!(
-        "{acme}; notifications: {} attempts, queue {} per target",
+        "{acme}; notifications: {} attempts, queue {} per target{provision}",
         notify.max_attempts, notify.queue_limit
     );
     Ok(format!(
@@ -364,6 +384,10 @@ pub async fn run(
         .map_err(|e| BadSettings(format!("notifications: {e}")))?;
     let notifier = Notifier::new(store.clone(), notify)?;
     let dns = options.dns.setup()?;
+    let provision = options
+        .provision
+        .setup(&options.data_dir, health_settings.public_port)
+        .map_err(|e| BadSettings(e.to_string()))?;
     let certificates = options
         .acme
         .manager(store.clone(), dns.as_ref().map(|dns| dns.provider.clone()))?;
@@ -445,15 +469,26 @@ pub async fn run(
     if let Some(manager) = &certificates {
         manager.watch_connected_nodes(live.clone());
     }
+    let bundle = Arc::new(BundleSettings {
+        control_url: control_url.clone(),
+        ca_pem: ca.ca_pem().to_string(),
+        enrollment_ttl: BUNDLE_TOKEN_TTL,
+    });
+    let replacer = provision.map(|(provisioner, settings)| {
+        Arc::new(Replacer::new(
+            store.clone(),
+            provisioner,
+            bundle.clone(),
+            settings,
+            Some(live.clone()),
+        ))
+    });
     let state = ApiState {
         store: store.clone(),
-        bundle: Some(Arc::new(BundleSettings {
-            control_url: control_url.clone(),
-            ca_pem: ca.ca_pem().to_string(),
-            enrollment_ttl: BUNDLE_TOKEN_TTL,
-        })),
+        bundle: Some(bundle),
         live: Some(live),
         accounts: Arc::new(Accounts::new(store.clone(), options.sessions)),
+        replacer: replacer.clone(),
     };
     let api_router = api::router(state.clone());
     let dashboard = Web::new(
@@ -494,6 +529,7 @@ pub async fn run(
     // The certificate manager is not a server: it ends only on shutdown, so it is awaited then.
     let acme_task = certificates.map(|manager| tokio::spawn(manager.run(stopped(stop_rx.clone()))));
     let notify_task = tokio::spawn(notifier.run(stopped(stop_rx.clone())));
+    let provision_task = replacer.map(|r| tokio::spawn(r.run(stopped(stop_rx.clone()))));
     let dns_task = steering.map(|steering| tokio::spawn(steering.run(stopped(stop_rx))));
     let dashboard_url = https::dashboard_url(api_addr, api_certificate.is_some());
     tracing::info!(%api_addr, %grpc_addr, %control_url, %dashboard_url, engine = ?store.engine(), "kokoa-control serving");
@@ -537,6 +573,9 @@ pub async fn run(
         task.await.context("certificate manager task panicked")?;
     }
     notify_task.await.context("notifier task panicked")?;
+    if let Some(task) = provision_task {
+        task.await.context("provisioner task panicked")?;
+    }
     if let Some(task) = dns_task {
         task.await.context("DNS steering task panicked")?;
     }

@@ -453,3 +453,134 @@ async fn steering_follows_edge_states_and_keeps_the_last_edge() -> Result<()> {
         .context("steering did not stop")??;
     Ok(())
 }
+
+/// The services an origin reports: the first report is a baseline (history, no event); a change
+/// is an event `service.down` / `service.up`, a history row with the service's id and metrics.
+#[tokio::test]
+async fn reported_services_going_down_and_up_are_events_history_and_metrics() -> Result<()> {
+    use kokoa_control::health::heartbeat::ServiceHeartbeat;
+    use kokoa_control::health::services::{OriginReport, ServiceWatch};
+    use kokoa_control::health::HealthMetrics;
+
+    let (_dir, store) = open().await?;
+    let home = store
+        .create_origin(&Actor::Cli, NewOrigin::named("home".parse()?))
+        .await?;
+    let web = store
+        .create_service(
+            &Actor::Cli,
+            home.id,
+            NewService::http("web".parse()?, Port::new(8001)?),
+        )
+        .await?;
+    let metrics = HealthMetrics::default();
+    let mut watch = ServiceWatch::default();
+    let beat = |healthy: bool| ServiceHeartbeat {
+        name: "web".into(),
+        port: 8001,
+        healthy,
+        error: (!healthy).then(|| "connecting to 127.0.0.1:8001: refused".to_owned()),
+        check: Some("TCP connect 127.0.0.1:8001".into()),
+        consecutive_failures: if healthy { 0 } else { 3 },
+        since_ms: Some(10),
+    };
+    let start = time::OffsetDateTime::now_utc();
+    let mut step = 0i64;
+    let mut observe = async |healthy: bool| {
+        step += 1;
+        let services = vec![beat(healthy)];
+        let report = OriginReport {
+            id: home.id,
+            name: "home",
+            services: &services,
+        };
+        let at = start + time::Duration::seconds(step);
+        watch.observe(&*store, &metrics, &[report], at).await
+    };
+    let events = |store: Arc<dyn Store>| async move {
+        let events = store
+            .list_events(EventQuery {
+                entity: Some(Entity::Service),
+                entity_id: Some(web.id.to_string()),
+                ..EventQuery::default()
+            })
+            .await?;
+        anyhow::Ok(
+            events
+                .into_iter()
+                .filter(|e| e.action == "down" || e.action == "up")
+                .map(|e| (e.action, e.detail))
+                .collect::<Vec<_>>(),
+        )
+    };
+
+    let changes = observe(true).await?;
+    ensure!(
+        changes.down.is_empty() && changes.up.is_empty(),
+        "{changes:?}"
+    );
+    ensure!(
+        events(store.clone()).await?.is_empty(),
+        "a baseline is no event"
+    );
+    // Unchanged: nothing recorded.
+    observe(true).await?;
+    let changes = observe(false).await?;
+    ensure!(
+        changes.down == [("home".to_owned(), "web".to_owned())],
+        "{changes:?}"
+    );
+    observe(false).await?;
+    let changes = observe(true).await?;
+    ensure!(
+        changes.up == [("home".to_owned(), "web".to_owned())],
+        "{changes:?}"
+    );
+
+    let recorded = events(store.clone()).await?;
+    let actions: Vec<&str> = recorded.iter().map(|(a, _)| a.as_str()).collect();
+    ensure!(actions == ["down", "up"], "{recorded:?}");
+    ensure!(recorded[0].1["origin"] == "home" && recorded[0].1["service"] == "web");
+    ensure!(
+        recorded[0].1["error"] == "connecting to 127.0.0.1:8001: refused",
+        "{recorded:?}"
+    );
+    let history = store
+        .health_checks(HealthQuery {
+            service_id: Some(web.id),
+            ..HealthQuery::default()
+        })
+        .await?;
+    // Newest first: up, down, the baseline.
+    let results: Vec<bool> = history.iter().map(|c| c.success).collect();
+    ensure!(results == [true, false, true], "{history:?}");
+    ensure!(history.iter().all(|c| c.kind == Some(CheckKind::Service)
+        && c.origin_id == Some(home.id)
+        && c.target.as_deref() == Some("home: TCP connect 127.0.0.1:8001")));
+    drop(observe);
+    let text = kokoa_control::metrics::render(&kokoa_control::metrics::registry(&[&metrics]));
+    ensure!(
+        text.contains("kokoa_service_up{origin=\"home\",service=\"web\"} 1"),
+        "{text}"
+    );
+    ensure!(
+        text.contains("kokoa_health_checks_total{check=\"service\",result=\"fail\"} 1"),
+        "{text}"
+    );
+    // An origin that stops reporting a service forgets it: gone from the gauge.
+    watch
+        .observe(
+            &*store,
+            &metrics,
+            &[OriginReport {
+                id: home.id,
+                name: "home",
+                services: &[],
+            }],
+            start,
+        )
+        .await?;
+    let text = kokoa_control::metrics::render(&kokoa_control::metrics::registry(&[&metrics]));
+    ensure!(!text.contains("kokoa_service_up{"), "{text}");
+    Ok(())
+}

@@ -2,9 +2,12 @@
 //! production, [`TcpDialer`] over plain TCP in tests and local development.
 //!
 //! Dial failures are classified once here ([`DialError::status`]) so that the proxy picks the
-//! status code in one place: a service that answers but refuses or resets the connection is the
-//! origin's fault (502 Bad Gateway); an origin that cannot be reached at all (unknown, tunnel
-//! timed out or down) means the service is unavailable from this edge (503).
+//! status code in one place. Every one of them is a 503: an origin that refuses a service's
+//! port (a TCP reset to the SYN) says the service is down — a Kokoa origin closes the port of a
+//! service whose probes fail, and a stock WireGuard host's kernel resets a port nothing listens
+//! on — which the proxy answers with its "service down" page ([`DialError::is_service_down`]);
+//! an origin that cannot be reached at all (unknown, tunnel timed out or down) means the
+//! service is unavailable from this edge. An I/O error of the tunnel itself is a 502.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,8 +28,9 @@ pub enum DialError {
     /// No origin of that name is configured on this edge.
     #[error("unknown origin `{0}`: add it to [[origins]]")]
     UnknownOrigin(String),
-    /// The origin answered with a reset: it does not serve that port, or its app is down.
-    #[error("origin `{origin}` refused port {port}: is the service configured on the origin and its app running?")]
+    /// The origin answered with a reset: its service on that port is down (its probes fail),
+    /// or it does not serve that port.
+    #[error("origin `{origin}` refused port {port}: the service is down (see its probes on the origin: kokoa-control origin show, or the origin's log), or not configured on the origin")]
     Refused {
         /// The origin.
         origin: String,
@@ -61,15 +65,22 @@ pub enum DialError {
 }
 
 impl DialError {
-    /// The status the client gets: 502 when the origin refused or failed, 503 when it could
-    /// not be reached.
+    /// The status the client gets: 503 when the service is down or the origin could not be
+    /// reached, 502 for another I/O error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Refused { .. } | Self::Io { .. } => StatusCode::BAD_GATEWAY,
-            Self::UnknownOrigin(_) | Self::TimedOut { .. } | Self::Unavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Io { .. } => StatusCode::BAD_GATEWAY,
+            Self::Refused { .. }
+            | Self::UnknownOrigin(_)
+            | Self::TimedOut { .. }
+            | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
+    }
+
+    /// Whether the origin said the service is down (it refused the port at once), rather than
+    /// being unreachable: the proxy's "service down" page.
+    pub fn is_service_down(&self) -> bool {
+        matches!(self, Self::Refused { .. })
     }
 
     /// A short label for metrics: `refused`, `timeout`, `unknown_origin`, `unavailable`, `io`.
@@ -289,9 +300,11 @@ mod tests {
         assert!(dialer.dial("home", port).await.is_ok());
         drop(listener);
         let refused = dialer.dial("home", port).await.unwrap_err();
-        assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(refused.is_service_down());
         assert_eq!(refused.reason(), "refused");
         let unknown = dialer.dial("away", port).await.unwrap_err();
         assert_eq!(unknown.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!unknown.is_service_down());
     }
 }

@@ -109,6 +109,9 @@ pub struct Metrics {
     pub acl_denied: Family<HostLabels, Counter>,
     /// Requests answered 413 (body over the route's limit), by route host.
     pub body_too_large: Family<HostLabels, Counter>,
+    /// Requests answered 503 "service down" (the origin refused the route's service port: its
+    /// probes found the service down, or nothing listens there), by route host.
+    pub service_down: Family<HostLabels, Counter>,
     /// Client connections closed for having no request in flight for `idle_timeout`.
     pub idle_closed: Counter,
     /// HTTP/1.1 client connections parked: idle, holding no HTTP buffers (see `http1`).
@@ -136,6 +139,7 @@ impl Default for Metrics {
             connections_refused: Family::default(),
             acl_denied: Family::default(),
             body_too_large: Family::default(),
+            service_down: Family::default(),
             idle_closed: Counter::default(),
             parked: Gauge::default(),
             timeouts: Family::default(),
@@ -203,6 +207,11 @@ impl Metrics {
             "body_too_large",
             "Requests refused with 413 because the body exceeds the route's max_body_bytes",
             self.body_too_large.clone(),
+        );
+        edge.register(
+            "service_down",
+            "Requests answered 503 at once because the origin refused the route's service (down by its probes, or not listening), by route host",
+            self.service_down.clone(),
         );
         edge.register(
             "idle_connections_closed",

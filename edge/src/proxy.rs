@@ -34,9 +34,11 @@
 //! that disagrees with the target, a malformed request body), 403 (allow/deny list), 404 (no
 //! route for the host), 405 (`CONNECT`), 408 (request body timed out), 413 (body too large),
 //! 421 (host and SNI disagree), 429 (rate limited), 431 (too many header fields or a head over
-//! `max_header_bytes`), 502 (the origin refused, reset or broke the connection), 503 (the
-//! origin could not be reached: unknown, down, or the tunnel timed out). See
-//! [`crate::dial::DialError::status`].
+//! `max_header_bytes`), 502 (the origin reset or broke the connection, or answered something
+//! that is not HTTP), 503 (the origin could not be reached: unknown, down, or the tunnel timed
+//! out), 503 "service down" (the origin refused the service's port at once: its probes found
+//! the service down; with `Retry-After` and `kokoa-error: service-down`, counted in
+//! `kokoa_edge_service_down_total`). See [`crate::dial::DialError::status`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -389,6 +391,20 @@ impl<D: Dialer> Proxy<D> {
                 );
             }
             Err(error) => {
+                if let Some(dial) = dial_error(&error).filter(|d| d.is_service_down()) {
+                    Metrics::host_counter(&self.metrics.service_down, &route.host).inc();
+                    if let Some(suppressed) = route.admission.service_down_log.sample() {
+                        tracing::warn!(
+                            host = %raw_host,
+                            origin = %route.origin,
+                            port = route.port,
+                            suppressed,
+                            error = %dial,
+                            "service down: answered 503 (one line per second per route; `suppressed` counts the others)"
+                        );
+                    }
+                    return service_down_page();
+                }
                 let (status, detail) = match dial_error(&error) {
                     Some(dial) => (dial.status(), dial.to_string()),
                     None => (StatusCode::BAD_GATEWAY, error_chain(&error)),
@@ -674,6 +690,32 @@ pub fn empty() -> ProxyBody {
     http_body_util::Empty::new()
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// `Retry-After` of the "service down" page, in seconds: the default interval of the origins'
+/// probes, after which a service that came back is served again.
+pub const SERVICE_DOWN_RETRY_AFTER_SECS: u32 = 5;
+
+/// The header that marks an answer the edge made because the route's service is down.
+pub static KOKOA_ERROR: HeaderName = HeaderName::from_static("kokoa-error");
+
+/// The 503 for a route whose service is down: the error page, `Retry-After`, and
+/// `kokoa-error: service-down` (so a client or a test can tell it from an app's own 503).
+pub fn service_down_page() -> Response<ProxyBody> {
+    let mut response = page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service down: the application behind this site is not running or fails its health checks. Try again shortly.",
+    );
+    let headers = response.headers_mut();
+    headers.insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(SERVICE_DOWN_RETRY_AFTER_SECS),
+    );
+    headers.insert(
+        KOKOA_ERROR.clone(),
+        HeaderValue::from_static("service-down"),
+    );
+    response
 }
 
 /// A short HTML error page.

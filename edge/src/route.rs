@@ -60,6 +60,8 @@ pub struct Admission {
     pub limiter: Option<RequestLimiter>,
     /// Rate of log lines about allow/deny refusals.
     pub acl_log: LogSampler,
+    /// Rate of log lines about requests answered "service down".
+    pub service_down_log: LogSampler,
 }
 
 impl PartialEq for Admission {
@@ -75,6 +77,7 @@ impl Admission {
                 .rate
                 .map(|rate| RequestLimiter::new(rate, mask, budget.clone())),
             acl_log: LogSampler::new(std::time::Duration::from_secs(1)),
+            service_down_log: LogSampler::new(std::time::Duration::from_secs(1)),
             policy,
         }
     }

@@ -51,6 +51,6 @@ pub use crate::number::{BodyLimit, Bounded, Burst, Port, Rate, RatePolicy};
 pub use crate::peer::{EdgePeer, Keepalive, OriginPeer};
 pub use crate::route::{HttpRoute, ProxyProtocol, SniHostCheck, TcpRoute};
 pub use crate::serde_util::{from_json, from_json_value, from_toml};
-pub use crate::service::{HealthPath, Protocol, Service};
+pub use crate::service::{HealthPath, Protocol, Service, ServiceChecks};
 pub use crate::spec::{EdgeSpec, OriginSpec};
 pub use crate::tunnel::{Mtu, TcpBuffer, TunnelOptions, WindowLimits};

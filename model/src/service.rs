@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ModelError, ObjectKind, ObjectRef};
 use crate::name::Name;
 use crate::net::Endpoint;
-use crate::number::Port;
+use crate::number::{Bounded, Port};
 use crate::serde_util::string_serde;
 
 /// What a service speaks.
@@ -100,7 +100,8 @@ pub struct Service {
     /// What it speaks (default `http`).
     #[serde(default)]
     pub protocol: Protocol,
-    /// The path control's end-to-end health check requests through an edge.
+    /// The path the origin's probe requests (`GET`, expecting 2xx or 3xx); without one the
+    /// probe is a TCP connect. See [`ServiceChecks`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_path: Option<HealthPath>,
 }
@@ -109,6 +110,127 @@ impl Service {
     /// The object errors about this service name.
     pub fn object(&self) -> ObjectRef {
         ObjectRef::new(ObjectKind::Service, self.name.as_str())
+    }
+}
+
+/// Seconds between two probes of a service.
+pub type CheckIntervalSecs = Bounded<1, 3600>;
+/// Milliseconds a probe may take.
+pub type CheckTimeoutMs = Bounded<10, 3_600_000>;
+/// Probe results in a row that flip a service's health.
+pub type CheckThreshold = Bounded<1, 100>;
+
+/// Default time between two probes of a service (seconds): control probes edges as often.
+pub const DEFAULT_CHECK_INTERVAL_SECS: u64 = 5;
+/// Default probe timeout (milliseconds), as control's.
+pub const DEFAULT_CHECK_TIMEOUT_MS: u64 = 2000;
+/// Default failures in a row that make a service down, as control's: a service that dies is
+/// down within about 15 s without traffic (sooner with traffic: a stream whose app refuses
+/// counts as a failed probe).
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u64 = 3;
+/// Default passes in a row that make a down service up again: one. Unlike an edge (whose return
+/// re-adds DNS records that resolvers cache for a TTL), a service coming back only reopens its
+/// tunnel port, which the next failure closes again at no cost; so one answer from the app is
+/// enough to serve it again.
+pub const DEFAULT_HEALTHY_THRESHOLD: u64 = 1;
+
+/// How an origin probes each of its services (`[checks]` in `origin.toml`): every `interval`
+/// an HTTP `GET` of the service's `health_path` (2xx or 3xx passes), or a TCP connect when it
+/// has none, bounded by `timeout_ms`; `unhealthy_threshold` failures in a row make the service
+/// down (its tunnel port refuses streams at once, which the edges answer with 503), and
+/// `healthy_threshold` passes in a row make it up again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "ChecksFile", into = "ChecksFile")]
+pub struct ServiceChecks {
+    /// Time between two probes of each service.
+    pub interval: CheckIntervalSecs,
+    /// A probe that takes longer fails; shorter than `interval`.
+    pub timeout_ms: CheckTimeoutMs,
+    /// Failures in a row that make a service down.
+    pub unhealthy_threshold: CheckThreshold,
+    /// Passes in a row that make a down service up again.
+    pub healthy_threshold: CheckThreshold,
+}
+
+impl Default for ServiceChecks {
+    fn default() -> Self {
+        ServiceChecks {
+            interval: CheckIntervalSecs::saturating(DEFAULT_CHECK_INTERVAL_SECS),
+            timeout_ms: CheckTimeoutMs::saturating(DEFAULT_CHECK_TIMEOUT_MS),
+            unhealthy_threshold: CheckThreshold::saturating(DEFAULT_UNHEALTHY_THRESHOLD),
+            healthy_threshold: CheckThreshold::saturating(DEFAULT_HEALTHY_THRESHOLD),
+        }
+    }
+}
+
+impl ServiceChecks {
+    /// Checks the rule across fields: the timeout is shorter than the interval (so probes of
+    /// one service never overlap).
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.timeout_ms.get() >= self.interval.get() * 1000 {
+            return Err(ModelError::new(
+                "timeout_ms",
+                format!(
+                    "{} ms is not shorter than the interval ({} s): probes of a service must not overlap",
+                    self.timeout_ms,
+                    self.interval
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The interval as a duration.
+    pub fn interval(&self) -> std::time::Duration {
+        self.interval.as_secs()
+    }
+
+    /// The timeout as a duration.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms.get())
+    }
+}
+
+/// The file form of [`ServiceChecks`]: every field optional (the default), unknown ones refused.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChecksFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    interval: Option<CheckIntervalSecs>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<CheckTimeoutMs>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unhealthy_threshold: Option<CheckThreshold>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    healthy_threshold: Option<CheckThreshold>,
+}
+
+impl TryFrom<ChecksFile> for ServiceChecks {
+    type Error = String;
+
+    fn try_from(file: ChecksFile) -> Result<Self, String> {
+        let defaults = ServiceChecks::default();
+        let checks = ServiceChecks {
+            interval: file.interval.unwrap_or(defaults.interval),
+            timeout_ms: file.timeout_ms.unwrap_or(defaults.timeout_ms),
+            unhealthy_threshold: file
+                .unhealthy_threshold
+                .unwrap_or(defaults.unhealthy_threshold),
+            healthy_threshold: file.healthy_threshold.unwrap_or(defaults.healthy_threshold),
+        };
+        checks.validate().map_err(|e| e.to_string())?;
+        Ok(checks)
+    }
+}
+
+impl From<ServiceChecks> for ChecksFile {
+    fn from(checks: ServiceChecks) -> Self {
+        ChecksFile {
+            interval: Some(checks.interval),
+            timeout_ms: Some(checks.timeout_ms),
+            unhealthy_threshold: Some(checks.unhealthy_threshold),
+            healthy_threshold: Some(checks.healthy_threshold),
+        }
     }
 }
 
@@ -148,5 +270,34 @@ mod tests {
         assert!(HealthPath::new("/healthz").is_ok());
         assert_eq!(Protocol::parse("").unwrap(), Protocol::Http);
         assert!(Protocol::parse("udp").is_err());
+    }
+
+    #[test]
+    fn checks_default_and_refuse() {
+        let checks: ServiceChecks = from_toml("").unwrap();
+        assert_eq!(checks, ServiceChecks::default());
+        assert_eq!(checks.interval(), std::time::Duration::from_secs(5));
+        assert_eq!(checks.timeout(), std::time::Duration::from_secs(2));
+        assert_eq!(checks.unhealthy_threshold.get(), 3);
+        let checks: ServiceChecks =
+            from_toml("interval = 1\ntimeout_ms = 300\nhealthy_threshold = 2").unwrap();
+        assert_eq!(checks.interval.get(), 1);
+        assert_eq!(checks.healthy_threshold.get(), 2);
+        for (text, field) in [
+            ("interval = 0", "interval"),
+            ("timeout_ms = 5", "timeout_ms"),
+            ("unhealthy_threshold = 0", "unhealthy_threshold"),
+            ("healthy_threshold = 101", "healthy_threshold"),
+            ("intervall = 3", "intervall"),
+        ] {
+            let error = from_toml::<ServiceChecks>(text).unwrap_err();
+            assert_eq!(error.field, field, "{text}: {error}");
+        }
+        // Across fields: the timeout must be shorter than the interval.
+        let error = from_toml::<ServiceChecks>("interval = 1\ntimeout_ms = 1000").unwrap_err();
+        assert!(
+            error.to_string().contains("not shorter than the interval"),
+            "{error}"
+        );
     }
 }

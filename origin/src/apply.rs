@@ -8,9 +8,9 @@
 //! ([`Services::replace`]): streams already bridged keep their local connection, and peers
 //! whose settings did not change keep their sessions. Edge endpoints written as host names are
 //! resolved here (one that does not resolve is left out with a warning: the origin waits for
-//! that edge's packets); service addresses are not resolved here at all, but when a stream
-//! arrives, so a name that does not resolve makes that one service unhealthy and never refuses
-//! the config.
+//! that edge's packets); service addresses are not resolved here at all, but when a probe or a
+//! stream needs them, so a name that does not resolve makes that one service unhealthy and
+//! never refuses the config.
 //!
 //! [`OriginApplier`] is also the control client's [`Applier`]: a snapshot is converted straight
 //! into the model ([`OriginSpec::from_proto`]) and applied; a NACK names the field and object.
@@ -58,6 +58,11 @@ impl OriginApplier {
         }
     }
 
+    /// The probe settings the running services are judged by (fixed at start).
+    pub fn checks(&self) -> kokoa_model::ServiceChecks {
+        *self.services.checks()
+    }
+
     /// Validates `spec` as a whole and applies it, or changes nothing and says which field of
     /// which object breaks a rule. `private_key` is control's key for the origin, when it
     /// manages it; `version` is for logs.
@@ -96,11 +101,9 @@ impl OriginApplier {
             tracing::debug!(service = %service.name, port = service.port, local = %service.local, "serving");
         }
         let count = table.len();
+        // The prober starts a round at once for the new table: a host name that does not
+        // resolve shows as that service's health, never as a refused config.
         self.services.replace(table, &self.tunnel);
-        // Host names are looked up in the background: the config is applied whatever they
-        // answer, and a name that does not resolve shows as that service's health.
-        let services = self.services.clone();
-        tokio::spawn(async move { services.load().check_names().await });
         if let Some(options) = spec.tunnel {
             if options.mtu != self.base.tunnel.options.mtu
                 || options.tcp_buffer != self.base.tunnel.options.tcp_buffer

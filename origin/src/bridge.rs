@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::metrics::{ByteLabels, FailureLabels, Metrics, ServiceLabels};
-use crate::service::ServiceTable;
+use crate::service::Services;
 
 /// Largest chunk moved in one step. 64 KiB: tokio's default of 8 KiB made an upload cost the
 /// origin one write to the app per 8 KiB; with 64 KiB the benchmark's uploads ran 15-25% faster
@@ -47,18 +47,21 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; CHUNK].into_boxed_slice());
 }
 
-/// Bridges `incoming` to the service its port maps to in `table`, then returns when both
-/// directions are done (or one failed).
+/// Bridges `incoming` to the service its port maps to in `services`' current table, then
+/// returns when both directions are done (or one failed).
 ///
 /// If there is no service for the port or the local app cannot be reached, the tunnel stream is
-/// reset before anything is sent, so the edge sees the connection fail and answers 502. An
-/// error in either direction (a reset by the app, a broken tunnel) resets the tunnel side too.
+/// reset before anything is sent, so the edge sees the connection fail and answers 502. The
+/// connect's outcome counts toward the service's health like a probe's ([`Services::record`]):
+/// enough failures in a row close its port, so later streams are refused at once. An error in
+/// either direction (a reset by the app, a broken tunnel) resets the tunnel side too.
 pub async fn bridge(
     incoming: IncomingStream,
-    table: Arc<ServiceTable>,
+    services: Arc<Services>,
     metrics: Metrics,
     connect_timeout: Duration,
 ) {
+    let table = services.load();
     let IncomingStream {
         mut stream,
         peer,
@@ -106,6 +109,7 @@ pub async fn bridge(
             Ok(address) => address,
             Err(error) => {
                 failed("resolve");
+                services.record(&service, Err(error.clone()));
                 tracing::warn!(%error, "local service address does not resolve; resetting the tunnel stream");
                 stream.abort();
                 return;
@@ -121,16 +125,19 @@ pub async fn bridge(
                     "error"
                 };
                 failed(reason);
-                service.record_failure(format!("connecting to {address}: {error}"));
+                services.record(&service, Err(format!("connecting to {address}: {error}")));
                 tracing::warn!(%error, "local service unreachable; resetting the tunnel stream");
                 stream.abort();
                 return;
             }
             Err(_) => {
                 failed("timeout");
-                service.record_failure(format!(
-                    "connecting to {address}: no answer within {connect_timeout:?}"
-                ));
+                services.record(
+                    &service,
+                    Err(format!(
+                        "connecting to {address}: no answer within {connect_timeout:?}"
+                    )),
+                );
                 tracing::warn!(
                     timeout = ?connect_timeout,
                     "local service did not accept in time; resetting the tunnel stream"
@@ -139,7 +146,7 @@ pub async fn bridge(
                 return;
             }
         };
-        service.record_success();
+        services.record(&service, Ok(()));
         // Request/response traffic: do not let Nagle hold back small writes.
         if let Err(error) = local.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY on the local connection");

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use kokoa_model::limits::TimeoutSecs;
-use kokoa_model::{Bounded, EdgePeer, ModelError, OriginSpec, Service, TunnelIp};
+use kokoa_model::{Bounded, EdgePeer, ModelError, OriginSpec, Service, ServiceChecks, TunnelIp};
 pub use kokoa_node::config::{ConfigError, DrainSecs};
 use kokoa_node::control::{ControlSettings, FileControl};
 use kokoa_tunnel::settings::{TunnelFile, TunnelSettings};
@@ -48,6 +48,8 @@ pub struct OriginConfig {
     pub drain_timeout: Duration,
     /// How long connecting to a local service may take.
     pub connect_timeout: Duration,
+    /// How the services are probed (`[checks]`; the same in file and control mode).
+    pub checks: ServiceChecks,
     /// Runtime threads: 1 runs everything on one thread (the default), more use tokio's
     /// work-stealing runtime with that many workers.
     pub workers: usize,
@@ -71,6 +73,8 @@ struct FileConfig {
     edges: Vec<EdgePeer>,
     #[serde(default)]
     services: Vec<Service>,
+    #[serde(default)]
+    checks: ServiceChecks,
     control: Option<FileControl>,
 }
 
@@ -162,6 +166,7 @@ impl FileConfig {
                 Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
                 TimeoutSecs::as_secs,
             ),
+            checks: self.checks,
             workers: origin
                 .workers
                 .map_or(DEFAULT_WORKERS as usize, Workers::as_usize),
@@ -233,6 +238,11 @@ address = "10.100.1.10"
         );
         assert_eq!(spec.services.len(), 2);
         assert_eq!(spec.services[0].port.get(), 8001);
+        assert_eq!(
+            spec.services[0].health_path.as_ref().map(|p| p.as_str()),
+            Some("/healthz")
+        );
+        assert_eq!(config.checks, ServiceChecks::default());
         assert_eq!(config.drain_timeout, Duration::from_secs(10));
     }
 
@@ -261,6 +271,37 @@ address = "10.100.1.10"
         );
         assert!(spec.services.is_empty());
         assert_eq!(config.workers, 1);
+    }
+
+    #[test]
+    fn checks_come_from_the_model_in_both_modes() {
+        let config = OriginConfig::from_toml(&minimal(""), None).unwrap();
+        assert_eq!(config.checks, ServiceChecks::default());
+        let config =
+            OriginConfig::from_toml(&minimal("[checks]\ninterval = 1\ntimeout_ms = 250"), None)
+                .unwrap();
+        assert_eq!(config.checks.interval(), Duration::from_secs(1));
+        assert_eq!(config.checks.timeout(), Duration::from_millis(250));
+        for (extra, field) in [
+            ("[checks]\ninterval = 0", "checks.interval"),
+            ("[checks]\nintervl = 2", "checks.intervl"),
+        ] {
+            assert_eq!(
+                invalid_field(OriginConfig::from_toml(&minimal(extra), None)),
+                field,
+                "{extra}"
+            );
+        }
+        let error =
+            OriginConfig::from_toml(&minimal("[checks]\ninterval = 1\ntimeout_ms = 1000"), None)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("not shorter than the interval"), "{error}");
+        let dir = control_dir();
+        let text = "[origin]\n[control]\nurl = \"https://control.test:7443\"\nca_file = \"control-ca.pem\"\ntoken_file = \"t\"\nstate_dir = \"s\"\n[checks]\nunhealthy_threshold = 2\n";
+        let config = OriginConfig::from_toml(text, Some(dir.path())).unwrap();
+        assert_eq!(config.checks.unhealthy_threshold.get(), 2);
     }
 
     #[test]

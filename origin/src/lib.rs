@@ -10,13 +10,16 @@
 //! swappable service table and `Tunnel::set_peers`); the last applied one is persisted so a
 //! restart serves without control.
 //!
-//! Modules: [`config`] (file form and validated model), [`control`] (snapshots from control), [`service`] (the port -> local address
-//! table), [`bridge`] (one stream to its app), [`metrics`] (Prometheus).
+//! Modules: [`config`] (file form and validated model), [`apply`] (specs from the file or
+//! control), [`service`] (the port -> local address table and each service's health),
+//! [`probe`] (the active checks of the services), [`bridge`] (one stream to its app),
+//! [`metrics`] (Prometheus).
 
 pub mod apply;
 pub mod bridge;
 pub mod config;
 pub mod metrics;
+pub mod probe;
 pub mod service;
 
 use std::collections::HashMap;
@@ -72,7 +75,10 @@ pub async fn run_with_reload(
             )
         })?;
     let metrics = Metrics::default();
-    let services = Arc::new(Services::new(ServiceTable::default()));
+    let services = Arc::new(Services::with_checks(
+        ServiceTable::default(),
+        config.checks,
+    ));
     let applier = Arc::new(OriginApplier::new(
         config.clone(),
         tunnel.clone(),
@@ -81,7 +87,8 @@ pub async fn run_with_reload(
     ));
     let mut collectors: Vec<Box<dyn prometheus_client::collector::Collector>> =
         vec![Box::new(ServiceHealthCollector::new(services.clone()))];
-    let mut background = Vec::new();
+    // Probes run until shutdown; a down service's port is closed by them (see `service`).
+    let mut background = vec![tokio::spawn(probe::run(services.clone(), metrics.clone()))];
     let mut edge_names = HashMap::new();
     match (&config.control, &config.spec) {
         (Some(settings), _) => {
@@ -158,6 +165,9 @@ async fn reload(applier: &OriginApplier, path: &std::path::Path) {
             return;
         }
     };
+    if config.checks != applier.checks() {
+        tracing::warn!(path = %path.display(), "[checks] changed: the new probe settings take effect when the origin restarts");
+    }
     let Some(spec) = config.spec else {
         tracing::error!(path = %path.display(), "reload refused: the file now has [control]; restart the origin to switch to control mode");
         return;
@@ -220,12 +230,12 @@ async fn serve(
                     tracing::warn!("tunnel closed; stopping");
                     break;
                 };
-                let table = services.load();
+                let services = services.clone();
                 let metrics = metrics.clone();
                 let watch = drain_watch.clone();
                 let timeout = config.connect_timeout;
                 bridges.spawn(async move {
-                    bridge::bridge(stream, table, metrics, timeout).await;
+                    bridge::bridge(stream, services, metrics, timeout).await;
                     drop(watch);
                 });
             }

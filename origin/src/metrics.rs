@@ -41,6 +41,15 @@ pub struct FailureLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the probe counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    /// The service name.
+    pub service: String,
+    /// `pass` or `fail`.
+    pub result: &'static str,
+}
+
 /// The origin's own metrics. Cheap to clone (every metric is an `Arc` inside).
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -56,6 +65,8 @@ pub struct Metrics {
     pub local_connect_failures: Family<FailureLabels, Counter>,
     /// Bytes bridged, by service and direction.
     pub bytes: Family<ByteLabels, Counter>,
+    /// Probes of the services ([`crate::probe`]), by service and result.
+    pub probes: Family<ProbeLabels, Counter>,
     /// Streams accepted, all services together: what heartbeats report, read from this atomic
     /// (not registered; `streams_accepted` carries the same count by service).
     pub streams_total: Counter,
@@ -86,6 +97,11 @@ impl Metrics {
             "bytes",
             "Bytes bridged between tunnel and local services",
             self.bytes.clone(),
+        );
+        origin.register(
+            "service_probes",
+            "Probes of the local services (HTTP GET of health_path, or TCP connect), by service and result",
+            self.probes.clone(),
         );
     }
 }
@@ -284,9 +300,10 @@ impl Collector for TunnelCollector {
     }
 }
 
-/// `kokoa_origin_service_healthy{service}`: 1 while the service's last attempt (a stream, or
-/// the lookup after a reload) reached its app, 0 when it failed (a local address that does not
-/// resolve, an app that refuses). Read from the live service table at scrape time.
+/// `kokoa_origin_service_healthy{service}`: 1 while the service is up, 0 while it is down (its
+/// probes and streams failed `unhealthy_threshold` times in a row: an address that does not
+/// resolve, an app that refuses, times out or answers an error status; its tunnel port refuses
+/// streams meanwhile). Read from the live service table at scrape time.
 pub struct ServiceHealthCollector {
     services: std::sync::Arc<crate::service::Services>,
 }
@@ -309,7 +326,7 @@ impl Collector for ServiceHealthCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut metric = encoder.encode_descriptor(
             "kokoa_origin_service_healthy",
-            "1 while the service's local app was reachable at the last attempt, 0 when it was not (unresolvable address, refused, timed out)",
+            "1 while the service is up, 0 while it is down (failed unhealthy_threshold probes or streams in a row; its tunnel port then refuses streams)",
             None,
             MetricType::Gauge,
         )?;

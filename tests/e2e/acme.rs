@@ -77,6 +77,7 @@ async fn world(acme_args: &[&str]) -> Result<Option<World>> {
         FleetOptions {
             control_args,
             edge_http: Some(edge_http),
+            ..FleetOptions::default()
         },
     )
     .await?;

@@ -82,10 +82,10 @@ fn dashboard_login_with_password_and_totp_refuses_a_wrong_code() {
         b.screenshot("account-totp.png", DESKTOP).await?;
         b.fill("#totp-confirm-code", "12345").await?;
         b.click("#totp-confirm button").await?;
-        ensure!(
-            b.has("#totp-confirm-error").await?,
-            "a malformed confirmation code is refused with the API's message"
-        );
+        // The refusal arrives with the next page: wait for it rather than look at once.
+        b.find("#totp-confirm-error")
+            .await
+            .context("a malformed confirmation code is refused with the API's message")?;
         b.fill("#totp-confirm-code", &browser::totp_code(&secret, 0)?)
             .await?;
         b.click("#totp-confirm button").await?;

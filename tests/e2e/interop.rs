@@ -149,7 +149,9 @@ fn stock_wireguard_edge_reaches_kokoa_origin() {
                 name: "web".into(),
                 port: 8001,
                 local: "127.0.0.1:8080".parse()?,
+                health_path: None,
             }],
+            checks: String::new(),
         };
         let config = write(dir.path(), "origin.toml", &spec.to_toml())?;
         let config = config.to_string_lossy().into_owned();

@@ -62,7 +62,9 @@ fn origin_refuses_ports_it_does_not_serve_and_drops_spoofed_sources() {
                 name: "web".into(),
                 port: 8001,
                 local: app.addr,
+                health_path: None,
             }],
+            checks: String::new(),
         };
         let origin = start_origin(dir.path(), "home", &spec).await?;
         let origin_key = origin_key.public_key();

@@ -62,6 +62,11 @@ impl EdgeView {
     }
 }
 
+/// `edge` as the API shows it (with the origins it serves).
+pub(super) async fn view_of(store: &dyn Store, edge: Edge) -> Result<EdgeView, ApiError> {
+    view(store, edge).await
+}
+
 async fn view(store: &dyn Store, edge: Edge) -> Result<EdgeView, ApiError> {
     let assignments = store
         .list_assignments(AssignmentFilter {

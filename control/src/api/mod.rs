@@ -20,6 +20,7 @@ pub mod extract;
 mod notifications;
 pub mod openapi;
 mod origins;
+mod provision;
 mod routes;
 mod services;
 mod status;
@@ -73,6 +74,9 @@ pub struct ApiState {
     pub live: Option<Arc<dyn LiveNodes>>,
     /// Dashboard users and sessions (the session cookie is checked here).
     pub accounts: Arc<Accounts>,
+    /// The edge provisioner (`edge provision`, `edge replace`, `edge destroy`); those answer
+    /// 409 without one.
+    pub replacer: Option<Arc<crate::provision::Replacer>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -94,6 +98,7 @@ impl ApiState {
             store,
             bundle: None,
             live: None,
+            replacer: None,
         }
     }
 }
@@ -177,6 +182,12 @@ pub fn router(state: ApiState) -> Router {
             get(tokens::list_edge).post(tokens::create_edge),
         )
         .route("/edge-nodes/{edge}/bundle", get(tokens::edge_bundle))
+        .route("/edge-nodes/{edge}/replace", post(provision::replace))
+        .route("/edge-nodes/{edge}/destroy", post(provision::destroy))
+        .route("/edge-nodes/{edge}/instance", get(provision::instance))
+        .route("/provision/edges", post(provision::provision))
+        .route("/provision/replacements", get(provision::replacements))
+        .route("/provision/instances", get(provision::instances))
         .route("/routes", get(routes::list).post(routes::create))
         .route(
             "/routes/{route}",

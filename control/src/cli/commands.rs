@@ -226,6 +226,42 @@ impl Api {
                     .await?;
                 self.print(&edge, |e| edge_table(std::slice::from_ref(e)))
             }
+            EdgeCommand::Provision { name, origins } => {
+                let body = json!({ "name": name, "origins": origins });
+                let edge: EdgeView = self.client.post("/provision/edges", &body).await?;
+                self.print(&edge, |e| edge_table(std::slice::from_ref(e)))
+            }
+            EdgeCommand::Replace { name } => {
+                let replacement: crate::store::Replacement = self
+                    .client
+                    .post(
+                        &format!("/edge-nodes/{}/replace", segment(&name)),
+                        &json!({}),
+                    )
+                    .await?;
+                self.print(&replacement, |r| {
+                    format!(
+                        "replacing edge {} ({}); follow it with `kokoa-control edge replacements`\n",
+                        r.old_edge_name, r.id
+                    )
+                })
+            }
+            EdgeCommand::Destroy { name } => {
+                self.client
+                    .call(
+                        Method::POST,
+                        &format!("/edge-nodes/{}/destroy", segment(&name)),
+                        Some(b"{}".to_vec()),
+                    )
+                    .await?;
+                self.done(format!("edge {name} destroyed"));
+                Ok(())
+            }
+            EdgeCommand::Replacements => {
+                let list: Vec<crate::store::Replacement> =
+                    self.client.get("/provision/replacements").await?;
+                self.print(&list, |list| replacement_table(list))
+            }
         }
     }
 
@@ -484,4 +520,25 @@ impl Api {
             )
         })
     }
+}
+
+/// `edge replacements`: one line per replacement.
+fn replacement_table(list: &[crate::store::Replacement]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            vec![
+                r.old_edge_name.clone(),
+                r.new_edge_name.clone().unwrap_or_default(),
+                r.stage.as_str().to_owned(),
+                r.cause.as_str().to_owned(),
+                super::time_text(Some(r.started_at)),
+                r.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    super::table::render(
+        &["OLD EDGE", "NEW EDGE", "STAGE", "CAUSE", "STARTED", "ERROR"],
+        &rows,
+    )
 }

@@ -315,6 +315,9 @@ pub struct ServeArgs {
     /// The DNS provider (ACME DNS-01, DNS steering).
     #[command(flatten)]
     pub dns: DnsArgs,
+    /// The edge provisioner and automatic replacement.
+    #[command(flatten)]
+    pub provision: crate::provision::ProvisionArgs,
 }
 
 /// `dev` flags.
@@ -589,6 +592,27 @@ pub enum EdgeCommand {
         /// Name or id.
         name: String,
     },
+    /// Create an edge on a new machine made by control's provisioner (`serve --provisioner`).
+    Provision {
+        /// Unique name.
+        name: String,
+        /// Origin it serves (repeatable).
+        #[arg(long = "origin")]
+        origins: Vec<String>,
+    },
+    /// Replace an edge: provision a new one serving the same origins, wait until it serves,
+    /// then drain and destroy the old one.
+    Replace {
+        /// Name or id.
+        name: String,
+    },
+    /// Destroy an edge's machine (made by control's provisioner) and delete the edge.
+    Destroy {
+        /// Name or id.
+        name: String,
+    },
+    /// Replacements: in flight and finished, newest first.
+    Replacements,
 }
 
 /// `certificate` subcommands.
@@ -775,6 +799,7 @@ impl From<ServeArgs> for ServeOptions {
             },
             notify: args.notify,
             dns: args.dns,
+            provision: args.provision,
         }
     }
 }

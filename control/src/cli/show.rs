@@ -153,17 +153,22 @@ pub fn render(detail: &NodeDetail) -> String {
             .services
             .iter()
             .map(|svc| {
+                let mut health = if svc.healthy { "up" } else { "down" }.to_owned();
+                if let Some(ms) = svc.since_ms {
+                    let _ = write!(health, " for {}", age_ms(ms));
+                }
                 vec![
                     svc.name.clone(),
                     svc.port.to_string(),
-                    if svc.healthy { "healthy" } else { "down" }.to_owned(),
+                    health,
+                    svc.check.clone().unwrap_or_default(),
                     svc.error.clone().unwrap_or_default(),
                 ]
             })
             .collect();
         out.push('\n');
         out.push_str(&table::render(
-            &["SERVICE", "PORT", "HEALTH", "ERROR"],
+            &["SERVICE", "PORT", "HEALTH", "CHECK", "ERROR"],
             &rows,
         ));
     }

@@ -1,4 +1,5 @@
-//! The small JSON-over-HTTPS client the PowerDNS and Cloudflare providers share: hyper-util's
+//! The small JSON-over-HTTPS client the PowerDNS and Cloudflare providers (and the cloud edge
+//! provisioners, `crate::provision::cloud`) share: hyper-util's
 //! pooled client over hyper-rustls (the system's roots; plain `http://` allowed for an API on
 //! loopback or a private network), one timeout per request including the body, and a cap on
 //! the body a server can make control hold.

@@ -21,7 +21,7 @@
 
 pub mod args;
 pub mod cloudflare;
-mod http;
+pub(crate) mod http;
 pub mod manager;
 pub mod powerdns;
 pub mod rfc2136;

@@ -29,8 +29,8 @@ pub struct PeerHeartbeat {
     pub active_streams: u64,
 }
 
-/// One service of an origin as the origin judges it (the last stream reached the app, or its
-/// address resolves).
+/// One service of an origin as the origin judges it from its probes (HTTP `GET` of the
+/// service's health path, or a TCP connect) and its streams.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ServiceHeartbeat {
@@ -42,6 +42,13 @@ pub struct ServiceHeartbeat {
     pub healthy: bool,
     /// Why not, when unhealthy ("connection refused", "cannot resolve ...").
     pub error: Option<String>,
+    /// What the origin probes (`GET http://127.0.0.1:8001/healthz`, `TCP connect ...`);
+    /// `None` from origins that do not probe.
+    pub check: Option<String>,
+    /// Failed probes (or streams) in a row.
+    pub consecutive_failures: u32,
+    /// Milliseconds since it last changed between up and down, when the origin said.
+    pub since_ms: Option<u64>,
 }
 
 /// What a node reported in its latest heartbeat.
@@ -100,6 +107,9 @@ impl Heartbeat {
                     port: u16::try_from(s.port).unwrap_or(0),
                     healthy: s.healthy,
                     error: (!s.error.is_empty()).then(|| s.error.clone()),
+                    check: (!s.check.is_empty()).then(|| s.check.clone()),
+                    consecutive_failures: s.consecutive_failures,
+                    since_ms: (!s.check.is_empty()).then_some(s.since_ms),
                 })
                 .collect(),
         }
@@ -151,6 +161,9 @@ mod tests {
                 port: 8001,
                 healthy: false,
                 error: "connection refused".into(),
+                check: "TCP connect 127.0.0.1:8001".into(),
+                consecutive_failures: 3,
+                ..Default::default()
             }],
             ..Default::default()
         };
@@ -161,6 +174,11 @@ mod tests {
             beat.services[0].error.as_deref(),
             Some("connection refused")
         );
+        assert_eq!(
+            beat.services[0].check.as_deref(),
+            Some("TCP connect 127.0.0.1:8001")
+        );
+        assert_eq!(beat.services[0].consecutive_failures, 3);
         assert_eq!(Heartbeat::from_value(&beat.to_value()), Some(beat));
         // A row from before services were reported.
         let old = serde_json::json!({"applied_version": 3, "peers": [], "cpu_cores": 0.5});

@@ -34,6 +34,15 @@ pub struct NodeLabels {
     pub state: String,
 }
 
+/// Labels of [`HealthMetrics::service_up`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// The origin's name.
+    pub origin: String,
+    /// The service's name.
+    pub service: String,
+}
+
 /// Labels of [`HealthMetrics::checks`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CheckLabels {
@@ -75,9 +84,13 @@ pub struct HealthMetrics {
     pub check_duration: Family<CheckKindLabels, Histogram, DurationBuckets>,
     /// Health history rows removed by retention.
     pub history_pruned: Counter,
+    /// 1 for each origin service its origin reports up, 0 down.
+    pub service_up: Family<ServiceLabels, Gauge>,
     /// Label sets of `node_state` set last time, to remove those of nodes that changed or
     /// went away.
     shown: Mutex<HashSet<NodeLabels>>,
+    /// Label sets of `service_up` set last time.
+    services_shown: Mutex<HashSet<ServiceLabels>>,
 }
 
 impl Default for HealthMetrics {
@@ -89,7 +102,9 @@ impl Default for HealthMetrics {
             checks: Family::default(),
             check_duration: Family::new_with_constructor(DurationBuckets),
             history_pruned: Counter::default(),
+            service_up: Family::default(),
             shown: Mutex::new(HashSet::new()),
+            services_shown: Mutex::new(HashSet::new()),
         }
     }
 }
@@ -129,6 +144,30 @@ impl HealthMetrics {
         *shown = current;
     }
 
+    /// Sets `service_up` to exactly `services` (origin, service, up).
+    pub fn set_services(&self, services: &[(String, String, bool)]) {
+        let mut shown = self.services_shown.lock();
+        let current: HashSet<ServiceLabels> = services
+            .iter()
+            .map(|(origin, service, _)| ServiceLabels {
+                origin: origin.clone(),
+                service: service.clone(),
+            })
+            .collect();
+        for gone in shown.difference(&current) {
+            self.service_up.remove(gone);
+        }
+        for (origin, service, up) in services {
+            self.service_up
+                .get_or_create(&ServiceLabels {
+                    origin: origin.clone(),
+                    service: service.clone(),
+                })
+                .set(i64::from(*up));
+        }
+        *shown = current;
+    }
+
     /// Counts a state change.
     pub fn transition(&self, kind: &'static str, to: NodeStatus) {
         self.transitions
@@ -160,7 +199,8 @@ impl HealthMetrics {
 impl MetricSource for HealthMetrics {
     /// `kokoa_nodes{kind,state}`, `kokoa_node_state{kind,name,state}`,
     /// `kokoa_node_state_transitions_total{kind,state}`, `kokoa_health_checks_total{check,result}`,
-    /// `kokoa_health_check_duration_seconds{check}`, `kokoa_health_history_pruned_total`.
+    /// `kokoa_health_check_duration_seconds{check}`, `kokoa_service_up{origin,service}`,
+    /// `kokoa_health_history_pruned_total`.
     fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
             "kokoa_nodes",
@@ -179,13 +219,18 @@ impl MetricSource for HealthMetrics {
         );
         registry.register(
             "kokoa_health_checks",
-            "Health probe results: control's probes of edges (public, admin) and the service probes origins report (service)",
+            "Health probe results: control's probes of edges (public, admin), and changes of the services' state that origins report (service)",
             self.checks.clone(),
         );
         registry.register(
             "kokoa_health_check_duration_seconds",
             "Duration of control's probes of edges",
             self.check_duration.clone(),
+        );
+        registry.register(
+            "kokoa_service_up",
+            "1 while an origin reports its service up (its probes pass), 0 while down",
+            self.service_up.clone(),
         );
         registry.register(
             "kokoa_health_history_pruned",

@@ -14,6 +14,10 @@
 //!   [`HealthSettings::history_retention`]) and a metric,
 //! - an operator's drain,
 //!
+//! It also follows the services each origin probes and reports in its heartbeats
+//! ([`services`]): a service going down or up is an event (`service.down`, `service.up`),
+//! health history and a metric.
+//!
 //! and stores the state and its reason ([`set_node_state`]: a change of state is an event
 //! named after the new state, `edge.offline`, `edge.online`, ...). The API, `kokoa-control
 //! status` and the metrics show the stored state, so every replica shows the same thing.
@@ -31,6 +35,7 @@ pub mod args;
 pub mod heartbeat;
 pub mod metrics;
 pub mod probe;
+pub mod services;
 pub mod state;
 pub mod tally;
 
@@ -45,7 +50,7 @@ use tokio::sync::watch;
 
 use crate::grpc::NodeRegistry;
 use crate::store::{
-    Actor, CheckKind, Edge, Leadership, NewHealthCheck, NodeId, NodeState, NodeStatus, Origin,
+    Actor, CheckKind, Edge, Id, Leadership, NewHealthCheck, NodeId, NodeState, NodeStatus, Origin,
     Store,
 };
 use state::CheckView;
@@ -159,6 +164,8 @@ struct Memory {
     last_probe: Option<Instant>,
     /// When expired history was last pruned.
     last_prune: Option<Instant>,
+    /// The services origins report, to record their changes.
+    services: services::ServiceWatch,
 }
 
 /// Judges node states; see the module doc.
@@ -497,6 +504,41 @@ impl HealthChecker {
             }
             states.nodes.insert(node, judgement.status);
             shown.push((kind(node), name.clone(), judgement.status));
+        }
+        // The services origins probe and report: a change is an event and history.
+        let beats: Vec<(Id, &str, Heartbeat)> = origins
+            .iter()
+            .filter_map(|o| {
+                let info = live.get(&NodeId::Origin(o.id));
+                let last = o
+                    .state
+                    .last_heartbeat
+                    .max(info.and_then(|l| l.last_heartbeat))?;
+                let age = Duration::try_from(now - last).unwrap_or_default();
+                if age > self.settings.heartbeat_timeout {
+                    return None;
+                }
+                let beat = info
+                    .and_then(|l| l.heartbeat.as_ref())
+                    .or(o.state.heartbeat.as_ref())
+                    .and_then(Heartbeat::from_value)?;
+                Some((o.id, o.name.as_str(), beat))
+            })
+            .collect();
+        let reports: Vec<services::OriginReport<'_>> = beats
+            .iter()
+            .map(|(id, name, beat)| services::OriginReport {
+                id: *id,
+                name,
+                services: &beat.services,
+            })
+            .collect();
+        if let Err(error) = memory
+            .services
+            .observe(&*self.store, &self.metrics, &reports, now)
+            .await
+        {
+            tracing::warn!(%error, "recording service health changes failed; retrying");
         }
         memory
             .keys

@@ -35,6 +35,8 @@ pub enum Entity {
     NotificationTarget,
     /// A DNS name control steers (events of DNS steering: fail open, addresses changed).
     Dns,
+    /// A machine a provisioner makes or destroys for an edge (`provision.failed`).
+    Provision,
 }
 
 impl Entity {
@@ -55,6 +57,7 @@ impl Entity {
             Entity::Session => "session",
             Entity::NotificationTarget => "notification_target",
             Entity::Dns => "dns",
+            Entity::Provision => "provision",
         }
     }
 
@@ -75,6 +78,7 @@ impl Entity {
             "session" => Entity::Session,
             "notification_target" => Entity::NotificationTarget,
             "dns" => Entity::Dns,
+            "provision" => Entity::Provision,
             _ => return None,
         })
     }

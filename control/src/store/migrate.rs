@@ -51,6 +51,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "dashboard accounts, sessions and API token roles",
         sql: include_str!("migrations/0006_accounts.sql"),
     },
+    Migration {
+        version: 7,
+        description: "provisioned edge instances and edge replacements",
+        sql: include_str!("migrations/0007_provision.sql"),
+    },
 ];
 
 /// The advisory lock key serializing migrations (and writes) across PostgreSQL replicas:

@@ -4,7 +4,8 @@
 //! [`Store`] combines one trait per kind of record ([`OriginStore`], [`ServiceStore`],
 //! [`EdgeStore`], [`RouteStore`], [`TcpRouteStore`], [`CertificateStore`], [`AcmeStore`],
 //! [`NodeTokenStore`], [`ApiTokenStore`], [`EventStore`], [`HealthStore`], [`NodeStateStore`],
-//! [`LeaderStore`], [`NotificationStore`], [`UserStore`], [`SessionStore`]), each
+//! [`LeaderStore`], [`NotificationStore`], [`ProvisionStore`], [`UserStore`],
+//! [`SessionStore`]), each
 //! declared in its own file here and implemented for SQL in the file of the same name under
 //! [`sql`]. The record types themselves are in [`model`].
 //!
@@ -47,6 +48,7 @@ mod node_tokens;
 pub mod notifications;
 mod notify_rules;
 mod origins;
+pub mod provision;
 mod routes;
 mod services;
 pub mod sessions;
@@ -76,6 +78,9 @@ pub use notifications::{
     NotificationStore, NotificationTarget, QueueLimits,
 };
 pub use origins::OriginStore;
+pub use provision::{
+    EdgeInstance, InstanceState, ProvisionStore, ReplaceCause, Replacement, ReplacementStage,
+};
 pub use routes::RouteStore;
 pub use services::ServiceStore;
 pub use sessions::{IssuedSession, NewSession, Session, SessionStage, SessionStore};
@@ -114,6 +119,7 @@ pub trait Store:
     + EventStore
     + HealthStore
     + NotificationStore
+    + ProvisionStore
     + UserStore
     + SessionStore
     + Send

@@ -29,6 +29,7 @@ mod node_state;
 mod node_tokens;
 mod notifications;
 mod origins;
+mod provision;
 mod routes;
 mod services;
 mod sessions;

@@ -1,6 +1,6 @@
 //! `/edges` and `/edges/{edge}`: edges with their state, heartbeat figures, tunnel peers,
 //! applied config and last NACK, and health history as a chart; add, edit, assign, unassign,
-//! rotate key, download a bundle, remove.
+//! rotate key, replace (through control's provisioner), download a bundle, remove.
 
 use askama::Template;
 use axum::extract::{Path, State};
@@ -63,6 +63,8 @@ struct DetailPage {
     name: String,
     api: String,
     rotate: String,
+    /// `POST` here replaces the edge (a new one through control's provisioner).
+    replace: String,
     href: String,
     state: String,
     endpoint: String,
@@ -233,6 +235,7 @@ pub async fn render_detail(
         forms,
         name: edge.edge.name.clone(),
         rotate: format!("{path}/rotate-key"),
+        replace: format!("{path}/replace"),
         api: path.clone(),
         href,
         state: state_word(

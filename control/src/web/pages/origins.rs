@@ -8,7 +8,9 @@ use axum::response::Response;
 
 use super::overview::state_word;
 use super::{ago, render, seg, Layout};
-use crate::api::{ApiError, EdgeView, OriginView, RouteView, ServiceView, StatusSummary};
+use crate::api::{
+    ApiError, EdgeView, NodeDetail, OriginView, RouteView, ServiceView, StatusSummary,
+};
 use crate::web::form::FormState;
 use crate::web::session::Viewer;
 use crate::web::Web;
@@ -39,6 +41,8 @@ pub struct ServiceRow {
     protocol: String,
     local_address: String,
     health_path: String,
+    /// `up`, `down: why`, or empty when the origin has not reported it (its probes).
+    health: String,
     routes: String,
     api: String,
     form: String,
@@ -134,6 +138,19 @@ pub async fn render_detail(
     let edges: Vec<EdgeView> = web.get(p, &format!("{path}/edge-nodes")).await?;
     let routes: Vec<RouteView> = web.get(p, "/routes").await?;
     let summary: StatusSummary = web.get(p, "/status").await?;
+    let detail: NodeDetail = web.get(p, &format!("{path}/status")).await?;
+    let reported = detail.heartbeat.map(|h| h.services).unwrap_or_default();
+    let health = |name: &str| {
+        reported
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| match (&s.error, s.healthy) {
+                (_, true) => "up".to_owned(),
+                (Some(error), false) => format!("down: {error}"),
+                (None, false) => "down".to_owned(),
+            })
+            .unwrap_or_default()
+    };
     let node = summary.nodes.iter().find(|n| n.id == origin.origin.id);
     let path = format!("/origins/{}", seg(&origin.origin.name));
     let services = services
@@ -144,6 +161,7 @@ pub async fn render_detail(
             protocol: s.service.protocol.as_str().to_string(),
             local_address: s.service.local_address.clone(),
             health_path: s.service.health_path.clone().unwrap_or_default(),
+            health: health(&s.service.name),
             routes: routes
                 .iter()
                 .filter(|r| r.route.service_id == s.service.id)
