@@ -120,6 +120,11 @@ async fn run() -> anyhow::Result<String> {
     .await?;
     let answered = attack.answered();
     let failed = attack.failed().len();
+    // How the streams that were not answered ended, grouped by message.
+    let mut causes = std::collections::BTreeMap::<String, usize>::new();
+    for error in attack.failed() {
+        *causes.entry(error.clone()).or_default() += 1;
+    }
     let open_took = opened.elapsed();
     for second in [0u64, 5, 10, 20] {
         tokio::time::sleep(Duration::from_secs(if second == 0 { 3 } else { 5 })).await;
@@ -169,6 +174,14 @@ async fn run() -> anyhow::Result<String> {
             "| {moment} | {edge:.1} | {origin:.1} | {:.1} |\n",
             edge + origin
         ));
+    }
+    if !causes.is_empty() {
+        out.push_str(
+            "\nStreams not answered, by how they ended:\n\n| how | streams |\n|---|---:|\n",
+        );
+        for (cause, count) in &causes {
+            out.push_str(&format!("| {} | {count} |\n", cause.replace('|', "\\|")));
+        }
     }
     out.push_str(&format!(
         "\nPeak together: {peak:.1} MiB (issue 16's target: under 256 MB = 244.1 MiB: {}). Stream buffers while held (`kokoa_tunnel_window_bytes`): edge {:.1} MiB, origin {:.1} MiB. The good client (another address) got {good_answers} answers during the attack, the slowest in {:.0} ms.\n",

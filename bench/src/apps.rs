@@ -96,7 +96,8 @@ pub async fn upload_sink(listen: SocketAddr) -> anyhow::Result<()> {
 
 /// Opens TLS connections to `addr` (SNI `host`, trusting `ca_pem`), sends one keep-alive
 /// `GET /` on each and reads the response, then keeps every TCP connection open, in two
-/// phases: `warm` connections, then `WARM <n>` is printed and a line is awaited on stdin;
+/// phases (after a fill: `count - warm` connections opened the same way and closed again):
+/// `warm` connections, then `WARM <n>` is printed and a line is awaited on stdin;
 /// then `count - warm` more, `READY <n>` is printed and it waits for a line (or stdin closing,
 /// or `hold`) before closing them all. The harness reads memory at `WARM` and at `READY`, so
 /// fixed costs (runtime threads, upstream pools) stay out of the per-connection figure.
@@ -130,6 +131,17 @@ pub async fn idle_clients(
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let mut line = String::new();
     let warm = warm.min(count);
+    // First the measured phase's pattern once, closed again: every fixed cost that phase could
+    // grow (the edge's upstream pool reaches the size the concurrency of 128 needs) has grown
+    // before the first reading. Without it the pool's growth landed in the per-connection
+    // figure: with the window budget's per-client share, one address opens at most 32
+    // full-size (poolable) tunnel streams at a time, so the pool filled over several bursts
+    // of the measured phase (+32 MiB of stream buffers per node for 900 connections, measured
+    // with `kokoa_tunnel_window_bytes`), not in the warm one.
+    if count > warm {
+        drop(opener.open(count - warm).await?);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let mut held = opener.open(warm).await?;
     println!("WARM {}", held.len());
     if tokio::time::timeout(hold, stdin.read_line(&mut line))

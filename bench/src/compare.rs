@@ -800,8 +800,9 @@ impl Bench {
     }
 
     /// Idle keep-alive connections: resident memory per connection at edge and origin, as the
-    /// growth from a warm state (a tenth of the connections open, pools filled) to all open,
-    /// divided by the connections added.
+    /// growth from a warm state (the measured phase's connections opened and closed once, so
+    /// pools are filled; then a tenth of the connections open) to all open, divided by the
+    /// connections added; and the resident memory with all open.
     async fn idle(
         &self,
         contender: Contender,
@@ -877,11 +878,19 @@ impl Bench {
             Metric::IdleEdgeKib,
             (edge_after as f64 - edge_before as f64) / added,
         );
+        // The whole, too: a fixed cost (upstream pools, buffer caches) that grows between the
+        // two readings shows in the per-connection figure; the total tells it apart.
+        results.add(contender, Metric::IdleEdgeMib, edge_after as f64 / 1024.0);
         if !origin_pids.is_empty() {
             results.add(
                 contender,
                 Metric::IdleOriginKib,
                 (origin_after as f64 - origin_before as f64) / added,
+            );
+            results.add(
+                contender,
+                Metric::IdleOriginMib,
+                origin_after as f64 / 1024.0,
             );
         }
         // Let the servers close the idle connections before the next load.

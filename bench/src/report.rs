@@ -91,6 +91,10 @@ pub enum Metric {
     IdleEdgeKib,
     /// Origin resident memory per idle keep-alive connection, KiB.
     IdleOriginKib,
+    /// Edge resident memory with every idle connection open (fixed costs included), MiB.
+    IdleEdgeMib,
+    /// Origin resident memory with every idle connection open, MiB.
+    IdleOriginMib,
     /// Edge CPU seconds (user + system) per GB moved by the bulk loads.
     CpuEdgeSecPerGb,
     /// Origin CPU seconds per GB moved by the bulk loads.
@@ -99,7 +103,7 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in report order.
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 13] = [
         Metric::SmallRps,
         Metric::SmallP50Ms,
         Metric::SmallP99Ms,
@@ -109,6 +113,8 @@ impl Metric {
         Metric::BulkUpMBps,
         Metric::IdleEdgeKib,
         Metric::IdleOriginKib,
+        Metric::IdleEdgeMib,
+        Metric::IdleOriginMib,
         Metric::CpuEdgeSecPerGb,
         Metric::CpuOriginSecPerGb,
     ];
@@ -125,6 +131,8 @@ impl Metric {
             Metric::BulkUpMBps => "bulk upload 64 MiB x 4 conns (MB/s)",
             Metric::IdleEdgeKib => "idle keep-alive conns: edge RSS (KiB/conn)",
             Metric::IdleOriginKib => "idle keep-alive conns: origin RSS (KiB/conn)",
+            Metric::IdleEdgeMib => "idle keep-alive conns: edge RSS, all open (MiB)",
+            Metric::IdleOriginMib => "idle keep-alive conns: origin RSS, all open (MiB)",
             Metric::CpuEdgeSecPerGb => "edge CPU during bulk (s/GB)",
             Metric::CpuOriginSecPerGb => "origin CPU during bulk (s/GB)",
         }
@@ -142,6 +150,8 @@ impl Metric {
             Metric::BulkUpMBps => "up MB/s",
             Metric::IdleEdgeKib => "idle edge",
             Metric::IdleOriginKib => "idle origin",
+            Metric::IdleEdgeMib => "idle edge MiB",
+            Metric::IdleOriginMib => "idle origin MiB",
             Metric::CpuEdgeSecPerGb => "edge CPU/GB",
             Metric::CpuOriginSecPerGb => "origin CPU/GB",
         }

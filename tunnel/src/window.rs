@@ -31,9 +31,9 @@
 //!   its SYN (window and window scale): a send buffer larger than what the receiver can ever
 //!   accept holds data that cannot be in flight, so the edge's choice, made with the client in
 //!   view, decides the origin's memory for that stream too.
-//! - Memory comes back: a closed stream's buffers return to the owner and the node at once, a
-//!   few sockets are kept for reuse for a short while, and the nodes trim the allocator after
-//!   load (see `kokoa-alloc`).
+//! - Memory comes back: a closed stream's buffers return to the owner and the node at once (a
+//!   few sockets of the minimum size are kept for reuse for a short while; larger ones are
+//!   freed), and the nodes return freed pages to the system at once (`node/src/alloc.rs`).
 
 use std::time::Duration;
 

@@ -20,6 +20,14 @@ pub(crate) enum Charge {
 /// Sockets kept for reuse are dropped after this long unused, so memory returns after load.
 const SPARE_TTL: Duration = Duration::from_secs(10);
 /// Most bytes of buffers kept in spare sockets (also bounded by a sixteenth of the budget).
+///
+/// Only sockets with buffers of the minimum size are kept (see [`Ledger::release`]): a spare
+/// full-size socket (2 x 256 KiB with the defaults) is memory that serves no stream, resident
+/// for [`SPARE_TTL`], and with every full-size stream that closed during a burst parked here
+/// the cache alone held 16 MiB per node after the burst (the idle keep-alive benchmark counted
+/// it as memory per connection). What reuse saves, one allocation per stream, is worth keeping
+/// only for the small sockets that churn by the thousand (streams opened at the minimum once
+/// their client's share is used up).
 const SPARE_BYTES: usize = 16 * 1024 * 1024;
 
 struct Spare {
@@ -171,8 +179,9 @@ impl Ledger {
         }
     }
 
-    /// Ends a stream's charge. Its socket (if given and reusable) is kept as a spare while the
-    /// spare cap allows, or dropped.
+    /// Ends a stream's charge. Its socket (if given, reusable and of the minimum size) is kept
+    /// as a spare while the spare cap allows, or dropped: larger buffers go back to the
+    /// allocator at once (see [`SPARE_BYTES`]).
     pub(crate) fn release(
         &mut self,
         charge: Charge,
@@ -184,7 +193,8 @@ impl Ledger {
         let cap = SPARE_BYTES.min(self.settings.budget / 16);
         match socket {
             Some(mut socket)
-                if self.spare_bytes + 2 * size <= cap
+                if size == self.settings.min
+                    && self.spare_bytes + 2 * size <= cap
                     && matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) =>
             {
                 // Wakes stale wakers once (harmless) and clears buffers and sequence state.
@@ -333,6 +343,32 @@ mod tests {
         assert_eq!(l.total(), 8 * 1024);
         l.expire_spares(now + SPARE_TTL);
         assert_eq!(l.total(), 0);
+    }
+
+    #[test]
+    fn only_minimum_size_sockets_are_kept_as_spares() {
+        // A budget whose spare cap (a sixteenth: 4 MiB) would hold many full-size sockets.
+        let mut l = Ledger::new(WindowSettings {
+            budget: 64 * 1024 * 1024,
+            ..settings()
+        });
+        let now = Instant::now();
+        let c = Charge::Peer(3);
+        let mut open = Vec::new();
+        for want in [64 * 1024, 16 * 1024, 4 * 1024] {
+            open.push(l.open(c, want).unwrap());
+        }
+        assert_eq!(l.total(), 2 * (64 + 16 + 4) * 1024);
+        for (size, socket) in open {
+            l.release(c, size, Some(socket), now);
+        }
+        // The 64 KiB and 16 KiB sockets' buffers are freed at once; the minimum-size one waits
+        // for reuse.
+        assert_eq!(l.total(), 2 * 4 * 1024);
+        assert_eq!(l.spare_bytes, 2 * 4 * 1024);
+        let (size, _socket) = l.open(c, 64 * 1024).unwrap();
+        assert_eq!(size, 64 * 1024);
+        assert_eq!(l.total(), 2 * (64 + 4) * 1024);
     }
 
     #[test]
