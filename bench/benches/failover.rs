@@ -25,7 +25,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use kokoa_tests::provision::{SelfHealing, Settings};
@@ -135,7 +135,7 @@ async fn run(runs: usize) -> anyhow::Result<String> {
     fleet
         .dns_is(&BTreeSet::from([a, b]), Duration::from_secs(90))
         .await?;
-    let mut current = vec!["edge-a".to_owned(), "edge-b".to_owned()];
+    let mut current = ["edge-a".to_owned(), "edge-b".to_owned()];
     let mut rows = Vec::new();
     for round in 0..runs {
         let victim = current[round % 2].clone();

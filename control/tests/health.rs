@@ -557,7 +557,6 @@ async fn reported_services_going_down_and_up_are_events_history_and_metrics() ->
     ensure!(history.iter().all(|c| c.kind == Some(CheckKind::Service)
         && c.origin_id == Some(home.id)
         && c.target.as_deref() == Some("home: TCP connect 127.0.0.1:8001")));
-    drop(observe);
     let text = kokoa_control::metrics::render(&kokoa_control::metrics::registry(&[&metrics]));
     ensure!(
         text.contains("kokoa_service_up{origin=\"home\",service=\"web\"} 1"),

@@ -45,7 +45,12 @@ pub(super) async fn token_create(
 
 /// `user add`: opens the database directly, like `token create`, so the first user needs no
 /// API token. The password comes from KOKOA_USER_PASSWORD or one line of standard input.
-pub(super) async fn user_add(args: &StoreArgs, name: &str, role: Role, json: bool) -> anyhow::Result<()> {
+pub(super) async fn user_add(
+    args: &StoreArgs,
+    name: &str,
+    role: Role,
+    json: bool,
+) -> anyhow::Result<()> {
     let password = match std::env::var("KOKOA_USER_PASSWORD") {
         Ok(password) if !password.is_empty() => password,
         _ => {
@@ -83,4 +88,3 @@ pub(super) async fn user_add(args: &StoreArgs, name: &str, role: Role, json: boo
     }
     Ok(())
 }
-

@@ -24,7 +24,7 @@ use hyper::Method;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use crate::account::{password, Accounts, SessionPolicy};
+use crate::account::SessionPolicy;
 use crate::acme::AcmeArgs;
 use crate::api::{
     EdgeView, NodeDetail, NodeStatusView, OriginView, RouteView, ServiceView, StatusSummary,
@@ -33,7 +33,7 @@ use crate::dev::{self, DevOptions};
 use crate::dns::DnsArgs;
 use crate::health::args::HealthArgs;
 use crate::serve::{self, ServeOptions};
-use crate::store::{self, Actor, ApiToken, IssuedNodeToken, MasterKey, Role, User};
+use crate::store::{self, ApiToken, IssuedNodeToken, Role, User};
 use client::{segment, ApiClient, DEFAULT_API_URL};
 use commands::Api;
 use limits::{EdgeSettingsArgs, RouteLimitArgs};

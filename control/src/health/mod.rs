@@ -436,6 +436,14 @@ impl HealthChecker {
             .iter()
             .map(|e| (e.public_key.to_base64(), e.name.clone()))
             .collect();
+        let public: HashMap<NodeId, String> = edges
+            .iter()
+            .filter_map(|e| {
+                let ip = e.public_ip?;
+                let addr = SocketAddr::new(ip, self.settings.public_port);
+                Some((NodeId::Edge(e.id), public_target(addr)))
+            })
+            .collect();
         let timing = self.settings.timing();
         let mut memory = self.memory.lock().await;
         let mut states = FleetStates::default();
@@ -467,6 +475,21 @@ impl HealthChecker {
                     verdict: tally.verdict(),
                 })
                 .collect();
+            // An edge with a public address is probed: until its first probe has run, its
+            // listener is unknown, not fine (a new edge is not online before it was seen
+            // serving).
+            if let Some(target) = public.get(&node) {
+                if !checks.iter().any(|c| c.kind == CheckKind::Public) {
+                    checks.push(CheckView {
+                        kind: CheckKind::Public,
+                        target: target.clone(),
+                        verdict: Verdict::Unknown {
+                            passes: 0,
+                            failures: 0,
+                        },
+                    });
+                }
+            }
             // Public first: its failure is the reason an operator needs first.
             checks.sort_by_key(|c| c.kind != CheckKind::Public);
             let judgement = judge_one(

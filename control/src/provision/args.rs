@@ -19,6 +19,9 @@ use super::replace::{
 };
 use super::{digitalocean, hetzner, vultr, ProvisionError, Provisioner};
 
+/// A configured provisioner and the replacement settings it runs with.
+pub type Configured = (Arc<dyn Provisioner>, ReplaceSettings);
+
 /// Environment variable holding the cloud provider's API token, instead of a file.
 pub const TOKEN_ENV: &str = "KOKOA_PROVISION_TOKEN";
 /// The directory of local edges inside the data directory, unless given.
@@ -202,7 +205,7 @@ impl ProvisionArgs {
         &self,
         data_dir: &Path,
         https_port: u16,
-    ) -> Result<Option<(Arc<dyn Provisioner>, ReplaceSettings)>, ProvisionError> {
+    ) -> Result<Option<Configured>, ProvisionError> {
         let settings = self.replace_settings()?;
         let Some(kind) = self.provisioner.as_deref() else {
             return Ok(None);

@@ -606,7 +606,7 @@ impl Replacer {
                             region,
                             origins,
                             limits: old.limits.clone(),
-                            tunnel: old.tunnel.clone(),
+                            tunnel: old.tunnel,
                             ..NewEdge::named(name)
                         },
                     )
