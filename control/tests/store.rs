@@ -125,8 +125,9 @@ async fn migrations_are_idempotent_on_reopen(db: &Db) -> Result<()> {
         .fetch_one(db.sql.pool())
         .await?
         .try_get::<i64, _>("n")?;
-    // 0001_initial, 0002_acme, 0003_notifications, 0004_parity, 0005_health, 0006_accounts.
-    assert_eq!(applied, 6);
+    // 0001_initial, 0002_acme, 0003_notifications, 0004_parity, 0005_health, 0006_accounts,
+    // 0007_provision.
+    assert_eq!(applied, 7);
     if db.store.engine() == store::Engine::Sqlite {
         let mode: String = sqlx::query("PRAGMA journal_mode")
             .fetch_one(db.sql.pool())
