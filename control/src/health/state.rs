@@ -12,7 +12,9 @@
 //!    heartbeat interval ago and nothing came since) and no public probe shows it still
 //!    serving;
 //! 4. **enrolling** (a new node) or **offline** (a recovering one) while its public probe has
-//!    not yet passed `healthy_threshold` times;
+//!    not yet passed `healthy_threshold` times; a new node also stays **enrolling** while its
+//!    heartbeat reports a tunnel peer down (an edge is not published before it reaches its
+//!    origins);
 //! 5. **degraded** when it serves but something needs attention: its admin `/healthz` fails,
 //!    it is silent while its public listener still answers, it rejected its current config,
 //!    a tunnel peer or (origins) a service is down;
@@ -461,6 +463,17 @@ pub fn judge(o: &Observation<'_>, timing: &Timing, now: OffsetDateTime) -> Judge
         return Judgement::new(status, pending);
     }
 
+    // 4b. A new node whose tunnels are not up yet: still enrolling, not degraded, so DNS
+    // steering does not publish an edge that cannot reach its origins (a degraded edge serves).
+    if o.previous == NodeStatus::Enrolling {
+        if let Some(beat) = heartbeat {
+            let waiting: Vec<Cause> = peers_down(o, beat).collect();
+            if !waiting.is_empty() {
+                return Judgement::new(NodeStatus::Enrolling, waiting);
+            }
+        }
+    }
+
     // 5. Degraded: what the node reports about itself (only from a fresh heartbeat).
     if let Some(nack) = o.nack {
         if o.applied_version
@@ -473,21 +486,7 @@ pub fn judge(o: &Observation<'_>, timing: &Timing, now: OffsetDateTime) -> Judge
         }
     }
     if let Some(beat) = heartbeat {
-        let peer_kind = match o.node {
-            NodeId::Edge(_) => "origin",
-            NodeId::Origin(_) => "edge",
-        };
-        for peer in beat.peers.iter().filter(|p| !p.up) {
-            degraded.push(Cause::PeerDown {
-                name: o
-                    .peer_names
-                    .get(&peer.public_key)
-                    .cloned()
-                    .unwrap_or_else(|| peer.public_key.clone()),
-                last_handshake: peer.last_handshake_age_ms.map(Duration::from_millis),
-                peer_kind,
-            });
-        }
+        degraded.extend(peers_down(o, beat));
         for service in beat.services.iter().filter(|s| !s.healthy) {
             degraded.push(Cause::ServiceDown {
                 name: service.name.clone(),
@@ -514,6 +513,26 @@ pub fn judge(o: &Observation<'_>, timing: &Timing, now: OffsetDateTime) -> Judge
                 .count(),
         }],
     )
+}
+
+/// A [`Cause::PeerDown`] per WireGuard peer the heartbeat reports down.
+fn peers_down<'a>(o: &'a Observation<'_>, beat: &'a Heartbeat) -> impl Iterator<Item = Cause> + 'a {
+    let peer_kind = match o.node {
+        NodeId::Edge(_) => "origin",
+        NodeId::Origin(_) => "edge",
+    };
+    beat.peers
+        .iter()
+        .filter(|p| !p.up)
+        .map(move |peer| Cause::PeerDown {
+            name: o
+                .peer_names
+                .get(&peer.public_key)
+                .cloned()
+                .unwrap_or_else(|| peer.public_key.clone()),
+            last_handshake: peer.last_handshake_age_ms.map(Duration::from_millis),
+            peer_kind,
+        })
 }
 
 #[cfg(test)]
@@ -757,6 +776,27 @@ mod tests {
                 "tunnel to origin home down (last handshake 4 min ago)".into()
             )
         );
+        // The same report from a new edge keeps it enrolling: it is not published before
+        // its tunnels are up. Once they are, it is online.
+        o.previous = NodeStatus::Enrolling;
+        assert_eq!(
+            judged(&o),
+            (
+                NodeStatus::Enrolling,
+                "tunnel to origin home down (last handshake 4 min ago)".into()
+            )
+        );
+        let up = Heartbeat {
+            peers: vec![PeerHeartbeat {
+                public_key: "KEY".into(),
+                up: true,
+                last_handshake_age_ms: Some(1_000),
+                ..PeerHeartbeat::default()
+            }],
+            ..Heartbeat::default()
+        };
+        o.heartbeat = Some(&up);
+        assert_eq!(judged(&o).0, NodeStatus::Online);
         let beat = Heartbeat {
             services: vec![ServiceHeartbeat {
                 name: "web".into(),
