@@ -45,6 +45,15 @@ pub struct HealthArgs {
         default_value_t = 5
     )]
     pub check_interval: u64,
+    /// Seconds between two probe rounds while a check is between verdicts (an edge that was
+    /// healthy failed a probe, an unhealthy one passed one, a new one is undecided): a dead
+    /// edge is confirmed after one check interval and THRESHOLD - 1 of these.
+    #[arg(
+        long = "health-fast-interval",
+        value_name = "SECONDS",
+        default_value_t = 2
+    )]
+    pub fast_interval: u64,
     /// A probe that takes longer than this many milliseconds fails.
     #[arg(
         long = "health-check-timeout",
@@ -77,6 +86,7 @@ impl Default for HealthArgs {
             unhealthy_threshold: settings.unhealthy_threshold,
             healthy_threshold: settings.healthy_threshold,
             check_interval: settings.check_interval.as_secs(),
+            fast_interval: settings.fast_check_interval.as_secs(),
             check_timeout_ms: u64::try_from(settings.check_timeout.as_millis()).unwrap_or(0),
             public_port: settings.public_port,
             history_retention_hours: settings.history_retention.as_secs() / 3600,
@@ -119,6 +129,12 @@ impl HealthArgs {
         if !(1..=3600).contains(&self.check_interval) {
             return Err(bad("health-check-interval", "must be 1 to 3600 seconds"));
         }
+        if !(1..=self.check_interval).contains(&self.fast_interval) {
+            return Err(bad(
+                "health-fast-interval",
+                "must be at least 1 second and at most --health-check-interval",
+            ));
+        }
         if self.check_timeout_ms < 10 || self.check_timeout_ms >= self.check_interval * 1000 {
             return Err(bad(
                 "health-check-timeout",
@@ -133,6 +149,7 @@ impl HealthArgs {
         }
         Ok(HealthSettings {
             check_interval: Duration::from_secs(self.check_interval),
+            fast_check_interval: Duration::from_secs(self.fast_interval),
             check_timeout: Duration::from_millis(self.check_timeout_ms),
             public_port: self.public_port,
             history_retention: Duration::from_secs(self.history_retention_hours * 3600),
@@ -178,5 +195,12 @@ mod tests {
         .settings()
         .unwrap_err();
         assert_eq!(error.flag, "health-check-timeout");
+        let error = HealthArgs {
+            fast_interval: 6,
+            ..HealthArgs::default()
+        }
+        .settings()
+        .unwrap_err();
+        assert_eq!(error.flag, "health-fast-interval");
     }
 }

@@ -74,6 +74,8 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 /// threshold, an edge that dies is offline within about 15 s (three failed probes 5 s apart;
 /// the seeds' 10 s x 3 took 23 s to withdraw it).
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Default time between two probe rounds while a check is between verdicts.
+pub const DEFAULT_FAST_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Default probe timeout.
 pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default port of the edges' public HTTPS listener, which control probes.
@@ -98,6 +100,10 @@ pub struct HealthSettings {
     pub tick: Duration,
     /// Time between two probes of each edge.
     pub check_interval: Duration,
+    /// Time between two probe rounds while any check is between verdicts (a healthy edge
+    /// failed a probe, an unhealthy one passed one, a new one is not decided): a dead edge is
+    /// confirmed after one slow and `unhealthy_threshold - 1` fast intervals.
+    pub fast_check_interval: Duration,
     /// A probe that takes longer fails.
     pub check_timeout: Duration,
     /// The port of the edges' public HTTPS listener (probed at each edge's `public_ip`).
@@ -115,6 +121,7 @@ impl Default for HealthSettings {
             unhealthy_threshold: 3,
             tick: DEFAULT_TICK,
             check_interval: DEFAULT_CHECK_INTERVAL,
+            fast_check_interval: DEFAULT_FAST_CHECK_INTERVAL,
             check_timeout: DEFAULT_CHECK_TIMEOUT,
             public_port: DEFAULT_PUBLIC_PORT,
             history_retention: DEFAULT_HISTORY_RETENTION,
@@ -162,6 +169,8 @@ struct Memory {
     tallies: HashMap<(NodeId, CheckKind), (String, Tally)>,
     /// When the last probe round started.
     last_probe: Option<Instant>,
+    /// A check was between verdicts after the last round: the next comes at the fast interval.
+    settling: bool,
     /// When expired history was last pruned.
     last_prune: Option<Instant>,
     /// The services origins report, to record their changes.
@@ -294,7 +303,14 @@ impl HealthChecker {
                 last.is_none_or(|at| at.elapsed() >= every)
             };
             (
-                due(memory.last_probe, self.settings.check_interval),
+                due(
+                    memory.last_probe,
+                    if memory.settling {
+                        self.settings.fast_check_interval
+                    } else {
+                        self.settings.check_interval
+                    },
+                ),
                 due(memory.last_prune, PRUNE_EVERY),
             )
         };
@@ -406,6 +422,10 @@ impl HealthChecker {
                     checked_at: now,
                 });
             }
+        }
+        {
+            let mut memory = self.memory.lock().await;
+            memory.settling = memory.tallies.values().any(|(_, tally)| tally.settling());
         }
         let count = rows.len();
         match self.store.record_health_checks(rows).await {

@@ -85,6 +85,18 @@ impl Tally {
         }
     }
 
+    /// Whether the check is between verdicts: failing below the unhealthy threshold while
+    /// healthy, passing below the healthy threshold while unhealthy, or not decided yet. The
+    /// checker probes such targets at the fast interval, so a state change is confirmed sooner
+    /// (HAProxy's `fastinter`).
+    pub fn settling(&self) -> bool {
+        match self.healthy {
+            None => !self.draining,
+            Some(true) => self.failures > 0,
+            Some(false) => self.passes > 0,
+        }
+    }
+
     /// Counts one probe's outcome. Returns whether the verdict's health flipped.
     pub fn record(
         &mut self,
@@ -163,6 +175,29 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_check_is_settling_only_between_verdicts() {
+        let t = Thresholds {
+            unhealthy: 3,
+            healthy: 3,
+        };
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let ms = Duration::from_millis(1);
+        let mut tally = Tally::new(true);
+        assert!(!tally.settling());
+        tally.record(Outcome::Fail("refused".into()), ms, at, t);
+        assert!(tally.settling(), "one failure of a healthy check");
+        tally.record(Outcome::Fail("refused".into()), ms, at, t);
+        tally.record(Outcome::Fail("refused".into()), ms, at, t);
+        assert!(!tally.settling(), "decided: unhealthy");
+        tally.record(Outcome::Pass, ms, at, t);
+        assert!(tally.settling(), "recovering");
+        tally.record(Outcome::Pass, ms, at, t);
+        tally.record(Outcome::Pass, ms, at, t);
+        assert!(!tally.settling(), "decided: healthy");
+        assert!(Tally::new(false).settling(), "a new check is not decided");
+    }
 
     const T: Thresholds = Thresholds {
         unhealthy: 3,
