@@ -107,6 +107,9 @@ pub struct Observation<'a> {
 pub enum Cause {
     /// It has never connected.
     NeverConnected,
+    /// It connected but its heartbeat predates its first applied config (so it says nothing
+    /// yet about the tunnels that config sets up).
+    NoConfigYet,
     /// An operator drained it.
     Drained,
     /// Its `/healthz` answers 503 `draining`.
@@ -203,6 +206,7 @@ impl fmt::Display for Cause {
             Cause::NeverConnected => f.write_str(
                 "has never connected: install its bundle, or make a new enrollment token (kokoa-control node-token create)",
             ),
+            Cause::NoConfigYet => f.write_str("connected; no config applied yet"),
             Cause::Drained => f.write_str(
                 "drained by an operator (undrain: kokoa-control edge undrain NAME)",
             ),
@@ -291,6 +295,7 @@ impl Cause {
     fn key(&self) -> String {
         match self {
             Cause::NeverConnected => "never".into(),
+            Cause::NoConfigYet => "no-config".into(),
             Cause::Drained => "drained".into(),
             Cause::AnswersDraining { target } => format!("answers-draining {target}"),
             Cause::ProbesFailing {
@@ -467,6 +472,11 @@ pub fn judge(o: &Observation<'_>, timing: &Timing, now: OffsetDateTime) -> Judge
     // steering does not publish an edge that cannot reach its origins (a degraded edge serves).
     if o.previous == NodeStatus::Enrolling {
         if let Some(beat) = heartbeat {
+            // The heartbeat a node sends on connect comes before its first config: no peers
+            // yet, which is not "all peers up".
+            if beat.applied_version == 0 {
+                return Judgement::new(NodeStatus::Enrolling, vec![Cause::NoConfigYet]);
+            }
             let waiting: Vec<Cause> = peers_down(o, beat).collect();
             if !waiting.is_empty() {
                 return Judgement::new(NodeStatus::Enrolling, waiting);
@@ -759,6 +769,7 @@ mod tests {
     fn what_a_node_reports_degrades_it() {
         let names = HashMap::from([("KEY".to_owned(), "home".to_owned())]);
         let beat = Heartbeat {
+            applied_version: 5,
             peers: vec![PeerHeartbeat {
                 public_key: "KEY".into(),
                 up: false,
@@ -796,6 +807,19 @@ mod tests {
             ..Heartbeat::default()
         };
         o.heartbeat = Some(&up);
+        assert_eq!(
+            judged(&o),
+            (
+                NodeStatus::Enrolling,
+                "connected; no config applied yet".into()
+            ),
+            "a heartbeat from before the first config says nothing about tunnels"
+        );
+        let configured = Heartbeat {
+            applied_version: 5,
+            ..up.clone()
+        };
+        o.heartbeat = Some(&configured);
         assert_eq!(judged(&o).0, NodeStatus::Online);
         let beat = Heartbeat {
             services: vec![ServiceHeartbeat {
