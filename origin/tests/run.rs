@@ -106,7 +106,11 @@ async fn banner_app() -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
                 stream.shutdown().await.unwrap();
                 let mut got = Vec::new();
                 stream.read_to_end(&mut got).await.unwrap();
-                let _ = tx.send(got).await;
+                // The origin's own service probe connects and closes without a byte: only a
+                // client that sent something is reported.
+                if !got.is_empty() {
+                    let _ = tx.send(got).await;
+                }
             });
         }
     });
