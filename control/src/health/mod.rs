@@ -53,7 +53,7 @@ use crate::store::{
     Actor, CheckKind, Edge, Id, Leadership, NewHealthCheck, NodeId, NodeState, NodeStatus, Origin,
     Store,
 };
-use state::CheckView;
+use state::{CheckView, Peer};
 
 pub use heartbeat::Heartbeat;
 pub use metrics::HealthMetrics;
@@ -445,13 +445,17 @@ impl HealthChecker {
             .as_ref()
             .map(|r| r.list().into_iter().map(|n| (n.node, n)).collect())
             .unwrap_or_default();
-        let origin_names: HashMap<String, String> = origins
+        let peer = |name: &String, state: &NodeState| Peer {
+            name: name.clone(),
+            serving: state.status.serves(),
+        };
+        let origin_peers: HashMap<String, Peer> = origins
             .iter()
-            .map(|o| (o.public_key.to_base64(), o.name.clone()))
+            .map(|o| (o.public_key.to_base64(), peer(&o.name, &o.state)))
             .collect();
-        let edge_names: HashMap<String, String> = edges
+        let edge_peers: HashMap<String, Peer> = edges
             .iter()
-            .map(|e| (e.public_key.to_base64(), e.name.clone()))
+            .map(|e| (e.public_key.to_base64(), peer(&e.name, &e.state)))
             .collect();
         let public: HashMap<NodeId, String> = edges
             .iter()
@@ -474,13 +478,13 @@ impl HealthChecker {
                         &e.name,
                         &e.state,
                         e.draining,
-                        &origin_names,
+                        &origin_peers,
                     )
                 })
                 .chain(origins.iter().map(|o: &Origin| {
-                    (NodeId::Origin(o.id), &o.name, &o.state, false, &edge_names)
+                    (NodeId::Origin(o.id), &o.name, &o.state, false, &edge_peers)
                 }));
-        for (node, name, stored, drained, peer_names) in nodes {
+        for (node, name, stored, drained, peers) in nodes {
             let info = live.get(&node);
             let mut checks: Vec<CheckView> = memory
                 .tallies
@@ -509,9 +513,7 @@ impl HealthChecker {
             }
             // Public first: its failure is the reason an operator needs first.
             checks.sort_by_key(|c| c.kind != CheckKind::Public);
-            let judgement = judge_one(
-                node, stored, drained, info, peer_names, &checks, &timing, now,
-            );
+            let judgement = judge_one(node, stored, drained, info, peers, &checks, &timing, now);
             let key = judgement.key();
             let unchanged = judgement.status == stored.status
                 && stored.reason.is_some()
@@ -640,7 +642,7 @@ fn judge_one(
     stored: &NodeState,
     drained: bool,
     live: Option<&crate::grpc::NodeInfo>,
-    peer_names: &HashMap<String, String>,
+    peers: &HashMap<String, Peer>,
     checks: &[CheckView],
     timing: &Timing,
     now: OffsetDateTime,
@@ -679,7 +681,7 @@ fn judge_one(
         applied_version,
         nack,
         checks,
-        peer_names,
+        peers,
     };
     judge(&observation, timing, now)
 }

@@ -12,9 +12,9 @@
 //!    heartbeat interval ago and nothing came since) and no public probe shows it still
 //!    serving;
 //! 4. **enrolling** (a new node) or **offline** (a recovering one) while its public probe has
-//!    not yet passed `healthy_threshold` times; a new node also stays **enrolling** while its
-//!    heartbeat reports a tunnel peer down (an edge is not published before it reaches its
-//!    origins);
+//!    not yet passed `healthy_threshold` times; a new node also stays **enrolling** until a
+//!    heartbeat reports an applied config and no tunnel down to a peer that is itself serving
+//!    (an edge is not published before it reaches its running origins);
 //! 5. **degraded** when it serves but something needs attention: its admin `/healthz` fails,
 //!    it is silent while its public listener still answers, it rejected its current config,
 //!    a tunnel peer or (origins) a service is down;
@@ -98,8 +98,17 @@ pub struct Observation<'a> {
     pub nack: Option<&'a Nack>,
     /// Its active checks (an edge's public listener and admin `/healthz`).
     pub checks: &'a [CheckView],
-    /// Names of its WireGuard peers by public key (an edge's origins, an origin's edges).
-    pub peer_names: &'a HashMap<String, String>,
+    /// Its WireGuard peers by public key (an edge's origins, an origin's edges).
+    pub peers: &'a HashMap<String, Peer>,
+}
+
+/// One WireGuard peer of a node as control knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Its name.
+    pub name: String,
+    /// It was judged serving (online or degraded) last round: a tunnel to it can come up.
+    pub serving: bool,
 }
 
 /// Why a node is in its state; a [`Judgement`] lists one or more.
@@ -470,6 +479,8 @@ pub fn judge(o: &Observation<'_>, timing: &Timing, now: OffsetDateTime) -> Judge
 
     // 4b. A new node whose tunnels are not up yet: still enrolling, not degraded, so DNS
     // steering does not publish an edge that cannot reach its origins (a degraded edge serves).
+    // Only tunnels that can come up count: waiting for a peer that is itself down (an origin
+    // not running yet) would keep every new edge unpublished until it is.
     if o.previous == NodeStatus::Enrolling {
         if let Some(beat) = heartbeat {
             // The heartbeat a node sends on connect comes before its first config: no peers
@@ -477,7 +488,7 @@ pub fn judge(o: &Observation<'_>, timing: &Timing, now: OffsetDateTime) -> Judge
             if beat.applied_version == 0 {
                 return Judgement::new(NodeStatus::Enrolling, vec![Cause::NoConfigYet]);
             }
-            let waiting: Vec<Cause> = peers_down(o, beat).collect();
+            let waiting: Vec<Cause> = peers_down(o, beat, true).collect();
             if !waiting.is_empty() {
                 return Judgement::new(NodeStatus::Enrolling, waiting);
             }
@@ -496,7 +507,7 @@ pub fn judge(o: &Observation<'_>, timing: &Timing, now: OffsetDateTime) -> Judge
         }
     }
     if let Some(beat) = heartbeat {
-        degraded.extend(peers_down(o, beat));
+        degraded.extend(peers_down(o, beat, false));
         for service in beat.services.iter().filter(|s| !s.healthy) {
             degraded.push(Cause::ServiceDown {
                 name: service.name.clone(),
@@ -525,8 +536,13 @@ pub fn judge(o: &Observation<'_>, timing: &Timing, now: OffsetDateTime) -> Judge
     )
 }
 
-/// A [`Cause::PeerDown`] per WireGuard peer the heartbeat reports down.
-fn peers_down<'a>(o: &'a Observation<'_>, beat: &'a Heartbeat) -> impl Iterator<Item = Cause> + 'a {
+/// A [`Cause::PeerDown`] per WireGuard peer the heartbeat reports down; with `serving_only`,
+/// only peers judged serving.
+fn peers_down<'a>(
+    o: &'a Observation<'_>,
+    beat: &'a Heartbeat,
+    serving_only: bool,
+) -> impl Iterator<Item = Cause> + 'a {
     let peer_kind = match o.node {
         NodeId::Edge(_) => "origin",
         NodeId::Origin(_) => "edge",
@@ -534,12 +550,12 @@ fn peers_down<'a>(o: &'a Observation<'_>, beat: &'a Heartbeat) -> impl Iterator<
     beat.peers
         .iter()
         .filter(|p| !p.up)
+        .filter(move |p| !serving_only || o.peers.get(&p.public_key).is_some_and(|k| k.serving))
         .map(move |peer| Cause::PeerDown {
             name: o
-                .peer_names
+                .peers
                 .get(&peer.public_key)
-                .cloned()
-                .unwrap_or_else(|| peer.public_key.clone()),
+                .map_or_else(|| peer.public_key.clone(), |k| k.name.clone()),
             last_handshake: peer.last_handshake_age_ms.map(Duration::from_millis),
             peer_kind,
         })
@@ -567,7 +583,7 @@ mod tests {
     fn observe<'a>(
         node: NodeId,
         checks: &'a [CheckView],
-        names: &'a HashMap<String, String>,
+        names: &'a HashMap<String, Peer>,
     ) -> Observation<'a> {
         Observation {
             node,
@@ -580,7 +596,7 @@ mod tests {
             applied_version: Some(5),
             nack: None,
             checks,
-            peer_names: names,
+            peers: names,
         }
     }
 
@@ -767,7 +783,13 @@ mod tests {
 
     #[test]
     fn what_a_node_reports_degrades_it() {
-        let names = HashMap::from([("KEY".to_owned(), "home".to_owned())]);
+        let names = HashMap::from([(
+            "KEY".to_owned(),
+            Peer {
+                name: "home".to_owned(),
+                serving: true,
+            },
+        )]);
         let beat = Heartbeat {
             applied_version: 5,
             peers: vec![PeerHeartbeat {
@@ -794,6 +816,20 @@ mod tests {
             judged(&o),
             (
                 NodeStatus::Enrolling,
+                "tunnel to origin home down (last handshake 4 min ago)".into()
+            )
+        );
+        // Unless that origin is down itself: its tunnel cannot come up, so the edge does not
+        // wait for it (it serves what it can and says what is missing).
+        let mut down = names.clone();
+        down.get_mut("KEY").expect("the peer").serving = false;
+        let mut waiting = observe(edge(), &[], &down);
+        waiting.previous = NodeStatus::Enrolling;
+        waiting.heartbeat = Some(&beat);
+        assert_eq!(
+            judged(&waiting),
+            (
+                NodeStatus::Degraded,
                 "tunnel to origin home down (last handshake 4 min ago)".into()
             )
         );
