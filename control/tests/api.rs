@@ -2,6 +2,9 @@
 //! CLI's client: every resource's create / list / get / update / delete, each 4xx the issue
 //! names (bad hostname, duplicate route, unknown origin, port out of range, missing or bad
 //! token), bundles, and that every endpoint in the OpenAPI document is routed.
+//!
+//! Why this file is longer than ~1,000 lines: it walks the whole REST vocabulary (see
+//! `store/model.rs`) through one served harness.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;

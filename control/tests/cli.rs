@@ -1,6 +1,9 @@
 //! The `kokoa-control` binary end to end on loopback: `token create` on a fresh data
 //! directory, `serve` (REST + gRPC on ephemeral ports), then the operator commands against it,
 //! and SIGTERM.
+//!
+//! Why this file is longer than ~1,000 lines: one running `serve` harness and every operator
+//! command against it, in the order an operator meets them.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

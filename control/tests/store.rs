@@ -2,6 +2,9 @@
 //! `KOKOA_TEST_POSTGRES` holds a URL (each test in its own fresh database, so tests run in
 //! parallel). Without it the PostgreSQL tests print `SKIPPED` and pass, unless `CI=true`, where
 //! they fail: CI must exercise both engines.
+//!
+//! Why this file is longer than ~1,000 lines: every test runs on both engines through one
+//! macro and one fixture set; the suite is the store trait's contract in one place.
 
 #[macro_use]
 mod engines;

@@ -1,5 +1,8 @@
 //! The edge end to end on loopback, with a plain-TCP dialer standing in for the tunnel: real
 //! TLS clients (HTTP/1.1, HTTP/2, WebSocket) -> kokoa-edge -> local hyper apps.
+//!
+//! Why this file is longer than ~1,000 lines: the proxy's HTTP behaviour, protocol by
+//! protocol, shares one edge-and-app harness; the tests read best next to it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

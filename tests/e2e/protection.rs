@@ -5,6 +5,9 @@
 //! Clients come from several loopback addresses (the client socket is bound to 127.0.0.x before
 //! connecting), so the edge sees several distinct clients. Timing assertions carry wide margins:
 //! timers never fire early, so lower bounds are tight and upper bounds are generous.
+//!
+//! Why this file is longer than ~1,000 lines: one attack per test, all against the same
+//! deployment helpers; the list of attacks is the list, kept in one place.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,5 +1,8 @@
 //! Deterministic tests of the core: cores wired back to back through a simulated link with
 //! simulated time, seeded loss, reordering and duplication (as quinn-proto's tests do).
+//!
+//! Why this file is longer than ~1,000 lines: it tests `core.rs` through one simulated link;
+//! the cases follow that state machine's methods.
 
 use super::*;
 use crate::PrivateKey;
