@@ -193,6 +193,10 @@ pub struct Limits {
     pub client_body_timeout: Option<u64>,
     /// Bytes/s a request body must average while the edge waits (`[limits]` only).
     pub client_body_min_rate: Option<u64>,
+    /// Seconds the edge reads the rest of a body it answered early (`[limits]` only).
+    pub lingering_time: Option<u64>,
+    /// Client silence that ends that lingering (`[limits]` only).
+    pub lingering_timeout: Option<u64>,
     /// Client CIDRs allowed (with a list, only they pass).
     pub allow: Vec<String>,
     /// Client CIDRs denied (deny wins over allow).
@@ -249,6 +253,11 @@ impl Limits {
         line(
             "client_body_min_rate",
             self.client_body_min_rate.map(|v| v.to_string()),
+        );
+        line("lingering_time", self.lingering_time.map(|v| v.to_string()));
+        line(
+            "lingering_timeout",
+            self.lingering_timeout.map(|v| v.to_string()),
         );
         let list = |items: &[String]| {
             (!items.is_empty()).then(|| {

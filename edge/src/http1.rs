@@ -28,6 +28,12 @@
 //! `send_timeout` ([`WriteTimeout`]), which ends the connection wherever it is (serving,
 //! parking, closing); when draining begins, parked connections are closed (TLS `close_notify`,
 //! then FIN) and busy ones finish their request first.
+//!
+//! A connection answered before its request body ended (a 413 on `Content-Length`, a 403, an
+//! app that answered without reading) is closed with a *lingering close*, as Nginx does: FIN,
+//! then what the client still sends is read and discarded for at most `lingering_time` (and
+//! until `lingering_timeout` of silence), so a client still uploading reads the answer instead
+//! of a reset.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -44,6 +50,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -51,7 +58,7 @@ use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
 use crate::dial::Dialer;
-use crate::https::HttpLimits as Limits;
+use crate::https::{HttpLimits as Limits, LingeringClose};
 use crate::metrics::Metrics;
 use crate::pool::ProxyBody;
 use crate::proxy::{
@@ -72,6 +79,9 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from a parked connection to wake it: enough for most request lines, small enough
 /// to keep the parked state small.
 const WAKE_READ: usize = 256;
+
+/// Bytes read at a time from a lingering connection (allocated only while it lingers).
+const LINGER_READ: usize = 16 * 1024;
 
 /// Serves HTTP/1.1 on a TLS client connection until it closes, parking it whenever it is idle.
 pub(crate) async fn serve<D: Dialer>(
@@ -118,13 +128,19 @@ pub(crate) async fn serve<D: Dialer>(
             }
         }
         if !park {
-            Box::pin(close(stream)).await;
+            // Answered before its request body ended (a 413, a 403, an app that did not read
+            // it): the client may still be uploading.
+            let linger = state
+                .body_open
+                .load(Ordering::Acquire)
+                .then_some(limits.lingering);
+            Box::pin(close_lingering(stream, linger, &info, metrics)).await;
             return;
         }
         if stream.prefix.is_empty() {
             // Parked: only the TLS stream and this read remain until the client speaks.
             stream.tls.forget_timer();
-            let parked = Parked::new(metrics);
+            let parked = Counted::new(&metrics.parked);
             let wake = Box::pin(wait_for_request(&mut stream, &info, limits, metrics)).await;
             drop(parked);
             match wake {
@@ -228,19 +244,19 @@ async fn run<D: Dialer>(
     Some((io, park))
 }
 
-/// Counts a connection in `kokoa_edge_parked_connections` while it lives.
-struct Parked<'a>(&'a Metrics);
+/// Counts a connection in a gauge (`kokoa_edge_parked_connections`, ...) while it lives.
+struct Counted<'a>(&'a Gauge);
 
-impl<'a> Parked<'a> {
-    fn new(metrics: &'a Metrics) -> Self {
-        metrics.parked.inc();
-        Self(metrics)
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
     }
 }
 
-impl Drop for Parked<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.parked.dec();
+        self.0.dec();
     }
 }
 
@@ -285,6 +301,47 @@ async fn wait_for_request(
 /// Ends a connection the edge closes: TLS `close_notify`, then FIN (bounded in time).
 async fn close(mut io: ClientStream) {
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, io.tls.shutdown()).await;
+}
+
+/// [`close`], then, with `linger`, a lingering close as Nginx's: the socket is kept open and
+/// what the client still sends is read and thrown away until it closes its side, goes silent
+/// for `linger.timeout`, `linger.time` has passed, or a hard stop (drain deadline) comes.
+/// Closing a socket with unread input makes the kernel answer with a reset, and a client still
+/// uploading then fails with "broken pipe" before it reads the answer it was sent.
+async fn close_lingering(
+    mut io: ClientStream,
+    linger: Option<LingeringClose>,
+    info: &ConnectionInfo,
+    metrics: &Metrics,
+) {
+    let shut = tokio::time::timeout(FLUSH_TIMEOUT, io.tls.shutdown()).await;
+    if !matches!(shut, Ok(Ok(()))) {
+        return;
+    }
+    let Some(linger) = linger else { return };
+    let _lingering = Counted::new(&metrics.lingering);
+    // The ciphertext is discarded unread: the TLS session has nothing left to say.
+    let (tcp, _) = io.tls.get_mut().get_mut();
+    let mut abort = info.abort.clone();
+    let deadline = Instant::now() + linger.time;
+    let mut buf = vec![0u8; LINGER_READ];
+    loop {
+        let silence = Instant::now() + linger.timeout;
+        tokio::select! {
+            read = tcp.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            _ = tokio::time::sleep_until(silence.min(deadline)) => {
+                if silence > deadline {
+                    metrics.lingering_cut.inc();
+                    tracing::debug!(time = ?linger.time, "lingering close: client still sending at lingering_time");
+                }
+                return;
+            }
+            _ = abort.wait_for(|abort| *abort) => return,
+        }
+    }
 }
 
 /// `first` then `second`, in a buffer of their own: `first` is what hyper read past the last

@@ -86,6 +86,8 @@ pub struct HttpLimits {
     pub key_mask: crate::limit::KeyMask,
     /// Send and request body timeouts (`[limits] send_timeout`, `client_body_timeout`, ...).
     pub timeouts: TransferTimeouts,
+    /// Lingering close after an early answer (`[limits] lingering_time`, `lingering_timeout`).
+    pub lingering: LingeringClose,
     /// Proxies whose forwarding headers are believed (`[edge] trusted_proxies`).
     pub trusted_proxies: TrustedProxies,
     /// Whether a request's host must agree with its connection's SNI (`[edge]
@@ -116,6 +118,10 @@ impl HttpLimits {
             h2_keepalive_interval: (keepalive > 0).then(|| Duration::from_secs(keepalive)),
             key_mask: crate::limit::KeyMask::from_limits(limits),
             timeouts: TransferTimeouts::from_limits(limits),
+            lingering: LingeringClose {
+                time: limits.lingering_time.as_secs(),
+                timeout: limits.lingering_timeout.as_secs(),
+            },
             trusted_proxies: TrustedProxies::default(),
             sni_host_check: SniHostCheck::default(),
         }
@@ -150,6 +156,18 @@ impl Default for HttpLimits {
             &kokoa_model::EdgeLimits::default(),
         )
     }
+}
+
+/// How long an HTTP/1.1 connection answered before its request body ended goes on reading
+/// (and discarding) that body before it closes, as Nginx's lingering close: closing a socket
+/// with unread input makes the kernel send a reset, and a client still uploading then sees
+/// "broken pipe" instead of the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LingeringClose {
+    /// At most this long in all (`lingering_time`).
+    pub time: Duration,
+    /// Silence from the client that ends it at once (`lingering_timeout`).
+    pub timeout: Duration,
 }
 
 /// The connection limits in force, swapped when control sends new `[limits]`.

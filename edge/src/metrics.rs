@@ -116,6 +116,11 @@ pub struct Metrics {
     pub idle_closed: Counter,
     /// HTTP/1.1 client connections parked: idle, holding no HTTP buffers (see `http1`).
     pub parked: Gauge,
+    /// HTTP/1.1 client connections lingering: answered early (a 413), reading and discarding
+    /// the rest of the request body before the close.
+    pub lingering: Gauge,
+    /// Lingering connections closed while the client was still sending, at `lingering_time`.
+    pub lingering_cut: Counter,
     /// Request bodies and responses cut off by `client_body_timeout` / `send_timeout`.
     pub timeouts: Family<TimeoutLabels, Counter>,
     /// Requests answered, all routes together: what heartbeats report, read from this atomic
@@ -142,6 +147,8 @@ impl Default for Metrics {
             service_down: Family::default(),
             idle_closed: Counter::default(),
             parked: Gauge::default(),
+            lingering: Gauge::default(),
+            lingering_cut: Counter::default(),
             timeouts: Family::default(),
             requests_total: Counter::default(),
             errors_total: Counter::default(),
@@ -222,6 +229,16 @@ impl Metrics {
             "parked_connections",
             "Idle HTTP/1.1 client connections parked without HTTP buffers until their next request",
             self.parked.clone(),
+        );
+        edge.register(
+            "lingering_connections",
+            "HTTP/1.1 client connections answered before their request body ended (a 413), reading and discarding the rest before closing",
+            self.lingering.clone(),
+        );
+        edge.register(
+            "lingering_cut",
+            "Lingering connections closed at lingering_time while the client was still sending",
+            self.lingering_cut.clone(),
         );
         edge.register(
             "timeouts",

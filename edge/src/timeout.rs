@@ -359,6 +359,11 @@ impl<T> WriteTimeout<T> {
         &self.inner
     }
 
+    /// The wrapped stream, mutably (reads and writes through it are not timed).
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
     /// Frees the timer (a parked connection keeps none).
     pub fn forget_timer(&mut self) {
         self.clock.forget_timer();

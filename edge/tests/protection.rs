@@ -1,6 +1,9 @@
 //! The edge's protection against hostile and heavy clients, on loopback with a plain-TCP dialer
 //! standing in for the tunnel. Clients bind distinct loopback source addresses (127.0.0.2,
 //! 127.0.0.3, ...) to act as different client keys.
+//!
+//! Why this file is longer than ~1,000 lines: one hostile client per test, all against the same
+//! in-process edge harness; the attacks read best side by side.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -769,6 +772,131 @@ async fn oversized_bodies_get_413_by_length_and_while_streaming() {
     .unwrap();
     assert_eq!(answer.body, "app body=100000\n");
     let text = edge.metrics_text();
+    assert!(
+        text.contains("kokoa_edge_body_too_large_total{host=\"app.test\"} 3"),
+        "{text}"
+    );
+    edge.stop().await;
+}
+
+/// `kokoa_edge_lingering_connections` now.
+fn lingering(edge: &Harness) -> String {
+    edge.metrics_text()
+        .lines()
+        .find(|l| l.starts_with("kokoa_edge_lingering_connections "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn an_early_413_lingers_so_uploaders_read_it_and_lingering_is_bounded() {
+    let edge = edge(
+        "",
+        "lingering_time = 3\nlingering_timeout = 1",
+        "max_body_bytes = 1024",
+        &[],
+    )
+    .await;
+    let head = b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000000000\r\n\r\n";
+
+    // An uploader that never stops (16 KiB every 10 ms): it reads the whole 413, its writes
+    // go on succeeding after it (the edge reads and discards them), and it is cut off at
+    // lingering_time, not before.
+    let stream = tls_from(source(2), edge.https, b"http/1.1").await.unwrap();
+    let (mut read, mut write) = tokio::io::split(stream);
+    write.write_all(head).await.unwrap();
+    let answered = Instant::now();
+    let uploader = tokio::spawn(async move {
+        let chunk = vec![b'x'; 16 * 1024];
+        let mut sent = 0usize;
+        loop {
+            if let Err(error) = write.write_all(&chunk).await {
+                return (answered.elapsed(), sent, error);
+            }
+            sent += chunk.len();
+            assert!(
+                answered.elapsed() < Duration::from_secs(20),
+                "the edge never cut off a client that lingers forever"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let mut response = Vec::new();
+    tokio::time::timeout(DEADLINE, read.read_to_end(&mut response))
+        .await
+        .expect("the 413 and the close did not come")
+        .expect("the client read a reset instead of the 413");
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    wait_until("the connection lingers", DEADLINE, || {
+        lingering(&edge) == "kokoa_edge_lingering_connections 1"
+    })
+    .await;
+
+    // Another client is served meanwhile.
+    let answer = send_from(source(3), edge.https, false, get("app.test", false))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+
+    let (cut_after, sent, error) = tokio::time::timeout(DEADLINE, uploader)
+        .await
+        .expect("the lingering uploader was not cut off")
+        .unwrap();
+    assert!(
+        cut_after >= Duration::from_millis(2_500) && cut_after < Duration::from_secs(8),
+        "cut off after {cut_after:?} ({sent} bytes after the head): {error}"
+    );
+    assert!(sent > 100_000, "only {sent} bytes were taken after the 413");
+    let text = edge.metrics_text();
+    assert!(text.contains("kokoa_edge_lingering_cut_total 1"), "{text}");
+    wait_until("lingering ends", DEADLINE, || {
+        lingering(&edge) == "kokoa_edge_lingering_connections 0"
+    })
+    .await;
+
+    // A client that goes silent after the 413 is let go after lingering_timeout, and one that
+    // closes its side at once.
+    for close in [false, true] {
+        let stream = tls_from(source(2), edge.https, b"http/1.1").await.unwrap();
+        let (mut read, mut write) = tokio::io::split(stream);
+        write.write_all(head).await.unwrap();
+        write.write_all(&[b'x'; 4096]).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(DEADLINE, read.read_to_end(&mut response))
+            .await
+            .expect("the 413 did not come")
+            .unwrap();
+        assert!(response.starts_with(b"HTTP/1.1 413"));
+        let read_at = Instant::now();
+        if close {
+            write.shutdown().await.unwrap();
+        } else {
+            wait_until("the silent client lingers", DEADLINE, || {
+                lingering(&edge) == "kokoa_edge_lingering_connections 1"
+            })
+            .await;
+        }
+        let took = wait_until("a quiet client's lingering ends", DEADLINE, || {
+            lingering(&edge) == "kokoa_edge_lingering_connections 0"
+        })
+        .await;
+        let waited = read_at.elapsed();
+        if close {
+            assert!(
+                waited < Duration::from_millis(900),
+                "closed, yet held {waited:?}"
+            );
+        } else {
+            assert!(
+                took >= Duration::from_millis(500) && waited < Duration::from_secs(4),
+                "a silent client was held {waited:?}"
+            );
+        }
+        drop((read, write));
+    }
+    let text = edge.metrics_text();
+    assert!(text.contains("kokoa_edge_lingering_cut_total 1"), "{text}");
     assert!(
         text.contains("kokoa_edge_body_too_large_total{host=\"app.test\"} 3"),
         "{text}"

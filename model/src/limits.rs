@@ -190,6 +190,12 @@ pub const DEFAULT_CLIENT_BODY_TIMEOUT_SECS: u64 = 60;
 /// Bytes per second a request body must average over each `client_body_timeout` of waiting
 /// (Apache mod_reqtimeout's `MinRate` default).
 pub const DEFAULT_CLIENT_BODY_MIN_RATE: u64 = 500;
+/// Seconds the edge goes on reading (and discarding) what a client still sends after the edge
+/// answered without reading its whole request body, before it closes (Nginx's `lingering_time`).
+pub const DEFAULT_LINGERING_TIME_SECS: u64 = 30;
+/// Seconds of silence from such a client after which the edge closes at once (Nginx's
+/// `lingering_timeout`).
+pub const DEFAULT_LINGERING_TIMEOUT_SECS: u64 = 5;
 
 /// An IPv4 client key prefix length.
 pub type Ipv4Prefix = Bounded<0, 32>;
@@ -251,6 +257,11 @@ pub struct EdgeLimits {
     /// Bytes per second a request body must average over each `client_body_timeout` of
     /// waiting (0: none).
     pub client_body_min_rate: MinRate,
+    /// How long, at most, the edge reads and discards the rest of a request body it answered
+    /// without reading, before closing (so the client reads the answer instead of a reset).
+    pub lingering_time: TimeoutSecs,
+    /// Silence from the client that ends that lingering at once.
+    pub lingering_timeout: TimeoutSecs,
 }
 
 impl Default for EdgeLimits {
@@ -275,6 +286,8 @@ impl Default for EdgeLimits {
             send_min_rate: Bounded::saturating(DEFAULT_SEND_MIN_RATE),
             client_body_timeout: Bounded::saturating(DEFAULT_CLIENT_BODY_TIMEOUT_SECS),
             client_body_min_rate: Bounded::saturating(DEFAULT_CLIENT_BODY_MIN_RATE),
+            lingering_time: Bounded::saturating(DEFAULT_LINGERING_TIME_SECS),
+            lingering_timeout: Bounded::saturating(DEFAULT_LINGERING_TIMEOUT_SECS),
         }
     }
 }
@@ -304,6 +317,8 @@ pub struct EdgeLimitsFields {
     pub send_min_rate: Option<MinRate>,
     pub client_body_timeout: Option<TimeoutSecs>,
     pub client_body_min_rate: Option<MinRate>,
+    pub lingering_time: Option<TimeoutSecs>,
+    pub lingering_timeout: Option<TimeoutSecs>,
 }
 
 impl TryFrom<EdgeLimitsFields> for EdgeLimits {
@@ -340,6 +355,8 @@ impl TryFrom<EdgeLimitsFields> for EdgeLimits {
             send_min_rate: f.send_min_rate.unwrap_or(d.send_min_rate),
             client_body_timeout: f.client_body_timeout.unwrap_or(d.client_body_timeout),
             client_body_min_rate: f.client_body_min_rate.unwrap_or(d.client_body_min_rate),
+            lingering_time: f.lingering_time.unwrap_or(d.lingering_time),
+            lingering_timeout: f.lingering_timeout.unwrap_or(d.lingering_timeout),
         })
     }
 }
@@ -365,6 +382,8 @@ impl From<EdgeLimits> for EdgeLimitsFields {
             send_min_rate: Some(l.send_min_rate),
             client_body_timeout: Some(l.client_body_timeout),
             client_body_min_rate: Some(l.client_body_min_rate),
+            lingering_time: Some(l.lingering_time),
+            lingering_timeout: Some(l.lingering_timeout),
         }
     }
 }
@@ -447,6 +466,11 @@ mod tests {
         assert_eq!(limits.send_min_rate.get(), 500);
         assert_eq!(limits.client_body_timeout.get(), 60);
         assert_eq!(limits.client_body_min_rate.get(), 500);
+        assert_eq!(limits.lingering_time.get(), 30);
+        assert_eq!(limits.lingering_timeout.get(), 5);
+        let limits: EdgeLimits = from_toml("lingering_time = 2\nlingering_timeout = 1").unwrap();
+        assert_eq!(limits.lingering_time.get(), 2);
+        assert_eq!(limits.lingering_timeout.get(), 1);
         let limits: EdgeLimits = from_toml(
             "send_timeout = 5\nsend_min_rate = 0\nclient_body_timeout = 7\nclient_body_min_rate = 1024",
         )
@@ -476,6 +500,12 @@ mod tests {
             ("max_headers = 1", "max_headers", "8..=10000"),
             ("idle_timeout = 0", "idle_timeout", "1..=86400"),
             ("send_timeout = 0", "send_timeout", "1..=86400"),
+            ("lingering_time = 0", "lingering_time", "1..=86400"),
+            (
+                "lingering_timeout = 86401",
+                "lingering_timeout",
+                "1..=86400",
+            ),
             (
                 "client_body_timeout = 100000",
                 "client_body_timeout",

@@ -309,6 +309,11 @@ impl EdgeLimits {
                 "client_body_timeout_seconds",
             )?,
             client_body_min_rate: opt(limits.client_body_min_rate, "client_body_min_rate")?,
+            lingering_time: opt(limits.lingering_time_seconds, "lingering_time_seconds")?,
+            lingering_timeout: opt(
+                limits.lingering_timeout_seconds,
+                "lingering_timeout_seconds",
+            )?,
         };
         EdgeLimits::try_from(fields)
     }
@@ -334,6 +339,8 @@ impl EdgeLimits {
             send_min_rate: Some(self.send_min_rate.get()),
             client_body_timeout_seconds: Some(self.client_body_timeout.as_u32()),
             client_body_min_rate: Some(self.client_body_min_rate.get()),
+            lingering_time_seconds: Some(self.lingering_time.as_u32()),
+            lingering_timeout_seconds: Some(self.lingering_timeout.as_u32()),
         }
     }
 }

@@ -112,13 +112,26 @@ pub fn edge_limits() -> impl Strategy<Value = EdgeLimits> {
             bounded(),
             bounded(),
         ),
-        (bounded(), bounded(), bounded(), bounded()),
+        (
+            bounded(),
+            bounded(),
+            bounded(),
+            bounded(),
+            bounded(),
+            bounded(),
+        ),
     )
         .prop_map(
             |((rate, burst, v4, v6, tracked, per_client, max), rest, transfer)| {
                 let (headers, body, idle, streams, pending, local_errors, keepalive) = rest;
-                let (send_timeout, send_min_rate, client_body_timeout, client_body_min_rate) =
-                    transfer;
+                let (
+                    send_timeout,
+                    send_min_rate,
+                    client_body_timeout,
+                    client_body_min_rate,
+                    lingering_time,
+                    lingering_timeout,
+                ) = transfer;
                 let burst = burst
                     .filter(|_| rate.is_some_and(|r| !r.is_off()))
                     .map(|b| Burst::new(b).expect("1 or more"));
@@ -141,6 +154,8 @@ pub fn edge_limits() -> impl Strategy<Value = EdgeLimits> {
                     send_min_rate,
                     client_body_timeout,
                     client_body_min_rate,
+                    lingering_time,
+                    lingering_timeout,
                 })
                 .expect("valid fields")
             },

@@ -267,6 +267,8 @@ fn edge_limits() -> Value {
             "send_min_rate": integer("bytes per second a client must take over each send_timeout of waiting, 0: none"),
             "client_body_timeout": integer("seconds a request body may wait on a client that sends nothing (408)"),
             "client_body_min_rate": integer("bytes per second a request body must average over each client_body_timeout, 0: none"),
+            "lingering_time": integer("seconds the edge reads and discards the rest of a request body it answered early (a 413), before closing"),
+            "lingering_timeout": integer("seconds of client silence that end that lingering at once"),
         },
     })
 }
