@@ -449,7 +449,18 @@ impl SelfHealing {
                     .map(str::to_owned)
                     .context("done without a new edge"),
                 Some("failed") => bail!("the replacement of {old} failed: {}", r["error"]),
-                other => bail!("the replacement of {old} is at {other:?}"),
+                other => {
+                    // What the replacer waits on: the new edge's state as control has it.
+                    let mut new = String::new();
+                    if let Some(name) = r["new_edge_name"].as_str() {
+                        let (_, edge) = self
+                            .control
+                            .call("GET", &format!("/edge-nodes/{name}"), None)
+                            .await?;
+                        new = format!("; {name}: {edge}");
+                    }
+                    bail!("the replacement of {old} is at {other:?}{new}")
+                }
             }
         })
         .await

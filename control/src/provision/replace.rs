@@ -499,16 +499,19 @@ impl Replacer {
     /// Whether `edge` serves: see the module doc.
     fn serves(&self, edge: &Edge) -> bool {
         let state = &edge.state;
-        let in_sync = self.live.as_ref().is_none_or(|live| {
+        let live = self.live.as_ref().and_then(|live| {
             live.connected()
-                .iter()
+                .into_iter()
                 .find(|n| n.node == NodeId::Edge(edge.id))
-                .is_none_or(|n| n.in_sync)
         });
-        state.status == NodeStatus::Online
-            && state.applied_version.is_some()
-            && state.nack.is_none()
-            && in_sync
+        let in_sync = live.as_ref().is_none_or(|n| n.in_sync);
+        // What the node told this replica counts as the health checker counts it: the store's
+        // copy misses an ACK that a killed control replica had not written yet, and nothing
+        // sends the node a new config to ACK again.
+        let applied = state
+            .applied_version
+            .max(live.and_then(|n| n.applied_version));
+        state.status == NodeStatus::Online && applied.is_some() && state.nack.is_none() && in_sync
     }
 
     /// Whether the new edge has shown it serves: its last [`PROBES_TO_SERVE`] probes of its
