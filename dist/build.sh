@@ -17,7 +17,9 @@
 # cross-links with Debian's gcc-aarch64-linux-gnu. --record copies sizes.md to
 # bench/results/DATE-COMMIT-release-sizes.md (a new name if that exists; results are never
 # overwritten). Needs: rustup (or the musl targets installed), musl-tools, dpkg-deb; for aarch64
-# gcc-aarch64-linux-gnu and binutils-aarch64-linux-gnu. No network beyond cargo and rustup.
+# gcc-aarch64-linux-gnu, binutils-aarch64-linux-gnu and libc6-dev-arm64-cross (as of 2026-12-07
+# kokoa-control does not link for aarch64 this way: SQLite built with glibc's headers needs
+# open64 & co., which musl lacks; edge and origin do). No network beyond cargo and rustup.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -93,7 +95,7 @@ build_target() {
         ;;
     aarch64)
         command -v aarch64-linux-gnu-gcc >/dev/null ||
-            die "aarch64-linux-gnu-gcc not found (apt-get install gcc-aarch64-linux-gnu)"
+            die "aarch64-linux-gnu-gcc not found (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)"
         export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
         export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc
         objcopy=aarch64-linux-gnu-objcopy
