@@ -146,7 +146,7 @@ pub(crate) async fn serve<D: Dialer>(
             match wake {
                 Wake::Request => {}
                 Wake::Close => {
-                    Box::pin(close(stream)).await;
+                    Box::pin(close(&mut stream)).await;
                     return;
                 }
                 Wake::Gone => return,
@@ -298,9 +298,13 @@ async fn wait_for_request(
     }
 }
 
-/// Ends a connection the edge closes: TLS `close_notify`, then FIN (bounded in time).
-async fn close(mut io: ClientStream) {
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, io.tls.shutdown()).await;
+/// Ends a connection the edge closes: TLS `close_notify`, then FIN (bounded in time). Whether
+/// both went out.
+async fn close(io: &mut ClientStream) -> bool {
+    matches!(
+        tokio::time::timeout(FLUSH_TIMEOUT, io.tls.shutdown()).await,
+        Ok(Ok(()))
+    )
 }
 
 /// [`close`], then, with `linger`, a lingering close as Nginx's: the socket is kept open and
@@ -314,8 +318,7 @@ async fn close_lingering(
     info: &ConnectionInfo,
     metrics: &Metrics,
 ) {
-    let shut = tokio::time::timeout(FLUSH_TIMEOUT, io.tls.shutdown()).await;
-    if !matches!(shut, Ok(Ok(()))) {
+    if !close(&mut io).await {
         return;
     }
     let Some(linger) = linger else { return };
