@@ -10,8 +10,11 @@
 //!   then apply atomically), answers `Ack` or `Nack`, and persists each applied snapshot to
 //!   `state_dir/snapshot.pb` ([`crate::persist`]). A NACK names the field and the object the
 //!   model refused. A heartbeat goes out as soon as the stream is open (control waits for
-//!   nodes that have sent one), then every `heartbeat_interval_seconds`; its counts are read
-//!   from the metrics' atomics ([`NodeStatus`]) and the process meters ([`crate::meter`]).
+//!   nodes that have sent one), then every `heartbeat_interval_seconds`, and at once (checked
+//!   every [`CHANGE_CHECK`]) when a tunnel peer, a service or a TCP listener changes state, so
+//!   control's health (and DNS) follows a tunnel coming up within a second, not an interval
+//!   later; its counts are read from the metrics' atomics ([`NodeStatus`]) and the process
+//!   meters ([`crate::meter`]).
 //! - **Resilience**: on start the persisted snapshot is applied before control is contacted
 //!   ([`ControlClient::restore`]), so traffic flows while control is down; a broken stream is
 //!   retried with jittered exponential backoff (0.2 s doubling to 30 s, reset after a healthy
@@ -54,6 +57,9 @@ pub use crate::settings::{ControlSettings, FileControl, SettingsError};
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// Deadline for the TCP + TLS connection to control.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the client compares the node's peer, service and listener states with the last
+/// heartbeat's, sending one early on a change (at most one extra heartbeat per check).
+pub const CHANGE_CHECK: Duration = Duration::from_secs(1);
 /// A stream that stayed up this long counts as healthy even before a snapshot arrived.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 
@@ -129,7 +135,8 @@ pub trait Applier: Send + Sync + 'static {
     /// field, object and reason) is sent to control in the NACK. Must not block the runtime.
     fn apply(&self, snapshot: &Snapshot) -> impl Future<Output = Result<(), ModelError>> + Send;
 
-    /// The node's current status for a heartbeat. Cheap; called every heartbeat interval.
+    /// The node's current status for a heartbeat. Cheap: called every [`CHANGE_CHECK`] to look
+    /// for state changes, and for every heartbeat.
     fn status(&self) -> NodeStatus;
 
     /// The node's own TCP listeners, reported to control in `Hello` (so control can refuse a
@@ -577,13 +584,18 @@ impl<A: Applier> ControlClient<A> {
         });
         // A heartbeat at once: control (and its ACME validation) waits for nodes that have
         // reported, and must not wait a whole interval for one that just connected.
-        if tx.send(self.heartbeat(cpu, rates)).await.is_err() {
+        let status = self.applier.status();
+        let mut reported = States::of(&status);
+        if tx.send(self.heartbeat(status, cpu, rates)).await.is_err() {
             return Ok(false);
         }
         let mut healthy = false;
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
+        let mut changes = tokio::time::interval(CHANGE_CHECK);
+        changes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        changes.tick().await;
         loop {
             tokio::select! {
                 message = inbound.message() => {
@@ -617,8 +629,23 @@ impl<A: Applier> ControlClient<A> {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    let beat = self.heartbeat(cpu, rates);
-                    if tx.send(beat).await.is_err() {
+                    let status = self.applier.status();
+                    reported = States::of(&status);
+                    if tx.send(self.heartbeat(status, cpu, rates)).await.is_err() {
+                        return Ok(healthy);
+                    }
+                }
+                _ = changes.tick() => {
+                    let status = self.applier.status();
+                    let now = States::of(&status);
+                    if now == reported {
+                        continue;
+                    }
+                    tracing::debug!("tunnel, service or listener state changed: heartbeat now");
+                    reported = now;
+                    // The next regular heartbeat comes a whole interval after this one.
+                    heartbeat.reset();
+                    if tx.send(self.heartbeat(status, cpu, rates)).await.is_err() {
                         return Ok(healthy);
                     }
                 }
@@ -661,8 +688,12 @@ impl<A: Applier> ControlClient<A> {
         }
     }
 
-    fn heartbeat(&self, cpu: &mut CpuMeter, rates: &mut RateMeter) -> NodeMessage {
-        let status = self.applier.status();
+    fn heartbeat(
+        &self,
+        status: NodeStatus,
+        cpu: &mut CpuMeter,
+        rates: &mut RateMeter,
+    ) -> NodeMessage {
         let (requests_per_second, errors_per_second) =
             rates.rates(status.requests_total, status.errors_total);
         NodeMessage {
@@ -679,6 +710,41 @@ impl<A: Applier> ControlClient<A> {
                 tcp_routes: status.tcp_routes,
             })),
         }
+    }
+}
+
+/// The states a heartbeat reports that control's health judges: which tunnel peers are up,
+/// which services healthy, which TCP listeners listening. Counters and rates are not states.
+#[derive(Debug, PartialEq, Eq)]
+struct States {
+    peers: Vec<(String, bool)>,
+    services: Vec<(String, bool)>,
+    listeners: Vec<(u32, bool)>,
+}
+
+impl States {
+    fn of(status: &NodeStatus) -> Self {
+        let mut states = States {
+            peers: status
+                .peers
+                .iter()
+                .map(|peer| (peer.public_key.clone(), peer.up))
+                .collect(),
+            services: status
+                .services
+                .iter()
+                .map(|service| (service.name.clone(), service.healthy))
+                .collect(),
+            listeners: status
+                .tcp_routes
+                .iter()
+                .map(|route| (route.listen_port, route.listening))
+                .collect(),
+        };
+        states.peers.sort_unstable();
+        states.services.sort_unstable();
+        states.listeners.sort_unstable();
+        states
     }
 }
 

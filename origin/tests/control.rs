@@ -246,3 +246,78 @@ async fn origin_follows_control_and_runs_without_it() {
     echo(&edge, rotated.public_key(), 8002).await;
     origin.stop().await;
 }
+
+/// With a 60 s heartbeat interval, the origin still reports its tunnel to the edge coming up
+/// within seconds (control's health and DNS wait for it), and sends nothing more while nothing
+/// changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_coming_up_is_reported_before_the_next_heartbeat() {
+    let mut control = TestControl::start(
+        NodeKind::Origin,
+        "127.0.0.1:0".parse().unwrap(),
+        Pki::new(),
+        &["origin-token"],
+    )
+    .await;
+    let edge_key = PrivateKey::generate();
+    let origin_key = PrivateKey::generate();
+    let (edge, _incoming) = Tunnel::bind(TunnelConfig::new(
+        edge_key.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    edge.set_peers(vec![PeerConfig {
+        public_key: origin_key.public_key(),
+        endpoint: None,
+        allowed_ips: vec![ipnet::Ipv4Net::from(ORIGIN)],
+        local_address: EDGE,
+        persistent_keepalive: None,
+    }]);
+    control.push(Snapshot {
+        version: 1,
+        heartbeat_interval_seconds: 60,
+        node: Some(snapshot::Node::Origin(OriginSnapshot {
+            name: "home".into(),
+            private_key: origin_key.to_base64(),
+            address: ORIGIN.to_string(),
+            edges: vec![OriginPeer {
+                name: "edge".into(),
+                public_key: edge_key.public_key().to_base64(),
+                endpoint: edge.local_addr().to_string(),
+                address: EDGE.to_string(),
+                keepalive: 1,
+            }],
+            services: Vec::new(),
+            tunnel: None,
+        })),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[origin]\nadmin = \"127.0.0.1:0\"\ndrain_timeout = 0\n[tunnel]\nlisten = \"127.0.0.1:0\"\n{}",
+        control.control_table(dir.path(), Some("origin-token"))
+    );
+    let config_path = dir.path().join("origin.toml");
+    std::fs::write(&config_path, text).unwrap();
+
+    let origin = Origin::start(&config_path);
+    let started = tokio::time::Instant::now();
+    control.expect("ack 1", |e| *e == Seen::Ack(1)).await;
+    // `expect` gives up after 20 s, well before the interval's next heartbeat.
+    control
+        .expect("a heartbeat with the edge up", |e| {
+            *e == Seen::Heartbeat(1, 1)
+        })
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    // Nothing changes: no heartbeat for the next 3 s (the next regular one is a minute away).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    while let Ok(event) = control.seen.try_recv() {
+        assert!(
+            !matches!(event, Seen::Heartbeat(..)),
+            "a heartbeat without a change: {event:?}"
+        );
+    }
+    origin.stop().await;
+}

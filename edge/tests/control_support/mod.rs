@@ -71,8 +71,8 @@ pub enum Seen {
     Ack(u64),
     /// NACK(version, reason).
     Nack(u64, String),
-    /// A heartbeat with its applied version and active connections.
-    Heartbeat(u64),
+    /// A heartbeat with its applied version and how many tunnel peers it reports up.
+    Heartbeat(u64, usize),
 }
 
 struct State {
@@ -147,7 +147,8 @@ impl Config for Service {
                         Seen::Nack(nack.version, nack.reason)
                     }
                     Some(node_message::Message::Heartbeat(beat)) => {
-                        Seen::Heartbeat(beat.applied_version)
+                        let up = beat.peers.iter().filter(|peer| peer.up).count();
+                        Seen::Heartbeat(beat.applied_version, up)
                     }
                     None => continue,
                 };
