@@ -873,6 +873,13 @@ impl Core {
                 continue;
             };
             if config.endpoint != peer.config.endpoint && config.endpoint.is_some() {
+                // A kept-alive peer we had nowhere to send to: handshake now, as `add_peer`
+                // does, not at the first keepalive (an origin told a new edge's address
+                // after the edge was listed would otherwise wait a whole keepalive interval).
+                if peer.endpoint.is_none() && config.persistent_keepalive.is_some() {
+                    peer.initiate = true;
+                    self.next_tick = self.next_tick.min(now);
+                }
                 peer.endpoint = config.endpoint;
             }
             peer.config = config;

@@ -506,3 +506,54 @@ async fn origin_key_rotation_keeps_a_download_running() -> Result<()> {
     drop(s2.write_all(b"x").await);
     Ok(())
 }
+
+/// An origin lists a new edge before it knows the edge's address (control adds the edge, then
+/// its address once the machine has one). When the address arrives the origin handshakes at
+/// once, not at its first keepalive 25 s later.
+#[tokio::test]
+async fn a_kept_alive_peer_handshakes_as_soon_as_its_endpoint_is_known() -> Result<()> {
+    let edge_key = PrivateKey::generate();
+    let origin_key = PrivateKey::generate();
+    let edge_peer = |endpoint| PeerConfig {
+        public_key: edge_key.public_key(),
+        endpoint,
+        allowed_ips: vec!["10.100.9.10/32".parse().unwrap()],
+        local_address: ip("10.100.9.1"),
+        persistent_keepalive: Some(25),
+    };
+    let mut c = TunnelConfig::new(origin_key.clone(), loopback());
+    c.accept_ports = vec![80];
+    c.peers = vec![edge_peer(None)];
+    let (o, inc) = Tunnel::bind(c).await?;
+    let _echo = echo_server(inc);
+    let e = edge(
+        edge_key.clone(),
+        vec![PeerConfig {
+            public_key: origin_key.public_key(),
+            endpoint: None,
+            allowed_ips: vec!["10.100.9.1/32".parse()?],
+            local_address: ip("10.100.9.10"),
+            persistent_keepalive: None,
+        }],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(o.stats().peers[0].last_handshake.is_none());
+
+    o.set_peers(vec![edge_peer(Some(e.local_addr()))]);
+    // Well inside the 25 s keepalive, which is when the session would start without the fix.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while o.stats().peers[0].last_handshake.is_none() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("no handshake within 10 s of learning the edge's endpoint");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the edge, which never knew where the origin is, reaches it now.
+    let mut s = e.connect(&origin_key.public_key(), dst(9, 80), T).await?;
+    s.write_all(b"ping").await?;
+    let mut back = [0u8; 4];
+    timeout(T, s.read_exact(&mut back)).await??;
+    assert_eq!(&back, b"ping");
+    Ok(())
+}
