@@ -55,6 +55,7 @@ for program in kokoa-control kokoa-edge kokoa-origin; do
     [ -x "$bin/$program" ] || die "$bin/$program is missing (run dist/build.sh first)"
 done
 command -v curl >/dev/null || die "curl not found (apt-get install curl)"
+command -v pgrep >/dev/null || die "pgrep not found (apt-get install procps)"
 
 # An ELF for another machine: make sure the kernel can hand it to qemu-user.
 machine_of() {
