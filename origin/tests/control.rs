@@ -10,14 +10,14 @@ mod control_support;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use control_support::{Pki, Seen, TestControl};
 use kokoa_origin::OriginConfig;
 use kokoa_proto::v1::{snapshot, NodeKind, OriginPeer, OriginSnapshot, Service, Snapshot};
 use kokoa_tunnel::key::PrivateKey;
-use kokoa_tunnel::{PeerConfig, Tunnel, TunnelConfig, TunnelError};
+use kokoa_tunnel::{Incoming, PeerConfig, Tunnel, TunnelConfig, TunnelError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -93,18 +93,10 @@ async fn echo(edge: &Tunnel, origin: kokoa_tunnel::key::PublicKey, port: u16) {
     panic!("no stream to port {port}: {last}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn origin_follows_control_and_runs_without_it() {
-    let mut control = TestControl::start(
-        NodeKind::Origin,
-        "127.0.0.1:0".parse().unwrap(),
-        Pki::new(),
-        &["origin-token"],
-    )
-    .await;
+/// The edge the test plays: a tunnel that knows the origin's key (the origin dials it).
+async fn test_edge(origin_key: &PrivateKey) -> (Tunnel, Incoming, PrivateKey) {
     let edge_key = PrivateKey::generate();
-    let origin_key = PrivateKey::generate();
-    let (edge, _incoming) = Tunnel::bind(TunnelConfig::new(
+    let (edge, incoming) = Tunnel::bind(TunnelConfig::new(
         edge_key.clone(),
         "127.0.0.1:0".parse().unwrap(),
     ))
@@ -117,24 +109,68 @@ async fn origin_follows_control_and_runs_without_it() {
         local_address: EDGE,
         persistent_keepalive: None,
     }]);
-    let app = echo_app().await;
-    let snapshot = |version: u64, services: Vec<Service>| Snapshot {
+    (edge, incoming, edge_key)
+}
+
+/// The origin's snapshot: `home` with one edge (the test's, kept alive every second).
+fn origin_snapshot(
+    version: u64,
+    heartbeat_interval_seconds: u32,
+    origin_key: &PrivateKey,
+    edge: (&PrivateKey, SocketAddr),
+    services: Vec<Service>,
+) -> Snapshot {
+    Snapshot {
         version,
-        heartbeat_interval_seconds: 1,
+        heartbeat_interval_seconds,
         node: Some(snapshot::Node::Origin(OriginSnapshot {
             name: "home".into(),
             private_key: origin_key.to_base64(),
             address: ORIGIN.to_string(),
             edges: vec![OriginPeer {
                 name: "edge".into(),
-                public_key: edge_key.public_key().to_base64(),
-                endpoint: edge.local_addr().to_string(),
+                public_key: edge.0.public_key().to_base64(),
+                endpoint: edge.1.to_string(),
                 address: EDGE.to_string(),
                 keepalive: 1,
             }],
             services,
             tunnel: None,
         })),
+    }
+}
+
+/// Writes the origin's config in `dir` (control mode, enrolling with `origin-token`).
+fn origin_config(control: &TestControl, dir: &Path) -> PathBuf {
+    let text = format!(
+        "[origin]\nadmin = \"127.0.0.1:0\"\ndrain_timeout = 0\n[tunnel]\nlisten = \"127.0.0.1:0\"\n{}",
+        control.control_table(dir, Some("origin-token"))
+    );
+    let config_path = dir.join("origin.toml");
+    std::fs::write(&config_path, text).unwrap();
+    config_path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_follows_control_and_runs_without_it() {
+    let mut control = TestControl::start(
+        NodeKind::Origin,
+        "127.0.0.1:0".parse().unwrap(),
+        Pki::new(),
+        &["origin-token"],
+    )
+    .await;
+    let origin_key = PrivateKey::generate();
+    let (edge, _incoming, edge_key) = test_edge(&origin_key).await;
+    let app = echo_app().await;
+    let snapshot = |version: u64, services: Vec<Service>| {
+        origin_snapshot(
+            version,
+            1,
+            &origin_key,
+            (&edge_key, edge.local_addr()),
+            services,
+        )
     };
     let web = |port: u32| Service {
         name: format!("web{port}"),
@@ -145,12 +181,7 @@ async fn origin_follows_control_and_runs_without_it() {
     };
 
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[origin]\nadmin = \"127.0.0.1:0\"\ndrain_timeout = 0\n[tunnel]\nlisten = \"127.0.0.1:0\"\n{}",
-        control.control_table(dir.path(), Some("origin-token"))
-    );
-    let config_path = dir.path().join("origin.toml");
-    std::fs::write(&config_path, text).unwrap();
+    let config_path = origin_config(&control, dir.path());
 
     control.push(snapshot(1, vec![web(8001)]));
     let origin = Origin::start(&config_path);
@@ -259,46 +290,17 @@ async fn a_tunnel_coming_up_is_reported_before_the_next_heartbeat() {
         &["origin-token"],
     )
     .await;
-    let edge_key = PrivateKey::generate();
     let origin_key = PrivateKey::generate();
-    let (edge, _incoming) = Tunnel::bind(TunnelConfig::new(
-        edge_key.clone(),
-        "127.0.0.1:0".parse().unwrap(),
-    ))
-    .await
-    .unwrap();
-    edge.set_peers(vec![PeerConfig {
-        public_key: origin_key.public_key(),
-        endpoint: None,
-        allowed_ips: vec![ipnet::Ipv4Net::from(ORIGIN)],
-        local_address: EDGE,
-        persistent_keepalive: None,
-    }]);
-    control.push(Snapshot {
-        version: 1,
-        heartbeat_interval_seconds: 60,
-        node: Some(snapshot::Node::Origin(OriginSnapshot {
-            name: "home".into(),
-            private_key: origin_key.to_base64(),
-            address: ORIGIN.to_string(),
-            edges: vec![OriginPeer {
-                name: "edge".into(),
-                public_key: edge_key.public_key().to_base64(),
-                endpoint: edge.local_addr().to_string(),
-                address: EDGE.to_string(),
-                keepalive: 1,
-            }],
-            services: Vec::new(),
-            tunnel: None,
-        })),
-    });
+    let (edge, _incoming, edge_key) = test_edge(&origin_key).await;
+    control.push(origin_snapshot(
+        1,
+        60,
+        &origin_key,
+        (&edge_key, edge.local_addr()),
+        Vec::new(),
+    ));
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[origin]\nadmin = \"127.0.0.1:0\"\ndrain_timeout = 0\n[tunnel]\nlisten = \"127.0.0.1:0\"\n{}",
-        control.control_table(dir.path(), Some("origin-token"))
-    );
-    let config_path = dir.path().join("origin.toml");
-    std::fs::write(&config_path, text).unwrap();
+    let config_path = origin_config(&control, dir.path());
 
     let origin = Origin::start(&config_path);
     let started = tokio::time::Instant::now();
